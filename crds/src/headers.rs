@@ -1,0 +1,43 @@
+//! The message-header contract between the receiver and the consumer.
+//!
+//! Every message in an endpoint's stream carries these headers; the body is the
+//! request body exactly as received. Times are RFC 3339 in UTC.
+
+/// JetStream's deduplication header: the event id.
+pub const MSG_ID: &str = "Nats-Msg-Id";
+/// The event id (the deduplication key in Postgres).
+pub const EVENT_ID: &str = "Hookline-Event-Id";
+/// The event type exactly as the provider sent it.
+pub const EVENT_TYPE: &str = "Hookline-Event-Type";
+/// When the event happened, per the provider; absent when unknown (then the
+/// consumer orders by received-at).
+pub const EVENT_TIMESTAMP: &str = "Hookline-Event-Timestamp";
+/// The id of the object the event is about; absent when unknown.
+pub const OBJECT_ID: &str = "Hookline-Object-Id";
+/// When the receiver accepted the request.
+pub const RECEIVED_AT: &str = "Hookline-Received-At";
+/// `namespace/name` of the endpoint.
+pub const ENDPOINT: &str = "Hookline-Endpoint";
+/// The provider preset (`stripe`, `github`, …).
+pub const PROVIDER: &str = "Hookline-Provider";
+/// The request's `Content-Type`.
+pub const CONTENT_TYPE: &str = "Hookline-Content-Type";
+/// Where the event id came from: `provider`, `idempotency-key` or `body-hash`.
+pub const ID_SOURCE: &str = "Hookline-Id-Source";
+/// Prefix of the original request headers kept with the event (signature and
+/// credential headers excluded), e.g. `Hookline-Http-User-Agent`.
+pub const REQUEST_HEADER_PREFIX: &str = "Hookline-Http-";
+
+/// Request headers never copied into a message: credentials and hop-by-hop headers.
+pub const NOT_FORWARDED: &[&str] = &[
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+    "content-length",
+];

@@ -1,0 +1,167 @@
+//! The pure naming rules: JetStream names, Kubernetes child names and labels.
+//! Every name stays valid (length, characters) for any valid resource name.
+
+use sha2::{Digest, Sha256};
+
+/// The durable pull consumer every consumer instance shares.
+pub const DURABLE_CONSUMER: &str = "hookline-consumer";
+/// The field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "hookline-operator";
+
+/// Longest stream name we produce; JetStream's file store uses it as a directory name.
+const MAX_STREAM_NAME: usize = 200;
+/// Kubernetes DNS-1035 labels (Service names) and label values.
+const MAX_LABEL: usize = 63;
+
+/// Eight hex digits of SHA-256, so truncated names stay distinct.
+fn short_hash(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .take(4)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Cuts `text` to `max` bytes, replacing the tail by a hash of the whole when it is longer.
+fn fit(text: &str, max: usize, separator: char) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let hash = short_hash(text);
+    let keep = max - hash.len() - 1;
+    let head = text[..keep].trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    format!("{head}{separator}{hash}")
+}
+
+/// Keeps `[A-Za-z0-9_-]`, replacing anything else (such as `.`) by `_`.
+fn nats_token(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// `HOOKLINE_<ns>_<name>`. Namespaces and names never contain `_`, so the name is
+/// unambiguous; dots in names become `_`.
+pub fn stream_name(namespace: &str, name: &str) -> String {
+    fit(
+        &format!("HOOKLINE_{}_{}", nats_token(namespace), nats_token(name)),
+        MAX_STREAM_NAME,
+        '_',
+    )
+}
+
+/// `hookline.<ns>.<name>`: each part one subject token.
+pub fn subject_prefix(namespace: &str, name: &str) -> String {
+    format!("hookline.{}.{}", nats_token(namespace), nats_token(name))
+}
+
+/// An event type as one subject token: `invoice.paid` → `invoice_paid`; empty → `unknown`.
+/// The exact type travels in the event-type header.
+pub fn subject_token(event_type: &str) -> String {
+    if event_type.is_empty() {
+        return "unknown".into();
+    }
+    fit(&nats_token(event_type), 128, '_')
+}
+
+/// A DNS-1035 label (starts with a letter, `[a-z0-9-]`, at most 63) for a child
+/// object: `<name>-<suffix>`, e.g. `stripe-receiver`.
+pub fn child_name(name: &str, suffix: &str) -> String {
+    let base: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let base = if base.starts_with(|c: char| c.is_ascii_lowercase()) {
+        base
+    } else {
+        format!("whe-{base}")
+    };
+    let room = MAX_LABEL - suffix.len() - 1;
+    format!("{}-{suffix}", fit(&base, room, '-'))
+}
+
+/// A valid label value for `text` (at most 63, alphanumeric at both ends).
+pub fn label_value(text: &str) -> String {
+    let cleaned: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let fitted = fit(&cleaned, MAX_LABEL, '-');
+    fitted
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned()
+}
+
+/// The labels on every child of an endpoint.
+pub fn labels(endpoint_name: &str, component: &str) -> std::collections::BTreeMap<String, String> {
+    [
+        ("app.kubernetes.io/name", "hookline".to_owned()),
+        ("app.kubernetes.io/instance", label_value(endpoint_name)),
+        ("app.kubernetes.io/component", component.to_owned()),
+        ("app.kubernetes.io/managed-by", FIELD_MANAGER.to_owned()),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value))
+    .collect()
+}
+
+fn check_dns_label(text: &str, max: usize) -> Result<(), String> {
+    let valid_chars = text
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let valid_ends = text.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && text.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if text.is_empty() || text.len() > max || !valid_chars || !valid_ends {
+        return Err(format!(
+            "{text:?} is not a DNS label: lower-case letters, digits and '-', starting and ending with a letter or digit, at most {max} characters"
+        ));
+    }
+    Ok(())
+}
+
+/// A Kubernetes object name (DNS-1123 subdomain).
+pub fn check_resource_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!("{name:?} must have 1 to 253 characters"));
+    }
+    name.split('.')
+        .try_for_each(|part| check_dns_label(part, 63))
+}
+
+/// A Kubernetes namespace (DNS-1123 label).
+pub fn check_namespace(namespace: &str) -> Result<(), String> {
+    check_dns_label(namespace, 63)
+}
+
+/// An Ingress host: a DNS name, optionally with a leading `*.` wildcard.
+pub fn check_host(host: &str) -> Result<(), String> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    if name.len() > 253
+        || name
+            .split('.')
+            .any(|part| check_dns_label(part, 63).is_err())
+    {
+        return Err(format!(
+            "{host:?} is not a DNS host name (lower-case, e.g. hooks.example.com)"
+        ));
+    }
+    Ok(())
+}

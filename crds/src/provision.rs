@@ -1,0 +1,145 @@
+//! Creates or updates an endpoint's stream and durable consumer. The one
+//! implementation, used by the operator and by the binaries' `--provision`.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+
+use crate::validated::ValidatedEndpoint;
+
+/// Why provisioning failed; every variant means "NATS said no or did not answer".
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("cannot read stream {stream}: {source}")]
+    Stream {
+        stream: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot create or update durable consumer {consumer} on {stream}: {source}")]
+    Consumer {
+        stream: String,
+        consumer: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("NATS did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// How long one provisioning round may take before it is reported as failed.
+pub const PROVISION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The stream configuration for an endpoint: file storage, limits retention
+/// (events stay for `maxAge` whether consumed or not), and `DiscardPolicy::New`
+/// so a full stream refuses new events (the receiver answers 503) instead of
+/// silently dropping stored ones.
+pub fn stream_config(endpoint: &ValidatedEndpoint) -> stream::Config {
+    let settings = &endpoint.stream;
+    stream::Config {
+        name: settings.name.clone(),
+        description: Some(format!(
+            "Hookline events of WebhookEndpoint {}",
+            endpoint.key()
+        )),
+        subjects: vec![settings.subject_filter()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::New,
+        max_age: settings.max_age,
+        max_bytes: settings.max_bytes.unwrap_or(-1),
+        num_replicas: settings.replicas,
+        duplicate_window: settings.duplicate_window,
+        ..Default::default()
+    }
+}
+
+/// The durable pull consumer. `max_deliver` is left unlimited on the server: the
+/// consumer counts deliveries itself and writes a dead letter before terminating
+/// the message, so a crash during the last attempt cannot drop an event silently.
+pub fn consumer_config(endpoint: &ValidatedEndpoint) -> consumer::pull::Config {
+    let settings = &endpoint.consumer;
+    consumer::pull::Config {
+        durable_name: Some(settings.durable_name.clone()),
+        description: Some(format!(
+            "Hookline consumer of WebhookEndpoint {}",
+            endpoint.key()
+        )),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: settings.ack_wait,
+        max_deliver: -1,
+        max_ack_pending: i64::try_from(settings.batch_size.saturating_mul(10).max(1000))
+            .unwrap_or(i64::MAX),
+        deliver_policy: consumer::DeliverPolicy::All,
+        filter_subject: endpoint.stream.subject_filter(),
+        ..Default::default()
+    }
+}
+
+/// Creates the stream and durable consumer, or updates them to match `endpoint`.
+pub async fn provision(
+    js: &jetstream::Context,
+    endpoint: &ValidatedEndpoint,
+) -> Result<(), ProvisionError> {
+    tokio::time::timeout(PROVISION_TIMEOUT, provision_inner(js, endpoint))
+        .await
+        .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
+}
+
+async fn provision_inner(
+    js: &jetstream::Context,
+    endpoint: &ValidatedEndpoint,
+) -> Result<(), ProvisionError> {
+    let stream_name = endpoint.stream.name.clone();
+    let config = stream_config(endpoint);
+    let stream_error = |source: Box<dyn std::error::Error + Send + Sync>| ProvisionError::Stream {
+        stream: stream_name.clone(),
+        source,
+    };
+    let stream = match js.get_stream(&stream_name).await {
+        Ok(_) => {
+            js.update_stream(&config)
+                .await
+                .map_err(|err| stream_error(Box::new(err)))?;
+            js.get_stream(&stream_name)
+                .await
+                .map_err(|err| stream_error(Box::new(err)))?
+        }
+        Err(err) if is_stream_not_found(&err.kind()) => js
+            .create_stream(config)
+            .await
+            .map_err(|err| stream_error(Box::new(err)))?,
+        Err(err) => return Err(stream_error(Box::new(err))),
+    };
+    let consumer_config = consumer_config(endpoint);
+    let consumer_name = endpoint.consumer.durable_name.clone();
+    stream
+        .create_consumer(consumer_config)
+        .await
+        .map_err(|err| ProvisionError::Consumer {
+            stream: stream_name.clone(),
+            consumer: consumer_name,
+            source: Box::new(err),
+        })?;
+    Ok(())
+}
+
+fn is_stream_not_found(kind: &jetstream::context::GetStreamErrorKind) -> bool {
+    matches!(kind, jetstream::context::GetStreamErrorKind::JetStream(err)
+        if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// Removes the endpoint's stream (and with it the consumer); a missing stream is fine.
+pub async fn delete_stream(
+    js: &jetstream::Context,
+    endpoint: &ValidatedEndpoint,
+) -> Result<(), ProvisionError> {
+    let name = endpoint.stream.name.clone();
+    match tokio::time::timeout(PROVISION_TIMEOUT, js.delete_stream(&name)).await {
+        Err(_) => Err(ProvisionError::Timeout(PROVISION_TIMEOUT)),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) if is_stream_not_found(&err.kind()) => Ok(()),
+        Ok(Err(err)) => Err(ProvisionError::Stream {
+            stream: name,
+            source: Box::new(err),
+        }),
+    }
+}

@@ -1,0 +1,288 @@
+//! The fully-defaulted, checked form of an endpoint that every part of Hookline
+//! works from, so that no part re-implements defaulting or re-checks input.
+
+use std::time::Duration;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::ResourceRequirements;
+
+pub use crate::spec::{DeletionPolicy, HmacAlgorithm, Provider, SecretKeyRef, SignatureEncoding};
+
+/// A `WebhookEndpoint` after [`crate::resolve`]: every default applied, every
+/// value parsed into a type that cannot be wrong.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidatedEndpoint {
+    pub namespace: String,
+    pub name: String,
+    pub provider: Provider,
+    pub secret: SecretSource,
+    pub verification: Verification,
+    pub source_filter: SourceFilter,
+    pub ingress: Route,
+    pub request: RequestRules,
+    pub event: EventFields,
+    pub stream: StreamSettings,
+    pub consumer: ConsumerSettings,
+    pub receiver: ReceiverSettings,
+}
+
+impl ValidatedEndpoint {
+    /// `namespace/name`, the value of the endpoint header and of the `endpoint` column.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Where the signing secret comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretSource {
+    pub name: String,
+    pub key: String,
+    /// Create the Secret when missing.
+    pub generate: bool,
+}
+
+/// How a request's signature is found, computed and compared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verification {
+    /// Lower-case header name carrying the signature(s).
+    pub signature_header: String,
+    pub format: SignatureFormat,
+    pub algorithm: HmacAlgorithm,
+    pub encoding: SignatureEncoding,
+    /// Text before the encoded MAC (`sha256=`, `v0=`); empty for none.
+    pub prefix: String,
+    /// The signed bytes, in order.
+    pub signed_payload: Vec<PayloadPart>,
+    /// Where the signing time comes from; `None` disables the replay window.
+    pub timestamp: Option<TimestampSource>,
+    /// Lower-case header with the delivery id used by `{id}`.
+    pub id_header: Option<String>,
+    /// Largest allowed distance between the signing time and now, either way.
+    pub tolerance: Duration,
+    /// How each line of the secret file becomes key material.
+    pub secret_format: SecretFormat,
+}
+
+/// How the signature header is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignatureFormat {
+    /// One MAC: `<prefix><encoded mac>`.
+    Single,
+    /// Stripe: `t=<unix>,v1=<hex>[,v1=<hex>…]`; any `v1` may match.
+    StripeKeyValue,
+    /// Standard Webhooks: space-separated `v1,<base64>` (HMAC) or `v1a,<base64>` (ed25519).
+    StandardWebhooks,
+}
+
+/// One piece of the signed payload template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PayloadPart {
+    Literal(String),
+    Body,
+    Timestamp,
+    Id,
+}
+
+/// Where the signing time is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TimestampSource {
+    /// A header with unix seconds (lower-case name).
+    Header(String),
+    /// A key of a key=value signature header (Stripe's `t`).
+    SignatureField(String),
+}
+
+/// How a line of the secret file is turned into a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretFormat {
+    /// The line's bytes are the HMAC key.
+    Raw,
+    /// Standard Webhooks: `whsec_<base64>` is an HMAC key (the decoded bytes),
+    /// `whpk_<base64>` an ed25519 public key. A line without prefix is base64.
+    StandardWebhooks,
+}
+
+/// Allowed client addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceFilter {
+    /// Empty: any source.
+    pub allowed: Vec<IpNet>,
+    /// `X-Forwarded-For` entries appended by trusted proxies.
+    pub trusted_proxy_hops: usize,
+}
+
+impl SourceFilter {
+    /// Whether `ip` may call the endpoint.
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        self.allowed.is_empty() || self.allowed.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// The Ingress route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub host: Option<String>,
+    /// Always starts with `/`.
+    pub path: String,
+    pub class_name: Option<String>,
+    pub tls_secret_name: Option<String>,
+}
+
+impl Route {
+    /// The URL to paste into the provider's dashboard, when a host is known.
+    pub fn url(&self) -> Option<String> {
+        let scheme = if self.tls_secret_name.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        self.host
+            .as_ref()
+            .map(|host| format!("{scheme}://{host}{}", self.path))
+    }
+}
+
+/// Limits and checks on the request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestRules {
+    pub max_body_bytes: usize,
+    pub require_json: bool,
+    pub schema: Option<serde_json::Value>,
+}
+
+/// Where each event attribute is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventFields {
+    pub id: Option<FieldSource>,
+    pub event_type: Option<FieldSource>,
+    pub timestamp: Option<FieldSource>,
+    pub object_id: Option<FieldSource>,
+}
+
+/// One place in a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FieldSource {
+    /// A request header (lower-case name).
+    Header(String),
+    /// An RFC 6901 JSON pointer into the body (`""` is the whole body).
+    JsonPointer(String),
+}
+
+impl FieldSource {
+    /// Reads the value as text: strings as they are, numbers in decimal; `header`
+    /// looks a header up by lower-case name. Empty values count as absent.
+    pub fn read<'a>(
+        &self,
+        header: impl Fn(&str) -> Option<&'a str>,
+        body: Option<&serde_json::Value>,
+    ) -> Option<String> {
+        match self {
+            FieldSource::Header(name) => header(name).map(str::to_owned),
+            FieldSource::JsonPointer(pointer) => match body?.pointer(pointer)? {
+                serde_json::Value::String(text) => Some(text.clone()),
+                serde_json::Value::Number(number) => Some(number.to_string()),
+                serde_json::Value::Bool(flag) => Some(flag.to_string()),
+                _ => None,
+            },
+        }
+        .filter(|value| !value.is_empty())
+    }
+}
+
+/// The JetStream stream and its naming.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamSettings {
+    pub name: String,
+    /// `hookline.<ns>.<name>` — every subject of the endpoint starts with it.
+    pub subject_prefix: String,
+    pub max_age: Duration,
+    pub max_bytes: Option<i64>,
+    pub replicas: usize,
+    pub duplicate_window: Duration,
+    pub deletion_policy: DeletionPolicy,
+}
+
+impl StreamSettings {
+    /// The stream's one subject filter: `hookline.<ns>.<name>.>`.
+    pub fn subject_filter(&self) -> String {
+        format!("{}.>", self.subject_prefix)
+    }
+
+    /// The subject an event of `event_type` is published to.
+    pub fn subject_for(&self, event_type: &str) -> String {
+        format!(
+            "{}.{}",
+            self.subject_prefix,
+            crate::naming::subject_token(event_type)
+        )
+    }
+}
+
+/// The consumer's behaviour.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConsumerSettings {
+    pub durable_name: String,
+    pub database_secret_ref: Option<SecretKeyRef>,
+    /// Deliveries before the dead-letter table; enforced by the consumer.
+    pub max_deliver: i64,
+    /// Retry delays; the last one repeats. Never empty.
+    pub backoff: Vec<Duration>,
+    pub ack_wait: Duration,
+    pub batch_size: usize,
+    pub scaling: Scaling,
+    pub refetch: Option<Refetch>,
+}
+
+impl ConsumerSettings {
+    /// The delay before delivery number `delivered + 1`, given `delivered` so far (1-based).
+    pub fn retry_delay(&self, delivered: u64) -> Duration {
+        let index = usize::try_from(delivered.saturating_sub(1)).unwrap_or(usize::MAX);
+        self.backoff
+            .get(index)
+            .or(self.backoff.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(1))
+    }
+}
+
+/// KEDA scaling bounds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scaling {
+    pub min_replicas: i32,
+    pub max_replicas: i32,
+    pub lag_threshold: i64,
+}
+
+/// Reading the object's state from the provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refetch {
+    /// Contains `{objectId}`.
+    pub url_template: String,
+    pub auth_secret_ref: Option<SecretKeyRef>,
+}
+
+impl Refetch {
+    /// The URL for one object, with the id percent-encoded so it stays one path segment.
+    pub fn url_for(&self, object_id: &str) -> String {
+        let encoded: String = object_id
+            .bytes()
+            .map(|byte| match byte {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (byte as char).to_string()
+                }
+                other => format!("%{other:02X}"),
+            })
+            .collect();
+        self.url_template
+            .replace(crate::resolve::OBJECT_ID_PLACEHOLDER, &encoded)
+    }
+}
+
+/// The receiver Deployment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReceiverSettings {
+    pub replicas: i32,
+    pub resources: Option<ResourceRequirements>,
+    pub image: Option<String>,
+}

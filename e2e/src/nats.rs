@@ -1,0 +1,219 @@
+//! [`NatsServer`]: a real `nats-server` with JetStream on free loopback ports.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use tempfile::TempDir;
+
+use crate::{
+    binaries::find_binary,
+    error::{Result, TestServerError, io_err},
+    ports::try_free_port,
+    process::{ChildProcess, LOG_TAIL_LINES, Signal, file_tail},
+};
+
+/// Start-up is a few hundred milliseconds; this bound only catches a hung server.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// JetStream flushes its store on a graceful stop; give it time before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Attempts with fresh ports when another process took ours in the meantime.
+const START_ATTEMPTS: usize = 3;
+
+/// A `nats-server -js` process with its own store dir, killed on drop.
+///
+/// [`NatsServer::restart`] keeps the ports and the store dir, so JetStream
+/// streams and messages survive [`NatsServer::kill`] (a crash) or
+/// [`NatsServer::stop`].
+#[derive(Debug)]
+pub struct NatsServer {
+    binary: PathBuf,
+    port: u16,
+    monitor_port: u16,
+    store_dir: PathBuf,
+    log_path: PathBuf,
+    process: Option<ChildProcess>,
+    /// Removed on drop, after the process is gone (see `Drop`).
+    dir: TempDir,
+}
+
+impl NatsServer {
+    /// Starts a server and waits until JetStream is ready.
+    pub fn start() -> Result<NatsServer> {
+        let binary = find_binary(
+            "nats-server",
+            &["/usr/sbin", "/usr/local/sbin", "/usr/local/bin"],
+            "PATH or /usr/sbin",
+            "apt-get install -y nats-server",
+        )?;
+        let dir = tempfile::Builder::new()
+            .prefix("hookline-nats-")
+            .tempdir()
+            .map_err(io_err("creating a temp dir for nats-server"))?;
+        let store_dir = dir.path().join("store");
+        fs::create_dir(&store_dir)
+            .map_err(io_err(format!("creating {}", store_dir.display())))?;
+        let mut server = NatsServer {
+            binary,
+            port: 0,
+            monitor_port: 0,
+            log_path: dir.path().join("nats-server.log"),
+            store_dir,
+            process: None,
+            dir,
+        };
+        let mut attempt = 1;
+        loop {
+            server.port = try_free_port().map_err(io_err("finding a free port"))?;
+            server.monitor_port = try_free_port().map_err(io_err("finding a free port"))?;
+            match server.spawn_and_wait() {
+                Ok(()) => return Ok(server),
+                Err(_) if attempt < START_ATTEMPTS && server.port_was_taken() => {
+                    server.kill();
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The client URL, `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The monitoring endpoint, `http://127.0.0.1:MPORT` (`/varz`, `/jsz`, `/healthz`).
+    pub fn monitor_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.monitor_port)
+    }
+
+    /// The monitoring port.
+    pub fn monitor_port(&self) -> u16 {
+        self.monitor_port
+    }
+
+    /// The JetStream store dir (`-sd`), kept across restarts.
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    /// Everything the server logged, across restarts.
+    pub fn log(&self) -> String {
+        fs::read(&self.log_path)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Whether the server process is alive.
+    pub fn is_running(&mut self) -> bool {
+        self.process.as_mut().is_some_and(ChildProcess::is_running)
+    }
+
+    /// Graceful stop (SIGTERM, then SIGKILL after a grace period); no-op when stopped.
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.stop_with(Signal::Term, STOP_GRACE);
+        }
+    }
+
+    /// SIGKILL, simulating a crash; no-op when stopped.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// Starts the server again in place: same ports, same store dir. Stops it
+    /// gracefully first if it is still running.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn_and_wait()
+    }
+
+    fn spawn_and_wait(&mut self) -> Result<()> {
+        let mut command = Command::new(&self.binary);
+        command
+            .current_dir(self.dir.path())
+            .arg("-js")
+            .arg("-sd")
+            .arg(&self.store_dir)
+            .args(["-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .arg("-m")
+            .arg(self.monitor_port.to_string());
+        let process = ChildProcess::spawn_with_log(&mut command, &self.log_path)?;
+        let process = self.process.insert(process);
+
+        let started = Instant::now();
+        loop {
+            if let Some(status) = process.exit_status() {
+                self.process = None;
+                return Err(TestServerError::Exited {
+                    what: format!("nats-server on port {}", self.port),
+                    status: status.to_string(),
+                    log_tail: file_tail(&self.log_path, LOG_TAIL_LINES),
+                });
+            }
+            if healthy(self.monitor_port) {
+                return Ok(());
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                self.kill();
+                return Err(TestServerError::NotReady {
+                    what: format!("nats-server on port {}", self.port),
+                    waited: READY_TIMEOUT,
+                    log_tail: file_tail(&self.log_path, LOG_TAIL_LINES),
+                });
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the last start failed because a port was already in use.
+    fn port_was_taken(&self) -> bool {
+        file_tail(&self.log_path, LOG_TAIL_LINES).contains("address already in use")
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        // Kill before the TempDir field drops, so the store is removed last.
+        self.kill();
+    }
+}
+
+/// `GET /healthz?js-enabled-only=true` answers 200 once JetStream is up.
+fn healthy(monitor_port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, monitor_port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let timeout = Some(Duration::from_secs(1));
+    if stream.set_read_timeout(timeout).is_err() || stream.set_write_timeout(timeout).is_err() {
+        return false;
+    }
+    let request = "GET /healthz?js-enabled-only=true HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut response = Vec::new();
+    if stream.read_to_end(&mut response).is_err() && response.is_empty() {
+        return false;
+    }
+    let response = String::from_utf8_lossy(&response);
+    response
+        .lines()
+        .next()
+        .is_some_and(|status| status.split_whitespace().nth(1) == Some("200"))
+}
