@@ -514,10 +514,10 @@ pub fn resolve(
             format!("{path:?} may not contain whitespace, '?', '#', '{{', '}}' or '*'"),
         );
     }
-    if let Some(host) = &ingress_spec.host {
-        if let Err(message) = naming::check_host(host) {
-            problems.add("spec.ingress.host", message);
-        }
+    if let Some(host) = &ingress_spec.host
+        && let Err(message) = naming::check_host(host)
+    {
+        problems.add("spec.ingress.host", message);
     }
 
     let request_spec = spec.request.clone().unwrap_or_default();
@@ -529,10 +529,12 @@ pub fn resolve(
         }
         Some(bytes) => usize::try_from(bytes).unwrap_or(usize::MAX),
     };
-    if let Some(schema) = &request_spec.schema {
-        if !schema.is_object() {
-            problems.add("spec.request.schema", "must be a JSON Schema object");
-        }
+    if request_spec
+        .schema
+        .as_ref()
+        .is_some_and(|schema| !schema.is_object())
+    {
+        problems.add("spec.request.schema", "must be a JSON Schema object");
     }
 
     let event_spec = spec.event.clone().unwrap_or_default();

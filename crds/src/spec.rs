@@ -19,18 +19,11 @@ const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
     kind = "WebhookEndpoint",
     namespaced,
     shortname = "whe",
+    doc = "A webhook endpoint: a route that verifies a provider's signed requests, stores every accepted event durably in JetStream and writes it to Postgres.",
     status = "WebhookEndpointStatus",
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookEndpointSpec {
@@ -314,6 +307,7 @@ pub struct ConsumerSpec {
     pub max_deliver: Option<i64>,
     /// Delays between retries; the last one repeats. Default: 1s, 5s, 30s, 2m, 10m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(inner(regex(pattern = DURATION_PATTERN)))]
     pub backoff: Option<Vec<String>>,
     /// How long a fetched event stays invisible to other consumers before it is
     /// redelivered. Default: `30s`.

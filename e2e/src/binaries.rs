@@ -110,13 +110,15 @@ pub fn workspace_bin_in(package: &str, bin: &str) -> PathBuf {
     }
 }
 
+/// What building a binary gave: its path or cargo's error message.
+type Built = Result<PathBuf, String>;
+
 /// Builds `bin` of `package` (at most once per process; a failure is remembered
 /// too) into the target dir the running test lives in, and returns its path.
 pub fn try_workspace_bin(package: &str, bin: &str) -> Result<PathBuf> {
     /// Per (package, bin): the built path or the failure message. The lock is
     /// held while building so concurrent tests wait for one build.
-    static BUILT: OnceLock<Mutex<HashMap<(String, String), Result<PathBuf, String>>>> =
-        OnceLock::new();
+    static BUILT: OnceLock<Mutex<HashMap<(String, String), Built>>> = OnceLock::new();
     let mut built = BUILT
         .get_or_init(Default::default)
         .lock()
@@ -203,8 +205,13 @@ fn build(package: &str, bin: &str) -> Result<PathBuf> {
     if let Some(triple) = &layout.triple {
         command.args(["--target", triple]);
     }
-    let described = format!("{} build --package {package} --bin {bin}", cargo.to_string_lossy());
-    let output = command.output().map_err(io_err(format!("running `{described}`")))?;
+    let described = format!(
+        "{} build --package {package} --bin {bin}",
+        cargo.to_string_lossy()
+    );
+    let output = command
+        .output()
+        .map_err(io_err(format!("running `{described}`")))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let lines: Vec<&str> = stderr.lines().collect();

@@ -57,8 +57,7 @@ impl NatsServer {
             .tempdir()
             .map_err(io_err("creating a temp dir for nats-server"))?;
         let store_dir = dir.path().join("store");
-        fs::create_dir(&store_dir)
-            .map_err(io_err(format!("creating {}", store_dir.display())))?;
+        fs::create_dir(&store_dir).map_err(io_err(format!("creating {}", store_dir.display())))?;
         let mut server = NatsServer {
             binary,
             port: 0,

@@ -75,7 +75,11 @@ impl Postgres {
 
         // initdb and the server refuse to run as root.
         let root = is_root();
-        let run_as = if root { as_postgres_prefix()? } else { Vec::new() };
+        let run_as = if root {
+            as_postgres_prefix()?
+        } else {
+            Vec::new()
+        };
         let dir = temp_dir(root)?;
         let data_dir = dir.path().join("data");
 
@@ -224,7 +228,9 @@ impl Postgres {
     fn spawn_and_wait(&mut self) -> Result<()> {
         let log_start = fs::metadata(&self.log_path).map_or(0, |m| m.len());
         let mut cmd = command(&self.run_as, &self.postgres);
-        cmd.current_dir(self.dir.path()).arg("-D").arg(&self.data_dir);
+        cmd.current_dir(self.dir.path())
+            .arg("-D")
+            .arg(&self.data_dir);
         let socket_dir = self.dir.path().display().to_string();
         let defaults = [
             ("port", self.port.to_string()),
@@ -411,7 +417,9 @@ fn run(cmd: &mut Command, what: &str) -> Result<Output> {
 /// Whether the log, from byte `start` on, contains `needle`.
 fn logged_since(log: &Path, start: u64, needle: &str) -> bool {
     fs::read(log).is_ok_and(|bytes| {
-        let start = usize::try_from(start).unwrap_or(usize::MAX).min(bytes.len());
+        let start = usize::try_from(start)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
         String::from_utf8_lossy(&bytes[start..]).contains(needle)
     })
 }
@@ -420,7 +428,17 @@ fn logged_since(log: &Path, start: u64, needle: &str) -> bool {
 fn accepts(port: u16, pg_isready: Option<&Path>) -> bool {
     match pg_isready {
         Some(pg_isready) => Command::new(pg_isready)
-            .args(["-q", "-t", "2", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+            .args([
+                "-q",
+                "-t",
+                "2",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
             .args(["-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -12,7 +12,7 @@ use std::{
 
 use tempfile::TempDir;
 
-use crate::error::{Result, io_err};
+use crate::error::{Result, TestServerError, io_err};
 
 /// How long [`ChildProcess::terminate`] waits after SIGTERM before SIGKILL.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
@@ -59,19 +59,16 @@ pub fn send_signal(pid: u32, signal: Signal) -> Result<()> {
             .status()
     };
     let status = match run(Command::new("kill").args(["-s", signal.name(), &pid_arg])) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => run(Command::new("sh").args([
-            "-c",
-            "kill -s \"$0\" \"$1\"",
-            signal.name(),
-            &pid_arg,
-        ])),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            run(Command::new("sh").args(["-c", "kill -s \"$0\" \"$1\"", signal.name(), &pid_arg]))
+        }
         other => other,
     }
     .map_err(io_err(format!("running `kill -s {} {pid}`", signal.name())))?;
     if status.success() {
         Ok(())
     } else {
-        Err(crate::TestServerError::CommandFailed {
+        Err(TestServerError::CommandFailed {
             command: format!("kill -s {} {pid}", signal.name()),
             status: status.to_string(),
             output: String::from("(no such process?)"),
@@ -130,9 +127,10 @@ impl ChildProcess {
             .append(true)
             .open(&log_path)
             .map_err(io_err(format!("opening log file {}", log_path.display())))?;
-        let log_err = log
-            .try_clone()
-            .map_err(io_err(format!("duplicating log file {}", log_path.display())))?;
+        let log_err = log.try_clone().map_err(io_err(format!(
+            "duplicating log file {}",
+            log_path.display()
+        )))?;
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

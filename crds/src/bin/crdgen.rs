@@ -1,6 +1,7 @@
 //! Writes the CRD YAML generated from the Rust types.
 //!
-//! `crdgen` prints it; `crdgen --write` updates `crds/webhookendpoints.hookline.io.yaml`.
+//! `crdgen` prints it; `crdgen --write` updates the committed copies: the CRD
+//! file users `kubectl apply` and the one the Helm chart installs.
 
 use std::process::ExitCode;
 
@@ -12,17 +13,14 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("--write") => {
-            let path = concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/webhookendpoints.hookline.io.yaml"
-            );
-            match std::fs::write(path, yaml) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
+            for path in hookline_api::CRD_FILES {
+                let path = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+                if let Err(err) = std::fs::write(&path, &yaml) {
                     eprintln!("crdgen: cannot write {path}: {err}");
-                    ExitCode::FAILURE
+                    return ExitCode::FAILURE;
                 }
             }
+            ExitCode::SUCCESS
         }
         Some(other) => {
             eprintln!("crdgen: unknown argument {other:?}; usage: crdgen [--write]");

@@ -1,0 +1,96 @@
+//! Names derived from a resource stay valid for any valid resource name.
+
+use hookline_api::naming::*;
+
+fn is_dns_label(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 63
+        && text.starts_with(|c: char| c.is_ascii_lowercase())
+        && text.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn is_label_value(text: &str) -> bool {
+    text.len() <= 63
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && (text.is_empty()
+            || (text.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && text.ends_with(|c: char| c.is_ascii_alphanumeric())))
+}
+
+fn is_stream_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 200
+        && !text
+            .chars()
+            .any(|c| c.is_whitespace() || ".*>/\\".contains(c))
+}
+
+/// A valid resource name of 247 characters: four 60-character DNS labels.
+fn long_name() -> String {
+    (0..4)
+        .map(|index| format!("segment-{index}-{}", "x".repeat(50)))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+#[test]
+fn stream_and_subjects_follow_the_contract() {
+    assert_eq!(
+        stream_name("payments", "stripe"),
+        "HOOKLINE_payments_stripe"
+    );
+    assert_eq!(
+        stream_name("payments", "stripe.eu"),
+        "HOOKLINE_payments_stripe_eu"
+    );
+    assert_eq!(
+        subject_prefix("payments", "stripe.eu"),
+        "hookline.payments.stripe_eu"
+    );
+    assert_eq!(subject_token("invoice.paid"), "invoice_paid");
+    assert_eq!(subject_token("orders/create"), "orders_create");
+    assert_eq!(subject_token(""), "unknown");
+    assert_eq!(DURABLE_CONSUMER, "hookline-consumer");
+}
+
+#[test]
+fn names_stay_valid_for_the_longest_resource_names() {
+    let long = long_name();
+    assert!(long.len() > 200 && check_resource_name(&long).is_ok());
+    let namespace = "n".repeat(63);
+    assert!(is_stream_name(&stream_name(&namespace, &long)));
+    for suffix in ["receiver", "consumer", "manifest"] {
+        let name = child_name(&long, suffix);
+        assert!(is_dns_label(&name), "{name}");
+        assert!(name.ends_with(suffix));
+    }
+    assert!(is_label_value(&label_value(&long)));
+    assert!(
+        labels(&long, "receiver")
+            .values()
+            .all(|value| is_label_value(value))
+    );
+}
+
+#[test]
+fn truncated_names_stay_distinct() {
+    let long = long_name();
+    let other = long.replace("segment-3", "segment-9");
+    assert_ne!(
+        child_name(&long, "receiver"),
+        child_name(&other, "receiver")
+    );
+    assert_ne!(stream_name("ns", &long), stream_name("ns", &other));
+}
+
+#[test]
+fn child_names_start_with_a_letter() {
+    assert_eq!(child_name("stripe", "receiver"), "stripe-receiver");
+    assert_eq!(child_name("stripe.eu", "receiver"), "stripe-eu-receiver");
+    assert!(is_dns_label(&child_name("3scale", "receiver")));
+}
