@@ -1,0 +1,365 @@
+//! Drain benchmark (not a test): how fast one `hookline-consumer` process
+//! moves a backlog of 5 KB events from JetStream into Postgres, against the
+//! ceiling of the same Postgres: the same rows written by multi-row
+//! `INSERT … ON CONFLICT DO NOTHING` in transactions of 100.
+//!
+//! ```text
+//! cargo run --release -p hookline-consumer --example drain_bench -- [EVENTS] [CONCURRENCY]
+//! ```
+//!
+//! Real nats-server and Postgres (default durability: fsync and
+//! synchronous_commit on) on loopback, started by `hookline-e2e`. The events
+//! are published straight to the stream with the receiver's header contract
+//! (not through the receiver's HTTP front, which is another process and
+//! another benchmark). Bodies are Stripe-like invoice events whose bulk is
+//! random base64 text, so they compress poorly, about 5 KB each; every three
+//! events share an invoice (created, updated, paid), so the projection sees
+//! inserts and updates.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use chrono::{SecondsFormat, Utc};
+use hookline_api::{ValidatedEndpoint, headers};
+use hookline_e2e::{ChildProcess, NatsServer, Postgres, free_port};
+use rand::Rng;
+use sqlx::{PgPool, QueryBuilder};
+
+const BODY_BYTES: usize = 5 * 1024;
+const CEILING_BATCH: usize = 100;
+
+struct Generated {
+    id: String,
+    event_type: &'static str,
+    timestamp: String,
+    object_id: String,
+    received_at: String,
+    body: String,
+}
+
+fn random_base64(rng: &mut impl Rng, len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..64)] as char)
+        .collect()
+}
+
+fn generate(n: usize) -> Vec<Generated> {
+    let mut rng = rand::rng();
+    let base = 1_767_225_600_i64;
+    let types = ["invoice.created", "invoice.updated", "invoice.paid"];
+    let statuses = ["draft", "open", "paid"];
+    (0..n)
+        .map(|i| {
+            let id = format!("evt_{}", random_base64(&mut rng, 24).replace(['+', '/'], "x"));
+            let object_id = format!("in_{:08}", i / 3);
+            let created = base + i as i64;
+            let mut body = serde_json::json!({
+                "id": id,
+                "object": "event",
+                "api_version": "2024-06-20",
+                "created": created,
+                "type": types[i % 3],
+                "livemode": false,
+                "pending_webhooks": 1,
+                "request": {"id": format!("req_{}", random_base64(&mut rng, 14)), "idempotency_key": random_base64(&mut rng, 36)},
+                "data": {"object": {
+                    "id": object_id,
+                    "object": "invoice",
+                    "customer": format!("cus_{}", random_base64(&mut rng, 14)),
+                    "status": statuses[i % 3],
+                    "amount_due": rng.random_range(100..100_000),
+                    "currency": "eur",
+                    "lines": {"object": "list", "data": [
+                        {"id": format!("il_{}", random_base64(&mut rng, 24)), "description": random_base64(&mut rng, 400), "amount": 1200},
+                        {"id": format!("il_{}", random_base64(&mut rng, 24)), "description": random_base64(&mut rng, 400), "amount": 800},
+                    ]},
+                    "metadata": {},
+                }},
+            });
+            let current = body.to_string().len();
+            let filler = BODY_BYTES.saturating_sub(current + 40);
+            body["data"]["object"]["metadata"]["notes"] =
+                serde_json::Value::String(random_base64(&mut rng, filler));
+            Generated {
+                id,
+                event_type: types[i % 3],
+                timestamp: chrono::DateTime::from_timestamp(created, 0)
+                    .unwrap_or_default()
+                    .to_rfc3339_opts(SecondsFormat::Secs, true),
+                object_id,
+                received_at: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+                body: body.to_string(),
+            }
+        })
+        .collect()
+}
+
+fn headers_for(endpoint: &ValidatedEndpoint, event: &Generated) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    map.insert(headers::MSG_ID, event.id.as_str());
+    map.insert(headers::EVENT_ID, event.id.as_str());
+    map.insert(headers::EVENT_TYPE, event.event_type);
+    map.insert(headers::EVENT_TIMESTAMP, event.timestamp.as_str());
+    map.insert(headers::OBJECT_ID, event.object_id.as_str());
+    map.insert(headers::RECEIVED_AT, event.received_at.as_str());
+    map.insert(headers::ENDPOINT, endpoint.key().as_str());
+    map.insert(headers::PROVIDER, "stripe");
+    map.insert(headers::CONTENT_TYPE, "application/json; charset=utf-8");
+    map.insert(headers::ID_SOURCE, "provider");
+    map.insert(
+        "Hookline-Http-User-Agent",
+        "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+    );
+    map
+}
+
+async fn count(db: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(db).await.unwrap_or(-1)
+}
+
+/// The ceiling: the same rows, multi-row INSERT … ON CONFLICT DO NOTHING, 100 per transaction.
+async fn ceiling(
+    db: &PgPool,
+    endpoint: &ValidatedEndpoint,
+    events: &[Generated],
+    table: &str,
+) -> f64 {
+    sqlx::query(&format!(
+        "CREATE TABLE hookline.{table} (LIKE hookline.events INCLUDING ALL)"
+    ))
+    .execute(db)
+    .await
+    .expect("ceiling table");
+    let key = endpoint.key();
+    let headers_json: Vec<String> = events
+        .iter()
+        .map(|e| {
+            hookline_consumer::decode::headers_json(Some(&headers_for(endpoint, e))).to_string()
+        })
+        .collect();
+    let mut conn = db.acquire().await.expect("connection");
+    let started = Instant::now();
+    for (chunk, chunk_headers) in events
+        .chunks(CEILING_BATCH)
+        .zip(headers_json.chunks(CEILING_BATCH))
+    {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
+        let mut insert = QueryBuilder::new(format!(
+            "INSERT INTO hookline.{table} (endpoint, event_id, event_type, event_timestamp, object_id, \
+             received_at, deliveries, headers, payload) "
+        ));
+        insert.push_values(chunk.iter().zip(chunk_headers), |mut row, (e, h)| {
+            row.push_bind(&key)
+                .push_bind(&e.id)
+                .push_bind(e.event_type)
+                .push_bind(&e.timestamp)
+                .push_unseparated("::timestamptz")
+                .push_bind(&e.object_id)
+                .push_bind(&e.received_at)
+                .push_unseparated("::timestamptz")
+                .push_bind(1_i32)
+                .push_bind(h)
+                .push_unseparated("::jsonb")
+                .push_bind(&e.body)
+                .push_unseparated("::jsonb");
+        });
+        insert.push(" ON CONFLICT (endpoint, event_id) DO NOTHING");
+        insert.build().execute(&mut *tx).await.expect("insert");
+        tx.commit().await.expect("commit");
+    }
+    let rate = events.len() as f64 / started.elapsed().as_secs_f64();
+    let stored = count(db, &format!("SELECT count(*) FROM hookline.{table}")).await;
+    assert_eq!(stored, events.len() as i64);
+    rate
+}
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// User + system CPU seconds of `pid` so far.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+async fn metric(port: u16, name: &str) -> f64 {
+    let text = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => return -1.0,
+    };
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(50_000);
+    let concurrency: String = args.next().unwrap_or_else(|| "2".into());
+    let binary = hookline_e2e::workspace_bin("hookline-consumer");
+
+    let nats = NatsServer::start().expect("nats-server");
+    let pg = Postgres::start().expect("postgres");
+    let settings = pg
+        .psql("SELECT string_agg(name || '=' || setting, ' ') FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'shared_buffers', 'max_wal_size')")
+        .expect("settings");
+    println!("postgres: {settings}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest = dir.path().join("endpoint.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: hookline.io/v1alpha1\nkind: WebhookEndpoint\nmetadata: {name: stripe, namespace: bench}\n\
+         spec:\n  provider: stripe\n  secretRef: {name: s, key: k}\n  consumer:\n    batchSize: 100\n    ackWait: 30s\n",
+    )
+    .expect("manifest");
+    let endpoint = hookline_api::load_manifest(&manifest).expect("manifest");
+    let client = async_nats::connect(nats.url()).await.expect("NATS");
+    let js = jetstream::new(client.clone());
+    hookline_api::provision::provision(&js, &endpoint)
+        .await
+        .expect("provision");
+
+    let started = Instant::now();
+    let events = generate(n);
+    let mean = events.iter().map(|e| e.body.len()).sum::<usize>() / n.max(1);
+    println!(
+        "generated {n} events, mean body {mean} bytes, in {:.1?}",
+        started.elapsed()
+    );
+
+    let started = Instant::now();
+    for chunk in events.chunks(1000) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for event in chunk {
+            acks.push(
+                js.publish_with_headers(
+                    endpoint.stream.subject_for(event.event_type),
+                    headers_for(&endpoint, event),
+                    event.body.clone().into(),
+                )
+                .await
+                .expect("publish"),
+            );
+        }
+        for ack in acks {
+            ack.await.expect("PubAck");
+        }
+    }
+    println!(
+        "pre-loaded the stream: {:.0} events/s",
+        n as f64 / started.elapsed().as_secs_f64()
+    );
+
+    // Schema first (a consumer run with nothing to do would also make it).
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&pg.url())
+        .await
+        .expect("Postgres");
+    hookline_consumer::store::migrate(
+        &hookline_consumer::store::connect_options(&pg.url()).expect("url"),
+    )
+    .await
+    .expect("migrate");
+
+    let ceiling_before = ceiling(&db, &endpoint, &events, "ceiling_before").await;
+    println!("ceiling (before the drain): {ceiling_before:.0} rows/s");
+
+    let port = free_port();
+    let mut command = Command::new(&binary);
+    command
+        .arg("--endpoint")
+        .arg(&manifest)
+        .args(["--nats-url", &nats.url(), "--database-url", &pg.url()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--concurrency", &concurrency])
+        .env("RUST_LOG", "warn");
+    let started = Instant::now();
+    let mut consumer = ChildProcess::spawn(&mut command).expect("consumer");
+    let mut peak_kib = 0;
+    loop {
+        if let Some(kib) = vm_hwm_kib(consumer.id()) {
+            peak_kib = peak_kib.max(kib);
+        }
+        if count(&db, "SELECT count(*) FROM hookline.events").await >= n as i64 {
+            break;
+        }
+        assert!(
+            consumer.is_running(),
+            "consumer exited: {}",
+            consumer.log_tail(20)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "drain too slow"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let wall = started.elapsed();
+    let (first, last): (f64, f64) = sqlx::query_as(
+        "SELECT extract(epoch FROM min(processed_at))::float8, extract(epoch FROM max(processed_at))::float8 FROM hookline.events",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("times");
+    let drain = n as f64 / (last - first).max(1e-9);
+    let wall_rate = n as f64 / wall.as_secs_f64();
+    let duplicates = metric(port, "hookline_consumer_duplicates_total").await;
+    let processed = metric(port, "hookline_consumer_events_processed_total").await;
+    if let Some(kib) = vm_hwm_kib(consumer.id()) {
+        peak_kib = peak_kib.max(kib);
+    }
+    let cpu = cpu_seconds(consumer.id()).unwrap_or(-1.0);
+    let stopped = consumer.terminate();
+
+    let stored = count(&db, "SELECT count(*) FROM hookline.events").await;
+    let distinct = count(&db, "SELECT count(DISTINCT event_id) FROM hookline.events").await;
+    let objects = count(&db, "SELECT count(*) FROM hookline.objects").await;
+    let paid = count(
+        &db,
+        "SELECT count(*) FROM hookline.objects WHERE state->>'status' = 'paid'",
+    )
+    .await;
+
+    let ceiling_after = ceiling(&db, &endpoint, &events, "ceiling_after").await;
+    println!("ceiling (after the drain): {ceiling_after:.0} rows/s");
+    let ceiling_rate = ceiling_before.max(ceiling_after);
+
+    println!();
+    println!("events:                 {n} x ~{mean} B, batchSize 100, concurrency {concurrency}");
+    println!("drain (first→last commit): {drain:.0} rows/s");
+    println!("drain (spawn→all stored):  {wall_rate:.0} rows/s ({wall:.2?})");
+    println!("ceiling (best of two):     {ceiling_rate:.0} rows/s");
+    println!(
+        "ratio:                     {:.0} %",
+        100.0 * drain / ceiling_rate
+    );
+    println!(
+        "stored {stored}, distinct {distinct}, processed metric {processed}, duplicates {duplicates}"
+    );
+    println!("objects {objects}, of which paid {paid}");
+    println!(
+        "consumer peak RSS:         {:.1} MiB",
+        peak_kib as f64 / 1024.0
+    );
+    println!("consumer CPU (user+sys):   {cpu:.2} s");
+    println!("consumer exit:             {stopped:?}");
+    assert_eq!(stored, n as i64, "every event stored");
+    assert_eq!(distinct, n as i64, "exactly once");
+}

@@ -1,0 +1,244 @@
+//! The command line (every flag also an environment variable) and the
+//! validated [`Config`] it becomes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use hookline_api::ValidatedEndpoint;
+
+use crate::store::Selection;
+use crate::{Error, Result};
+
+/// Drains a WebhookEndpoint's JetStream stream into Postgres.
+#[derive(Debug, Parser)]
+#[command(name = "hookline-consumer", version, about, long_about = None)]
+pub struct Cli {
+    /// The WebhookEndpoint manifest (the YAML `kubectl apply` takes).
+    #[arg(long, env = "HOOKLINE_ENDPOINT", global = true, value_name = "FILE")]
+    pub endpoint: Option<PathBuf>,
+    /// NATS server URL.
+    #[arg(long, env = "HOOKLINE_NATS_URL", global = true, value_name = "URL")]
+    pub nats_url: Option<String>,
+    /// Postgres URL.
+    #[arg(
+        long,
+        env = "HOOKLINE_DATABASE_URL",
+        global = true,
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "HOOKLINE_LISTEN", default_value = "0.0.0.0:8081")]
+    pub listen: SocketAddr,
+    /// Create or update the stream and durable consumer first (outside a cluster).
+    #[arg(long, env = "HOOKLINE_PROVISION")]
+    pub provision: bool,
+    /// File holding the `Authorization` header value for `consumer.refetch`
+    /// (the key of `refetch.authSecretRef`, mounted); re-read on every call.
+    #[arg(long, env = "HOOKLINE_REFETCH_AUTH_FILE", value_name = "FILE")]
+    pub refetch_auth_file: Option<PathBuf>,
+    /// Batches processed at once (their commits overlap).
+    #[arg(long, env = "HOOKLINE_CONCURRENCY", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish dead letters into the stream again (same event ids) and mark
+    /// them replayed. Without a filter: every dead letter not replayed yet.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Every dead letter not replayed yet (the default without filters).
+    #[arg(long, conflicts_with_all = ["event_id", "since", "until"])]
+    pub all: bool,
+    /// Only this event id (repeatable).
+    #[arg(long = "event-id", alias = "id", value_name = "ID")]
+    pub event_id: Vec<String>,
+    /// Only dead letters that failed at or after this RFC 3339 time.
+    #[arg(long, alias = "from", value_name = "TIME", value_parser = parse_time)]
+    pub since: Option<DateTime<Utc>>,
+    /// Only dead letters that failed before this RFC 3339 time.
+    #[arg(long, alias = "to", value_name = "TIME", value_parser = parse_time)]
+    pub until: Option<DateTime<Utc>>,
+}
+
+fn parse_time(text: &str) -> std::result::Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|time| time.with_timezone(&Utc))
+        .map_err(|err| format!("not an RFC 3339 time (e.g. 2026-01-31T12:00:00Z): {err}"))
+}
+
+impl ReplayArgs {
+    pub fn selection(&self) -> Selection {
+        Selection {
+            event_ids: self.event_id.clone(),
+            since: self.since,
+            until: self.until,
+        }
+    }
+}
+
+/// Everything `run` needs, checked.
+#[derive(Clone)]
+pub struct Config {
+    pub endpoint: ValidatedEndpoint,
+    pub nats_url: String,
+    /// May hold a password: never logged (see the `Debug` impl).
+    pub database_url: String,
+    pub listen: SocketAddr,
+    pub provision: bool,
+    pub refetch_auth_file: Option<PathBuf>,
+    pub concurrency: usize,
+    /// How often the retention sweep runs.
+    pub sweep_interval: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("endpoint", &self.endpoint.key())
+            .field("nats_url", &self.nats_url)
+            .field("database_url", &"<redacted>")
+            .field("listen", &self.listen)
+            .field("provision", &self.provision)
+            .field("refetch_auth_file", &self.refetch_auth_file)
+            .field("concurrency", &self.concurrency)
+            .field("sweep_interval", &self.sweep_interval)
+            .finish()
+    }
+}
+
+/// How often the retention sweep runs by default.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+
+impl Config {
+    /// A config with the defaults for everything but the three required values.
+    pub fn new(endpoint: ValidatedEndpoint, nats_url: &str, database_url: &str) -> Config {
+        Config {
+            endpoint,
+            nats_url: nats_url.to_owned(),
+            database_url: database_url.to_owned(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 8081)),
+            provision: false,
+            refetch_auth_file: None,
+            concurrency: 2,
+            sweep_interval: SWEEP_INTERVAL,
+        }
+    }
+
+    /// Checks the command line and reads the manifest.
+    pub fn from_cli(cli: &Cli) -> Result<Config> {
+        let (endpoint, nats_url, database_url) = required(cli)?;
+        let config = Config {
+            listen: cli.listen,
+            provision: cli.provision,
+            refetch_auth_file: cli.refetch_auth_file.clone(),
+            concurrency: usize::from(cli.concurrency),
+            ..Config::new(endpoint, &nats_url, &database_url)
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Cross-checks the flags against the manifest.
+    pub fn check(&self) -> Result<()> {
+        crate::store::connect_options(&self.database_url)?;
+        if let Some(refetch) = &self.endpoint.consumer.refetch
+            && refetch.auth_secret_ref.is_some()
+            && self.refetch_auth_file.is_none()
+        {
+            return Err(Error::Config(
+                "spec.consumer.refetch.authSecretRef is set: pass --refetch-auth-file (HOOKLINE_REFETCH_AUTH_FILE) with the mounted secret".into(),
+            ));
+        }
+        if let Some(path) = &self.refetch_auth_file
+            && !path.is_file()
+        {
+            return Err(Error::Config(format!(
+                "--refetch-auth-file {}: no such file",
+                path.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The manifest, NATS URL and database URL, each required.
+pub fn required(cli: &Cli) -> Result<(ValidatedEndpoint, String, String)> {
+    let missing =
+        |flag: &str, env: &str| Error::Config(format!("{flag} is required (or set {env})"));
+    let path = cli
+        .endpoint
+        .as_ref()
+        .ok_or_else(|| missing("--endpoint", "HOOKLINE_ENDPOINT"))?;
+    let nats_url = cli
+        .nats_url
+        .clone()
+        .filter(|url| !url.trim().is_empty())
+        .ok_or_else(|| missing("--nats-url", "HOOKLINE_NATS_URL"))?;
+    let database_url = cli
+        .database_url
+        .clone()
+        .filter(|url| !url.trim().is_empty())
+        .ok_or_else(|| missing("--database-url", "HOOKLINE_DATABASE_URL"))?;
+    crate::store::connect_options(&database_url)?;
+    let endpoint = hookline_api::load_manifest(path)?;
+    Ok((endpoint, nats_url, database_url))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn replay_filters_parse_before_or_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "hookline-consumer",
+            "--endpoint",
+            "e.yaml",
+            "replay",
+            "--nats-url",
+            "nats://x",
+            "--event-id",
+            "a",
+            "--id",
+            "b",
+            "--since",
+            "2026-01-01T00:00:00Z",
+        ])
+        .expect("parses");
+        let Some(Command::Replay(args)) = &cli.command else {
+            panic!("replay expected")
+        };
+        assert_eq!(args.event_id, ["a", "b"]);
+        assert!(args.since.is_some());
+        assert_eq!(cli.nats_url.as_deref(), Some("nats://x"));
+    }
+
+    #[test]
+    fn a_missing_flag_is_named() {
+        let cli =
+            Cli::try_parse_from(["hookline-consumer", "--endpoint", "e.yaml"]).expect("parses");
+        let err = required(&cli).expect_err("missing nats url");
+        assert_eq!(
+            err.to_string(),
+            "--nats-url is required (or set HOOKLINE_NATS_URL)"
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! `hookline-consumer replay`: publishes dead letters into the stream again,
+//! with their original headers (so the same event id), and marks them replayed.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use hookline_api::{ValidatedEndpoint, headers};
+use serde_json::Value;
+use tracing::info;
+
+use crate::store::{self, Selection, StoredDeadLetter};
+use crate::{Error, Result};
+
+/// Replays the dead letters of `endpoint` matching `selection` and not yet
+/// replayed; returns how many were published.
+///
+/// Each keeps its `Nats-Msg-Id`, unless JetStream still remembers that id
+/// (within the stream's duplicate window) and would drop the message: then it
+/// is published once more with `<id>:replay:<dead letter id>`. The event id
+/// (`Hookline-Event-Id`), which the consumer deduplicates on, never changes,
+/// so replaying an event that got stored meanwhile changes nothing.
+pub async fn replay(
+    endpoint: &ValidatedEndpoint,
+    nats_url: &str,
+    database_url: &str,
+    selection: &Selection,
+) -> Result<usize> {
+    let options = store::connect_options(database_url)?;
+    store::migrate(&options).await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    let client = async_nats::ConnectOptions::new()
+        .name("hookline-consumer-replay")
+        .connect(nats_url)
+        .await
+        .map_err(|err| Error::Nats(format!("cannot connect to {nats_url}: {err}")))?;
+    let js = jetstream::new(client.clone());
+    let letters = store::dead_letters_to_replay(&pool, &endpoint.key(), selection).await?;
+    let mut replayed = 0;
+    for letter in letters {
+        let subject = letter.subject.clone().unwrap_or_else(|| {
+            endpoint
+                .stream
+                .subject_for(letter.event_type.as_deref().unwrap_or("unknown"))
+        });
+        publish(&js, &subject, &letter).await?;
+        store::mark_replayed(&pool, letter.id).await?;
+        info!(
+            dead_letter = letter.id,
+            event_id = letter.event_id.as_deref().unwrap_or(""),
+            "replayed"
+        );
+        replayed += 1;
+    }
+    client
+        .flush()
+        .await
+        .map_err(|err| Error::Nats(err.to_string()))?;
+    pool.close().await;
+    Ok(replayed)
+}
+
+async fn publish(js: &jetstream::Context, subject: &str, letter: &StoredDeadLetter) -> Result<()> {
+    let mut map = header_map(&letter.headers);
+    // Rows written by hand may carry the ids in their columns only.
+    if let Some(event_id) = &letter.event_id {
+        for name in [headers::EVENT_ID, headers::MSG_ID] {
+            if map.get(name).is_none() {
+                map.insert(name, event_id.as_str());
+            }
+        }
+    }
+    if let Some(event_type) = &letter.event_type
+        && map.get(headers::EVENT_TYPE).is_none()
+    {
+        map.insert(headers::EVENT_TYPE, event_type.as_str());
+    }
+    let ack = send(js, subject, letter, map.clone()).await?;
+    if ack.duplicate {
+        let original = map
+            .get(headers::MSG_ID)
+            .map(|v| v.as_str().to_owned())
+            .or_else(|| letter.event_id.clone())
+            .unwrap_or_default();
+        map.insert(
+            headers::MSG_ID,
+            format!("{original}:replay:{}", letter.id).as_str(),
+        );
+        send(js, subject, letter, map).await?;
+    }
+    Ok(())
+}
+
+async fn send(
+    js: &jetstream::Context,
+    subject: &str,
+    letter: &StoredDeadLetter,
+    map: HeaderMap,
+) -> Result<jetstream::publish::PublishAck> {
+    let failed = |err: &dyn std::fmt::Display| {
+        Error::Nats(format!(
+            "cannot publish dead letter {} to {subject}: {err}",
+            letter.id
+        ))
+    };
+    js.publish_with_headers(subject.to_owned(), map, letter.payload.clone().into())
+        .await
+        .map_err(|err| failed(&err))?
+        .await
+        .map_err(|err| failed(&err))
+}
+
+/// Headers stored as `{"Name": "value" | ["v1", "v2"]}` back into a header map.
+pub fn header_map(stored: &Value) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    if let Value::Object(object) = stored {
+        for (name, value) in object {
+            match value {
+                Value::String(text) => map.append(name.as_str(), text.as_str()),
+                Value::Array(values) => {
+                    for text in values.iter().filter_map(Value::as_str) {
+                        map.append(name.as_str(), text);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::headers_json;
+
+    #[test]
+    fn stored_headers_round_trip() {
+        let mut map = HeaderMap::new();
+        map.insert("Nats-Msg-Id", "evt_1");
+        map.append("Hookline-Http-X-Multi", "a");
+        map.append("Hookline-Http-X-Multi", "b");
+        let back = header_map(&headers_json(Some(&map)));
+        assert_eq!(headers_json(Some(&back)), headers_json(Some(&map)));
+        assert_eq!(back.get("Nats-Msg-Id").map(|v| v.as_str()), Some("evt_1"));
+    }
+}

@@ -1,0 +1,130 @@
+//! The whole pipeline outside a cluster, as a user runs it: the real
+//! `hookline-receiver` and `hookline-consumer` binaries started from the shipped
+//! Stripe example with `--provision`, a real nats-server and Postgres.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, Mac};
+use hookline_e2e::{ChildProcess, NatsServer, Postgres, free_port, workspace_bin};
+use sha2::Sha256;
+
+const SECRET: &str = "whsec_e2e_pipeline_secret";
+
+fn manifest() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/stripe.yaml"))
+}
+
+/// `Stripe-Signature` as Stripe computes it: HMAC-SHA256 of `t.body`, hex.
+fn stripe_signature(timestamp: u64, body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
+    mac.update(format!("{timestamp}.{body}").as_bytes());
+    format!("t={timestamp},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs()
+}
+
+async fn wait_ready(client: &reqwest::Client, url: &str, process: &mut ChildProcess) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if client.get(url).send().await.is_ok_and(|response| response.status().is_success()) {
+            return;
+        }
+        assert!(process.is_running(), "{} exited:\n{}", process.name(), process.log_tail(40));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{url} never became ready:\n{}", process.log_tail(40));
+}
+
+fn wait_for_rows(postgres: &Postgres, sql: &str, expected: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = postgres.psql(sql).unwrap_or_default();
+        if found == expected || Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_events_become_one_row_each_and_the_newest_state_wins() {
+    let nats = NatsServer::start().expect("nats-server starts");
+    let postgres = Postgres::start().expect("postgres starts");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).expect("write secret");
+    let (receiver_port, consumer_port) = (free_port(), free_port());
+
+    let mut receiver = ChildProcess::spawn(
+        std::process::Command::new(workspace_bin("hookline-receiver"))
+            .arg("--endpoint")
+            .arg(manifest())
+            .arg("--secret-file")
+            .arg(&secret_file)
+            .args(["--nats-url", &nats.url(), "--listen", &format!("127.0.0.1:{receiver_port}"), "--provision"]),
+    )
+    .expect("receiver starts");
+    let mut consumer = ChildProcess::spawn(
+        std::process::Command::new(workspace_bin("hookline-consumer"))
+            .env("HOOKLINE_ENDPOINT", manifest())
+            .env("HOOKLINE_NATS_URL", nats.url())
+            .env("HOOKLINE_DATABASE_URL", postgres.url())
+            .env("HOOKLINE_LISTEN", format!("127.0.0.1:{consumer_port}"))
+            .arg("--provision"),
+    )
+    .expect("consumer starts");
+
+    let client = reqwest::Client::new();
+    wait_ready(&client, &format!("http://127.0.0.1:{receiver_port}/readyz"), &mut receiver).await;
+    wait_ready(&client, &format!("http://127.0.0.1:{consumer_port}/readyz"), &mut consumer).await;
+
+    let url = format!("http://127.0.0.1:{receiver_port}/stripe");
+    let created = now() - 60;
+    let events = [
+        // The newer event arrives first; the older one must not overwrite it.
+        format!(r#"{{"id":"evt_2","type":"invoice.paid","created":{},"data":{{"object":{{"id":"in_1","status":"paid"}}}}}}"#, created + 30),
+        format!(r#"{{"id":"evt_1","type":"invoice.created","created":{created},"data":{{"object":{{"id":"in_1","status":"draft"}}}}}}"#),
+        format!(r#"{{"id":"evt_2","type":"invoice.paid","created":{},"data":{{"object":{{"id":"in_1","status":"paid"}}}}}}"#, created + 30),
+    ];
+    for body in &events {
+        let response = client
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .header("Stripe-Signature", stripe_signature(now(), body))
+            .body(body.clone())
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
+    }
+    let forged = client
+        .post(&url)
+        .header("Content-Type", "application/json")
+        .header("Stripe-Signature", format!("t={},v1={}", now(), "0".repeat(64)))
+        .body(r#"{"id":"evt_forged","type":"invoice.paid"}"#)
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(forged.status(), 401);
+
+    let rows = wait_for_rows(
+        &postgres,
+        "select string_agg(event_id || ':' || event_type, ',' order by event_id) from hookline.events",
+        "evt_1:invoice.created,evt_2:invoice.paid",
+    );
+    assert_eq!(rows, "evt_1:invoice.created,evt_2:invoice.paid", "consumer log:\n{}", consumer.log_tail(40));
+    let state = wait_for_rows(
+        &postgres,
+        "select endpoint || ' ' || object_id || ' ' || last_event_id || ' ' || (state->>'status') from hookline.objects",
+        "payments/stripe in_1 evt_2 paid",
+    );
+    assert_eq!(state, "payments/stripe in_1 evt_2 paid");
+
+    for process in [&mut receiver, &mut consumer] {
+        let status = process.terminate().expect("exits after SIGTERM");
+        assert!(status.success(), "{} exited with {status}:\n{}", process.name(), process.log_tail(20));
+    }
+}
