@@ -1,0 +1,112 @@
+//! Command-line flags (each also an environment variable) and the validated
+//! configuration the server runs with.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use hookline_api::ValidatedEndpoint;
+
+use crate::Result;
+
+/// Receives one WebhookEndpoint's webhooks and stores them durably in JetStream.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "hookline-receiver", version, about)]
+pub struct Args {
+    /// The WebhookEndpoint manifest (the YAML `kubectl apply` takes).
+    #[arg(long, env = "HOOKLINE_ENDPOINT", value_name = "FILE")]
+    pub endpoint: PathBuf,
+
+    /// The signing secret(s), one per line; re-read when it changes.
+    #[arg(long, env = "HOOKLINE_SECRET_FILE", value_name = "FILE")]
+    pub secret_file: PathBuf,
+
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "HOOKLINE_NATS_URL", value_name = "URL")]
+    pub nats_url: String,
+
+    /// Address to serve HTTP on.
+    #[arg(
+        long,
+        env = "HOOKLINE_LISTEN",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub listen: SocketAddr,
+
+    /// Create or update the endpoint's stream and durable consumer (outside a cluster).
+    #[arg(long, env = "HOOKLINE_PROVISION")]
+    pub provision: bool,
+
+    /// NATS credentials file (`.creds`).
+    #[arg(long, env = "HOOKLINE_NATS_CREDS", value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+
+    /// Longest wait for JetStream's acknowledgement before answering 503.
+    #[arg(long, env = "HOOKLINE_PUBLISH_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub publish_timeout: Duration,
+
+    /// Longest time one request may take, body upload included.
+    #[arg(long, env = "HOOKLINE_REQUEST_TIMEOUT", value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Longest wait for in-flight requests after SIGTERM.
+    #[arg(long, env = "HOOKLINE_SHUTDOWN_TIMEOUT", value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// How often the secret file is checked for changes.
+    #[arg(long, env = "HOOKLINE_SECRET_POLL", value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub secret_poll_interval: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    hookline_api::resolve::parse_duration(text)
+}
+
+/// Everything the server needs, checked once at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub endpoint: ValidatedEndpoint,
+    pub secret_file: PathBuf,
+    pub nats_url: String,
+    pub nats_creds: Option<PathBuf>,
+    pub provision: bool,
+    pub publish_timeout: Duration,
+    pub request_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub secret_poll_interval: Duration,
+}
+
+impl Config {
+    /// Reads and validates the manifest named by `args`.
+    pub fn from_args(args: &Args) -> Result<Config> {
+        let endpoint = hookline_api::load_manifest(&args.endpoint)?;
+        Ok(Config {
+            endpoint,
+            secret_file: args.secret_file.clone(),
+            nats_url: args.nats_url.clone(),
+            nats_creds: args.nats_creds.clone(),
+            provision: args.provision,
+            publish_timeout: args.publish_timeout,
+            request_timeout: args.request_timeout,
+            shutdown_timeout: args.shutdown_timeout,
+            secret_poll_interval: args.secret_poll_interval,
+        })
+    }
+
+    /// A configuration with the defaults of the flags, for tests and embedding.
+    pub fn new(endpoint: ValidatedEndpoint, secret_file: PathBuf, nats_url: String) -> Config {
+        Config {
+            endpoint,
+            secret_file,
+            nats_url,
+            nats_creds: None,
+            provision: false,
+            publish_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(15),
+            shutdown_timeout: Duration::from_secs(20),
+            secret_poll_interval: Duration::from_secs(1),
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Prometheus metrics: requests by outcome and provider, request and publish
+//! latency, body sizes, and the state of the secrets and of JetStream.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    provider: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: &'static str,
+}
+
+/// The receiver's metrics, registered once and shared by every request.
+pub struct Metrics {
+    registry: Registry,
+    provider: &'static str,
+    requests: Family<OutcomeLabels, Counter>,
+    request_duration: Family<ProviderLabels, Histogram>,
+    publish_duration: Histogram,
+    body_size: Histogram,
+    pub secrets: Gauge,
+    pub secret_reloads: Counter,
+    pub jetstream_ready: Gauge,
+}
+
+impl Metrics {
+    pub fn new(provider: &'static str) -> Metrics {
+        let mut registry = Registry::with_prefix("hookline_receiver");
+        let requests = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Webhook requests by outcome (stored, duplicate, challenge, or the refusal)",
+            requests.clone(),
+        );
+        let request_duration = Family::<ProviderLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 15))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to answer",
+            request_duration.clone(),
+        );
+        let publish_duration = Histogram::new(exponential_buckets(0.0002, 2.0, 16));
+        registry.register(
+            "publish_duration_seconds",
+            "Time from publish to JetStream's acknowledgement",
+            publish_duration.clone(),
+        );
+        let body_size = Histogram::new(exponential_buckets(256.0, 4.0, 10));
+        registry.register(
+            "body_size_bytes",
+            "Size of accepted request bodies",
+            body_size.clone(),
+        );
+        let secrets = Gauge::default();
+        registry.register("secrets", "Usable signing secrets loaded", secrets.clone());
+        let secret_reloads = Counter::default();
+        registry.register(
+            "secret_reloads",
+            "Times the secret file changed and was re-read",
+            secret_reloads.clone(),
+        );
+        let jetstream_ready = Gauge::default();
+        registry.register(
+            "jetstream_ready",
+            "1 when NATS is connected and the endpoint's stream answered",
+            jetstream_ready.clone(),
+        );
+        Metrics {
+            registry,
+            provider,
+            requests,
+            request_duration,
+            publish_duration,
+            body_size,
+            secrets,
+            secret_reloads,
+            jetstream_ready,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, outcome: &'static str, elapsed: Duration) {
+        self.requests
+            .get_or_create(&OutcomeLabels {
+                provider: self.provider,
+                outcome,
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&ProviderLabels {
+                provider: self.provider,
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn publish(&self, elapsed: Duration) {
+        self.publish_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn body(&self, bytes: usize) {
+        self.body_size.observe(bytes as f64);
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

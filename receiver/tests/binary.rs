@@ -1,0 +1,153 @@
+//! The real `hookline-receiver` binary: the contract's flags and environment
+//! variables, one-line errors, and SIGTERM.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hookline_e2e::{ChildProcess, NatsServer, Signal, free_port};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hookline-receiver");
+const SECRET: &str = "It's a Secret to Everybody";
+
+fn run_to_end(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let output = Command::new(BIN)
+        .args(args)
+        .env_remove("HOOKLINE_ENDPOINT")
+        .env_remove("HOOKLINE_SECRET_FILE")
+        .env_remove("HOOKLINE_NATS_URL")
+        .envs(envs.iter().copied())
+        .output()
+        .expect("run binary");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn assert_one_line_error(stderr: &str) {
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+}
+
+#[test]
+fn unknown_flag_is_a_one_line_error() {
+    let (code, stderr) = run_to_end(&["--endpont", "x"], &[]);
+    assert_eq!(code, Some(2));
+    assert_one_line_error(&stderr);
+    assert!(stderr.contains("--endpont"), "{stderr}");
+}
+
+#[test]
+fn missing_flags_are_named_on_one_line() {
+    let (code, stderr) = run_to_end(&[], &[]);
+    assert_eq!(code, Some(2));
+    assert_one_line_error(&stderr);
+    assert!(stderr.contains("--endpoint"), "{stderr}");
+}
+
+#[test]
+fn invalid_manifest_is_a_one_line_error_naming_the_field() {
+    let dir = tempfile::tempdir().expect("dir");
+    let endpoint = dir.path().join("endpoint.yaml");
+    std::fs::write(&endpoint, manifest("paypal", "")).expect("write");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s").expect("write");
+    let (code, stderr) = run_to_end(
+        &[
+            "--endpoint",
+            endpoint.to_str().expect("utf-8"),
+            "--secret-file",
+            secret.to_str().expect("utf-8"),
+            "--nats-url",
+            "nats://127.0.0.1:1",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1));
+    assert_one_line_error(&stderr);
+    assert!(stderr.contains("spec.provider"), "{stderr}");
+}
+
+#[test]
+fn missing_secret_file_is_a_one_line_error() {
+    let dir = tempfile::tempdir().expect("dir");
+    let endpoint = dir.path().join("endpoint.yaml");
+    std::fs::write(&endpoint, manifest("github", "")).expect("write");
+    let (code, stderr) = run_to_end(
+        &[],
+        &[
+            ("HOOKLINE_ENDPOINT", endpoint.to_str().expect("utf-8")),
+            ("HOOKLINE_SECRET_FILE", "/nonexistent/secret"),
+            ("HOOKLINE_NATS_URL", "nats://127.0.0.1:1"),
+        ],
+    );
+    assert_eq!(code, Some(1));
+    assert_one_line_error(&stderr);
+    assert!(stderr.contains("/nonexistent/secret"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_configured_by_environment_stores_events_and_exits_on_sigterm() {
+    let nats = tokio::task::block_in_place(|| NatsServer::start().expect("nats-server"));
+    let dir = tempfile::tempdir().expect("dir");
+    let endpoint = dir.path().join("endpoint.yaml");
+    std::fs::write(&endpoint, example("github.yaml")).expect("write");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).expect("write");
+    let port = free_port();
+    let mut command = Command::new(BIN);
+    command
+        .arg("--provision")
+        .env("HOOKLINE_ENDPOINT", &endpoint)
+        .env("HOOKLINE_SECRET_FILE", &secret)
+        .env("HOOKLINE_NATS_URL", nats.url())
+        .env("HOOKLINE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "info");
+    let mut child = ChildProcess::spawn(&mut command).expect("spawn receiver");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(response) = http.get(format!("{base}/readyz")).send().await
+            && response.status() == 200
+        {
+            break;
+        }
+        assert!(child.is_running(), "receiver exited:\n{}", child.log());
+        assert!(Instant::now() < deadline, "not ready:\n{}", child.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let body = br#"{"action":"created","hook_id":42}"#;
+    let mut request = http.post(format!("{base}/github")).body(body.to_vec());
+    for (name, value) in github(SECRET, body, "bin-1", "ping") {
+        request = request.header(name, value);
+    }
+    let response = request.send().await.expect("post");
+    assert_eq!(response.status(), 200);
+
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let stream = js
+        .get_stream("HOOKLINE_default_github")
+        .await
+        .expect("stream");
+    let message = stream.get_raw_message(1).await.expect("message 1");
+    assert_eq!(message.subject.as_str(), "hookline.default.github.ping");
+
+    child.signal(Signal::Term).expect("SIGTERM");
+    let status = tokio::task::block_in_place(|| child.wait_timeout(Duration::from_secs(15)))
+        .expect("exited after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    let log = child.log();
+    assert!(!log.contains(SECRET), "the secret is never logged");
+    for line in log.lines().filter(|line| !line.trim().is_empty()) {
+        let parsed: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("JSON log line: {line}"));
+        assert!(parsed.get("level").is_some(), "{line}");
+    }
+}
