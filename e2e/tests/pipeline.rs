@@ -12,27 +12,47 @@ use sha2::Sha256;
 const SECRET: &str = "whsec_e2e_pipeline_secret";
 
 fn manifest() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/stripe.yaml"))
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/stripe.yaml"
+    ))
 }
 
 /// `Stripe-Signature` as Stripe computes it: HMAC-SHA256 of `t.body`, hex.
 fn stripe_signature(timestamp: u64, body: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
     mac.update(format!("{timestamp}.{body}").as_bytes());
-    format!("t={timestamp},v1={}", hex::encode(mac.finalize().into_bytes()))
+    format!(
+        "t={timestamp},v1={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
 }
 
 async fn wait_ready(client: &reqwest::Client, url: &str, process: &mut ChildProcess) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if client.get(url).send().await.is_ok_and(|response| response.status().is_success()) {
+        if client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success())
+        {
             return;
         }
-        assert!(process.is_running(), "{} exited:\n{}", process.name(), process.log_tail(40));
+        if let Some(status) = process.exit_status() {
+            panic!(
+                "{} exited with {status}:\n{}",
+                process.name(),
+                process.log_tail(40)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("{url} never became ready:\n{}", process.log_tail(40));
@@ -64,7 +84,13 @@ async fn signed_events_become_one_row_each_and_the_newest_state_wins() {
             .arg(manifest())
             .arg("--secret-file")
             .arg(&secret_file)
-            .args(["--nats-url", &nats.url(), "--listen", &format!("127.0.0.1:{receiver_port}"), "--provision"]),
+            .args([
+                "--nats-url",
+                &nats.url(),
+                "--listen",
+                &format!("127.0.0.1:{receiver_port}"),
+                "--provision",
+            ]),
     )
     .expect("receiver starts");
     let mut consumer = ChildProcess::spawn(
@@ -78,16 +104,34 @@ async fn signed_events_become_one_row_each_and_the_newest_state_wins() {
     .expect("consumer starts");
 
     let client = reqwest::Client::new();
-    wait_ready(&client, &format!("http://127.0.0.1:{receiver_port}/readyz"), &mut receiver).await;
-    wait_ready(&client, &format!("http://127.0.0.1:{consumer_port}/readyz"), &mut consumer).await;
+    wait_ready(
+        &client,
+        &format!("http://127.0.0.1:{receiver_port}/readyz"),
+        &mut receiver,
+    )
+    .await;
+    wait_ready(
+        &client,
+        &format!("http://127.0.0.1:{consumer_port}/readyz"),
+        &mut consumer,
+    )
+    .await;
 
     let url = format!("http://127.0.0.1:{receiver_port}/stripe");
     let created = now() - 60;
     let events = [
         // The newer event arrives first; the older one must not overwrite it.
-        format!(r#"{{"id":"evt_2","type":"invoice.paid","created":{},"data":{{"object":{{"id":"in_1","status":"paid"}}}}}}"#, created + 30),
-        format!(r#"{{"id":"evt_1","type":"invoice.created","created":{created},"data":{{"object":{{"id":"in_1","status":"draft"}}}}}}"#),
-        format!(r#"{{"id":"evt_2","type":"invoice.paid","created":{},"data":{{"object":{{"id":"in_1","status":"paid"}}}}}}"#, created + 30),
+        format!(
+            r#"{{"id":"evt_2","type":"invoice.paid","created":{},"data":{{"object":{{"id":"in_1","status":"paid"}}}}}}"#,
+            created + 30
+        ),
+        format!(
+            r#"{{"id":"evt_1","type":"invoice.created","created":{created},"data":{{"object":{{"id":"in_1","status":"draft"}}}}}}"#
+        ),
+        format!(
+            r#"{{"id":"evt_2","type":"invoice.paid","created":{},"data":{{"object":{{"id":"in_1","status":"paid"}}}}}}"#,
+            created + 30
+        ),
     ];
     for body in &events {
         let response = client
@@ -98,12 +142,20 @@ async fn signed_events_become_one_row_each_and_the_newest_state_wins() {
             .send()
             .await
             .expect("request sent");
-        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
+        assert_eq!(
+            response.status(),
+            200,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
     }
     let forged = client
         .post(&url)
         .header("Content-Type", "application/json")
-        .header("Stripe-Signature", format!("t={},v1={}", now(), "0".repeat(64)))
+        .header(
+            "Stripe-Signature",
+            format!("t={},v1={}", now(), "0".repeat(64)),
+        )
         .body(r#"{"id":"evt_forged","type":"invoice.paid"}"#)
         .send()
         .await
@@ -115,7 +167,12 @@ async fn signed_events_become_one_row_each_and_the_newest_state_wins() {
         "select string_agg(event_id || ':' || event_type, ',' order by event_id) from hookline.events",
         "evt_1:invoice.created,evt_2:invoice.paid",
     );
-    assert_eq!(rows, "evt_1:invoice.created,evt_2:invoice.paid", "consumer log:\n{}", consumer.log_tail(40));
+    assert_eq!(
+        rows,
+        "evt_1:invoice.created,evt_2:invoice.paid",
+        "consumer log:\n{}",
+        consumer.log_tail(40)
+    );
     let state = wait_for_rows(
         &postgres,
         "select endpoint || ' ' || object_id || ' ' || last_event_id || ' ' || (state->>'status') from hookline.objects",
@@ -125,6 +182,11 @@ async fn signed_events_become_one_row_each_and_the_newest_state_wins() {
 
     for process in [&mut receiver, &mut consumer] {
         let status = process.terminate().expect("exits after SIGTERM");
-        assert!(status.success(), "{} exited with {status}:\n{}", process.name(), process.log_tail(20));
+        assert!(
+            status.success(),
+            "{} exited with {status}:\n{}",
+            process.name(),
+            process.log_tail(20)
+        );
     }
 }
