@@ -78,6 +78,29 @@ pub struct WebhookEndpointSpec {
     pub receiver: Option<ReceiverSpec>,
 }
 
+impl WebhookEndpointSpec {
+    /// A spec with only the required fields set; everything else takes its default.
+    pub fn new(provider: Provider, secret_name: impl Into<String>) -> Self {
+        WebhookEndpointSpec {
+            provider,
+            secret_ref: SecretRef {
+                name: secret_name.into(),
+                key: None,
+                generate: None,
+            },
+            verification: None,
+            allowed_source_ranges: Vec::new(),
+            trusted_proxy_hops: None,
+            ingress: None,
+            request: None,
+            event: None,
+            stream: None,
+            consumer: None,
+            receiver: None,
+        }
+    }
+}
+
 /// The webhook sender whose signature scheme and event layout is used.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -4,29 +4,16 @@
 use std::time::Duration;
 
 use hookline_api::provision::{delete_stream, provision};
-use hookline_api::spec::{Provider, SecretRef, StreamSpec, WebhookEndpointSpec};
+use hookline_api::spec::{Provider, StreamSpec, WebhookEndpointSpec};
 use hookline_e2e::NatsServer;
 
 fn spec(max_age: &str) -> WebhookEndpointSpec {
     WebhookEndpointSpec {
-        provider: Provider::Github,
-        secret_ref: SecretRef {
-            name: "gh".into(),
-            key: None,
-            generate: None,
-        },
-        verification: None,
-        allowed_source_ranges: vec![],
-        trusted_proxy_hops: None,
-        ingress: None,
-        request: None,
-        event: None,
         stream: Some(StreamSpec {
             max_age: Some(max_age.into()),
             ..Default::default()
         }),
-        consumer: None,
-        receiver: None,
+        ..WebhookEndpointSpec::new(Provider::Github, "gh")
     }
 }
 

@@ -8,23 +8,7 @@ use hookline_api::validated::*;
 use hookline_api::{FieldError, InvalidSpec, resolve};
 
 fn spec(provider: Provider) -> WebhookEndpointSpec {
-    WebhookEndpointSpec {
-        provider,
-        secret_ref: SecretRef {
-            name: "webhook".into(),
-            key: None,
-            generate: None,
-        },
-        verification: None,
-        allowed_source_ranges: vec![],
-        trusted_proxy_hops: None,
-        ingress: None,
-        request: None,
-        event: None,
-        stream: None,
-        consumer: None,
-        receiver: None,
-    }
+    WebhookEndpointSpec::new(provider, "webhook")
 }
 
 fn errors(spec: &WebhookEndpointSpec) -> Vec<FieldError> {
