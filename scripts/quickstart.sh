@@ -81,15 +81,15 @@ send() {
   local body=$1 t
   t=$(date +%s)
   printf '%-24s -> ' "$(printf '%s' "$body" | sed -E 's/.*"type":"([^"]+)".*/\1/')"
-  curl -s -o /dev/stdout -w ' (HTTP %{http_code})\n' -X POST "$url" -H 'Content-Type: application/json' \
+  curl -s -w ' (HTTP %{http_code})\n' -X POST "$url" -H 'Content-Type: application/json' \
     -H "Stripe-Signature: t=$t,v1=$(sign "$t" "$body")" --data-binary "$body"
 }
 
 say "sending Stripe-signed sample events (the paid event first, out of order, and one twice)"
 now=$(date +%s)
-send '{"id":"evt_qs_2","type":"invoice.paid","created":'$((now))',"data":{"object":{"id":"in_qs_1","status":"paid"}}}'
-send '{"id":"evt_qs_1","type":"invoice.created","created":'$((now - 60))',"data":{"object":{"id":"in_qs_1","status":"draft"}}}'
-send '{"id":"evt_qs_2","type":"invoice.paid","created":'$((now))',"data":{"object":{"id":"in_qs_1","status":"paid"}}}'
+send '{"id":"evt_qs_'$now'_2","type":"invoice.paid","created":'$((now))',"data":{"object":{"id":"in_qs_'$now'","status":"paid"}}}'
+send '{"id":"evt_qs_'$now'_1","type":"invoice.created","created":'$((now - 60))',"data":{"object":{"id":"in_qs_'$now'","status":"draft"}}}'
+send '{"id":"evt_qs_'$now'_2","type":"invoice.paid","created":'$((now))',"data":{"object":{"id":"in_qs_'$now'","status":"paid"}}}'
 printf 'forged                   -> '
 curl -s -w ' (HTTP %{http_code})\n' -X POST "$url" -H 'Content-Type: application/json' \
   -H "Stripe-Signature: t=$now,v1=$(printf '%064d' 0)" --data-binary '{"id":"evt_forged","type":"x"}'
