@@ -75,8 +75,11 @@ fn usage_error(err: &clap::Error) -> ExitCode {
 
 /// Completes on SIGTERM (Kubernetes) or Ctrl-C.
 async fn shutdown_signal() {
+    // A failure to install the handler must not read as a shutdown request.
     let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     };
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
