@@ -49,9 +49,9 @@ pub enum Body {
 #[error("{0}")]
 pub struct Undecodable(pub String);
 
-/// Longest event or object id stored: ids are primary-key columns, and a
-/// b-tree entry must fit in a third of a Postgres page.
-pub const MAX_ID_BYTES: usize = 512;
+/// Ids are primary-key columns, and a b-tree entry must fit in a third of a
+/// Postgres page; the receiver keeps to the same limit.
+pub use hookline_api::headers::MAX_ID_BYTES;
 
 /// Reads one header (exact name first, then case-insensitively).
 pub fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {

@@ -28,7 +28,13 @@ pub const ID_SOURCE: &str = "Hookline-Id-Source";
 /// credential headers excluded), e.g. `Hookline-Http-User-Agent`.
 pub const REQUEST_HEADER_PREFIX: &str = "Hookline-Http-";
 
-/// Request headers never copied into a message: credentials and hop-by-hop headers.
+/// Longest event id, type or object id a message may carry: the receiver refuses
+/// longer ones (400) and the consumer dead-letters them, so both keep one limit.
+pub const MAX_ID_BYTES: usize = 512;
+
+/// Request headers never copied into a message: credentials, hop-by-hop headers,
+/// and the signature headers of every preset (plus GitHub's legacy SHA-1 and
+/// Svix's aliases), whatever the endpoint's own signature header is.
 pub const NOT_FORWARDED: &[&str] = &[
     "authorization",
     "cookie",
@@ -40,4 +46,11 @@ pub const NOT_FORWARDED: &[&str] = &[
     "te",
     "trailer",
     "content-length",
+    "stripe-signature",
+    "x-hub-signature",
+    "x-hub-signature-256",
+    "x-shopify-hmac-sha256",
+    "x-slack-signature",
+    "webhook-signature",
+    "svix-signature",
 ];

@@ -114,6 +114,16 @@ pub enum Provider {
 }
 
 impl Provider {
+    /// Every provider, in the order the CRD lists them.
+    pub const ALL: [Provider; 6] = [
+        Provider::Stripe,
+        Provider::Github,
+        Provider::Shopify,
+        Provider::Slack,
+        Provider::StandardWebhooks,
+        Provider::Generic,
+    ];
+
     /// The name as written in the resource (`standardWebhooks`, …).
     pub fn as_str(self) -> &'static str {
         match self {

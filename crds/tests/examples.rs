@@ -29,14 +29,7 @@ fn examples_cover_every_provider() {
         .iter()
         .map(|path| load_manifest(path).expect("valid example").provider)
         .collect();
-    for provider in [
-        Provider::Stripe,
-        Provider::Github,
-        Provider::Shopify,
-        Provider::Slack,
-        Provider::StandardWebhooks,
-        Provider::Generic,
-    ] {
+    for provider in Provider::ALL {
         assert!(providers.contains(&provider), "no example for {provider}");
     }
 }

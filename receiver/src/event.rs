@@ -8,11 +8,9 @@ use hookline_api::headers;
 use hookline_api::validated::EventFields;
 use sha2::{Digest, Sha256};
 
-use crate::Error;
+use hookline_api::headers::MAX_ID_BYTES;
 
-/// Longest event id, type or object id accepted (each is a message header, and
-/// the ids are database keys; the consumer refuses longer ones).
-pub const MAX_ID_LEN: usize = 512;
+use crate::Error;
 
 /// The attributes of one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,11 +29,11 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// A value that may travel in a message header and be a database key: no
-/// control characters, at most [`MAX_ID_LEN`] bytes.
+/// control characters, at most [`MAX_ID_BYTES`] bytes.
 fn checked(what: &str, value: String) -> Result<String, Error> {
-    if value.len() > MAX_ID_LEN {
+    if value.len() > MAX_ID_BYTES {
         return Err(Error::InvalidEvent(format!(
-            "the event {what} is longer than {MAX_ID_LEN} bytes"
+            "the event {what} is longer than {MAX_ID_BYTES} bytes"
         )));
     }
     if value.chars().any(char::is_control) {

@@ -33,18 +33,6 @@ use crate::{Config, Error, Result};
 /// How long start-up waits for NATS before serving anyway (not ready).
 const INITIAL_CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Signature headers of the presets (and GitHub's legacy SHA-1 one), never
-/// copied into messages whatever the endpoint's own signature header is.
-const SIGNATURE_HEADERS: &[&str] = &[
-    "stripe-signature",
-    "x-hub-signature",
-    "x-hub-signature-256",
-    "x-shopify-hmac-sha256",
-    "x-slack-signature",
-    "webhook-signature",
-    "svix-signature",
-];
-
 /// Room for the message headers next to the body in one NATS message.
 const HEADER_ALLOWANCE: usize = 16 * 1024;
 
@@ -106,7 +94,6 @@ impl AppState {
         let store = Arc::new(Store::connect(&config).await?);
         let mut not_forwarded: Vec<String> = hookline_api::headers::NOT_FORWARDED
             .iter()
-            .chain(SIGNATURE_HEADERS)
             .map(|name| name.to_string())
             .collect();
         not_forwarded.push(scheme.signature_header.clone());
