@@ -95,13 +95,19 @@ async fn provision_inner(
         source,
     };
     let stream = match js.get_stream(&stream_name).await {
-        Ok(_) => {
-            js.update_stream(&config)
-                .await
-                .map_err(|err| stream_error(Box::new(err)))?;
-            js.get_stream(&stream_name)
+        Ok(mut stream) => {
+            let current = stream
+                .info()
                 .await
                 .map_err(|err| stream_error(Box::new(err)))?
+                .config
+                .clone();
+            if !same_settings(&current, &config) {
+                js.update_stream(&config)
+                    .await
+                    .map_err(|err| stream_error(Box::new(err)))?;
+            }
+            stream
         }
         Err(err) if is_stream_not_found(&err.kind()) => js
             .create_stream(config)
@@ -120,6 +126,20 @@ async fn provision_inner(
             source: Box::new(err),
         })?;
     Ok(())
+}
+
+/// Whether the server's stream already has every setting [`stream_config`] makes,
+/// so a steady state sends no update.
+fn same_settings(current: &stream::Config, desired: &stream::Config) -> bool {
+    current.subjects == desired.subjects
+        && current.description == desired.description
+        && current.storage == desired.storage
+        && current.retention == desired.retention
+        && current.discard == desired.discard
+        && current.max_age == desired.max_age
+        && current.max_bytes == desired.max_bytes
+        && current.num_replicas == desired.num_replicas
+        && current.duplicate_window == desired.duplicate_window
 }
 
 fn is_stream_not_found(kind: &jetstream::context::GetStreamErrorKind) -> bool {
@@ -142,4 +162,52 @@ pub async fn delete_stream(
             source: Box::new(err),
         }),
     }
+}
+
+/// What the stream and the durable consumer hold right now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Messages stored in the stream.
+    pub messages: u64,
+    /// Messages not yet delivered plus delivered but not acknowledged.
+    pub pending: u64,
+    /// When the newest message was stored; `None` for an empty stream.
+    pub last_stored: Option<std::time::SystemTime>,
+}
+
+/// Reads the stream's and durable consumer's state (a missing consumer counts
+/// as nothing pending).
+pub async fn stats(
+    js: &jetstream::Context,
+    endpoint: &ValidatedEndpoint,
+) -> Result<StreamStats, ProvisionError> {
+    let name = endpoint.stream.name.clone();
+    let stream_error = |source: Box<dyn std::error::Error + Send + Sync>| ProvisionError::Stream {
+        stream: name.clone(),
+        source,
+    };
+    let read = async {
+        let mut stream = js
+            .get_stream(&name)
+            .await
+            .map_err(|err| stream_error(Box::new(err)))?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|err| stream_error(Box::new(err)))?
+            .state
+            .clone();
+        let pending = match stream.consumer_info(&endpoint.consumer.durable_name).await {
+            Ok(info) => info.num_pending + info.num_ack_pending as u64,
+            Err(_) => 0,
+        };
+        Ok(StreamStats {
+            messages: state.messages,
+            pending,
+            last_stored: (state.messages > 0).then(|| state.last_timestamp.into()),
+        })
+    };
+    tokio::time::timeout(PROVISION_TIMEOUT, read)
+        .await
+        .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
 }

@@ -7,6 +7,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::defaults;
+
 /// A Go-style duration as Kubernetes users write them: `300ms`, `30s`, `5m`, `720h`, `1h30m`.
 const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
 
@@ -23,6 +25,7 @@ const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
     status = "WebhookEndpointStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url"}"#,
+    printcolumn = r#"{"name":"Pending","type":"integer","jsonPath":".status.pending"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -49,7 +52,7 @@ pub struct WebhookEndpointSpec {
     /// `X-Forwarded-For`; the client address is the entry that many from the right.
     /// 0 (the default) uses the TCP peer address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 16))]
+    #[schemars(range(min = 0, max = defaults::MAX_TRUSTED_PROXY_HOPS))]
     pub trusted_proxy_hops: Option<u32>,
 
     /// The Ingress route providers POST to.
@@ -248,7 +251,7 @@ pub struct IngressSpec {
 pub struct RequestSpec {
     /// Largest accepted body; larger requests get 413. Default: 1048576 (1 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 67108864))]
+    #[schemars(range(min = 1, max = defaults::MAX_BODY_BYTES_LIMIT))]
     pub max_body_bytes: Option<u64>,
     /// Whether the body must be JSON (400 otherwise). Default: true. With false the
     /// body is stored as raw bytes.
@@ -309,7 +312,7 @@ pub struct StreamSpec {
     pub max_bytes: Option<i64>,
     /// Stream replicas in the NATS cluster. Default: 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 5))]
+    #[schemars(range(min = defaults::STREAM_REPLICAS_MIN, max = defaults::STREAM_REPLICAS_MAX))]
     pub replicas: Option<u8>,
     /// Window in which a repeated event id is dropped by JetStream. Default: `2m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -336,7 +339,7 @@ pub struct ConsumerSpec {
     pub database_secret_ref: Option<SecretKeyRef>,
     /// Deliveries before an event goes to `hookline.dead_letters`. Default: 10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = 1, max = defaults::MAX_DELIVER_LIMIT))]
     pub max_deliver: Option<i64>,
     /// Delays between retries; the last one repeats. Default: 1s, 5s, 30s, 2m, 10m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -349,7 +352,7 @@ pub struct ConsumerSpec {
     pub ack_wait: Option<String>,
     /// Events fetched and committed in one transaction. Default: 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 10000))]
+    #[schemars(range(min = 1, max = defaults::BATCH_SIZE_LIMIT))]
     pub batch_size: Option<u32>,
     /// KEDA scaling on consumer lag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -367,11 +370,11 @@ pub struct ConsumerSpec {
 pub struct ScalingSpec {
     /// Fewest replicas. Default: 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 1000))]
+    #[schemars(range(min = 0, max = defaults::REPLICAS_LIMIT))]
     pub min_replicas: Option<i32>,
     /// Most replicas. Default: 10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = 1, max = defaults::REPLICAS_LIMIT))]
     pub max_replicas: Option<i32>,
     /// Pending events per replica that trigger a scale-up. Default: 1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -397,7 +400,7 @@ pub struct RefetchSpec {
 pub struct ReceiverSpec {
     /// Receiver replicas. Default: 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 1000))]
+    #[schemars(range(min = 0, max = defaults::REPLICAS_LIMIT))]
     pub replicas: Option<i32>,
     /// CPU and memory of each receiver container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -420,6 +423,16 @@ pub struct WebhookEndpointStatus {
     /// The JetStream stream holding this endpoint's events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
+    /// Events in the stream (stored, whether consumed or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_messages: Option<i64>,
+    /// Events accepted but not yet written to Postgres (the durable consumer's
+    /// pending plus unacknowledged count): the lag KEDA scales on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<i64>,
+    /// When the newest event was stored (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_time: Option<String>,
     /// `Ready`, `SecretResolved`, `StreamReady`, `ReceiverAvailable`,
     /// `ConsumerAvailable`, `ScalerReady`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

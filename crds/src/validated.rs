@@ -18,7 +18,7 @@ pub struct ValidatedEndpoint {
     pub secret: SecretSource,
     pub verification: Verification,
     pub source_filter: SourceFilter,
-    pub ingress: Route,
+    pub route: Route,
     pub request: RequestRules,
     pub event: EventFields,
     pub stream: StreamSettings,
@@ -119,25 +119,35 @@ impl SourceFilter {
     }
 }
 
-/// The Ingress route.
+/// Where providers reach the receiver.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
-    pub host: Option<String>,
-    /// Always starts with `/`.
+    /// The one path the receiver answers on; always starts with `/`.
     pub path: String,
+    /// `spec.ingress` was given: the operator makes an Ingress for the path.
+    pub ingress: Option<IngressRoute>,
+}
+
+/// The Ingress in front of the receiver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngressRoute {
+    /// Empty: any host.
+    pub host: Option<String>,
     pub class_name: Option<String>,
     pub tls_secret_name: Option<String>,
 }
 
 impl Route {
-    /// The URL to paste into the provider's dashboard, when a host is known.
+    /// The URL to paste into the provider's dashboard, when an Ingress host is known.
     pub fn url(&self) -> Option<String> {
-        let scheme = if self.tls_secret_name.is_some() {
+        let ingress = self.ingress.as_ref()?;
+        let scheme = if ingress.tls_secret_name.is_some() {
             "https"
         } else {
             "http"
         };
-        self.host
+        ingress
+            .host
             .as_ref()
             .map(|host| format!("{scheme}://{host}{}", self.path))
     }
@@ -254,6 +264,9 @@ pub struct Scaling {
     pub lag_threshold: i64,
 }
 
+/// Placeholder for the object id in `consumer.refetch.urlTemplate`.
+pub const OBJECT_ID_PLACEHOLDER: &str = "{objectId}";
+
 /// Reading the object's state from the provider.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refetch {
@@ -274,8 +287,7 @@ impl Refetch {
                 other => format!("%{other:02X}"),
             })
             .collect();
-        self.url_template
-            .replace(crate::resolve::OBJECT_ID_PLACEHOLDER, &encoded)
+        self.url_template.replace(OBJECT_ID_PLACEHOLDER, &encoded)
     }
 }
 

@@ -54,7 +54,7 @@ fn stripe_defaults_follow_the_contract() {
         endpoint.event.object_id,
         Some(FieldSource::JsonPointer("/data/object/id".into()))
     );
-    assert_eq!(endpoint.ingress.path, "/payments/stripe");
+    assert_eq!(endpoint.route.path, "/payments/stripe");
     assert_eq!(endpoint.request.max_body_bytes, 1024 * 1024);
     assert_eq!(endpoint.stream.name, "HOOKLINE_payments_stripe");
     assert_eq!(

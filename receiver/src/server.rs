@@ -238,7 +238,7 @@ impl IntoResponse for Accepted {
 }
 
 async fn endpoint(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    if request.uri().path() != state.endpoint.ingress.path {
+    if request.uri().path() != state.endpoint.route.path {
         return not_found();
     }
     if request.method() != Method::POST {
@@ -528,7 +528,7 @@ pub async fn run(
     ];
 
     let address = listener.local_addr().map_err(Error::Serve)?;
-    tracing::info!(%address, path = %state.endpoint.ingress.path, endpoint = %state.headers.endpoint, provider = %state.endpoint.provider, "serving");
+    tracing::info!(%address, path = %state.endpoint.route.path, endpoint = %state.headers.endpoint, provider = %state.endpoint.provider, "serving");
 
     let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
     let signal_state = state.clone();

@@ -6,7 +6,13 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let yaml = hookline_api::crd_yaml();
+    let yaml = match hookline_api::crd_yaml() {
+        Ok(yaml) => yaml,
+        Err(err) => {
+            eprintln!("crdgen: cannot serialise the CRD: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     match std::env::args().nth(1).as_deref() {
         None => {
             print!("{yaml}");

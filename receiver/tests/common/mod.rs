@@ -207,7 +207,7 @@ impl Receiver {
         let secret_path = dir.path().join("secret");
         std::fs::write(&secret_path, secrets).expect("write secrets");
         let endpoint = hookline_api::load_manifest(&manifest_path).expect("valid manifest");
-        let path = endpoint.ingress.path.clone();
+        let path = endpoint.route.path.clone();
         let stream = endpoint.stream.name.clone();
         let mut config = Config::new(endpoint, secret_path.clone(), nats.url());
         config.provision = true;

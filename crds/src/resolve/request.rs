@@ -1,0 +1,119 @@
+//! What the receiver accepts: source ranges, the route, body rules and where
+//! the event attributes are read.
+
+use ipnet::IpNet;
+
+use super::Problems;
+use super::parse::parse_field_source;
+use crate::defaults;
+use crate::naming;
+use crate::spec::{EventSpec, IngressSpec, RequestSpec};
+use crate::validated::{EventFields, FieldSource, IngressRoute, RequestRules, Route, SourceFilter};
+
+pub(super) fn resolve_source_filter(
+    ranges: &[String],
+    trusted_proxy_hops: Option<u32>,
+    problems: &mut Problems,
+) -> SourceFilter {
+    let mut allowed = Vec::new();
+    for (index, cidr) in ranges.iter().enumerate() {
+        // A bare address is a one-address range.
+        let parsed = cidr
+            .parse::<IpNet>()
+            .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map_err(|_| format!("{cidr:?} is not a CIDR (e.g. 192.0.2.0/24 or 2001:db8::/32)"));
+        if let Some(net) = problems.check(&format!("spec.allowedSourceRanges[{index}]"), parsed) {
+            allowed.push(net);
+        }
+    }
+    let hops = trusted_proxy_hops.unwrap_or(0);
+    if hops > defaults::MAX_TRUSTED_PROXY_HOPS {
+        problems.add(
+            "spec.trustedProxyHops",
+            format!(
+                "must be at most {}, got {hops}",
+                defaults::MAX_TRUSTED_PROXY_HOPS
+            ),
+        );
+    }
+    SourceFilter {
+        allowed,
+        trusted_proxy_hops: hops as usize,
+    }
+}
+
+pub(super) fn resolve_route(
+    namespace: &str,
+    name: &str,
+    spec: Option<&IngressSpec>,
+    problems: &mut Problems,
+) -> Route {
+    let path = spec
+        .and_then(|ingress| ingress.path.clone())
+        .unwrap_or_else(|| format!("/{namespace}/{name}"));
+    if !path.starts_with('/') {
+        problems.add("spec.ingress.path", format!("{path:?} must start with '/'"));
+    } else if path
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || "?#{}*".contains(c))
+    {
+        problems.add(
+            "spec.ingress.path",
+            format!("{path:?} may not contain whitespace, '?', '#', '{{', '}}' or '*'"),
+        );
+    }
+    if let Some(host) = spec.and_then(|ingress| ingress.host.as_deref())
+        && let Err(message) = naming::check_host(host)
+    {
+        problems.add("spec.ingress.host", message);
+    }
+    Route {
+        path,
+        ingress: spec.map(|ingress| IngressRoute {
+            host: ingress.host.clone(),
+            class_name: ingress.class_name.clone(),
+            tls_secret_name: ingress.tls_secret_name.clone(),
+        }),
+    }
+}
+
+pub(super) fn resolve_request(spec: &RequestSpec, problems: &mut Problems) -> RequestRules {
+    let max_body_bytes = match spec.max_body_bytes {
+        None => defaults::MAX_BODY_BYTES,
+        Some(0) => {
+            problems.add("spec.request.maxBodyBytes", "must be at least 1");
+            defaults::MAX_BODY_BYTES
+        }
+        Some(bytes) => bytes,
+    };
+    if spec
+        .schema
+        .as_ref()
+        .is_some_and(|schema| !schema.is_object())
+    {
+        problems.add("spec.request.schema", "must be a JSON Schema object");
+    }
+    RequestRules {
+        max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+        require_json: spec.require_json.unwrap_or(true),
+        schema: spec.schema.clone(),
+    }
+}
+
+/// Each attribute from the spec when given, else from the preset.
+pub(super) fn resolve_event(
+    spec: &EventSpec,
+    preset: EventFields,
+    problems: &mut Problems,
+) -> EventFields {
+    let mut field = |path: &str, given: &Option<String>, preset: Option<FieldSource>| match given {
+        Some(text) => problems.check(path, parse_field_source(text)),
+        None => preset,
+    };
+    EventFields {
+        id: field("spec.event.id", &spec.id, preset.id),
+        event_type: field("spec.event.type", &spec.event_type, preset.event_type),
+        timestamp: field("spec.event.timestamp", &spec.timestamp, preset.timestamp),
+        object_id: field("spec.event.objectId", &spec.object_id, preset.object_id),
+    }
+}

@@ -1,0 +1,74 @@
+//! `spec.stream`: the JetStream stream's limits and names.
+
+use std::time::Duration;
+
+use super::Problems;
+use super::parse::parse_duration;
+use crate::defaults;
+use crate::naming;
+use crate::spec::StreamSpec;
+use crate::validated::{DeletionPolicy, StreamSettings};
+
+/// A duration field: parsed when given (errors recorded), else `default`.
+pub(super) fn duration_or(
+    problems: &mut Problems,
+    field: &str,
+    value: Option<&str>,
+    default: Duration,
+) -> Duration {
+    value
+        .and_then(|text| problems.check(field, parse_duration(text)))
+        .unwrap_or(default)
+}
+
+pub(super) fn resolve_stream(
+    namespace: &str,
+    name: &str,
+    spec: &StreamSpec,
+    problems: &mut Problems,
+) -> StreamSettings {
+    let max_age = duration_or(
+        problems,
+        "spec.stream.maxAge",
+        spec.max_age.as_deref(),
+        defaults::MAX_AGE,
+    );
+    let duplicate_window = duration_or(
+        problems,
+        "spec.stream.duplicateWindow",
+        spec.duplicate_window.as_deref(),
+        defaults::DUPLICATE_WINDOW,
+    );
+    if duplicate_window > max_age {
+        problems.add(
+            "spec.stream.duplicateWindow",
+            "must not be longer than stream.maxAge",
+        );
+    }
+    if let Some(bytes) = spec.max_bytes.filter(|bytes| *bytes < 1) {
+        problems.add(
+            "spec.stream.maxBytes",
+            format!("must be positive, got {bytes}"),
+        );
+    }
+    let replicas = spec.replicas.unwrap_or(defaults::STREAM_REPLICAS);
+    if !(defaults::STREAM_REPLICAS_MIN..=defaults::STREAM_REPLICAS_MAX).contains(&replicas) {
+        problems.add(
+            "spec.stream.replicas",
+            format!(
+                "must be between {} and {}, got {replicas}",
+                defaults::STREAM_REPLICAS_MIN,
+                defaults::STREAM_REPLICAS_MAX
+            ),
+        );
+    }
+    StreamSettings {
+        name: naming::stream_name(namespace, name),
+        subject_prefix: naming::subject_prefix(namespace, name),
+        max_age,
+        max_bytes: spec.max_bytes,
+        replicas: usize::from(replicas),
+        duplicate_window,
+        deletion_policy: spec.deletion_policy.unwrap_or(DeletionPolicy::Delete),
+    }
+}

@@ -1,0 +1,141 @@
+//! What the three binaries share at run time, so they behave as one: flags
+//! (one-line errors), NATS connection flags, JSON logs, the shutdown signal and
+//! the `/metrics` answer.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use clap::Parser;
+
+use crate::nats::NatsAuth;
+
+/// Parses the command line of `binary`. Help and version print to stdout and
+/// exit 0; any other flag error is one line on stderr (clap's message without
+/// the usage block) and exit code 2, as it ends up in pod events and logs.
+pub fn parse_args<T: Parser>(binary: &str) -> Result<T, ExitCode> {
+    use clap::error::ErrorKind;
+    T::try_parse().map_err(|err| {
+        if matches!(
+            err.kind(),
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+        ) {
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        eprintln!("{binary}: {} (see --help)", one_line(&err.to_string()));
+        ExitCode::from(2)
+    })
+}
+
+/// clap's error text up to its usage block, on one line, without `error: `.
+fn one_line(text: &str) -> String {
+    let line = text
+        .lines()
+        .take_while(|line| !line.starts_with("Usage:"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("tip:"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_owned()
+}
+
+/// JSON logs on stdout, filtered by `RUST_LOG` (default `default_filter`);
+/// the current span's fields go with every line.
+pub fn init_logging(default_filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
+        )
+        .init();
+}
+
+/// Completes on SIGTERM (Kubernetes) or Ctrl-C. A handler that cannot be
+/// installed never completes, so it cannot read as a shutdown request.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested");
+}
+
+/// The `/metrics` answer: `registry` in the OpenMetrics text format.
+pub fn metrics_response(registry: &prometheus_client::registry::Registry) -> Response {
+    let mut body = String::new();
+    if let Err(err) = prometheus_client::encoding::text::encode(&mut body, registry) {
+        tracing::warn!(cause = %err, "cannot encode metrics");
+        return axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// The NATS connection flags every binary takes besides `--nats-url`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct NatsArgs {
+    /// NATS credentials file (`.creds`).
+    #[arg(long, env = "HOOKLINE_NATS_CREDS", value_name = "FILE", global = true)]
+    pub nats_creds: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the NATS server's certificate; implies TLS.
+    #[arg(long, env = "HOOKLINE_NATS_TLS_CA", value_name = "FILE", global = true)]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// NATS user (with --nats-password).
+    #[arg(long, env = "HOOKLINE_NATS_USER", value_name = "USER", global = true)]
+    pub nats_user: Option<String>,
+    /// NATS password (with --nats-user); prefer the environment variable.
+    #[arg(
+        long,
+        env = "HOOKLINE_NATS_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
+    pub nats_password: Option<String>,
+}
+
+impl NatsArgs {
+    pub fn auth(&self) -> NatsAuth {
+        NatsAuth {
+            creds_file: self.nats_creds.clone(),
+            tls_ca_file: self.nats_tls_ca.clone(),
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flag_error_becomes_one_line_without_usage() {
+        let text = "error: unexpected argument '--endpont' found\n\n  tip: a similar argument exists: '--endpoint'\n\nUsage: hookline-receiver --endpoint <FILE>\n\nFor more information, try '--help'.\n";
+        assert_eq!(one_line(text), "unexpected argument '--endpont' found");
+    }
+}
