@@ -17,17 +17,63 @@ pub const ALL: [&str; 6] = [
     SCALER_READY,
 ];
 
-/// Reasons (CamelCase, as Kubernetes conventions ask).
+/// Reasons (CamelCase, as Kubernetes conventions ask). Each has an entry in
+/// `docs/troubleshooting.md`; a test keeps the two in step.
 pub mod reasons {
+    /// Ready: every part works.
+    pub const RECONCILED: &str = "Reconciled";
+    /// The spec has wrong fields (all listed in the message).
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// SecretResolved: every referenced Secret and key exists.
+    pub const RESOLVED: &str = "Resolved";
+    /// SecretResolved: the operator created the signing Secret.
+    pub const SECRET_GENERATED: &str = "SecretGenerated";
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
-    pub const SECRET_GENERATED: &str = "SecretGenerated";
-    pub const RESOLVED: &str = "Resolved";
-    pub const NATS_UNREACHABLE: &str = "NatsUnreachable";
+    /// StreamReady: stream and durable consumer exist as specified.
     pub const STREAM_PROVISIONED: &str = "StreamProvisioned";
-    pub const KEDA_NOT_INSTALLED: &str = "KedaNotInstalled";
+    /// StreamReady (True): NATS's `max_payload` is below `maxBodyBytes` plus
+    /// headers, so the largest bodies get 413.
+    pub const MAX_PAYLOAD_TOO_SMALL: &str = "MaxPayloadTooSmall";
+    pub const NATS_UNREACHABLE: &str = "NatsUnreachable";
+    /// StreamReady: NATS answered but refused the stream or consumer.
+    pub const STREAM_REFUSED: &str = "StreamRefused";
+    /// ReceiverAvailable / ConsumerAvailable: enough pods are ready.
     pub const AVAILABLE: &str = "Available";
+    /// Pods are starting or a rollout is under way.
     pub const PROGRESSING: &str = "Progressing";
-    pub const RECONCILED: &str = "Reconciled";
+    /// The rollout exceeded its progress deadline (image, crash, scheduling).
+    pub const ROLLOUT_FAILED: &str = "RolloutFailed";
+    /// `receiver.replicas: 0`: nothing answers the route.
+    pub const SCALED_TO_ZERO: &str = "ScaledToZero";
+    /// ScalerReady: KEDA reports the ScaledObject ready.
+    pub const SCALED_OBJECT_READY: &str = "ScaledObjectReady";
+    /// ScalerReady (Unknown): KEDA has not reported on the ScaledObject yet.
+    pub const WAITING_FOR_KEDA: &str = "WaitingForKeda";
+    /// ScalerReady: KEDA reports the ScaledObject not ready.
+    pub const SCALER_NOT_READY: &str = "ScalerNotReady";
+    /// ScalerReady: no KEDA; the consumer runs at a fixed size.
+    pub const KEDA_NOT_INSTALLED: &str = "KedaNotInstalled";
+
+    /// Every reason, for the documentation check.
+    pub const ALL: [&str; 18] = [
+        RECONCILED,
+        INVALID_SPEC,
+        RESOLVED,
+        SECRET_GENERATED,
+        SECRET_NOT_FOUND,
+        SECRET_KEY_MISSING,
+        STREAM_PROVISIONED,
+        MAX_PAYLOAD_TOO_SMALL,
+        NATS_UNREACHABLE,
+        STREAM_REFUSED,
+        AVAILABLE,
+        PROGRESSING,
+        ROLLOUT_FAILED,
+        SCALED_TO_ZERO,
+        SCALED_OBJECT_READY,
+        WAITING_FOR_KEDA,
+        SCALER_NOT_READY,
+        KEDA_NOT_INSTALLED,
+    ];
 }

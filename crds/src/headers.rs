@@ -32,6 +32,11 @@ pub const REQUEST_HEADER_PREFIX: &str = "Hookline-Http-";
 /// longer ones (400) and the consumer dead-letters them, so both keep one limit.
 pub const MAX_ID_BYTES: usize = 512;
 
+/// Room a message needs beyond its body for the Hookline headers and the
+/// forwarded request headers: the NATS server's `max_payload` must cover the
+/// largest body plus this, or bodies near `request.maxBodyBytes` get 413.
+pub const HEADER_ALLOWANCE: usize = 16 * 1024;
+
 /// Request headers never copied into a message: credentials, hop-by-hop headers,
 /// and the signature headers of every preset (plus GitHub's legacy SHA-1 and
 /// Svix's aliases), whatever the endpoint's own signature header is.

@@ -147,18 +147,16 @@ fn is_stream_not_found(kind: &jetstream::context::GetStreamErrorKind) -> bool {
         if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 
-/// Removes the endpoint's stream (and with it the consumer); a missing stream is fine.
-pub async fn delete_stream(
-    js: &jetstream::Context,
-    endpoint: &ValidatedEndpoint,
-) -> Result<(), ProvisionError> {
-    let name = endpoint.stream.name.clone();
-    match tokio::time::timeout(PROVISION_TIMEOUT, js.delete_stream(&name)).await {
+/// Removes the stream `name` (and with it the durable consumer); a missing
+/// stream is fine. Takes the name, not the endpoint, so a resource whose spec
+/// no longer validates can still be cleaned up.
+pub async fn delete_stream(js: &jetstream::Context, name: &str) -> Result<(), ProvisionError> {
+    match tokio::time::timeout(PROVISION_TIMEOUT, js.delete_stream(name)).await {
         Err(_) => Err(ProvisionError::Timeout(PROVISION_TIMEOUT)),
         Ok(Ok(_)) => Ok(()),
         Ok(Err(err)) if is_stream_not_found(&err.kind()) => Ok(()),
         Ok(Err(err)) => Err(ProvisionError::Stream {
-            stream: name,
+            stream: name.to_owned(),
             source: Box::new(err),
         }),
     }

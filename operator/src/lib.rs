@@ -1,59 +1,124 @@
 //! `hookline-operator`: reconciles `WebhookEndpoint` resources into their
-//! pipeline (validate → build → apply → status).
+//! pipeline. Each reconcile is a fixed sequence of steps, one module each:
 //!
-//! This crate holds the command line so far; the reconciler comes with its own issue.
+//! 1. [`validate`]: `hookline_api::resolve` plus what a cluster needs (no client).
+//! 2. [`secrets`]: read the referenced Secrets' keys (never values); generate
+//!    a signing secret when asked.
+//! 3. [`stream`]: provision the JetStream stream and durable consumer; read its figures.
+//! 4. [`build`]: every child object, as pure functions.
+//! 5. [`apply`]: server-side apply of what changed, one field manager; prune.
+//! 6. [`status`]: conditions from what was applied and observed; events on change.
+//!
+//! [`reconcile`] runs them (with the finalizer that removes the stream);
+//! [`controller`] wires watches, [`leader`] elects one active replica, [`http`]
+//! serves health and [`metrics`], [`cli`] parses flags, [`render`] prints the
+//! children of a manifest file. `main.rs` only parses flags and sets up logging.
 
-use std::path::PathBuf;
+pub mod apply;
+pub mod build;
+pub mod cli;
+pub mod config;
+pub mod controller;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
+pub mod render;
+pub mod secrets;
+pub mod status;
+pub mod stream;
+pub mod validate;
 
-use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
 
-/// Errors of the operator.
+pub use cli::{Args, Command};
+pub use config::OperatorConfig;
+
+/// Everything that can go wrong, in a reconcile or around it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Manifest(#[from] hookline_api::Error),
-    #[error("{0} is not implemented in this build yet")]
-    NotImplemented(&'static str),
+    #[error(transparent)]
+    InvalidSpec(#[from] hookline_api::InvalidSpec),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("no Kubernetes configuration (kubeconfig or in-cluster): {0}")]
+    KubeConfig(String),
+    #[error(
+        "the WebhookEndpoint CRD is not installed: kubectl apply --server-side -f crds/webhookendpoints.hookline.io.yaml ({0})"
+    )]
+    CrdMissing(kube::Error),
+    #[error(transparent)]
+    Nats(#[from] hookline_api::nats::NatsError),
+    #[error(transparent)]
+    Provision(#[from] hookline_api::provision::ProvisionError),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("cannot write {what} as YAML: {source}")]
+    Yaml {
+        what: String,
+        source: serde_yaml::Error,
+    },
+    #[error("{0} has no {1}")]
+    MissingObjectKey(String, &'static str),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP server: {0}")]
+    Serve(std::io::Error),
+    #[error("lost the Lease {0} to another replica; exiting so only one reconciles")]
+    LeadershipLost(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Reconciles WebhookEndpoint resources into receiver, stream and consumer.
-#[derive(Debug, Parser)]
-#[command(name = "hookline-operator", version, about)]
-pub struct Args {
-    /// NATS server the operator provisions streams on and passes to every pod.
-    #[arg(
-        long,
-        env = "HOOKLINE_NATS_URL",
-        default_value = "nats://nats.nats.svc:4222",
-        global = true
-    )]
-    pub nats_url: String,
-
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-/// What to do; without a subcommand the operator runs against the cluster
-/// from the kubeconfig or the in-cluster service account.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Print the children reconcile would apply for a manifest, as YAML.
-    Render {
-        /// A WebhookEndpoint manifest.
-        #[arg(short = 'f', long = "filename", value_name = "FILE")]
-        file: PathBuf,
-    },
+impl Error {
+    /// The `reason` label of the error metric: one per kind, never a message.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Manifest(_) | Error::InvalidSpec(_) => "invalid_spec",
+            Error::Kube(kube::Error::Api(response)) if response.code == 409 => "conflict",
+            Error::Kube(_) => "kube_api",
+            Error::KubeConfig(_) => "kube_config",
+            Error::CrdMissing(_) => "crd_missing",
+            Error::Nats(_) | Error::Provision(_) => "nats",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(err)
+                | kube::runtime::finalizer::Error::CleanupFailed(err) => err.metric_label(),
+                _ => "finalizer",
+            },
+            Error::Yaml { .. } => "serialize",
+            Error::MissingObjectKey(..) => "missing_object_key",
+            Error::Listen { .. } | Error::Serve(_) => "http",
+            Error::LeadershipLost(_) => "leadership_lost",
+        }
+    }
 }
 
 /// Runs the command `args` asks for.
 pub async fn run(args: Args) -> Result<()> {
     match args.command {
-        Some(Command::Render { file }) => {
-            hookline_api::load_manifest(&file)?;
-            Err(Error::NotImplemented("render"))
+        Some(Command::Render {
+            file,
+            namespace,
+            no_keda,
+        }) => {
+            let config = args.settings.operator_config();
+            let yaml = render::render_file(&file, namespace.as_deref(), &config, !no_keda)?;
+            print!("{yaml}");
+            Ok(())
         }
-        None => Err(Error::NotImplemented("the reconciler")),
+        Some(Command::Crd) => {
+            let yaml = hookline_api::crd_yaml().map_err(|source| Error::Yaml {
+                what: "the CRD".into(),
+                source,
+            })?;
+            print!("{yaml}");
+            Ok(())
+        }
+        Some(Command::Run) | None => controller::run(args.settings, args.run).await,
     }
 }

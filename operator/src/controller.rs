@@ -1,0 +1,287 @@
+//! `hookline-operator run`: health server, NATS connection, leader election,
+//! and the controller with its watches (endpoints, owned children, and the
+//! Secrets endpoints reference, so a Secret created later fixes an endpoint
+//! with no manual touch).
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use hookline_api::naming::FIELD_MANAGER;
+use hookline_api::spec::WebhookEndpoint;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
+use kube::core::PartialObjectMeta;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::apply::{self, ChildWriters};
+use crate::cli::{RunArgs, Settings};
+use crate::config::OperatorConfig;
+use crate::http::{self, Health};
+use crate::leader::LeaderElection;
+use crate::reconcile::{self, Context, error_policy, reconcile};
+use crate::{Error, Result, secrets};
+
+/// Reconciles of one endpoint triggered in quick succession (its children's
+/// watch events after an apply) are merged into one.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+/// How often a missing CRD or KEDA is looked for again.
+const DISCOVERY_RETRY: Duration = Duration::from_secs(10);
+
+/// Runs until SIGTERM or Ctrl-C (then finishes the reconciles in hand and
+/// releases the Lease), or until the Lease is lost (an error: exit and restart).
+pub async fn run(settings: Settings, args: RunArgs) -> Result<()> {
+    let config = settings.operator_config();
+    let client = Client::try_default()
+        .await
+        .map_err(|err| Error::KubeConfig(err.to_string()))?;
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        hookline_api::runtime::shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let health = Health::default();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    let server = tokio::spawn(
+        axum::serve(listener, http::router(health.clone()))
+            .with_graceful_shutdown(until(stopped.clone()))
+            .into_future(),
+    );
+    info!(listen = %args.listen, "serving /healthz, /readyz and /metrics");
+
+    let outcome = operate(client, config, &settings, &args, &health, stopped).await;
+    server.abort();
+    info!("stopped");
+    outcome
+}
+
+/// Waits for the CRD, connects to NATS, takes the Lease and reconciles until
+/// `stopped` (then the reconciles in hand finish and the Lease is released).
+async fn operate(
+    client: Client,
+    config: OperatorConfig,
+    settings: &Settings,
+    args: &RunArgs,
+    health: &Health,
+    stopped: watch::Receiver<bool>,
+) -> Result<()> {
+    tokio::select! {
+        () = wait_for_crd(&client, args.watch_namespace.as_deref()) => {}
+        () = until(stopped.clone()) => return Ok(()),
+    }
+    health.started.store(true, Ordering::Relaxed);
+    let nats =
+        hookline_api::nats::connect(&config.nats.url, &settings.nats.auth(), "hookline-operator")
+            .await?;
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let election = args.leader_election.then(|| {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        LeaderElection::new(client.clone(), &namespace, &args.lease_name, &identity)
+    });
+    if let Some(election) = &election {
+        info!(lease = election.name(), %identity, "waiting for the Lease");
+        tokio::select! {
+            () = election.acquire() => {}
+            () = until(stopped.clone()) => return Ok(()),
+        }
+    }
+    health.leading.store(true, Ordering::Relaxed);
+    health.metrics.leader.set(1);
+    let (stores, writers) = apply::stores();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(identity),
+        },
+    );
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config,
+        nats,
+        stores,
+        health.metrics.clone(),
+        recorder,
+        args.resync_interval,
+    ));
+    let mut controller = tokio::spawn(run_controller(
+        client,
+        ctx,
+        writers,
+        args.watch_namespace.clone(),
+        until(stopped),
+    ));
+    let lost = async {
+        match &election {
+            Some(election) => election.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        () = lost => {
+            controller.abort();
+            Err(Error::LeadershipLost(args.lease_name.clone()))
+        }
+        _ = &mut controller => Ok(()),
+    };
+    health.leading.store(false, Ordering::Relaxed);
+    health.metrics.leader.set(0);
+    if let (Ok(()), Some(election)) = (&outcome, &election) {
+        election.release().await;
+    }
+    outcome
+}
+
+/// Completes once `signal` turns true.
+async fn until(mut signal: watch::Receiver<bool>) {
+    let _ = signal.wait_for(|stop| *stop).await;
+}
+
+fn default_identity() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| format!("hookline-operator-{}", std::process::id()))
+}
+
+/// Waits until the API server serves WebhookEndpoints, saying so while it does not.
+async fn wait_for_crd(client: &Client, namespace: Option<&str>) {
+    let api: Api<WebhookEndpoint> = scoped(client, namespace);
+    loop {
+        match api.list(&ListParams::default().limit(1)).await {
+            Ok(_) => return,
+            Err(err) => warn!(cause = %Error::CrdMissing(err), retry_in = ?DISCOVERY_RETRY, "cannot list WebhookEndpoints"),
+        }
+        tokio::time::sleep(DISCOVERY_RETRY).await;
+    }
+}
+
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The controller with every watch, until `stop` completes.
+async fn run_controller(
+    client: Client,
+    ctx: Arc<Context>,
+    writers: ChildWriters,
+    namespace: Option<String>,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let namespace = namespace.as_deref();
+    let owned = watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/managed-by={FIELD_MANAGER}"
+    ));
+    let ChildWriters {
+        config_maps,
+        deployments,
+        services,
+        ingresses,
+        disruption_budgets,
+        scalers,
+    } = writers;
+    let controller = Controller::new(scoped(&client, namespace), watcher::Config::default())
+        .with_config(controller::Config::default().debounce(DEBOUNCE));
+    let index = controller.store();
+    let config = ctx.config.clone();
+    let secrets = watcher(
+        scoped::<PartialObjectMeta<Secret>>(&client, namespace),
+        watcher::Config::default(),
+    )
+        .default_backoff()
+        .touched_objects();
+    let keda_client = client.clone();
+    let scaler_api = scoped(&client, namespace);
+    let scaler_config = owned.clone();
+    let scaled_objects = futures::stream::once(async move {
+        wait_for_keda(&keda_client).await;
+        cached(scaler_api, scalers, scaler_config)
+    })
+    .flatten();
+    controller
+        .owns_stream(cached(scoped(&client, namespace), config_maps, owned.clone()))
+        .owns_stream(cached(scoped(&client, namespace), deployments, owned.clone()))
+        .owns_stream(cached(scoped(&client, namespace), services, owned.clone()))
+        .owns_stream(cached(scoped(&client, namespace), ingresses, owned.clone()))
+        .owns_stream(cached(
+            scoped(&client, namespace),
+            disruption_budgets,
+            owned,
+        ))
+        .owns_stream(scaled_objects)
+        .watches_stream(secrets, move |secret| referencing(&index, &secret, &config))
+        .graceful_shutdown_on(stop)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|outcome| async move {
+            if let Err(err) = outcome
+                && !matches!(err, controller::Error::ReconcilerFailed(..))
+            {
+                warn!(cause = %err, "controller");
+            }
+        })
+        .await;
+}
+
+/// A watch of `api` that keeps `writer`'s store current and yields what changed.
+fn cached<K>(
+    api: Api<K>,
+    writer: Writer<K>,
+    config: watcher::Config,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    reflector(writer, watcher(api, config))
+        .default_backoff()
+        .touched_objects()
+}
+
+/// Waits until KEDA is installed, so ScaledObjects are watched from then on.
+async fn wait_for_keda(client: &Client) {
+    loop {
+        if let Ok(true) = reconcile::keda_served(client).await {
+            return;
+        }
+        tokio::time::sleep(DISCOVERY_RETRY * 6).await;
+    }
+}
+
+/// The endpoints in the Secret's namespace that read it.
+fn referencing(
+    index: &Store<WebhookEndpoint>,
+    secret: &PartialObjectMeta<Secret>,
+    config: &OperatorConfig,
+) -> Vec<ObjectRef<WebhookEndpoint>> {
+    let name = secret.name_any();
+    index
+        .state()
+        .into_iter()
+        .filter(|endpoint| endpoint.namespace() == secret.namespace())
+        .filter(|endpoint| secrets::referenced_names(&endpoint.spec, config).contains(&name))
+        .map(|endpoint| ObjectRef::from_obj(endpoint.as_ref()))
+        .collect()
+}

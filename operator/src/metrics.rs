@@ -1,0 +1,159 @@
+//! Prometheus metrics of the operator: reconciles, failures by reason,
+//! duration, writes, endpoints by readiness, and leadership.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadyLabel {
+    pub ready: String,
+}
+
+/// Readiness of one endpoint, as the `ready` label shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Readiness {
+    Ready,
+    NotReady,
+}
+
+impl Readiness {
+    fn label(self) -> &'static str {
+        match self {
+            Readiness::Ready => "true",
+            Readiness::NotReady => "false",
+        }
+    }
+}
+
+/// Every metric, registered once.
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciliations: Counter,
+    /// Failed reconciles (errors) and endpoints left not Ready, by reason.
+    pub failures: Family<ReasonLabel, Counter>,
+    pub duration: Histogram,
+    /// Create, patch and delete calls, by kind; zero in a steady state.
+    pub writes: Family<KindLabel, Counter>,
+    pub endpoints: Family<ReadyLabel, Gauge>,
+    pub leader: Gauge,
+    /// Readiness per endpoint (`namespace/name`), behind `endpoints`.
+    readiness: Mutex<HashMap<String, Readiness>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("hookline_operator");
+        let reconciliations = Counter::default();
+        registry.register(
+            "reconciliations",
+            "Reconciles run",
+            reconciliations.clone(),
+        );
+        let failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "reconcile_failures",
+            "Reconciles that failed or left the endpoint not Ready, by reason",
+            failures.clone(),
+        );
+        let duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time of one reconcile",
+            duration.clone(),
+        );
+        let writes = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "writes",
+            "Create, patch and delete calls to the Kubernetes API, by kind",
+            writes.clone(),
+        );
+        let endpoints = Family::<ReadyLabel, Gauge>::default();
+        registry.register(
+            "endpoints",
+            "WebhookEndpoints by their Ready condition",
+            endpoints.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the Lease and reconciles",
+            leader.clone(),
+        );
+        Metrics {
+            registry,
+            reconciliations,
+            failures,
+            duration,
+            writes,
+            endpoints,
+            leader,
+            readiness: Mutex::default(),
+        }
+    }
+
+    pub fn observe_reconcile(&self, took: Duration) {
+        self.reconciliations.inc();
+        self.duration.observe(took.as_secs_f64());
+    }
+
+    pub fn failure(&self, reason: &str) {
+        self.failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn write(&self, kind: &str) {
+        self.writes
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records `endpoint`'s readiness (`None`: deleted) and updates the gauge.
+    pub fn set_readiness(&self, endpoint: &str, readiness: Option<Readiness>) {
+        let mut all = self
+            .readiness
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match readiness {
+            Some(readiness) => all.insert(endpoint.to_owned(), readiness),
+            None => all.remove(endpoint),
+        };
+        for state in [Readiness::Ready, Readiness::NotReady] {
+            let count = all.values().filter(|value| **value == state).count();
+            self.endpoints
+                .get_or_create(&ReadyLabel {
+                    ready: state.label().to_owned(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+}

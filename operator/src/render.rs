@@ -1,0 +1,70 @@
+//! `hookline-operator render`: the children reconcile would apply for a
+//! manifest file, from the same builders, as multi-document YAML (for review
+//! and GitOps).
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::build::{self, Children, Cluster};
+use crate::config::OperatorConfig;
+use crate::validate::validate;
+use crate::{Error, Result};
+
+/// Reads, validates and builds `path`; `namespace` applies when the manifest names none.
+pub fn render_file(
+    path: &Path,
+    namespace: Option<&str>,
+    config: &OperatorConfig,
+    keda: bool,
+) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|source| hookline_api::Error::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut resource =
+        hookline_api::parse_manifest(&text).map_err(|err| Error::from(err.in_file(path)))?;
+    if resource.metadata.namespace.is_none() {
+        resource.metadata.namespace = namespace.map(str::to_owned);
+    }
+    let valid = validate(&resource)
+        .map_err(|invalid| Error::from(hookline_api::Error::from(invalid).in_file(path)))?;
+    to_yaml(&build::build(&valid, config, Cluster { keda }))
+}
+
+/// Every child as one YAML document, in the order a reader follows the path
+/// of an event: manifest, route, receiver, consumer, scaler.
+pub fn to_yaml(children: &Children) -> Result<String> {
+    let Children {
+        config_map,
+        receiver,
+        service,
+        ingress,
+        disruption_budget,
+        consumer,
+        scaler,
+    } = children;
+    let mut out = String::new();
+    document(&mut out, "ConfigMap", config_map)?;
+    if let Some(ingress) = ingress {
+        document(&mut out, "Ingress", ingress)?;
+    }
+    document(&mut out, "Service", service)?;
+    document(&mut out, "receiver Deployment", receiver)?;
+    document(&mut out, "PodDisruptionBudget", disruption_budget)?;
+    document(&mut out, "consumer Deployment", consumer)?;
+    if let Some(scaler) = scaler {
+        document(&mut out, "ScaledObject", scaler)?;
+    }
+    Ok(out)
+}
+
+fn document(out: &mut String, what: &str, object: &impl Serialize) -> Result<()> {
+    let yaml = serde_yaml::to_string(object).map_err(|source| Error::Yaml {
+        what: what.to_owned(),
+        source,
+    })?;
+    out.push_str("---\n");
+    out.push_str(&yaml);
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! What the operator's tests share: the in-memory API, a real nats-server,
+//! and a reconcile harness that drives the real `reconcile` as the controller would.
+
+#![allow(dead_code)]
+
+pub mod fake_api;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fake_api::FakeApi;
+use hookline_api::spec::WebhookEndpoint;
+use hookline_e2e::NatsServer;
+use hookline_operator::apply::{self, ChildWriters};
+use hookline_operator::config::OperatorConfig;
+use hookline_operator::metrics::Metrics;
+use hookline_operator::reconcile::{Context, reconcile};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+
+/// The repository's `examples/` directory.
+pub fn examples_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples"))
+}
+
+/// Every example manifest, parsed.
+pub fn examples() -> Vec<(String, WebhookEndpoint)> {
+    let mut all: Vec<(String, WebhookEndpoint)> = std::fs::read_dir(examples_dir())
+        .expect("examples/ is readable")
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).expect("example is readable");
+            let resource = hookline_api::parse_manifest(&text).expect("example parses");
+            (
+                path.file_name().expect("file name").to_string_lossy().into_owned(),
+                resource,
+            )
+        })
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+/// One example by file name.
+pub fn example(file: &str) -> WebhookEndpoint {
+    examples()
+        .into_iter()
+        .find(|(name, _)| name == file)
+        .map(|(_, resource)| resource)
+        .unwrap_or_else(|| panic!("no example {file}"))
+}
+
+/// A Secret with one key.
+pub fn secret(namespace: &str, name: &str, key: &str, value: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            key.to_owned(),
+            ByteString(value.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// The operator under test: the fake API, a real nats-server and the context
+/// `reconcile` runs with.
+pub struct Harness {
+    pub fake: FakeApi,
+    pub nats: NatsServer,
+    pub ctx: Arc<Context>,
+    pub writers: ChildWriters,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Harness {
+    pub async fn start(keda: bool) -> Harness {
+        let nats = NatsServer::start().expect("nats-server starts (apt-get install -y nats-server)");
+        let fake = FakeApi::new(keda);
+        let client = fake.client();
+        let config = OperatorConfig {
+            nats: hookline_operator::config::NatsSettings {
+                url: nats.url(),
+                ..Default::default()
+            },
+            ..OperatorConfig::default()
+        };
+        let nats_client = hookline_api::nats::connect(&nats.url(), &Default::default(), "operator-test")
+            .await
+            .expect("NATS client");
+        wait_connected(&nats_client).await;
+        let (stores, writers) = apply::stores();
+        let metrics = Arc::new(Metrics::new());
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "hookline-operator".into(),
+                instance: Some("test".into()),
+            },
+        );
+        let ctx = Arc::new(Context::new(
+            client,
+            config,
+            nats_client,
+            stores,
+            metrics.clone(),
+            recorder,
+            Duration::from_secs(60),
+        ));
+        Harness {
+            fake,
+            nats,
+            ctx,
+            writers,
+            metrics,
+        }
+    }
+
+    /// Stores `resource` and the Secrets every example reads.
+    pub fn add_endpoint_with_secrets(&self, resource: &WebhookEndpoint) {
+        let namespace = resource.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        self.fake.insert(resource);
+        let spec = &resource.spec;
+        if !spec.secret_ref.generate.unwrap_or(false) {
+            let key = spec.secret_ref.key.clone().unwrap_or_else(|| "secret".into());
+            self.fake
+                .insert(&secret(&namespace, &spec.secret_ref.name, &key, "whsec_dGVzdA=="));
+        }
+        if let Some(database) = spec
+            .consumer
+            .as_ref()
+            .and_then(|consumer| consumer.database_secret_ref.as_ref())
+        {
+            self.fake.insert(&secret(
+                &namespace,
+                &database.name,
+                &database.key,
+                "postgres://localhost/hookline",
+            ));
+        }
+    }
+
+    /// The stored endpoint.
+    pub fn endpoint(&self, namespace: &str, name: &str) -> WebhookEndpoint {
+        self.fake
+            .typed::<WebhookEndpoint>(namespace, name)
+            .unwrap_or_else(|| panic!("no endpoint {namespace}/{name}"))
+    }
+
+    /// One reconcile of the stored endpoint, with the caches as its watches
+    /// would have them.
+    pub async fn reconcile(&mut self, namespace: &str, name: &str) -> Result<Action, hookline_operator::Error> {
+        self.fake.sync(&mut self.writers);
+        reconcile(Arc::new(self.endpoint(namespace, name)), self.ctx.clone()).await
+    }
+
+    /// The first reconcile adds the finalizer (and waits for the change); the
+    /// second runs the whole pass. Returns the second's action.
+    pub async fn settle(&mut self, namespace: &str, name: &str) -> Action {
+        self.reconcile(namespace, name).await.expect("first reconcile");
+        self.reconcile(namespace, name).await.expect("second reconcile")
+    }
+
+    /// A condition of the stored endpoint.
+    pub fn condition(&self, namespace: &str, name: &str, type_: &str) -> Condition {
+        self.endpoint(namespace, name)
+            .status
+            .unwrap_or_default()
+            .conditions
+            .into_iter()
+            .find(|condition| condition.type_ == type_)
+            .unwrap_or_else(|| panic!("no condition {type_}"))
+    }
+}
+
+/// Waits (bounded) until the client is connected.
+pub async fn wait_connected(client: &async_nats::Client) {
+    for _ in 0..200 {
+        if client.connection_state() == async_nats::connection::State::Connected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no NATS connection within 2 s");
+}
