@@ -128,12 +128,13 @@ fn key(endpoint: &WebhookEndpoint) -> String {
     )
 }
 
-/// The controller's reconcile: one span per endpoint carrying its namespace and name.
+/// The controller's reconcile: one span per endpoint carrying its namespace
+/// and name (as `endpoint`: a span's own name is `reconcile`).
 pub async fn reconcile(endpoint: Arc<WebhookEndpoint>, ctx: Arc<Context>) -> Result<Action> {
     let span = tracing::info_span!(
         "reconcile",
         namespace = %endpoint.namespace().unwrap_or_default(),
-        name = %endpoint.name_any()
+        endpoint = %endpoint.name_any()
     );
     async move {
         let started = Instant::now();
