@@ -1,0 +1,259 @@
+//! The pods the operator makes can start and work: for every example, the
+//! rendered receiver and consumer containers run as the real binaries, with
+//! exactly their command, args and env (mount paths mapped into a temp dir,
+//! Secret references resolved as the kubelet would), against a real
+//! nats-server and Postgres; one event signed the provider's way becomes one row.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use hookline_api::spec::Provider;
+use hookline_e2e::{ChildProcess, NatsServer, Postgres, free_port, workspace_bin};
+use hookline_operator::build::{self, Cluster};
+use hookline_operator::config::{NatsSettings, OperatorConfig};
+use hookline_operator::validate::{ValidEndpoint, validate};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+use sha2::Sha256;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+fn hmac_sha256(key: &[u8], message: &str) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
+    mac.update(message.as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The signing secret the test puts into the endpoint's Secret.
+fn signing_secret(provider: Provider) -> String {
+    match provider {
+        Provider::StandardWebhooks => format!("whsec_{}", base64(b"render-run-test-secret-32-bytes!")),
+        other => format!("{other}-render-run-secret"),
+    }
+}
+
+/// One event as `provider` sends it: body and headers, signed its way.
+fn signed_event(provider: Provider, secret: &str, id: &str) -> (String, Vec<(String, String)>) {
+    let ts = now();
+    let header = |name: &str, value: String| (name.to_owned(), value);
+    match provider {
+        Provider::Stripe => {
+            let body = format!(r#"{{"id":"{id}","type":"invoice.paid","created":{ts},"data":{{"object":{{"id":"in_1"}}}}}}"#);
+            let mac = hex::encode(hmac_sha256(secret.as_bytes(), &format!("{ts}.{body}")));
+            (body, vec![header("Stripe-Signature", format!("t={ts},v1={mac}"))])
+        }
+        Provider::Github => {
+            let body = r#"{"action":"opened","number":1}"#.to_owned();
+            let mac = hex::encode(hmac_sha256(secret.as_bytes(), &body));
+            (body, vec![
+                header("X-Hub-Signature-256", format!("sha256={mac}")),
+                header("X-GitHub-Delivery", id.to_owned()),
+                header("X-GitHub-Event", "pull_request".to_owned()),
+            ])
+        }
+        Provider::Shopify => {
+            let body = r#"{"id":820982911946154508,"email":"jon@example.com"}"#.to_owned();
+            (body.clone(), vec![
+                header("X-Shopify-Hmac-Sha256", base64(&hmac_sha256(secret.as_bytes(), &body))),
+                header("X-Shopify-Webhook-Id", id.to_owned()),
+                header("X-Shopify-Topic", "orders/create".to_owned()),
+                header("X-Shopify-Triggered-At", "2026-11-30T10:00:00Z".to_owned()),
+            ])
+        }
+        Provider::Slack => {
+            let body = format!(r#"{{"type":"event_callback","event_id":"{id}","event_time":{ts},"event":{{"type":"message"}}}}"#);
+            let mac = hex::encode(hmac_sha256(secret.as_bytes(), &format!("v0:{ts}:{body}")));
+            (body, vec![
+                header("X-Slack-Signature", format!("v0={mac}")),
+                header("X-Slack-Request-Timestamp", ts.to_string()),
+            ])
+        }
+        Provider::StandardWebhooks => {
+            let body = r#"{"type":"order.created","data":{"id":"ord_1"}}"#.to_owned();
+            let key = base64::engine::general_purpose::STANDARD
+                .decode(secret.trim_start_matches("whsec_"))
+                .expect("base64 secret");
+            let mac = base64(&hmac_sha256(&key, &format!("{id}.{ts}.{body}")));
+            (body, vec![
+                header("webhook-id", id.to_owned()),
+                header("webhook-timestamp", ts.to_string()),
+                header("webhook-signature", format!("v1,{mac}")),
+            ])
+        }
+        Provider::Generic => {
+            let body = format!(r#"{{"id":"{id}","type":"thing.updated","occurred_at":{ts},"object":{{"id":"t1"}}}}"#);
+            let mac = hex::encode(hmac_sha256(secret.as_bytes(), &format!("{ts}.{body}")));
+            (body, vec![
+                header("X-Signature", format!("sha256={mac}")),
+                header("X-Timestamp", ts.to_string()),
+                // The example trusts one proxy hop and allows 203.0.113.0/24.
+                header("X-Forwarded-For", "203.0.113.7".to_owned()),
+            ])
+        }
+    }
+}
+
+fn container(deployment: &Deployment) -> (&PodSpec, &Container) {
+    let pod = deployment
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.template.spec.as_ref())
+        .expect("pod spec");
+    (pod, &pod.containers[0])
+}
+
+/// Writes every file the pod mounts under `root` (ConfigMap and Secrets) and
+/// returns the container as a command: mount paths mapped under `root`, the
+/// listen address on a free loopback port, Secret env resolved.
+fn pod_command(
+    deployment: &Deployment,
+    root: &Path,
+    files: &BTreeMap<String, String>,
+    secret_env: &BTreeMap<String, String>,
+) -> (Command, u16) {
+    let (_, container) = container(deployment);
+    for mount in container.volume_mounts.iter().flatten() {
+        std::fs::create_dir_all(root.join(mount.mount_path.trim_start_matches('/'))).expect("mount dir");
+    }
+    for (path, content) in files {
+        let path = root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(path.parent().expect("a directory")).expect("mount dir");
+        std::fs::write(path, content).expect("mounted file");
+    }
+    let command_name = &container.command.as_ref().expect("command")[0];
+    let mut command = Command::new(workspace_bin(command_name));
+    let port = free_port();
+    for arg in container.args.iter().flatten() {
+        let arg = if arg.starts_with("--listen=") {
+            format!("--listen=127.0.0.1:{port}")
+        } else {
+            arg.replace("=/etc/hookline", &format!("={}/etc/hookline", root.display()))
+        };
+        command.arg(arg);
+    }
+    command.env_clear();
+    for var in container.env.iter().flatten() {
+        match (&var.value, &var.value_from) {
+            (Some(value), _) => command.env(&var.name, value),
+            (None, Some(_)) => command.env(&var.name, &secret_env[&var.name]),
+            (None, None) => command.env(&var.name, ""),
+        };
+    }
+    (command, port)
+}
+
+async fn wait_ready(client: &reqwest::Client, url: &str, process: &mut ChildProcess) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if client.get(url).send().await.is_ok_and(|response| response.status().is_success()) {
+            return;
+        }
+        if let Some(status) = process.exit_status() {
+            panic!("{} exited with {status}:\n{}", process.name(), process.log_tail(40));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{url} never became ready:\n{}", process.log_tail(40));
+}
+
+fn rows(postgres: &Postgres, endpoint: &str) -> u64 {
+    postgres
+        .psql(&format!("SELECT count(*) FROM hookline.events WHERE endpoint = '{endpoint}'"))
+        .map(|out| out.trim().parse().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+async fn run_example(
+    file: &str,
+    valid: &ValidEndpoint,
+    nats: &NatsServer,
+    postgres: &Postgres,
+    client: &reqwest::Client,
+) {
+    let config = OperatorConfig {
+        nats: NatsSettings {
+            url: nats.url(),
+            ..NatsSettings::default()
+        },
+        ..OperatorConfig::default()
+    };
+    let children = build::build(valid, &config, Cluster { keda: true });
+    let endpoint = &valid.endpoint;
+    // What the operator does through the NATS API before the pods start.
+    let nats_client = hookline_api::nats::connect(&nats.url(), &Default::default(), "render-run")
+        .await
+        .expect("NATS client");
+    support::wait_connected(&nats_client).await;
+    hookline_api::provision::provision(&async_nats::jetstream::new(nats_client), endpoint)
+        .await
+        .expect("provision");
+
+    let root = tempfile::tempdir().expect("temp dir");
+    let secret = signing_secret(endpoint.provider);
+    let mut files = BTreeMap::from([(
+        "/etc/hookline/endpoint/endpoint.yaml".to_owned(),
+        children.config_map.data.clone().expect("data")["endpoint.yaml"].clone(),
+    )]);
+    files.insert(
+        format!("/etc/hookline/signing-secret/{}", endpoint.secret.key),
+        secret.clone(),
+    );
+    let secret_env = BTreeMap::from([("HOOKLINE_DATABASE_URL".to_owned(), postgres.url())]);
+
+    let (mut consumer_command, consumer_port) = pod_command(&children.consumer, root.path(), &files, &secret_env);
+    let mut consumer = ChildProcess::spawn(&mut consumer_command).expect("consumer starts");
+    let (mut receiver_command, receiver_port) = pod_command(&children.receiver, root.path(), &files, &secret_env);
+    let mut receiver = ChildProcess::spawn(&mut receiver_command).expect("receiver starts");
+    wait_ready(client, &format!("http://127.0.0.1:{receiver_port}/readyz"), &mut receiver).await;
+    wait_ready(client, &format!("http://127.0.0.1:{consumer_port}/readyz"), &mut consumer).await;
+
+    let (body, headers) = signed_event(endpoint.provider, &secret, &format!("evt_{file}"));
+    let mut request = client
+        .post(format!("http://127.0.0.1:{receiver_port}{}", endpoint.route.path))
+        .header("Content-Type", "application/json")
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let response = request.send().await.expect("the receiver answers");
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "{file}: {text}\n{}", receiver.log_tail(20));
+
+    let key = endpoint.key();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rows(postgres, &key) == 0 {
+        assert!(Instant::now() < deadline, "{file}: no row for {key}:\n{}", consumer.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rows(postgres, &key), 1, "{file}");
+    receiver.terminate();
+    consumer.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rendered_pods_of_every_example_start_and_store_a_signed_event() {
+    let nats = NatsServer::start().expect("nats-server starts (apt-get install -y nats-server)");
+    let postgres = Postgres::start().expect("Postgres starts (apt-get install -y postgresql)");
+    let client = reqwest::Client::new();
+    for (file, mut resource) in support::examples() {
+        resource.metadata.uid = Some("00000000-0000-0000-0000-000000000001".into());
+        let valid = validate(&resource).expect("example is valid");
+        run_example(&file, &valid, &nats, &postgres, &client).await;
+    }
+}
