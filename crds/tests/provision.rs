@@ -52,7 +52,9 @@ async fn provision_creates_then_updates_and_delete_removes() {
     let info = stream.info().await.expect("info");
     assert_eq!(info.config.max_age, Duration::from_secs(24 * 3600));
 
-    delete_stream(&js, &updated.stream.name).await.expect("delete");
+    delete_stream(&js, &updated.stream.name)
+        .await
+        .expect("delete");
     delete_stream(&js, &updated.stream.name)
         .await
         .expect("deleting a missing stream is fine");

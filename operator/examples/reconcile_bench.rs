@@ -1,1 +1,94 @@
-fn main() {}
+//! Reconciles many WebhookEndpoints against the in-memory API of the tests and
+//! a real nats-server, as the controller would: time per reconcile (validate,
+//! secrets, stream, build, apply, status), peak RSS, and the writes of a
+//! steady-state pass (must be 0).
+//!
+//! ```sh
+//! cargo run --release -p hookline-operator --example reconcile_bench -- 1000
+//! ```
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hookline_operator::reconcile::reconcile;
+use support::{Harness, example};
+
+/// Peak resident memory of this process, from `/proc/self/status`.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmHWM:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// One reconcile of every endpoint; the time of each.
+async fn pass(harness: &mut Harness, endpoints: &[(String, String)]) -> Vec<Duration> {
+    harness.fake.sync(&mut harness.writers);
+    let mut times = Vec::with_capacity(endpoints.len());
+    for (namespace, name) in endpoints {
+        let endpoint = Arc::new(harness.endpoint(namespace, name));
+        let started = Instant::now();
+        reconcile(endpoint, harness.ctx.clone())
+            .await
+            .unwrap_or_else(|err| panic!("{namespace}/{name}: {err}"));
+        times.push(started.elapsed());
+    }
+    times
+}
+
+fn summary(label: &str, mut times: Vec<Duration>, writes: usize) {
+    times.sort();
+    let total: Duration = times.iter().sum();
+    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    println!(
+        "{label:<28} {:>5} reconciles  mean {:>7.2} ms  p50 {:>7.2} ms  p99 {:>7.2} ms  writes {writes}",
+        times.len(),
+        total.as_secs_f64() * 1e3 / times.len() as f64,
+        at(0.5).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3,
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let count: usize = std::env::args()
+        .nth(1)
+        .and_then(|arg| arg.parse().ok())
+        .unwrap_or(1000);
+    let mut harness = Harness::start(true).await;
+    let mut endpoints = Vec::with_capacity(count);
+    for index in 0..count {
+        let mut resource = example("stripe.yaml");
+        let namespace = format!("team-{}", index % 10);
+        let name = format!("stripe-{index}");
+        resource.metadata.namespace = Some(namespace.clone());
+        resource.metadata.name = Some(name.clone());
+        harness.add_endpoint_with_secrets(&resource);
+        endpoints.push((namespace, name));
+    }
+    println!(
+        "{count} endpoints, in-memory API, nats-server {}",
+        harness.nats.url()
+    );
+
+    let measure = async |label: &str, harness: &mut Harness| {
+        harness.fake.clear_calls();
+        let times = pass(harness, &endpoints).await;
+        summary(label, times, harness.fake.writes().len());
+    };
+    measure("add finalizer", &mut harness).await;
+    measure("first apply (create all)", &mut harness).await;
+    harness.fake.make_deployments_available();
+    measure("pods available (status)", &mut harness).await;
+    measure("steady state", &mut harness).await;
+    println!("peak RSS {:.1} MiB", peak_rss_mib());
+}

@@ -177,7 +177,10 @@ impl Applier<'_> {
     /// Deletes cached objects owned by the endpoint whose name is not in `keep`.
     async fn prune<K>(&self, store: &Store<K>, keep: &[String]) -> Result<(), kube::Error>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Debug + DeserializeOwned,
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Debug
+            + DeserializeOwned,
     {
         let stale: Vec<Arc<K>> = store
             .state()
@@ -223,12 +226,12 @@ pub fn holds<K: Serialize>(current: &K, desired: &K) -> bool {
 
 fn contains(current: &Value, desired: &Value, in_resources: bool) -> bool {
     match (desired, current) {
-        (Value::Object(want), Value::Object(have)) => want.iter().all(|(key, value)| {
-            match have.get(key) {
+        (Value::Object(want), Value::Object(have)) => {
+            want.iter().all(|(key, value)| match have.get(key) {
                 Some(present) => contains(present, value, in_resources || key == "resources"),
                 None => is_empty(value),
-            }
-        }),
+            })
+        }
         (Value::Array(want), Value::Array(have)) => {
             want.len() == have.len()
                 && want
@@ -294,17 +297,37 @@ mod tests {
     #[test]
     fn a_changed_or_removed_field_is_a_change() {
         let desired = json!({"spec": {"replicas": 2, "labels": {"a": "b"}}});
-        assert!(!contains(&json!({"spec": {"replicas": 3, "labels": {"a": "b"}}}), &desired, false));
-        assert!(!contains(&json!({"spec": {"replicas": 2}}), &desired, false));
-        assert!(!contains(&json!({"spec": {"replicas": 2, "labels": {"a": "c"}}}), &desired, false));
+        assert!(!contains(
+            &json!({"spec": {"replicas": 3, "labels": {"a": "b"}}}),
+            &desired,
+            false
+        ));
+        assert!(!contains(
+            &json!({"spec": {"replicas": 2}}),
+            &desired,
+            false
+        ));
+        assert!(!contains(
+            &json!({"spec": {"replicas": 2, "labels": {"a": "c"}}}),
+            &desired,
+            false
+        ));
     }
 
     #[test]
     fn lists_must_match_item_by_item() {
         let desired = json!({"args": ["--a=1", "--b=2"]});
         assert!(!contains(&json!({"args": ["--a=1"]}), &desired, false));
-        assert!(!contains(&json!({"args": ["--b=2", "--a=1"]}), &desired, false));
-        assert!(contains(&json!({"args": ["--a=1", "--b=2"]}), &desired, false));
+        assert!(!contains(
+            &json!({"args": ["--b=2", "--a=1"]}),
+            &desired,
+            false
+        ));
+        assert!(contains(
+            &json!({"args": ["--a=1", "--b=2"]}),
+            &desired,
+            false
+        ));
     }
 
     #[test]
@@ -312,7 +335,11 @@ mod tests {
         let desired = json!({"resources": {"requests": {"cpu": "0.5", "memory": "1Gi"}}});
         let current = json!({"resources": {"requests": {"cpu": "500m", "memory": "1073741824"}}});
         assert!(contains(&current, &desired, false));
-        assert!(!contains(&json!({"image": "500m"}), &json!({"image": "0.5"}), false));
+        assert!(!contains(
+            &json!({"image": "500m"}),
+            &json!({"image": "0.5"}),
+            false
+        ));
         assert!(!contains(
             &json!({"resources": {"requests": {"cpu": "600m"}}}),
             &json!({"resources": {"requests": {"cpu": "0.5"}}}),
@@ -322,6 +349,10 @@ mod tests {
 
     #[test]
     fn empty_values_match_what_the_server_dropped() {
-        assert!(contains(&json!({}), &json!({"annotations": {}, "env": [], "x": null}), false));
+        assert!(contains(
+            &json!({}),
+            &json!({"annotations": {}, "env": [], "x": null}),
+            false
+        ));
     }
 }

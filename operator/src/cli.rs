@@ -53,7 +53,12 @@ pub enum Command {
 #[derive(Debug, Clone, ClapArgs)]
 pub struct RunArgs {
     /// Watch only this namespace (a Role is then enough); default: all.
-    #[arg(long, env = "HOOKLINE_WATCH_NAMESPACE", value_name = "NS", global = true)]
+    #[arg(
+        long,
+        env = "HOOKLINE_WATCH_NAMESPACE",
+        value_name = "NS",
+        global = true
+    )]
     pub watch_namespace: Option<String>,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(

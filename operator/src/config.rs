@@ -60,7 +60,11 @@ pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/hookline/hookline:", env!("CARG
 
 /// Resources of one container: requests and a memory limit. CPU is not
 /// limited, so a burst is never throttled into 503s.
-pub fn resources(cpu_request: &str, memory_request: &str, memory_limit: &str) -> ResourceRequirements {
+pub fn resources(
+    cpu_request: &str,
+    memory_request: &str,
+    memory_limit: &str,
+) -> ResourceRequirements {
     let quantities = |pairs: &[(&str, &str)]| {
         pairs
             .iter()
@@ -68,7 +72,10 @@ pub fn resources(cpu_request: &str, memory_request: &str, memory_limit: &str) ->
             .collect::<BTreeMap<_, _>>()
     };
     ResourceRequirements {
-        requests: Some(quantities(&[("cpu", cpu_request), ("memory", memory_request)])),
+        requests: Some(quantities(&[
+            ("cpu", cpu_request),
+            ("memory", memory_request),
+        ])),
         limits: Some(quantities(&[("memory", memory_limit)])),
         ..Default::default()
     }

@@ -168,7 +168,9 @@ async fn wait_for_crd(client: &Client, namespace: Option<&str>) {
     loop {
         match api.list(&ListParams::default().limit(1)).await {
             Ok(_) => return,
-            Err(err) => warn!(cause = %Error::CrdMissing(err), retry_in = ?DISCOVERY_RETRY, "cannot list WebhookEndpoints"),
+            Err(err) => {
+                warn!(cause = %Error::CrdMissing(err), retry_in = ?DISCOVERY_RETRY, "cannot list WebhookEndpoints")
+            }
         }
         tokio::time::sleep(DISCOVERY_RETRY).await;
     }
@@ -193,9 +195,8 @@ async fn run_controller(
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let namespace = namespace.as_deref();
-    let owned = watcher::Config::default().labels(&format!(
-        "app.kubernetes.io/managed-by={FIELD_MANAGER}"
-    ));
+    let owned =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
     let ChildWriters {
         config_maps,
         deployments,
@@ -212,8 +213,8 @@ async fn run_controller(
         scoped::<PartialObjectMeta<Secret>>(&client, namespace),
         watcher::Config::default(),
     )
-        .default_backoff()
-        .touched_objects();
+    .default_backoff()
+    .touched_objects();
     let keda_client = client.clone();
     let scaler_api = scoped(&client, namespace);
     let scaler_config = owned.clone();
@@ -223,8 +224,16 @@ async fn run_controller(
     })
     .flatten();
     controller
-        .owns_stream(cached(scoped(&client, namespace), config_maps, owned.clone()))
-        .owns_stream(cached(scoped(&client, namespace), deployments, owned.clone()))
+        .owns_stream(cached(
+            scoped(&client, namespace),
+            config_maps,
+            owned.clone(),
+        ))
+        .owns_stream(cached(
+            scoped(&client, namespace),
+            deployments,
+            owned.clone(),
+        ))
         .owns_stream(cached(scoped(&client, namespace), services, owned.clone()))
         .owns_stream(cached(scoped(&client, namespace), ingresses, owned.clone()))
         .owns_stream(cached(

@@ -25,13 +25,19 @@ pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 /// How often a standby replica tries to take the Lease.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
+/// A Lease's holder and renew time as last seen, and when this replica first saw them.
+struct Observed {
+    holder: Option<String>,
+    renewed: Option<MicroTime>,
+    since: Instant,
+}
+
 /// One candidate for one Lease.
 pub struct LeaderElection {
     api: Api<Lease>,
     name: String,
     identity: String,
-    /// The holder and renew time last seen, and when this replica first saw them.
-    observed: Mutex<Option<(Option<String>, Option<MicroTime>, Instant)>>,
+    observed: Mutex<Option<Observed>>,
 }
 
 impl LeaderElection {
@@ -62,7 +68,10 @@ impl LeaderElection {
             return conflict_is_loss(self.api.create(&PostParams::default(), &lease).await);
         };
         let spec = current.spec.clone().unwrap_or_default();
-        let holder = spec.holder_identity.clone().filter(|holder| !holder.is_empty());
+        let holder = spec
+            .holder_identity
+            .clone()
+            .filter(|holder| !holder.is_empty());
         let ours = holder.as_deref() == Some(self.identity.as_str());
         if !ours && holder.is_some() && !self.expired(&spec) {
             return Ok(false);
@@ -105,7 +114,9 @@ impl LeaderElection {
         .await;
         match outcome {
             Ok(()) => info!(lease = %self.name, "released the Lease"),
-            Err(err) => warn!(lease = %self.name, cause = %err, "cannot release the Lease; it expires by itself"),
+            Err(err) => {
+                warn!(lease = %self.name, cause = %err, "cannot release the Lease; it expires by itself")
+            }
         }
     }
 
@@ -115,7 +126,9 @@ impl LeaderElection {
             match self.try_acquire_or_renew().await {
                 Ok(true) => return,
                 Ok(false) => {}
-                Err(err) => warn!(lease = %self.name, cause = %err, "cannot read or take the Lease"),
+                Err(err) => {
+                    warn!(lease = %self.name, cause = %err, "cannot read or take the Lease")
+                }
             }
             tokio::time::sleep(RETRY_INTERVAL).await;
         }
@@ -158,12 +171,19 @@ impl LeaderElection {
             .observed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let record = (spec.holder_identity.clone(), spec.renew_time.clone());
         let since = match observed.as_ref() {
-            Some((holder, renewed, since)) if (holder, renewed) == (&record.0, &record.1) => *since,
+            Some(seen)
+                if seen.holder == spec.holder_identity && seen.renewed == spec.renew_time =>
+            {
+                seen.since
+            }
             _ => {
                 let now = Instant::now();
-                *observed = Some((record.0, record.1, now));
+                *observed = Some(Observed {
+                    holder: spec.holder_identity.clone(),
+                    renewed: spec.renew_time.clone(),
+                    since: now,
+                });
                 now
             }
         };

@@ -69,18 +69,16 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("hookline_operator");
         let reconciliations = Counter::default();
-        registry.register(
-            "reconciliations",
-            "Reconciles run",
-            reconciliations.clone(),
-        );
+        registry.register("reconciliations", "Reconciles run", reconciliations.clone());
         let failures = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "reconcile_failures",
             "Reconciles that failed or left the endpoint not Ready, by reason",
             failures.clone(),
         );
-        let duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        let duration = Histogram::new([
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
         registry.register(
             "reconcile_duration_seconds",
             "Time of one reconcile",

@@ -174,7 +174,8 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
             info!(cause = %invalid, "invalid spec");
             let findings = status::invalid_findings(&invalid);
             write_status(endpoint, ctx, findings, None).await?;
-            ctx.metrics.failure(hookline_api::conditions::reasons::INVALID_SPEC);
+            ctx.metrics
+                .failure(hookline_api::conditions::reasons::INVALID_SPEC);
             ctx.metrics.set_readiness(&key, Some(Readiness::NotReady));
             return Ok(Action::requeue(INVALID_SPEC_RECHECK));
         }
@@ -220,7 +221,10 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
     let ready = findings
         .first()
         .is_some_and(|finding| finding.status == Status::True);
-    let reason = findings.first().map(|finding| finding.reason).unwrap_or_default();
+    let reason = findings
+        .first()
+        .map(|finding| finding.reason)
+        .unwrap_or_default();
     let details = Details {
         url: status::url(&valid, &applied),
         stream: &stream,
@@ -326,7 +330,11 @@ async fn publish(
         action: "Reconcile".into(),
         secondary: None,
     };
-    match ctx.recorder.publish(&event, &endpoint.object_ref(&())).await {
+    match ctx
+        .recorder
+        .publish(&event, &endpoint.object_ref(&()))
+        .await
+    {
         Ok(()) => ctx.metrics.write("Event"),
         Err(err) => warn!(cause = %err, reason, "cannot publish an Event"),
     }

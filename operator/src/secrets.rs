@@ -39,7 +39,11 @@ pub fn references(valid: &ValidEndpoint, config: &OperatorConfig) -> Vec<Referen
         source: source.to_owned(),
     };
     let mut all = vec![
-        reference(&endpoint.secret.name, &[&endpoint.secret.key], "spec.secretRef"),
+        reference(
+            &endpoint.secret.name,
+            &[&endpoint.secret.key],
+            "spec.secretRef",
+        ),
         reference(
             &valid.database.name,
             &[&valid.database.key],
@@ -158,7 +162,10 @@ pub async fn check(
 }
 
 fn has_key(secret: &Secret, key: &str) -> bool {
-    secret.data.as_ref().is_some_and(|data| data.contains_key(key))
+    secret
+        .data
+        .as_ref()
+        .is_some_and(|data| data.contains_key(key))
         || secret
             .string_data
             .as_ref()

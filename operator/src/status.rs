@@ -183,26 +183,28 @@ fn stream_finding(observed: &Observed<'_>) -> Finding {
     let type_ = conditions::STREAM_READY;
     let url = &observed.config.nats.url;
     match observed.stream {
-        StreamState::Ready { max_payload, .. } => match observed.stream.payload_shortfall(observed.valid) {
-            None => Finding::new(
-                type_,
-                Status::True,
-                reasons::STREAM_PROVISIONED,
-                format!(
-                    "stream {} with durable consumer {}",
-                    endpoint.stream.name, endpoint.consumer.durable_name
+        StreamState::Ready { max_payload, .. } => {
+            match observed.stream.payload_shortfall(observed.valid) {
+                None => Finding::new(
+                    type_,
+                    Status::True,
+                    reasons::STREAM_PROVISIONED,
+                    format!(
+                        "stream {} with durable consumer {}",
+                        endpoint.stream.name, endpoint.consumer.durable_name
+                    ),
                 ),
-            ),
-            Some(fits) => Finding::new(
-                type_,
-                Status::True,
-                reasons::MAX_PAYLOAD_TOO_SMALL,
-                format!(
-                    "stream {} is ready, but NATS's max_payload ({max_payload} bytes) leaves room for bodies up to {fits} bytes, below spec.request.maxBodyBytes ({}): larger bodies get 413; raise max_payload on the NATS server or lower maxBodyBytes",
-                    endpoint.stream.name, endpoint.request.max_body_bytes
+                Some(fits) => Finding::new(
+                    type_,
+                    Status::True,
+                    reasons::MAX_PAYLOAD_TOO_SMALL,
+                    format!(
+                        "stream {} is ready, but NATS's max_payload ({max_payload} bytes) leaves room for bodies up to {fits} bytes, below spec.request.maxBodyBytes ({}): larger bodies get 413; raise max_payload on the NATS server or lower maxBodyBytes",
+                        endpoint.stream.name, endpoint.request.max_body_bytes
+                    ),
                 ),
-            ),
-        },
+            }
+        }
         StreamState::Unreachable(cause) => Finding::new(
             type_,
             Status::False,
@@ -213,7 +215,10 @@ fn stream_finding(observed: &Observed<'_>) -> Finding {
             type_,
             Status::False,
             reasons::STREAM_REFUSED,
-            format!("NATS at {url} refused stream {}: {cause}", endpoint.stream.name),
+            format!(
+                "NATS at {url} refused stream {}: {cause}",
+                endpoint.stream.name
+            ),
         ),
     }
 }

@@ -42,7 +42,10 @@ pub fn validate(resource: &WebhookEndpoint) -> Result<ValidEndpoint, InvalidSpec
             owner: resource.controller_owner_ref(&()),
         }),
         (resolved, database, manifest) => {
-            let mut problems = resolved.err().map(|InvalidSpec(all)| all).unwrap_or_default();
+            let mut problems = resolved
+                .err()
+                .map(|InvalidSpec(all)| all)
+                .unwrap_or_default();
             if let Err(err) = manifest {
                 problems.push(FieldError {
                     field: "spec".into(),

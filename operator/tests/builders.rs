@@ -70,7 +70,11 @@ fn rendered_examples(dir: &std::path::Path) -> Vec<String> {
                 cluster,
             ))
             .expect("renders");
-            let path = dir.join(format!("{}-keda-{}.yaml", file.trim_end_matches(".yaml"), cluster.keda));
+            let path = dir.join(format!(
+                "{}-keda-{}.yaml",
+                file.trim_end_matches(".yaml"),
+                cluster.keda
+            ));
             std::fs::write(&path, yaml).expect("write");
             files.push(path.to_string_lossy().into_owned());
         }
@@ -89,28 +93,57 @@ fn every_example_renders_objects_that_pass_strict_kubernetes_validation() {
         &args,
         "install it with `pip install kubernetes-validate`",
     );
-    assert!(ok, "kubernetes-validate rejected a rendered object:\n{report}");
-    for kind in ["configmap", "service", "ingress", "deployment", "poddisruptionbudget"] {
-        assert!(report.contains(&format!("passed for resource {kind}/")), "no {kind} validated:\n{report}");
+    assert!(
+        ok,
+        "kubernetes-validate rejected a rendered object:\n{report}"
+    );
+    for kind in [
+        "configmap",
+        "service",
+        "ingress",
+        "deployment",
+        "poddisruptionbudget",
+    ] {
+        assert!(
+            report.contains(&format!("passed for resource {kind}/")),
+            "no {kind} validated:\n{report}"
+        );
     }
     let failures: Vec<&str> = report
         .lines()
-        .filter(|line| !line.contains("passed for resource") && !line.contains("kind ScaledObject with api version keda.sh/v1alpha1"))
+        .filter(|line| {
+            !line.contains("passed for resource")
+                && !line.contains("kind ScaledObject with api version keda.sh/v1alpha1")
+        })
         .filter(|line| !line.trim().is_empty())
         .collect();
-    assert!(failures.is_empty(), "unexpected validator output: {failures:#?}");
+    assert!(
+        failures.is_empty(),
+        "unexpected validator output: {failures:#?}"
+    );
 }
 
 #[test]
 fn every_scaled_object_validates_against_kedas_own_types() {
     let dir = tempfile::tempdir().expect("temp dir");
     let files = rendered_examples(dir.path());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemas/validate_scaled_object.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/schemas/validate_scaled_object.py"
+    );
     let mut args = vec![script];
     args.extend(files.iter().map(String::as_str));
-    let (ok, report) = run("python3", &args, "python3 with `pip install cloudcoil-models-keda pyyaml`");
+    let (ok, report) = run(
+        "python3",
+        &args,
+        "python3 with `pip install cloudcoil-models-keda pyyaml`",
+    );
     assert!(ok, "KEDA's model rejected a ScaledObject:\n{report}");
-    assert_eq!(report.matches("valid for KEDA 2.16").count(), examples().len(), "{report}");
+    assert_eq!(
+        report.matches("valid for KEDA 2.16").count(),
+        examples().len(),
+        "{report}"
+    );
 }
 
 #[test]
@@ -119,7 +152,15 @@ fn every_child_is_owned_by_the_endpoint_and_labelled() {
     let owner = valid.owner.clone().expect("owner reference");
     assert_eq!(owner.kind, "WebhookEndpoint");
     assert_eq!(owner.controller, Some(true));
-    let Children { config_map, receiver, service, ingress, disruption_budget, consumer, scaler } = children;
+    let Children {
+        config_map,
+        receiver,
+        service,
+        ingress,
+        disruption_budget,
+        consumer,
+        scaler,
+    } = children;
     let all = [
         json(&config_map),
         json(&receiver),
@@ -131,10 +172,25 @@ fn every_child_is_owned_by_the_endpoint_and_labelled() {
     ];
     for object in all {
         let metadata = &object["metadata"];
-        assert_eq!(metadata["ownerReferences"], json(&vec![owner.clone()]), "{}", object["kind"]);
+        assert_eq!(
+            metadata["ownerReferences"],
+            json(&vec![owner.clone()]),
+            "{}",
+            object["kind"]
+        );
         assert_eq!(metadata["namespace"], "payments");
-        for label in ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component", "app.kubernetes.io/managed-by", "hookline.io/endpoint"] {
-            assert!(metadata["labels"][label].is_string(), "{} lacks {label}", object["kind"]);
+        for label in [
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/component",
+            "app.kubernetes.io/managed-by",
+            "hookline.io/endpoint",
+        ] {
+            assert!(
+                metadata["labels"][label].is_string(),
+                "{} lacks {label}",
+                object["kind"]
+            );
         }
     }
 }
@@ -143,13 +199,24 @@ fn every_child_is_owned_by_the_endpoint_and_labelled() {
 fn selectors_match_their_pods_and_never_the_other_component() {
     let (_, children) = children("stripe.yaml", KEDA);
     let labels_of = |deployment: &Deployment| {
-        deployment.spec.as_ref().and_then(|spec| spec.template.metadata.as_ref()).and_then(|meta| meta.labels.clone()).expect("pod labels")
+        deployment
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.template.metadata.as_ref())
+            .and_then(|meta| meta.labels.clone())
+            .expect("pod labels")
     };
     let selector_of = |deployment: &Deployment| {
-        deployment.spec.as_ref().and_then(|spec| spec.selector.match_labels.clone()).expect("selector")
+        deployment
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.selector.match_labels.clone())
+            .expect("selector")
     };
     let matches = |selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>| {
-        selector.iter().all(|(key, value)| labels.get(key) == Some(value))
+        selector
+            .iter()
+            .all(|(key, value)| labels.get(key) == Some(value))
     };
     let receiver_pods = labels_of(&children.receiver);
     let consumer_pods = labels_of(&children.consumer);
@@ -157,9 +224,18 @@ fn selectors_match_their_pods_and_never_the_other_component() {
     assert!(matches(&selector_of(&children.consumer), &consumer_pods));
     assert!(!matches(&selector_of(&children.receiver), &consumer_pods));
     assert!(!matches(&selector_of(&children.consumer), &receiver_pods));
-    let service = children.service.spec.and_then(|spec| spec.selector).expect("service selector");
+    let service = children
+        .service
+        .spec
+        .and_then(|spec| spec.selector)
+        .expect("service selector");
     assert!(matches(&service, &receiver_pods) && !matches(&service, &consumer_pods));
-    let budget = children.disruption_budget.spec.and_then(|spec| spec.selector).and_then(|s| s.match_labels).expect("budget selector");
+    let budget = children
+        .disruption_budget
+        .spec
+        .and_then(|spec| spec.selector)
+        .and_then(|s| s.match_labels)
+        .expect("budget selector");
     assert!(matches(&budget, &receiver_pods));
 }
 
@@ -170,22 +246,55 @@ fn pods_run_locked_down_with_probes_resources_and_scrape_annotations() {
         let pod = pod_spec(deployment);
         let security = pod.security_context.as_ref().expect("pod security context");
         assert_eq!(security.run_as_non_root, Some(true));
-        assert_eq!(security.seccomp_profile.as_ref().map(|p| p.type_.as_str()), Some("RuntimeDefault"));
+        assert_eq!(
+            security.seccomp_profile.as_ref().map(|p| p.type_.as_str()),
+            Some("RuntimeDefault")
+        );
         assert_eq!(pod.automount_service_account_token, Some(false));
         let container = &pod.containers[0];
-        let context = container.security_context.as_ref().expect("container security context");
+        let context = container
+            .security_context
+            .as_ref()
+            .expect("container security context");
         assert_eq!(context.read_only_root_filesystem, Some(true));
         assert_eq!(context.allow_privilege_escalation, Some(false));
-        assert_eq!(context.capabilities.as_ref().and_then(|c| c.drop.clone()), Some(vec!["ALL".to_owned()]));
+        assert_eq!(
+            context.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_owned()])
+        );
         let probe_path = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
-            probe.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|get| get.path.clone())
+            probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|get| get.path.clone())
         };
-        assert_eq!(probe_path(&container.liveness_probe).as_deref(), Some("/healthz"));
-        assert_eq!(probe_path(&container.readiness_probe).as_deref(), Some("/readyz"));
+        assert_eq!(
+            probe_path(&container.liveness_probe).as_deref(),
+            Some("/healthz")
+        );
+        assert_eq!(
+            probe_path(&container.readiness_probe).as_deref(),
+            Some("/readyz")
+        );
         let resources = container.resources.as_ref().expect("resources");
-        assert!(resources.requests.as_ref().is_some_and(|r| r.contains_key("cpu") && r.contains_key("memory")));
-        assert!(resources.limits.as_ref().is_some_and(|l| l.contains_key("memory")));
-        let annotations = deployment.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.annotations.clone()).expect("annotations");
+        assert!(
+            resources
+                .requests
+                .as_ref()
+                .is_some_and(|r| r.contains_key("cpu") && r.contains_key("memory"))
+        );
+        assert!(
+            resources
+                .limits
+                .as_ref()
+                .is_some_and(|l| l.contains_key("memory"))
+        );
+        let annotations = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.clone())
+            .expect("annotations");
         assert_eq!(annotations["prometheus.io/scrape"], "true");
         let port = container.ports.as_ref().expect("ports")[0].container_port;
         assert_eq!(annotations["prometheus.io/port"], port.to_string());
@@ -209,25 +318,66 @@ fn secrets_are_read_only_files_and_the_database_url_an_env_reference() {
         let pod = pod_spec(deployment);
         let container = &pod.containers[0];
         let mounts = container.volume_mounts.as_ref().expect("mounts");
-        assert!(mounts.iter().all(|mount| mount.read_only == Some(true)), "every mount is read-only");
-        for volume in pod.volumes.iter().flatten().filter_map(|volume| volume.secret.as_ref()) {
+        assert!(
+            mounts.iter().all(|mount| mount.read_only == Some(true)),
+            "every mount is read-only"
+        );
+        for volume in pod
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|volume| volume.secret.as_ref())
+        {
             assert_eq!(volume.default_mode, Some(0o440), "{volume:?}");
         }
         let args = container.args.clone().expect("args");
-        assert!(args.contains(&"--nats-creds=/etc/hookline/nats-creds/nats.creds".to_owned()), "{args:?}");
-        assert!(args.contains(&"--nats-tls-ca=/etc/hookline/nats-tls-ca/ca.crt".to_owned()), "{args:?}");
+        assert!(
+            args.contains(&"--nats-creds=/etc/hookline/nats-creds/nats.creds".to_owned()),
+            "{args:?}"
+        );
+        assert!(
+            args.contains(&"--nats-tls-ca=/etc/hookline/nats-tls-ca/ca.crt".to_owned()),
+            "{args:?}"
+        );
         let env = container.env.clone().expect("env");
-        let from_secret = |name: &str| env.iter().find(|var| var.name == name).and_then(|var| var.value_from.clone()).and_then(|from| from.secret_key_ref);
-        assert_eq!(from_secret("HOOKLINE_NATS_USER").map(|r| r.name), Some("nats-login".into()));
+        let from_secret = |name: &str| {
+            env.iter()
+                .find(|var| var.name == name)
+                .and_then(|var| var.value_from.clone())
+                .and_then(|from| from.secret_key_ref)
+        };
+        assert_eq!(
+            from_secret("HOOKLINE_NATS_USER").map(|r| r.name),
+            Some("nats-login".into())
+        );
         assert!(from_secret("HOOKLINE_NATS_PASSWORD").is_some());
     }
-    let receiver_args = pod_spec(&children.receiver).containers[0].args.clone().expect("args");
-    assert!(receiver_args.contains(&"--secret-file=/etc/hookline/signing-secret/secret".to_owned()), "{receiver_args:?}");
-    let consumer_env = pod_spec(&children.consumer).containers[0].env.clone().expect("env");
-    let database = consumer_env.iter().find(|var| var.name == "HOOKLINE_DATABASE_URL").expect("database url");
+    let receiver_args = pod_spec(&children.receiver).containers[0]
+        .args
+        .clone()
+        .expect("args");
+    assert!(
+        receiver_args.contains(&"--secret-file=/etc/hookline/signing-secret/secret".to_owned()),
+        "{receiver_args:?}"
+    );
+    let consumer_env = pod_spec(&children.consumer).containers[0]
+        .env
+        .clone()
+        .expect("env");
+    let database = consumer_env
+        .iter()
+        .find(|var| var.name == "HOOKLINE_DATABASE_URL")
+        .expect("database url");
     assert_eq!(database.value, None, "never a literal value");
-    let reference = database.value_from.as_ref().and_then(|from| from.secret_key_ref.as_ref()).expect("secret ref");
-    assert_eq!((reference.name.as_str(), reference.key.as_str()), ("hookline-postgres", "url"));
+    let reference = database
+        .value_from
+        .as_ref()
+        .and_then(|from| from.secret_key_ref.as_ref())
+        .expect("secret ref");
+    assert_eq!(
+        (reference.name.as_str(), reference.key.as_str()),
+        ("hookline-postgres", "url")
+    );
 }
 
 #[test]
@@ -239,27 +389,55 @@ fn every_trigger_metadata_value_is_a_string_from_the_spec() {
     for (key, value) in trigger["metadata"].as_object().expect("metadata") {
         assert!(value.is_string(), "{key} is not a string");
     }
-    assert_eq!(trigger["metadata"]["stream"], valid.endpoint.stream.name.as_str());
+    assert_eq!(
+        trigger["metadata"]["stream"],
+        valid.endpoint.stream.name.as_str()
+    );
     assert_eq!(trigger["metadata"]["consumer"], "hookline-consumer");
     assert_eq!(trigger["metadata"]["lagThreshold"], "1000");
-    assert_eq!(trigger["metadata"]["natsServerMonitoringEndpoint"], "nats-headless.nats.svc:8222");
+    assert_eq!(
+        trigger["metadata"]["natsServerMonitoringEndpoint"],
+        "nats-headless.nats.svc:8222"
+    );
     assert_eq!(scaler.spec.scale_target_ref.name, "stripe-consumer");
-    assert_eq!((scaler.spec.min_replica_count, scaler.spec.max_replica_count), (Some(1), Some(10)));
+    assert_eq!(
+        (scaler.spec.min_replica_count, scaler.spec.max_replica_count),
+        (Some(1), Some(10))
+    );
 }
 
 #[test]
 fn the_config_hash_changes_with_the_spec_and_only_then() {
     let hash = |resource: WebhookEndpoint| {
         let children = build::build(&applied(resource), &OperatorConfig::default(), KEDA);
-        let annotations = |deployment: &Deployment| deployment.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.annotations.clone()).expect("annotations")["hookline.io/config-hash"].clone();
-        assert_eq!(annotations(&children.receiver), annotations(&children.consumer));
+        let annotations = |deployment: &Deployment| {
+            deployment
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.annotations.clone())
+                .expect("annotations")["hookline.io/config-hash"]
+                .clone()
+        };
+        assert_eq!(
+            annotations(&children.receiver),
+            annotations(&children.consumer)
+        );
         annotations(&children.receiver)
     };
     let base = example("stripe.yaml");
-    assert_eq!(hash(base.clone()), hash(base.clone()), "same spec, same hash");
+    assert_eq!(
+        hash(base.clone()),
+        hash(base.clone()),
+        "same spec, same hash"
+    );
     let mut relabelled = base.clone();
     relabelled.metadata.labels = Some(BTreeMap::from([("team".to_owned(), "payments".to_owned())]));
-    assert_eq!(hash(base.clone()), hash(relabelled), "metadata outside the spec rolls nothing");
+    assert_eq!(
+        hash(base.clone()),
+        hash(relabelled),
+        "metadata outside the spec rolls nothing"
+    );
     let mut changed = base.clone();
     changed.spec.trusted_proxy_hops = Some(2);
     assert_ne!(hash(base), hash(changed), "a spec change rolls the pods");
@@ -271,8 +449,10 @@ fn the_pods_read_exactly_the_endpoint_the_operator_validated() {
         let valid = applied(resource);
         let config_map = build::build(&valid, &OperatorConfig::default(), KEDA).config_map;
         let manifest = &config_map.data.expect("data")["endpoint.yaml"];
-        let parsed = hookline_api::parse_manifest(manifest).unwrap_or_else(|err| panic!("{file}: {err}"));
-        let resolved = hookline_api::validate(&parsed).unwrap_or_else(|err| panic!("{file}: {err}"));
+        let parsed =
+            hookline_api::parse_manifest(manifest).unwrap_or_else(|err| panic!("{file}: {err}"));
+        let resolved =
+            hookline_api::validate(&parsed).unwrap_or_else(|err| panic!("{file}: {err}"));
         assert_eq!(resolved, valid.endpoint, "{file}");
     }
 }
@@ -282,8 +462,15 @@ fn without_keda_there_is_no_scaler_and_the_consumer_has_fixed_replicas() {
     let (_, with) = children("stripe.yaml", KEDA);
     let (_, without) = children("stripe.yaml", NO_KEDA);
     assert!(with.scaler.is_some() && without.scaler.is_none());
-    assert_eq!(with.consumer.spec.as_ref().and_then(|s| s.replicas), None, "KEDA owns the replicas");
-    assert_eq!(without.consumer.spec.as_ref().and_then(|s| s.replicas), Some(1));
+    assert_eq!(
+        with.consumer.spec.as_ref().and_then(|s| s.replicas),
+        None,
+        "KEDA owns the replicas"
+    );
+    assert_eq!(
+        without.consumer.spec.as_ref().and_then(|s| s.replicas),
+        Some(1)
+    );
 }
 
 #[test]
@@ -294,8 +481,14 @@ fn the_ingress_routes_exactly_the_path_with_tls_and_only_when_asked() {
     assert_eq!(rule["host"], "hooks.example.com");
     assert_eq!(rule["http"]["paths"][0]["path"], "/stripe");
     assert_eq!(rule["http"]["paths"][0]["pathType"], "Exact");
-    assert_eq!(rule["http"]["paths"][0]["backend"]["service"]["name"], "stripe-receiver");
-    assert_eq!(ingress["spec"]["tls"][0]["secretName"], "hooks-example-com-tls");
+    assert_eq!(
+        rule["http"]["paths"][0]["backend"]["service"]["name"],
+        "stripe-receiver"
+    );
+    assert_eq!(
+        ingress["spec"]["tls"][0]["secretName"],
+        "hooks-example-com-tls"
+    );
     let mut without = example("stripe.yaml");
     without.spec.ingress = None;
     let children = build::build(&applied(without), &OperatorConfig::default(), KEDA);
@@ -305,7 +498,13 @@ fn the_ingress_routes_exactly_the_path_with_tls_and_only_when_asked() {
 #[test]
 fn names_stay_valid_for_the_longest_resource_names() {
     let mut resource = example("stripe.yaml");
-    resource.metadata.name = Some(format!("{}.{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61)));
+    resource.metadata.name = Some(format!(
+        "{}.{}.{}.{}",
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(61)
+    ));
     let children = build::build(&applied(resource), &OperatorConfig::default(), KEDA);
     let names = [
         children.config_map.metadata.name.clone(),
@@ -313,7 +512,13 @@ fn names_stay_valid_for_the_longest_resource_names() {
         children.consumer.metadata.name.clone(),
     ];
     for name in names.into_iter().flatten() {
-        assert!(name.len() <= 63 && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{name}");
+        assert!(
+            name.len() <= 63
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "{name}"
+        );
     }
 }
 
@@ -321,32 +526,70 @@ fn names_stay_valid_for_the_longest_resource_names() {
 fn render_crd_and_bad_flags_behave_like_the_other_binaries() {
     let binary = hookline_e2e::workspace_bin("hookline-operator");
     let stripe = support::examples_dir().join("stripe.yaml");
-    let output = Command::new(&binary).args(["render", "-f"]).arg(&stripe).output().expect("render runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(&binary)
+        .args(["render", "-f"])
+        .arg(&stripe)
+        .output()
+        .expect("render runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let text = String::from_utf8(output.stdout).expect("utf-8");
     let kinds: Vec<String> = serde_yaml::Deserializer::from_str(&text)
         .map(|document| {
-            let value = <serde_yaml::Value as serde::Deserialize>::deserialize(document).expect("YAML document");
+            let value = <serde_yaml::Value as serde::Deserialize>::deserialize(document)
+                .expect("YAML document");
             value["kind"].as_str().expect("kind").to_owned()
         })
         .collect();
-    assert_eq!(kinds, ["ConfigMap", "Ingress", "Service", "Deployment", "PodDisruptionBudget", "Deployment", "ScaledObject"]);
+    assert_eq!(
+        kinds,
+        [
+            "ConfigMap",
+            "Ingress",
+            "Service",
+            "Deployment",
+            "PodDisruptionBudget",
+            "Deployment",
+            "ScaledObject"
+        ]
+    );
 
     let crd = Command::new(&binary).arg("crd").output().expect("crd runs");
-    assert_eq!(String::from_utf8_lossy(&crd.stdout), hookline_api::crd_yaml().expect("CRD"));
+    assert_eq!(
+        String::from_utf8_lossy(&crd.stdout),
+        hookline_api::crd_yaml().expect("CRD")
+    );
 
-    let bad_flag = Command::new(&binary).arg("--no-such-flag").output().expect("runs");
+    let bad_flag = Command::new(&binary)
+        .arg("--no-such-flag")
+        .output()
+        .expect("runs");
     assert_eq!(bad_flag.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&bad_flag.stderr);
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("hookline-operator: ") && stderr.contains("--no-such-flag"), "{stderr}");
+    assert!(
+        stderr.starts_with("hookline-operator: ") && stderr.contains("--no-such-flag"),
+        "{stderr}"
+    );
 
     let dir = tempfile::tempdir().expect("temp dir");
     let invalid = dir.path().join("bad.yaml");
     std::fs::write(&invalid, "apiVersion: hookline.io/v1alpha1\nkind: WebhookEndpoint\nmetadata: {name: x}\nspec: {provider: stripe, secretRef: {name: s}, allowedSourceRanges: [nope]}\n").expect("write");
-    let rejected = Command::new(&binary).args(["render", "-f"]).arg(&invalid).output().expect("runs");
+    let rejected = Command::new(&binary)
+        .args(["render", "-f"])
+        .arg(&invalid)
+        .output()
+        .expect("runs");
     assert_eq!(rejected.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&rejected.stderr);
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("bad.yaml") && stderr.contains("spec.allowedSourceRanges[0]") && stderr.contains("spec.consumer.databaseSecretRef"), "{stderr}");
+    assert!(
+        stderr.contains("bad.yaml")
+            && stderr.contains("spec.allowedSourceRanges[0]")
+            && stderr.contains("spec.consumer.databaseSecretRef"),
+        "{stderr}"
+    );
 }

@@ -37,10 +37,16 @@ struct FakeKube {
 
 impl FakeKube {
     fn start(keda: bool) -> FakeKube {
-        let script = std::env::var_os("HOOKLINE_FAKEKUBE").map(PathBuf::from).unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/fakekube.py")
-        });
-        assert!(script.is_file(), "{} not found: set HOOKLINE_FAKEKUBE to fakekube.py", script.display());
+        let script = std::env::var_os("HOOKLINE_FAKEKUBE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/fakekube.py")
+            });
+        assert!(
+            script.is_file(),
+            "{} not found: set HOOKLINE_FAKEKUBE to fakekube.py",
+            script.display()
+        );
         let state = tempfile::tempdir().expect("state dir");
         let mut command = Command::new("python3");
         command
@@ -49,18 +55,34 @@ impl FakeKube {
             .arg(keda.to_string())
             .arg("--state-dir")
             .arg(state.path());
-        let mut process = ChildProcess::spawn(&mut command).expect("fakekube starts (pip install pyyaml)");
+        let mut process =
+            ChildProcess::spawn(&mut command).expect("fakekube starts (pip install pyyaml)");
         let port_file = state.path().join("port");
         let deadline = Instant::now() + Duration::from_secs(20);
         let port = loop {
-            if let Some(port) = std::fs::read_to_string(&port_file).ok().and_then(|text| text.trim().parse().ok()) {
+            if let Some(port) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|text| text.trim().parse().ok())
+            {
                 break port;
             }
-            assert!(process.exit_status().is_none(), "fakekube exited:\n{}", process.log_tail(20));
-            assert!(Instant::now() < deadline, "fakekube wrote no port:\n{}", process.log_tail(20));
+            assert!(
+                process.exit_status().is_none(),
+                "fakekube exited:\n{}",
+                process.log_tail(20)
+            );
+            assert!(
+                Instant::now() < deadline,
+                "fakekube wrote no port:\n{}",
+                process.log_tail(20)
+            );
             std::thread::sleep(Duration::from_millis(100));
         };
-        FakeKube { _process: process, state, port }
+        FakeKube {
+            _process: process,
+            state,
+            port,
+        }
     }
 
     fn kubeconfig(&self) -> PathBuf {
@@ -69,9 +91,10 @@ impl FakeKube {
 
     async fn client(&self) -> Client {
         let kubeconfig = Kubeconfig::read_from(self.kubeconfig()).expect("kubeconfig");
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .expect("config");
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .expect("config");
         Client::try_from(config).expect("client")
     }
 
@@ -95,7 +118,12 @@ impl FakeKube {
             .cloned()
             .unwrap_or_default()
             .into_iter()
-            .filter(|request| !request["path"].as_str().unwrap_or_default().contains("/leases/"))
+            .filter(|request| {
+                !request["path"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("/leases/")
+            })
             .filter(|request| request["changed"] != false)
             .collect()
     }
@@ -113,17 +141,32 @@ fn start_operator(fake: &FakeKube, nats: &NatsServer, identity: &str) -> (ChildP
         .env("KUBECONFIG", fake.kubeconfig())
         .env("HOOKLINE_NATS_URL", nats.url())
         .env("RUST_LOG", "info");
-    (ChildProcess::spawn(&mut command).expect("operator starts"), port)
+    (
+        ChildProcess::spawn(&mut command).expect("operator starts"),
+        port,
+    )
 }
 
-async fn eventually<T>(what: &str, operator: &mut ChildProcess, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+async fn eventually<T>(
+    what: &str,
+    operator: &mut ChildProcess,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         if let Some(value) = check().await {
             return value;
         }
-        assert!(operator.exit_status().is_none(), "the operator exited:\n{}", operator.log_tail(30));
-        assert!(Instant::now() < deadline, "{what} did not happen:\n{}", operator.log_tail(30));
+        assert!(
+            operator.exit_status().is_none(),
+            "the operator exited:\n{}",
+            operator.log_tail(30)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen:\n{}",
+            operator.log_tail(30)
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -150,15 +193,22 @@ async fn install_crd(client: &Client) {
 }
 
 async fn apply_endpoint(client: &Client, resource: &WebhookEndpoint) {
-    let api: Api<WebhookEndpoint> = Api::namespaced(client.clone(), &resource.namespace().expect("namespace"));
-    api.patch(&resource.name_any(), &PatchParams::apply("kubectl").force(), &Patch::Apply(resource))
-        .await
-        .expect("endpoint applied");
+    let api: Api<WebhookEndpoint> =
+        Api::namespaced(client.clone(), &resource.namespace().expect("namespace"));
+    api.patch(
+        &resource.name_any(),
+        &PatchParams::apply("kubectl").force(),
+        &Patch::Apply(resource),
+    )
+    .await
+    .expect("endpoint applied");
 }
 
 async fn create_secret(client: &Client, value: Secret) {
     let api: Api<Secret> = Api::namespaced(client.clone(), &value.namespace().expect("namespace"));
-    api.create(&PostParams::default(), &value).await.expect("secret created");
+    api.create(&PostParams::default(), &value)
+        .await
+        .expect("secret created");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,18 +230,45 @@ async fn the_operator_binary_runs_an_endpoint_through_its_whole_life() {
     .await;
     assert_eq!(missing.1, "SecretNotFound");
 
-    create_secret(&client, secret("payments", "stripe-webhook", "secret", "whsec_test")).await;
-    create_secret(&client, secret("payments", "hookline-postgres", "url", "postgres://db/hookline")).await;
-    eventually("Ready=True after the Secrets appeared", &mut operator, async || {
-        let endpoint = endpoints.get("stripe").await.ok()?;
-        condition(&endpoint, conditions::READY).filter(|(status, _)| status == "True")
-    })
+    create_secret(
+        &client,
+        secret("payments", "stripe-webhook", "secret", "whsec_test"),
+    )
+    .await;
+    create_secret(
+        &client,
+        secret(
+            "payments",
+            "hookline-postgres",
+            "url",
+            "postgres://db/hookline",
+        ),
+    )
+    .await;
+    eventually(
+        "Ready=True after the Secrets appeared",
+        &mut operator,
+        async || {
+            let endpoint = endpoints.get("stripe").await.ok()?;
+            condition(&endpoint, conditions::READY).filter(|(status, _)| status == "True")
+        },
+    )
     .await;
     let endpoint = endpoints.get("stripe").await.expect("endpoint");
-    assert_eq!(endpoint.status.as_ref().and_then(|s| s.url.as_deref()), Some("https://hooks.example.com/stripe"));
-    assert_eq!(condition(&endpoint, conditions::SCALER_READY).map(|c| c.1).as_deref(), Some("WaitingForKeda"));
+    assert_eq!(
+        endpoint.status.as_ref().and_then(|s| s.url.as_deref()),
+        Some("https://hooks.example.com/stripe")
+    );
+    assert_eq!(
+        condition(&endpoint, conditions::SCALER_READY)
+            .map(|c| c.1)
+            .as_deref(),
+        Some("WaitingForKeda")
+    );
 
-    let nats_client = hookline_api::nats::connect(&nats.url(), &Default::default(), "test").await.expect("NATS");
+    let nats_client = hookline_api::nats::connect(&nats.url(), &Default::default(), "test")
+        .await
+        .expect("NATS");
     support::wait_connected(&nats_client).await;
     jetstream::new(nats_client.clone())
         .get_stream("HOOKLINE_payments_stripe")
@@ -199,43 +276,87 @@ async fn the_operator_binary_runs_an_endpoint_through_its_whole_life() {
         .expect("the operator made the stream");
     let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
     let lease = leases.get("hookline-operator").await.expect("a Lease");
-    assert_eq!(lease.spec.and_then(|spec| spec.holder_identity).as_deref(), Some("replica-a"));
-    let events = fake.hook(reqwest::Method::GET, "/_fake/objects?kind=Event&namespace=payments").await;
-    assert!(events.as_array().is_some_and(|all| !all.is_empty()), "Events were published");
+    assert_eq!(
+        lease.spec.and_then(|spec| spec.holder_identity).as_deref(),
+        Some("replica-a")
+    );
+    let events = fake
+        .hook(
+            reqwest::Method::GET,
+            "/_fake/objects?kind=Event&namespace=payments",
+        )
+        .await;
+    assert!(
+        events.as_array().is_some_and(|all| !all.is_empty()),
+        "Events were published"
+    );
 
     // A steady state writes nothing (Lease renewals aside).
     tokio::time::sleep(Duration::from_secs(2)).await;
-    fake.hook(reqwest::Method::POST, "/_fake/reset-requests").await;
+    fake.hook(reqwest::Method::POST, "/_fake/reset-requests")
+        .await;
     tokio::time::sleep(Duration::from_secs(8)).await;
-    assert_eq!(fake.writes_besides_leases().await, Vec::<Value>::new(), "writes in a steady state");
+    assert_eq!(
+        fake.writes_besides_leases().await,
+        Vec::<Value>::new(),
+        "writes in a steady state"
+    );
 
     // Drift is put back.
     let services: Api<Service> = Api::namespaced(client.clone(), "payments");
-    services.delete("stripe-receiver", &DeleteParams::default()).await.expect("deleted");
+    services
+        .delete("stripe-receiver", &DeleteParams::default())
+        .await
+        .expect("deleted");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "payments");
     deployments
-        .patch("stripe-receiver", &PatchParams::apply("someone").force(), &Patch::Apply(json!({
-            "apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 5}})))
+        .patch(
+            "stripe-receiver",
+            &PatchParams::apply("someone").force(),
+            &Patch::Apply(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 5}})),
+        )
         .await
         .expect("edited");
-    eventually("the Service and replicas put back", &mut operator, async || {
-        let service = services.get_opt("stripe-receiver").await.ok()??;
-        let replicas = deployments.get("stripe-receiver").await.ok()?.spec?.replicas;
-        (replicas == Some(2)).then_some(service)
-    })
+    eventually(
+        "the Service and replicas put back",
+        &mut operator,
+        async || {
+            let service = services.get_opt("stripe-receiver").await.ok()??;
+            let replicas = deployments
+                .get("stripe-receiver")
+                .await
+                .ok()?
+                .spec?
+                .replicas;
+            (replicas == Some(2)).then_some(service)
+        },
+    )
     .await;
 
     // Deleting the endpoint runs the finalizer: the stream goes.
-    endpoints.delete("stripe", &DeleteParams::default()).await.expect("delete");
-    eventually("the endpoint and its stream gone", &mut operator, async || {
-        let gone = endpoints.get_opt("stripe").await.ok()?.is_none();
-        let stream_gone = jetstream::new(nats_client.clone()).get_stream("HOOKLINE_payments_stripe").await.is_err();
-        (gone && stream_gone).then_some(())
-    })
+    endpoints
+        .delete("stripe", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(
+        "the endpoint and its stream gone",
+        &mut operator,
+        async || {
+            let gone = endpoints.get_opt("stripe").await.ok()?.is_none();
+            let stream_gone = jetstream::new(nats_client.clone())
+                .get_stream("HOOKLINE_payments_stripe")
+                .await
+                .is_err();
+            (gone && stream_gone).then_some(())
+        },
+    )
     .await;
 
     operator.signal(Signal::Term).expect("SIGTERM");
-    let status = operator.wait_timeout(Duration::from_secs(20)).expect("the operator stops on SIGTERM");
+    let status = operator
+        .wait_timeout(Duration::from_secs(20))
+        .expect("the operator stops on SIGTERM");
     assert!(status.success(), "{status}:\n{}", operator.log_tail(20));
 }
 
@@ -249,7 +370,12 @@ async fn without_keda_every_example_becomes_ready_and_a_standby_replica_takes_ov
     let (mut leader, _) = start_operator(&fake, &nats, "replica-a");
     let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
     eventually("replica-a holds the Lease", &mut leader, async || {
-        let holder = leases.get("hookline-operator").await.ok()?.spec?.holder_identity?;
+        let holder = leases
+            .get("hookline-operator")
+            .await
+            .ok()?
+            .spec?
+            .holder_identity?;
         (holder == "replica-a").then_some(())
     })
     .await;
@@ -259,18 +385,35 @@ async fn without_keda_every_example_becomes_ready_and_a_standby_replica_takes_ov
         let namespace = resource.namespace().expect("namespace");
         let spec = &resource.spec;
         if !spec.secret_ref.generate.unwrap_or(false) {
-            let key = spec.secret_ref.key.clone().unwrap_or_else(|| "secret".into());
-            create_secret(&client, secret(&namespace, &spec.secret_ref.name, &key, "whsec_dGVzdA==")).await;
+            let key = spec
+                .secret_ref
+                .key
+                .clone()
+                .unwrap_or_else(|| "secret".into());
+            create_secret(
+                &client,
+                secret(&namespace, &spec.secret_ref.name, &key, "whsec_dGVzdA=="),
+            )
+            .await;
         }
-        let database = spec.consumer.as_ref().and_then(|c| c.database_secret_ref.clone()).expect("database");
+        let database = spec
+            .consumer
+            .as_ref()
+            .and_then(|c| c.database_secret_ref.clone())
+            .expect("database");
         let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
         if api.get_opt(&database.name).await.expect("get").is_none() {
-            create_secret(&client, secret(&namespace, &database.name, &database.key, "postgres://db/x")).await;
+            create_secret(
+                &client,
+                secret(&namespace, &database.name, &database.key, "postgres://db/x"),
+            )
+            .await;
         }
         apply_endpoint(&client, &resource).await;
     }
     for (file, resource) in support::examples() {
-        let api: Api<WebhookEndpoint> = Api::namespaced(client.clone(), &resource.namespace().expect("namespace"));
+        let api: Api<WebhookEndpoint> =
+            Api::namespaced(client.clone(), &resource.namespace().expect("namespace"));
         let name = resource.name_any();
         let (_, reason) = eventually(&format!("{file} Ready"), &mut leader, async || {
             let endpoint = api.get(&name).await.ok()?;
@@ -286,20 +429,39 @@ async fn without_keda_every_example_becomes_ready_and_a_standby_replica_takes_ov
         .json()
         .await
         .expect("JSON");
-    assert_eq!(standby_ready["leading"], false, "the standby does not reconcile");
+    assert_eq!(
+        standby_ready["leading"], false,
+        "the standby does not reconcile"
+    );
 
     leader.signal(Signal::Term).expect("SIGTERM");
-    leader.wait_timeout(Duration::from_secs(20)).expect("the leader stops");
-    eventually("replica-b takes the released Lease", &mut standby, async || {
-        let holder = leases.get("hookline-operator").await.ok()?.spec?.holder_identity?;
-        (holder == "replica-b").then_some(())
-    })
+    leader
+        .wait_timeout(Duration::from_secs(20))
+        .expect("the leader stops");
+    eventually(
+        "replica-b takes the released Lease",
+        &mut standby,
+        async || {
+            let holder = leases
+                .get("hookline-operator")
+                .await
+                .ok()?
+                .spec?
+                .holder_identity?;
+            (holder == "replica-b").then_some(())
+        },
+    )
     .await;
     // The new leader reconciles: a deleted child comes back.
     let services: Api<Service> = Api::namespaced(client.clone(), "payments");
-    services.delete("stripe-receiver", &DeleteParams::default()).await.expect("deleted");
-    eventually("replica-b puts the Service back", &mut standby, async || {
-        services.get_opt("stripe-receiver").await.ok()?
-    })
+    services
+        .delete("stripe-receiver", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    eventually(
+        "replica-b puts the Service back",
+        &mut standby,
+        async || services.get_opt("stripe-receiver").await.ok()?,
+    )
     .await;
 }

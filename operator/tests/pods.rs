@@ -42,7 +42,9 @@ fn base64(bytes: &[u8]) -> String {
 /// The signing secret the test puts into the endpoint's Secret.
 fn signing_secret(provider: Provider) -> String {
     match provider {
-        Provider::StandardWebhooks => format!("whsec_{}", base64(b"render-run-test-secret-32-bytes!")),
+        Provider::StandardWebhooks => {
+            format!("whsec_{}", base64(b"render-run-test-secret-32-bytes!"))
+        }
         other => format!("{other}-render-run-secret"),
     }
 }
@@ -53,35 +55,54 @@ fn signed_event(provider: Provider, secret: &str, id: &str) -> (String, Vec<(Str
     let header = |name: &str, value: String| (name.to_owned(), value);
     match provider {
         Provider::Stripe => {
-            let body = format!(r#"{{"id":"{id}","type":"invoice.paid","created":{ts},"data":{{"object":{{"id":"in_1"}}}}}}"#);
+            let body = format!(
+                r#"{{"id":"{id}","type":"invoice.paid","created":{ts},"data":{{"object":{{"id":"in_1"}}}}}}"#
+            );
             let mac = hex::encode(hmac_sha256(secret.as_bytes(), &format!("{ts}.{body}")));
-            (body, vec![header("Stripe-Signature", format!("t={ts},v1={mac}"))])
+            (
+                body,
+                vec![header("Stripe-Signature", format!("t={ts},v1={mac}"))],
+            )
         }
         Provider::Github => {
             let body = r#"{"action":"opened","number":1}"#.to_owned();
             let mac = hex::encode(hmac_sha256(secret.as_bytes(), &body));
-            (body, vec![
-                header("X-Hub-Signature-256", format!("sha256={mac}")),
-                header("X-GitHub-Delivery", id.to_owned()),
-                header("X-GitHub-Event", "pull_request".to_owned()),
-            ])
+            (
+                body,
+                vec![
+                    header("X-Hub-Signature-256", format!("sha256={mac}")),
+                    header("X-GitHub-Delivery", id.to_owned()),
+                    header("X-GitHub-Event", "pull_request".to_owned()),
+                ],
+            )
         }
         Provider::Shopify => {
             let body = r#"{"id":820982911946154508,"email":"jon@example.com"}"#.to_owned();
-            (body.clone(), vec![
-                header("X-Shopify-Hmac-Sha256", base64(&hmac_sha256(secret.as_bytes(), &body))),
-                header("X-Shopify-Webhook-Id", id.to_owned()),
-                header("X-Shopify-Topic", "orders/create".to_owned()),
-                header("X-Shopify-Triggered-At", "2026-11-30T10:00:00Z".to_owned()),
-            ])
+            (
+                body.clone(),
+                vec![
+                    header(
+                        "X-Shopify-Hmac-Sha256",
+                        base64(&hmac_sha256(secret.as_bytes(), &body)),
+                    ),
+                    header("X-Shopify-Webhook-Id", id.to_owned()),
+                    header("X-Shopify-Topic", "orders/create".to_owned()),
+                    header("X-Shopify-Triggered-At", "2026-11-30T10:00:00Z".to_owned()),
+                ],
+            )
         }
         Provider::Slack => {
-            let body = format!(r#"{{"type":"event_callback","event_id":"{id}","event_time":{ts},"event":{{"type":"message"}}}}"#);
+            let body = format!(
+                r#"{{"type":"event_callback","event_id":"{id}","event_time":{ts},"event":{{"type":"message"}}}}"#
+            );
             let mac = hex::encode(hmac_sha256(secret.as_bytes(), &format!("v0:{ts}:{body}")));
-            (body, vec![
-                header("X-Slack-Signature", format!("v0={mac}")),
-                header("X-Slack-Request-Timestamp", ts.to_string()),
-            ])
+            (
+                body,
+                vec![
+                    header("X-Slack-Signature", format!("v0={mac}")),
+                    header("X-Slack-Request-Timestamp", ts.to_string()),
+                ],
+            )
         }
         Provider::StandardWebhooks => {
             let body = r#"{"type":"order.created","data":{"id":"ord_1"}}"#.to_owned();
@@ -89,21 +110,29 @@ fn signed_event(provider: Provider, secret: &str, id: &str) -> (String, Vec<(Str
                 .decode(secret.trim_start_matches("whsec_"))
                 .expect("base64 secret");
             let mac = base64(&hmac_sha256(&key, &format!("{id}.{ts}.{body}")));
-            (body, vec![
-                header("webhook-id", id.to_owned()),
-                header("webhook-timestamp", ts.to_string()),
-                header("webhook-signature", format!("v1,{mac}")),
-            ])
+            (
+                body,
+                vec![
+                    header("webhook-id", id.to_owned()),
+                    header("webhook-timestamp", ts.to_string()),
+                    header("webhook-signature", format!("v1,{mac}")),
+                ],
+            )
         }
         Provider::Generic => {
-            let body = format!(r#"{{"id":"{id}","type":"thing.updated","occurred_at":{ts},"object":{{"id":"t1"}}}}"#);
+            let body = format!(
+                r#"{{"id":"{id}","type":"thing.updated","occurred_at":{ts},"object":{{"id":"t1"}}}}"#
+            );
             let mac = hex::encode(hmac_sha256(secret.as_bytes(), &format!("{ts}.{body}")));
-            (body, vec![
-                header("X-Signature", format!("sha256={mac}")),
-                header("X-Timestamp", ts.to_string()),
-                // The example trusts one proxy hop and allows 203.0.113.0/24.
-                header("X-Forwarded-For", "203.0.113.7".to_owned()),
-            ])
+            (
+                body,
+                vec![
+                    header("X-Signature", format!("sha256={mac}")),
+                    header("X-Timestamp", ts.to_string()),
+                    // The example trusts one proxy hop and allows 203.0.113.0/24.
+                    header("X-Forwarded-For", "203.0.113.7".to_owned()),
+                ],
+            )
         }
     }
 }
@@ -128,7 +157,8 @@ fn pod_command(
 ) -> (Command, u16) {
     let (_, container) = container(deployment);
     for mount in container.volume_mounts.iter().flatten() {
-        std::fs::create_dir_all(root.join(mount.mount_path.trim_start_matches('/'))).expect("mount dir");
+        std::fs::create_dir_all(root.join(mount.mount_path.trim_start_matches('/')))
+            .expect("mount dir");
     }
     for (path, content) in files {
         let path = root.join(path.trim_start_matches('/'));
@@ -142,7 +172,10 @@ fn pod_command(
         let arg = if arg.starts_with("--listen=") {
             format!("--listen=127.0.0.1:{port}")
         } else {
-            arg.replace("=/etc/hookline", &format!("={}/etc/hookline", root.display()))
+            arg.replace(
+                "=/etc/hookline",
+                &format!("={}/etc/hookline", root.display()),
+            )
         };
         command.arg(arg);
     }
@@ -160,11 +193,20 @@ fn pod_command(
 async fn wait_ready(client: &reqwest::Client, url: &str, process: &mut ChildProcess) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if client.get(url).send().await.is_ok_and(|response| response.status().is_success()) {
+        if client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success())
+        {
             return;
         }
         if let Some(status) = process.exit_status() {
-            panic!("{} exited with {status}:\n{}", process.name(), process.log_tail(40));
+            panic!(
+                "{} exited with {status}:\n{}",
+                process.name(),
+                process.log_tail(40)
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -173,7 +215,9 @@ async fn wait_ready(client: &reqwest::Client, url: &str, process: &mut ChildProc
 
 fn rows(postgres: &Postgres, endpoint: &str) -> u64 {
     postgres
-        .psql(&format!("SELECT count(*) FROM hookline.events WHERE endpoint = '{endpoint}'"))
+        .psql(&format!(
+            "SELECT count(*) FROM hookline.events WHERE endpoint = '{endpoint}'"
+        ))
         .map(|out| out.trim().parse().unwrap_or(0))
         .unwrap_or(0)
 }
@@ -215,16 +259,31 @@ async fn run_example(
     );
     let secret_env = BTreeMap::from([("HOOKLINE_DATABASE_URL".to_owned(), postgres.url())]);
 
-    let (mut consumer_command, consumer_port) = pod_command(&children.consumer, root.path(), &files, &secret_env);
+    let (mut consumer_command, consumer_port) =
+        pod_command(&children.consumer, root.path(), &files, &secret_env);
     let mut consumer = ChildProcess::spawn(&mut consumer_command).expect("consumer starts");
-    let (mut receiver_command, receiver_port) = pod_command(&children.receiver, root.path(), &files, &secret_env);
+    let (mut receiver_command, receiver_port) =
+        pod_command(&children.receiver, root.path(), &files, &secret_env);
     let mut receiver = ChildProcess::spawn(&mut receiver_command).expect("receiver starts");
-    wait_ready(client, &format!("http://127.0.0.1:{receiver_port}/readyz"), &mut receiver).await;
-    wait_ready(client, &format!("http://127.0.0.1:{consumer_port}/readyz"), &mut consumer).await;
+    wait_ready(
+        client,
+        &format!("http://127.0.0.1:{receiver_port}/readyz"),
+        &mut receiver,
+    )
+    .await;
+    wait_ready(
+        client,
+        &format!("http://127.0.0.1:{consumer_port}/readyz"),
+        &mut consumer,
+    )
+    .await;
 
     let (body, headers) = signed_event(endpoint.provider, &secret, &format!("evt_{file}"));
     let mut request = client
-        .post(format!("http://127.0.0.1:{receiver_port}{}", endpoint.route.path))
+        .post(format!(
+            "http://127.0.0.1:{receiver_port}{}",
+            endpoint.route.path
+        ))
         .header("Content-Type", "application/json")
         .body(body);
     for (name, value) in headers {
@@ -238,7 +297,11 @@ async fn run_example(
     let key = endpoint.key();
     let deadline = Instant::now() + Duration::from_secs(30);
     while rows(postgres, &key) == 0 {
-        assert!(Instant::now() < deadline, "{file}: no row for {key}:\n{}", consumer.log_tail(30));
+        assert!(
+            Instant::now() < deadline,
+            "{file}: no row for {key}:\n{}",
+            consumer.log_tail(30)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(rows(postgres, &key), 1, "{file}");

@@ -46,7 +46,10 @@ async fn first_reconcile_adds_the_finalizer_then_applies_every_child_and_the_str
     harness.reconcile(NS, NAME).await.expect("reconcile");
     let uid = harness.endpoint(NS, NAME).metadata.uid.expect("uid");
     let owned_by_endpoint = |object: serde_json::Value| {
-        let owners = object["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
+        let owners = object["metadata"]["ownerReferences"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         owners.len() == 1 && owners[0]["uid"] == uid.as_str() && owners[0]["controller"] == true
     };
     for (api_version, kind, name) in [
@@ -62,12 +65,28 @@ async fn first_reconcile_adds_the_finalizer_then_applies_every_child_and_the_str
             .fake
             .get(api_version, kind, NS, name)
             .unwrap_or_else(|| panic!("{kind} {name} was not applied"));
-        assert!(owned_by_endpoint(object), "{kind} {name} is not owned by the endpoint");
+        assert!(
+            owned_by_endpoint(object),
+            "{kind} {name} is not owned by the endpoint"
+        );
     }
-    for call in harness.fake.writes().iter().filter(|call| call.verb == "patch") {
+    for call in harness
+        .fake
+        .writes()
+        .iter()
+        .filter(|call| call.verb == "patch")
+    {
         if call.resource != "webhookendpoints" && call.resource != "events" {
-            assert_eq!(call.content_type.as_deref(), Some("application/apply-patch+yaml"), "{call:?}");
-            assert_eq!(call.field_manager.as_deref(), Some("hookline-operator"), "{call:?}");
+            assert_eq!(
+                call.content_type.as_deref(),
+                Some("application/apply-patch+yaml"),
+                "{call:?}"
+            );
+            assert_eq!(
+                call.field_manager.as_deref(),
+                Some("hookline-operator"),
+                "{call:?}"
+            );
         }
     }
     let info = stream_info(&harness, "HOOKLINE_payments_stripe")
@@ -84,17 +103,38 @@ async fn first_reconcile_adds_the_finalizer_then_applies_every_child_and_the_str
 
     let status = harness.endpoint(NS, NAME).status.expect("status written");
     assert_eq!(status.stream.as_deref(), Some("HOOKLINE_payments_stripe"));
-    assert_eq!(status.url.as_deref(), Some("https://hooks.example.com/stripe"));
+    assert_eq!(
+        status.url.as_deref(),
+        Some("https://hooks.example.com/stripe")
+    );
     assert_eq!(status.observed_generation, Some(1));
     let types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
     assert_eq!(types, conditions::ALL);
-    assert_eq!(harness.condition(NS, NAME, conditions::SECRET_RESOLVED).status, "True");
-    assert_eq!(harness.condition(NS, NAME, conditions::STREAM_READY).status, "True");
+    assert_eq!(
+        harness
+            .condition(NS, NAME, conditions::SECRET_RESOLVED)
+            .status,
+        "True"
+    );
+    assert_eq!(
+        harness.condition(NS, NAME, conditions::STREAM_READY).status,
+        "True"
+    );
     let receiver = harness.condition(NS, NAME, conditions::RECEIVER_AVAILABLE);
-    assert_eq!((receiver.status.as_str(), receiver.reason.as_str()), ("False", reasons::PROGRESSING));
+    assert_eq!(
+        (receiver.status.as_str(), receiver.reason.as_str()),
+        ("False", reasons::PROGRESSING)
+    );
     let ready = harness.condition(NS, NAME, conditions::READY);
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reasons::PROGRESSING));
-    assert!(ready.message.contains("receiver pods available"), "{}", ready.message);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reasons::PROGRESSING)
+    );
+    assert!(
+        ready.message.contains("receiver pods available"),
+        "{}",
+        ready.message
+    );
 }
 
 #[tokio::test]
@@ -103,12 +143,26 @@ async fn available_deployments_make_the_endpoint_ready_with_an_event() {
     harness.settle(NS, NAME).await;
     harness.fake.make_deployments_available();
     let action = harness.reconcile(NS, NAME).await.expect("reconcile");
-    assert_eq!(action, Action::requeue(Duration::from_secs(60)), "a Ready endpoint resyncs slowly");
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(60)),
+        "a Ready endpoint resyncs slowly"
+    );
     let ready = harness.condition(NS, NAME, conditions::READY);
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", reasons::RECONCILED));
-    assert!(ready.message.contains("https://hooks.example.com/stripe"), "{}", ready.message);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", reasons::RECONCILED)
+    );
+    assert!(
+        ready.message.contains("https://hooks.example.com/stripe"),
+        "{}",
+        ready.message
+    );
     let scaler = harness.condition(NS, NAME, conditions::SCALER_READY);
-    assert_eq!((scaler.status.as_str(), scaler.reason.as_str()), ("Unknown", reasons::WAITING_FOR_KEDA));
+    assert_eq!(
+        (scaler.status.as_str(), scaler.reason.as_str()),
+        ("Unknown", reasons::WAITING_FOR_KEDA)
+    );
     let events: Vec<_> = harness
         .fake
         .calls()
@@ -128,9 +182,13 @@ async fn a_second_reconcile_with_nothing_changed_writes_nothing() {
 
     harness.reconcile(NS, NAME).await.expect("steady reconcile");
     assert_eq!(harness.fake.writes(), [], "a steady state makes no write");
-    let stream_before = stream_info(&harness, "HOOKLINE_payments_stripe").await.expect("stream");
+    let stream_before = stream_info(&harness, "HOOKLINE_payments_stripe")
+        .await
+        .expect("stream");
     harness.reconcile(NS, NAME).await.expect("steady reconcile");
-    let stream_after = stream_info(&harness, "HOOKLINE_payments_stripe").await.expect("stream");
+    let stream_after = stream_info(&harness, "HOOKLINE_payments_stripe")
+        .await
+        .expect("stream");
     assert_eq!(stream_before.config, stream_after.config);
     assert_eq!(harness.fake.writes(), []);
 }
@@ -140,41 +198,105 @@ async fn a_spec_change_patches_the_children_and_the_stream() {
     let mut harness = stripe(true).await;
     harness.settle(NS, NAME).await;
     let hash = |harness: &Harness| {
-        harness.fake.typed::<Deployment>(NS, "stripe-receiver").expect("receiver")
-            .spec.expect("spec").template.metadata.expect("meta").annotations.expect("annotations")
-            ["hookline.io/config-hash"].clone()
+        harness
+            .fake
+            .typed::<Deployment>(NS, "stripe-receiver")
+            .expect("receiver")
+            .spec
+            .expect("spec")
+            .template
+            .metadata
+            .expect("meta")
+            .annotations
+            .expect("annotations")["hookline.io/config-hash"]
+            .clone()
     };
     let before = hash(&harness);
-    harness.fake.edit("hookline.io/v1alpha1", "WebhookEndpoint", NS, NAME, |object| {
-        object["spec"]["stream"] = json!({"maxAge": "24h"});
-        object["spec"]["receiver"] = json!({"replicas": 3});
-        object["metadata"]["generation"] = json!(2);
-    });
+    harness.fake.edit(
+        "hookline.io/v1alpha1",
+        "WebhookEndpoint",
+        NS,
+        NAME,
+        |object| {
+            object["spec"]["stream"] = json!({"maxAge": "24h"});
+            object["spec"]["receiver"] = json!({"replicas": 3});
+            object["metadata"]["generation"] = json!(2);
+        },
+    );
     harness.reconcile(NS, NAME).await.expect("reconcile");
 
-    let receiver = harness.fake.typed::<Deployment>(NS, "stripe-receiver").expect("receiver");
-    assert_eq!(receiver.spec.as_ref().and_then(|spec| spec.replicas), Some(3));
+    let receiver = harness
+        .fake
+        .typed::<Deployment>(NS, "stripe-receiver")
+        .expect("receiver");
+    assert_eq!(
+        receiver.spec.as_ref().and_then(|spec| spec.replicas),
+        Some(3)
+    );
     assert_ne!(hash(&harness), before, "a spec change rolls the pods");
-    let config_map = harness.fake.typed::<ConfigMap>(NS, "stripe-endpoint").expect("config map");
+    let config_map = harness
+        .fake
+        .typed::<ConfigMap>(NS, "stripe-endpoint")
+        .expect("config map");
     assert!(config_map.data.expect("data")["endpoint.yaml"].contains("maxAge: 24h"));
-    let info = stream_info(&harness, "HOOKLINE_payments_stripe").await.expect("stream");
+    let info = stream_info(&harness, "HOOKLINE_payments_stripe")
+        .await
+        .expect("stream");
     assert_eq!(info.config.max_age, Duration::from_secs(24 * 3600));
-    assert_eq!(harness.endpoint(NS, NAME).status.expect("status").observed_generation, Some(2));
+    assert_eq!(
+        harness
+            .endpoint(NS, NAME)
+            .status
+            .expect("status")
+            .observed_generation,
+        Some(2)
+    );
 }
 
 #[tokio::test]
 async fn removing_spec_ingress_deletes_the_ingress_and_the_url_becomes_the_service() {
     let mut harness = stripe(true).await;
     harness.settle(NS, NAME).await;
-    assert!(harness.fake.typed::<Ingress>(NS, "stripe-receiver").is_some());
-    harness.fake.edit("hookline.io/v1alpha1", "WebhookEndpoint", NS, NAME, |object| {
-        object["spec"].as_object_mut().expect("spec").remove("ingress");
-    });
+    assert!(
+        harness
+            .fake
+            .typed::<Ingress>(NS, "stripe-receiver")
+            .is_some()
+    );
+    harness.fake.edit(
+        "hookline.io/v1alpha1",
+        "WebhookEndpoint",
+        NS,
+        NAME,
+        |object| {
+            object["spec"]
+                .as_object_mut()
+                .expect("spec")
+                .remove("ingress");
+        },
+    );
     harness.reconcile(NS, NAME).await.expect("reconcile");
-    assert!(harness.fake.typed::<Ingress>(NS, "stripe-receiver").is_none(), "the Ingress is pruned");
-    assert!(harness.fake.typed::<Service>(NS, "stripe-receiver").is_some(), "the Service stays");
+    assert!(
+        harness
+            .fake
+            .typed::<Ingress>(NS, "stripe-receiver")
+            .is_none(),
+        "the Ingress is pruned"
+    );
+    assert!(
+        harness
+            .fake
+            .typed::<Service>(NS, "stripe-receiver")
+            .is_some(),
+        "the Service stays"
+    );
     assert_eq!(
-        harness.endpoint(NS, NAME).status.expect("status").url.as_deref(),
+        harness
+            .endpoint(NS, NAME)
+            .status
+            .expect("status")
+            .url
+            .as_deref(),
         Some("http://stripe-receiver.payments.svc/payments/stripe")
     );
 }
@@ -183,14 +305,26 @@ async fn removing_spec_ingress_deletes_the_ingress_and_the_url_becomes_the_servi
 async fn an_edited_child_is_put_back() {
     let mut harness = stripe(true).await;
     harness.settle(NS, NAME).await;
-    harness.fake.edit("apps/v1", "Deployment", NS, "stripe-receiver", |object| {
-        object["spec"]["replicas"] = json!(7);
-    });
-    harness.fake.remove("policy/v1", "PodDisruptionBudget", NS, "stripe-receiver");
+    harness
+        .fake
+        .edit("apps/v1", "Deployment", NS, "stripe-receiver", |object| {
+            object["spec"]["replicas"] = json!(7);
+        });
+    harness
+        .fake
+        .remove("policy/v1", "PodDisruptionBudget", NS, "stripe-receiver");
     harness.reconcile(NS, NAME).await.expect("reconcile");
-    let receiver = harness.fake.typed::<Deployment>(NS, "stripe-receiver").expect("receiver");
+    let receiver = harness
+        .fake
+        .typed::<Deployment>(NS, "stripe-receiver")
+        .expect("receiver");
     assert_eq!(receiver.spec.and_then(|spec| spec.replicas), Some(2));
-    assert!(harness.fake.typed::<PodDisruptionBudget>(NS, "stripe-receiver").is_some());
+    assert!(
+        harness
+            .fake
+            .typed::<PodDisruptionBudget>(NS, "stripe-receiver")
+            .is_some()
+    );
 }
 
 #[tokio::test]
@@ -198,33 +332,80 @@ async fn a_missing_secret_is_named_and_a_secret_created_later_resolves_it() {
     let mut harness = Harness::start(true).await;
     let resource = example("stripe.yaml");
     harness.fake.insert(&resource);
-    harness.fake.insert(&secret(NS, "hookline-postgres", "url", "postgres://db/hookline"));
+    harness.fake.insert(&secret(
+        NS,
+        "hookline-postgres",
+        "url",
+        "postgres://db/hookline",
+    ));
     let action = harness.settle(NS, NAME).await;
-    assert!(action != Action::await_change(), "a missing Secret is retried");
+    assert!(
+        action != Action::await_change(),
+        "a missing Secret is retried"
+    );
     let resolved = harness.condition(NS, NAME, conditions::SECRET_RESOLVED);
-    assert_eq!((resolved.status.as_str(), resolved.reason.as_str()), ("False", reasons::SECRET_NOT_FOUND));
-    assert!(resolved.message.contains("payments/stripe-webhook"), "{}", resolved.message);
-    assert!(resolved.message.contains("spec.secretRef"), "{}", resolved.message);
+    assert_eq!(
+        (resolved.status.as_str(), resolved.reason.as_str()),
+        ("False", reasons::SECRET_NOT_FOUND)
+    );
+    assert!(
+        resolved.message.contains("payments/stripe-webhook"),
+        "{}",
+        resolved.message
+    );
+    assert!(
+        resolved.message.contains("spec.secretRef"),
+        "{}",
+        resolved.message
+    );
     let ready = harness.condition(NS, NAME, conditions::READY);
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reasons::SECRET_NOT_FOUND));
-    assert!(harness.fake.typed::<Deployment>(NS, "stripe-receiver").is_some(), "children are applied anyway: pods start when the Secret appears");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reasons::SECRET_NOT_FOUND)
+    );
+    assert!(
+        harness
+            .fake
+            .typed::<Deployment>(NS, "stripe-receiver")
+            .is_some(),
+        "children are applied anyway: pods start when the Secret appears"
+    );
 
-    harness.fake.insert(&secret(NS, "stripe-webhook", "secret", "whsec_abc"));
+    harness
+        .fake
+        .insert(&secret(NS, "stripe-webhook", "secret", "whsec_abc"));
     harness.fake.make_deployments_available();
     harness.reconcile(NS, NAME).await.expect("reconcile");
-    assert_eq!(harness.condition(NS, NAME, conditions::SECRET_RESOLVED).status, "True");
-    assert_eq!(harness.condition(NS, NAME, conditions::READY).status, "True");
+    assert_eq!(
+        harness
+            .condition(NS, NAME, conditions::SECRET_RESOLVED)
+            .status,
+        "True"
+    );
+    assert_eq!(
+        harness.condition(NS, NAME, conditions::READY).status,
+        "True"
+    );
 }
 
 #[tokio::test]
 async fn a_missing_key_is_named() {
     let mut harness = Harness::start(true).await;
     harness.add_endpoint_with_secrets(&example("stripe.yaml"));
-    harness.fake.insert(&secret(NS, "stripe-webhook", "other", "x"));
+    harness
+        .fake
+        .insert(&secret(NS, "stripe-webhook", "other", "x"));
     harness.settle(NS, NAME).await;
     let resolved = harness.condition(NS, NAME, conditions::SECRET_RESOLVED);
-    assert_eq!((resolved.status.as_str(), resolved.reason.as_str()), ("False", reasons::SECRET_KEY_MISSING));
-    assert!(resolved.message.contains("has no key \"secret\""), "{}", resolved.message);
+    assert_eq!(
+        (resolved.status.as_str(), resolved.reason.as_str()),
+        ("False", reasons::SECRET_KEY_MISSING)
+    );
+    assert!(
+        resolved.message.contains("has no key \"secret\""),
+        "{}",
+        resolved.message
+    );
 }
 
 #[tokio::test]
@@ -232,7 +413,10 @@ async fn generate_creates_a_missing_signing_secret_once_owned_by_the_endpoint() 
     let mut harness = Harness::start(true).await;
     harness.add_endpoint_with_secrets(&example("github.yaml"));
     harness.settle("default", "github").await;
-    let generated = harness.fake.typed::<Secret>("default", "github-webhook").expect("generated");
+    let generated = harness
+        .fake
+        .typed::<Secret>("default", "github-webhook")
+        .expect("generated");
     let value = generated.data.as_ref().expect("data")["secret"].0.clone();
     let text = String::from_utf8(value.clone()).expect("text");
     assert_eq!(text.len(), 64, "32 random bytes as hex");
@@ -240,11 +424,24 @@ async fn generate_creates_a_missing_signing_secret_once_owned_by_the_endpoint() 
     let owner = &generated.metadata.owner_references.expect("owned")[0];
     assert_eq!(owner.kind, "WebhookEndpoint");
     let resolved = harness.condition("default", "github", conditions::SECRET_RESOLVED);
-    assert_eq!((resolved.status.as_str(), resolved.reason.as_str()), ("True", reasons::SECRET_GENERATED));
+    assert_eq!(
+        (resolved.status.as_str(), resolved.reason.as_str()),
+        ("True", reasons::SECRET_GENERATED)
+    );
 
-    harness.reconcile("default", "github").await.expect("reconcile");
-    let again = harness.fake.typed::<Secret>("default", "github-webhook").expect("secret");
-    assert_eq!(again.data.expect("data")["secret"].0, value, "never regenerated");
+    harness
+        .reconcile("default", "github")
+        .await
+        .expect("reconcile");
+    let again = harness
+        .fake
+        .typed::<Secret>("default", "github-webhook")
+        .expect("secret");
+    assert_eq!(
+        again.data.expect("data")["secret"].0,
+        value,
+        "never regenerated"
+    );
 }
 
 #[tokio::test]
@@ -256,33 +453,71 @@ async fn standard_webhooks_secrets_are_generated_in_whsec_form_and_existing_ones
     let name = resource.metadata.name.clone().expect("name");
     let secret_name = resource.spec.secret_ref.name.clone();
     harness.settle(&namespace, &name).await;
-    let generated = harness.fake.typed::<Secret>(&namespace, &secret_name).expect("generated");
+    let generated = harness
+        .fake
+        .typed::<Secret>(&namespace, &secret_name)
+        .expect("generated");
     let text = String::from_utf8(generated.data.expect("data")["secret"].0.clone()).expect("text");
     assert!(text.starts_with("whsec_"), "{text}");
 
     let mut other = Harness::start(true).await;
     other.add_endpoint_with_secrets(&resource);
-    other.fake.insert(&secret(&namespace, &secret_name, "secret", "whsec_bXluZQ=="));
+    other.fake.insert(&secret(
+        &namespace,
+        &secret_name,
+        "secret",
+        "whsec_bXluZQ==",
+    ));
     other.settle(&namespace, &name).await;
-    let kept = other.fake.typed::<Secret>(&namespace, &secret_name).expect("secret");
-    assert_eq!(kept.data.expect("data")["secret"].0, b"whsec_bXluZQ==", "an existing Secret is never overwritten");
+    let kept = other
+        .fake
+        .typed::<Secret>(&namespace, &secret_name)
+        .expect("secret");
+    assert_eq!(
+        kept.data.expect("data")["secret"].0,
+        b"whsec_bXluZQ==",
+        "an existing Secret is never overwritten"
+    );
 }
 
 #[tokio::test]
 async fn an_invalid_spec_is_reported_with_every_bad_field_and_nothing_is_applied() {
     let mut harness = stripe(true).await;
-    harness.fake.edit("hookline.io/v1alpha1", "WebhookEndpoint", NS, NAME, |object| {
-        object["spec"]["allowedSourceRanges"] = json!(["not-a-cidr"]);
-        object["spec"]["consumer"]["backoff"] = json!(["1s", "soon"]);
-    });
+    harness.fake.edit(
+        "hookline.io/v1alpha1",
+        "WebhookEndpoint",
+        NS,
+        NAME,
+        |object| {
+            object["spec"]["allowedSourceRanges"] = json!(["not-a-cidr"]);
+            object["spec"]["consumer"]["backoff"] = json!(["1s", "soon"]);
+        },
+    );
     let action = harness.settle(NS, NAME).await;
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
     let ready = harness.condition(NS, NAME, conditions::READY);
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", reasons::INVALID_SPEC));
-    assert!(ready.message.contains("spec.allowedSourceRanges[0]"), "{}", ready.message);
-    assert!(ready.message.contains("spec.consumer.backoff[1]"), "{}", ready.message);
-    assert_eq!(harness.condition(NS, NAME, conditions::STREAM_READY).status, "Unknown");
-    assert!(harness.fake.all("Deployment").is_empty(), "nothing is applied");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reasons::INVALID_SPEC)
+    );
+    assert!(
+        ready.message.contains("spec.allowedSourceRanges[0]"),
+        "{}",
+        ready.message
+    );
+    assert!(
+        ready.message.contains("spec.consumer.backoff[1]"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(
+        harness.condition(NS, NAME, conditions::STREAM_READY).status,
+        "Unknown"
+    );
+    assert!(
+        harness.fake.all("Deployment").is_empty(),
+        "nothing is applied"
+    );
 }
 
 #[tokio::test]
@@ -294,7 +529,11 @@ async fn a_cluster_endpoint_needs_a_database_secret() {
     harness.settle(NS, NAME).await;
     let ready = harness.condition(NS, NAME, conditions::READY);
     assert_eq!(ready.reason, reasons::INVALID_SPEC);
-    assert!(ready.message.contains("spec.consumer.databaseSecretRef"), "{}", ready.message);
+    assert!(
+        ready.message.contains("spec.consumer.databaseSecretRef"),
+        "{}",
+        ready.message
+    );
 }
 
 #[tokio::test]
@@ -308,16 +547,34 @@ async fn nats_down_is_reported_children_are_applied_and_nats_back_recovers() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let action = harness.settle(NS, NAME).await;
-    assert!(action != Action::requeue(Duration::from_secs(60)), "not the slow resync");
+    assert!(
+        action != Action::requeue(Duration::from_secs(60)),
+        "not the slow resync"
+    );
     let stream = harness.condition(NS, NAME, conditions::STREAM_READY);
-    assert_eq!((stream.status.as_str(), stream.reason.as_str()), ("False", reasons::NATS_UNREACHABLE));
-    assert!(stream.message.contains(&harness.nats.url()), "{}", stream.message);
-    assert!(harness.fake.typed::<Deployment>(NS, "stripe-receiver").is_some());
+    assert_eq!(
+        (stream.status.as_str(), stream.reason.as_str()),
+        ("False", reasons::NATS_UNREACHABLE)
+    );
+    assert!(
+        stream.message.contains(&harness.nats.url()),
+        "{}",
+        stream.message
+    );
+    assert!(
+        harness
+            .fake
+            .typed::<Deployment>(NS, "stripe-receiver")
+            .is_some()
+    );
 
     harness.nats.restart().expect("nats restarts");
     support::wait_connected(&harness.ctx.nats).await;
     harness.reconcile(NS, NAME).await.expect("reconcile");
-    assert_eq!(harness.condition(NS, NAME, conditions::STREAM_READY).status, "True");
+    assert_eq!(
+        harness.condition(NS, NAME, conditions::STREAM_READY).status,
+        "True"
+    );
 }
 
 #[tokio::test]
@@ -325,37 +582,76 @@ async fn without_keda_the_consumer_runs_at_min_replicas_and_the_endpoint_is_stil
     let mut harness = stripe(false).await;
     harness.settle(NS, NAME).await;
     assert!(harness.fake.all("ScaledObject").is_empty());
-    let consumer = harness.fake.typed::<Deployment>(NS, "stripe-consumer").expect("consumer");
+    let consumer = harness
+        .fake
+        .typed::<Deployment>(NS, "stripe-consumer")
+        .expect("consumer");
     assert_eq!(consumer.spec.and_then(|spec| spec.replicas), Some(1));
     harness.fake.make_deployments_available();
     harness.reconcile(NS, NAME).await.expect("reconcile");
     let scaler = harness.condition(NS, NAME, conditions::SCALER_READY);
-    assert_eq!((scaler.status.as_str(), scaler.reason.as_str()), ("False", reasons::KEDA_NOT_INSTALLED));
-    assert_eq!(harness.condition(NS, NAME, conditions::READY).status, "True");
+    assert_eq!(
+        (scaler.status.as_str(), scaler.reason.as_str()),
+        ("False", reasons::KEDA_NOT_INSTALLED)
+    );
+    assert_eq!(
+        harness.condition(NS, NAME, conditions::READY).status,
+        "True"
+    );
 }
 
 #[tokio::test]
 async fn with_keda_the_consumer_replicas_are_left_to_keda() {
     let mut harness = stripe(true).await;
     harness.settle(NS, NAME).await;
-    let consumer = harness.fake.typed::<Deployment>(NS, "stripe-consumer").expect("consumer");
+    let consumer = harness
+        .fake
+        .typed::<Deployment>(NS, "stripe-consumer")
+        .expect("consumer");
     assert_eq!(consumer.spec.and_then(|spec| spec.replicas), None);
-    let scaler = harness.fake.typed::<ScaledObject>(NS, "stripe-consumer").expect("scaler");
+    let scaler = harness
+        .fake
+        .typed::<ScaledObject>(NS, "stripe-consumer")
+        .expect("scaler");
     assert_eq!(scaler.spec.min_replica_count, Some(1));
-    assert_eq!(scaler.spec.triggers[0].metadata["stream"], "HOOKLINE_payments_stripe");
+    assert_eq!(
+        scaler.spec.triggers[0].metadata["stream"],
+        "HOOKLINE_payments_stripe"
+    );
 }
 
 #[tokio::test]
 async fn deletion_runs_the_finalizer_and_deletes_the_stream() {
     let mut harness = stripe(true).await;
     harness.settle(NS, NAME).await;
-    assert!(stream_info(&harness, "HOOKLINE_payments_stripe").await.is_some());
-    harness.fake.edit("hookline.io/v1alpha1", "WebhookEndpoint", NS, NAME, |object| {
-        object["metadata"]["deletionTimestamp"] = json!("2026-11-30T00:00:05Z");
-    });
+    assert!(
+        stream_info(&harness, "HOOKLINE_payments_stripe")
+            .await
+            .is_some()
+    );
+    harness.fake.edit(
+        "hookline.io/v1alpha1",
+        "WebhookEndpoint",
+        NS,
+        NAME,
+        |object| {
+            object["metadata"]["deletionTimestamp"] = json!("2026-11-30T00:00:05Z");
+        },
+    );
     harness.reconcile(NS, NAME).await.expect("cleanup");
-    assert!(stream_info(&harness, "HOOKLINE_payments_stripe").await.is_none(), "the stream is gone");
-    assert!(harness.fake.get("hookline.io/v1alpha1", "WebhookEndpoint", NS, NAME).is_none(), "the finalizer was removed");
+    assert!(
+        stream_info(&harness, "HOOKLINE_payments_stripe")
+            .await
+            .is_none(),
+        "the stream is gone"
+    );
+    assert!(
+        harness
+            .fake
+            .get("hookline.io/v1alpha1", "WebhookEndpoint", NS, NAME)
+            .is_none(),
+        "the finalizer was removed"
+    );
 }
 
 #[tokio::test]
@@ -368,12 +664,28 @@ async fn deletion_policy_retain_keeps_the_stream() {
     });
     harness.add_endpoint_with_secrets(&resource);
     harness.settle(NS, NAME).await;
-    harness.fake.edit("hookline.io/v1alpha1", "WebhookEndpoint", NS, NAME, |object| {
-        object["metadata"]["deletionTimestamp"] = json!("2026-11-30T00:00:05Z");
-    });
+    harness.fake.edit(
+        "hookline.io/v1alpha1",
+        "WebhookEndpoint",
+        NS,
+        NAME,
+        |object| {
+            object["metadata"]["deletionTimestamp"] = json!("2026-11-30T00:00:05Z");
+        },
+    );
     harness.reconcile(NS, NAME).await.expect("cleanup");
-    assert!(stream_info(&harness, "HOOKLINE_payments_stripe").await.is_some(), "the stream is kept");
-    assert!(harness.fake.get("hookline.io/v1alpha1", "WebhookEndpoint", NS, NAME).is_none());
+    assert!(
+        stream_info(&harness, "HOOKLINE_payments_stripe")
+            .await
+            .is_some(),
+        "the stream is kept"
+    );
+    assert!(
+        harness
+            .fake
+            .get("hookline.io/v1alpha1", "WebhookEndpoint", NS, NAME)
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -387,7 +699,10 @@ async fn an_api_failure_is_an_error_that_requeues_with_growing_backoff() {
         .expect_err("the API fails");
     let first = error_policy(endpoint.clone(), &error, harness.ctx.clone());
     let second = error_policy(endpoint, &error, harness.ctx.clone());
-    assert!(first != second, "the delay grows: {first:?} then {second:?}");
+    assert!(
+        first != second,
+        "the delay grows: {first:?} then {second:?}"
+    );
 }
 
 #[tokio::test]
@@ -396,12 +711,29 @@ async fn a_nats_max_payload_below_the_body_limit_is_said_in_the_condition() {
     harness.settle(NS, NAME).await;
     let stream = harness.condition(NS, NAME, conditions::STREAM_READY);
     assert_eq!(stream.status, "True");
-    assert_eq!(stream.reason, reasons::MAX_PAYLOAD_TOO_SMALL, "nats-server's default max_payload is 1 MiB, the default maxBodyBytes too");
-    assert!(stream.message.contains("raise max_payload"), "{}", stream.message);
+    assert_eq!(
+        stream.reason,
+        reasons::MAX_PAYLOAD_TOO_SMALL,
+        "nats-server's default max_payload is 1 MiB, the default maxBodyBytes too"
+    );
+    assert!(
+        stream.message.contains("raise max_payload"),
+        "{}",
+        stream.message
+    );
 
-    harness.fake.edit("hookline.io/v1alpha1", "WebhookEndpoint", NS, NAME, |object| {
-        object["spec"]["request"] = json!({"maxBodyBytes": 262144});
-    });
+    harness.fake.edit(
+        "hookline.io/v1alpha1",
+        "WebhookEndpoint",
+        NS,
+        NAME,
+        |object| {
+            object["spec"]["request"] = json!({"maxBodyBytes": 262144});
+        },
+    );
     harness.reconcile(NS, NAME).await.expect("reconcile");
-    assert_eq!(harness.condition(NS, NAME, conditions::STREAM_READY).reason, reasons::STREAM_PROVISIONED);
+    assert_eq!(
+        harness.condition(NS, NAME, conditions::STREAM_READY).reason,
+        reasons::STREAM_PROVISIONED
+    );
 }

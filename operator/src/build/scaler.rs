@@ -93,7 +93,10 @@ pub fn scaled_object(valid: &ValidEndpoint, config: &OperatorConfig) -> ScaledOb
         ),
         ("account".to_owned(), config.nats.account.clone()),
         ("stream".to_owned(), endpoint.stream.name.clone()),
-        ("consumer".to_owned(), endpoint.consumer.durable_name.clone()),
+        (
+            "consumer".to_owned(),
+            endpoint.consumer.durable_name.clone(),
+        ),
         ("lagThreshold".to_owned(), scaling.lag_threshold.to_string()),
         ("activationLagThreshold".to_owned(), "0".to_owned()),
         (

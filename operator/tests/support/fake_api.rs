@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
-use http::{Request, Response, StatusCode};
 use hookline_operator::apply::ChildWriters;
+use http::{Request, Response, StatusCode};
 use kube::client::Body;
 use kube::runtime::watcher;
 use serde::Serialize;
@@ -38,10 +38,7 @@ pub struct Call {
 
 impl Call {
     pub fn is_write(&self) -> bool {
-        matches!(
-            self.verb.as_str(),
-            "create" | "update" | "patch" | "delete"
-        )
+        matches!(self.verb.as_str(), "create" | "update" | "patch" | "delete")
     }
 }
 
@@ -92,7 +89,9 @@ impl FakeApi {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A client whose every request this fake answers.
@@ -153,7 +152,14 @@ impl FakeApi {
     }
 
     /// Changes a stored object in place (as another client or a controller would).
-    pub fn edit(&self, api_version: &str, kind: &str, namespace: &str, name: &str, change: impl FnOnce(&mut Value)) {
+    pub fn edit(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        change: impl FnOnce(&mut Value),
+    ) {
         let (group, version, plural) = resource_of(api_version, kind);
         let mut state = self.lock();
         state.version += 1;
@@ -213,7 +219,8 @@ impl FakeApi {
             let kind = K::kind(&());
             writer.apply_watcher_event(&watcher::Event::Init);
             for object in objects.iter().filter(|object| object["kind"] == *kind) {
-                let typed: K = serde_json::from_value(object.clone()).expect("stored object deserialises");
+                let typed: K =
+                    serde_json::from_value(object.clone()).expect("stored object deserialises");
                 writer.apply_watcher_event(&watcher::Event::InitApply(typed));
             }
             writer.apply_watcher_event(&watcher::Event::InitDone);
@@ -246,7 +253,10 @@ impl FakeApi {
             .map(str::to_owned);
         let mut state = self.lock();
         let target = Target::parse(&path);
-        let verb = match (parts.method.as_str(), target.as_ref().and_then(|t| t.name.as_ref())) {
+        let verb = match (
+            parts.method.as_str(),
+            target.as_ref().and_then(|t| t.name.as_ref()),
+        ) {
             ("GET", Some(_)) => "get",
             ("GET", None) if query.get("watch").is_some_and(|w| w == "true") => "watch",
             ("GET", None) => "list",
@@ -275,9 +285,11 @@ impl FakeApi {
         }
         if path == "/apis/keda.sh/v1alpha1" {
             return if state.keda {
-                ok(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "keda.sh/v1alpha1",
+                ok(
+                    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "keda.sh/v1alpha1",
                     "resources": [{"name": "scaledobjects", "singularName": "scaledobject", "namespaced": true,
-                        "kind": "ScaledObject", "verbs": ["get", "list", "watch", "create", "patch", "delete"]}]}))
+                        "kind": "ScaledObject", "verbs": ["get", "list", "watch", "create", "patch", "delete"]}]}),
+                )
             } else {
                 status(404, "the server could not find the requested resource")
             };
@@ -308,11 +320,15 @@ impl Target {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let (group, version, rest) = match segments.as_slice() {
             ["api", version, rest @ ..] => (String::new(), (*version).to_owned(), rest),
-            ["apis", group, version, rest @ ..] => ((*group).to_owned(), (*version).to_owned(), rest),
+            ["apis", group, version, rest @ ..] => {
+                ((*group).to_owned(), (*version).to_owned(), rest)
+            }
             _ => return None,
         };
         let (namespace, rest) = match rest {
-            ["namespaces", namespace, rest @ ..] if !rest.is_empty() => (Some((*namespace).to_owned()), rest),
+            ["namespaces", namespace, rest @ ..] if !rest.is_empty() => {
+                (Some((*namespace).to_owned()), rest)
+            }
             rest => (None, rest),
         };
         let (plural, name, subresource) = match rest {
@@ -351,7 +367,9 @@ fn path_of(object: &Value) -> String {
         &group,
         &version,
         &plural,
-        object["metadata"]["namespace"].as_str().unwrap_or("default"),
+        object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default"),
         object["metadata"]["name"].as_str().unwrap_or_default(),
     )
 }
@@ -375,7 +393,13 @@ impl State {
         object
     }
 
-    fn serve(&mut self, target: &Target, verb: &str, content_type: Option<&str>, body: Value) -> Response<Body> {
+    fn serve(
+        &mut self,
+        target: &Target,
+        verb: &str,
+        content_type: Option<&str>,
+        body: Value,
+    ) -> Response<Body> {
         match (verb, &target.name) {
             ("get", Some(name)) => match self.objects.get(&target.path(name)) {
                 Some(object) => ok(object.clone()),
@@ -392,10 +416,15 @@ impl State {
                     })
                     .map(|(_, object)| object.clone())
                     .collect();
-                ok(json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": self.version.to_string()}, "items": items}))
+                ok(
+                    json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": self.version.to_string()}, "items": items}),
+                )
             }
             ("create", None) => {
-                let name = body["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+                let name = body["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
                 let path = target.path(&name);
                 if self.objects.contains_key(&path) {
                     return status(409, &format!("{} {name:?} already exists", target.plural));
@@ -411,7 +440,10 @@ impl State {
                     return status(404, "not found");
                 };
                 if body["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
-                    return status(409, "the object has been modified; please apply your changes to the latest version");
+                    return status(
+                        409,
+                        "the object has been modified; please apply your changes to the latest version",
+                    );
                 }
                 let mut object = body;
                 object["metadata"]["resourceVersion"] = json!(self.next_version());
@@ -424,7 +456,9 @@ impl State {
                 let Some(object) = self.objects.get_mut(&path) else {
                     return status(404, "not found");
                 };
-                let has_finalizers = object["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+                let has_finalizers = object["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| !f.is_empty());
                 if has_finalizers {
                     object["metadata"]["deletionTimestamp"] = json!("2026-11-30T00:00:01Z");
                     return ok(object.clone());
@@ -436,7 +470,13 @@ impl State {
         }
     }
 
-    fn patch(&mut self, target: &Target, name: &str, content_type: Option<&str>, body: Value) -> Response<Body> {
+    fn patch(
+        &mut self,
+        target: &Target,
+        name: &str,
+        content_type: Option<&str>,
+        body: Value,
+    ) -> Response<Body> {
         let path = target.path(name);
         let existing = self.objects.get(&path).cloned();
         let content_type = content_type.unwrap_or_default();
@@ -484,7 +524,9 @@ impl State {
         };
         object["metadata"]["resourceVersion"] = json!(self.next_version());
         let deleting = !object["metadata"]["deletionTimestamp"].is_null();
-        let finalized = object["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
+        let finalized = object["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(|f| f.is_empty());
         if deleting && finalized {
             self.objects.remove(&path);
         } else {

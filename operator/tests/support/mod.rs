@@ -38,7 +38,10 @@ pub fn examples() -> Vec<(String, WebhookEndpoint)> {
             let text = std::fs::read_to_string(&path).expect("example is readable");
             let resource = hookline_api::parse_manifest(&text).expect("example parses");
             (
-                path.file_name().expect("file name").to_string_lossy().into_owned(),
+                path.file_name()
+                    .expect("file name")
+                    .to_string_lossy()
+                    .into_owned(),
                 resource,
             )
         })
@@ -84,7 +87,8 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start(keda: bool) -> Harness {
-        let nats = NatsServer::start().expect("nats-server starts (apt-get install -y nats-server)");
+        let nats =
+            NatsServer::start().expect("nats-server starts (apt-get install -y nats-server)");
         let fake = FakeApi::new(keda);
         let client = fake.client();
         let config = OperatorConfig {
@@ -94,9 +98,10 @@ impl Harness {
             },
             ..OperatorConfig::default()
         };
-        let nats_client = hookline_api::nats::connect(&nats.url(), &Default::default(), "operator-test")
-            .await
-            .expect("NATS client");
+        let nats_client =
+            hookline_api::nats::connect(&nats.url(), &Default::default(), "operator-test")
+                .await
+                .expect("NATS client");
         wait_connected(&nats_client).await;
         let (stores, writers) = apply::stores();
         let metrics = Arc::new(Metrics::new());
@@ -127,13 +132,25 @@ impl Harness {
 
     /// Stores `resource` and the Secrets every example reads.
     pub fn add_endpoint_with_secrets(&self, resource: &WebhookEndpoint) {
-        let namespace = resource.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let namespace = resource
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         self.fake.insert(resource);
         let spec = &resource.spec;
         if !spec.secret_ref.generate.unwrap_or(false) {
-            let key = spec.secret_ref.key.clone().unwrap_or_else(|| "secret".into());
-            self.fake
-                .insert(&secret(&namespace, &spec.secret_ref.name, &key, "whsec_dGVzdA=="));
+            let key = spec
+                .secret_ref
+                .key
+                .clone()
+                .unwrap_or_else(|| "secret".into());
+            self.fake.insert(&secret(
+                &namespace,
+                &spec.secret_ref.name,
+                &key,
+                "whsec_dGVzdA==",
+            ));
         }
         if let Some(database) = spec
             .consumer
@@ -158,7 +175,11 @@ impl Harness {
 
     /// One reconcile of the stored endpoint, with the caches as its watches
     /// would have them.
-    pub async fn reconcile(&mut self, namespace: &str, name: &str) -> Result<Action, hookline_operator::Error> {
+    pub async fn reconcile(
+        &mut self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Action, hookline_operator::Error> {
         self.fake.sync(&mut self.writers);
         reconcile(Arc::new(self.endpoint(namespace, name)), self.ctx.clone()).await
     }
@@ -166,8 +187,12 @@ impl Harness {
     /// The first reconcile adds the finalizer (and waits for the change); the
     /// second runs the whole pass. Returns the second's action.
     pub async fn settle(&mut self, namespace: &str, name: &str) -> Action {
-        self.reconcile(namespace, name).await.expect("first reconcile");
-        self.reconcile(namespace, name).await.expect("second reconcile")
+        self.reconcile(namespace, name)
+            .await
+            .expect("first reconcile");
+        self.reconcile(namespace, name)
+            .await
+            .expect("second reconcile")
     }
 
     /// A condition of the stored endpoint.
