@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use hookline_api::runtime::NatsArgs;
+use k8s_openapi::api::core::v1::ResourceRequirements;
 
 use crate::config::{
     DEFAULT_IMAGE, DEFAULT_NATS_ACCOUNT, DEFAULT_NATS_MONITORING_ENDPOINT, DEFAULT_NATS_URL,
@@ -150,6 +151,19 @@ pub struct Settings {
         global = true
     )]
     pub data_plane_log_level: String,
+    /// Resources of each receiver container, as JSON (`{"requests": {"cpu": "100m"}}`),
+    /// unless the endpoint sets `spec.receiver.resources`.
+    #[arg(long, env = "HOOKLINE_RECEIVER_RESOURCES", value_name = "JSON", value_parser = parse_resources, global = true)]
+    pub receiver_resources: Option<ResourceRequirements>,
+    /// Resources of each consumer container, as JSON.
+    #[arg(long, env = "HOOKLINE_CONSUMER_RESOURCES", value_name = "JSON", value_parser = parse_resources, global = true)]
+    pub consumer_resources: Option<ResourceRequirements>,
+}
+
+fn parse_resources(text: &str) -> Result<ResourceRequirements, String> {
+    serde_json::from_str(text).map_err(|err| {
+        format!("not a resources object ({err}); e.g. {{\"requests\": {{\"cpu\": \"100m\", \"memory\": \"64Mi\"}}}}")
+    })
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -159,6 +173,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 impl Settings {
     /// What the builders need.
     pub fn operator_config(&self) -> OperatorConfig {
+        let defaults = OperatorConfig::default();
         OperatorConfig {
             image: self.data_plane_image.clone(),
             image_pull_policy: self.image_pull_policy.clone(),
@@ -172,7 +187,14 @@ impl Settings {
                 account: self.nats_account.clone(),
             },
             log_level: self.data_plane_log_level.clone(),
-            ..OperatorConfig::default()
+            receiver_resources: self
+                .receiver_resources
+                .clone()
+                .unwrap_or(defaults.receiver_resources),
+            consumer_resources: self
+                .consumer_resources
+                .clone()
+                .unwrap_or(defaults.consumer_resources),
         }
     }
 }
@@ -202,6 +224,30 @@ mod tests {
         .expect("parses");
         let config = args.settings.operator_config();
         assert_eq!(config.nats.url, "nats://elsewhere:4222");
+        assert_eq!(config.receiver_resources, OperatorConfig::default().receiver_resources);
         assert_eq!(config.image, "registry.example/hookline:1");
+    }
+}
+
+#[cfg(test)]
+mod resource_tests {
+    use super::*;
+
+    #[test]
+    fn data_plane_resources_come_as_json_and_bad_json_is_refused() {
+        let args = Args::try_parse_from([
+            "hookline-operator",
+            "--receiver-resources",
+            r#"{"requests": {"cpu": "250m"}, "limits": {"memory": "1Gi"}}"#,
+        ])
+        .expect("parses");
+        let resources = args.settings.operator_config().receiver_resources;
+        assert_eq!(
+            resources.requests.expect("requests")["cpu"],
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity("250m".into())
+        );
+        let err = Args::try_parse_from(["hookline-operator", "--consumer-resources", "lots"])
+            .expect_err("not JSON");
+        assert!(err.to_string().contains("not a resources object"), "{err}");
     }
 }

@@ -23,6 +23,12 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    /// `namespace/name`.
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReadyLabel {
     pub ready: String,
 }
@@ -54,6 +60,10 @@ pub struct Metrics {
     /// Create, patch and delete calls, by kind; zero in a steady state.
     pub writes: Family<KindLabel, Counter>,
     pub endpoints: Family<ReadyLabel, Gauge>,
+    /// 1 while the endpoint's Ready condition is True, else 0.
+    pub endpoint_ready: Family<EndpointLabel, Gauge>,
+    /// Events accepted but not yet written to Postgres, per endpoint.
+    pub endpoint_pending: Family<EndpointLabel, Gauge>,
     pub leader: Gauge,
     /// Readiness per endpoint (`namespace/name`), behind `endpoints`.
     readiness: Mutex<HashMap<String, Readiness>>,
@@ -96,6 +106,18 @@ impl Metrics {
             "WebhookEndpoints by their Ready condition",
             endpoints.clone(),
         );
+        let endpoint_ready = Family::<EndpointLabel, Gauge>::default();
+        registry.register(
+            "endpoint_ready",
+            "1 while the endpoint's Ready condition is True",
+            endpoint_ready.clone(),
+        );
+        let endpoint_pending = Family::<EndpointLabel, Gauge>::default();
+        registry.register(
+            "endpoint_pending",
+            "Events the endpoint accepted that are not yet in Postgres (refreshed each resync)",
+            endpoint_pending.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -109,6 +131,8 @@ impl Metrics {
             duration,
             writes,
             endpoints,
+            endpoint_ready,
+            endpoint_pending,
             leader,
             readiness: Mutex::default(),
         }
@@ -135,8 +159,36 @@ impl Metrics {
             .inc();
     }
 
-    /// Records `endpoint`'s readiness (`None`: deleted) and updates the gauge.
+    /// Records `endpoint`'s pending events (`None`: unknown or deleted).
+    pub fn set_pending(&self, endpoint: &str, pending: Option<i64>) {
+        let label = EndpointLabel {
+            endpoint: endpoint.to_owned(),
+        };
+        match pending {
+            Some(pending) => {
+                self.endpoint_pending.get_or_create(&label).set(pending);
+            }
+            None => {
+                self.endpoint_pending.remove(&label);
+            }
+        }
+    }
+
+    /// Records `endpoint`'s readiness (`None`: deleted) and updates the gauges.
     pub fn set_readiness(&self, endpoint: &str, readiness: Option<Readiness>) {
+        let label = EndpointLabel {
+            endpoint: endpoint.to_owned(),
+        };
+        match readiness {
+            Some(readiness) => {
+                self.endpoint_ready
+                    .get_or_create(&label)
+                    .set(i64::from(readiness == Readiness::Ready));
+            }
+            None => {
+                self.endpoint_ready.remove(&label);
+            }
+        }
         let mut all = self
             .readiness
             .lock()

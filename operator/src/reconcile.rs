@@ -225,6 +225,10 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
         .first()
         .map(|finding| finding.reason)
         .unwrap_or_default();
+    if let stream::StreamState::Ready { stats, .. } = &stream {
+        ctx.metrics
+            .set_pending(&key, i64::try_from(stats.pending).ok());
+    }
     let details = Details {
         url: status::url(&valid, &applied),
         stream: &stream,
@@ -364,5 +368,6 @@ async fn cleanup(endpoint: &WebhookEndpoint, ctx: &Context) -> Result<Action> {
     let key = key(endpoint);
     ctx.succeeded(&key);
     ctx.metrics.set_readiness(&key, None);
+    ctx.metrics.set_pending(&key, None);
     Ok(Action::await_change())
 }

@@ -129,14 +129,14 @@ fn every_scaled_object_validates_against_kedas_own_types() {
     let files = rendered_examples(dir.path());
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/schemas/validate_scaled_object.py"
+        "/../e2e/schemas/validate_custom_resources.py"
     );
     let mut args = vec![script];
     args.extend(files.iter().map(String::as_str));
     let (ok, report) = run(
         "python3",
         &args,
-        "python3 with `pip install cloudcoil-models-keda pyyaml`",
+        "python3 with `pip install cloudcoil-models-keda cloudcoil-models-prometheus-operator pyyaml`",
     );
     assert!(ok, "KEDA's model rejected a ScaledObject:\n{report}");
     assert_eq!(
