@@ -224,7 +224,10 @@ mod tests {
         .expect("parses");
         let config = args.settings.operator_config();
         assert_eq!(config.nats.url, "nats://elsewhere:4222");
-        assert_eq!(config.receiver_resources, OperatorConfig::default().receiver_resources);
+        assert_eq!(
+            config.receiver_resources,
+            OperatorConfig::default().receiver_resources
+        );
         assert_eq!(config.image, "registry.example/hookline:1");
     }
 }

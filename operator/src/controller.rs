@@ -32,6 +32,19 @@ use crate::leader::LeaderElection;
 use crate::reconcile::{self, Context, error_policy, reconcile};
 use crate::{Error, Result, secrets};
 
+/// Every kind the controller lists and watches, as RBAC names them
+/// (`(API group, resource)`); the chart's rules are checked against it.
+pub const WATCHED: [(&str, &str); 8] = [
+    ("hookline.io", "webhookendpoints"),
+    ("", "configmaps"),
+    ("", "services"),
+    ("", "secrets"),
+    ("apps", "deployments"),
+    ("networking.k8s.io", "ingresses"),
+    ("policy", "poddisruptionbudgets"),
+    ("keda.sh", "scaledobjects"),
+];
+
 /// Reconciles of one endpoint triggered in quick succession (its children's
 /// watch events after an apply) are merged into one.
 const DEBOUNCE: Duration = Duration::from_millis(250);

@@ -54,8 +54,8 @@ impl Readiness {
 pub struct Metrics {
     pub registry: Registry,
     pub reconciliations: Counter,
-    /// Failed reconciles (errors) and endpoints left not Ready, by reason.
-    pub failures: Family<ReasonLabel, Counter>,
+    /// Failed reconciles, by the error's kind ([`crate::Error::metric_label`]).
+    pub errors: Family<ReasonLabel, Counter>,
     pub duration: Histogram,
     /// Create, patch and delete calls, by kind; zero in a steady state.
     pub writes: Family<KindLabel, Counter>,
@@ -80,11 +80,11 @@ impl Metrics {
         let mut registry = Registry::with_prefix("hookline_operator");
         let reconciliations = Counter::default();
         registry.register("reconciliations", "Reconciles run", reconciliations.clone());
-        let failures = Family::<ReasonLabel, Counter>::default();
+        let errors = Family::<ReasonLabel, Counter>::default();
         registry.register(
-            "reconcile_failures",
-            "Reconciles that failed or left the endpoint not Ready, by reason",
-            failures.clone(),
+            "reconcile_errors",
+            "Reconciles that failed and were retried, by kind of error",
+            errors.clone(),
         );
         let duration = Histogram::new([
             0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -127,7 +127,7 @@ impl Metrics {
         Metrics {
             registry,
             reconciliations,
-            failures,
+            errors,
             duration,
             writes,
             endpoints,
@@ -143,8 +143,8 @@ impl Metrics {
         self.duration.observe(took.as_secs_f64());
     }
 
-    pub fn failure(&self, reason: &str) {
-        self.failures
+    pub fn error(&self, reason: &str) {
+        self.errors
             .get_or_create(&ReasonLabel {
                 reason: reason.to_owned(),
             })

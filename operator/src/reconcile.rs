@@ -161,7 +161,7 @@ pub async fn reconcile(endpoint: Arc<WebhookEndpoint>, ctx: Arc<Context>) -> Res
 pub fn error_policy(endpoint: Arc<WebhookEndpoint>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = key(&endpoint);
     let delay = ctx.retry_after_failure(&key);
-    ctx.metrics.failure(error.metric_label());
+    ctx.metrics.error(error.metric_label());
     warn!(endpoint = %key, cause = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -174,8 +174,6 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
             info!(cause = %invalid, "invalid spec");
             let findings = status::invalid_findings(&invalid);
             write_status(endpoint, ctx, findings, None).await?;
-            ctx.metrics
-                .failure(hookline_api::conditions::reasons::INVALID_SPEC);
             ctx.metrics.set_readiness(&key, Some(Readiness::NotReady));
             return Ok(Action::requeue(INVALID_SPEC_RECHECK));
         }
@@ -221,10 +219,6 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
     let ready = findings
         .first()
         .is_some_and(|finding| finding.status == Status::True);
-    let reason = findings
-        .first()
-        .map(|finding| finding.reason)
-        .unwrap_or_default();
     if let stream::StreamState::Ready { stats, .. } = &stream {
         ctx.metrics
             .set_pending(&key, i64::try_from(stats.pending).ok());
@@ -240,7 +234,6 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
         ctx.metrics.set_readiness(&key, Some(Readiness::Ready));
         Ok(Action::requeue(ctx.resync))
     } else {
-        ctx.metrics.failure(reason);
         ctx.metrics.set_readiness(&key, Some(Readiness::NotReady));
         Ok(Action::requeue(ctx.retry_after_failure(&key)))
     }

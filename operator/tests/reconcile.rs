@@ -302,6 +302,37 @@ async fn removing_spec_ingress_deletes_the_ingress_and_the_url_becomes_the_servi
 }
 
 #[tokio::test]
+async fn owned_children_the_endpoint_no_longer_has_are_pruned() {
+    let mut harness = stripe(true).await;
+    harness.settle(NS, NAME).await;
+    harness.add_stale_children(NS, NAME, "stripe-v0");
+    harness.reconcile(NS, NAME).await.expect("reconcile");
+    for (api_version, kind) in [
+        ("v1", "ConfigMap"),
+        ("v1", "Service"),
+        ("networking.k8s.io/v1", "Ingress"),
+        ("policy/v1", "PodDisruptionBudget"),
+        ("apps/v1", "Deployment"),
+        ("keda.sh/v1alpha1", "ScaledObject"),
+    ] {
+        assert!(
+            harness
+                .fake
+                .get(api_version, kind, NS, "stripe-v0")
+                .is_none(),
+            "stale {kind} left"
+        );
+    }
+    assert!(
+        harness
+            .fake
+            .typed::<Deployment>(NS, "stripe-receiver")
+            .is_some(),
+        "current children stay"
+    );
+}
+
+#[tokio::test]
 async fn an_edited_child_is_put_back() {
     let mut harness = stripe(true).await;
     harness.settle(NS, NAME).await;

@@ -166,6 +166,47 @@ impl Harness {
         }
     }
 
+    /// Stores one object of every child kind named `name`, owned by the
+    /// endpoint: what an older operator with other names would have left.
+    pub fn add_stale_children(&self, namespace: &str, endpoint: &str, name: &str) {
+        let owner = self.endpoint(namespace, endpoint);
+        let metadata = serde_json::json!({
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "hookline-operator"},
+            "ownerReferences": [{"apiVersion": "hookline.io/v1alpha1", "kind": "WebhookEndpoint",
+                "name": endpoint, "uid": owner.metadata.uid, "controller": true}],
+        });
+        for (api_version, kind, spec) in [
+            ("v1", "ConfigMap", serde_json::Value::Null),
+            (
+                "v1",
+                "Service",
+                serde_json::json!({"ports": [{"port": 80}]}),
+            ),
+            ("networking.k8s.io/v1", "Ingress", serde_json::json!({})),
+            ("policy/v1", "PodDisruptionBudget", serde_json::json!({})),
+            (
+                "apps/v1",
+                "Deployment",
+                serde_json::json!({"selector": {"matchLabels": {"a": "b"}},
+                "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c"}]}}}),
+            ),
+            (
+                "keda.sh/v1alpha1",
+                "ScaledObject",
+                serde_json::json!({"scaleTargetRef": {"name": "x"}, "triggers": []}),
+            ),
+        ] {
+            let mut object =
+                serde_json::json!({"apiVersion": api_version, "kind": kind, "metadata": metadata});
+            if !spec.is_null() {
+                object["spec"] = spec;
+            }
+            self.fake.insert(&object);
+        }
+    }
+
     /// The stored endpoint.
     pub fn endpoint(&self, namespace: &str, name: &str) -> WebhookEndpoint {
         self.fake
