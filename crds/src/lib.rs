@@ -8,6 +8,7 @@
 //! - [`headers`]: the message-header contract between receiver and consumer.
 //! - [`conditions`]: status condition types and reasons.
 //! - [`manifest`]: reading a manifest file, as the binaries do.
+//! - [`reference`]: `docs/reference.md`, generated from the CRD.
 //! - `nats` and `provision` (feature `jetstream`): the one NATS connect, and
 //!   creating the stream and durable consumer.
 //! - `runtime` (feature `runtime`): flags, logs, shutdown and `/metrics` as all
@@ -22,6 +23,7 @@ pub mod naming;
 pub mod nats;
 #[cfg(feature = "jetstream")]
 pub mod provision;
+pub mod reference;
 pub mod resolve;
 #[cfg(feature = "runtime")]
 pub mod runtime;

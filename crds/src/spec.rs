@@ -334,7 +334,9 @@ pub enum DeletionPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConsumerSpec {
-    /// Secret key holding the Postgres URL.
+    /// Secret key holding the Postgres URL. Required in a cluster (the
+    /// operator reports `InvalidSpec` without it); the binaries run outside a
+    /// cluster take `--database-url` instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database_secret_ref: Option<SecretKeyRef>,
     /// Deliveries before an event goes to `hookline.dead_letters`. Default: 10.

@@ -22,6 +22,32 @@ fn committed_crd_yaml_matches_the_types() {
 }
 
 #[test]
+fn the_committed_reference_matches_the_crd() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(hookline_api::reference::REFERENCE_FILE);
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == hookline_api::reference::markdown(&hookline_api::crd()),
+        "{} is stale: run `cargo run -p hookline-api --bin crdgen -- --write` and commit it",
+        path.display()
+    );
+}
+
+#[test]
+fn the_reference_documents_every_spec_field() {
+    let reference = hookline_api::reference::markdown(&hookline_api::crd());
+    for field in [
+        "`spec.provider` (required)",
+        "`spec.secretRef.generate`",
+        "`spec.consumer.scaling.lagThreshold`",
+        "`spec.stream.deletionPolicy`",
+        "`status.conditions`",
+        "`status.pending`",
+    ] {
+        assert!(reference.contains(field), "the reference lacks {field}");
+    }
+}
+
+#[test]
 fn crd_passes_strict_kubernetes_schema_validation() {
     let output = Command::new("kubernetes-validate")
         .args(["--strict", "--kubernetes-version", "1.32.0", CRD_PATH])

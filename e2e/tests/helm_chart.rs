@@ -151,7 +151,9 @@ fn the_dashboard_is_a_grafana_dashboard_with_a_query_per_panel() {
     assert!(!panels.is_empty());
     for panel in panels {
         assert!(
-            panel["targets"][0]["expr"].as_str().is_some_and(|expr| expr.contains("hookline_")),
+            panel["targets"][0]["expr"]
+                .as_str()
+                .is_some_and(|expr| expr.contains("hookline_")),
             "{panel}"
         );
     }
@@ -162,7 +164,10 @@ fn values_schema_refuses_bad_and_unknown_settings() {
     let chart = chart_dir();
     for (setting, complaint) in [
         ("nats.url=localhost:4222", "nats"),
-        ("nats.monitoringEndpoint=http://nats:8222", "monitoringEndpoint"),
+        (
+            "nats.monitoringEndpoint=http://nats:8222",
+            "monitoringEndpoint",
+        ),
         ("replicass=2", "replicass"),
         ("image.pullPolicy=Sometimes", "pullPolicy"),
         ("resyncInterval=soon", "resyncInterval"),
@@ -175,6 +180,10 @@ fn values_schema_refuses_bad_and_unknown_settings() {
             setting,
         ]);
         assert!(!output.status.success(), "{setting} was accepted");
-        assert!(text(&output).contains(complaint), "{setting}: {}", text(&output));
+        assert!(
+            text(&output).contains(complaint),
+            "{setting}: {}",
+            text(&output)
+        );
     }
 }

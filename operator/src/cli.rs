@@ -46,8 +46,12 @@ pub enum Command {
         #[arg(long)]
         no_keda: bool,
     },
-    /// Print the WebhookEndpoint CRD, as YAML.
-    Crd,
+    /// Print the WebhookEndpoint CRD, as YAML (or its field reference as Markdown).
+    Crd {
+        /// The field reference, as a Markdown table, instead of the YAML.
+        #[arg(long)]
+        markdown: bool,
+    },
 }
 
 /// Flags of `run`, accepted before or after the subcommand.

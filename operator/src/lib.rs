@@ -111,7 +111,14 @@ pub async fn run(args: Args) -> Result<()> {
             print!("{yaml}");
             Ok(())
         }
-        Some(Command::Crd) => {
+        Some(Command::Crd { markdown: true }) => {
+            print!(
+                "{}",
+                hookline_api::reference::markdown(&hookline_api::crd())
+            );
+            Ok(())
+        }
+        Some(Command::Crd { markdown: false }) => {
             let yaml = hookline_api::crd_yaml().map_err(|source| Error::Yaml {
                 what: "the CRD".into(),
                 source,

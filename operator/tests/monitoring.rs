@@ -45,7 +45,11 @@ async fn scrape(client: &reqwest::Client, port: u16, process: &mut ChildProcess)
             break;
         }
         assert!(process.exit_status().is_none(), "{}", process.log_tail(30));
-        assert!(Instant::now() < deadline, "not ready:\n{}", process.log_tail(30));
+        assert!(
+            Instant::now() < deadline,
+            "not ready:\n{}",
+            process.log_tail(30)
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     client
@@ -62,10 +66,20 @@ async fn scrape(client: &reqwest::Client, port: u16, process: &mut ChildProcess)
 fn used_by_the_chart() -> BTreeSet<String> {
     let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/hookline");
     let output = Command::new("helm")
-        .args(["template", "hookline", chart, "--set", "metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true"])
+        .args([
+            "template",
+            "hookline",
+            chart,
+            "--set",
+            "metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true",
+        ])
         .output()
         .expect("helm runs (python3 .ci/install-helm.py /usr/local/bin/helm)");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let rendered = String::from_utf8(output.stdout).expect("utf-8");
     let mut used = BTreeSet::new();
     let mut rest = rendered.as_str();
@@ -107,14 +121,25 @@ async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
         Command::new(workspace_bin("hookline-consumer"))
             .arg("--endpoint")
             .arg(&manifest)
-            .args(["--nats-url", &nats.url(), "--database-url", &postgres.url(), "--provision"])
+            .args([
+                "--nats-url",
+                &nats.url(),
+                "--database-url",
+                &postgres.url(),
+                "--provision",
+            ])
             .arg(format!("--listen=127.0.0.1:{consumer_port}")),
     )
     .expect("consumer starts");
     scrape(&client, receiver_port, &mut receiver).await;
     // One event, so every labelled series exists too.
-    let ts = SystemTime::now().duration_since(UNIX_EPOCH).expect("time").as_secs();
-    let body = format!(r#"{{"id":"evt_metrics","type":"invoice.paid","created":{ts},"data":{{"object":{{"id":"in_1"}}}}}}"#);
+    let ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("time")
+        .as_secs();
+    let body = format!(
+        r#"{{"id":"evt_metrics","type":"invoice.paid","created":{ts},"data":{{"object":{{"id":"in_1"}}}}}}"#
+    );
     let mut mac = Hmac::<Sha256>::new_from_slice(b"whsec_monitoring").expect("key");
     mac.update(format!("{ts}.{body}").as_bytes());
     let signature = format!("t={ts},v1={}", hex::encode(mac.finalize().into_bytes()));
@@ -129,7 +154,9 @@ async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
     assert_eq!(answer.status(), 200);
 
     let mut names = exported(&scrape(&client, receiver_port, &mut receiver).await);
-    names.extend(exported(&scrape(&client, consumer_port, &mut consumer).await));
+    names.extend(exported(
+        &scrape(&client, consumer_port, &mut consumer).await,
+    ));
     // The operator's /metrics after reconciling an endpoint and failing once,
     // so its labelled families have series.
     let mut harness = support::Harness::start(true).await;
@@ -145,12 +172,21 @@ async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
         ..Default::default()
     };
     let operator = hookline_operator::http::router(health)
-        .oneshot(http::Request::get("/metrics").body(axum::body::Body::empty()).expect("request"))
+        .oneshot(
+            http::Request::get("/metrics")
+                .body(axum::body::Body::empty())
+                .expect("request"),
+        )
         .await
         .expect("operator answers");
-    let body = axum::body::to_bytes(operator.into_body(), usize::MAX).await.expect("body");
+    let body = axum::body::to_bytes(operator.into_body(), usize::MAX)
+        .await
+        .expect("body");
     names.extend(exported(&String::from_utf8_lossy(&body)));
 
     let missing: Vec<String> = used_by_the_chart().difference(&names).cloned().collect();
-    assert!(missing.is_empty(), "the chart queries metrics nobody exports: {missing:?}\nexported: {names:?}");
+    assert!(
+        missing.is_empty(),
+        "the chart queries metrics nobody exports: {missing:?}\nexported: {names:?}"
+    );
 }

@@ -1,7 +1,8 @@
 //! Writes the CRD YAML generated from the Rust types.
 //!
 //! `crdgen` prints it; `crdgen --write` updates the committed copies: the CRD
-//! file users `kubectl apply` and the one the Helm chart installs.
+//! file users `kubectl apply`, the one the Helm chart installs, and the
+//! resource reference in `docs/reference.md`.
 
 use std::process::ExitCode;
 
@@ -19,9 +20,14 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("--write") => {
-            for path in hookline_api::CRD_FILES {
+            let reference = hookline_api::reference::markdown(&hookline_api::crd());
+            let files = hookline_api::CRD_FILES
+                .iter()
+                .map(|path| (path, &yaml))
+                .chain([(&hookline_api::reference::REFERENCE_FILE, &reference)]);
+            for (path, content) in files {
                 let path = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
-                if let Err(err) = std::fs::write(&path, &yaml) {
+                if let Err(err) = std::fs::write(&path, content) {
                     eprintln!("crdgen: cannot write {path}: {err}");
                     return ExitCode::FAILURE;
                 }
