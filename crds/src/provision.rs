@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 
-use crate::validated::ValidatedEndpoint;
+use crate::validated::{StreamRetention, ValidatedEndpoint};
 
 /// Why provisioning failed; every variant means "NATS said no or did not answer".
 #[derive(Debug, thiserror::Error)]
@@ -28,10 +28,12 @@ pub enum ProvisionError {
 /// How long one provisioning round may take before it is reported as failed.
 pub const PROVISION_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The stream configuration for an endpoint: file storage, limits retention
-/// (events stay for `maxAge` whether consumed or not), and `DiscardPolicy::New`
-/// so a full stream refuses new events (the receiver answers 503) instead of
-/// silently dropping stored ones.
+/// The stream configuration for an endpoint: file storage; interest retention
+/// for a `Buffer` (an event leaves once the durable consumer acknowledged it,
+/// that is once it is in Postgres) or limits retention for an `Archive`
+/// (events stay for `maxAge`); and `DiscardPolicy::New` so a full stream
+/// refuses new events (the receiver answers 503) instead of silently dropping
+/// stored ones.
 pub fn stream_config(endpoint: &ValidatedEndpoint) -> stream::Config {
     let settings = &endpoint.stream;
     stream::Config {
@@ -42,7 +44,10 @@ pub fn stream_config(endpoint: &ValidatedEndpoint) -> stream::Config {
         )),
         subjects: vec![settings.subject_filter()],
         storage: stream::StorageType::File,
-        retention: stream::RetentionPolicy::Limits,
+        retention: match settings.retention {
+            StreamRetention::Buffer => stream::RetentionPolicy::Interest,
+            StreamRetention::Archive => stream::RetentionPolicy::Limits,
+        },
         discard: stream::DiscardPolicy::New,
         max_age: settings.max_age,
         max_bytes: settings.max_bytes.unwrap_or(-1),
@@ -102,6 +107,12 @@ async fn provision_inner(
                 .map_err(|err| stream_error(Box::new(err)))?
                 .config
                 .clone();
+            // NATS cannot change an existing stream's retention: it is kept
+            // (switching `Buffer` and `Archive` needs the stream made anew).
+            let config = stream::Config {
+                retention: current.retention,
+                ..config
+            };
             if !same_settings(&current, &config) {
                 js.update_stream(&config)
                     .await
@@ -132,6 +143,7 @@ async fn provision_inner(
 /// so a steady state sends no update.
 fn same_settings(current: &stream::Config, desired: &stream::Config) -> bool {
     current.subjects == desired.subjects
+        && current.retention == desired.retention
         && current.description == desired.description
         && current.storage == desired.storage
         && current.retention == desired.retention
@@ -171,6 +183,9 @@ pub struct StreamStats {
     pub pending: u64,
     /// When the newest message was stored; `None` for an empty stream.
     pub last_stored: Option<std::time::SystemTime>,
+    /// The stream's retention as the server has it (it cannot change after
+    /// creation, whatever the spec says now).
+    pub retention: Option<StreamRetention>,
 }
 
 /// Reads the stream's and durable consumer's state (a missing consumer counts
@@ -189,12 +204,16 @@ pub async fn stats(
             .get_stream(&name)
             .await
             .map_err(|err| stream_error(Box::new(err)))?;
-        let state = stream
+        let info = stream
             .info()
             .await
-            .map_err(|err| stream_error(Box::new(err)))?
-            .state
-            .clone();
+            .map_err(|err| stream_error(Box::new(err)))?;
+        let state = info.state.clone();
+        let retention = match info.config.retention {
+            stream::RetentionPolicy::Interest => Some(StreamRetention::Buffer),
+            stream::RetentionPolicy::Limits => Some(StreamRetention::Archive),
+            stream::RetentionPolicy::WorkQueue => None,
+        };
         let pending = match stream.consumer_info(&endpoint.consumer.durable_name).await {
             Ok(info) => info.num_pending + info.num_ack_pending as u64,
             Err(_) => 0,
@@ -203,6 +222,7 @@ pub async fn stats(
             messages: state.messages,
             pending,
             last_stored: (state.messages > 0).then(|| state.last_timestamp.into()),
+            retention,
         })
     };
     tokio::time::timeout(PROVISION_TIMEOUT, read)

@@ -301,12 +301,21 @@ const FIELD_SOURCE_PATTERN: &str = r"^(header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|json:(
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamSpec {
-    /// How long events are kept, consumed or not. Default: `720h` (30 days).
+    /// `Buffer` (default): an event leaves the stream once the consumer has
+    /// written it to Postgres, which is the record (JetStream interest
+    /// retention). `Archive`: events stay for `maxAge` whether written or not
+    /// (limits retention), a second copy of every event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<StreamRetention>,
+    /// Safety net: an event is dropped after this long even if never written
+    /// (`Buffer`), or kept this long (`Archive`). Default: `720h` (30 days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub max_age: Option<String>,
-    /// Size cap of the stream in bytes; when full, new events get 503 (nothing
-    /// stored is discarded early). Default: unlimited.
+    /// Size cap of the stream in bytes; when full, new events get 503 and the
+    /// provider retries (nothing stored is discarded early). JetStream reserves
+    /// it on its volume. Default: 512 MiB for `Buffer` (about 100,000 events of
+    /// 5 KB waiting for Postgres), unlimited for `Archive`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_bytes: Option<i64>,
@@ -321,6 +330,13 @@ pub struct StreamSpec {
     /// What happens to the stream when the resource is deleted. Default: `Delete`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
+}
+
+/// Whether the stream is a buffer in front of Postgres or an archive of its own.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum StreamRetention {
+    Buffer,
+    Archive,
 }
 
 /// What the finalizer does with the stream when the endpoint is deleted.

@@ -6,7 +6,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 
-pub use crate::spec::{DeletionPolicy, HmacAlgorithm, Provider, SecretKeyRef, SignatureEncoding};
+pub use crate::spec::{
+    DeletionPolicy, HmacAlgorithm, Provider, SecretKeyRef, SignatureEncoding, StreamRetention,
+};
 
 /// A `WebhookEndpoint` after [`crate::resolve`]: every default applied, every
 /// value parsed into a type that cannot be wrong.
@@ -206,7 +208,9 @@ pub struct StreamSettings {
     pub name: String,
     /// `hookline.<ns>.<name>` — every subject of the endpoint starts with it.
     pub subject_prefix: String,
+    pub retention: StreamRetention,
     pub max_age: Duration,
+    /// `None`: unlimited.
     pub max_bytes: Option<i64>,
     pub replicas: usize,
     pub duplicate_window: Duration,

@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::stream::RetentionPolicy;
+use futures::StreamExt;
 use hookline_api::provision::{delete_stream, provision};
-use hookline_api::spec::{Provider, StreamSpec, WebhookEndpointSpec};
+use hookline_api::spec::{Provider, StreamRetention, StreamSpec, WebhookEndpointSpec};
 use hookline_e2e::NatsServer;
 
 fn spec(max_age: &str) -> WebhookEndpointSpec {
@@ -59,4 +62,91 @@ async fn provision_creates_then_updates_and_delete_removes() {
         .await
         .expect("deleting a missing stream is fine");
     assert!(js.get_stream("HOOKLINE_ci_github").await.is_err());
+}
+
+fn with_retention(retention: StreamRetention) -> WebhookEndpointSpec {
+    WebhookEndpointSpec {
+        stream: Some(StreamSpec {
+            retention: Some(retention),
+            ..Default::default()
+        }),
+        ..WebhookEndpointSpec::new(Provider::Github, "gh")
+    }
+}
+
+#[tokio::test]
+async fn a_buffer_stream_lets_acknowledged_events_go_and_is_capped() {
+    let nats = NatsServer::start().expect("nats-server starts");
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let endpoint = hookline_api::resolve("ci", "buffer", &with_retention(StreamRetention::Buffer))
+        .expect("valid");
+    provision(&js, &endpoint).await.expect("create");
+    let mut stream = js.get_stream("HOOKLINE_ci_buffer").await.expect("stream");
+    let config = stream.info().await.expect("info").config.clone();
+    assert_eq!(config.retention, RetentionPolicy::Interest);
+    assert_eq!(config.max_bytes, 512 * 1024 * 1024);
+
+    js.publish("hookline.ci.buffer.push", "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let consumer: PullConsumer = stream
+        .get_consumer("hookline-consumer")
+        .await
+        .expect("consumer");
+    let mut messages = consumer
+        .fetch()
+        .max_messages(1)
+        .messages()
+        .await
+        .expect("fetch");
+    let message = messages.next().await.expect("one").expect("message");
+    message.double_ack().await.expect("ack");
+    assert_eq!(
+        stream.info().await.expect("info").state.messages,
+        0,
+        "written events leave a buffer"
+    );
+}
+
+#[tokio::test]
+async fn an_archive_stream_is_uncapped_and_an_existing_streams_retention_is_kept() {
+    let nats = NatsServer::start().expect("nats-server starts");
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let archive = hookline_api::resolve("ci", "switch", &with_retention(StreamRetention::Archive))
+        .expect("valid");
+    provision(&js, &archive).await.expect("create");
+    let mut stream = js.get_stream("HOOKLINE_ci_switch").await.expect("stream");
+    let config = stream.info().await.expect("info").config.clone();
+    assert_eq!(config.retention, RetentionPolicy::Limits);
+    assert_eq!(
+        config.max_bytes, -1,
+        "an archive is not capped unless asked"
+    );
+
+    let buffer = hookline_api::resolve("ci", "switch", &with_retention(StreamRetention::Buffer))
+        .expect("valid");
+    provision(&js, &buffer).await.expect("switching provisions");
+    let config = stream.info().await.expect("info").config.clone();
+    assert_eq!(
+        config.max_bytes,
+        512 * 1024 * 1024,
+        "the rest of the update applies"
+    );
+    assert_eq!(
+        config.retention,
+        RetentionPolicy::Limits,
+        "NATS keeps a stream's retention"
+    );
+    let stats = hookline_api::provision::stats(&js, &buffer)
+        .await
+        .expect("stats");
+    assert_eq!(
+        stats.retention,
+        Some(StreamRetention::Archive),
+        "the stats say so"
+    );
 }

@@ -72,6 +72,12 @@ async fn main() {
         let name = format!("stripe-{index}");
         resource.metadata.namespace = Some(namespace.clone());
         resource.metadata.name = Some(name.clone());
+        // JetStream reserves each stream's maxBytes on its volume: keep
+        // 1,000 buffers within a small test server's store.
+        resource.spec.stream = Some(hookline_api::spec::StreamSpec {
+            max_bytes: Some(16 * 1024 * 1024),
+            ..Default::default()
+        });
         harness.add_endpoint_with_secrets(&resource);
         endpoints.push((namespace, name));
     }
@@ -90,5 +96,17 @@ async fn main() {
     harness.fake.make_deployments_available();
     measure("pods available (status)", &mut harness).await;
     measure("steady state", &mut harness).await;
-    println!("peak RSS {:.1} MiB", peak_rss_mib());
+    let ready = endpoints
+        .iter()
+        .filter(|(namespace, name)| {
+            harness
+                .condition(namespace, name, hookline_api::conditions::READY)
+                .status
+                == "True"
+        })
+        .count();
+    println!(
+        "Ready {ready} of {count}; peak RSS {:.1} MiB (the in-memory API's copies included)",
+        peak_rss_mib()
+    );
 }

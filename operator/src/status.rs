@@ -183,15 +183,17 @@ fn stream_finding(observed: &Observed<'_>) -> Finding {
     let type_ = conditions::STREAM_READY;
     let url = &observed.config.nats.url;
     match observed.stream {
-        StreamState::Ready { max_payload, .. } => {
+        StreamState::Ready { max_payload, stats } => {
             match observed.stream.payload_shortfall(observed.valid) {
                 None => Finding::new(
                     type_,
                     Status::True,
                     reasons::STREAM_PROVISIONED,
                     format!(
-                        "stream {} with durable consumer {}",
-                        endpoint.stream.name, endpoint.consumer.durable_name
+                        "stream {} with durable consumer {}{}",
+                        endpoint.stream.name,
+                        endpoint.consumer.durable_name,
+                        retention_note(stats, endpoint)
                     ),
                 ),
                 Some(fits) => Finding::new(
@@ -220,6 +222,17 @@ fn stream_finding(observed: &Observed<'_>) -> Finding {
                 endpoint.stream.name
             ),
         ),
+    }
+}
+
+/// What to do when the stream's retention is not the one the spec asks for.
+fn retention_note(stats: &StreamStats, endpoint: &hookline_api::ValidatedEndpoint) -> String {
+    match stats.retention {
+        Some(kept) if kept != endpoint.stream.retention => format!(
+            "; it keeps {kept:?} retention (NATS cannot change an existing stream's): to switch to {:?}, let the consumer drain it, then delete the stream (its events are in Postgres) and the operator makes it anew",
+            endpoint.stream.retention
+        ),
+        _ => String::new(),
     }
 }
 
@@ -439,6 +452,7 @@ pub fn figures(
                     messages,
                     pending,
                     last_stored,
+                    ..
                 },
             ..
         } => (

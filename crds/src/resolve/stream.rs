@@ -7,7 +7,7 @@ use super::parse::parse_duration;
 use crate::defaults;
 use crate::naming;
 use crate::spec::StreamSpec;
-use crate::validated::{DeletionPolicy, StreamSettings};
+use crate::validated::{DeletionPolicy, StreamRetention, StreamSettings};
 
 /// A duration field: parsed when given (errors recorded), else `default`.
 pub(super) fn duration_or(
@@ -62,11 +62,17 @@ pub(super) fn resolve_stream(
             ),
         );
     }
+    let retention = spec.retention.unwrap_or(StreamRetention::Buffer);
+    let max_bytes = match retention {
+        StreamRetention::Buffer => Some(spec.max_bytes.unwrap_or(defaults::BUFFER_MAX_BYTES)),
+        StreamRetention::Archive => spec.max_bytes,
+    };
     StreamSettings {
         name: naming::stream_name(namespace, name),
         subject_prefix: naming::subject_prefix(namespace, name),
+        retention,
         max_age,
-        max_bytes: spec.max_bytes,
+        max_bytes,
         replicas: usize::from(replicas),
         duplicate_window,
         deletion_policy: spec.deletion_policy.unwrap_or(DeletionPolicy::Delete),
