@@ -347,3 +347,17 @@ fn field_sources_read_headers_and_json() {
         None
     );
 }
+
+#[test]
+fn a_schema_that_does_not_compile_is_rejected() {
+    let mut spec = spec(Provider::Generic);
+    spec.verification = Some(VerificationSpec {
+        signature_header: Some("X-Signature".into()),
+        ..Default::default()
+    });
+    spec.request = Some(RequestSpec {
+        schema: Some(serde_json::json!({"type": "string", "pattern": "(["})),
+        ..Default::default()
+    });
+    assert_rejects(&spec, "spec.request.schema", "not a valid JSON Schema");
+}

@@ -146,6 +146,16 @@ pub struct Settings {
     /// Pull policy of the data-plane image.
     #[arg(long, env = "HOOKLINE_IMAGE_PULL_POLICY", value_name = "POLICY", value_parser = ["Always", "IfNotPresent", "Never"], global = true)]
     pub image_pull_policy: Option<String>,
+    /// Secret to pull the data-plane image with; must exist in each endpoint's
+    /// namespace. Repeat, or separate with commas.
+    #[arg(
+        long = "image-pull-secret",
+        env = "HOOKLINE_IMAGE_PULL_SECRETS",
+        value_name = "NAME",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub image_pull_secrets: Vec<String>,
     /// `RUST_LOG` of the receiver and consumer pods.
     #[arg(
         long,
@@ -181,6 +191,7 @@ impl Settings {
         OperatorConfig {
             image: self.data_plane_image.clone(),
             image_pull_policy: self.image_pull_policy.clone(),
+            image_pull_secrets: self.image_pull_secrets.clone(),
             nats: NatsSettings {
                 url: self.nats_url.clone(),
                 credentials_secret: self.nats_credentials_secret.clone(),

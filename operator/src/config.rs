@@ -13,6 +13,8 @@ pub struct OperatorConfig {
     pub image: String,
     /// `Always`, `IfNotPresent` or `Never`; `None` leaves Kubernetes' default.
     pub image_pull_policy: Option<String>,
+    /// Secrets (in each endpoint's namespace) to pull the image with.
+    pub image_pull_secrets: Vec<String>,
     pub nats: NatsSettings,
     /// `RUST_LOG` of the pods.
     pub log_level: String,
@@ -86,6 +88,7 @@ impl Default for OperatorConfig {
         OperatorConfig {
             image: DEFAULT_IMAGE.to_owned(),
             image_pull_policy: None,
+            image_pull_secrets: Vec::new(),
             nats: NatsSettings::default(),
             log_level: "info".to_owned(),
             receiver_resources: resources("100m", "64Mi", "256Mi"),

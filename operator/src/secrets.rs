@@ -84,6 +84,9 @@ pub fn references(valid: &ValidEndpoint, config: &OperatorConfig) -> Vec<Referen
             all.push(reference(name, keys, setting));
         }
     }
+    for name in &config.image_pull_secrets {
+        all.push(reference(name, &[], "the operator's --image-pull-secret"));
+    }
     all
 }
 
@@ -106,6 +109,7 @@ pub fn referenced_names(spec: &WebhookEndpointSpec, config: &OperatorConfig) -> 
     ]
     .into_iter()
     .flatten()
+    .chain(&config.image_pull_secrets)
     .cloned()
     .collect()
 }
@@ -211,6 +215,10 @@ impl Problem {
     /// One sentence an SRE can act on.
     pub fn describe(&self, namespace: &str) -> String {
         match self {
+            Problem::NotFound { reference } if reference.keys.is_empty() => format!(
+                "Secret {namespace}/{} (named by {}) does not exist: create it",
+                reference.name, reference.source,
+            ),
             Problem::NotFound { reference } => format!(
                 "Secret {namespace}/{} (named by {}) does not exist: create it with key(s) {}",
                 reference.name,

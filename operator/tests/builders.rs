@@ -310,6 +310,7 @@ fn secrets_are_read_only_files_and_the_database_url_an_env_reference() {
             user_password_secret: Some("nats-login".into()),
             ..NatsSettings::default()
         },
+        image_pull_secrets: vec!["registry".into()],
         ..OperatorConfig::default()
     };
     let valid = applied(example("stripe.yaml"));
@@ -317,6 +318,8 @@ fn secrets_are_read_only_files_and_the_database_url_an_env_reference() {
     for deployment in [&children.receiver, &children.consumer] {
         let pod = pod_spec(deployment);
         let container = &pod.containers[0];
+        let pull = pod.image_pull_secrets.as_ref().expect("pull secrets");
+        assert_eq!(pull[0].name, "registry");
         let mounts = container.volume_mounts.as_ref().expect("mounts");
         assert!(
             mounts.iter().all(|mount| mount.read_only == Some(true)),

@@ -86,12 +86,19 @@ pub(super) fn resolve_request(spec: &RequestSpec, problems: &mut Problems) -> Re
         }
         Some(bytes) => bytes,
     };
-    if spec
-        .schema
-        .as_ref()
-        .is_some_and(|schema| !schema.is_object())
-    {
-        problems.add("spec.request.schema", "must be a JSON Schema object");
+    match &spec.schema {
+        Some(schema) if !schema.is_object() => {
+            problems.add("spec.request.schema", "must be a JSON Schema object");
+        }
+        Some(schema) => {
+            if let Err(err) = jsonschema::validator_for(schema) {
+                problems.add(
+                    "spec.request.schema",
+                    format!("is not a valid JSON Schema: {err}"),
+                );
+            }
+        }
+        None => {}
     }
     RequestRules {
         max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
