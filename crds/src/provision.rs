@@ -28,6 +28,16 @@ pub enum ProvisionError {
 /// How long one provisioning round may take before it is reported as failed.
 pub const PROVISION_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Batches of `consumer.batchSize` the durable consumer lets be unacknowledged
+/// at once: room for every consumer pod KEDA may start to have a batch or two
+/// in flight, while a stalled fleet (say, the database is down) stops pulling
+/// after that many instead of holding the whole stream unacknowledged.
+pub const ACK_PENDING_BATCHES: usize = 10;
+
+/// The least `max_ack_pending`, JetStream's own default: small batches must not
+/// throttle a scaled-out fleet below what an unconfigured consumer would get.
+pub const MIN_ACK_PENDING: usize = 1000;
+
 /// The stream configuration for an endpoint: file storage, limits retention
 /// (events stay for `maxAge` whether consumed or not), and `DiscardPolicy::New`
 /// so a full stream refuses new events (the receiver answers 503) instead of
@@ -66,8 +76,13 @@ pub fn consumer_config(endpoint: &ValidatedEndpoint) -> consumer::pull::Config {
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: settings.ack_wait,
         max_deliver: -1,
-        max_ack_pending: i64::try_from(settings.batch_size.saturating_mul(10).max(1000))
-            .unwrap_or(i64::MAX),
+        max_ack_pending: i64::try_from(
+            settings
+                .batch_size
+                .saturating_mul(ACK_PENDING_BATCHES)
+                .max(MIN_ACK_PENDING),
+        )
+        .unwrap_or(i64::MAX),
         deliver_policy: consumer::DeliverPolicy::All,
         filter_subject: endpoint.stream.subject_filter(),
         ..Default::default()
