@@ -35,7 +35,7 @@ fi
 export PATH="$PATH:/usr/sbin:${pg_bin:-/usr/bin}"
 
 say "building (release)"
-cargo build --release --quiet -p hookline-receiver -p hookline-consumer
+cargo build --release --quiet --workspace --bins
 bin=$root/target/release
 
 mkdir -p "$state"

@@ -4,7 +4,7 @@
 //! `INSERT … ON CONFLICT DO NOTHING` in transactions of 100.
 //!
 //! ```text
-//! cargo run --release -p hookline-consumer --example drain_bench -- [EVENTS] [CONCURRENCY]
+//! cargo run --release --example drain_bench -- [EVENTS] [CONCURRENCY]
 //! ```
 //!
 //! Real nats-server and Postgres (default durability: fsync and
@@ -212,10 +212,10 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(50_000);
     let concurrency: String = args.next().unwrap_or_else(|| "2".into());
-    let binary = hookline_e2e::workspace_bin("hookline-consumer");
+    let binary = tokio::task::block_in_place(|| hookline_e2e::workspace_bin("hookline-consumer"));
 
-    let nats = NatsServer::start().expect("nats-server");
-    let pg = Postgres::start().expect("postgres");
+    let nats = tokio::task::block_in_place(NatsServer::start).expect("nats-server");
+    let pg = tokio::task::block_in_place(Postgres::start).expect("postgres");
     let settings = pg
         .psql("SELECT string_agg(name || '=' || setting, ' ') FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'shared_buffers', 'max_wal_size')")
         .expect("settings");

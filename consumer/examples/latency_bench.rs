@@ -5,19 +5,18 @@
 //! the consumer's transaction has committed.
 //!
 //! ```text
-//! cargo run --release -p hookline-consumer --example latency_bench -- [RATE] [SECONDS]
+//! cargo run --release --example latency_bench -- [RATE] [SECONDS]
 //! ```
 //!
 //! Defaults: 1000 requests/s for 30 s. Everything runs on loopback (nats-server
 //! and Postgres started by `hookline-e2e`); the load stops by itself.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
-use hookline_e2e::{ChildProcess, NatsServer, Postgres, free_port, workspace_bin};
+use hookline_e2e::Pipeline;
 use sha2::Sha256;
 use tokio::sync::Mutex;
 
@@ -47,24 +46,6 @@ fn signed(id: &str, padding: &str) -> (String, String) {
     )
 }
 
-async fn wait_ready(url: &str, child: &mut ChildProcess) {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !client
-        .get(url)
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(
-            child.is_running() && Instant::now() < deadline,
-            "not ready:\n{}",
-            child.log_tail(30)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
@@ -75,53 +56,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rate: u64 = args.next().map_or(Ok(1000), |a| a.parse())?;
     let seconds: u64 = args.next().map_or(Ok(30), |a| a.parse())?;
 
-    let nats = NatsServer::start()?;
-    let postgres = Postgres::start()?;
     let dir = tempfile::tempdir()?;
     let manifest = dir.path().join("endpoint.yaml");
     std::fs::write(&manifest, MANIFEST)?;
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, format!("{SECRET}\n"))?;
-    let (receiver_port, consumer_port) = (free_port(), free_port());
-    let mut receiver = ChildProcess::spawn(
-        Command::new(workspace_bin("hookline-receiver"))
-            .env("RUST_LOG", "warn")
-            .arg("--endpoint")
-            .arg(&manifest)
-            .arg("--secret-file")
-            .arg(&secret)
-            .args([
-                "--nats-url",
-                &nats.url(),
-                "--listen",
-                &format!("127.0.0.1:{receiver_port}"),
-                "--provision",
-            ]),
-    )?;
-    let mut consumer = ChildProcess::spawn(
-        Command::new(workspace_bin("hookline-consumer"))
-            .env("RUST_LOG", "warn")
-            .arg("--endpoint")
-            .arg(&manifest)
-            .args(["--nats-url", &nats.url(), "--database-url", &postgres.url()])
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{consumer_port}"),
-                "--provision",
-            ]),
-    )?;
-    wait_ready(
-        &format!("http://127.0.0.1:{receiver_port}/readyz"),
-        &mut receiver,
-    )
-    .await;
-    wait_ready(
-        &format!("http://127.0.0.1:{consumer_port}/readyz"),
-        &mut consumer,
-    )
-    .await;
+    let mut pipeline = tokio::task::block_in_place(|| Pipeline::start(&manifest, SECRET, "warn"))?;
 
-    let mut listener = sqlx::postgres::PgListener::connect(&postgres.url()).await?;
+    let mut listener = sqlx::postgres::PgListener::connect(&pipeline.postgres.url()).await?;
     listener.listen("hookline_events").await?;
     let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let committed_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -144,7 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
-    let url = format!("http://127.0.0.1:{receiver_port}/stripe");
+    let url = format!("{}/stripe", pipeline.receiver.url());
     let total = rate * seconds;
     let mut ticker = tokio::time::interval(Duration::from_secs(1) / u32::try_from(rate)?);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -193,7 +133,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     latencies.sort_by(f64::total_cmp);
-    let rows = postgres.psql("select count(*) from hookline.events")?;
+    let rows = tokio::task::block_in_place(|| {
+        pipeline
+            .postgres
+            .psql("select count(*) from hookline.events")
+    })?;
     println!(
         "offered {offered:.0} req/s for {seconds} s: {accepted}/{total} accepted (200), {rows} rows, {} commits seen",
         latencies.len()
@@ -207,9 +151,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             latencies[latencies.len() - 1]
         );
     }
-    for (name, child) in [("receiver", &receiver), ("consumer", &consumer)] {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    for (name, service) in [
+        ("receiver", &pipeline.receiver),
+        ("consumer", &pipeline.consumer),
+    ] {
+        let status = service
+            .id()
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .unwrap_or_default();
         let peak = status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -218,7 +167,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .to_owned();
         println!("{name} peak RSS {peak}");
     }
-    receiver.terminate();
-    consumer.terminate();
+    tokio::task::block_in_place(|| {
+        pipeline.receiver.terminate();
+        pipeline.consumer.terminate();
+    });
     Ok(())
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use hookline_api::ValidatedEndpoint;
+use hookline_api::nats::NatsAuth;
+use hookline_api::runtime::NatsArgs;
 
 use crate::store::Selection;
 use crate::{Error, Result};
@@ -19,9 +21,11 @@ pub struct Cli {
     /// The WebhookEndpoint manifest (the YAML `kubectl apply` takes).
     #[arg(long, env = "HOOKLINE_ENDPOINT", global = true, value_name = "FILE")]
     pub endpoint: Option<PathBuf>,
-    /// NATS server URL.
+    /// NATS server URL(s), comma-separated.
     #[arg(long, env = "HOOKLINE_NATS_URL", global = true, value_name = "URL")]
     pub nats_url: Option<String>,
+    #[command(flatten)]
+    pub nats: NatsArgs,
     /// Postgres URL.
     #[arg(
         long,
@@ -42,8 +46,8 @@ pub struct Cli {
     #[arg(long, env = "HOOKLINE_REFETCH_AUTH_FILE", value_name = "FILE")]
     pub refetch_auth_file: Option<PathBuf>,
     /// Batches processed at once (their commits overlap).
-    #[arg(long, env = "HOOKLINE_CONCURRENCY", default_value_t = 2,
-          value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, env = "HOOKLINE_CONCURRENCY", default_value_t = CONCURRENCY,
+          value_parser = clap::value_parser!(u16).range(1..=MAX_CONCURRENCY))]
     pub concurrency: u16,
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -88,17 +92,25 @@ impl ReplayArgs {
     }
 }
 
-/// Everything `run` needs, checked.
+/// Batches in flight per process by default: one commits while the next is
+/// fetched and decoded.
+pub const CONCURRENCY: u16 = 2;
+/// Most batches in flight per process; more only queues on the database pool.
+pub const MAX_CONCURRENCY: i64 = 64;
+
+/// Everything `run` and `replay` need, checked.
 #[derive(Clone)]
 pub struct Config {
     pub endpoint: ValidatedEndpoint,
     pub nats_url: String,
+    /// Credentials and TLS of the NATS connection.
+    pub nats_auth: NatsAuth,
     /// May hold a password: never logged (see the `Debug` impl).
     pub database_url: String,
-    pub listen: SocketAddr,
     pub provision: bool,
     pub refetch_auth_file: Option<PathBuf>,
-    pub concurrency: usize,
+    /// Batches in flight at once.
+    pub concurrency: u16,
     /// How often the retention sweep runs.
     pub sweep_interval: Duration,
 }
@@ -108,8 +120,8 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("endpoint", &self.endpoint.key())
             .field("nats_url", &self.nats_url)
+            .field("nats_auth", &self.nats_auth)
             .field("database_url", &"<redacted>")
-            .field("listen", &self.listen)
             .field("provision", &self.provision)
             .field("refetch_auth_file", &self.refetch_auth_file)
             .field("concurrency", &self.concurrency)
@@ -127,24 +139,32 @@ impl Config {
         Config {
             endpoint,
             nats_url: nats_url.to_owned(),
+            nats_auth: NatsAuth::default(),
             database_url: database_url.to_owned(),
-            listen: SocketAddr::from(([0, 0, 0, 0], 8081)),
             provision: false,
             refetch_auth_file: None,
-            concurrency: 2,
+            concurrency: CONCURRENCY,
             sweep_interval: SWEEP_INTERVAL,
         }
     }
 
-    /// Checks the command line and reads the manifest.
-    pub fn from_cli(cli: &Cli) -> Result<Config> {
+    /// The required values and the NATS credentials from the command line,
+    /// defaults for the rest: what `replay` needs.
+    pub fn from_required(cli: &Cli) -> Result<Config> {
         let (endpoint, nats_url, database_url) = required(cli)?;
+        Ok(Config {
+            nats_auth: cli.nats.auth(),
+            ..Config::new(endpoint, &nats_url, &database_url)
+        })
+    }
+
+    /// Checks the whole command line and reads the manifest: what `run` needs.
+    pub fn from_cli(cli: &Cli) -> Result<Config> {
         let config = Config {
-            listen: cli.listen,
             provision: cli.provision,
             refetch_auth_file: cli.refetch_auth_file.clone(),
-            concurrency: usize::from(cli.concurrency),
-            ..Config::new(endpoint, &nats_url, &database_url)
+            concurrency: cli.concurrency,
+            ..Config::from_required(cli)?
         };
         config.check()?;
         Ok(config)

@@ -1,11 +1,12 @@
-//! `/healthz`, `/readyz` and `/metrics`.
+//! The consumer's HTTP side: `/healthz` (alive), `/readyz` (migrated, bound to
+//! the durable consumer, NATS and Postgres answering) and `/metrics`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -13,6 +14,9 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::metrics::Metrics;
+
+/// How long `/readyz` waits for Postgres to answer before it says not ready.
+const DATABASE_PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the handlers look at.
 #[derive(Clone, Debug)]
@@ -40,7 +44,7 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn readyz(State(state): State<HttpState>) -> Response {
     let started = state.started.load(Ordering::Relaxed);
     let nats = state.nats.connection_state() == async_nats::connection::State::Connected;
-    let database = tokio::time::timeout(Duration::from_secs(2), crate::store::ping(&state.pool))
+    let database = tokio::time::timeout(DATABASE_PING_TIMEOUT, crate::store::ping(&state.pool))
         .await
         .unwrap_or(false);
     let body = json!({
@@ -57,12 +61,5 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
+    hookline_api::runtime::metrics_response(state.metrics.registry())
 }

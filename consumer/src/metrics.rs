@@ -2,7 +2,6 @@
 
 use std::borrow::Cow;
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -57,72 +56,44 @@ impl Metrics {
             batches_in_flight: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "events_processed",
-            "Events newly stored",
-            metrics.processed.clone(),
-        );
-        registry.register(
-            "duplicates",
-            "Events that were already stored and changed nothing",
-            metrics.duplicates.clone(),
-        );
-        registry.register(
-            "out_of_order_ignored",
-            "Stored events whose projection update was skipped because a newer state was stored",
-            metrics.out_of_order_ignored.clone(),
-        );
-        registry.register(
-            "retries",
-            "Messages handed back to JetStream for a later retry",
-            metrics.retries.clone(),
-        );
-        registry.register(
-            "dead_letters",
-            "Messages written to hookline.dead_letters and terminated",
-            metrics.dead_letters.clone(),
-        );
-        registry.register(
-            "batch_failures",
-            "Batch transactions that failed as a whole",
-            metrics.batch_failures.clone(),
-        );
-        registry.register(
-            "batch_size",
-            "Messages per batch transaction",
-            metrics.batch_size.clone(),
-        );
-        registry.register(
-            "batch_duration_seconds",
-            "Seconds from fetching a batch to acknowledging it",
-            metrics.batch_seconds.clone(),
-        );
-        registry.register(
-            "processing_latency_seconds",
-            "Seconds from the receiver accepting an event to its commit in Postgres",
-            metrics.event_latency_seconds.clone(),
-        );
-        registry.register(
-            "jetstream_pending",
-            "Messages not yet delivered to the durable consumer",
-            metrics.jetstream_pending.clone(),
-        );
-        registry.register(
-            "batches_in_flight",
-            "Batches being processed by this process",
-            metrics.batches_in_flight.clone(),
-        );
+        // One line per metric: name, help, the metric.
+        #[rustfmt::skip]
+        let counters = [
+            ("events_processed", "Events newly stored", &metrics.processed),
+            ("duplicates", "Events that were already stored and changed nothing", &metrics.duplicates),
+            ("out_of_order_ignored", "Stored events whose projection update was skipped because a newer state was stored", &metrics.out_of_order_ignored),
+            ("retries", "Messages handed back to JetStream for a later retry", &metrics.retries),
+            ("dead_letters", "Messages written to hookline.dead_letters and terminated", &metrics.dead_letters),
+            ("batch_failures", "Batch transactions that failed as a whole", &metrics.batch_failures),
+        ];
+        #[rustfmt::skip]
+        let histograms = [
+            ("batch_size", "Messages per batch transaction", &metrics.batch_size),
+            ("batch_duration_seconds", "Seconds from fetching a batch to acknowledging it", &metrics.batch_seconds),
+            ("processing_latency_seconds", "Seconds from the receiver accepting an event to its commit in Postgres", &metrics.event_latency_seconds),
+        ];
+        #[rustfmt::skip]
+        let gauges = [
+            ("jetstream_pending", "Messages not yet delivered to the durable consumer", &metrics.jetstream_pending),
+            ("batches_in_flight", "Batches being processed by this process", &metrics.batches_in_flight),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+        for (name, help, histogram) in histograms {
+            registry.register(name, help, histogram.clone());
+        }
+        for (name, help, gauge) in gauges {
+            registry.register(name, help, gauge.clone());
+        }
         Metrics {
             registry,
             ..metrics
         }
     }
 
-    /// The Prometheus text format.
-    pub fn encode(&self) -> String {
-        let mut text = String::new();
-        // Writing to a String cannot fail.
-        let _ = encode(&mut text, &self.registry);
-        text
+    /// Every metric, for `/metrics`.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }

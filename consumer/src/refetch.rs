@@ -11,6 +11,8 @@ use crate::decode::postgres_json;
 
 /// How long one provider call may take before it counts as a transient failure.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to the provider may take, a part of [`REQUEST_TIMEOUT`].
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a refetch failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -37,7 +39,7 @@ impl Refetcher {
     pub fn new(settings: Refetch, auth_file: Option<PathBuf>) -> crate::Result<Refetcher> {
         let client = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("hookline-consumer/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|err| crate::Error::Config(format!("cannot build the HTTP client: {err}")))?;

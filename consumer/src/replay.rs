@@ -1,14 +1,22 @@
 //! `hookline-consumer replay`: publishes dead letters into the stream again,
 //! with their original headers (so the same event id), and marks them replayed.
 
+use std::time::Duration;
+
 use async_nats::HeaderMap;
 use async_nats::jetstream;
-use hookline_api::{ValidatedEndpoint, headers};
+use hookline_api::headers;
+use hookline_api::nats::NatsError;
 use serde_json::Value;
 use tracing::info;
 
 use crate::store::{self, Selection, StoredDeadLetter};
-use crate::{Error, Result};
+use crate::{Config, Error, Result};
+
+/// How long `replay` waits for its NATS connection.
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
+/// How often it looks whether the connection is made.
+const CONNECTED_POLL: Duration = Duration::from_millis(20);
 
 /// Replays the dead letters of `endpoint` matching `selection` and not yet
 /// replayed; returns how many were published.
@@ -18,23 +26,21 @@ use crate::{Error, Result};
 /// is published once more with `<id>:replay:<dead letter id>`. The event id
 /// (`Hookline-Event-Id`), which the consumer deduplicates on, never changes,
 /// so replaying an event that got stored meanwhile changes nothing.
-pub async fn replay(
-    endpoint: &ValidatedEndpoint,
-    nats_url: &str,
-    database_url: &str,
-    selection: &Selection,
-) -> Result<usize> {
-    let options = store::connect_options(database_url)?;
+pub async fn replay(config: &Config, selection: &Selection) -> Result<usize> {
+    let endpoint = &config.endpoint;
+    let options = store::connect_options(&config.database_url)?;
     store::migrate(&options).await?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect_with(options)
         .await?;
-    let client = async_nats::ConnectOptions::new()
-        .name("hookline-consumer-replay")
-        .connect(nats_url)
-        .await
-        .map_err(|err| Error::Nats(format!("cannot connect to {nats_url}: {err}")))?;
+    let client = hookline_api::nats::connect(
+        &config.nats_url,
+        &config.nats_auth,
+        "hookline-consumer-replay",
+    )
+    .await?;
+    wait_connected(&client, &config.nats_url).await?;
     let js = jetstream::new(client.clone());
     let letters = store::dead_letters_to_replay(&pool, &endpoint.key(), selection).await?;
     let mut replayed = 0;
@@ -56,9 +62,27 @@ pub async fn replay(
     client
         .flush()
         .await
-        .map_err(|err| Error::Nats(err.to_string()))?;
+        .map_err(|err| Error::JetStream(format!("cannot send the last messages: {err}")))?;
     pool.close().await;
     Ok(replayed)
+}
+
+/// A command run by hand fails rather than waits for a NATS that is down; the
+/// client retries in the background (see `hookline_api::nats::connect`) until then.
+async fn wait_connected(client: &async_nats::Client, url: &str) -> Result<()> {
+    let connected = async {
+        while client.connection_state() != async_nats::connection::State::Connected {
+            tokio::time::sleep(CONNECTED_POLL).await;
+        }
+    };
+    tokio::time::timeout(CONNECT_WAIT, connected)
+        .await
+        .map_err(|_| {
+            Error::Nats(NatsError::Connect {
+                url: url.to_owned(),
+                message: format!("no connection within {CONNECT_WAIT:?}"),
+            })
+        })
 }
 
 async fn publish(js: &jetstream::Context, subject: &str, letter: &StoredDeadLetter) -> Result<()> {
@@ -99,7 +123,7 @@ async fn send(
     map: HeaderMap,
 ) -> Result<jetstream::publish::PublishAck> {
     let failed = |err: &dyn std::fmt::Display| {
-        Error::Nats(format!(
+        Error::JetStream(format!(
             "cannot publish dead letter {} to {subject}: {err}",
             letter.id
         ))

@@ -275,6 +275,48 @@ async fn sigterm_finishes_the_work_in_hand_and_exits_zero() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_json_lines_on_stdout_and_stderr_stays_empty() {
+    let env = Env::start(common::FAST).await;
+    let port = free_port();
+    let child = Command::new(BIN)
+        .arg("--endpoint")
+        .arg(&env.manifest)
+        .args(["--nats-url", &env.nats.url()])
+        .args(["--database-url", &env.pg.url()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn consumer");
+    wait_until("ready", WAIT, || async {
+        reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    hookline_e2e::send_signal(child.id(), Signal::Term).expect("SIGTERM");
+    let output = tokio::task::block_in_place(|| child.wait_with_output()).expect("exits");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let messages: Vec<String> = stdout
+        .lines()
+        .map(|line| {
+            let parsed: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|_| panic!("JSON log line: {line}"));
+            parsed["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    for expected in ["starting", "consuming", "stopped"] {
+        assert!(messages.iter().any(|m| m == expected), "{messages:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_replay_subcommand_republishes_dead_letters_once() {
     let env =
         Env::start("maxDeliver: 3\n    backoff: [100ms]\n    ackWait: 2s\n    batchSize: 10").await;

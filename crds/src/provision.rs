@@ -28,6 +28,17 @@ pub enum ProvisionError {
 /// How long one provisioning round may take before it is reported as failed.
 pub const PROVISION_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Batches of `consumer.batchSize` each consumer pod may hold unacknowledged:
+/// the consumer's default two in flight, with room for `--concurrency 4`.
+/// Times `scaling.maxReplicas`, so every pod KEDA starts has work, while a
+/// stalled fleet (say, the database is down) stops pulling after that many
+/// instead of holding the whole stream unacknowledged.
+pub const ACK_PENDING_BATCHES_PER_POD: usize = 4;
+
+/// The least `max_ack_pending`, JetStream's own default: small batches must not
+/// throttle a scaled-out fleet below what an unconfigured consumer would get.
+pub const MIN_ACK_PENDING: usize = 1000;
+
 /// The stream configuration for an endpoint: file storage; interest retention
 /// for a `Buffer` (an event leaves once the durable consumer acknowledged it,
 /// that is once it is in Postgres) or limits retention for an `Archive`
@@ -71,8 +82,14 @@ pub fn consumer_config(endpoint: &ValidatedEndpoint) -> consumer::pull::Config {
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: settings.ack_wait,
         max_deliver: -1,
-        max_ack_pending: i64::try_from(settings.batch_size.saturating_mul(10).max(1000))
-            .unwrap_or(i64::MAX),
+        max_ack_pending: i64::try_from(
+            settings
+                .batch_size
+                .saturating_mul(ACK_PENDING_BATCHES_PER_POD)
+                .saturating_mul(usize::try_from(settings.scaling.max_replicas.max(1)).unwrap_or(1))
+                .max(MIN_ACK_PENDING),
+        )
+        .unwrap_or(i64::MAX),
         deliver_policy: consumer::DeliverPolicy::All,
         filter_subject: endpoint.stream.subject_filter(),
         ..Default::default()

@@ -23,6 +23,8 @@ pub struct ValidatedEndpoint {
     pub route: Route,
     pub request: RequestRules,
     pub event: EventFields,
+    /// A provider's check of the URL, answered and not stored (Slack's `url_verification`).
+    pub url_challenge: Option<UrlChallenge>,
     pub stream: StreamSettings,
     pub consumer: ConsumerSettings,
     pub receiver: ReceiverSettings,
@@ -202,6 +204,44 @@ impl FieldSource {
     }
 }
 
+/// A signed request a provider sends to check the endpoint's URL, answered at
+/// once with a value of its own JSON body and never stored (Slack's
+/// `url_verification`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UrlChallenge {
+    /// JSON pointer of the field that marks a challenge (`/type`).
+    pub marker_pointer: String,
+    /// The value of that field that does (`url_verification`).
+    pub marker_value: String,
+    /// JSON pointer of the value the provider expects back (`/challenge`).
+    pub value_pointer: String,
+    /// The key of the answer, `{"<key>": "<value>"}` (`challenge`).
+    pub answer_key: String,
+}
+
+impl UrlChallenge {
+    /// The JSON pointers the receiver must read to answer.
+    pub fn pointers(&self) -> [&str; 2] {
+        [&self.marker_pointer, &self.value_pointer]
+    }
+
+    /// The answer when `body` is a challenge: `{"<key>": "<value>"}`, the value
+    /// empty when the body carries none.
+    pub fn answer(&self, body: &serde_json::Value) -> Option<serde_json::Value> {
+        let marker = body.pointer(&self.marker_pointer)?.as_str()?;
+        if marker != self.marker_value {
+            return None;
+        }
+        let value = body
+            .pointer(&self.value_pointer)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        let mut answer = serde_json::Map::new();
+        answer.insert(self.answer_key.clone(), value.into());
+        Some(answer.into())
+    }
+}
+
 /// The JetStream stream and its naming.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamSettings {
@@ -301,4 +341,30 @@ pub struct ReceiverSettings {
     pub replicas: i32,
     pub resources: Option<ResourceRequirements>,
     pub image: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slack() -> UrlChallenge {
+        crate::preset(Provider::Slack)
+            .url_challenge
+            .expect("Slack answers a URL challenge")
+    }
+
+    #[test]
+    fn a_url_challenge_is_answered_with_its_value() {
+        let body = serde_json::json!({"type": "url_verification", "challenge": "c-1"});
+        assert_eq!(
+            slack().answer(&body),
+            Some(serde_json::json!({"challenge": "c-1"}))
+        );
+    }
+
+    #[test]
+    fn an_event_is_no_url_challenge() {
+        let body = serde_json::json!({"type": "event_callback", "challenge": "c-1"});
+        assert_eq!(slack().answer(&body), None);
+    }
 }

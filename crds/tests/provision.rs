@@ -20,9 +20,9 @@ fn spec(max_age: &str) -> WebhookEndpointSpec {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn provision_creates_then_updates_and_delete_removes() {
-    let nats = NatsServer::start().expect("nats-server starts");
+    let nats = tokio::task::block_in_place(NatsServer::start).expect("nats-server starts");
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let js = async_nats::jetstream::new(client);
 

@@ -1,15 +1,18 @@
-//! Finding installed server binaries and building the workspace's own binaries.
+//! Finding installed server binaries, and building the workspace's own
+//! binaries once, with the features the whole workspace agrees on.
 
 use std::{
-    collections::HashMap,
     env, fs,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Command,
-    sync::{Mutex, OnceLock, PoisonError},
+    sync::OnceLock,
 };
 
 use crate::error::{Result, TestServerError, io_err};
+
+/// How much of cargo's output a failed build quotes.
+const CARGO_OUTPUT_LINES: usize = 60;
 
 /// Whether `path` is a regular file someone may execute.
 fn is_executable(path: &Path) -> bool {
@@ -87,52 +90,44 @@ pub(crate) fn postgres_bin_dir() -> Result<PathBuf> {
         })
 }
 
-/// The path of a workspace binary whose package has the same name (e.g.
-/// `hookline-receiver`), built once per test process with `cargo build`.
+/// The path of the workspace binary `name` (e.g. `hookline-receiver`).
+///
+/// The first call in a process runs `cargo build --workspace --bins` into the
+/// target dir and profile of the running test or example. Building the whole
+/// workspace resolves features exactly as `cargo test --workspace` and the
+/// documented `cargo run --example …` do, so all of them share one build of
+/// every dependency; building one package (`-p`) would resolve a feature set
+/// of its own and compile the heavy dependencies again.
 ///
 /// # Panics
 ///
 /// When the build fails, with cargo's output, so the calling test fails.
 pub fn workspace_bin(name: &str) -> PathBuf {
-    workspace_bin_in(name, name)
-}
-
-/// [`workspace_bin`] for a binary whose package has another name
-/// (e.g. `workspace_bin_in("hookline-api", "crdgen")`).
-///
-/// # Panics
-///
-/// When the build fails.
-pub fn workspace_bin_in(package: &str, bin: &str) -> PathBuf {
-    match try_workspace_bin(package, bin) {
+    match try_workspace_bin(name) {
         Ok(path) => path,
         Err(e) => panic!("{e}"),
     }
 }
 
-/// What building a binary gave: its path or cargo's error message.
-type Built = Result<PathBuf, String>;
-
-/// Builds `bin` of `package` (at most once per process; a failure is remembered
-/// too) into the target dir the running test lives in, and returns its path.
-pub fn try_workspace_bin(package: &str, bin: &str) -> Result<PathBuf> {
-    /// Per (package, bin): the built path or the failure message. The lock is
-    /// held while building so concurrent tests wait for one build.
-    static BUILT: OnceLock<Mutex<HashMap<(String, String), Built>>> = OnceLock::new();
-    let mut built = BUILT
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let key = (package.to_owned(), bin.to_owned());
-    if !built.contains_key(&key) {
-        let outcome = build(package, bin).map_err(|e| e.to_string());
-        built.insert(key.clone(), outcome);
-    }
-    match &built[&key] {
-        Ok(path) => Ok(path.clone()),
-        Err(message) => Err(TestServerError::Environment(format!(
-            "building `{bin}` of package `{package}` failed earlier in this process: {message}"
-        ))),
+/// [`workspace_bin`] returning the error instead of panicking.
+pub fn try_workspace_bin(name: &str) -> Result<PathBuf> {
+    /// The directory the binaries landed in, or cargo's failure. Built at most
+    /// once per process; concurrent callers wait for that one build.
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| build_workspace_bins().map_err(|e| e.to_string()));
+    let profile_dir = built.as_ref().map_err(|message| {
+        TestServerError::Environment(format!(
+            "building the workspace's binaries failed earlier in this process: {message}"
+        ))
+    })?;
+    let path = profile_dir.join(name);
+    if is_executable(&path) {
+        Ok(path)
+    } else {
+        Err(TestServerError::Environment(format!(
+            "the workspace has no binary `{name}` ({} is missing after the build)",
+            path.display()
+        )))
     }
 }
 
@@ -178,7 +173,9 @@ pub(crate) fn target_layout(exe: &Path) -> Option<TargetLayout> {
     })
 }
 
-fn build(package: &str, bin: &str) -> Result<PathBuf> {
+/// `cargo build --workspace --bins` for the running executable's target dir,
+/// profile and target; returns the directory the binaries are in.
+fn build_workspace_bins() -> Result<PathBuf> {
     let exe = env::current_exe().map_err(io_err("finding the test executable"))?;
     let layout = target_layout(&exe).ok_or_else(|| {
         TestServerError::Environment(format!(
@@ -191,7 +188,7 @@ fn build(package: &str, bin: &str) -> Result<PathBuf> {
     command
         // Any directory of the workspace works; this crate's is known at compile time.
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--package", package, "--bin", bin, "--target-dir"])
+        .args(["build", "--workspace", "--bins", "--target-dir"])
         .arg(&layout.target_dir);
     match layout.profile.as_str() {
         "debug" => {}
@@ -205,10 +202,15 @@ fn build(package: &str, bin: &str) -> Result<PathBuf> {
     if let Some(triple) = &layout.triple {
         command.args(["--target", triple]);
     }
-    let described = format!(
-        "{} build --package {package} --bin {bin}",
-        cargo.to_string_lossy()
-    );
+    // Some build scripts (ring's) rerun when one of these changes, so passing
+    // on the running test's values would make this build and the next one
+    // from a shell recompile each other's dependencies, over and over.
+    for (name, _) in env::vars_os() {
+        if name.to_str().is_some_and(set_by_cargo_for_one_package) {
+            command.env_remove(name);
+        }
+    }
+    let described = format!("{} build --workspace --bins", cargo.to_string_lossy());
     let output = command
         .output()
         .map_err(io_err(format!("running `{described}`")))?;
@@ -218,18 +220,28 @@ fn build(package: &str, bin: &str) -> Result<PathBuf> {
         return Err(TestServerError::CommandFailed {
             command: described,
             status: output.status.to_string(),
-            output: lines[lines.len().saturating_sub(60)..].join("\n"),
+            output: lines[lines.len().saturating_sub(CARGO_OUTPUT_LINES)..].join("\n"),
         });
     }
-    let path = layout.profile_dir.join(bin);
-    if is_executable(&path) {
-        Ok(path)
-    } else {
-        Err(TestServerError::Environment(format!(
-            "`{described}` succeeded but {} is not there",
-            path.display()
-        )))
-    }
+    Ok(layout.profile_dir)
+}
+
+/// Whether `name` is one of the variables cargo gives one package's test,
+/// example or binary when it runs it (as opposed to the user's own cargo
+/// settings, such as `CARGO_TARGET_DIR` or `CARGO_HOME`, which are kept).
+fn set_by_cargo_for_one_package(name: &str) -> bool {
+    [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_BIN_",
+        "CARGO_CRATE_",
+    ]
+    .iter()
+    .any(|prefix| name.starts_with(prefix))
+        || matches!(
+            name,
+            "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "CARGO_RUSTC_CURRENT_DIR" | "OUT_DIR"
+        )
 }
 
 #[cfg(test)]
@@ -258,6 +270,21 @@ mod tests {
         assert_eq!(layout.triple.as_deref(), Some("x86_64-unknown-linux-gnu"));
         assert_eq!(layout.profile, "release");
         assert_eq!(layout.target_dir, target);
+    }
+
+    #[test]
+    fn the_inner_build_forgets_the_running_package_but_keeps_cargo_settings() {
+        for name in [
+            "CARGO_PKG_NAME",
+            "CARGO_MANIFEST_DIR",
+            "CARGO_BIN_EXE_hookline-receiver",
+            "OUT_DIR",
+        ] {
+            assert!(set_by_cargo_for_one_package(name), "{name}");
+        }
+        for name in ["CARGO_TARGET_DIR", "CARGO_HOME", "CARGO", "PATH"] {
+            assert!(!set_by_cargo_for_one_package(name), "{name}");
+        }
     }
 
     #[test]

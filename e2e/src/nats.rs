@@ -2,19 +2,17 @@
 
 use std::{
     fs,
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::Command,
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tempfile::TempDir;
 
 use crate::{
     binaries::find_binary,
-    error::{Result, TestServerError, io_err},
+    error::{Result, io_err},
+    launch::{Launch, http_ok, spawn_until_ready, start_on_free_ports},
     ports::try_free_port,
     process::{ChildProcess, LOG_TAIL_LINES, Signal, file_tail},
 };
@@ -23,8 +21,6 @@ use crate::{
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// JetStream flushes its store on a graceful stop; give it time before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-/// Attempts with fresh ports when another process took ours in the meantime.
-const START_ATTEMPTS: usize = 3;
 
 /// A `nats-server -js` process with its own store dir, killed on drop.
 ///
@@ -67,19 +63,8 @@ impl NatsServer {
             process: None,
             dir,
         };
-        let mut attempt = 1;
-        loop {
-            server.port = try_free_port().map_err(io_err("finding a free port"))?;
-            server.monitor_port = try_free_port().map_err(io_err("finding a free port"))?;
-            match server.spawn_and_wait() {
-                Ok(()) => return Ok(server),
-                Err(_) if attempt < START_ATTEMPTS && server.port_was_taken() => {
-                    server.kill();
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        start_on_free_ports(&mut server)?;
+        Ok(server)
     }
 
     /// The client URL, `nats://127.0.0.1:PORT`.
@@ -139,6 +124,14 @@ impl NatsServer {
         self.stop();
         self.spawn_and_wait()
     }
+}
+
+impl Launch for NatsServer {
+    fn take_ports(&mut self) -> Result<()> {
+        self.port = try_free_port().map_err(io_err("finding a free port"))?;
+        self.monitor_port = try_free_port().map_err(io_err("finding a free port"))?;
+        Ok(())
+    }
 
     fn spawn_and_wait(&mut self) -> Result<()> {
         let mut command = Command::new(&self.binary);
@@ -151,35 +144,22 @@ impl NatsServer {
             .arg(self.port.to_string())
             .arg("-m")
             .arg(self.monitor_port.to_string());
-        let process = ChildProcess::spawn_with_log(&mut command, &self.log_path)?;
-        let process = self.process.insert(process);
-
-        let started = Instant::now();
-        loop {
-            if let Some(status) = process.exit_status() {
-                self.process = None;
-                return Err(TestServerError::Exited {
-                    what: format!("nats-server on port {}", self.port),
-                    status: status.to_string(),
-                    log_tail: file_tail(&self.log_path, LOG_TAIL_LINES),
-                });
-            }
-            if healthy(self.monitor_port) {
-                return Ok(());
-            }
-            if started.elapsed() > READY_TIMEOUT {
-                self.kill();
-                return Err(TestServerError::NotReady {
-                    what: format!("nats-server on port {}", self.port),
-                    waited: READY_TIMEOUT,
-                    log_tail: file_tail(&self.log_path, LOG_TAIL_LINES),
-                });
-            }
-            thread::sleep(Duration::from_millis(50));
+        let monitor_port = self.monitor_port;
+        let started = spawn_until_ready(
+            &mut self.process,
+            &mut command,
+            &format!("nats-server on port {}", self.port),
+            &self.log_path,
+            READY_TIMEOUT,
+            // Answers 200 once JetStream is up.
+            || http_ok(monitor_port, "/healthz?js-enabled-only=true"),
+        );
+        if started.is_err() {
+            self.kill();
         }
+        started
     }
 
-    /// Whether the last start failed because a port was already in use.
     fn port_was_taken(&self) -> bool {
         file_tail(&self.log_path, LOG_TAIL_LINES).contains("address already in use")
     }
@@ -190,29 +170,4 @@ impl Drop for NatsServer {
         // Kill before the TempDir field drops, so the store is removed last.
         self.kill();
     }
-}
-
-/// `GET /healthz?js-enabled-only=true` answers 200 once JetStream is up.
-fn healthy(monitor_port: u16) -> bool {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, monitor_port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return false;
-    };
-    let timeout = Some(Duration::from_secs(1));
-    if stream.set_read_timeout(timeout).is_err() || stream.set_write_timeout(timeout).is_err() {
-        return false;
-    }
-    let request = "GET /healthz?js-enabled-only=true HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut response = Vec::new();
-    if stream.read_to_end(&mut response).is_err() && response.is_empty() {
-        return false;
-    }
-    let response = String::from_utf8_lossy(&response);
-    response
-        .lines()
-        .next()
-        .is_some_and(|status| status.split_whitespace().nth(1) == Some("200"))
 }

@@ -6,8 +6,7 @@ use std::{
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tempfile::TempDir;
@@ -15,6 +14,7 @@ use tempfile::TempDir;
 use crate::{
     binaries::{find_in, missing, path_dirs, postgres_bin_dir},
     error::{Result, TestServerError, io_err},
+    launch::{Launch, spawn_until_ready, start_on_free_ports},
     ports::try_free_port,
     process::{ChildProcess, LOG_TAIL_LINES, Signal, file_tail, send_signal},
 };
@@ -25,8 +25,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(30);
 /// An immediate shutdown only waits for the server's own children.
 const KILL_GRACE: Duration = Duration::from_secs(10);
-/// Attempts with a fresh port when another process took ours in the meantime.
-const START_ATTEMPTS: usize = 3;
 /// What the postmaster logs once it accepts connections (messages are in English:
 /// the cluster is made with locale C).
 const READY_LINE: &str = "database system is ready to accept connections";
@@ -113,18 +111,8 @@ impl Postgres {
             process: None,
             dir,
         };
-        let mut attempt = 1;
-        loop {
-            server.port = try_free_port().map_err(io_err("finding a free port"))?;
-            match server.spawn_and_wait() {
-                Ok(()) => return Ok(server),
-                Err(_) if attempt < START_ATTEMPTS && server.port_was_taken() => {
-                    server.kill();
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        start_on_free_ports(&mut server)?;
+        Ok(server)
     }
 
     /// `postgres://postgres@127.0.0.1:PORT/postgres`.
@@ -224,6 +212,13 @@ impl Postgres {
             _ => child,
         }
     }
+}
+
+impl Launch for Postgres {
+    fn take_ports(&mut self) -> Result<()> {
+        self.port = try_free_port().map_err(io_err("finding a free port"))?;
+        Ok(())
+    }
 
     fn spawn_and_wait(&mut self) -> Result<()> {
         let log_start = fs::metadata(&self.log_path).map_or(0, |m| m.len());
@@ -242,38 +237,21 @@ impl Postgres {
         for (key, value) in defaults.iter().map(|(k, v)| (*k, v.clone())).chain(extra) {
             cmd.arg("-c").arg(format!("{key}={value}"));
         }
-        let process = ChildProcess::spawn_with_log(&mut cmd, &self.log_path)?;
-        let process = self.process.insert(process);
-
-        let what = format!("postgres on port {}", self.port);
-        let started = Instant::now();
-        loop {
-            if let Some(status) = process.exit_status() {
-                self.process = None;
-                return Err(TestServerError::Exited {
-                    what,
-                    status: status.to_string(),
-                    log_tail: file_tail(&self.log_path, LOG_TAIL_LINES),
-                });
-            }
-            if logged_since(&self.log_path, log_start, READY_LINE)
-                && accepts(self.port, self.pg_isready.as_deref())
-            {
-                return Ok(());
-            }
-            if started.elapsed() > READY_TIMEOUT {
-                self.kill();
-                return Err(TestServerError::NotReady {
-                    what,
-                    waited: READY_TIMEOUT,
-                    log_tail: file_tail(&self.log_path, LOG_TAIL_LINES),
-                });
-            }
-            thread::sleep(Duration::from_millis(50));
+        let (port, log_path, pg_isready) = (self.port, &self.log_path, self.pg_isready.as_deref());
+        let started = spawn_until_ready(
+            &mut self.process,
+            &mut cmd,
+            &format!("postgres on port {port}"),
+            log_path,
+            READY_TIMEOUT,
+            || logged_since(log_path, log_start, READY_LINE) && accepts(port, pg_isready),
+        );
+        if started.is_err() {
+            self.kill();
         }
+        started
     }
 
-    /// Whether the last start failed because the port was already in use.
     fn port_was_taken(&self) -> bool {
         file_tail(&self.log_path, LOG_TAIL_LINES).contains("Address already in use")
     }

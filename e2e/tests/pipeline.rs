@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
-use hookline_e2e::{ChildProcess, NatsServer, Postgres, free_port, workspace_bin};
+use hookline_e2e::{Pipeline, Postgres};
 use sha2::Sha256;
 
 const SECRET: &str = "whsec_e2e_pipeline_secret";
@@ -35,29 +35,8 @@ fn now() -> u64 {
         .as_secs()
 }
 
-async fn wait_ready(client: &reqwest::Client, url: &str, process: &mut ChildProcess) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if client
-            .get(url)
-            .send()
-            .await
-            .is_ok_and(|response| response.status().is_success())
-        {
-            return;
-        }
-        if let Some(status) = process.exit_status() {
-            panic!(
-                "{} exited with {status}:\n{}",
-                process.name(),
-                process.log_tail(40)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("{url} never became ready:\n{}", process.log_tail(40));
-}
-
+/// Polls `sql` until it returns `expected`, for up to 30 s; what it returned
+/// last. Blocks: call it inside `block_in_place`.
 fn wait_for_rows(postgres: &Postgres, sql: &str, expected: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -71,53 +50,11 @@ fn wait_for_rows(postgres: &Postgres, sql: &str, expected: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn signed_events_become_one_row_each_and_the_newest_state_wins() {
-    let nats = NatsServer::start().expect("nats-server starts");
-    let postgres = Postgres::start().expect("postgres starts");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let secret_file = dir.path().join("secret");
-    std::fs::write(&secret_file, format!("{SECRET}\n")).expect("write secret");
-    let (receiver_port, consumer_port) = (free_port(), free_port());
-
-    let mut receiver = ChildProcess::spawn(
-        std::process::Command::new(workspace_bin("hookline-receiver"))
-            .arg("--endpoint")
-            .arg(manifest())
-            .arg("--secret-file")
-            .arg(&secret_file)
-            .args([
-                "--nats-url",
-                &nats.url(),
-                "--listen",
-                &format!("127.0.0.1:{receiver_port}"),
-                "--provision",
-            ]),
-    )
-    .expect("receiver starts");
-    let mut consumer = ChildProcess::spawn(
-        std::process::Command::new(workspace_bin("hookline-consumer"))
-            .env("HOOKLINE_ENDPOINT", manifest())
-            .env("HOOKLINE_NATS_URL", nats.url())
-            .env("HOOKLINE_DATABASE_URL", postgres.url())
-            .env("HOOKLINE_LISTEN", format!("127.0.0.1:{consumer_port}"))
-            .arg("--provision"),
-    )
-    .expect("consumer starts");
-
+    let mut pipeline = tokio::task::block_in_place(|| Pipeline::start(manifest(), SECRET, "info"))
+        .expect("the pipeline starts");
     let client = reqwest::Client::new();
-    wait_ready(
-        &client,
-        &format!("http://127.0.0.1:{receiver_port}/readyz"),
-        &mut receiver,
-    )
-    .await;
-    wait_ready(
-        &client,
-        &format!("http://127.0.0.1:{consumer_port}/readyz"),
-        &mut consumer,
-    )
-    .await;
 
-    let url = format!("http://127.0.0.1:{receiver_port}/stripe");
+    let url = format!("{}/stripe", pipeline.receiver.url());
     let created = now() - 60;
     let events = [
         // The newer event arrives first; the older one must not overwrite it.
@@ -162,31 +99,35 @@ async fn signed_events_become_one_row_each_and_the_newest_state_wins() {
         .expect("request sent");
     assert_eq!(forged.status(), 401);
 
-    let rows = wait_for_rows(
-        &postgres,
-        "select string_agg(event_id || ':' || event_type, ',' order by event_id) from hookline.events",
-        "evt_1:invoice.created,evt_2:invoice.paid",
-    );
+    let rows = tokio::task::block_in_place(|| {
+        wait_for_rows(
+            &pipeline.postgres,
+            "select string_agg(event_id || ':' || event_type, ',' order by event_id) from hookline.events",
+            "evt_1:invoice.created,evt_2:invoice.paid",
+        )
+    });
     assert_eq!(
         rows,
         "evt_1:invoice.created,evt_2:invoice.paid",
         "consumer log:\n{}",
-        consumer.log_tail(40)
+        pipeline.consumer.log_tail(40)
     );
-    let state = wait_for_rows(
-        &postgres,
-        "select endpoint || ' ' || object_id || ' ' || last_event_id || ' ' || (state->>'status') from hookline.objects",
-        "payments/stripe in_1 evt_2 paid",
-    );
+    let state = tokio::task::block_in_place(|| {
+        wait_for_rows(
+            &pipeline.postgres,
+            "select endpoint || ' ' || object_id || ' ' || last_event_id || ' ' || (state->>'status') from hookline.objects",
+            "payments/stripe in_1 evt_2 paid",
+        )
+    });
     assert_eq!(state, "payments/stripe in_1 evt_2 paid");
 
-    for process in [&mut receiver, &mut consumer] {
-        let status = process.terminate().expect("exits after SIGTERM");
+    for service in [&mut pipeline.receiver, &mut pipeline.consumer] {
+        let status =
+            tokio::task::block_in_place(|| service.terminate()).expect("exits after SIGTERM");
         assert!(
             status.success(),
-            "{} exited with {status}:\n{}",
-            process.name(),
-            process.log_tail(20)
+            "exited with {status}:\n{}",
+            service.log_tail(20)
         );
     }
 }

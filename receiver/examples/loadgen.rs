@@ -5,7 +5,7 @@
 //! `Nats-Msg-Id` and answers after the PubAck (no verification, no parsing).
 //!
 //! ```text
-//! cargo run --release -p hookline-receiver --example loadgen -- \
+//! cargo run --release --example loadgen -- \
 //!     --concurrency 64 --duration 10s --warmup 2s --rounds 4
 //! ```
 //!
@@ -382,7 +382,7 @@ async fn measure(
 }
 
 async fn benchmark(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let nats = NatsServer::start()?;
+    let nats = tokio::task::block_in_place(NatsServer::start)?;
     let dir = tempfile::tempdir()?;
     let manifest = dir.path().join("endpoint.yaml");
     std::fs::write(&manifest, MANIFEST)?;
@@ -424,7 +424,8 @@ async fn benchmark(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     let mut receiver = None;
     if cli.target == "both" || cli.target == "receiver" {
         let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut command = Command::new(workspace_bin("hookline-receiver"));
+        let binary = tokio::task::block_in_place(|| workspace_bin("hookline-receiver"));
+        let mut command = Command::new(binary);
         command
             .arg("--endpoint")
             .arg(&manifest)

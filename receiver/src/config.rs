@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use hookline_api::ValidatedEndpoint;
+use hookline_api::nats::NatsAuth;
+use hookline_api::runtime::NatsArgs;
 
 use crate::Result;
 
@@ -39,9 +41,8 @@ pub struct Args {
     #[arg(long, env = "HOOKLINE_PROVISION")]
     pub provision: bool,
 
-    /// NATS credentials file (`.creds`).
-    #[arg(long, env = "HOOKLINE_NATS_CREDS", value_name = "FILE")]
-    pub nats_creds: Option<PathBuf>,
+    #[command(flatten)]
+    pub nats: NatsArgs,
 
     /// Longest wait for JetStream's acknowledgement before answering 503.
     #[arg(long, env = "HOOKLINE_PUBLISH_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
@@ -70,7 +71,8 @@ pub struct Config {
     pub endpoint: ValidatedEndpoint,
     pub secret_file: PathBuf,
     pub nats_url: String,
-    pub nats_creds: Option<PathBuf>,
+    /// Credentials and TLS of the NATS connection.
+    pub nats_auth: NatsAuth,
     pub provision: bool,
     pub publish_timeout: Duration,
     pub request_timeout: Duration,
@@ -86,7 +88,7 @@ impl Config {
             endpoint,
             secret_file: args.secret_file.clone(),
             nats_url: args.nats_url.clone(),
-            nats_creds: args.nats_creds.clone(),
+            nats_auth: args.nats.auth(),
             provision: args.provision,
             publish_timeout: args.publish_timeout,
             request_timeout: args.request_timeout,
@@ -101,12 +103,43 @@ impl Config {
             endpoint,
             secret_file,
             nats_url,
-            nats_creds: None,
+            nats_auth: NatsAuth::default(),
             provision: false,
             publish_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(15),
             shutdown_timeout: Duration::from_secs(20),
             secret_poll_interval: Duration::from_secs(1),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_of_new_are_the_flag_defaults() {
+        let args = Args::try_parse_from([
+            "hookline-receiver",
+            "--endpoint",
+            "e.yaml",
+            "--secret-file",
+            "s",
+            "--nats-url",
+            "nats://x",
+        ])
+        .expect("parses");
+        let endpoint = hookline_api::resolve(
+            "default",
+            "test",
+            &hookline_api::WebhookEndpointSpec::new(hookline_api::spec::Provider::Github, "s"),
+        )
+        .expect("valid");
+        let config = Config::new(endpoint, PathBuf::from("s"), "nats://x".into());
+        assert_eq!(config.publish_timeout, args.publish_timeout);
+        assert_eq!(config.request_timeout, args.request_timeout);
+        assert_eq!(config.shutdown_timeout, args.shutdown_timeout);
+        assert_eq!(config.secret_poll_interval, args.secret_poll_interval);
+        assert_eq!(config.provision, args.provision);
     }
 }

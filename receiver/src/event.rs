@@ -4,6 +4,7 @@
 use async_nats::header::{HeaderMap as NatsHeaders, HeaderName, HeaderValue};
 use axum::http::HeaderMap;
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
+use hookline_api::ValidatedEndpoint;
 use hookline_api::headers;
 use hookline_api::validated::EventFields;
 use sha2::{Digest, Sha256};
@@ -11,6 +12,7 @@ use sha2::{Digest, Sha256};
 use hookline_api::headers::MAX_ID_BYTES;
 
 use crate::Error;
+use crate::encoding::is_unix_millis;
 
 /// The attributes of one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,14 +91,14 @@ pub fn extract(
     })
 }
 
-/// Unix seconds, unix milliseconds (numbers above 1e11) or RFC 3339, as RFC 3339 UTC.
+/// Unix seconds, unix milliseconds (see [`is_unix_millis`]) or RFC 3339, as RFC 3339 UTC.
 pub fn normalize_timestamp(text: &str) -> Option<String> {
     let text = text.trim();
     let time = if let Ok(number) = text.parse::<f64>() {
         if !number.is_finite() {
             return None;
         }
-        let millis = if number.abs() > 1e11 {
+        let millis = if is_unix_millis(number) {
             number
         } else {
             number * 1000.0
@@ -141,6 +143,21 @@ pub struct HeaderContext {
     pub provider: &'static str,
     /// Lower-case names never copied (credentials, hop-by-hop, the signature).
     pub not_forwarded: Vec<String>,
+}
+
+impl HeaderContext {
+    pub fn new(endpoint: &ValidatedEndpoint) -> HeaderContext {
+        let mut not_forwarded: Vec<String> = headers::NOT_FORWARDED
+            .iter()
+            .map(|name| name.to_string())
+            .collect();
+        not_forwarded.push(endpoint.verification.signature_header.clone());
+        HeaderContext {
+            endpoint: endpoint.key(),
+            provider: endpoint.provider.as_str(),
+            not_forwarded,
+        }
+    }
 }
 
 /// Every header of the contract, plus the request's own headers under

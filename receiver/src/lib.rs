@@ -1,34 +1,49 @@
 //! `hookline-receiver`: receives a provider's webhooks, verifies them, and answers
 //! 200 only once JetStream has acknowledged the event (a 200 means "durably stored").
 //!
-//! - [`config`]: command-line flags and environment, validated once into a [`Config`].
-//! - [`secrets`]: the signing secrets, one per line, re-read when the file changes.
-//! - [`verify`]: signature and replay-window checks over the raw body, constant-time.
-//! - [`event`]: event id, type, timestamp and object id, and the message headers.
-//! - [`json`]: reading only the parts of a JSON body the endpoint needs.
-//! - [`store`]: the NATS connection, readiness probe and the publish that waits for the PubAck.
-//! - [`metrics`]: Prometheus metrics.
-//! - [`server`]: the axum router, the request pipeline and [`run`] with graceful shutdown.
-//!
 //! A request goes through the checks in this order, so the cheapest refusals
 //! come first and nothing unverified is parsed: source IP (403) → size (413) →
 //! signature (401) → media type and JSON (415/400) → schema (422) → publish
 //! (200, or 503 with `Retry-After`).
+//!
+//! - [`config`]: command-line flags and environment, validated once into a [`Config`].
+//! - [`lifecycle`]: [`run`]: start-up, background tasks, graceful shutdown.
+//! - [`state`]: [`AppState`], what every request shares, built once.
+//! - [`routes`]: the router: the endpoint's path, `/healthz`, `/readyz`, `/metrics`.
+//! - [`pipeline`]: one request through the checks to the publish and the answer.
+//! - [`checks`]: one file per check: `source`, `body`, `signature`, `schema`.
+//! - [`secrets`]: the signing secrets, one per line, watched and re-read when the file changes.
+//! - [`event`]: event id, type, timestamp and object id, and the message headers.
+//! - [`json`]: reading only the parts of a JSON body the endpoint needs.
+//! - [`encoding`]: base64 and unix-time decoding, one way everywhere.
+//! - [`store`]: the NATS connection, readiness probe and the publish that waits for the PubAck.
+//! - [`metrics`]: Prometheus metrics.
+//!
+//! [`Error`] is every failure, at start-up or on a request, with the status
+//! and JSON body a request error becomes.
 
+pub mod checks;
 pub mod config;
+pub mod encoding;
 pub mod event;
 pub mod json;
+pub mod lifecycle;
 pub mod metrics;
+pub mod pipeline;
+pub mod routes;
 pub mod secrets;
-pub mod server;
+pub mod state;
 pub mod store;
-pub mod verify;
+
+use std::net::SocketAddr;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 pub use config::{Args, Config};
-pub use server::{AppState, router, run};
+pub use lifecycle::run;
+pub use routes::router;
+pub use state::AppState;
 
 /// Seconds a client is asked to wait after a 503.
 pub const RETRY_AFTER_SECS: u64 = 5;
@@ -47,13 +62,13 @@ pub enum Error {
     },
     #[error("invalid spec.request.schema: {0}")]
     SchemaCompile(String),
-    #[error("cannot read NATS credentials {path}: {source}")]
-    NatsCredentials {
-        path: std::path::PathBuf,
+    #[error(transparent)]
+    Nats(#[from] hookline_api::nats::NatsError),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot connect to NATS at {url}: {message}")]
-    NatsConnect { url: String, message: String },
     #[error("{0}")]
     Serve(std::io::Error),
 
@@ -65,7 +80,7 @@ pub enum Error {
     #[error("cannot read the request body: {0}")]
     Unreadable(String),
     #[error("{0}")]
-    Unauthorized(#[from] verify::VerifyError),
+    Unauthorized(#[from] checks::signature::VerifyError),
     #[error("content type {0:?} is not JSON; send application/json")]
     UnsupportedMediaType(String),
     #[error("body is not valid JSON: {0}")]
@@ -74,6 +89,8 @@ pub enum Error {
     SchemaViolation(String),
     #[error("{0}")]
     InvalidEvent(String),
+    /// Not stored; the sender must retry. The reason (stream, NATS's words)
+    /// is for the log: the answer says only "retry".
     #[error("{0}")]
     Unavailable(String),
 }
@@ -81,7 +98,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// The status code of a request error; start-up errors never reach a client.
+    /// The status code of a request error; start-up errors never reach a
+    /// client and would be a 500.
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -93,7 +111,12 @@ impl Error {
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::SchemaViolation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Manifest(_)
+            | Error::SecretFile { .. }
+            | Error::SchemaCompile(_)
+            | Error::Nats(_)
+            | Error::Listen { .. }
+            | Error::Serve(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -109,7 +132,36 @@ impl Error {
             Error::SchemaViolation(_) => "schema_violation",
             Error::InvalidEvent(_) => "invalid_event",
             Error::Unavailable(_) => "unavailable",
-            _ => "internal",
+            Error::Manifest(_)
+            | Error::SecretFile { .. }
+            | Error::SchemaCompile(_)
+            | Error::Nats(_)
+            | Error::Listen { .. }
+            | Error::Serve(_) => "internal",
+        }
+    }
+
+    /// The `message` field of the body: what the sender got wrong, or for our
+    /// own failures only what to do about them.
+    fn message(&self) -> String {
+        match self {
+            Error::Forbidden(_)
+            | Error::PayloadTooLarge { .. }
+            | Error::Unreadable(_)
+            | Error::Unauthorized(_)
+            | Error::UnsupportedMediaType(_)
+            | Error::InvalidJson(_)
+            | Error::SchemaViolation(_)
+            | Error::InvalidEvent(_) => self.to_string(),
+            Error::Unavailable(_) => {
+                format!("the event was not stored; retry in {RETRY_AFTER_SECS} s")
+            }
+            Error::Manifest(_)
+            | Error::SecretFile { .. }
+            | Error::SchemaCompile(_)
+            | Error::Nats(_)
+            | Error::Listen { .. }
+            | Error::Serve(_) => "internal error".to_owned(),
         }
     }
 }
@@ -117,13 +169,7 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
-        // Start-up errors have no business in a response; say nothing about them.
-        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
-            "internal error".to_owned()
-        } else {
-            self.to_string()
-        };
-        let body = serde_json::json!({ "error": self.outcome(), "message": message });
+        let body = serde_json::json!({ "error": self.outcome(), "message": self.message() });
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response

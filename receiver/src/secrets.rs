@@ -1,19 +1,20 @@
 //! The signing secrets: one per line in a file, all tried, so a secret can be
-//! rotated without downtime; the file is polled and re-read when its content
-//! changes (Kubernetes swaps a symlink on Secret updates, so the content is
-//! compared, not the mtime). No secret value is ever logged.
+//! rotated without downtime; the file is watched (polled) and re-read when its
+//! content changes (Kubernetes swaps a symlink on Secret updates, so the content
+//! is compared, not the mtime). No secret value is ever logged.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use ed25519_dalek::VerifyingKey;
 use hmac::{Hmac, Mac};
 use hookline_api::validated::{HmacAlgorithm, SecretFormat};
 use sha2::{Digest, Sha256, Sha512};
 
+use crate::encoding::decode_base64;
+use crate::metrics::Metrics;
 use crate::{Error, Result};
 
 /// An HMAC already keyed, so each request clones the prepared state instead of
@@ -102,13 +103,6 @@ impl SecretSet {
     }
 }
 
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    STANDARD
-        .decode(text)
-        .or_else(|_| STANDARD_NO_PAD.decode(text))
-        .ok()
-}
-
 fn parse_key(line: &str, format: SecretFormat, algorithm: HmacAlgorithm) -> Option<Key> {
     match format {
         SecretFormat::Raw => HmacKey::new(algorithm, line.as_bytes()).map(Key::Hmac),
@@ -192,6 +186,22 @@ impl SecretStore {
                 }
                 tracing::warn!(path = %self.path.display(), cause = %err, "cannot re-read the secret file; keeping the previous secrets");
                 false
+            }
+        }
+    }
+
+    /// Re-reads the file every `interval`, off the request threads, until the
+    /// task is aborted; each change is counted in `metrics`.
+    pub async fn watch(self: Arc<Self>, interval: Duration, metrics: Arc<Metrics>) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let store = self.clone();
+            if let Ok(true) = tokio::task::spawn_blocking(move || store.reload()).await {
+                metrics.secret_reloads.inc();
+                metrics.secrets.set(self.current().keys.len() as i64);
             }
         }
     }

@@ -18,6 +18,8 @@ use crate::{Config, Error, Result};
 /// How often readiness is re-checked while not ready, and while ready.
 const PROBE_NOT_READY: Duration = Duration::from_millis(500);
 const PROBE_READY: Duration = Duration::from_secs(2);
+/// How often start-up looks whether the first connection is made.
+const CONNECTED_POLL: Duration = Duration::from_millis(20);
 
 /// The JetStream side of the receiver.
 pub struct Store {
@@ -34,41 +36,9 @@ pub struct Store {
 impl Store {
     /// Starts connecting; returns at once. The client reconnects by itself forever.
     pub async fn connect(config: &Config) -> Result<Store> {
-        let mut options = async_nats::ConnectOptions::new()
-            .name(format!("hookline-receiver {}", config.endpoint.key()))
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .connection_timeout(Duration::from_secs(2))
-            // A restarted server is found again within about a second.
-            .reconnect_delay_callback(|attempts| {
-                Duration::from_millis((attempts as u64).saturating_mul(100).min(1000))
-            })
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("disconnected from NATS; reconnecting")
-                    }
-                    other => tracing::debug!(event = %other, "NATS client event"),
-                }
-            });
-        if let Some(path) = &config.nats_creds {
-            options =
-                options
-                    .credentials_file(path)
-                    .await
-                    .map_err(|source| Error::NatsCredentials {
-                        path: path.clone(),
-                        source,
-                    })?;
-        }
-        let client = options
-            .connect(config.nats_url.as_str())
-            .await
-            .map_err(|err| Error::NatsConnect {
-                url: config.nats_url.clone(),
-                message: err.to_string(),
-            })?;
+        let name = format!("hookline-receiver {}", config.endpoint.key());
+        let client =
+            hookline_api::nats::connect(&config.nats_url, &config.nats_auth, &name).await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(config.publish_timeout)
             .build(client.clone());
@@ -99,7 +69,7 @@ impl Store {
             if Instant::now() >= deadline {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(CONNECTED_POLL).await;
         }
         true
     }
@@ -162,7 +132,8 @@ impl Store {
     }
 
     /// Publishes and waits for JetStream's acknowledgement, bounded by the
-    /// publish timeout. Any failure is a 503: the sender must retry.
+    /// publish timeout. Any failure is a 503: the sender must retry. The
+    /// error's reason (stream, NATS's own words) is for the log, never the answer.
     pub async fn publish(
         &self,
         subject: String,
@@ -171,9 +142,7 @@ impl Store {
     ) -> Result<PublishAck> {
         // Fail fast rather than queue in the client while disconnected.
         if !self.is_connected() {
-            return Err(Error::Unavailable(
-                "the message store is unavailable (not connected to NATS)".into(),
-            ));
+            return Err(Error::Unavailable("not connected to NATS".into()));
         }
         let message = jetstream::message::PublishMessage::build()
             .payload(body)
@@ -190,14 +159,13 @@ impl Store {
                 PublishErrorKind::MaxPayloadExceeded => Error::PayloadTooLarge {
                     limit: self.max_payload(),
                 },
-                PublishErrorKind::StreamNotFound => Error::Unavailable(format!(
-                    "the message store is unavailable (stream {} not found)",
+                PublishErrorKind::StreamNotFound => {
+                    Error::Unavailable(format!("stream {} not found", self.stream))
+                }
+                _ => Error::Unavailable(format!(
+                    "JetStream refused the event for stream {}: {err}",
                     self.stream
                 )),
-                _ => {
-                    tracing::warn!(stream = %self.stream, cause = %err, "JetStream refused the event");
-                    Error::Unavailable(format!("the message store refused the event: {err}"))
-                }
             }),
         }
     }
@@ -209,8 +177,8 @@ impl Store {
 
     fn timed_out(&self) -> Error {
         Error::Unavailable(format!(
-            "the message store did not acknowledge within {:?}",
-            self.publish_timeout
+            "no acknowledgement from stream {} within {:?}",
+            self.stream, self.publish_timeout
         ))
     }
 

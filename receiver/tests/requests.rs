@@ -327,6 +327,37 @@ async fn health_readiness_metrics_and_unknown_routes() {
     }
 }
 
+/// What a 503 says to the sender: retry, and nothing about our insides (no
+/// stream name, no NATS error text; those go to the log).
+const RETRY_ANSWER: &str =
+    r#"{"error":"unavailable","message":"the event was not stored; retry in 5 s"}"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_503_asks_for_a_retry_and_names_nothing_internal() {
+    let receiver = Receiver::start(
+        &manifest("github", "  stream:\n    maxBytes: 4096\n"),
+        SECRET,
+    )
+    .await;
+    for n in 0..20 {
+        let body = format!(r#"{{"action":"opened","pad":"{}"}}"#, "p".repeat(500)).into_bytes();
+        let response = receiver
+            .post(
+                &github_signed(SECRET, &body, &format!("refused-{n}")),
+                &body,
+            )
+            .await;
+        if response.status() == 503 {
+            let answer: serde_json::Value = response.json().await.expect("JSON");
+            let expected: serde_json::Value = serde_json::from_str(RETRY_ANSWER).expect("JSON");
+            assert_eq!(answer, expected);
+            return;
+        }
+        assert_eq!(response.status(), 200);
+    }
+    panic!("a full stream never answered 503");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn full_stream_is_503_never_200() {
     let receiver = Receiver::start(

@@ -69,6 +69,10 @@ async fn nats_killed_gives_503_with_retry_after_and_a_restart_brings_200_back() 
     );
     let answer: serde_json::Value = response.json().await.expect("JSON");
     assert_eq!(answer["error"], "unavailable");
+    assert_eq!(
+        answer["message"], "the event was not stored; retry in 5 s",
+        "a 503 names nothing internal"
+    );
     assert!(!receiver.is_ready().await);
 
     tokio::task::block_in_place(|| receiver.nats.restart().expect("restart nats"));

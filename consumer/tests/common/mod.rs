@@ -10,7 +10,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use hookline_api::{ValidatedEndpoint, headers};
 use hookline_consumer::Config;
-use hookline_e2e::{NatsServer, Postgres, free_port};
+use hookline_e2e::{NatsServer, Postgres};
 use sqlx::PgPool;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -40,10 +40,8 @@ impl Env {
 
     /// Like [`Env::start`] with extra `spec` lines (indented by 2).
     pub async fn start_with(consumer: &str, extra_spec: &str) -> Env {
-        let nats = tokio::task::spawn_blocking(NatsServer::start);
-        let pg = tokio::task::spawn_blocking(Postgres::start);
-        let nats = nats.await.expect("join").expect("nats-server starts");
-        let pg = pg.await.expect("join").expect("postgres starts");
+        let nats = tokio::task::block_in_place(NatsServer::start).expect("nats-server starts");
+        let pg = tokio::task::block_in_place(Postgres::start).expect("postgres starts");
         let dir = tempfile::tempdir().expect("temp dir");
         let manifest = dir.path().join("endpoint.yaml");
         let text = format!(
@@ -68,11 +66,9 @@ impl Env {
         }
     }
 
-    /// A consumer config for this environment on a free port.
+    /// A consumer config for this environment.
     pub fn config(&self) -> Config {
-        let mut config = Config::new(self.endpoint.clone(), &self.nats.url(), &self.pg.url());
-        config.listen = ([127, 0, 0, 1], free_port()).into();
-        config
+        Config::new(self.endpoint.clone(), &self.nats.url(), &self.pg.url())
     }
 
     /// A test-side pool for assertions.
@@ -197,7 +193,7 @@ pub async fn publish(js: &jetstream::Context, endpoint: &ValidatedEndpoint, even
     .expect("PubAck");
 }
 
-/// A consumer running in this process.
+/// A consumer running in this process, serving on a loopback port of its own.
 pub struct Running {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<hookline_consumer::Result<()>>,
@@ -205,10 +201,13 @@ pub struct Running {
 }
 
 impl Running {
-    pub fn start(config: Config) -> Running {
+    pub async fn start(config: Config) -> Running {
         let (stop, stopped) = oneshot::channel::<()>();
-        let port = config.listen.port();
-        let task = tokio::spawn(hookline_consumer::run(config, async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let task = tokio::spawn(hookline_consumer::run(config, listener, async move {
             let _ = stopped.await;
         }));
         Running {

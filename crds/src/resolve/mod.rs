@@ -72,6 +72,7 @@ pub fn resolve(
         preset.event,
         &mut problems,
     );
+    let url_challenge = preset.url_challenge;
     let stream = stream::resolve_stream(
         namespace,
         name,
@@ -95,6 +96,7 @@ pub fn resolve(
             route,
             request,
             event,
+            url_challenge,
             stream,
             consumer,
             receiver,

@@ -4,7 +4,8 @@ use super::parse::parse_template;
 use crate::defaults;
 use crate::spec::{HmacAlgorithm, Provider, SignatureEncoding};
 use crate::validated::{
-    EventFields, FieldSource, SecretFormat, SignatureFormat, TimestampSource, Verification,
+    EventFields, FieldSource, SecretFormat, SignatureFormat, TimestampSource, UrlChallenge,
+    Verification,
 };
 
 /// A provider's built-in verification and event layout, before user overrides.
@@ -12,6 +13,8 @@ use crate::validated::{
 pub struct Preset {
     pub verification: Option<Verification>,
     pub event: EventFields,
+    /// The provider's check of the URL, answered and not stored.
+    pub url_challenge: Option<UrlChallenge>,
     /// Whether `secretRef.generate` makes sense: we choose the secret, not the provider.
     pub secret_chosen_by_us: bool,
 }
@@ -67,6 +70,7 @@ pub fn preset(provider: Provider) -> Preset {
                 timestamp: json("/created"),
                 object_id: json("/data/object/id"),
             },
+            url_challenge: None,
             secret_chosen_by_us: false,
         },
         Provider::Github => Preset {
@@ -84,6 +88,7 @@ pub fn preset(provider: Provider) -> Preset {
                 timestamp: None,
                 object_id: None,
             },
+            url_challenge: None,
             secret_chosen_by_us: true,
         },
         Provider::Shopify => Preset {
@@ -101,6 +106,7 @@ pub fn preset(provider: Provider) -> Preset {
                 timestamp: header("X-Shopify-Triggered-At"),
                 object_id: json("/id"),
             },
+            url_challenge: None,
             secret_chosen_by_us: false,
         },
         Provider::Slack => Preset {
@@ -118,6 +124,14 @@ pub fn preset(provider: Provider) -> Preset {
                 timestamp: json("/event_time"),
                 object_id: None,
             },
+            // Slack checks a new URL with a signed `url_verification` event
+            // whose `challenge` it expects back.
+            url_challenge: Some(UrlChallenge {
+                marker_pointer: "/type".into(),
+                marker_value: "url_verification".into(),
+                value_pointer: "/challenge".into(),
+                answer_key: "challenge".into(),
+            }),
             secret_chosen_by_us: false,
         },
         Provider::StandardWebhooks => Preset {
@@ -139,6 +153,7 @@ pub fn preset(provider: Provider) -> Preset {
                 timestamp: header("webhook-timestamp"),
                 object_id: json("/data/id"),
             },
+            url_challenge: None,
             secret_chosen_by_us: true,
         },
         Provider::Generic => Preset {
@@ -149,6 +164,7 @@ pub fn preset(provider: Provider) -> Preset {
                 timestamp: None,
                 object_id: None,
             },
+            url_challenge: None,
             secret_chosen_by_us: true,
         },
     }

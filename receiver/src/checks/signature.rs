@@ -1,16 +1,15 @@
-//! Signature verification over the raw body bytes, driven entirely by the
-//! endpoint's [`Verification`] data (provider presets are just data), with
+//! Signature (401): verification over the raw body bytes, driven entirely by
+//! the endpoint's [`Verification`] data (provider presets are just data), with
 //! constant-time comparisons and a replay window in both directions.
 
 use axum::http::HeaderMap;
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use ed25519_dalek::Signature;
 use hookline_api::validated::{
     PayloadPart, SignatureEncoding, SignatureFormat, TimestampSource, Verification,
 };
 use subtle::ConstantTimeEq;
 
+use crate::encoding::{decode_base64, is_unix_millis};
 use crate::secrets::{Key, SecretSet};
 
 /// Why a request's signature was refused (all are 401). The messages name
@@ -51,13 +50,6 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .and_then(|value| value.to_str().ok())
         .map(str::trim)
         .filter(|value| !value.is_empty())
-}
-
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    STANDARD
-        .decode(text)
-        .or_else(|_| STANDARD_NO_PAD.decode(text))
-        .ok()
 }
 
 impl Verifier {
@@ -210,11 +202,11 @@ impl Verifier {
     }
 }
 
-/// Unix seconds from a signing-time header; values above 1e11 are taken as
-/// milliseconds (no sender signs with a time that far in the future).
+/// Unix seconds from a signing-time header, which may give milliseconds
+/// (see [`is_unix_millis`]).
 pub fn parse_unix_seconds(text: &str) -> Option<i64> {
     let number: i64 = text.trim().parse().ok()?;
-    Some(if number.abs() > 100_000_000_000 {
+    Some(if is_unix_millis(number as f64) {
         number / 1000
     } else {
         number

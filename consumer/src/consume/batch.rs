@@ -1,0 +1,274 @@
+//! One batch, end to end: decode every message, refetch objects when the
+//! endpoint asks, store the batch in one transaction (message by message when
+//! one message's data breaks it), then settle each message by its outcome.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use async_nats::jetstream;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::Context;
+use super::settle::settle;
+use crate::decode::{self, Event, Undecodable};
+use crate::refetch::{RefetchError, Refetcher};
+use crate::store::{self, WriteError};
+
+/// Provider calls in flight per batch.
+const REFETCH_CONCURRENCY: usize = 8;
+
+/// One pulled message and what we learnt about it.
+pub(super) struct Item {
+    pub(super) message: jetstream::Message,
+    pub(super) delivered: u64,
+    pub(super) stream_sequence: u64,
+    pub(super) decoded: Result<Event, Undecodable>,
+    pub(super) outcome: Outcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// Not decided yet.
+    Pending,
+    Stored,
+    Duplicate,
+    /// Worth another delivery.
+    Transient(String),
+    /// No delivery will ever succeed.
+    Permanent(String),
+}
+
+/// Processes one batch end to end; never fails (every message ends acked,
+/// nak'ed or dead-lettered and terminated; when even that fails, JetStream
+/// redelivers after `ackWait`).
+pub async fn process_batch(ctx: &Context, messages: Vec<jetstream::Message>) {
+    let started = Instant::now();
+    let metrics = &ctx.metrics;
+    metrics.batches_in_flight.inc();
+    metrics.batch_size.observe(messages.len() as f64);
+    let first_sequence = messages
+        .first()
+        .and_then(|m| m.info().ok())
+        .map_or(0, |info| info.stream_sequence);
+    let span = info_span!("batch", size = messages.len(), first_sequence);
+    async {
+        let mut items = decode_all(ctx, messages);
+        store_items(ctx, &mut items).await;
+        settle(ctx, items).await;
+    }
+    .instrument(span)
+    .await;
+    metrics
+        .batch_seconds
+        .observe(started.elapsed().as_secs_f64());
+    metrics.batches_in_flight.dec();
+}
+
+fn decode_all(ctx: &Context, messages: Vec<jetstream::Message>) -> Vec<Item> {
+    let mut pending = None;
+    let items = messages
+        .into_iter()
+        .map(|message| {
+            let (delivered, stream_sequence, published) = match message.info() {
+                Ok(info) => {
+                    pending = Some(info.pending);
+                    (
+                        u64::try_from(info.delivered).unwrap_or(1).max(1),
+                        info.stream_sequence,
+                        i64::try_from(info.published.unix_timestamp_nanos())
+                            .ok()
+                            .map(DateTime::from_timestamp_nanos),
+                    )
+                }
+                Err(_) => (1, 0, None),
+            };
+            let published = published.unwrap_or_else(Utc::now);
+            let decoded = {
+                let _span = tracing::debug_span!("message", stream_sequence).entered();
+                decode::decode(
+                    &ctx.endpoint,
+                    message.subject.as_str(),
+                    message.headers.as_ref(),
+                    &message.payload,
+                    published,
+                )
+            };
+            let outcome = match &decoded {
+                Ok(_) => Outcome::Pending,
+                Err(err) => Outcome::Permanent(err.to_string()),
+            };
+            Item {
+                message,
+                delivered,
+                stream_sequence,
+                decoded,
+                outcome,
+            }
+        })
+        .collect();
+    if let Some(pending) = pending {
+        ctx.metrics
+            .jetstream_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
+    items
+}
+
+/// Refetches, then writes the decodable messages in one transaction (falling
+/// back to one transaction per message when a message's data breaks the batch).
+async fn store_items(ctx: &Context, items: &mut [Item]) {
+    // The first message of each event id is stored; later ones in the same
+    // batch share its fate as duplicates.
+    let mut first_of: HashMap<String, usize> = HashMap::new();
+    let mut duplicate_of: Vec<(usize, usize)> = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        if let Ok(event) = &item.decoded {
+            match first_of.get(&event.event_id) {
+                Some(&first) => duplicate_of.push((index, first)),
+                None => {
+                    first_of.insert(event.event_id.clone(), index);
+                }
+            }
+        }
+    }
+    let mut primaries: Vec<usize> = first_of.values().copied().collect();
+    primaries.sort_unstable();
+
+    let states = match &ctx.refetch {
+        Some(refetcher) => refetch_states(refetcher, items, &primaries).await,
+        None => HashMap::new(),
+    };
+    let mut refetched = HashMap::new();
+    for &index in &primaries {
+        let item = &mut items[index];
+        let Ok(event) = &item.decoded else { continue };
+        let Some(object_id) = &event.object_id else {
+            continue;
+        };
+        match states.get(object_id) {
+            Some(Ok(state)) => {
+                refetched.insert(object_id.clone(), Some(state.clone()));
+            }
+            Some(Err(RefetchError::Transient(message))) => {
+                item.outcome = Outcome::Transient(message.clone());
+            }
+            Some(Err(RefetchError::Permanent(message))) => {
+                item.outcome = Outcome::Permanent(message.clone());
+            }
+            None => {}
+        }
+    }
+
+    let writable: Vec<usize> = primaries
+        .into_iter()
+        .filter(|&index| items[index].outcome == Outcome::Pending)
+        .collect();
+    if !writable.is_empty() {
+        match write(ctx, items, &writable, &refetched).await {
+            Ok(()) => {}
+            Err(err @ WriteError::Rejected(_)) if writable.len() > 1 => {
+                ctx.metrics.batch_failures.inc();
+                warn!(cause = %err, "batch rejected by the database; storing its messages one by one");
+                for &index in &writable {
+                    if let Err(err) = write(ctx, items, &[index], &refetched).await {
+                        items[index].outcome = failure(&err);
+                    }
+                }
+            }
+            Err(err) => {
+                ctx.metrics.batch_failures.inc();
+                warn!(cause = %err, "batch transaction failed");
+                let outcome = failure(&err);
+                for &index in &writable {
+                    items[index].outcome = outcome.clone();
+                }
+            }
+        }
+    }
+    for (index, first) in duplicate_of {
+        items[index].outcome = match &items[first].outcome {
+            Outcome::Stored | Outcome::Duplicate => Outcome::Duplicate,
+            other => other.clone(),
+        };
+    }
+}
+
+fn failure(err: &WriteError) -> Outcome {
+    match err {
+        WriteError::Transient(_) => Outcome::Transient(err.to_string()),
+        WriteError::Rejected(_) => Outcome::Permanent(err.to_string()),
+    }
+}
+
+/// Writes the events at `indexes` in one transaction and records each outcome.
+async fn write(
+    ctx: &Context,
+    items: &mut [Item],
+    indexes: &[usize],
+    states: &HashMap<String, Option<String>>,
+) -> Result<(), WriteError> {
+    let events: Vec<&Event> = indexes
+        .iter()
+        .filter_map(|&index| items[index].decoded.as_ref().ok())
+        .collect();
+    let deliveries: HashMap<String, i32> = indexes
+        .iter()
+        .filter_map(|&index| {
+            let item = &items[index];
+            item.decoded.as_ref().ok().map(|event| {
+                (
+                    event.event_id.clone(),
+                    i32::try_from(item.delivered).unwrap_or(i32::MAX),
+                )
+            })
+        })
+        .collect();
+    let written = store::write_batch(&ctx.pool, &ctx.key, &events, &deliveries, states).await?;
+    let committed = Utc::now();
+    let metrics = &ctx.metrics;
+    for &index in indexes {
+        let item = &mut items[index];
+        let Ok(event) = &item.decoded else { continue };
+        if written.inserted.contains(&event.event_id) {
+            item.outcome = Outcome::Stored;
+            metrics.processed.inc();
+            let latency = (committed - event.received_at)
+                .num_microseconds()
+                .unwrap_or(0);
+            metrics
+                .event_latency_seconds
+                .observe(latency.max(0) as f64 / 1e6);
+            if written.out_of_order.contains(&event.event_id) {
+                metrics.out_of_order_ignored.inc();
+                debug!(event_id = %event.event_id, "older than the stored state; projection unchanged");
+            }
+        } else {
+            item.outcome = Outcome::Duplicate;
+        }
+    }
+    Ok(())
+}
+
+/// The current state of each object the batch's events are about, one call
+/// per object.
+async fn refetch_states(
+    refetcher: &Refetcher,
+    items: &[Item],
+    primaries: &[usize],
+) -> HashMap<String, Result<String, RefetchError>> {
+    let objects: HashSet<String> = primaries
+        .iter()
+        .filter(|&&index| items[index].outcome == Outcome::Pending)
+        .filter_map(|&index| items[index].decoded.as_ref().ok()?.object_id.clone())
+        .collect();
+    futures::stream::iter(objects)
+        .map(|object_id| async move {
+            let state = refetcher.fetch(&object_id).await;
+            (object_id, state)
+        })
+        .buffer_unordered(REFETCH_CONCURRENCY)
+        .collect()
+        .await
+}

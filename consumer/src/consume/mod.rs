@@ -1,0 +1,204 @@
+//! The processing loop: pull batches from the durable consumer and hand each
+//! to a `batch` task (store in one transaction), which `settle`s every
+//! message: acknowledge, retry later, or dead-letter and terminate.
+
+mod batch;
+mod settle;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use futures::StreamExt;
+use hookline_api::ValidatedEndpoint;
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+pub use batch::process_batch;
+
+use crate::Shutdown;
+use crate::metrics::Metrics;
+use crate::refetch::Refetcher;
+
+/// What every batch task needs.
+#[derive(Debug)]
+pub struct Context {
+    pub endpoint: ValidatedEndpoint,
+    /// `namespace/name`, the `endpoint` column.
+    pub key: String,
+    pub pool: PgPool,
+    pub metrics: Arc<Metrics>,
+    pub refetch: Option<Refetcher>,
+}
+
+/// How long an idle pull waits on the server for a message; also the longest
+/// a shutdown waits for an idle pull to end.
+const PULL_EXPIRY: Duration = Duration::from_secs(1);
+/// The longest one pull (all its requests) may take.
+const PULL_TIMEOUT: Duration = Duration::from_secs(15);
+/// After a failed pull (e.g. "max ack pending reached" while the database is
+/// down), the pause before the next one.
+const PULL_RETRY_DELAY: Duration = Duration::from_millis(500);
+/// One failed pull in this many is logged at `warn` (the others at `debug`):
+/// about once every 30 s while pulls keep failing, not twice a second.
+const PULL_FAILURES_PER_WARNING: u64 = 60;
+/// The least a pull may bring in bytes (16 MiB), so batches of small events
+/// are never cut short.
+const MIN_BATCH_BYTES: usize = 16 << 20;
+/// Room for headers and the JetStream envelope on top of two bodies (1 MiB).
+const BATCH_BYTES_OVERHEAD: usize = 1 << 20;
+
+/// What one pull may bring in bytes: bounds the memory of a batch without ever
+/// refusing a single message as large as `request.maxBodyBytes` allows.
+fn max_batch_bytes(max_body_bytes: usize) -> usize {
+    (2 * max_body_bytes + BATCH_BYTES_OVERHEAD).max(MIN_BATCH_BYTES)
+}
+
+/// Consumes until `shutdown`: then stops pulling and waits for the batches in
+/// progress to commit and acknowledge (or nak).
+///
+/// A batch is whatever is waiting when a worker is free, up to `batchSize`:
+/// one message alone when the stream is quiet (lowest latency), full batches
+/// under load (highest throughput). Pulls never ask for more than is taken at
+/// once, so nothing sits unseen in this process until `ackWait` runs out when
+/// it stops. Up to `concurrency` batches are in progress at once, so one
+/// batch's commit overlaps the next one's fetch and work.
+pub async fn consume(
+    ctx: Arc<Context>,
+    consumer: PullConsumer,
+    concurrency: usize,
+    mut shutdown: Shutdown,
+) {
+    let batch_size = ctx.endpoint.consumer.batch_size;
+    let max_bytes = max_batch_bytes(ctx.endpoint.request.max_body_bytes);
+    let workers = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    let mut pull_failures: u64 = 0;
+    while !shutdown.is_requested() {
+        while let Some(done) = tasks.try_join_next() {
+            if let Err(err) = done {
+                warn!(cause = %err, "a batch task failed");
+            }
+        }
+        let permit = tokio::select! {
+            _ = shutdown.wait() => break,
+            permit = workers.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        // Never cancelled: messages already on their way would sit unseen
+        // until `ackWait` ran out. An idle pull ends within `PULL_EXPIRY`, and
+        // what it brings is processed like any batch.
+        // The timeout only guards against a pull whose answer was lost
+        // (e.g. the connection dropped mid-request).
+        let batch =
+            tokio::time::timeout(PULL_TIMEOUT, next_batch(&consumer, batch_size, max_bytes))
+                .await
+                .unwrap_or_else(|_| Err("pull request got no answer in time".into()));
+        let batch = match batch {
+            Ok(batch) => {
+                pull_failures = 0;
+                if batch.is_empty() {
+                    continue;
+                }
+                batch
+            }
+            Err(err) => {
+                // E.g. "max ack pending reached" during a database outage: say
+                // so once a while, not twice a second.
+                pull_failures += 1;
+                if pull_failures % PULL_FAILURES_PER_WARNING == 1 {
+                    warn!(cause = %err, pull_failures, "cannot pull from the durable consumer; retrying");
+                } else {
+                    debug!(cause = %err, pull_failures, "cannot pull from the durable consumer; retrying");
+                }
+                if shutdown.sleep(PULL_RETRY_DELAY).await {
+                    continue;
+                }
+                break;
+            }
+        };
+        let ctx = ctx.clone();
+        tasks.spawn(async move {
+            batch::process_batch(&ctx, batch).await;
+            drop(permit);
+        });
+    }
+    let in_progress = tasks.len();
+    if in_progress > 0 {
+        info!(in_progress, "finishing batches in progress");
+    }
+    while let Some(done) = tasks.join_next().await {
+        if let Err(err) = done {
+            warn!(cause = %err, "a batch task failed");
+        }
+    }
+}
+
+/// Up to `size` messages (and about `max_bytes`): those waiting now; when none, the first one to
+/// arrive within [`PULL_EXPIRY`] plus any that came with it (empty when none).
+async fn next_batch(
+    consumer: &PullConsumer,
+    size: usize,
+    max_bytes: usize,
+) -> Result<Vec<jetstream::Message>, async_nats::Error> {
+    let fetch = |size| {
+        consumer
+            .fetch()
+            .max_messages(size)
+            .max_bytes(max_bytes)
+            .messages()
+    };
+    let (batch, _) = take(fetch(size).await?).await;
+    if !batch.is_empty() {
+        return Ok(batch);
+    }
+    let first = consumer
+        .batch()
+        .max_messages(1)
+        .expires(PULL_EXPIRY)
+        .messages()
+        .await?;
+    let (mut batch, ended) = take(first).await;
+    if batch.is_empty() {
+        // A status instead of a message or a timeout: wait before asking again.
+        return ended.map_or(Ok(batch), Err);
+    }
+    if size > 1
+        && let Ok(more) = fetch(size - 1).await
+    {
+        // Failing to get more is fine: the one in hand is processed.
+        batch.extend(take(more).await.0);
+    }
+    Ok(batch)
+}
+
+/// Every message of a finished pull request, and the status that ended it
+/// early, if any (e.g. "max ack pending reached").
+async fn take(
+    mut messages: jetstream::consumer::pull::Batch,
+) -> (Vec<jetstream::Message>, Option<async_nats::Error>) {
+    let mut batch = Vec::new();
+    while let Some(message) = messages.next().await {
+        match message {
+            Ok(message) => batch.push(message),
+            Err(err) => return (batch, Some(err)),
+        }
+    }
+    (batch, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pull_always_fits_the_largest_allowed_body() {
+        assert_eq!(max_batch_bytes(1 << 20), MIN_BATCH_BYTES);
+        let largest = hookline_api::defaults::MAX_BODY_BYTES_LIMIT as usize;
+        assert!(max_batch_bytes(largest) > largest);
+    }
+}

@@ -1,0 +1,197 @@
+//! The consumer's life: [`run`] connects (lazily: it serves `/readyz` as not
+//! ready while Postgres or NATS is down), migrates, provisions when asked,
+//! binds to the durable consumer (each step retried with backoff), consumes
+//! until the shutdown signal, and finishes the batches in hand.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use sqlx::postgres::PgConnectOptions;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::http::{self, HttpState};
+use crate::metrics::Metrics;
+use crate::refetch::Refetcher;
+use crate::store::{self, retention};
+use crate::{Config, Error, Result, Shutdown, consume};
+
+/// Database connections beyond one per batch in flight: the readiness probe
+/// and the retention sweep each need one without waiting for a batch.
+const SPARE_CONNECTIONS: u32 = 2;
+/// The least statement timeout. Otherwise it is `ackWait`: a statement still
+/// running when its batch is redelivered only doubles the work.
+const MIN_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// First pause between start-up attempts; it doubles up to [`RETRY_MAX_DELAY`].
+const RETRY_FIRST_DELAY: Duration = Duration::from_millis(500);
+/// Longest pause between start-up attempts: a database or NATS that comes
+/// back is found within seconds.
+const RETRY_MAX_DELAY: Duration = Duration::from_secs(10);
+/// How long the last acknowledgements may take to reach NATS at exit; what
+/// does not arrive is redelivered (and deduplicated).
+const FINAL_FLUSH: Duration = Duration::from_secs(5);
+/// How long the health server may take to close its connections at exit.
+const HTTP_SHUTDOWN: Duration = Duration::from_secs(5);
+
+/// Runs the consumer on `listener` (`/healthz`, `/readyz`, `/metrics`) until
+/// `shutdown` completes, then finishes the batches in hand and returns. Waits
+/// (reporting not-ready) while Postgres or NATS is unreachable; fails only on
+/// errors no retry can fix (a bad URL or credentials file).
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let mut shutdown = Shutdown::new(shutdown);
+    let key = config.endpoint.key();
+    let settings = &config.endpoint.consumer;
+    let options = store::connect_options(&config.database_url)?;
+    let connections = u32::from(config.concurrency) + SPARE_CONNECTIONS;
+    let pool = store::pool(
+        &options,
+        connections,
+        settings.ack_wait.max(MIN_STATEMENT_TIMEOUT),
+    );
+    let metrics = Arc::new(Metrics::new(&key));
+    let refetch = settings
+        .refetch
+        .as_ref()
+        .map(|refetch| Refetcher::new(refetch.clone(), config.refetch_auth_file.clone()))
+        .transpose()?;
+    let nats =
+        hookline_api::nats::connect(&config.nats_url, &config.nats_auth, "hookline-consumer")
+            .await?;
+    let js = jetstream::new(nats.clone());
+
+    let started = Arc::new(AtomicBool::new(false));
+    let address = listener.local_addr().ok();
+    let app = http::router(HttpState {
+        metrics: metrics.clone(),
+        pool: pool.clone(),
+        nats: nats.clone(),
+        started: started.clone(),
+    });
+    let mut http_shutdown = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_shutdown.wait().await })
+            .await
+    });
+    info!(endpoint = %key, listen = ?address, stream = %config.endpoint.stream.name, "starting");
+
+    let consumer = match start_up(&config, &options, &js, &shutdown).await {
+        Ok(consumer) => consumer,
+        Err(err) => {
+            server.abort();
+            return Err(err);
+        }
+    };
+    if let Some(consumer) = consumer {
+        started.store(true, Ordering::Relaxed);
+        info!("consuming");
+        let sweeper = tokio::spawn(retention::sweep_every(
+            pool.clone(),
+            key.clone(),
+            config.endpoint.stream.max_age,
+            config.sweep_interval,
+            shutdown.clone(),
+        ));
+        let ctx = Arc::new(consume::Context {
+            endpoint: config.endpoint.clone(),
+            key: key.clone(),
+            pool: pool.clone(),
+            metrics,
+            refetch,
+        });
+        consume::consume(ctx, consumer, config.concurrency.into(), shutdown.clone()).await;
+        sweeper.abort();
+    }
+
+    // Acks are buffered by the client: send them before leaving.
+    if tokio::time::timeout(FINAL_FLUSH, nats.flush())
+        .await
+        .is_err()
+    {
+        warn!("NATS did not take the last acknowledgements in time; they will be redelivered");
+    }
+    shutdown.wait().await;
+    let _ = tokio::time::timeout(HTTP_SHUTDOWN, server).await;
+    pool.close().await;
+    info!("stopped");
+    Ok(())
+}
+
+/// Migrates the database, provisions the stream when asked, and finds the
+/// durable consumer, each retried until it works; `None` when shutdown came first.
+async fn start_up(
+    config: &Config,
+    options: &PgConnectOptions,
+    js: &jetstream::Context,
+    shutdown: &Shutdown,
+) -> Result<Option<PullConsumer>> {
+    let endpoint = &config.endpoint;
+    let migrated = retry("migrate the database", shutdown, || store::migrate(options)).await?;
+    if migrated.is_none() {
+        return Ok(None);
+    }
+    if config.provision {
+        let provisioned = retry("provision the stream and consumer", shutdown, || async {
+            hookline_api::provision::provision(js, endpoint)
+                .await
+                .map_err(Error::from)
+        })
+        .await?;
+        if provisioned.is_none() {
+            return Ok(None);
+        }
+    }
+    retry("find the durable consumer", shutdown, || async {
+        let stream_name = &endpoint.stream.name;
+        let durable_name = &endpoint.consumer.durable_name;
+        let stream = js.get_stream(stream_name).await.map_err(|err| {
+            Error::JetStream(format!(
+                "stream {stream_name}: {err} (run with --provision, or let the operator create it)"
+            ))
+        })?;
+        stream
+            .get_consumer::<jetstream::consumer::pull::Config>(durable_name)
+            .await
+            .map_err(|err| Error::JetStream(format!("durable consumer {durable_name}: {err}")))
+    })
+    .await
+}
+
+/// Calls `attempt` until it succeeds, backing off from [`RETRY_FIRST_DELAY`]
+/// to [`RETRY_MAX_DELAY`] and logging each failure; gives up only on a
+/// configuration error. `Ok(None)` when shutdown came first.
+async fn retry<T, F, Fut>(what: &str, shutdown: &Shutdown, mut attempt: F) -> Result<Option<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut shutdown = shutdown.clone();
+    let mut delay = RETRY_FIRST_DELAY;
+    loop {
+        if shutdown.is_requested() {
+            return Ok(None);
+        }
+        let outcome = tokio::select! {
+            _ = shutdown.wait() => return Ok(None),
+            outcome = attempt() => outcome,
+        };
+        match outcome {
+            Ok(value) => return Ok(Some(value)),
+            Err(err @ Error::Config(_)) => return Err(err),
+            Err(err) => {
+                warn!(cause = %err, retry_in = ?delay, "cannot {what} yet");
+                if !shutdown.sleep(delay).await {
+                    return Ok(None);
+                }
+                delay = (delay * 2).min(RETRY_MAX_DELAY);
+            }
+        }
+    }
+}
