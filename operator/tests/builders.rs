@@ -333,16 +333,25 @@ fn secrets_are_read_only_files_and_the_database_url_an_env_reference() {
         {
             assert_eq!(volume.default_mode, Some(0o440), "{volume:?}");
         }
-        let args = container.args.clone().expect("args");
-        assert!(
-            args.contains(&"--nats-creds=/etc/hookline/nats-creds/nats.creds".to_owned()),
-            "{args:?}"
-        );
-        assert!(
-            args.contains(&"--nats-tls-ca=/etc/hookline/nats-tls-ca/ca.crt".to_owned()),
-            "{args:?}"
-        );
         let env = container.env.clone().expect("env");
+        let value = |name: &str| {
+            env.iter()
+                .find(|var| var.name == name)
+                .and_then(|var| var.value.clone())
+        };
+        assert_eq!(
+            value("HOOKLINE_NATS_CREDS").as_deref(),
+            Some("/etc/hookline/nats-creds/nats.creds")
+        );
+        assert_eq!(
+            value("HOOKLINE_NATS_TLS_CA").as_deref(),
+            Some("/etc/hookline/nats-tls-ca/ca.crt")
+        );
+        assert_eq!(
+            value("HOOKLINE_ENDPOINT").as_deref(),
+            Some("/etc/hookline/endpoint/endpoint.yaml")
+        );
+        assert!(value("HOOKLINE_NATS_URL").is_some());
         let from_secret = |name: &str| {
             env.iter()
                 .find(|var| var.name == name)

@@ -214,11 +214,12 @@ async fn create_secret(client: &Client, value: Secret) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs fakekube.py from the development tools; .ci/run runs it"]
 async fn the_operator_binary_runs_an_endpoint_through_its_whole_life() {
-    let fake = FakeKube::start(true);
-    let nats = NatsServer::start().expect("nats-server starts");
+    let fake = tokio::task::block_in_place(|| FakeKube::start(true));
+    let nats = tokio::task::block_in_place(NatsServer::start).expect("nats-server starts");
     let client = fake.client().await;
     install_crd(&client).await;
-    let (mut operator, _) = start_operator(&fake, &nats, "replica-a");
+    let (mut operator, _) =
+        tokio::task::block_in_place(|| start_operator(&fake, &nats, "replica-a"));
 
     let resource = example("stripe.yaml");
     apply_endpoint(&client, &resource).await;
@@ -354,8 +355,7 @@ async fn the_operator_binary_runs_an_endpoint_through_its_whole_life() {
     .await;
 
     operator.signal(Signal::Term).expect("SIGTERM");
-    let status = operator
-        .wait_timeout(Duration::from_secs(20))
+    let status = tokio::task::block_in_place(|| operator.wait_timeout(Duration::from_secs(20)))
         .expect("the operator stops on SIGTERM");
     assert!(status.success(), "{status}:\n{}", operator.log_tail(20));
 }
@@ -363,11 +363,11 @@ async fn the_operator_binary_runs_an_endpoint_through_its_whole_life() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs fakekube.py from the development tools; .ci/run runs it"]
 async fn without_keda_every_example_becomes_ready_and_a_standby_replica_takes_over() {
-    let fake = FakeKube::start(false);
-    let nats = NatsServer::start().expect("nats-server starts");
+    let fake = tokio::task::block_in_place(|| FakeKube::start(false));
+    let nats = tokio::task::block_in_place(NatsServer::start).expect("nats-server starts");
     let client = fake.client().await;
     install_crd(&client).await;
-    let (mut leader, _) = start_operator(&fake, &nats, "replica-a");
+    let (mut leader, _) = tokio::task::block_in_place(|| start_operator(&fake, &nats, "replica-a"));
     let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
     eventually("replica-a holds the Lease", &mut leader, async || {
         let holder = leases
@@ -379,7 +379,8 @@ async fn without_keda_every_example_becomes_ready_and_a_standby_replica_takes_ov
         (holder == "replica-a").then_some(())
     })
     .await;
-    let (mut standby, standby_port) = start_operator(&fake, &nats, "replica-b");
+    let (mut standby, standby_port) =
+        tokio::task::block_in_place(|| start_operator(&fake, &nats, "replica-b"));
 
     for (_, resource) in support::examples() {
         let namespace = resource.namespace().expect("namespace");
@@ -435,8 +436,7 @@ async fn without_keda_every_example_becomes_ready_and_a_standby_replica_takes_ov
     );
 
     leader.signal(Signal::Term).expect("SIGTERM");
-    leader
-        .wait_timeout(Duration::from_secs(20))
+    tokio::task::block_in_place(|| leader.wait_timeout(Duration::from_secs(20)))
         .expect("the leader stops");
     eventually(
         "replica-b takes the released Lease",

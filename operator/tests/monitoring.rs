@@ -97,8 +97,8 @@ fn used_by_the_chart() -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
-    let nats = NatsServer::start().expect("nats-server starts");
-    let postgres = Postgres::start().expect("Postgres starts");
+    let nats = tokio::task::block_in_place(NatsServer::start).expect("nats-server starts");
+    let postgres = tokio::task::block_in_place(Postgres::start).expect("Postgres starts");
     let manifest = support::examples_dir().join("stripe.yaml");
     let dir = tempfile::tempdir().expect("temp dir");
     let secret_file = dir.path().join("secret");
@@ -107,28 +107,32 @@ async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
 
     let receiver_port = free_port();
     let mut receiver = ChildProcess::spawn(
-        Command::new(workspace_bin("hookline-receiver"))
-            .arg("--endpoint")
-            .arg(&manifest)
-            .arg("--secret-file")
-            .arg(&secret_file)
-            .args(["--nats-url", &nats.url(), "--provision"])
-            .arg(format!("--listen=127.0.0.1:{receiver_port}")),
+        Command::new(tokio::task::block_in_place(|| {
+            workspace_bin("hookline-receiver")
+        }))
+        .arg("--endpoint")
+        .arg(&manifest)
+        .arg("--secret-file")
+        .arg(&secret_file)
+        .args(["--nats-url", &nats.url(), "--provision"])
+        .arg(format!("--listen=127.0.0.1:{receiver_port}")),
     )
     .expect("receiver starts");
     let consumer_port = free_port();
     let mut consumer = ChildProcess::spawn(
-        Command::new(workspace_bin("hookline-consumer"))
-            .arg("--endpoint")
-            .arg(&manifest)
-            .args([
-                "--nats-url",
-                &nats.url(),
-                "--database-url",
-                &postgres.url(),
-                "--provision",
-            ])
-            .arg(format!("--listen=127.0.0.1:{consumer_port}")),
+        Command::new(tokio::task::block_in_place(|| {
+            workspace_bin("hookline-consumer")
+        }))
+        .arg("--endpoint")
+        .arg(&manifest)
+        .args([
+            "--nats-url",
+            &nats.url(),
+            "--database-url",
+            &postgres.url(),
+            "--provision",
+        ])
+        .arg(format!("--listen=127.0.0.1:{consumer_port}")),
     )
     .expect("consumer starts");
     scrape(&client, receiver_port, &mut receiver).await;

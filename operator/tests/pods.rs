@@ -182,7 +182,10 @@ fn pod_command(
     command.env_clear();
     for var in container.env.iter().flatten() {
         match (&var.value, &var.value_from) {
-            (Some(value), _) => command.env(&var.name, value),
+            (Some(value), _) => command.env(
+                &var.name,
+                value.replace("/etc/hookline", &format!("{}/etc/hookline", root.display())),
+            ),
             (None, Some(_)) => command.env(&var.name, &secret_env[&var.name]),
             (None, None) => command.env(&var.name, ""),
         };
@@ -259,11 +262,13 @@ async fn run_example(
     );
     let secret_env = BTreeMap::from([("HOOKLINE_DATABASE_URL".to_owned(), postgres.url())]);
 
-    let (mut consumer_command, consumer_port) =
-        pod_command(&children.consumer, root.path(), &files, &secret_env);
+    let (mut consumer_command, consumer_port) = tokio::task::block_in_place(|| {
+        pod_command(&children.consumer, root.path(), &files, &secret_env)
+    });
     let mut consumer = ChildProcess::spawn(&mut consumer_command).expect("consumer starts");
-    let (mut receiver_command, receiver_port) =
-        pod_command(&children.receiver, root.path(), &files, &secret_env);
+    let (mut receiver_command, receiver_port) = tokio::task::block_in_place(|| {
+        pod_command(&children.receiver, root.path(), &files, &secret_env)
+    });
     let mut receiver = ChildProcess::spawn(&mut receiver_command).expect("receiver starts");
     wait_ready(
         client,
@@ -296,7 +301,7 @@ async fn run_example(
 
     let key = endpoint.key();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while rows(postgres, &key) == 0 {
+    while tokio::task::block_in_place(|| rows(postgres, &key)) == 0 {
         assert!(
             Instant::now() < deadline,
             "{file}: no row for {key}:\n{}",
@@ -304,15 +309,23 @@ async fn run_example(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(rows(postgres, &key), 1, "{file}");
-    receiver.terminate();
-    consumer.terminate();
+    assert_eq!(
+        tokio::task::block_in_place(|| rows(postgres, &key)),
+        1,
+        "{file}"
+    );
+    tokio::task::block_in_place(|| {
+        receiver.terminate();
+        consumer.terminate();
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rendered_pods_of_every_example_start_and_store_a_signed_event() {
-    let nats = NatsServer::start().expect("nats-server starts (apt-get install -y nats-server)");
-    let postgres = Postgres::start().expect("Postgres starts (apt-get install -y postgresql)");
+    let nats = tokio::task::block_in_place(NatsServer::start)
+        .expect("nats-server starts (apt-get install -y nats-server)");
+    let postgres = tokio::task::block_in_place(Postgres::start)
+        .expect("Postgres starts (apt-get install -y postgresql)");
     let client = reqwest::Client::new();
     for (file, mut resource) in support::examples() {
         resource.metadata.uid = Some("00000000-0000-0000-0000-000000000001".into());

@@ -33,7 +33,7 @@ async fn stream_info(harness: &Harness, name: &str) -> Option<jetstream::stream:
     stream.info().await.ok().cloned()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_reconcile_adds_the_finalizer_then_applies_every_child_and_the_stream() {
     let mut harness = stripe(true).await;
     let first = harness.reconcile(NS, NAME).await.expect("reconcile");
@@ -137,7 +137,7 @@ async fn first_reconcile_adds_the_finalizer_then_applies_every_child_and_the_str
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn available_deployments_make_the_endpoint_ready_with_an_event() {
     let mut harness = stripe(true).await;
     harness.settle(NS, NAME).await;
@@ -172,7 +172,7 @@ async fn available_deployments_make_the_endpoint_ready_with_an_event() {
     assert!(!events.is_empty(), "becoming Ready publishes an Event");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_reconcile_with_nothing_changed_writes_nothing() {
     let mut harness = stripe(true).await;
     harness.settle(NS, NAME).await;
@@ -193,7 +193,7 @@ async fn a_second_reconcile_with_nothing_changed_writes_nothing() {
     assert_eq!(harness.fake.writes(), []);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spec_change_patches_the_children_and_the_stream() {
     let mut harness = stripe(true).await;
     harness.settle(NS, NAME).await;
@@ -253,7 +253,7 @@ async fn a_spec_change_patches_the_children_and_the_stream() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_spec_ingress_deletes_the_ingress_and_the_url_becomes_the_service() {
     let mut harness = stripe(true).await;
     harness.settle(NS, NAME).await;
@@ -301,7 +301,7 @@ async fn removing_spec_ingress_deletes_the_ingress_and_the_url_becomes_the_servi
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owned_children_the_endpoint_no_longer_has_are_pruned() {
     let mut harness = stripe(true).await;
     harness.settle(NS, NAME).await;
@@ -332,7 +332,7 @@ async fn owned_children_the_endpoint_no_longer_has_are_pruned() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edited_child_is_put_back() {
     let mut harness = stripe(true).await;
     harness.settle(NS, NAME).await;
@@ -358,7 +358,7 @@ async fn an_edited_child_is_put_back() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_secret_is_named_and_a_secret_created_later_resolves_it() {
     let mut harness = Harness::start(true).await;
     let resource = example("stripe.yaml");
@@ -419,7 +419,7 @@ async fn a_missing_secret_is_named_and_a_secret_created_later_resolves_it() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_key_is_named() {
     let mut harness = Harness::start(true).await;
     harness.add_endpoint_with_secrets(&example("stripe.yaml"));
@@ -439,7 +439,7 @@ async fn a_missing_key_is_named() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generate_creates_a_missing_signing_secret_once_owned_by_the_endpoint() {
     let mut harness = Harness::start(true).await;
     harness.add_endpoint_with_secrets(&example("github.yaml"));
@@ -475,7 +475,7 @@ async fn generate_creates_a_missing_signing_secret_once_owned_by_the_endpoint() 
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standard_webhooks_secrets_are_generated_in_whsec_form_and_existing_ones_kept() {
     let mut harness = Harness::start(true).await;
     harness.add_endpoint_with_secrets(&example("standard-webhooks.yaml"));
@@ -511,7 +511,7 @@ async fn standard_webhooks_secrets_are_generated_in_whsec_form_and_existing_ones
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_spec_is_reported_with_every_bad_field_and_nothing_is_applied() {
     let mut harness = stripe(true).await;
     harness.fake.edit(
@@ -551,7 +551,7 @@ async fn an_invalid_spec_is_reported_with_every_bad_field_and_nothing_is_applied
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_endpoint_needs_a_database_secret() {
     let mut harness = Harness::start(true).await;
     let mut resource = example("stripe.yaml");
@@ -567,10 +567,10 @@ async fn a_cluster_endpoint_needs_a_database_secret() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_down_is_reported_children_are_applied_and_nats_back_recovers() {
     let mut harness = stripe(true).await;
-    harness.nats.stop();
+    tokio::task::block_in_place(|| harness.nats.stop());
     for _ in 0..100 {
         if harness.ctx.nats.connection_state() != async_nats::connection::State::Connected {
             break;
@@ -599,7 +599,7 @@ async fn nats_down_is_reported_children_are_applied_and_nats_back_recovers() {
             .is_some()
     );
 
-    harness.nats.restart().expect("nats restarts");
+    tokio::task::block_in_place(|| harness.nats.restart()).expect("nats restarts");
     support::wait_connected(&harness.ctx.nats).await;
     harness.reconcile(NS, NAME).await.expect("reconcile");
     assert_eq!(
@@ -608,7 +608,7 @@ async fn nats_down_is_reported_children_are_applied_and_nats_back_recovers() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_keda_the_consumer_runs_at_min_replicas_and_the_endpoint_is_still_ready() {
     let mut harness = stripe(false).await;
     harness.settle(NS, NAME).await;
@@ -631,7 +631,7 @@ async fn without_keda_the_consumer_runs_at_min_replicas_and_the_endpoint_is_stil
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_keda_the_consumer_replicas_are_left_to_keda() {
     let mut harness = stripe(true).await;
     harness.settle(NS, NAME).await;
@@ -651,7 +651,7 @@ async fn with_keda_the_consumer_replicas_are_left_to_keda() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletion_runs_the_finalizer_and_deletes_the_stream() {
     let mut harness = stripe(true).await;
     harness.settle(NS, NAME).await;
@@ -685,7 +685,7 @@ async fn deletion_runs_the_finalizer_and_deletes_the_stream() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletion_policy_retain_keeps_the_stream() {
     let mut harness = Harness::start(true).await;
     let mut resource = example("stripe.yaml");
@@ -719,7 +719,7 @@ async fn deletion_policy_retain_keeps_the_stream() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_failure_is_an_error_that_requeues_with_growing_backoff() {
     let mut harness = stripe(true).await;
     harness.settle(NS, NAME).await;
@@ -736,7 +736,7 @@ async fn an_api_failure_is_an_error_that_requeues_with_growing_backoff() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_max_payload_below_the_body_limit_is_said_in_the_condition() {
     let mut harness = stripe(true).await;
     harness.settle(NS, NAME).await;

@@ -31,7 +31,8 @@ pub fn deployment(
         .as_ref()
         .and_then(|refetch| refetch.auth_secret_ref.as_ref())
     {
-        parts.secret_file("--refetch-auth-file", "refetch-auth", &auth.name, &auth.key);
+        let path = parts.mount_secret_file("refetch-auth", &auth.name, &auth.key);
+        parts.arg("--refetch-auth-file", &path);
     }
     let template = parts.template(
         valid,

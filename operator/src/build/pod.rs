@@ -38,7 +38,9 @@ pub struct PodParts {
 }
 
 impl PodParts {
-    /// The parts every Hookline pod has: the manifest and the NATS connection.
+    /// The parts every Hookline pod has: the manifest and the NATS connection,
+    /// as environment variables, so a command run in the pod (`kubectl exec
+    /// … hookline-consumer replay --all`) finds them too.
     pub fn new(valid: &ValidEndpoint, config: &OperatorConfig) -> PodParts {
         let mut parts = PodParts::default();
         let dir = format!("{MOUNT_ROOT}/endpoint");
@@ -51,25 +53,35 @@ impl PodParts {
             ..Default::default()
         });
         parts.mounts.push(read_only_mount("endpoint", &dir));
-        parts.arg("--endpoint", &format!("{dir}/{}", manifest::MANIFEST_KEY));
-        parts.arg("--nats-url", &config.nats.url);
+        parts.env_value(
+            "HOOKLINE_ENDPOINT",
+            &format!("{dir}/{}", manifest::MANIFEST_KEY),
+        );
+        parts.env_value("HOOKLINE_NATS_URL", &config.nats.url);
         let nats = &config.nats;
         if let Some(secret) = &nats.credentials_secret {
-            parts.secret_file("--nats-creds", "nats-creds", secret, NATS_CREDS_KEY);
+            let path = parts.mount_secret_file("nats-creds", secret, NATS_CREDS_KEY);
+            parts.env_value("HOOKLINE_NATS_CREDS", &path);
         }
         if let Some(secret) = &nats.tls_ca_secret {
-            parts.secret_file("--nats-tls-ca", "nats-tls-ca", secret, NATS_TLS_CA_KEY);
+            let path = parts.mount_secret_file("nats-tls-ca", secret, NATS_TLS_CA_KEY);
+            parts.env_value("HOOKLINE_NATS_TLS_CA", &path);
         }
         if let Some(secret) = &nats.user_password_secret {
             parts.secret_env("HOOKLINE_NATS_USER", secret, NATS_USER_KEY);
             parts.secret_env("HOOKLINE_NATS_PASSWORD", secret, NATS_PASSWORD_KEY);
         }
-        parts.env.push(EnvVar {
-            name: "RUST_LOG".into(),
-            value: Some(config.log_level.clone()),
+        parts.env_value("RUST_LOG", &config.log_level);
+        parts
+    }
+
+    /// `variable=value`.
+    pub fn env_value(&mut self, variable: &str, value: &str) {
+        self.env.push(EnvVar {
+            name: variable.to_owned(),
+            value: Some(value.to_owned()),
             ..Default::default()
         });
-        parts
     }
 
     /// `--flag=value`.
@@ -78,9 +90,9 @@ impl PodParts {
     }
 
     /// Mounts `key` of Secret `secret` read-only as a file of its own directory
-    /// (`/etc/hookline/<volume>/<key>`) and passes its path as `flag`. A mounted
-    /// file follows the Secret, so rotation needs no restart.
-    pub fn secret_file(&mut self, flag: &str, volume: &str, secret: &str, key: &str) {
+    /// and returns its path, `/etc/hookline/<volume>/<key>`. A mounted file
+    /// follows the Secret, so rotation needs no restart.
+    pub fn mount_secret_file(&mut self, volume: &str, secret: &str, key: &str) -> String {
         let dir = format!("{MOUNT_ROOT}/{volume}");
         self.volumes.push(Volume {
             name: volume.to_owned(),
@@ -97,7 +109,7 @@ impl PodParts {
             ..Default::default()
         });
         self.mounts.push(read_only_mount(volume, &dir));
-        self.arg(flag, &format!("{dir}/{}", file_name(key)));
+        format!("{dir}/{}", file_name(key))
     }
 
     /// Sets `variable` from `key` of Secret `secret`.

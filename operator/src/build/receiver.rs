@@ -39,12 +39,12 @@ const NGINX_BODY_SIZE_ANNOTATION: &str = "nginx.ingress.kubernetes.io/proxy-body
 pub fn deployment(valid: &ValidEndpoint, config: &OperatorConfig, config_hash: &str) -> Deployment {
     let endpoint = &valid.endpoint;
     let mut parts = PodParts::new(valid, config);
-    parts.secret_file(
-        "--secret-file",
+    let secret_file = parts.mount_secret_file(
         "signing-secret",
         &endpoint.secret.name,
         &endpoint.secret.key,
     );
+    parts.arg("--secret-file", &secret_file);
     let mut template = parts.template(
         valid,
         config,

@@ -87,8 +87,8 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start(keda: bool) -> Harness {
-        let nats =
-            NatsServer::start().expect("nats-server starts (apt-get install -y nats-server)");
+        let nats = tokio::task::block_in_place(NatsServer::start)
+            .expect("nats-server starts (apt-get install -y nats-server)");
         let fake = FakeApi::new(keda);
         let client = fake.client();
         let config = OperatorConfig {
