@@ -160,7 +160,6 @@ async fn provision_inner(
 /// so a steady state sends no update.
 fn same_settings(current: &stream::Config, desired: &stream::Config) -> bool {
     current.subjects == desired.subjects
-        && current.retention == desired.retention
         && current.description == desired.description
         && current.storage == desired.storage
         && current.retention == desired.retention
