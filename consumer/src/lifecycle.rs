@@ -105,6 +105,8 @@ pub async fn run(
             pool: pool.clone(),
             metrics,
             refetch,
+            gate: consume::DatabaseGate::default(),
+            shutdown: shutdown.clone(),
         });
         consume::consume(ctx, consumer, config.concurrency.into(), shutdown.clone()).await;
         sweeper.abort();

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub retries: Counter,
     /// Messages written to `hookline.dead_letters` and terminated.
     pub dead_letters: Counter,
+    /// Messages held (no delivery spent) while the database was away.
+    pub held: Counter,
     /// Batch transactions that failed as a whole.
     pub batch_failures: Counter,
     /// Messages per batch.
@@ -48,6 +50,7 @@ impl Metrics {
             out_of_order_ignored: Counter::default(),
             retries: Counter::default(),
             dead_letters: Counter::default(),
+            held: Counter::default(),
             batch_failures: Counter::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
@@ -65,6 +68,7 @@ impl Metrics {
             ("retries", "Messages handed back to JetStream for a later retry", &metrics.retries),
             ("dead_letters", "Messages written to hookline.dead_letters and terminated", &metrics.dead_letters),
             ("batch_failures", "Batch transactions that failed as a whole", &metrics.batch_failures),
+            ("held", "Messages held through a database outage, spending no delivery", &metrics.held),
         ];
         #[rustfmt::skip]
         let histograms = [

@@ -34,6 +34,8 @@ pub const BACKOFF: [Duration; 5] = [
 ];
 /// How long a fetched event stays invisible to other consumers.
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
+/// How long an event is retried while the provider's API is away (refetch).
+pub const REFETCH_RETRY_FOR: Duration = Duration::from_secs(24 * 3600);
 /// Events fetched and committed in one transaction.
 pub const BATCH_SIZE: u32 = 100;
 /// Receiver pods.

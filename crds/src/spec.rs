@@ -410,6 +410,13 @@ pub struct RefetchSpec {
     /// Secret key with the value of the `Authorization` header (e.g. `Bearer sk_…`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_secret_ref: Option<SecretKeyRef>,
+    /// How long an event is retried while the provider's API is away (5xx,
+    /// 408, 429, timeouts, no connection), counted from its arrival; these
+    /// retries do not count toward `maxDeliver`. Past it the event is a dead
+    /// letter. Default: `24h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub retry_for: Option<String>,
 }
 
 /// The receiver Deployment.

@@ -317,6 +317,8 @@ pub struct Refetch {
     /// Contains `{objectId}`.
     pub url_template: String,
     pub auth_secret_ref: Option<SecretKeyRef>,
+    /// How long the provider's API may be away before an event is dead-lettered.
+    pub retry_for: Duration,
 }
 
 impl Refetch {

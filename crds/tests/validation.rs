@@ -270,6 +270,7 @@ fn refetch_needs_the_object_id_placeholder() {
         refetch: Some(RefetchSpec {
             url_template: "https://api.stripe.com/v1/invoices".into(),
             auth_secret_ref: None,
+            retry_for: None,
         }),
         ..Default::default()
     });
@@ -312,6 +313,7 @@ fn refetch_url_encodes_the_object_id() {
     let refetch = Refetch {
         url_template: "https://api.example.com/v1/objects/{objectId}".into(),
         auth_secret_ref: None,
+        retry_for: Duration::from_secs(60),
     };
     assert_eq!(
         refetch.url_for("in_1/../x"),

@@ -1,6 +1,7 @@
 //! One batch, end to end: decode every message, refetch objects when the
 //! endpoint asks, store the batch in one transaction (message by message when
-//! one message's data breaks it), then settle each message by its outcome.
+//! one message's data breaks it), hold it while the database is away, then
+//! settle each message by its outcome.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -11,6 +12,7 @@ use futures::StreamExt;
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::Context;
+use super::hold::hold;
 use super::settle::settle;
 use crate::decode::{self, Event, Undecodable};
 use crate::refetch::{RefetchError, Refetcher};
@@ -34,7 +36,12 @@ pub(super) enum Outcome {
     Pending,
     Stored,
     Duplicate,
-    /// Worth another delivery.
+    /// The database is away: held until it is back, never counted.
+    Unavailable(String),
+    /// The provider's API is away (5xx, timeout): retried later, not counted
+    /// toward `maxDeliver`, within `refetch.retryFor` of the event's arrival.
+    Later(String),
+    /// Failed for no known reason: worth another delivery, counted toward `maxDeliver`.
     Transient(String),
     /// No delivery will ever succeed.
     Permanent(String),
@@ -56,6 +63,18 @@ pub async fn process_batch(ctx: &Context, messages: Vec<jetstream::Message>) {
     async {
         let mut items = decode_all(ctx, messages);
         store_items(ctx, &mut items).await;
+        while items
+            .iter()
+            .any(|item| matches!(item.outcome, Outcome::Unavailable(_)))
+            && hold(ctx, &items).await
+        {
+            for item in &mut items {
+                if matches!(item.outcome, Outcome::Unavailable(_)) {
+                    item.outcome = Outcome::Pending;
+                }
+            }
+            store_items(ctx, &mut items).await;
+        }
         settle(ctx, items).await;
     }
     .instrument(span)
@@ -152,7 +171,7 @@ async fn store_items(ctx: &Context, items: &mut [Item]) {
                 refetched.insert(object_id.clone(), Some(state.clone()));
             }
             Some(Err(RefetchError::Transient(message))) => {
-                item.outcome = Outcome::Transient(message.clone());
+                item.outcome = provider_unavailable(ctx, event, message);
             }
             Some(Err(RefetchError::Permanent(message))) => {
                 item.outcome = Outcome::Permanent(message.clone());
@@ -197,8 +216,43 @@ async fn store_items(ctx: &Context, items: &mut [Item]) {
 
 fn failure(err: &WriteError) -> Outcome {
     match err {
+        WriteError::Unavailable(_) => Outcome::Unavailable(err.to_string()),
         WriteError::Transient(_) => Outcome::Transient(err.to_string()),
         WriteError::Rejected(_) => Outcome::Permanent(err.to_string()),
+    }
+}
+
+/// The provider's API is away: not the event's fault, so it is retried for
+/// `refetch.retryFor` after the receiver accepted it, then dead-lettered.
+fn provider_unavailable(ctx: &Context, event: &Event, message: &str) -> Outcome {
+    let retry_for = ctx
+        .endpoint
+        .consumer
+        .refetch
+        .as_ref()
+        .map_or_else(Default::default, |refetch| refetch.retry_for);
+    let waited = (Utc::now() - event.received_at)
+        .to_std()
+        .unwrap_or_default();
+    if waited < retry_for {
+        Outcome::Later(message.to_owned())
+    } else {
+        Outcome::Permanent(format!(
+            "the provider's API failed for {} (refetch.retryFor): {message}",
+            humanize(retry_for)
+        ))
+    }
+}
+
+/// `90s` → `1m30s`, as durations are written in the spec.
+fn humanize(duration: std::time::Duration) -> String {
+    let seconds = duration.as_secs();
+    match (seconds / 3600, seconds % 3600 / 60, seconds % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, 0) => format!("{h}h"),
+        (h, m, _) => format!("{h}h{m}m"),
     }
 }
 

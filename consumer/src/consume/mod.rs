@@ -1,8 +1,10 @@
 //! The processing loop: pull batches from the durable consumer and hand each
 //! to a `batch` task (store in one transaction), which `settle`s every
-//! message: acknowledge, retry later, or dead-letter and terminate.
+//! message: acknowledge, retry later, or dead-letter and terminate. While the
+//! database is away, batches `hold` their messages and nothing more is pulled.
 
 mod batch;
+mod hold;
 mod settle;
 
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 pub use batch::process_batch;
+pub use hold::DatabaseGate;
 
 use crate::Shutdown;
 use crate::metrics::Metrics;
@@ -31,6 +34,10 @@ pub struct Context {
     pub pool: PgPool,
     pub metrics: Arc<Metrics>,
     pub refetch: Option<Refetcher>,
+    /// Closed while the database is away: nothing more is pulled.
+    pub gate: DatabaseGate,
+    /// Ends a batch's wait for the database.
+    pub shutdown: Shutdown,
 }
 
 /// How long an idle pull waits on the server for a message; also the longest
@@ -81,6 +88,9 @@ pub async fn consume(
             if let Err(err) = done {
                 warn!(cause = %err, "a batch task failed");
             }
+        }
+        if !ctx.gate.wait_open(&mut shutdown).await {
+            break;
         }
         let permit = tokio::select! {
             _ = shutdown.wait() => break,

@@ -30,6 +30,17 @@ pub(super) async fn settle(ctx: &Context, items: Vec<Item>) {
                 metrics.duplicates.inc();
                 ack(&item, AckKind::Ack).await;
             }
+            Outcome::Unavailable(error) => {
+                // Shutdown while the database was away: another instance takes it.
+                debug!(stream_sequence = item.stream_sequence, %error, "handed back");
+                ack(&item, AckKind::Nak(None)).await;
+            }
+            Outcome::Later(error) => {
+                let delay = jittered(settings.retry_delay(item.delivered));
+                debug!(stream_sequence = item.stream_sequence, ?delay, %error, "the provider is away; will retry");
+                metrics.retries.inc();
+                ack(&item, AckKind::Nak(Some(delay))).await;
+            }
             Outcome::Transient(error) if item.delivered < max_deliver => {
                 let delay = jittered(settings.retry_delay(item.delivered));
                 debug!(

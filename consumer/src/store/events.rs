@@ -10,11 +10,19 @@ use sqlx::postgres::PgPool;
 use super::NOTIFY_CHANNEL;
 use crate::decode::{Body, Event};
 
-/// Why a batch transaction failed, sorted by what helps; both carry the
+/// Why a batch transaction failed, sorted by what helps; each carries the
 /// database's own error.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    /// Worth retrying: connection trouble, deadlock, shutdown, resources.
+    /// The database is away or cannot take writes now (connection lost or
+    /// refused, shutting down, out of connections or disk, a failover's
+    /// read-only standby, the `NOTIFY` queue full, a deadlock or serialization
+    /// conflict). Not the events' fault: they wait, and spend no delivery.
+    #[error("database unavailable: {0}")]
+    Unavailable(sqlx::Error),
+    /// Failed for a reason not known to be the database's (a statement
+    /// timeout, an unexpected error): worth a later retry, counted toward
+    /// `maxDeliver`.
     #[error("database: {0}")]
     Transient(sqlx::Error),
     /// The data of a message was refused: a data exception (SQLSTATE class
@@ -24,21 +32,43 @@ pub enum WriteError {
     Rejected(sqlx::Error),
 }
 
+/// SQLSTATE codes (or classes, by prefix) that mean "the database cannot
+/// work now", whatever the events: connection exceptions (08), insufficient
+/// resources (53), operator intervention such as shutdown (57P), a read-only
+/// standby after a failover (25006), serialization failure and deadlock
+/// (40001, 40P01), lock not available (55P03).
+const UNAVAILABLE_STATES: [&str; 8] = ["08", "53", "57P", "25006", "40001", "40P01", "55P03", "58"];
+
 impl From<sqlx::Error> for WriteError {
     fn from(err: sqlx::Error) -> WriteError {
-        let rejected = match &err {
+        let (unavailable, rejected) = match &err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => (true, false),
             sqlx::Error::Database(db) => {
                 let code = db.code().unwrap_or_default();
-                ["22", "23", "54"]
-                    .iter()
-                    .any(|class| code.starts_with(class))
+                // 54000 is also "too many notifications in the NOTIFY queue":
+                // the listeners are slow, not the event wrong.
+                let notify_queue_full = code == "54000" && db.message().contains("NOTIFY");
+                (
+                    notify_queue_full
+                        || UNAVAILABLE_STATES
+                            .iter()
+                            .any(|state| code.starts_with(state)),
+                    ["22", "23", "54"]
+                        .iter()
+                        .any(|class| code.starts_with(class)),
+                )
             }
-            _ => false,
+            _ => (false, false),
         };
-        if rejected {
-            WriteError::Rejected(err)
-        } else {
-            WriteError::Transient(err)
+        match (unavailable, rejected) {
+            (true, _) => WriteError::Unavailable(err),
+            (false, true) => WriteError::Rejected(err),
+            (false, false) => WriteError::Transient(err),
         }
     }
 }

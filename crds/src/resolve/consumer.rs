@@ -56,17 +56,19 @@ pub(super) fn resolve_consumer(
     if batch_size == 0 {
         problems.add("spec.consumer.batchSize", "must be at least 1");
     }
-    let refetch = spec
-        .refetch
-        .as_ref()
-        .and_then(|refetch| resolve_refetch(&refetch.url_template, event, problems))
-        .map(|url_template| Refetch {
+    let refetch = spec.refetch.as_ref().and_then(|refetch| {
+        let retry_for = duration_or(
+            problems,
+            "spec.consumer.refetch.retryFor",
+            refetch.retry_for.as_deref(),
+            defaults::REFETCH_RETRY_FOR,
+        );
+        resolve_refetch(&refetch.url_template, event, problems).map(|url_template| Refetch {
             url_template,
-            auth_secret_ref: spec
-                .refetch
-                .as_ref()
-                .and_then(|refetch| refetch.auth_secret_ref.clone()),
-        });
+            auth_secret_ref: refetch.auth_secret_ref.clone(),
+            retry_for,
+        })
+    });
     check_secret_ref(
         "spec.consumer.databaseSecretRef",
         spec.database_secret_ref.as_ref(),
