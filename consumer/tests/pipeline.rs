@@ -818,3 +818,38 @@ async fn a_data_error_in_a_batch_is_permanent_and_a_lost_connection_unavailable(
         .expect_err("database down");
     assert!(matches!(err, WriteError::Unavailable(_)), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_without_an_id_is_one_dead_letter_however_often_it_fails() {
+    let pg = tokio::task::block_in_place(hookline_e2e::Postgres::start).expect("postgres");
+    let options = store::connect_options(&pg.url()).expect("url");
+    store::migrate(&options).await.expect("migrates");
+    let pool = store::pool(&options, 2, Duration::from_secs(10));
+    let letter = |deliveries| store::DeadLetter {
+        event_id: None,
+        event_type: None,
+        subject: "hookline.a.b.unknown".into(),
+        stream_sequence: 7,
+        headers: "{}".into(),
+        payload: b"{not json".to_vec(),
+        error: "not JSON".into(),
+        deliveries,
+    };
+    for deliveries in [1, 2] {
+        store::write_dead_letters(&pool, "a/b", &[letter(deliveries)])
+            .await
+            .expect("written");
+    }
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM hookline.dead_letters").await,
+        1
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT max(deliveries)::bigint FROM hookline.dead_letters"
+        )
+        .await,
+        2
+    );
+}

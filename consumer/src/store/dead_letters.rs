@@ -45,7 +45,7 @@ pub async fn write_dead_letters(
          FROM UNNEST($2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bytea[], \
              $8::text[], $9::int[]) \
              AS t(event_id, event_type, subject, stream_sequence, headers, payload, error, deliveries) \
-         ON CONFLICT (endpoint, stream_sequence, event_id) DO UPDATE SET \
+         ON CONFLICT (endpoint, stream_sequence, (coalesce(event_id, ''))) DO UPDATE SET \
              error = EXCLUDED.error, \
              deliveries = GREATEST(hookline.dead_letters.deliveries, EXCLUDED.deliveries), \
              failed_at = EXCLUDED.failed_at",
