@@ -53,19 +53,13 @@ async fn needed() -> BTreeSet<Permission> {
         .expect("ready");
     // A spec change without the Ingress (pruned), children of an older
     // naming (pruned), drift, then deletion.
-    harness.fake.edit(
-        "hookline.io/v1alpha1",
-        "WebhookEndpoint",
-        "payments",
-        "stripe",
-        |object| {
-            object["spec"]
-                .as_object_mut()
-                .expect("spec")
-                .remove("ingress");
-            object["spec"]["receiver"] = json!({"replicas": 3});
-        },
-    );
+    harness.edit_endpoint("payments", "stripe", |object| {
+        object["spec"]
+            .as_object_mut()
+            .expect("spec")
+            .remove("ingress");
+        object["spec"]["receiver"] = json!({"replicas": 3});
+    });
     harness
         .reconcile("payments", "stripe")
         .await
@@ -82,15 +76,7 @@ async fn needed() -> BTreeSet<Permission> {
         .reconcile("payments", "stripe")
         .await
         .expect("drift");
-    harness.fake.edit(
-        "hookline.io/v1alpha1",
-        "WebhookEndpoint",
-        "payments",
-        "stripe",
-        |object| {
-            object["metadata"]["deletionTimestamp"] = json!("2026-11-30T00:00:05Z");
-        },
-    );
+    harness.mark_deleting("payments", "stripe");
     harness
         .reconcile("payments", "stripe")
         .await

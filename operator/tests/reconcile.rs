@@ -212,17 +212,11 @@ async fn a_spec_change_patches_the_children_and_the_stream() {
             .clone()
     };
     let before = hash(&harness);
-    harness.fake.edit(
-        "hookline.io/v1alpha1",
-        "WebhookEndpoint",
-        NS,
-        NAME,
-        |object| {
-            object["spec"]["stream"] = json!({"maxAge": "24h"});
-            object["spec"]["receiver"] = json!({"replicas": 3});
-            object["metadata"]["generation"] = json!(2);
-        },
-    );
+    harness.edit_endpoint(NS, NAME, |object| {
+        object["spec"]["stream"] = json!({"maxAge": "24h"});
+        object["spec"]["receiver"] = json!({"replicas": 3});
+        object["metadata"]["generation"] = json!(2);
+    });
     harness.reconcile(NS, NAME).await.expect("reconcile");
 
     let receiver = harness
@@ -263,18 +257,12 @@ async fn removing_spec_ingress_deletes_the_ingress_and_the_url_becomes_the_servi
             .typed::<Ingress>(NS, "stripe-receiver")
             .is_some()
     );
-    harness.fake.edit(
-        "hookline.io/v1alpha1",
-        "WebhookEndpoint",
-        NS,
-        NAME,
-        |object| {
-            object["spec"]
-                .as_object_mut()
-                .expect("spec")
-                .remove("ingress");
-        },
-    );
+    harness.edit_endpoint(NS, NAME, |object| {
+        object["spec"]
+            .as_object_mut()
+            .expect("spec")
+            .remove("ingress");
+    });
     harness.reconcile(NS, NAME).await.expect("reconcile");
     assert!(
         harness
@@ -514,16 +502,10 @@ async fn standard_webhooks_secrets_are_generated_in_whsec_form_and_existing_ones
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_spec_is_reported_with_every_bad_field_and_nothing_is_applied() {
     let mut harness = stripe(true).await;
-    harness.fake.edit(
-        "hookline.io/v1alpha1",
-        "WebhookEndpoint",
-        NS,
-        NAME,
-        |object| {
-            object["spec"]["allowedSourceRanges"] = json!(["not-a-cidr"]);
-            object["spec"]["consumer"]["backoff"] = json!(["1s", "soon"]);
-        },
-    );
+    harness.edit_endpoint(NS, NAME, |object| {
+        object["spec"]["allowedSourceRanges"] = json!(["not-a-cidr"]);
+        object["spec"]["consumer"]["backoff"] = json!(["1s", "soon"]);
+    });
     let action = harness.settle(NS, NAME).await;
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
     let ready = harness.condition(NS, NAME, conditions::READY);
@@ -660,15 +642,7 @@ async fn deletion_runs_the_finalizer_and_deletes_the_stream() {
             .await
             .is_some()
     );
-    harness.fake.edit(
-        "hookline.io/v1alpha1",
-        "WebhookEndpoint",
-        NS,
-        NAME,
-        |object| {
-            object["metadata"]["deletionTimestamp"] = json!("2026-11-30T00:00:05Z");
-        },
-    );
+    harness.mark_deleting(NS, NAME);
     harness.reconcile(NS, NAME).await.expect("cleanup");
     assert!(
         stream_info(&harness, "HOOKLINE_payments_stripe")
@@ -695,15 +669,7 @@ async fn deletion_policy_retain_keeps_the_stream() {
     });
     harness.add_endpoint_with_secrets(&resource);
     harness.settle(NS, NAME).await;
-    harness.fake.edit(
-        "hookline.io/v1alpha1",
-        "WebhookEndpoint",
-        NS,
-        NAME,
-        |object| {
-            object["metadata"]["deletionTimestamp"] = json!("2026-11-30T00:00:05Z");
-        },
-    );
+    harness.mark_deleting(NS, NAME);
     harness.reconcile(NS, NAME).await.expect("cleanup");
     assert!(
         stream_info(&harness, "HOOKLINE_payments_stripe")
@@ -753,15 +719,9 @@ async fn a_nats_max_payload_below_the_body_limit_is_said_in_the_condition() {
         stream.message
     );
 
-    harness.fake.edit(
-        "hookline.io/v1alpha1",
-        "WebhookEndpoint",
-        NS,
-        NAME,
-        |object| {
-            object["spec"]["request"] = json!({"maxBodyBytes": 262144});
-        },
-    );
+    harness.edit_endpoint(NS, NAME, |object| {
+        object["spec"]["request"] = json!({"maxBodyBytes": 262144});
+    });
     harness.reconcile(NS, NAME).await.expect("reconcile");
     assert_eq!(
         harness.condition(NS, NAME, conditions::STREAM_READY).reason,

@@ -207,6 +207,30 @@ impl Harness {
         }
     }
 
+    /// Changes the stored endpoint as `kubectl edit` would.
+    pub fn edit_endpoint(
+        &self,
+        namespace: &str,
+        name: &str,
+        change: impl FnOnce(&mut serde_json::Value),
+    ) {
+        self.fake.edit(
+            "hookline.io/v1alpha1",
+            "WebhookEndpoint",
+            namespace,
+            name,
+            change,
+        );
+    }
+
+    /// Marks the endpoint as being deleted, as `kubectl delete` does while a
+    /// finalizer is on it.
+    pub fn mark_deleting(&self, namespace: &str, name: &str) {
+        self.edit_endpoint(namespace, name, |object| {
+            object["metadata"]["deletionTimestamp"] = serde_json::json!("2026-11-30T00:00:05Z");
+        });
+    }
+
     /// The stored endpoint.
     pub fn endpoint(&self, namespace: &str, name: &str) -> WebhookEndpoint {
         self.fake
