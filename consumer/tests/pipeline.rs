@@ -853,3 +853,82 @@ async fn a_message_without_an_id_is_one_dead_letter_however_often_it_fails() {
         2
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_messages_on_the_stream_are_dead_letters_with_a_reason_and_nothing_stops() {
+    let env = Env::start(FAST).await;
+    let db = env.db().await;
+    let consumer = Running::start(env.config()).await;
+    let subject = env.endpoint.stream.subject_for("x");
+    let raw = |headers: &[(&str, &str)], body: Vec<u8>| {
+        let mut map = async_nats::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, *value);
+        }
+        (map, body)
+    };
+    let long_id = "x".repeat(600);
+    let hostile = [
+        // No headers at all.
+        raw(&[], b"{}".to_vec()),
+        // Only JetStream's id: it is the event id (the receiver sets both);
+        // the rest defaults, so this one is stored.
+        raw(&[("Nats-Msg-Id", "only-msg-id")], b"{}".to_vec()),
+        // An id over the limit the receiver enforces.
+        raw(
+            &[("Nats-Msg-Id", "long"), ("Hookline-Event-Id", &long_id)],
+            b"{}".to_vec(),
+        ),
+        // A received-at that is no time, and a huge body that is not JSON.
+        raw(
+            &[
+                ("Nats-Msg-Id", "huge"),
+                ("Hookline-Event-Id", "huge"),
+                ("Hookline-Received-At", "yesterday"),
+            ],
+            vec![b'#'; 900 * 1024],
+        ),
+    ];
+    for (headers, body) in hostile {
+        env.js
+            .publish_with_headers(subject.clone(), headers, body.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("PubAck");
+    }
+    env.publish(&TestEvent::plain("good-after")).await;
+    wait_for_rows(&env, "SELECT count(*) FROM hookline.events", 2).await;
+    wait_for_rows(&env, "SELECT count(*) FROM hookline.dead_letters", 3).await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM hookline.events WHERE event_id IN ('only-msg-id', 'good-after')"
+        )
+        .await,
+        2
+    );
+    let errors: Vec<String> =
+        sqlx::query_scalar("SELECT error FROM hookline.dead_letters ORDER BY stream_sequence")
+            .fetch_all(&db)
+            .await
+            .expect("dead letters");
+    assert!(
+        errors.iter().all(|error| !error.trim().is_empty()),
+        "every dead letter says why: {errors:?}"
+    );
+    wait_until("nothing unfinished", WAIT, || async {
+        env.unfinished().await == 0
+    })
+    .await;
+    let status = reqwest::get(format!("http://127.0.0.1:{}/readyz", consumer.port))
+        .await
+        .expect("readyz")
+        .status();
+    assert_eq!(
+        status,
+        reqwest::StatusCode::OK,
+        "the consumer keeps running"
+    );
+    consumer.stop().await;
+}
