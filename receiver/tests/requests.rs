@@ -137,7 +137,10 @@ async fn source_outside_the_allowed_ranges_is_403() {
 #[tokio::test(flavor = "multi_thread")]
 async fn checks_run_in_the_contract_order() {
     let receiver = Receiver::start(&example("generic.yaml"), "partner-secret").await;
-    let huge = vec![b'x'; 300_000];
+    // Large enough that reqwest is still writing when the early 403 and 413
+    // are sent: the receiver must read and discard the rest (its lingering
+    // close) or the client gets a reset instead of the answer.
+    let huge = vec![b'x'; 4 * 1024 * 1024];
     let unsigned = vec![("X-Forwarded-For".to_owned(), "198.51.100.7".to_owned())];
     // Forbidden source beats size and signature.
     assert_eq!(receiver.post(&unsigned, &huge).await.status(), 403);
@@ -435,4 +438,27 @@ async fn stripe_header_with_several_v1_signatures_passes_when_any_matches() {
         ("Content-Type".to_owned(), "application/json".to_owned()),
     ];
     assert_eq!(receiver.post(&headers, body).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn headers_over_the_request_bound_are_431_with_a_json_body() {
+    let receiver = Receiver::start(&github_manifest(), SECRET).await;
+    let body = github_body(11);
+    let mut headers = github_signed(SECRET, &body, "wide-1");
+    headers.push(("X-Padding".into(), "p".repeat(40 * 1024)));
+    let response = receiver.post(&headers, &body).await;
+    assert_eq!(response.status(), 431);
+    let answer: serde_json::Value = response.json().await.expect("JSON");
+    assert_eq!(answer["error"], "headers_too_large");
+    assert!(receiver.messages().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_200_kb_header_on_a_signed_request_is_431_never_503() {
+    let receiver = Receiver::start(&github_manifest(), SECRET).await;
+    let body = github_body(12);
+    let mut headers = github_signed(SECRET, &body, "wide-2");
+    headers.push(("X-Padding".into(), "p".repeat(200 * 1024)));
+    assert_eq!(receiver.post(&headers, &body).await.status(), 431);
+    assert!(receiver.messages().await.is_empty());
 }
