@@ -25,8 +25,19 @@ pub const CONTENT_TYPE: &str = "Hookline-Content-Type";
 /// Where the event id came from: `provider`, `idempotency-key` or `body-hash`.
 pub const ID_SOURCE: &str = "Hookline-Id-Source";
 /// Prefix of the original request headers kept with the event (signature and
-/// credential headers excluded), e.g. `Hookline-Http-User-Agent`.
+/// credential headers excluded), e.g. `Hookline-Http-User-Agent`. Together with
+/// [`CONTENT_TYPE`] they get what [`HEADER_ALLOWANCE`] leaves after the other
+/// headers; what does not fit is left out and named in [`DROPPED_HEADERS`].
 pub const REQUEST_HEADER_PREFIX: &str = "Hookline-Http-";
+/// Present only when some request headers were not copied into the message
+/// (they did not fit in [`HEADER_ALLOWANCE`], or their value is not text): the
+/// lower-case names of those headers, comma-separated, in request order, each
+/// once; cut after [`MAX_DROPPED_HEADERS_BYTES`] with a last entry `...`.
+/// Deliberately not under [`REQUEST_HEADER_PREFIX`], where a request header
+/// could take its name.
+pub const DROPPED_HEADERS: &str = "Hookline-Dropped-Headers";
+/// Longest value of [`DROPPED_HEADERS`].
+pub const MAX_DROPPED_HEADERS_BYTES: usize = 1024;
 
 /// Longest event id, type or object id a message may carry: the receiver refuses
 /// longer ones (400) and the consumer dead-letters them, so both keep one limit.
@@ -34,7 +45,10 @@ pub const MAX_ID_BYTES: usize = 512;
 
 /// Room a message needs beyond its body for the Hookline headers and the
 /// forwarded request headers: the NATS server's `max_payload` must cover the
-/// largest body plus this, or bodies near `request.maxBodyBytes` get 413.
+/// largest body plus this, or bodies near `request.maxBodyBytes` get 413. The
+/// receiver keeps every message's header block (as NATS sends it) within this,
+/// whatever the request's headers, by leaving out forwarded headers that do
+/// not fit (see [`DROPPED_HEADERS`]).
 pub const HEADER_ALLOWANCE: usize = 16 * 1024;
 
 /// Request headers never copied into a message: credentials, hop-by-hop headers,

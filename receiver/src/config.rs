@@ -52,6 +52,15 @@ pub struct Args {
     #[arg(long, env = "HOOKLINE_REQUEST_TIMEOUT", value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
+    /// Longest time a connection may take to send a request's line and headers
+    /// (and to stay idle between requests); then it is closed.
+    #[arg(long, env = "HOOKLINE_HEADER_READ_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Connections served at once; more wait in the listen backlog until one closes.
+    #[arg(long, env = "HOOKLINE_MAX_CONNECTIONS", value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
     /// Longest wait for in-flight requests after SIGTERM.
     #[arg(long, env = "HOOKLINE_SHUTDOWN_TIMEOUT", value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -60,6 +69,15 @@ pub struct Args {
     #[arg(long, env = "HOOKLINE_SECRET_POLL", value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub secret_poll_interval: Duration,
 }
+
+/// The default of `--max-connections`: below the common soft limit of 1,024
+/// open files (a container's default since containerd 2), so a flood meets
+/// this cap, not a failing `accept`; and far above what providers open
+/// (the seed's peak is 58 requests a second of a few milliseconds each).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1000;
+
+/// The default of `--header-read-timeout`.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     hookline_api::resolve::parse_duration(text)
@@ -76,6 +94,8 @@ pub struct Config {
     pub provision: bool,
     pub publish_timeout: Duration,
     pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
     pub shutdown_timeout: Duration,
     pub secret_poll_interval: Duration,
 }
@@ -92,6 +112,8 @@ impl Config {
             provision: args.provision,
             publish_timeout: args.publish_timeout,
             request_timeout: args.request_timeout,
+            header_read_timeout: args.header_read_timeout,
+            max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
             shutdown_timeout: args.shutdown_timeout,
             secret_poll_interval: args.secret_poll_interval,
         })
@@ -107,6 +129,8 @@ impl Config {
             provision: false,
             publish_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(15),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS as usize,
             shutdown_timeout: Duration::from_secs(20),
             secret_poll_interval: Duration::from_secs(1),
         }
@@ -138,6 +162,8 @@ mod tests {
         let config = Config::new(endpoint, PathBuf::from("s"), "nats://x".into());
         assert_eq!(config.publish_timeout, args.publish_timeout);
         assert_eq!(config.request_timeout, args.request_timeout);
+        assert_eq!(config.header_read_timeout, args.header_read_timeout);
+        assert_eq!(config.max_connections, args.max_connections as usize);
         assert_eq!(config.shutdown_timeout, args.shutdown_timeout);
         assert_eq!(config.secret_poll_interval, args.secret_poll_interval);
         assert_eq!(config.provision, args.provision);

@@ -160,54 +160,145 @@ impl HeaderContext {
     }
 }
 
-/// Every header of the contract, plus the request's own headers under
-/// [`headers::REQUEST_HEADER_PREFIX`]. Values are header-safe already (checked
-/// in [`extract`]; HTTP header values cannot hold CR or LF).
+/// NATS frames a header block as `NATS/1.0\r\n`, the lines, and `\r\n`.
+const HEADER_BLOCK_FRAMING: usize = "NATS/1.0\r\n".len() + "\r\n".len();
+
+/// The most bytes the [`headers::DROPPED_HEADERS`] line can take.
+const DROPPED_HEADERS_LINE: usize =
+    headers::DROPPED_HEADERS.len() + ": ".len() + headers::MAX_DROPPED_HEADERS_BYTES + "\r\n".len();
+
+/// The bytes one `name: value\r\n` line takes in the header block.
+fn line_len(name: &str, value: &str) -> usize {
+    name.len() + ": ".len() + value.len() + "\r\n".len()
+}
+
+/// The message's header block under construction, with its size on the wire.
+struct Block {
+    map: NatsHeaders,
+    bytes: usize,
+}
+
+impl Block {
+    /// Adds a header of the contract. Their values are bounded already (ids,
+    /// types and object ids by [`MAX_ID_BYTES`], names by Kubernetes), so they
+    /// always fit.
+    fn put(&mut self, name: &'static str, value: &str) {
+        if let Ok(parsed) = value.parse::<HeaderValue>() {
+            self.bytes += line_len(name, value);
+            self.map.insert(static_name(name), parsed);
+        }
+    }
+
+    /// Appends `name: value` if it is a valid NATS header and the block stays
+    /// within `room`; says whether it did.
+    fn try_append(&mut self, name: &str, value: &str, room: usize) -> bool {
+        let size = line_len(name, value);
+        if self.bytes + size > room {
+            return false;
+        }
+        match (HeaderName::try_from(name), value.parse::<HeaderValue>()) {
+            (Ok(name), Ok(value)) => {
+                self.map.append(name, value);
+                self.bytes += size;
+                true
+            }
+            (Err(_), _) | (_, Err(_)) => false,
+        }
+    }
+}
+
+/// The value of [`headers::DROPPED_HEADERS`]: `names`, comma-separated, cut to
+/// [`headers::MAX_DROPPED_HEADERS_BYTES`] with a last entry `...`.
+fn dropped_list(names: &[&str]) -> String {
+    const MORE: &str = "...";
+    let limit = headers::MAX_DROPPED_HEADERS_BYTES;
+    let mut list = String::new();
+    for (index, name) in names.iter().enumerate() {
+        let separator = usize::from(!list.is_empty());
+        let last = index + 1 == names.len();
+        // Keep room for ",..." unless this is the last name.
+        let reserve = if last { 0 } else { 1 + MORE.len() };
+        if list.len() + separator + name.len() + reserve > limit {
+            if !list.is_empty() {
+                list.push(',');
+            }
+            list.push_str(MORE);
+            return list;
+        }
+        if separator == 1 {
+            list.push(',');
+        }
+        list.push_str(name);
+    }
+    list
+}
+
+/// Every header of the contract, plus the request's own `Content-Type` and
+/// headers under [`headers::REQUEST_HEADER_PREFIX`], the whole block within
+/// [`headers::HEADER_ALLOWANCE`]: the request's headers are copied in request
+/// order while they fit, and any left out (too large, or not text) are named
+/// in [`headers::DROPPED_HEADERS`]. Values are header-safe already (checked in
+/// [`extract`]; HTTP header values cannot hold CR or LF).
 pub fn message_headers(
     context: &HeaderContext,
     event: &EventInfo,
     request: &HeaderMap,
     received_at: &str,
 ) -> NatsHeaders {
-    let mut out = NatsHeaders::new();
-    let mut put = |name: &'static str, value: &str| {
-        if let Ok(value) = value.parse::<HeaderValue>() {
-            out.insert(static_name(name), value);
-        }
+    let mut block = Block {
+        map: NatsHeaders::new(),
+        bytes: HEADER_BLOCK_FRAMING,
     };
-    put(headers::MSG_ID, &event.id);
-    put(headers::EVENT_ID, &event.id);
-    put(headers::ID_SOURCE, event.id_source);
+    block.put(headers::MSG_ID, &event.id);
+    block.put(headers::EVENT_ID, &event.id);
+    block.put(headers::ID_SOURCE, event.id_source);
     if let Some(event_type) = &event.event_type {
-        put(headers::EVENT_TYPE, event_type);
+        block.put(headers::EVENT_TYPE, event_type);
     }
     if let Some(timestamp) = &event.timestamp {
-        put(headers::EVENT_TIMESTAMP, timestamp);
+        block.put(headers::EVENT_TIMESTAMP, timestamp);
     }
     if let Some(object_id) = &event.object_id {
-        put(headers::OBJECT_ID, object_id);
+        block.put(headers::OBJECT_ID, object_id);
     }
-    put(headers::RECEIVED_AT, received_at);
-    put(headers::ENDPOINT, &context.endpoint);
-    put(headers::PROVIDER, context.provider);
-    if let Some(content_type) = header(request, "content-type") {
-        put(headers::CONTENT_TYPE, content_type);
+    block.put(headers::RECEIVED_AT, received_at);
+    block.put(headers::ENDPOINT, &context.endpoint);
+    block.put(headers::PROVIDER, context.provider);
+
+    // What the request's own headers may take: the allowance less the room
+    // the list of dropped names may need.
+    let room = headers::HEADER_ALLOWANCE - DROPPED_HEADERS_LINE;
+    let mut dropped: Vec<&str> = Vec::new();
+    let mut drop_name = |name| {
+        if !dropped.contains(&name) {
+            dropped.push(name);
+        }
+    };
+    if let Some(value) = request.get(axum::http::header::CONTENT_TYPE) {
+        let copied = value
+            .to_str()
+            .is_ok_and(|text| block.try_append(headers::CONTENT_TYPE, text, room));
+        if !copied {
+            drop_name("content-type");
+        }
     }
     for (name, value) in request {
         let name = name.as_str();
         if context.not_forwarded.iter().any(|skip| skip == name) {
             continue;
         }
-        let Ok(value) = value.to_str() else { continue };
         let forwarded = format!("{}{}", headers::REQUEST_HEADER_PREFIX, title_case(name));
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::try_from(forwarded),
-            value.parse::<HeaderValue>(),
-        ) {
-            out.append(name, value);
+        let copied = value
+            .to_str()
+            .is_ok_and(|text| block.try_append(&forwarded, text, room));
+        if !copied {
+            drop_name(name);
         }
     }
-    out
+    if !dropped.is_empty() {
+        block.put(headers::DROPPED_HEADERS, &dropped_list(&dropped));
+    }
+    block.map
 }
 
 #[cfg(test)]
@@ -274,6 +365,111 @@ mod tests {
             extract(&fields, &HeaderMap::new(), Some(&json), b""),
             Err(Error::InvalidEvent(_))
         ));
+    }
+
+    /// The header block as NATS sends it, measured independently of [`Block`].
+    fn wire_len(map: &NatsHeaders) -> usize {
+        let lines: usize = map
+            .iter()
+            .flat_map(|(name, values)| {
+                values
+                    .iter()
+                    .map(move |value| format!("{name}: {}\r\n", value.as_str()).len())
+            })
+            .sum();
+        "NATS/1.0\r\n\r\n".len() + lines
+    }
+
+    fn context() -> HeaderContext {
+        HeaderContext {
+            endpoint: format!("{}/{}", "n".repeat(63), "e".repeat(253)),
+            provider: "standardWebhooks",
+            not_forwarded: vec!["webhook-signature".into()],
+        }
+    }
+
+    /// Ids, type and object id at their longest.
+    fn largest_event() -> EventInfo {
+        EventInfo {
+            id: "i".repeat(MAX_ID_BYTES),
+            id_source: "idempotency-key",
+            event_type: Some("t".repeat(MAX_ID_BYTES)),
+            timestamp: Some("2023-03-29T18:00:27.877041743Z".into()),
+            object_id: Some("o".repeat(MAX_ID_BYTES)),
+        }
+    }
+
+    #[test]
+    fn the_header_block_fits_the_allowance_whatever_the_request_sends() {
+        let mut request = HeaderMap::new();
+        request.insert("content-type", "application/json".parse().expect("value"));
+        for n in 0..100 {
+            let name = axum::http::HeaderName::from_bytes(format!("x-filler-{n:03}").as_bytes())
+                .expect("name");
+            request.insert(name, "v".repeat(300).parse().expect("value"));
+        }
+        let block = message_headers(&context(), &largest_event(), &request, &now_rfc3339());
+        assert!(
+            wire_len(&block) <= headers::HEADER_ALLOWANCE,
+            "{}",
+            wire_len(&block)
+        );
+        assert_eq!(
+            block.get(headers::CONTENT_TYPE).map(HeaderValue::as_str),
+            Some("application/json"),
+            "headers are copied in request order while they fit"
+        );
+        assert!(block.get("Hookline-Http-X-Filler-000").is_some());
+        let dropped = block
+            .get(headers::DROPPED_HEADERS)
+            .map(HeaderValue::as_str)
+            .expect("the dropped headers are named");
+        assert!(dropped.ends_with("x-filler-099"), "{dropped}");
+        assert!(!dropped.contains("x-filler-000"), "{dropped}");
+    }
+
+    #[test]
+    fn one_header_larger_than_the_allowance_is_dropped_and_the_rest_kept() {
+        let mut request = HeaderMap::new();
+        request.insert("x-huge", "h".repeat(20_000).parse().expect("value"));
+        request.insert("user-agent", "Stripe/1.0".parse().expect("value"));
+        let block = message_headers(&context(), &largest_event(), &request, &now_rfc3339());
+        assert!(wire_len(&block) <= headers::HEADER_ALLOWANCE);
+        assert_eq!(
+            block.get(headers::DROPPED_HEADERS).map(HeaderValue::as_str),
+            Some("x-huge")
+        );
+        assert_eq!(
+            block
+                .get("Hookline-Http-User-Agent")
+                .map(HeaderValue::as_str),
+            Some("Stripe/1.0")
+        );
+    }
+
+    #[test]
+    fn a_request_whose_headers_fit_has_no_dropped_marker() {
+        let mut request = HeaderMap::new();
+        request.insert("user-agent", "GitHub-Hookshot/1".parse().expect("value"));
+        request.insert("webhook-signature", "v1,abc".parse().expect("value"));
+        let block = message_headers(&context(), &largest_event(), &request, &now_rfc3339());
+        assert!(block.get(headers::DROPPED_HEADERS).is_none());
+        assert!(block.get("Hookline-Http-Webhook-Signature").is_none());
+    }
+
+    #[test]
+    fn a_long_list_of_dropped_names_is_cut_with_an_ellipsis() {
+        let names: Vec<String> = (0..500).map(|n| format!("x-name-{n}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let list = dropped_list(&names);
+        assert!(
+            list.len() <= headers::MAX_DROPPED_HEADERS_BYTES,
+            "{}",
+            list.len()
+        );
+        assert!(list.starts_with("x-name-0,x-name-1,"));
+        assert!(list.ends_with(",..."));
+        assert_eq!(dropped_list(&["a", "b"]), "a,b");
     }
 
     #[test]

@@ -156,7 +156,7 @@ impl<'de> Visitor<'de> for Sparse<'_> {
             let wanted = self.0.children.get(&index.to_string());
             let item = match wanted {
                 Some(child) => seq.next_element_seed(Sparse(child))?,
-                None => seq.next_element::<IgnoredAny>()?.map(|_| Value::Null),
+                None => seq.next_element_seed(Skip)?.map(|()| Value::Null),
             };
             match item {
                 Some(item) => items.push(item),
@@ -175,12 +175,69 @@ impl<'de> Visitor<'de> for Sparse<'_> {
                     let value = map.next_value_seed(Sparse(child))?;
                     object.insert(key.clone(), value);
                 }
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
+                None => map.next_value_seed(Skip)?,
             }
         }
         Ok(Value::Object(object))
+    }
+}
+
+/// Skips a value off the endpoint's pointers without building it. Through
+/// `deserialize_any` rather than `IgnoredAny`, so serde_json's nesting limit
+/// (128) holds as in a full parse: a body nested deeper is not JSON the
+/// endpoint takes, whichever reader it meets (and the consumer, which parses
+/// the whole body, could not store it).
+struct Skip;
+
+impl<'de> DeserializeSeed<'de> for Skip {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Skip)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value_seed(Skip)?;
+        }
+        Ok(())
     }
 }
 
@@ -223,6 +280,36 @@ mod tests {
             "",
         ] {
             assert!(reader.parse(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn nesting_past_serde_jsons_limit_is_refused_by_both_readers() {
+        let deep = format!(
+            r#"{{"id":"a","x":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let sparse = JsonReader::new(["/id"], false).parse(deep.as_bytes());
+        let full = JsonReader::new(["/id"], true).parse(deep.as_bytes());
+        for result in [sparse, full] {
+            let err = result.expect_err("too deep");
+            assert!(err.to_string().contains("recursion limit"), "{err}");
+        }
+        let shallow = format!(r#"{{"id":"a","x":{}{}}}"#, "[".repeat(100), "]".repeat(100));
+        assert!(
+            JsonReader::new(["/id"], false)
+                .parse(shallow.as_bytes())
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_repeated_key_takes_its_last_value_in_both_readers_like_postgres_jsonb() {
+        let body = br#"{"id":"first","id":"last"}"#;
+        for full in [false, true] {
+            let value = JsonReader::new(["/id"], full).parse(body).expect("JSON");
+            assert_eq!(value.pointer("/id"), Some(&Value::from("last")));
         }
     }
 

@@ -2,16 +2,18 @@
 //! 200 only once JetStream has acknowledged the event (a 200 means "durably stored").
 //!
 //! A request goes through the checks in this order, so the cheapest refusals
-//! come first and nothing unverified is parsed: source IP (403) → size (413) →
-//! signature (401) → media type and JSON (415/400) → schema (422) → publish
-//! (200, or 503 with `Retry-After`).
+//! come first and nothing unverified is parsed: header size (431) → source IP
+//! (403) → size (413) → signature (401) → media type and JSON (415/400) →
+//! schema (422) → publish (200, or 503 with `Retry-After`).
 //!
 //! - [`config`]: command-line flags and environment, validated once into a [`Config`].
 //! - [`lifecycle`]: [`run`]: start-up, background tasks, graceful shutdown.
+//! - [`connections`]: the accept loop and its bounds (connections, header time
+//!   and size) and the lingering close that lets early answers reach the client.
 //! - [`state`]: [`AppState`], what every request shares, built once.
 //! - [`routes`]: the router: the endpoint's path, `/healthz`, `/readyz`, `/metrics`.
 //! - [`pipeline`]: one request through the checks to the publish and the answer.
-//! - [`checks`]: one file per check: `source`, `body`, `signature`, `schema`.
+//! - [`checks`]: one file per check: `headers`, `source`, `body`, `signature`, `schema`.
 //! - [`secrets`]: the signing secrets, one per line, watched and re-read when the file changes.
 //! - [`event`]: event id, type, timestamp and object id, and the message headers.
 //! - [`json`]: reading only the parts of a JSON body the endpoint needs.
@@ -24,6 +26,7 @@
 
 pub mod checks;
 pub mod config;
+pub mod connections;
 pub mod encoding;
 pub mod event;
 pub mod json;
@@ -73,6 +76,8 @@ pub enum Error {
     Serve(std::io::Error),
 
     // --- requests ---
+    #[error("the request line and headers are larger than {limit} bytes")]
+    HeadersTooLarge { limit: usize },
     #[error("source address {0} is not allowed")]
     Forbidden(String),
     #[error("body is larger than {limit} bytes")]
@@ -102,6 +107,7 @@ impl Error {
     /// client and would be a 500.
     pub fn status(&self) -> StatusCode {
         match self {
+            Error::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unreadable(_) | Error::InvalidJson(_) | Error::InvalidEvent(_) => {
@@ -123,6 +129,7 @@ impl Error {
     /// The `outcome` label of the request metrics and the `error` field of the body.
     pub fn outcome(&self) -> &'static str {
         match self {
+            Error::HeadersTooLarge { .. } => "headers_too_large",
             Error::Forbidden(_) => "forbidden",
             Error::PayloadTooLarge { .. } => "too_large",
             Error::Unreadable(_) => "unreadable",
@@ -145,7 +152,8 @@ impl Error {
     /// own failures only what to do about them.
     fn message(&self) -> String {
         match self {
-            Error::Forbidden(_)
+            Error::HeadersTooLarge { .. }
+            | Error::Forbidden(_)
             | Error::PayloadTooLarge { .. }
             | Error::Unreadable(_)
             | Error::Unauthorized(_)

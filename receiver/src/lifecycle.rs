@@ -2,22 +2,19 @@
 //! NATS, starts the background tasks (secret watcher, stream readiness), serves
 //! until the shutdown signal, then drains in-flight requests within a bound.
 
-use std::future::{Future, IntoFuture};
-use std::net::SocketAddr;
+use std::future::Future;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use hookline_api::headers::HEADER_ALLOWANCE;
 use tokio::net::TcpListener;
 
+use crate::connections::{self, Limits};
 use crate::routes::router;
 use crate::state::AppState;
 use crate::{Config, Error, Result};
 
 /// How long start-up waits for NATS before serving anyway (not ready).
 const INITIAL_CONNECT_WAIT: Duration = Duration::from_secs(3);
-
-/// Room for the message headers next to the body in one NATS message.
-const HEADER_ALLOWANCE: usize = 16 * 1024;
 
 /// How long the last buffered messages may take to reach NATS at exit.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
@@ -75,16 +72,11 @@ pub async fn run(
         signal_state.begin_shutdown();
         let _ = stopping_tx.send(true);
     };
-    let listener = listener.tap_io(|tcp| {
-        // Small answers must not wait for Nagle.
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(
-        listener,
-        router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(signal)
-    .into_future();
+    let limits = Limits {
+        max_connections: config.max_connections,
+        header_read_timeout: config.header_read_timeout,
+    };
+    let server = connections::serve(listener, router(state.clone()), limits, signal);
     let grace = config.shutdown_timeout;
     let deadline = async {
         if stopping_rx.wait_for(|stopping| *stopping).await.is_err() {
@@ -93,7 +85,7 @@ pub async fn run(
         tokio::time::sleep(grace).await;
     };
     let result = tokio::select! {
-        served = server => served.map_err(Error::Serve),
+        () = server => Ok(()),
         () = deadline => {
             tracing::warn!(?grace, "in-flight requests did not finish in time; exiting");
             Ok(())

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tracing::{Instrument, field};
 
 use crate::checks::body::{parse_json, read_body};
+use crate::checks::headers::check_header_size;
 use crate::checks::source::{check_source, client_ip};
 use crate::event;
 use crate::state::AppState;
@@ -99,6 +100,9 @@ async fn receive(state: &AppState, request: Request) -> Result<Accepted> {
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
     let endpoint = &state.endpoint;
+
+    // 0. Header size (431): nothing else looks at an oversized request.
+    check_header_size(&parts)?;
 
     // 1. Source address (403).
     let filter = &endpoint.source_filter;

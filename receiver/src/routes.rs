@@ -15,6 +15,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::pipeline;
 use crate::state::AppState;
+use crate::store::Readiness;
 
 /// The receiver's routes over `state`, ready to serve.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -83,11 +84,13 @@ async fn healthz() -> Response {
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let ready = state.is_ready();
+    let readiness = state.store.readiness();
     let body = json!({
         "ready": ready,
         "secrets": state.secrets.current().keys.len(),
         "natsConnected": state.store.is_connected(),
-        "streamReachable": state.store.is_ready(),
+        "streamReachable": readiness != Readiness::StreamUnreachable,
+        "consumerPresent": readiness == Readiness::Ready,
     });
     let status = if ready {
         StatusCode::OK

@@ -1,14 +1,23 @@
 //! The durable store: the NATS connection (made in the background, so the
 //! receiver serves — and reports not ready — while NATS is down), a readiness
-//! probe of the endpoint's stream, and the publish that waits for the PubAck.
+//! probe of the endpoint's stream (and, for a stream with interest retention,
+//! of its durable consumer), and the publish that waits for the PubAck.
+//!
+//! A stream with interest retention keeps nothing while no consumer exists: a
+//! PubAck then means nothing was kept. So the receiver publishes only while
+//! the last probe saw the durable consumer, and answers 503 otherwise.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use async_nats::connection::State;
-use async_nats::jetstream::{self, context::PublishErrorKind, publish::PublishAck};
+use async_nats::jetstream::context::{ConsumerInfoErrorKind, PublishError, PublishErrorKind};
+use async_nats::jetstream::stream::RetentionPolicy;
+use async_nats::jetstream::{self, ErrorCode, publish::PublishAck};
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::SelectAll;
 use hookline_api::ValidatedEndpoint;
 use tokio::time::Instant;
 
@@ -21,13 +30,40 @@ const PROBE_READY: Duration = Duration::from_secs(2);
 /// How often start-up looks whether the first connection is made.
 const CONNECTED_POLL: Duration = Duration::from_millis(20);
 
+/// What the last readiness probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// No probe has answered yet, NATS is not connected, or the stream did not answer.
+    StreamUnreachable = 0,
+    /// The stream has interest retention and its durable consumer is missing:
+    /// anything published now would be kept by nobody.
+    ConsumerMissing = 1,
+    /// The stream answered (and its durable consumer, where it matters).
+    Ready = 2,
+}
+
+impl Readiness {
+    fn from_u8(value: u8) -> Readiness {
+        match value {
+            2 => Readiness::Ready,
+            1 => Readiness::ConsumerMissing,
+            _ => Readiness::StreamUnreachable,
+        }
+    }
+}
+
 /// The JetStream side of the receiver.
 pub struct Store {
     client: async_nats::Client,
     js: jetstream::Context,
     stream: String,
+    /// The endpoint's durable consumer, which an interest stream needs.
+    durable: String,
     publish_timeout: Duration,
-    stream_ok: AtomicBool,
+    /// The last probe's [`Readiness`].
+    readiness: AtomicU8,
+    /// The stream has interest retention (as the last probe found).
+    interest: AtomicBool,
     /// `--provision`: (re)create the stream whenever it is found missing.
     provision: bool,
     provisioned: AtomicBool,
@@ -46,8 +82,10 @@ impl Store {
             client,
             js,
             stream: config.endpoint.stream.name.clone(),
+            durable: config.endpoint.consumer.durable_name.clone(),
             publish_timeout: config.publish_timeout,
-            stream_ok: AtomicBool::new(false),
+            readiness: AtomicU8::new(Readiness::StreamUnreachable as u8),
+            interest: AtomicBool::new(true),
             provision: config.provision,
             provisioned: AtomicBool::new(!config.provision),
         })
@@ -57,9 +95,15 @@ impl Store {
         self.client.connection_state() == State::Connected
     }
 
-    /// Connected, and the endpoint's stream answered the last probe.
+    /// Connected, and the last probe found the stream (and the durable
+    /// consumer an interest stream needs).
     pub fn is_ready(&self) -> bool {
-        self.is_connected() && self.stream_ok.load(Ordering::Relaxed)
+        self.is_connected() && self.readiness() == Readiness::Ready
+    }
+
+    /// What the last probe found.
+    pub fn readiness(&self) -> Readiness {
+        Readiness::from_u8(self.readiness.load(Ordering::Relaxed))
     }
 
     /// Waits up to `limit` for the first connection.
@@ -74,22 +118,67 @@ impl Store {
         true
     }
 
-    /// Asks JetStream about the stream; records and returns whether it answered.
+    /// Asks JetStream about the stream and, when its retention is interest,
+    /// about the durable consumer; records and returns whether both are there.
     pub async fn probe(&self) -> bool {
-        let ok = self.is_connected()
-            && matches!(
-                tokio::time::timeout(self.publish_timeout, self.js.get_stream(&self.stream)).await,
-                Ok(Ok(_))
-            );
-        let was = self.stream_ok.swap(ok, Ordering::Relaxed);
-        if was != ok {
-            if ok {
-                tracing::info!(stream = %self.stream, "JetStream stream reachable");
-            } else {
-                tracing::warn!(stream = %self.stream, "JetStream stream not reachable");
+        let found = if self.is_connected() {
+            match tokio::time::timeout(self.publish_timeout, self.inspect()).await {
+                Ok(found) => found,
+                Err(_elapsed) => Readiness::StreamUnreachable,
+            }
+        } else {
+            Readiness::StreamUnreachable
+        };
+        let was = Readiness::from_u8(self.readiness.swap(found as u8, Ordering::Relaxed));
+        if was != found {
+            match found {
+                Readiness::Ready => {
+                    tracing::info!(stream = %self.stream, "JetStream stream reachable");
+                }
+                Readiness::ConsumerMissing => tracing::warn!(
+                    stream = %self.stream,
+                    consumer = %self.durable,
+                    "the durable consumer of this interest-retention stream is missing, so the stream would keep nothing; answering 503 until it exists"
+                ),
+                Readiness::StreamUnreachable => {
+                    tracing::warn!(stream = %self.stream, "JetStream stream not reachable");
+                }
             }
         }
-        ok
+        found == Readiness::Ready
+    }
+
+    async fn inspect(&self) -> Readiness {
+        let stream = match self.js.get_stream(&self.stream).await {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::debug!(stream = %self.stream, cause = %err, "stream probe failed");
+                return Readiness::StreamUnreachable;
+            }
+        };
+        let retention = stream.cached_info().config.retention;
+        self.interest
+            .store(retention == RetentionPolicy::Interest, Ordering::Relaxed);
+        match retention {
+            // These keep what is published whether or not a consumer exists.
+            RetentionPolicy::Limits | RetentionPolicy::WorkQueue => Readiness::Ready,
+            RetentionPolicy::Interest => match stream.consumer_info(&self.durable).await {
+                Ok(_) => Readiness::Ready,
+                Err(err) => match err.kind() {
+                    ConsumerInfoErrorKind::NotFound => Readiness::ConsumerMissing,
+                    ConsumerInfoErrorKind::InvalidName
+                    | ConsumerInfoErrorKind::Offline
+                    | ConsumerInfoErrorKind::StreamNotFound
+                    | ConsumerInfoErrorKind::Request
+                    | ConsumerInfoErrorKind::JetStream(_)
+                    | ConsumerInfoErrorKind::TimedOut
+                    | ConsumerInfoErrorKind::NoResponders => {
+                        tracing::debug!(stream = %self.stream, consumer = %self.durable, cause = %err, "consumer probe failed");
+                        Readiness::StreamUnreachable
+                    }
+                },
+            },
+        }
     }
 
     /// Creates or updates the stream and durable consumer, once it succeeds.
@@ -115,6 +204,7 @@ impl Store {
 
     /// Keeps provisioning (when asked) and readiness up to date until dropped.
     pub async fn watch(self: Arc<Self>, endpoint: Arc<ValidatedEndpoint>, metrics: Arc<Metrics>) {
+        let mut deletions = self.deletion_advisories().await;
         loop {
             if self.provision(&endpoint).await && !self.probe().await && self.provision {
                 // A NATS server that lost its store: make the stream again.
@@ -127,13 +217,61 @@ impl Store {
             } else {
                 PROBE_NOT_READY
             };
-            tokio::time::sleep(pause).await;
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                Some(advisory) = deletions.next() => {
+                    self.deleted(advisory.subject.as_str());
+                    metrics.jetstream_ready.set(0);
+                }
+            }
+        }
+    }
+
+    /// Subscribes to JetStream's advisories that the stream or its durable
+    /// consumer was deleted, so publishing stops at once rather than at the
+    /// next probe. Best effort: without them (say, a NATS user not allowed to
+    /// subscribe to `$JS.EVENT.>`) the probe alone notices.
+    async fn deletion_advisories(&self) -> SelectAll<async_nats::Subscriber> {
+        let subjects = [
+            format!("$JS.EVENT.ADVISORY.STREAM.DELETED.{}", self.stream),
+            format!(
+                "$JS.EVENT.ADVISORY.CONSUMER.DELETED.{}.{}",
+                self.stream, self.durable
+            ),
+        ];
+        let mut advisories = SelectAll::new();
+        for subject in subjects {
+            match self.client.subscribe(subject.clone()).await {
+                Ok(subscriber) => advisories.push(subscriber),
+                Err(err) => {
+                    tracing::debug!(%subject, cause = %err, "cannot subscribe to the advisory; the probe alone will notice");
+                }
+            }
+        }
+        advisories
+    }
+
+    /// JetStream deleted the stream, or the durable consumer an interest
+    /// stream needs: not ready, now.
+    fn deleted(&self, subject: &str) {
+        let now = if !subject.starts_with("$JS.EVENT.ADVISORY.CONSUMER.") {
+            Readiness::StreamUnreachable
+        } else if self.interest.load(Ordering::Relaxed) {
+            Readiness::ConsumerMissing
+        } else {
+            return;
+        };
+        let was = Readiness::from_u8(self.readiness.swap(now as u8, Ordering::Relaxed));
+        if was == Readiness::Ready {
+            tracing::warn!(stream = %self.stream, consumer = %self.durable, %subject, "JetStream reports a deletion; answering 503 until the next probe finds the stream and consumer");
         }
     }
 
     /// Publishes and waits for JetStream's acknowledgement, bounded by the
-    /// publish timeout. Any failure is a 503: the sender must retry. The
-    /// error's reason (stream, NATS's own words) is for the log, never the answer.
+    /// publish timeout. A failure that may pass on retry is a 503 (the sender
+    /// retries); one that would fail the same way again gets the status of its
+    /// cause. The error's reason (stream, NATS's own words) is for the log,
+    /// never the answer.
     pub async fn publish(
         &self,
         subject: String,
@@ -144,6 +282,21 @@ impl Store {
         if !self.is_connected() {
             return Err(Error::Unavailable("not connected to NATS".into()));
         }
+        match self.readiness() {
+            Readiness::Ready => {}
+            Readiness::ConsumerMissing => {
+                return Err(Error::Unavailable(format!(
+                    "durable consumer {} of interest-retention stream {} is missing; nothing published now would be kept",
+                    self.durable, self.stream
+                )));
+            }
+            Readiness::StreamUnreachable => {
+                return Err(Error::Unavailable(format!(
+                    "stream {} did not answer the last readiness probe",
+                    self.stream
+                )));
+            }
+        }
         let message = jetstream::message::PublishMessage::build()
             .payload(body)
             .headers(headers);
@@ -153,20 +306,54 @@ impl Store {
         .await;
         match acked {
             Ok(Ok(ack)) => Ok(ack),
-            Err(_) => Err(self.timed_out()),
-            Ok(Err(err)) => Err(match err.kind() {
-                PublishErrorKind::TimedOut => self.timed_out(),
-                PublishErrorKind::MaxPayloadExceeded => Error::PayloadTooLarge {
-                    limit: self.max_payload(),
-                },
-                PublishErrorKind::StreamNotFound => {
-                    Error::Unavailable(format!("stream {} not found", self.stream))
+            Err(_elapsed) => Err(self.timed_out()),
+            Ok(Err(err)) => Err(self.refused(&err)),
+        }
+    }
+
+    /// The request error for a publish JetStream refused.
+    fn refused(&self, err: &PublishError) -> Error {
+        let unavailable = || {
+            Error::Unavailable(format!(
+                "JetStream refused the event for stream {}: {err}",
+                self.stream
+            ))
+        };
+        match err.kind() {
+            PublishErrorKind::TimedOut => self.timed_out(),
+            PublishErrorKind::MaxPayloadExceeded => Error::PayloadTooLarge {
+                limit: self.max_payload(),
+            },
+            PublishErrorKind::StreamNotFound => {
+                Error::Unavailable(format!("stream {} not found", self.stream))
+            }
+            // Connection trouble and back-pressure pass. So would the two
+            // "wrong last" refusals: the receiver sets no expectations, and a
+            // sender cannot (its headers travel under `Hookline-Http-`).
+            PublishErrorKind::BrokenPipe
+            | PublishErrorKind::MaxAckPending
+            | PublishErrorKind::WrongLastMessageId
+            | PublishErrorKind::WrongLastSequence => unavailable(),
+            PublishErrorKind::Other => {
+                let code = std::error::Error::source(err)
+                    .and_then(|source| source.downcast_ref::<jetstream::Error>())
+                    .map(jetstream::Error::error_code);
+                match code {
+                    // The stream's own `max_msg_size`: this body never fits.
+                    Some(ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM) => Error::PayloadTooLarge {
+                        limit: self.max_payload(),
+                    },
+                    // Cannot happen while the header block stays within
+                    // `HEADER_ALLOWANCE`; if it does, retrying will not help.
+                    Some(ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM) => Error::HeadersTooLarge {
+                        limit: hookline_api::headers::HEADER_ALLOWANCE,
+                    },
+                    // A full stream (`DiscardPolicy::New`, "store failed")
+                    // drains as the consumer catches up; any other code
+                    // (an open set of numbers) is NATS's own trouble.
+                    Some(_) | None => unavailable(),
                 }
-                _ => Error::Unavailable(format!(
-                    "JetStream refused the event for stream {}: {err}",
-                    self.stream
-                )),
-            }),
+            }
         }
     }
 

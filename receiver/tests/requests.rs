@@ -137,7 +137,10 @@ async fn source_outside_the_allowed_ranges_is_403() {
 #[tokio::test(flavor = "multi_thread")]
 async fn checks_run_in_the_contract_order() {
     let receiver = Receiver::start(&example("generic.yaml"), "partner-secret").await;
-    let huge = vec![b'x'; 300_000];
+    // Large enough that reqwest is still writing when the early 403 and 413
+    // are sent: the receiver must read and discard the rest (its lingering
+    // close) or the client gets a reset instead of the answer.
+    let huge = vec![b'x'; 4 * 1024 * 1024];
     let unsigned = vec![("X-Forwarded-For".to_owned(), "198.51.100.7".to_owned())];
     // Forbidden source beats size and signature.
     assert_eq!(receiver.post(&unsigned, &huge).await.status(), 403);
@@ -435,4 +438,83 @@ async fn stripe_header_with_several_v1_signatures_passes_when_any_matches() {
         ("Content-Type".to_owned(), "application/json".to_owned()),
     ];
     assert_eq!(receiver.post(&headers, body).await.status(), 200);
+}
+
+/// The header block of a stored message as NATS carries it.
+fn header_block_len(message: &async_nats::jetstream::message::StreamMessage) -> usize {
+    let lines: usize = message
+        .headers
+        .iter()
+        .flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |value| format!("{name}: {}\r\n", value.as_str()).len())
+        })
+        .sum();
+    "NATS/1.0\r\n\r\n".len() + lines
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn headers_over_the_request_bound_are_431_with_a_json_body() {
+    let receiver = Receiver::start(&github_manifest(), SECRET).await;
+    let body = github_body(11);
+    let mut headers = github_signed(SECRET, &body, "wide-1");
+    headers.push(("X-Padding".into(), "p".repeat(40 * 1024)));
+    let response = receiver.post(&headers, &body).await;
+    assert_eq!(response.status(), 431);
+    let answer: serde_json::Value = response.json().await.expect("JSON");
+    assert_eq!(answer["error"], "headers_too_large");
+    assert!(receiver.messages().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_200_kb_header_on_a_signed_request_is_431_never_503() {
+    let receiver = Receiver::start(&github_manifest(), SECRET).await;
+    let body = github_body(12);
+    let mut headers = github_signed(SECRET, &body, "wide-2");
+    headers.push(("X-Padding".into(), "p".repeat(200 * 1024)));
+    assert_eq!(receiver.post(&headers, &body).await.status(), 431);
+    assert!(receiver.messages().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_header_too_large_for_the_message_is_dropped_named_and_the_event_stored() {
+    let receiver = Receiver::start(&github_manifest(), SECRET).await;
+    let body = github_body(13);
+    let mut headers = github_signed(SECRET, &body, "wide-3");
+    headers.push(("X-Padding".into(), "p".repeat(20 * 1024)));
+    assert_eq!(receiver.post(&headers, &body).await.status(), 200);
+    let messages = receiver.messages().await;
+    let message = &messages[0];
+    assert!(header_block_len(message) <= hookline_api::headers::HEADER_ALLOWANCE);
+    assert_eq!(
+        header(message, "Hookline-Dropped-Headers"),
+        Some("x-padding")
+    );
+    assert_eq!(
+        header(message, "Hookline-Http-X-Github-Event"),
+        Some("issues")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_headers_fit_in_the_message_and_it_names_the_ones_left_out() {
+    let receiver = Receiver::start(&github_manifest(), SECRET).await;
+    let body = github_body(14);
+    let mut headers = github_signed(SECRET, &body, "wide-4");
+    for n in 0..80 {
+        headers.push((format!("X-Filler-{n:02}"), "f".repeat(300)));
+    }
+    assert_eq!(receiver.post(&headers, &body).await.status(), 200);
+    let messages = receiver.messages().await;
+    let message = &messages[0];
+    let size = header_block_len(message);
+    assert!(
+        size <= hookline_api::headers::HEADER_ALLOWANCE,
+        "{size} bytes of headers"
+    );
+    let dropped = header(message, "Hookline-Dropped-Headers").expect("marker");
+    assert!(dropped.ends_with("x-filler-79"), "{dropped}");
+    assert_eq!(header(message, "Hookline-Event-Id"), Some("wide-4"));
+    assert!(header(message, "Hookline-Http-X-Filler-00").is_some());
 }

@@ -202,3 +202,177 @@ async fn with_provision_a_lost_stream_is_made_again() {
         .collect();
     assert_eq!(ids, vec![stored]);
 }
+
+/// Makes the endpoint's stream and durable consumer as the operator would.
+async fn provision(
+    receiver_nats: &hookline_e2e::NatsServer,
+    manifest: &str,
+) -> async_nats::jetstream::Context {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("endpoint.yaml");
+    std::fs::write(&path, manifest).expect("write manifest");
+    let endpoint = hookline_api::load_manifest(&path).expect("valid manifest");
+    let client = async_nats::connect(receiver_nats.url())
+        .await
+        .expect("connect");
+    let js = async_nats::jetstream::new(client);
+    hookline_api::provision::provision(&js, &endpoint)
+        .await
+        .expect("provision");
+    js
+}
+
+async fn readyz(receiver: &Receiver) -> (u16, serde_json::Value) {
+    let response = receiver
+        .http
+        .get(format!("{}/readyz", receiver.base))
+        .send()
+        .await
+        .expect("readyz");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON"))
+}
+
+async fn wait_until_not_ready(receiver: &Receiver, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while receiver.is_ready().await {
+        assert!(Instant::now() < deadline, "still ready after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interest_stream_without_its_durable_consumer_gets_503_never_200() {
+    let nats = tokio::task::block_in_place(|| hookline_e2e::NatsServer::start().expect("nats"));
+    let manifest = manifest("github", "");
+    let js = provision(&nats, &manifest).await;
+    // Without --provision, as in a cluster: the operator made stream and consumer.
+    let receiver = Receiver::start_with(
+        nats,
+        &manifest,
+        SECRET,
+        Options {
+            provision: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let payload = body(1);
+    assert_eq!(
+        receiver
+            .post(&signed(&payload, "kept"), &payload)
+            .await
+            .status(),
+        200
+    );
+
+    let stream = js.get_stream(&receiver.stream).await.expect("stream");
+    stream
+        .delete_consumer("hookline-consumer")
+        .await
+        .expect("delete the durable consumer");
+    wait_until_not_ready(&receiver, Duration::from_secs(5)).await;
+    let (status, ready) = readyz(&receiver).await;
+    assert_eq!(status, 503);
+    assert_eq!(ready["streamReachable"], true);
+    assert_eq!(ready["consumerPresent"], false);
+
+    let payload = body(2);
+    let response = receiver.post(&signed(&payload, "nobody"), &payload).await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .map(|value| value.to_str().ok()),
+        Some(Some("5"))
+    );
+    assert_eq!(receiver.stream_messages().await, 0, "nothing was published");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recreated_durable_consumer_brings_200_back() {
+    let nats = tokio::task::block_in_place(|| hookline_e2e::NatsServer::start().expect("nats"));
+    let manifest = manifest("github", "");
+    let js = provision(&nats, &manifest).await;
+    let receiver = Receiver::start_with(
+        nats,
+        &manifest,
+        SECRET,
+        Options {
+            provision: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let stream = js.get_stream(&receiver.stream).await.expect("stream");
+    stream
+        .delete_consumer("hookline-consumer")
+        .await
+        .expect("delete the durable consumer");
+    wait_until_not_ready(&receiver, Duration::from_secs(5)).await;
+
+    provision(&receiver.nats, &manifest).await;
+    receiver.wait_ready(Duration::from_secs(5)).await;
+    let payload = body(3);
+    assert_eq!(
+        receiver
+            .post(&signed(&payload, "back"), &payload)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(receiver.stream_messages().await, 1, "kept for the consumer");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_provision_a_deleted_durable_consumer_is_made_again() {
+    let receiver = Receiver::start(&manifest("github", ""), SECRET).await;
+    let client = async_nats::connect(receiver.nats.url())
+        .await
+        .expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(&receiver.stream).await.expect("stream");
+    stream
+        .delete_consumer("hookline-consumer")
+        .await
+        .expect("delete the durable consumer");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stream.consumer_info("hookline-consumer").await.is_err() {
+        assert!(Instant::now() < deadline, "the consumer was not made again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stored = post_until_stored(&receiver, Duration::from_secs(10)).await;
+    let ids: Vec<String> = receiver
+        .messages()
+        .await
+        .iter()
+        .filter_map(|m| header(m, "Nats-Msg-Id").map(str::to_owned))
+        .collect();
+    assert_eq!(ids, vec![stored], "the event is kept for the consumer");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_durable_consumer_stops_publishing_before_the_next_probe() {
+    let nats = tokio::task::block_in_place(|| hookline_e2e::NatsServer::start().expect("nats"));
+    let manifest = manifest("github", "");
+    let js = provision(&nats, &manifest).await;
+    let receiver = Receiver::start_with(
+        nats,
+        &manifest,
+        SECRET,
+        Options {
+            provision: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let stream = js.get_stream(&receiver.stream).await.expect("stream");
+    stream
+        .delete_consumer("hookline-consumer")
+        .await
+        .expect("delete the durable consumer");
+    // JetStream's deletion advisory, not the 2 s probe, turns readiness off.
+    wait_until_not_ready(&receiver, Duration::from_millis(500)).await;
+}

@@ -1,8 +1,10 @@
 //! The checks a request passes before it is stored, one file each, in the
-//! order the pipeline runs them: [`source`] (403), [`body`] size (413),
-//! [`signature`] (401), [`body`] media type and JSON (415/400), [`schema`] (422).
+//! order the pipeline runs them: [`headers`] size (431), [`source`] (403),
+//! [`body`] size (413), [`signature`] (401), [`body`] media type and JSON
+//! (415/400), [`schema`] (422).
 
 pub mod body;
+pub mod headers;
 pub mod schema;
 pub mod signature;
 pub mod source;

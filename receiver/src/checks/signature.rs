@@ -20,6 +20,8 @@ pub enum VerifyError {
     MissingSignature(String),
     #[error("signature header {0} is malformed")]
     Malformed(String),
+    #[error("header {0} appears more than once")]
+    Repeated(String),
     #[error("missing signing timestamp ({0})")]
     MissingTimestamp(String),
     #[error("signing timestamp ({0}) is not a unix time")]
@@ -44,12 +46,19 @@ pub struct Verifier {
     scheme: Verification,
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)
+/// The one value of `name` (trimmed; empty or not text counts as absent).
+/// A header the request repeats is refused: which copy a proxy or a parser
+/// would pick is anyone's guess, and no provider sends two.
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, VerifyError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(VerifyError::Repeated(name.to_owned()));
+    }
+    Ok(first
         .and_then(|value| value.to_str().ok())
         .map(str::trim)
-        .filter(|value| !value.is_empty())
+        .filter(|value| !value.is_empty()))
 }
 
 impl Verifier {
@@ -73,7 +82,7 @@ impl Verifier {
         let scheme = &self.scheme;
         let name = &scheme.signature_header;
         let value =
-            header(headers, name).ok_or_else(|| VerifyError::MissingSignature(name.clone()))?;
+            header(headers, name)?.ok_or_else(|| VerifyError::MissingSignature(name.clone()))?;
         let (candidates, signature_timestamp) = self.candidates(value);
         if candidates.is_empty() {
             return Err(VerifyError::Malformed(name.clone()));
@@ -82,7 +91,7 @@ impl Verifier {
         let timestamp = match &scheme.timestamp {
             None => None,
             Some(TimestampSource::Header(ts_header)) => Some(
-                header(headers, ts_header)
+                header(headers, ts_header)?
                     .ok_or_else(|| VerifyError::MissingTimestamp(ts_header.clone()))?,
             ),
             Some(TimestampSource::SignatureField(field)) => Some(
@@ -103,7 +112,7 @@ impl Verifier {
         if scheme.signed_payload.contains(&PayloadPart::Id) {
             let id_header = scheme.id_header.as_deref().unwrap_or("webhook-id");
             id = Some(
-                header(headers, id_header)
+                header(headers, id_header)?
                     .ok_or_else(|| VerifyError::MissingId(id_header.to_owned()))?,
             );
         }
@@ -315,6 +324,23 @@ mod tests {
         assert_eq!(
             verifier(Provider::Github).verify(&HeaderMap::new(), b"{}", &secrets, 0),
             Err(VerifyError::MissingSignature("x-hub-signature-256".into()))
+        );
+    }
+
+    #[test]
+    fn a_repeated_signature_header_is_refused() {
+        let secrets = SecretSet::parse("s", SecretFormat::Raw, HmacAlgorithm::Sha256);
+        let mut request = HeaderMap::new();
+        request.append(
+            "x-hub-signature-256",
+            HeaderValue::from_static(
+                "sha256=12b2bf8bf38eaf4ec3bdc8ac4d3a1c7a6b0b4cbd7a0e1f7e6d5c4b3a29180706",
+            ),
+        );
+        request.append("x-hub-signature-256", HeaderValue::from_static("sha256=00"));
+        assert_eq!(
+            verifier(Provider::Github).verify(&request, b"{}", &secrets, 0),
+            Err(VerifyError::Repeated("x-hub-signature-256".into()))
         );
     }
 

@@ -178,13 +178,32 @@ pub struct Receiver {
 pub struct Options {
     pub publish_timeout: Duration,
     pub wait_ready: bool,
+    /// `--provision`: the receiver makes the stream and durable consumer.
+    pub provision: bool,
+    pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
+        let defaults = Config::new(
+            hookline_api::resolve(
+                "default",
+                "defaults",
+                &hookline_api::WebhookEndpointSpec::new(hookline_api::spec::Provider::Github, "s"),
+            )
+            .expect("valid"),
+            PathBuf::new(),
+            String::new(),
+        );
         Options {
             publish_timeout: Duration::from_secs(2),
             wait_ready: true,
+            provision: true,
+            request_timeout: defaults.request_timeout,
+            header_read_timeout: defaults.header_read_timeout,
+            max_connections: defaults.max_connections,
         }
     }
 }
@@ -210,8 +229,11 @@ impl Receiver {
         let path = endpoint.route.path.clone();
         let stream = endpoint.stream.name.clone();
         let mut config = Config::new(endpoint, secret_path.clone(), nats.url());
-        config.provision = true;
+        config.provision = options.provision;
         config.publish_timeout = options.publish_timeout;
+        config.request_timeout = options.request_timeout;
+        config.header_read_timeout = options.header_read_timeout;
+        config.max_connections = options.max_connections;
         config.secret_poll_interval = Duration::from_millis(100);
         config.shutdown_timeout = Duration::from_secs(10);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -239,9 +261,28 @@ impl Receiver {
         receiver
     }
 
+    /// `host:port` where it serves, for raw TCP clients.
+    pub fn address(&self) -> String {
+        self.base.trim_start_matches("http://").to_owned()
+    }
+
+    /// The number of messages in the endpoint's stream.
+    pub async fn stream_messages(&self) -> u64 {
+        let client = async_nats::connect(self.nats.url()).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream(&self.stream).await.expect("stream exists");
+        stream.get_info().await.expect("stream info").state.messages
+    }
+
+    /// Asks `/readyz` on a connection closed after the answer, so polling
+    /// leaves no idle connection behind (tests count connections).
     pub async fn is_ready(&self) -> bool {
+        let request = self
+            .http
+            .get(format!("{}/readyz", self.base))
+            .header("Connection", "close");
         matches!(
-            self.http.get(format!("{}/readyz", self.base)).send().await,
+            request.send().await,
             Ok(response) if response.status() == 200
         )
     }
@@ -344,4 +385,51 @@ impl Drop for Receiver {
 /// The value of header `name` of a stored message.
 pub fn header<'a>(message: &'a StreamMessage, name: &str) -> Option<&'a str> {
     message.headers.get(name).map(|value| value.as_str())
+}
+
+// ---- raw HTTP/1.1 over TCP, for what an HTTP library would not send ----
+
+/// A request head: `POST path HTTP/1.1`, `Host`, then `headers`, then the
+/// blank line. No `Content-Length` unless `headers` has one.
+pub fn raw_head(path: &str, headers: &[(String, String)]) -> Vec<u8> {
+    let mut head = format!("POST {path} HTTP/1.1\r\nHost: localhost\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
+
+/// What a client that writes its whole request before reading gets: writes
+/// `request` completely (failing the test if the server resets first), then
+/// reads until the server closes; returns everything read.
+pub async fn write_all_then_read(address: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream
+        .write_all(request)
+        .await
+        .expect("the whole request is written before the server closes");
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .await
+        .expect("the answer is read, not reset");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The status code of a raw answer (`HTTP/1.1 413 Payload Too Large` → 413).
+pub fn status_of(answer: &str) -> u16 {
+    answer
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"))
+}
+
+/// The body of a raw answer (after the blank line).
+pub fn body_of(answer: &str) -> &str {
+    answer.split_once("\r\n\r\n").map_or("", |(_, body)| body)
 }
