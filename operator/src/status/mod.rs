@@ -1,0 +1,264 @@
+//! The status step: conditions computed from what was applied and observed,
+//! each with a reason and a message a person can act on. Pure functions here;
+//! `reconcile` writes the result only when it differs from what is stored.
+//! [`parts`] has one finding per part of the pipeline.
+
+mod parts;
+
+use hookline_api::conditions::{self, reasons};
+use hookline_api::provision::StreamStats;
+use hookline_api::spec::WebhookEndpointStatus;
+use hookline_api::{FieldError, InvalidSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::apply::Applied;
+use crate::build::ChildNames;
+use crate::config::OperatorConfig;
+use crate::secrets::SecretCheck;
+use crate::stream::StreamState;
+use crate::validate::ValidEndpoint;
+
+use parts::{deployment_finding, scaler_finding, secret_finding, stream_finding};
+
+/// A condition's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    True,
+    False,
+    Unknown,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::True => "True",
+            Status::False => "False",
+            Status::Unknown => "Unknown",
+        }
+    }
+}
+
+/// One condition as observed now, before its timestamps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub type_: &'static str,
+    pub status: Status,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Finding {
+    fn new(type_: &'static str, status: Status, reason: &'static str, message: String) -> Self {
+        Finding {
+            type_,
+            status,
+            reason,
+            message,
+        }
+    }
+}
+
+/// Everything a reconcile learnt about a valid endpoint.
+pub struct Observed<'a> {
+    pub valid: &'a ValidEndpoint,
+    pub config: &'a OperatorConfig,
+    pub secrets: &'a SecretCheck,
+    pub stream: &'a StreamState,
+    pub applied: &'a Applied,
+    pub keda: bool,
+}
+
+/// Every condition of a valid endpoint, `Ready` first.
+pub fn findings(observed: &Observed<'_>) -> Vec<Finding> {
+    let parts = vec![
+        secret_finding(observed),
+        stream_finding(observed),
+        deployment_finding(
+            &observed.applied.receiver,
+            conditions::RECEIVER_AVAILABLE,
+            "receiver",
+            false,
+        ),
+        deployment_finding(
+            &observed.applied.consumer,
+            conditions::CONSUMER_AVAILABLE,
+            "consumer",
+            observed.keda,
+        ),
+        scaler_finding(observed),
+    ];
+    let blocking = parts.iter().find(|finding| match finding.status {
+        Status::True => false,
+        Status::Unknown => finding.type_ != conditions::SCALER_READY,
+        Status::False => finding.reason != reasons::KEDA_NOT_INSTALLED,
+    });
+    let ready = match blocking {
+        Some(finding) => Finding::new(
+            conditions::READY,
+            Status::False,
+            finding.reason,
+            finding.message.clone(),
+        ),
+        None => Finding::new(
+            conditions::READY,
+            Status::True,
+            reasons::RECONCILED,
+            match url(observed.valid, observed.applied) {
+                Some(url) => format!("providers can POST to {url}"),
+                None => "the receiver is running; the Ingress has no address yet".into(),
+            },
+        ),
+    };
+    std::iter::once(ready).chain(parts).collect()
+}
+
+/// The conditions of an endpoint whose spec is invalid: nothing was applied.
+pub fn invalid_findings(invalid: &InvalidSpec) -> Vec<Finding> {
+    let message = invalid
+        .0
+        .iter()
+        .map(FieldError::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    conditions::ALL
+        .into_iter()
+        .map(|type_| {
+            if type_ == conditions::READY {
+                Finding::new(
+                    type_,
+                    Status::False,
+                    reasons::INVALID_SPEC,
+                    format!("fix the spec: {message}"),
+                )
+            } else {
+                Finding::new(
+                    type_,
+                    Status::Unknown,
+                    reasons::INVALID_SPEC,
+                    "not reconciled while the spec is invalid".into(),
+                )
+            }
+        })
+        .collect()
+}
+
+/// The URL to paste into the provider's dashboard: the Ingress host, else the
+/// Ingress's load-balancer address, else (no Ingress) the in-cluster Service.
+pub fn url(valid: &ValidEndpoint, applied: &Applied) -> Option<String> {
+    let route = &valid.endpoint.route;
+    if let Some(url) = route.url() {
+        return Some(url);
+    }
+    if route.ingress.is_none() {
+        return Some(format!(
+            "http://{}.{}.svc{}",
+            ChildNames::of(&valid.endpoint.name).receiver,
+            valid.endpoint.namespace,
+            route.path
+        ));
+    }
+    let address = applied
+        .ingress
+        .as_ref()?
+        .status
+        .as_ref()?
+        .load_balancer
+        .as_ref()?
+        .ingress
+        .as_ref()?
+        .iter()
+        .find_map(|point| point.hostname.clone().or_else(|| point.ip.clone()))?;
+    Some(format!("http://{address}{}", route.path))
+}
+
+/// Conditions with their timestamps: a condition whose status did not change
+/// keeps its `lastTransitionTime`.
+pub fn stamp(
+    findings: Vec<Finding>,
+    previous: Option<&WebhookEndpointStatus>,
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    findings
+        .into_iter()
+        .map(|finding| {
+            let before = previous.and_then(|status| {
+                status
+                    .conditions
+                    .iter()
+                    .find(|condition| condition.type_ == finding.type_)
+            });
+            let last_transition_time = match before {
+                Some(before) if before.status == finding.status.as_str() => {
+                    before.last_transition_time.clone()
+                }
+                _ => now.clone(),
+            };
+            Condition {
+                type_: finding.type_.to_owned(),
+                status: finding.status.as_str().to_owned(),
+                reason: finding.reason.to_owned(),
+                message: finding.message,
+                last_transition_time,
+                observed_generation: generation,
+            }
+        })
+        .collect()
+}
+
+/// Findings whose status changed since `previous`: these become Events.
+pub fn transitions<'a>(
+    findings: &'a [Finding],
+    previous: Option<&WebhookEndpointStatus>,
+) -> Vec<&'a Finding> {
+    findings
+        .iter()
+        .filter(|finding| {
+            let before = previous.and_then(|status| {
+                status
+                    .conditions
+                    .iter()
+                    .find(|condition| condition.type_ == finding.type_)
+            });
+            before.map(|condition| condition.status.as_str()) != Some(finding.status.as_str())
+        })
+        .filter(|finding| {
+            finding.status == Status::False
+                || (finding.type_ == conditions::READY && finding.status == Status::True)
+        })
+        .collect()
+}
+
+/// Live figures for the status; the previous ones when the stream could not be read.
+pub fn figures(
+    stream: &StreamState,
+    previous: Option<&WebhookEndpointStatus>,
+) -> (Option<i64>, Option<i64>, Option<String>) {
+    match stream {
+        StreamState::Ready {
+            stats:
+                StreamStats {
+                    messages,
+                    pending,
+                    last_stored,
+                    ..
+                },
+            ..
+        } => (
+            i64::try_from(*messages).ok(),
+            i64::try_from(*pending).ok(),
+            last_stored
+                .and_then(|time| k8s_openapi::jiff::Timestamp::try_from(time).ok())
+                .map(|time| time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+        ),
+        _ => previous
+            .map(|status| {
+                (
+                    status.stream_messages,
+                    status.pending,
+                    status.last_event_time.clone(),
+                )
+            })
+            .unwrap_or_default(),
+    }
+}
