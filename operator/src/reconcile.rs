@@ -50,6 +50,10 @@ pub struct Context {
     pub resync: Duration,
     /// Consecutive failures per endpoint, for the retry backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Per endpoint, the status last written and what the API server kept of
+    /// it: an older CRD prunes fields it does not know, and without this every
+    /// reconcile would write the same status again (and trigger the next).
+    written: Mutex<HashMap<String, Written>>,
     /// KEDA's presence and when it was last asked.
     keda: tokio::sync::Mutex<Option<(Instant, bool)>>,
 }
@@ -73,6 +77,7 @@ impl Context {
             recorder,
             resync,
             failures: Mutex::default(),
+            written: Mutex::default(),
             keda: tokio::sync::Mutex::default(),
         }
     }
@@ -105,6 +110,41 @@ impl Context {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(key);
+    }
+}
+
+/// A status as written, and as the API server kept it.
+struct Written {
+    sent: WebhookEndpointStatus,
+    kept: Option<WebhookEndpointStatus>,
+}
+
+impl Context {
+    /// Whether `desired` was written already and the server still holds what
+    /// it kept of it: writing it again would change nothing.
+    fn already_written(
+        &self,
+        key: &str,
+        desired: &WebhookEndpointStatus,
+        stored: Option<&WebhookEndpointStatus>,
+    ) -> bool {
+        self.written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .is_some_and(|written| written.sent == *desired && written.kept.as_ref() == stored)
+    }
+
+    fn remember_written(
+        &self,
+        key: String,
+        sent: WebhookEndpointStatus,
+        kept: Option<WebhookEndpointStatus>,
+    ) {
+        self.written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, Written { sent, kept });
     }
 }
 
@@ -257,7 +297,10 @@ async fn write_status(
 ) -> Result<()> {
     let previous = endpoint.status.as_ref();
     let generation = endpoint.metadata.generation;
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    // Whole seconds: what the API server stores, so what is written equals
+    // what is read back.
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let now = Time(k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now));
     let events: Vec<Finding> = status::transitions(&findings, previous)
         .into_iter()
         .cloned()
@@ -283,7 +326,8 @@ async fn write_status(
             ..previous.cloned().unwrap_or_default()
         },
     };
-    if previous == Some(&desired) {
+    let key = key(endpoint);
+    if previous == Some(&desired) || ctx.already_written(&key, &desired, previous) {
         return Ok(());
     }
     let api: Api<WebhookEndpoint> = Api::namespaced(
@@ -295,13 +339,21 @@ async fn write_status(
         "kind": WebhookEndpoint::kind(&()),
         "status": desired,
     });
-    api.patch_status(
-        &endpoint.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    let kept = api
+        .patch_status(
+            &endpoint.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?
+        .status;
     ctx.metrics.write("WebhookEndpoint/status");
+    if kept.as_ref() != Some(&desired) {
+        warn!(
+            "the API server did not keep the status as written (a CRD older than the operator drops the fields it does not know): kubectl apply --server-side -f crds/webhookendpoints.hookline.io.yaml"
+        );
+    }
+    ctx.remember_written(key, desired, kept);
     for finding in events {
         let type_ = match finding.status {
             Status::True => EventType::Normal,
@@ -360,6 +412,10 @@ async fn cleanup(endpoint: &WebhookEndpoint, ctx: &Context) -> Result<Action> {
     publish(ctx, endpoint, EventType::Normal, "Deleted", note).await;
     let key = key(endpoint);
     ctx.succeeded(&key);
+    ctx.written
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&key);
     ctx.metrics.set_readiness(&key, None);
     ctx.metrics.set_pending(&key, None);
     Ok(Action::await_change())

@@ -194,6 +194,25 @@ async fn a_second_reconcile_with_nothing_changed_writes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_crd_that_drops_status_fields_does_not_make_a_write_loop() {
+    let mut harness = stripe(true).await;
+    harness
+        .fake
+        .prune_status_fields(&["pending", "streamMessages", "lastEventTime"]);
+    harness.settle(NS, NAME).await;
+    harness.fake.make_deployments_available();
+    harness.reconcile(NS, NAME).await.expect("reconcile");
+    harness.fake.clear_calls();
+    harness.reconcile(NS, NAME).await.expect("reconcile");
+    harness.reconcile(NS, NAME).await.expect("reconcile");
+    assert_eq!(
+        harness.fake.writes(),
+        [],
+        "the status the server keeps is not written again and again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spec_change_patches_the_children_and_the_stream() {
     let mut harness = stripe(true).await;
     harness.settle(NS, NAME).await;

@@ -50,6 +50,9 @@ struct State {
     keda: bool,
     /// Answers every request with this status (an unreachable API, a conflict).
     fail_with: Option<u16>,
+    /// Status fields dropped when a status is written, as a structural schema
+    /// that does not know them (an older CRD) prunes them.
+    pruned_status_fields: Vec<String>,
 }
 
 /// The fake; cheap to clone, all clones share one state.
@@ -106,6 +109,11 @@ impl FakeApi {
 
     pub fn set_keda(&self, installed: bool) {
         self.lock().keda = installed;
+    }
+
+    /// From now on, drops `fields` from every status written (an older CRD).
+    pub fn prune_status_fields(&self, fields: &[&str]) {
+        self.lock().pruned_status_fields = fields.iter().map(|f| (*f).to_owned()).collect();
     }
 
     /// Every request from now on gets `code` (`None`: normal service again).
@@ -490,6 +498,11 @@ impl State {
             (Some(mut current), "application/apply-patch+yaml") => {
                 if target.subresource.as_deref() == Some("status") {
                     current["status"] = body["status"].clone();
+                    if let Some(status) = current["status"].as_object_mut() {
+                        for field in &self.pruned_status_fields {
+                            status.remove(field);
+                        }
+                    }
                 } else {
                     let before = current["spec"].clone();
                     merge(&mut current, &body);
