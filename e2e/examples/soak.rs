@@ -11,7 +11,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use hookline_e2e::soak::{self, Timing};
+use hookline_e2e::soak::{self, FaultKind, Timing};
+
+fn parse_kind(name: &str) -> Result<FaultKind, String> {
+    FaultKind::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = FaultKind::ALL.iter().map(|kind| kind.name()).collect();
+        format!("not a kind of fault; one of {}", names.join(", "))
+    })
+}
 
 /// Signed load to one endpoint per provider while processes fail; then
 /// Postgres and every log are checked.
@@ -20,11 +27,15 @@ struct Cli {
     /// Events to send.
     #[arg(long, default_value_t = 100_000)]
     events: usize,
-    /// Faults to apply, cycling through the five kinds.
+    /// Faults to apply, cycling through the kinds.
     #[arg(long, default_value_t = 16)]
     faults: usize,
-    /// Requests in flight at most.
-    #[arg(long, default_value_t = 128)]
+    /// The kinds of fault, comma-separated: kill-consumer, term-receiver,
+    /// restart-nats, stop-postgres, fill-stream (default: all, in that order).
+    #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
+    kinds: Vec<FaultKind>,
+    /// Deliveries in flight at most, per endpoint.
+    #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Events designed to become dead letters.
     #[arg(long, default_value_t = 12)]
@@ -49,6 +60,11 @@ fn main() -> ExitCode {
     let config = soak::Config {
         events: cli.events,
         faults: cli.faults,
+        kinds: if cli.kinds.is_empty() {
+            defaults.kinds.clone()
+        } else {
+            cli.kinds
+        },
         concurrency: cli.concurrency,
         poison: cli.poison,
         seed: cli.seed,

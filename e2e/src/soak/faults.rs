@@ -31,6 +31,28 @@ pub enum FaultKind {
     FillStream,
 }
 
+impl FaultKind {
+    /// Every kind, in the order the schedule cycles through them by default.
+    pub const ALL: [FaultKind; 5] = CYCLE;
+
+    /// The kind's name on a command line: `kill-consumer`, `term-receiver`,
+    /// `restart-nats`, `stop-postgres`, `fill-stream`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::KillConsumer => "kill-consumer",
+            FaultKind::TermReceiver => "term-receiver",
+            FaultKind::RestartNats => "restart-nats",
+            FaultKind::StopPostgres => "stop-postgres",
+            FaultKind::FillStream => "fill-stream",
+        }
+    }
+
+    /// The kind called `name` (see [`FaultKind::name`]).
+    pub fn from_name(name: &str) -> Option<FaultKind> {
+        CYCLE.into_iter().find(|kind| kind.name() == name)
+    }
+}
+
 const CYCLE: [FaultKind; 5] = [
     FaultKind::KillConsumer,
     FaultKind::TermReceiver,
@@ -42,11 +64,13 @@ const CYCLE: [FaultKind; 5] = [
 /// How long the schedule's steps take.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
-    /// Undisturbed load before each fault.
+    /// Fault `n` (from 0) starts `n` slots and a lead after the schedule,
+    /// or, when the ones before took longer, a lead after the last recovered.
     pub lead: Duration,
-    /// What the load is paced for, per fault.
+    /// The time given to each fault; the load is spread evenly over
+    /// `faults × slot + tail`, so its rate stays steady through the faults.
     pub slot: Duration,
-    /// Load after the last fault.
+    /// Load after the last fault's slot.
     pub tail: Duration,
     /// How long Postgres stays down.
     pub postgres_down: Duration,
@@ -104,6 +128,8 @@ pub struct FaultReport {
     pub note: String,
     /// What went wrong in a binary (e.g. a non-zero exit after SIGTERM).
     pub findings: Vec<String>,
+    /// From the start of the fault to the end of its recovery.
+    pub window: Option<(Instant, Instant)>,
 }
 
 impl FaultReport {
@@ -117,6 +143,7 @@ impl FaultReport {
             incidents: BTreeMap::new(),
             note: String::new(),
             findings: Vec::new(),
+            window: None,
         }
     }
 
@@ -177,18 +204,23 @@ pub struct Schedule {
     pub canaries: Vec<Sent>,
 }
 
-/// Runs `count` faults one after another, cycling through the kinds; keeps
+/// Runs `count` faults one after another, cycling through `kinds`; keeps
 /// the load paced to last until the end. Blocks; `runtime` runs the canaries.
 pub fn run(
     fleet: &mut Fleet,
     load: &Arc<Load>,
     runtime: &Handle,
     count: usize,
+    kinds: &[FaultKind],
     timing: &Timing,
 ) -> Result<Schedule> {
     let mut schedule = Schedule::default();
+    let kinds = if kinds.is_empty() { &CYCLE[..] } else { kinds };
+    let begun = Instant::now();
+    let slots = |n: usize| timing.slot * u32::try_from(n).unwrap_or(u32::MAX);
     for number in 0..count {
-        thread::sleep(timing.lead);
+        let due = (begun + slots(number) + timing.lead).max(Instant::now() + timing.lead);
+        thread::sleep(due.saturating_duration_since(Instant::now()));
         let problems = fleet.problems();
         if !problems.is_empty() {
             return Err(fleet.failure(&format!(
@@ -197,8 +229,8 @@ pub fn run(
                 problems.join("; ")
             )));
         }
-        let kind = CYCLE[number % CYCLE.len()];
-        let occurrence = number / CYCLE.len();
+        let kind = kinds[number % kinds.len()];
+        let occurrence = number / kinds.len();
         let started = Instant::now();
         let (mut report, affected) = apply(kind, occurrence, fleet, load, timing)?;
         report.name = format!("{} {}", number + 1, report.name);
@@ -208,6 +240,7 @@ pub fn run(
         report.stored_after = canaries.stored - healed;
         fleet.wait_ready(READY_BOUND)?;
         let recovered = Instant::now();
+        report.window = Some((started, recovered));
         report.down = healed - started;
         report.recovery = recovered - healed;
         report.incidents = load
@@ -217,8 +250,10 @@ pub fn run(
             .collect();
         schedule.canaries.extend(canaries.sent);
         schedule.faults.push(report);
-        let left = u32::try_from(count - number - 1).unwrap_or(u32::MAX);
-        load.pace_until(Instant::now() + timing.slot * left + timing.tail);
+        // Behind the plan, the load stretches to cover the faults still to come.
+        let planned_end = begun + slots(count) + timing.tail;
+        let needed = Instant::now() + slots(count - number - 1) + timing.tail;
+        load.pace_until(planned_end.max(needed));
     }
     Ok(schedule)
 }
@@ -264,9 +299,8 @@ fn apply(
                 consumer.kill();
             }
             fleet.replace_consumer(endpoint, index)?;
-            report.note = format!(
-                "{at_kill} events unacknowledged by the endpoint's consumers at the kill; a new consumer started"
-            );
+            report.note =
+                format!("events unacknowledged at the kill: {at_kill}; a new consumer started");
             Ok((report, vec![endpoint]))
         }
         FaultKind::TermReceiver => {
@@ -291,7 +325,7 @@ fn apply(
                 )),
             }
             receiver.restart()?;
-            report.note = format!("{at_signal} requests in flight at SIGTERM");
+            report.note = format!("requests in flight at SIGTERM: {at_signal}");
             Ok((report, vec![endpoint]))
         }
         FaultKind::RestartNats => {

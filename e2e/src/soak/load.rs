@@ -37,6 +37,10 @@ pub struct Target {
     pub urls: Vec<String>,
     /// Requests in flight to each receiver.
     pub in_flight: Vec<AtomicUsize>,
+    /// Bounds the endpoint's deliveries in flight, so that one endpoint's
+    /// senders retrying 503s hold back only that endpoint, as with real,
+    /// independent providers.
+    pub permits: Arc<Semaphore>,
 }
 
 /// What one request got.
@@ -74,6 +78,8 @@ pub struct Delivery {
     pub signatures: Vec<String>,
     /// The 200 said `"duplicate": true`: JetStream's dedupe window caught it.
     pub duplicate: bool,
+    /// When the 200 came.
+    pub accepted_at: Option<Instant>,
 }
 
 /// What became of one event.
@@ -214,28 +220,30 @@ impl Load {
         lock(&self.unavailable_bodies).iter().cloned().collect()
     }
 
-    /// Sends every unit, at most `concurrency` at once, paced to end near
-    /// the time set by [`Load::pace_until`]; then the late redeliveries.
-    /// Returns what became of every event.
-    pub async fn run(self: Arc<Self>, units: Vec<Unit>, concurrency: usize) -> Result<Vec<Sent>> {
-        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    /// Starts every unit, paced to end near the time set by
+    /// [`Load::pace_until`], each sent once its endpoint has a permit; then
+    /// the late redeliveries. Returns what became of every event.
+    pub async fn run(self: Arc<Self>, units: Vec<Unit>) -> Result<Vec<Sent>> {
         let mut tasks = JoinSet::new();
         let total = units.len();
         for (index, unit) in units.into_iter().enumerate() {
-            let permit = permits.clone().acquire_owned().await.map_err(stopped)?;
             let load = self.clone();
             tasks.spawn(async move {
-                let sent = load.unit(unit).await;
-                drop(permit);
-                sent
+                let endpoint = unit.endpoint();
+                let _permit = load.targets[endpoint]
+                    .permits
+                    .acquire()
+                    .await
+                    .map_err(stopped)?;
+                Ok::<_, TestServerError>(load.unit(unit).await)
             });
             self.pace(total - index - 1).await;
         }
         let mut sent = Vec::with_capacity(total);
         while let Some(done) = tasks.join_next().await {
-            sent.extend(done.map_err(stopped)?);
+            sent.extend(done.map_err(stopped)??);
         }
-        self.redeliver_late(&mut sent, &permits).await?;
+        self.redeliver_late(&mut sent).await?;
         Ok(sent)
     }
 
@@ -274,11 +282,7 @@ impl Load {
 
     /// Sends the events planned for a late redelivery once more, now that
     /// the load is over and most are past the stream's duplicate window.
-    async fn redeliver_late(
-        self: &Arc<Self>,
-        sent: &mut [Sent],
-        permits: &Arc<Semaphore>,
-    ) -> Result<()> {
+    async fn redeliver_late(self: &Arc<Self>, sent: &mut [Sent]) -> Result<()> {
         let now = unix_now();
         let mut tasks = JoinSet::new();
         for (index, s) in sent.iter().enumerate() {
@@ -288,16 +292,18 @@ impl Load {
             if !due {
                 continue;
             }
-            let permit = permits.clone().acquire_owned().await.map_err(stopped)?;
             let (load, event, time) = (self.clone(), s.event.clone(), s.time);
             tasks.spawn(async move {
-                let delivery = load.deliver(&event, time).await;
-                drop(permit);
-                (index, delivery)
+                let _permit = load.targets[event.endpoint]
+                    .permits
+                    .acquire()
+                    .await
+                    .map_err(stopped)?;
+                Ok::<_, TestServerError>((index, load.deliver(&event, time).await))
             });
         }
         while let Some(done) = tasks.join_next().await {
-            let (index, delivery) = done.map_err(stopped)?;
+            let (index, delivery) = done.map_err(stopped)??;
             sent[index].redeliveries.push(delivery);
         }
         Ok(())
@@ -358,6 +364,9 @@ impl Load {
             delivery.requests += 1;
             delivery.first.get_or_insert(answer);
             delivery.last = Some(answer);
+            if answer == Answer::Status(200) {
+                delivery.accepted_at = Some(Instant::now());
+            }
             let kind = match answer {
                 Answer::Status(503) => IncidentKind::Unavailable,
                 Answer::None => IncidentKind::NoAnswer,

@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tokio::sync::Semaphore;
 
 pub use faults::{FaultKind, FaultReport, Timing};
 pub use providers::Provider;
@@ -52,9 +53,11 @@ use plan::Kind;
 pub struct Config {
     /// Events to send (at least; out-of-order pairs may add one), canaries aside.
     pub events: usize,
-    /// Faults to apply, cycling through every [`FaultKind`].
+    /// Faults to apply, cycling through `kinds`.
     pub faults: usize,
-    /// Requests in flight at most.
+    /// The kinds of fault, in order (all five by default).
+    pub kinds: Vec<FaultKind>,
+    /// Deliveries in flight at most, per endpoint.
     pub concurrency: usize,
     /// Events designed to fail (Postgres refuses their JSON), one endpoint
     /// after another: they must be exactly the dead letters.
@@ -77,6 +80,7 @@ impl Default for Config {
         Config {
             events: 5_000,
             faults: 5,
+            kinds: FaultKind::ALL.to_vec(),
             concurrency: 64,
             poison: 6,
             seed: 1,
@@ -233,6 +237,7 @@ fn soak(config: &Config, fleet: &mut Fleet, started: Instant) -> Result<Report> 
                 .iter()
                 .map(|_| AtomicUsize::new(0))
                 .collect(),
+            permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
         })
         .collect();
     let providers: Vec<Provider> = fleet.endpoints.iter().map(|e| e.provider).collect();
@@ -243,13 +248,14 @@ fn soak(config: &Config, fleet: &mut Fleet, started: Instant) -> Result<Report> 
         config.retry_for,
         Instant::now() + config.timing.planned(config.faults),
     )?);
-    let senders = runtime.spawn(load.clone().run(units, config.concurrency));
+    let senders = runtime.spawn(load.clone().run(units));
 
     let schedule = match faults::run(
         fleet,
         &load,
         runtime.handle(),
         config.faults,
+        &config.kinds,
         &config.timing,
     ) {
         Ok(schedule) => schedule,
@@ -281,6 +287,33 @@ fn soak(config: &Config, fleet: &mut Fleet, started: Instant) -> Result<Report> 
         .filter(|body| names_the_store(body, &stream_names))
         .collect();
 
+    // Say when each lost event was accepted, and during which fault.
+    let accepted_at: HashMap<String, Instant> = sent
+        .iter()
+        .filter_map(|s| {
+            let key = &fleet.endpoints[s.event.endpoint].key;
+            Some((format!("{key} {}", s.event.id), s.delivery.accepted_at?))
+        })
+        .collect();
+    let mut checks = checks;
+    for lost in &mut checks.lost {
+        if let Some(&at) = accepted_at.get(lost.as_str()) {
+            let during = schedule
+                .faults
+                .iter()
+                .find(|fault| {
+                    fault
+                        .window
+                        .is_some_and(|(from, to)| at >= from && at <= to)
+                })
+                .map_or_else(String::new, |fault| format!(", during {}", fault.name));
+            let _ = write!(
+                lost,
+                " (accepted at +{:.1} s{during})",
+                (at - started).as_secs_f64()
+            );
+        }
+    }
     let mut report = Report {
         events: sent.len(),
         canaries,

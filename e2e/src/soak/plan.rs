@@ -52,6 +52,14 @@ pub enum Unit {
 }
 
 impl Unit {
+    /// The endpoint its events go to.
+    pub fn endpoint(&self) -> usize {
+        match self {
+            Unit::Single(event) | Unit::Redelivered(event) => event.endpoint,
+            Unit::OutOfOrder { newer, .. } => newer.endpoint,
+        }
+    }
+
     #[cfg(test)]
     pub fn events(&self) -> impl Iterator<Item = &PlannedEvent> {
         let (first, second) = match self {
