@@ -29,7 +29,7 @@ mod plan;
 mod providers;
 mod verify;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,6 +42,7 @@ use tokio::sync::Semaphore;
 
 pub use faults::{FaultKind, FaultReport, Timing};
 pub use providers::Provider;
+pub use verify::Checks;
 
 use crate::error::{Result, io_err};
 use fleet::Fleet;
@@ -109,6 +110,8 @@ pub struct Report {
     pub requests: u64,
     /// Events answered 200.
     pub accepted: usize,
+    /// How many events got each first answer (`200`, `503`, `no answer`, …).
+    pub first_answers: BTreeMap<String, usize>,
     /// Events that got a 503 and were sent again.
     pub retried_unavailable: usize,
     /// Events that got no answer (a receiver down) and were sent again.
@@ -123,7 +126,7 @@ pub struct Report {
     pub redeliveries_not_accepted: Vec<String>,
     /// Poison events accepted by a receiver.
     pub poison: usize,
-    pub checks: verify::Checks,
+    pub checks: Checks,
     /// Processes not running or not ready at the end.
     pub not_ready: Vec<String>,
     /// Distinct 503 bodies that name NATS, JetStream or a stream.
@@ -145,16 +148,16 @@ impl Report {
             .collect()
     }
 
-    /// Events accepted and not stored (poison: not dead-lettered).
-    pub fn lost(&self) -> &[String] {
-        &self.checks.lost
-    }
-
     /// The one summary line.
     pub fn summary(&self) -> String {
         let c = &self.checks;
+        let first: Vec<String> = self
+            .first_answers
+            .iter()
+            .map(|(answer, count)| format!("{answer}×{count}"))
+            .collect();
         let mut line = format!(
-            "soak: {} events ({} canaries) in {:.0} s, {} requests: accepted {}, \
+            "soak: {} events ({} canaries) in {:.0} s, {} requests: first answers {}, accepted {}, \
              503-then-retried {}, no-answer-then-retried {}, not accepted {}, \
              redelivered {} ({} caught by JetStream, {} by Postgres), stored {} \
              (+{} poison dead-lettered), duplicates {}, lost {}, \
@@ -165,6 +168,7 @@ impl Report {
             self.canaries,
             self.elapsed.as_secs_f64(),
             self.requests,
+            first.join(" "),
             self.accepted,
             self.retried_unavailable,
             self.retried_no_answer,
@@ -327,6 +331,9 @@ fn soak(config: &Config, fleet: &mut Fleet, started: Instant) -> Result<Report> 
     };
     for s in &sent {
         report.requests += u64::from(s.requests());
+        if let Some(first) = s.delivery.first {
+            *report.first_answers.entry(first.describe()).or_default() += 1;
+        }
         if s.accepted() {
             report.accepted += 1;
             if s.event.kind == Kind::Poison {
