@@ -140,9 +140,17 @@ pub struct Fleet {
 impl Fleet {
     /// Starts nats-server, Postgres and every endpoint's processes (the
     /// endpoints side by side); `secrets` gives each provider its secret.
-    pub fn start(log_filter: &str, secret: impl Fn(Provider) -> String) -> Result<Fleet> {
+    /// With `any_nats`, a nats-server known to lose acknowledged events is
+    /// used anyway (to reproduce that).
+    pub fn start(
+        log_filter: &str,
+        any_nats: bool,
+        secret: impl Fn(Provider) -> String,
+    ) -> Result<Fleet> {
         let nats = NatsServer::start()?;
-        refuse_lossy_nats(&nats)?;
+        if !any_nats {
+            refuse_lossy_nats(&nats)?;
+        }
         let postgres = Postgres::start()?;
         let dir = tempfile::Builder::new()
             .prefix("hookline-soak-")
