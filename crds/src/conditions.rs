@@ -35,10 +35,6 @@ pub mod reasons {
     /// StreamReady (True): NATS's `max_payload` is below `maxBodyBytes` plus
     /// headers, so the largest bodies get 413.
     pub const MAX_PAYLOAD_TOO_SMALL: &str = "MaxPayloadTooSmall";
-    /// StreamReady (True): the NATS server is older than 2.10.25, which can
-    /// drop acknowledged events of a `Buffer` stream when it stops, so the
-    /// stream keeps events like an `Archive`.
-    pub const NATS_TOO_OLD_FOR_BUFFER: &str = "NatsTooOldForBuffer";
     pub const NATS_UNREACHABLE: &str = "NatsUnreachable";
     /// StreamReady: NATS answered but refused the stream or consumer.
     pub const STREAM_REFUSED: &str = "StreamRefused";
@@ -60,7 +56,7 @@ pub mod reasons {
     pub const KEDA_NOT_INSTALLED: &str = "KedaNotInstalled";
 
     /// Every reason, for the documentation check.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 18] = [
         RECONCILED,
         INVALID_SPEC,
         RESOLVED,
@@ -69,7 +65,6 @@ pub mod reasons {
         SECRET_KEY_MISSING,
         STREAM_PROVISIONED,
         MAX_PAYLOAD_TOO_SMALL,
-        NATS_TOO_OLD_FOR_BUFFER,
         NATS_UNREACHABLE,
         STREAM_REFUSED,
         AVAILABLE,

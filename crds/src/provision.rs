@@ -39,42 +39,19 @@ pub const ACK_PENDING_BATCHES_PER_POD: usize = 4;
 /// throttle a scaled-out fleet below what an unconfigured consumer would get.
 pub const MIN_ACK_PENDING: usize = 1000;
 
-/// The stream configuration for an endpoint: file storage; interest retention
-/// for a `Buffer` (an event leaves once the durable consumer acknowledged it,
-/// that is once it is in Postgres) or limits retention for an `Archive`
-/// (events stay for `maxAge`); and `DiscardPolicy::New` so a full stream
-/// refuses new events (the receiver answers 503) instead of silently dropping
-/// stored ones.
-/// The oldest nats-server that keeps acknowledged events of an interest-
-/// retention stream when it stops while they arrive; older ones can drop
-/// events they already acknowledged (found by the fault soak on 2.9.10).
-pub const MIN_VERSION_FOR_BUFFER: (u64, u64, u64) = (2, 10, 25);
-
-/// Whether a nats-server of `version` (`2.10.25`, `v2.9.10`) can hold a `Buffer`.
-pub fn can_buffer(version: &str) -> bool {
-    let mut parts = version
-        .trim_start_matches('v')
-        .split(['.', '-'])
-        .map(|part| part.parse::<u64>().unwrap_or(0));
-    let found = (
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-    );
-    found >= MIN_VERSION_FOR_BUFFER
-}
-
-/// The retention the stream gets on a server of `server_version`: what the
-/// spec asks, except a `Buffer` on a server too old to keep it safely, which
-/// gets `Archive`'s limits retention (durability first; the operator says so).
-pub fn retention_on(endpoint: &ValidatedEndpoint, server_version: &str) -> StreamRetention {
-    match endpoint.stream.retention {
-        StreamRetention::Buffer if !can_buffer(server_version) => StreamRetention::Archive,
-        retention => retention,
-    }
-}
-
-pub fn stream_config(endpoint: &ValidatedEndpoint, retention: StreamRetention) -> stream::Config {
+/// The stream configuration for an endpoint: file storage; work-queue
+/// retention for a `Buffer` (an event leaves once the durable consumer
+/// acknowledged it, that is once it is in Postgres, and stays while no
+/// consumer exists) or limits retention for an `Archive` (events stay for
+/// `maxAge`); and `DiscardPolicy::New` so a full stream refuses new events (the
+/// receiver answers 503) instead of silently dropping stored ones.
+///
+/// Not interest retention: a stream of it keeps nothing while no consumer
+/// exists, and nats-server before 2.10.25 dropped events it had acknowledged
+/// on one when it stopped (found by the fault soak on 2.9.10); work-queue
+/// retention lost none there.
+pub fn stream_config(endpoint: &ValidatedEndpoint) -> stream::Config {
+    let retention = endpoint.stream.retention;
     let settings = &endpoint.stream;
     stream::Config {
         name: settings.name.clone(),
@@ -85,7 +62,7 @@ pub fn stream_config(endpoint: &ValidatedEndpoint, retention: StreamRetention) -
         subjects: vec![settings.subject_filter()],
         storage: stream::StorageType::File,
         retention: match retention {
-            StreamRetention::Buffer => stream::RetentionPolicy::Interest,
+            StreamRetention::Buffer => stream::RetentionPolicy::WorkQueue,
             StreamRetention::Archive => stream::RetentionPolicy::Limits,
         },
         discard: stream::DiscardPolicy::New,
@@ -140,16 +117,7 @@ async fn provision_inner(
     endpoint: &ValidatedEndpoint,
 ) -> Result<(), ProvisionError> {
     let stream_name = endpoint.stream.name.clone();
-    let server_version = js.client().server_info().version;
-    let retention = retention_on(endpoint, &server_version);
-    if retention != endpoint.stream.retention {
-        tracing::warn!(
-            stream = %stream_name,
-            %server_version,
-            "nats-server older than 2.10.25 can drop acknowledged events of a Buffer stream when it stops: using Archive retention; upgrade NATS"
-        );
-    }
-    let config = stream_config(endpoint, retention);
+    let config = stream_config(endpoint);
     let stream_error = |source: Box<dyn std::error::Error + Send + Sync>| ProvisionError::Stream {
         stream: stream_name.clone(),
         source,
@@ -264,9 +232,11 @@ pub async fn stats(
             .map_err(|err| stream_error(Box::new(err)))?;
         let state = info.state.clone();
         let retention = match info.config.retention {
-            stream::RetentionPolicy::Interest => Some(StreamRetention::Buffer),
+            stream::RetentionPolicy::WorkQueue => Some(StreamRetention::Buffer),
             stream::RetentionPolicy::Limits => Some(StreamRetention::Archive),
-            stream::RetentionPolicy::WorkQueue => None,
+            // Made by hand or by an older Hookline: acknowledged events leave
+            // too, but nothing is kept while no consumer exists.
+            stream::RetentionPolicy::Interest => None,
         };
         let pending = match stream.consumer_info(&endpoint.consumer.durable_name).await {
             Ok(info) => info.num_pending + info.num_ack_pending as u64,
@@ -302,36 +272,17 @@ mod tests {
     }
 
     #[test]
-    fn only_servers_from_2_10_25_hold_a_buffer() {
-        for (version, safe) in [
-            ("2.9.10", false),
-            ("v2.10.24", false),
-            ("2.10.25", true),
-            ("2.11.0-RC.1", true),
-            ("2.15.1", true),
-            ("garbage", false),
-        ] {
-            assert_eq!(can_buffer(version), safe, "{version}");
+    fn a_buffer_is_a_capped_work_queue_and_an_archive_an_uncapped_log() {
+        let buffer = stream_config(&endpoint(StreamRetention::Buffer, None));
+        assert_eq!(buffer.retention, stream::RetentionPolicy::WorkQueue);
+        assert_eq!(buffer.max_bytes, crate::defaults::BUFFER_MAX_BYTES);
+        let archive = stream_config(&endpoint(StreamRetention::Archive, None));
+        assert_eq!(archive.retention, stream::RetentionPolicy::Limits);
+        assert_eq!(archive.max_bytes, -1);
+        let capped = stream_config(&endpoint(StreamRetention::Archive, Some(4096)));
+        assert_eq!(capped.max_bytes, 4096);
+        for config in [buffer, archive] {
+            assert_eq!(config.discard, stream::DiscardPolicy::New);
         }
-    }
-
-    #[test]
-    fn on_an_old_server_a_buffer_becomes_an_uncapped_archive() {
-        let buffer = endpoint(StreamRetention::Buffer, None);
-        let config = stream_config(&buffer, retention_on(&buffer, "2.9.10"));
-        assert_eq!(config.retention, stream::RetentionPolicy::Limits);
-        assert_eq!(
-            config.max_bytes, -1,
-            "limits retention with a buffer's cap would fill and refuse everything"
-        );
-        let config = stream_config(&buffer, retention_on(&buffer, "2.15.1"));
-        assert_eq!(config.retention, stream::RetentionPolicy::Interest);
-        assert_eq!(config.max_bytes, crate::defaults::BUFFER_MAX_BYTES);
-        let capped = endpoint(StreamRetention::Buffer, Some(4096));
-        assert_eq!(
-            stream_config(&capped, retention_on(&capped, "2.9.10")).max_bytes,
-            4096,
-            "an explicit cap stays"
-        );
     }
 }

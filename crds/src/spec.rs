@@ -302,7 +302,7 @@ const FIELD_SOURCE_PATTERN: &str = r"^(header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|json:(
 #[serde(rename_all = "camelCase")]
 pub struct StreamSpec {
     /// `Buffer` (default): an event leaves the stream once the consumer has
-    /// written it to Postgres, which is the record (JetStream interest
+    /// written it to Postgres, which is the record (JetStream work-queue
     /// retention). `Archive`: events stay for `maxAge` whether written or not
     /// (limits retention), a second copy of every event.
     #[serde(default, skip_serializing_if = "Option::is_none")]

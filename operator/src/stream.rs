@@ -16,8 +16,6 @@ pub enum StreamState {
     Ready {
         stats: StreamStats,
         max_payload: usize,
-        /// The nats-server's version, from its INFO.
-        server_version: String,
     },
     /// NATS is not reachable (not connected, or no answer in time).
     Unreachable(String),
@@ -51,14 +49,10 @@ pub async fn ensure(client: &async_nats::Client, valid: &ValidEndpoint) -> Strea
     }
     .await;
     match outcome {
-        Ok(stats) => {
-            let info = client.server_info();
-            StreamState::Ready {
-                stats,
-                max_payload: info.max_payload,
-                server_version: info.version,
-            }
-        }
+        Ok(stats) => StreamState::Ready {
+            stats,
+            max_payload: client.server_info().max_payload,
+        },
         Err(err @ ProvisionError::Timeout(_)) => StreamState::Unreachable(err.to_string()),
         Err(err) if client.connection_state() != State::Connected => {
             StreamState::Unreachable(err.to_string())

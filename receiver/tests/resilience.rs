@@ -222,6 +222,30 @@ async fn provision(
     js
 }
 
+/// A stream with interest retention and its durable consumer, as a hand-made
+/// stream or an older Hookline had them (provisioning keeps an existing
+/// stream's retention): such a stream keeps nothing while no consumer exists.
+async fn interest_stream(
+    nats: &hookline_e2e::NatsServer,
+    manifest: &str,
+) -> async_nats::jetstream::Context {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("endpoint.yaml");
+    std::fs::write(&path, manifest).expect("write manifest");
+    let endpoint = hookline_api::load_manifest(&path).expect("valid manifest");
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let config = async_nats::jetstream::stream::Config {
+        retention: async_nats::jetstream::stream::RetentionPolicy::Interest,
+        ..hookline_api::provision::stream_config(&endpoint)
+    };
+    js.create_stream(config).await.expect("interest stream");
+    hookline_api::provision::provision(&js, &endpoint)
+        .await
+        .expect("durable consumer");
+    js
+}
+
 async fn readyz(receiver: &Receiver) -> (u16, serde_json::Value) {
     let response = receiver
         .http
@@ -245,7 +269,7 @@ async fn wait_until_not_ready(receiver: &Receiver, limit: Duration) {
 async fn an_interest_stream_without_its_durable_consumer_gets_503_never_200() {
     let nats = tokio::task::block_in_place(|| hookline_e2e::NatsServer::start().expect("nats"));
     let manifest = manifest("github", "");
-    let js = provision(&nats, &manifest).await;
+    let js = interest_stream(&nats, &manifest).await;
     // Without --provision, as in a cluster: the operator made stream and consumer.
     let receiver = Receiver::start_with(
         nats,
@@ -294,7 +318,7 @@ async fn an_interest_stream_without_its_durable_consumer_gets_503_never_200() {
 async fn a_recreated_durable_consumer_brings_200_back() {
     let nats = tokio::task::block_in_place(|| hookline_e2e::NatsServer::start().expect("nats"));
     let manifest = manifest("github", "");
-    let js = provision(&nats, &manifest).await;
+    let js = interest_stream(&nats, &manifest).await;
     let receiver = Receiver::start_with(
         nats,
         &manifest,
@@ -326,8 +350,11 @@ async fn a_recreated_durable_consumer_brings_200_back() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn with_provision_a_deleted_durable_consumer_is_made_again() {
-    let receiver = Receiver::start(&manifest("github", ""), SECRET).await;
+async fn with_provision_a_deleted_durable_consumer_of_an_interest_stream_is_made_again() {
+    let nats = tokio::task::block_in_place(|| hookline_e2e::NatsServer::start().expect("nats"));
+    let manifest = manifest("github", "");
+    interest_stream(&nats, &manifest).await;
+    let receiver = Receiver::start_with(nats, &manifest, SECRET, Options::default()).await;
     let client = async_nats::connect(receiver.nats.url())
         .await
         .expect("connect");
@@ -357,7 +384,7 @@ async fn with_provision_a_deleted_durable_consumer_is_made_again() {
 async fn a_deleted_durable_consumer_stops_publishing_before_the_next_probe() {
     let nats = tokio::task::block_in_place(|| hookline_e2e::NatsServer::start().expect("nats"));
     let manifest = manifest("github", "");
-    let js = provision(&nats, &manifest).await;
+    let js = interest_stream(&nats, &manifest).await;
     let receiver = Receiver::start_with(
         nats,
         &manifest,

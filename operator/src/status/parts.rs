@@ -2,8 +2,7 @@
 //! stream, the receiver and consumer Deployments, and KEDA's ScaledObject.
 
 use hookline_api::conditions::{self, reasons};
-use hookline_api::provision::{self, StreamStats};
-use hookline_api::spec::StreamRetention;
+use hookline_api::provision::StreamStats;
 use k8s_openapi::api::apps::v1::Deployment;
 
 use super::{Finding, Observed, Status};
@@ -55,44 +54,30 @@ pub(super) fn stream_finding(observed: &Observed<'_>) -> Finding {
     let type_ = conditions::STREAM_READY;
     let url = &observed.config.nats.url;
     match observed.stream {
-        StreamState::Ready { server_version, .. }
-            if endpoint.stream.retention == StreamRetention::Buffer
-                && !provision::can_buffer(server_version) =>
-        {
-            Finding::new(
-                type_,
-                Status::True,
-                reasons::NATS_TOO_OLD_FOR_BUFFER,
-                format!(
-                    "stream {} keeps events like an Archive (limits retention, no default size cap): nats-server {server_version} is older than 2.10.25, which can drop events it acknowledged on a Buffer stream when it stops; upgrade NATS, then delete the stream once drained to make it a Buffer",
-                    endpoint.stream.name
+        StreamState::Ready { max_payload, stats } => {
+            match observed.stream.payload_shortfall(observed.valid) {
+                None => Finding::new(
+                    type_,
+                    Status::True,
+                    reasons::STREAM_PROVISIONED,
+                    format!(
+                        "stream {} with durable consumer {}{}",
+                        endpoint.stream.name,
+                        endpoint.consumer.durable_name,
+                        retention_note(stats, endpoint)
+                    ),
                 ),
-            )
+                Some(fits) => Finding::new(
+                    type_,
+                    Status::True,
+                    reasons::MAX_PAYLOAD_TOO_SMALL,
+                    format!(
+                        "stream {} is ready, but NATS's max_payload ({max_payload} bytes) leaves room for bodies up to {fits} bytes, below spec.request.maxBodyBytes ({}): larger bodies get 413; raise max_payload on the NATS server or lower maxBodyBytes",
+                        endpoint.stream.name, endpoint.request.max_body_bytes
+                    ),
+                ),
+            }
         }
-        StreamState::Ready {
-            max_payload, stats, ..
-        } => match observed.stream.payload_shortfall(observed.valid) {
-            None => Finding::new(
-                type_,
-                Status::True,
-                reasons::STREAM_PROVISIONED,
-                format!(
-                    "stream {} with durable consumer {}{}",
-                    endpoint.stream.name,
-                    endpoint.consumer.durable_name,
-                    retention_note(stats, endpoint)
-                ),
-            ),
-            Some(fits) => Finding::new(
-                type_,
-                Status::True,
-                reasons::MAX_PAYLOAD_TOO_SMALL,
-                format!(
-                    "stream {} is ready, but NATS's max_payload ({max_payload} bytes) leaves room for bodies up to {fits} bytes, below spec.request.maxBodyBytes ({}): larger bodies get 413; raise max_payload on the NATS server or lower maxBodyBytes",
-                    endpoint.stream.name, endpoint.request.max_body_bytes
-                ),
-            ),
-        },
         StreamState::Unreachable(cause) => Finding::new(
             type_,
             Status::False,
