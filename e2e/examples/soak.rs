@@ -52,10 +52,6 @@ struct Cli {
     /// Copy every process's log into this directory at the end.
     #[arg(long, value_name = "DIR")]
     keep_logs: Option<std::path::PathBuf>,
-    /// Use the nats-server found even when it is one known to drop events it
-    /// acknowledged while it stops (2.9.10), to reproduce that loss.
-    #[arg(long)]
-    any_nats_server: bool,
 }
 
 fn main() -> ExitCode {
@@ -74,7 +70,6 @@ fn main() -> ExitCode {
         seed: cli.seed,
         log_filter: cli.log_filter.unwrap_or(defaults.log_filter.clone()),
         keep_logs: cli.keep_logs,
-        any_nats_server: cli.any_nats_server,
         timing: Timing {
             slot: Duration::from_secs(cli.slot),
             ..Timing::default()

@@ -11,7 +11,7 @@ use tempfile::TempDir;
 
 use crate::{
     binaries::find_binary,
-    error::{Result, TestServerError, io_err},
+    error::{Result, io_err},
     launch::{Launch, http_ok, spawn_until_ready, start_on_free_ports},
     ports::try_free_port,
     process::{ChildProcess, LOG_TAIL_LINES, Signal, file_tail},
@@ -85,29 +85,6 @@ impl NatsServer {
     /// The monitoring port.
     pub fn monitor_port(&self) -> u16 {
         self.monitor_port
-    }
-
-    /// The server's version (`nats-server --version`), e.g. `(2, 10, 25)`.
-    pub fn version(&self) -> Result<(u32, u32, u32)> {
-        let output = Command::new(&self.binary)
-            .arg("--version")
-            .output()
-            .map_err(io_err(format!(
-                "running {} --version",
-                self.binary.display()
-            )))?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        parse_version(&text).ok_or_else(|| {
-            TestServerError::Environment(format!(
-                "cannot read the version of {} from {text:?}",
-                self.binary.display()
-            ))
-        })
-    }
-
-    /// The server binary in use.
-    pub fn binary(&self) -> &Path {
-        &self.binary
     }
 
     /// The JetStream store dir (`-sd`), kept across restarts.
@@ -188,34 +165,9 @@ impl Launch for NatsServer {
     }
 }
 
-/// `nats-server: v2.10.25` → `(2, 10, 25)`.
-fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
-    let version = text
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix('v'))?;
-    let mut parts = version.split(['.', '-']).map(str::parse::<u32>);
-    Some((
-        parts.next()?.ok()?,
-        parts.next()?.ok()?,
-        parts.next()?.ok()?,
-    ))
-}
-
 impl Drop for NatsServer {
     fn drop(&mut self) {
         // Kill before the TempDir field drops, so the store is removed last.
         self.kill();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_version;
-
-    #[test]
-    fn versions_are_read_from_the_servers_own_words() {
-        assert_eq!(parse_version("nats-server: v2.9.10\n"), Some((2, 9, 10)));
-        assert_eq!(parse_version("nats-server: v2.11.0-RC.1"), Some((2, 11, 0)));
-        assert_eq!(parse_version("nats-server"), None);
     }
 }

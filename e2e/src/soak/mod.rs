@@ -74,9 +74,6 @@ pub struct Config {
     /// Where to copy every log at the end (they are removed with the soak's
     /// temp dir otherwise).
     pub keep_logs: Option<PathBuf>,
-    /// Run on a nats-server older than the soak accepts (one known to drop
-    /// events it acknowledged while it stops), to reproduce that loss.
-    pub any_nats_server: bool,
 }
 
 impl Default for Config {
@@ -93,7 +90,6 @@ impl Default for Config {
                 .into(),
             timing: Timing::default(),
             keep_logs: None,
-            any_nats_server: false,
         }
     }
 }
@@ -212,7 +208,7 @@ pub fn run(config: &Config) -> Result<Report> {
         .iter()
         .map(|&provider| (provider, provider.secret(&random.random())))
         .collect();
-    let mut fleet = Fleet::start(&config.log_filter, config.any_nats_server, |provider| {
+    let mut fleet = Fleet::start(&config.log_filter, |provider| {
         secrets.get(&provider).cloned().unwrap_or_default()
     })?;
     let report = soak(config, &mut fleet, started);
