@@ -74,9 +74,9 @@ fn with_retention(retention: StreamRetention) -> WebhookEndpointSpec {
     }
 }
 
-#[tokio::test]
-async fn a_buffer_stream_lets_acknowledged_events_go_and_is_capped() {
-    let nats = NatsServer::start().expect("nats-server starts");
+#[tokio::test(flavor = "multi_thread")]
+async fn a_buffer_stream_lets_acknowledged_events_go_keeps_the_others_and_is_capped() {
+    let nats = tokio::task::block_in_place(NatsServer::start).expect("nats-server starts");
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let js = async_nats::jetstream::new(client);
     let endpoint = hookline_api::resolve("ci", "buffer", &with_retention(StreamRetention::Buffer))
@@ -84,7 +84,7 @@ async fn a_buffer_stream_lets_acknowledged_events_go_and_is_capped() {
     provision(&js, &endpoint).await.expect("create");
     let mut stream = js.get_stream("HOOKLINE_ci_buffer").await.expect("stream");
     let config = stream.info().await.expect("info").config.clone();
-    assert_eq!(config.retention, RetentionPolicy::Interest);
+    assert_eq!(config.retention, RetentionPolicy::WorkQueue);
     assert_eq!(config.max_bytes, 512 * 1024 * 1024);
 
     js.publish("hookline.ci.buffer.push", "{}".into())
@@ -109,11 +109,28 @@ async fn a_buffer_stream_lets_acknowledged_events_go_and_is_capped() {
         0,
         "written events leave a buffer"
     );
+
+    // Unlike an interest stream, a work queue keeps what arrives while its
+    // consumer is gone.
+    stream
+        .delete_consumer("hookline-consumer")
+        .await
+        .expect("delete the consumer");
+    js.publish("hookline.ci.buffer.push", "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    assert_eq!(
+        stream.info().await.expect("info").state.messages,
+        1,
+        "kept without a consumer"
+    );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn an_archive_stream_is_uncapped_and_an_existing_streams_retention_is_kept() {
-    let nats = NatsServer::start().expect("nats-server starts");
+    let nats = tokio::task::block_in_place(NatsServer::start).expect("nats-server starts");
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let js = async_nats::jetstream::new(client);
     let archive = hookline_api::resolve("ci", "switch", &with_retention(StreamRetention::Archive))
