@@ -120,16 +120,15 @@ async fn first_reconcile_adds_the_finalizer_then_applies_every_child_and_the_str
         harness.condition(NS, NAME, conditions::STREAM_READY).status,
         "True"
     );
-    let receiver = harness.condition(NS, NAME, conditions::RECEIVER_AVAILABLE);
-    assert_eq!(
-        (receiver.status.as_str(), receiver.reason.as_str()),
-        ("False", reasons::PROGRESSING)
+    harness.expect_condition(
+        NS,
+        NAME,
+        conditions::RECEIVER_AVAILABLE,
+        "False",
+        reasons::PROGRESSING,
     );
-    let ready = harness.condition(NS, NAME, conditions::READY);
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("False", reasons::PROGRESSING)
-    );
+    let ready =
+        harness.expect_condition(NS, NAME, conditions::READY, "False", reasons::PROGRESSING);
     assert!(
         ready.message.contains("receiver pods available"),
         "{}",
@@ -148,20 +147,18 @@ async fn available_deployments_make_the_endpoint_ready_with_an_event() {
         Action::requeue(Duration::from_secs(60)),
         "a Ready endpoint resyncs slowly"
     );
-    let ready = harness.condition(NS, NAME, conditions::READY);
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("True", reasons::RECONCILED)
-    );
+    let ready = harness.expect_condition(NS, NAME, conditions::READY, "True", reasons::RECONCILED);
     assert!(
         ready.message.contains("https://hooks.example.com/stripe"),
         "{}",
         ready.message
     );
-    let scaler = harness.condition(NS, NAME, conditions::SCALER_READY);
-    assert_eq!(
-        (scaler.status.as_str(), scaler.reason.as_str()),
-        ("Unknown", reasons::WAITING_FOR_KEDA)
+    harness.expect_condition(
+        NS,
+        NAME,
+        conditions::SCALER_READY,
+        "Unknown",
+        reasons::WAITING_FOR_KEDA,
     );
     let events: Vec<_> = harness
         .fake
@@ -381,10 +378,12 @@ async fn a_missing_secret_is_named_and_a_secret_created_later_resolves_it() {
         action != Action::await_change(),
         "a missing Secret is retried"
     );
-    let resolved = harness.condition(NS, NAME, conditions::SECRET_RESOLVED);
-    assert_eq!(
-        (resolved.status.as_str(), resolved.reason.as_str()),
-        ("False", reasons::SECRET_NOT_FOUND)
+    let resolved = harness.expect_condition(
+        NS,
+        NAME,
+        conditions::SECRET_RESOLVED,
+        "False",
+        reasons::SECRET_NOT_FOUND,
     );
     assert!(
         resolved.message.contains("payments/stripe-webhook"),
@@ -396,10 +395,12 @@ async fn a_missing_secret_is_named_and_a_secret_created_later_resolves_it() {
         "{}",
         resolved.message
     );
-    let ready = harness.condition(NS, NAME, conditions::READY);
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("False", reasons::SECRET_NOT_FOUND)
+    harness.expect_condition(
+        NS,
+        NAME,
+        conditions::READY,
+        "False",
+        reasons::SECRET_NOT_FOUND,
     );
     assert!(
         harness
@@ -434,10 +435,12 @@ async fn a_missing_key_is_named() {
         .fake
         .insert(&secret(NS, "stripe-webhook", "other", "x"));
     harness.settle(NS, NAME).await;
-    let resolved = harness.condition(NS, NAME, conditions::SECRET_RESOLVED);
-    assert_eq!(
-        (resolved.status.as_str(), resolved.reason.as_str()),
-        ("False", reasons::SECRET_KEY_MISSING)
+    let resolved = harness.expect_condition(
+        NS,
+        NAME,
+        conditions::SECRET_RESOLVED,
+        "False",
+        reasons::SECRET_KEY_MISSING,
     );
     assert!(
         resolved.message.contains("has no key \"secret\""),
@@ -461,10 +464,12 @@ async fn generate_creates_a_missing_signing_secret_once_owned_by_the_endpoint() 
     assert!(text.chars().all(|c| c.is_ascii_hexdigit()));
     let owner = &generated.metadata.owner_references.expect("owned")[0];
     assert_eq!(owner.kind, "WebhookEndpoint");
-    let resolved = harness.condition("default", "github", conditions::SECRET_RESOLVED);
-    assert_eq!(
-        (resolved.status.as_str(), resolved.reason.as_str()),
-        ("True", reasons::SECRET_GENERATED)
+    harness.expect_condition(
+        "default",
+        "github",
+        conditions::SECRET_RESOLVED,
+        "True",
+        reasons::SECRET_GENERATED,
     );
 
     harness
@@ -527,11 +532,8 @@ async fn an_invalid_spec_is_reported_with_every_bad_field_and_nothing_is_applied
     });
     let action = harness.settle(NS, NAME).await;
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
-    let ready = harness.condition(NS, NAME, conditions::READY);
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("False", reasons::INVALID_SPEC)
-    );
+    let ready =
+        harness.expect_condition(NS, NAME, conditions::READY, "False", reasons::INVALID_SPEC);
     assert!(
         ready.message.contains("spec.allowedSourceRanges[0]"),
         "{}",
@@ -583,10 +585,12 @@ async fn nats_down_is_reported_children_are_applied_and_nats_back_recovers() {
         action != Action::requeue(Duration::from_secs(60)),
         "not the slow resync"
     );
-    let stream = harness.condition(NS, NAME, conditions::STREAM_READY);
-    assert_eq!(
-        (stream.status.as_str(), stream.reason.as_str()),
-        ("False", reasons::NATS_UNREACHABLE)
+    let stream = harness.expect_condition(
+        NS,
+        NAME,
+        conditions::STREAM_READY,
+        "False",
+        reasons::NATS_UNREACHABLE,
     );
     assert!(
         stream.message.contains(&harness.nats.url()),
@@ -621,10 +625,12 @@ async fn without_keda_the_consumer_runs_at_min_replicas_and_the_endpoint_is_stil
     assert_eq!(consumer.spec.and_then(|spec| spec.replicas), Some(1));
     harness.fake.make_deployments_available();
     harness.reconcile(NS, NAME).await.expect("reconcile");
-    let scaler = harness.condition(NS, NAME, conditions::SCALER_READY);
-    assert_eq!(
-        (scaler.status.as_str(), scaler.reason.as_str()),
-        ("False", reasons::KEDA_NOT_INSTALLED)
+    harness.expect_condition(
+        NS,
+        NAME,
+        conditions::SCALER_READY,
+        "False",
+        reasons::KEDA_NOT_INSTALLED,
     );
     assert_eq!(
         harness.condition(NS, NAME, conditions::READY).status,

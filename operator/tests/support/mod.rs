@@ -260,6 +260,25 @@ impl Harness {
             .expect("second reconcile")
     }
 
+    /// A condition of the stored endpoint, checked to have `status` and `reason`.
+    pub fn expect_condition(
+        &self,
+        namespace: &str,
+        name: &str,
+        type_: &str,
+        status: &str,
+        reason: &str,
+    ) -> Condition {
+        let condition = self.condition(namespace, name, type_);
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            (status, reason),
+            "{type_}: {}",
+            condition.message
+        );
+        condition
+    }
+
     /// A condition of the stored endpoint.
     pub fn condition(&self, namespace: &str, name: &str, type_: &str) -> Condition {
         self.endpoint(namespace, name)
