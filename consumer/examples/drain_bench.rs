@@ -4,8 +4,12 @@
 //! `INSERT … ON CONFLICT DO NOTHING` in transactions of 100.
 //!
 //! ```text
-//! cargo run --release --example drain_bench -- [EVENTS] [CONCURRENCY]
+//! cargo run --release --example drain_bench -- [EVENTS] [CONCURRENCY] \
+//!     [--batch-size N] [--consumer-bin PATH]
 //! ```
+//!
+//! Checks that every event is stored exactly once (distinct = stored = sent)
+//! and that each invoice's projection holds its newest state.
 //!
 //! Real nats-server and Postgres (default durability: fsync and
 //! synchronous_commit on) on loopback, started by `hookline-e2e`. The events
@@ -207,12 +211,34 @@ async fn metric(port: u16, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+#[derive(clap::Parser)]
+struct Cli {
+    /// Events in the backlog.
+    #[arg(default_value_t = 50_000)]
+    events: usize,
+    /// The consumer's `--concurrency` (default: its own default).
+    concurrency: Option<String>,
+    /// The endpoint's `consumer.batchSize`.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// The consumer binary to measure (default: the workspace's, built first).
+    #[arg(long)]
+    consumer_bin: Option<std::path::PathBuf>,
+    /// SQL run after the migrations and before anything is written (repeatable),
+    /// e.g. to try a storage setting: the ceiling's tables copy the events
+    /// table's settings.
+    #[arg(long)]
+    sql: Vec<String>,
+}
+
 #[tokio::main]
 async fn main() {
-    let mut args = std::env::args().skip(1);
-    let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(50_000);
-    let concurrency: String = args.next().unwrap_or_else(|| "2".into());
-    let binary = tokio::task::block_in_place(|| hookline_e2e::workspace_bin("hookline-consumer"));
+    let cli = <Cli as clap::Parser>::parse();
+    let n = cli.events;
+    let binary = match &cli.consumer_bin {
+        Some(path) => path.clone(),
+        None => tokio::task::block_in_place(|| hookline_e2e::workspace_bin("hookline-consumer")),
+    };
 
     let nats = tokio::task::block_in_place(NatsServer::start).expect("nats-server");
     let pg = tokio::task::block_in_place(Postgres::start).expect("postgres");
@@ -224,8 +250,11 @@ async fn main() {
     let manifest = dir.path().join("endpoint.yaml");
     std::fs::write(
         &manifest,
-        "apiVersion: hookline.io/v1alpha1\nkind: WebhookEndpoint\nmetadata: {name: stripe, namespace: bench}\n\
-         spec:\n  provider: stripe\n  secretRef: {name: s, key: k}\n  consumer:\n    batchSize: 100\n    ackWait: 30s\n",
+        format!(
+            "apiVersion: hookline.io/v1alpha1\nkind: WebhookEndpoint\nmetadata: {{name: stripe, namespace: bench}}\n\
+         spec:\n  provider: stripe\n  secretRef: {{name: s, key: k}}\n  consumer:\n    batchSize: {}\n    ackWait: 30s\n  stream:\n    maxBytes: 2147483648\n",
+            cli.batch_size
+        ),
     )
     .expect("manifest");
     let endpoint = hookline_api::load_manifest(&manifest).expect("manifest");
@@ -277,6 +306,10 @@ async fn main() {
     )
     .await
     .expect("migrate");
+    for statement in &cli.sql {
+        sqlx::query(statement).execute(&db).await.expect("--sql");
+        println!("ran: {statement}");
+    }
 
     let ceiling_before = ceiling(&db, &endpoint, &events, "ceiling_before").await;
     println!("ceiling (before the drain): {ceiling_before:.0} rows/s");
@@ -288,8 +321,11 @@ async fn main() {
         .arg(&manifest)
         .args(["--nats-url", &nats.url(), "--database-url", &pg.url()])
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--concurrency", &concurrency])
         .env("RUST_LOG", "warn");
+    if let Some(concurrency) = &cli.concurrency {
+        command.args(["--concurrency", concurrency]);
+    }
+    let concurrency = cli.concurrency.as_deref().unwrap_or("default");
     let started = Instant::now();
     let mut consumer = ChildProcess::spawn(&mut command).expect("consumer");
     let mut peak_kib = 0;
@@ -342,7 +378,10 @@ async fn main() {
     let ceiling_rate = ceiling_before.max(ceiling_after);
 
     println!();
-    println!("events:                 {n} x ~{mean} B, batchSize 100, concurrency {concurrency}");
+    println!(
+        "events:                 {n} x ~{mean} B, batchSize {}, concurrency {concurrency}",
+        cli.batch_size
+    );
     println!("drain (first→last commit): {drain:.0} rows/s");
     println!("drain (spawn→all stored):  {wall_rate:.0} rows/s ({wall:.2?})");
     println!("ceiling (best of two):     {ceiling_rate:.0} rows/s");
@@ -362,4 +401,15 @@ async fn main() {
     println!("consumer exit:             {stopped:?}");
     assert_eq!(stored, n as i64, "every event stored");
     assert_eq!(distinct, n as i64, "exactly once");
+    // Every three events share an invoice, created, updated then paid.
+    assert_eq!(
+        objects,
+        n.div_ceil(3) as i64,
+        "one projection row per invoice"
+    );
+    assert_eq!(
+        paid,
+        (n / 3) as i64,
+        "each complete invoice holds its newest state"
+    );
 }

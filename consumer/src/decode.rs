@@ -1,11 +1,19 @@
 //! Turning a JetStream message (headers + raw body) into an [`Event`], without
 //! I/O: everything that can be wrong with a message itself is found here,
 //! before any transaction, so one bad message cannot fail a batch.
+//!
+//! A body is checked as JSON `jsonb` will take without being built: Postgres
+//! parses it anyway, and the object's state for the projection is taken
+//! from the stored `jsonb` by Postgres itself (see [`Projection`]).
+
+use std::cell::Cell;
+use std::fmt;
 
 use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
 use hookline_api::headers;
 use hookline_api::validated::{FieldSource, ValidatedEndpoint};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// An event ready to be stored.
@@ -19,8 +27,8 @@ pub struct Event {
     /// The message headers as a JSON object (text).
     pub headers: String,
     pub body: Body,
-    /// The object's state from the payload (JSON text), used for the projection
-    /// unless refetch replaces it.
+    /// The object's state (JSON text) when it is not taken from the stored
+    /// payload by Postgres ([`Projection::InRust`]); refetch replaces it.
     pub state: Option<String>,
 }
 
@@ -93,6 +101,40 @@ pub fn headers_json(headers: Option<&HeaderMap>) -> Value {
     Value::Object(object)
 }
 
+/// [`headers_json`] as text, written directly (it is made for every event).
+pub fn headers_json_text(headers: Option<&HeaderMap>) -> String {
+    let mut out = Vec::with_capacity(512);
+    out.push(b'{');
+    if let Some(headers) = headers {
+        for (index, (name, values)) in headers.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            // Writing to a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut out, &without_nul(name.as_ref()));
+            out.push(b':');
+            match values.as_slice() {
+                [value] => {
+                    let _ = serde_json::to_writer(&mut out, &without_nul(value.as_str()));
+                }
+                values => {
+                    out.push(b'[');
+                    for (index, value) in values.iter().enumerate() {
+                        if index > 0 {
+                            out.push(b',');
+                        }
+                        let _ = serde_json::to_writer(&mut out, &without_nul(value.as_str()));
+                    }
+                    out.push(b']');
+                }
+            }
+        }
+    }
+    out.push(b'}');
+    // serde_json writes UTF-8 only.
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// The event id of a message: `Hookline-Event-Id`, else `Nats-Msg-Id`.
 pub fn event_id(headers: Option<&HeaderMap>) -> Option<&str> {
     header(headers, headers::EVENT_ID).or_else(|| header(headers, headers::MSG_ID))
@@ -143,23 +185,25 @@ pub fn decode(
         }
     }
 
-    let parsed = postgres_json(body);
-    let (body, state) = match parsed {
-        Some((text, value)) => {
-            let state = object_id
-                .as_ref()
-                .map(|_| object_state(endpoint, &value, &text));
-            (Body::Json(text), state)
+    let (body, state) = match check_json(body) {
+        JsonCheck::Jsonb(text) => {
+            let state = match Projection::of(endpoint) {
+                Projection::InRust if object_id.is_some() => serde_json::from_str(text)
+                    .ok()
+                    .map(|value: Value| object_state(endpoint, &value, text)),
+                Projection::InRust | Projection::Path(_) => None,
+            };
+            (Body::Json(text.to_owned()), state)
         }
         // JSON the receiver accepted, with a `\u0000` that `jsonb` cannot
         // hold: kept exactly as bytes (the projection is left as it is).
-        None if serde_json::from_slice::<Value>(body).is_ok() => (Body::Raw(body.to_vec()), None),
-        None if endpoint.request.require_json => {
+        JsonCheck::WithNul => (Body::Raw(body.to_vec()), None),
+        JsonCheck::NotJson if endpoint.request.require_json => {
             return Err(Undecodable(
                 "body is not JSON, and the endpoint requires JSON".into(),
             ));
         }
-        None => (Body::Raw(body.to_vec()), None),
+        JsonCheck::NotJson => (Body::Raw(body.to_vec()), None),
     };
     Ok(Event {
         event_id,
@@ -167,7 +211,7 @@ pub fn decode(
         event_timestamp,
         object_id,
         received_at,
-        headers: headers_json(headers).to_string(),
+        headers: headers_json_text(headers),
         body,
         state,
     })
@@ -179,31 +223,186 @@ fn parse_time(name: &str, text: &str) -> Result<DateTime<Utc>, Undecodable> {
         .map_err(|err| Undecodable(format!("{name} {text:?} is not an RFC 3339 time: {err}")))
 }
 
-/// The body as JSON text Postgres' `jsonb` will take, with its parsed value;
-/// `None` when it is not JSON or holds a NUL character (which `jsonb` rejects).
-pub fn postgres_json(body: &[u8]) -> Option<(String, Value)> {
-    let value: Value = serde_json::from_slice(body).ok()?;
-    if has_nul(&value) {
-        return None;
-    }
-    let text = String::from_utf8(body.to_vec()).ok()?;
-    Some((text, value))
-}
-
-fn has_nul(value: &Value) -> bool {
-    match value {
-        Value::String(text) => text.contains('\0'),
-        Value::Array(items) => items.iter().any(has_nul),
-        Value::Object(map) => map
-            .iter()
-            .any(|(key, item)| key.contains('\0') || has_nul(item)),
-        _ => false,
+/// The body as JSON text Postgres' `jsonb` will take; `None` when it is not
+/// JSON or holds a NUL character (which `jsonb` rejects).
+pub fn postgres_json(body: &[u8]) -> Option<String> {
+    match check_json(body) {
+        JsonCheck::Jsonb(text) => Some(text.to_owned()),
+        JsonCheck::WithNul | JsonCheck::NotJson => None,
     }
 }
 
-/// The object an event describes: the JSON object holding the object id when
-/// the id is read by a JSON pointer (`/data/object/id` → `/data/object`, the
-/// invoice itself for Stripe), else the whole payload.
+/// What a body is to Postgres.
+#[derive(Debug, PartialEq, Eq)]
+pub enum JsonCheck<'a> {
+    /// JSON `jsonb` takes, as text.
+    Jsonb(&'a str),
+    /// JSON with a NUL character in a string or key (`\u0000`), which
+    /// `jsonb` refuses.
+    WithNul,
+    NotJson,
+}
+
+/// Checks `body` as serde_json parses JSON (every byte, strings' UTF-8 and
+/// escapes, nesting at most 128 deep), without building it.
+pub fn check_json(body: &[u8]) -> JsonCheck<'_> {
+    let nul = Cell::new(false);
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let parsed = Check(&nul).deserialize(&mut deserializer).is_ok() && deserializer.end().is_ok();
+    match std::str::from_utf8(body) {
+        // Outside its strings JSON is ASCII, and the strings were checked.
+        Ok(text) if parsed && !nul.get() => JsonCheck::Jsonb(text),
+        Ok(_) if parsed => JsonCheck::WithNul,
+        Ok(_) | Err(_) => JsonCheck::NotJson,
+    }
+}
+
+/// Walks one JSON value, noting any NUL character in its strings and keys.
+/// Through `deserialize_any`, so serde_json's nesting limit holds as when
+/// building a `Value`.
+#[derive(Clone, Copy)]
+struct Check<'n>(&'n Cell<bool>);
+
+impl Check<'_> {
+    fn text<E>(self, text: &str) -> Result<(), E> {
+        if text.contains('\0') {
+            self.0.set(true);
+        }
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Check<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Check<'_> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, text: &str) -> Result<(), E> {
+        self.text(text)
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key_seed(CheckKey(self))?.is_some() {
+            map.next_value_seed(self)?;
+        }
+        Ok(())
+    }
+}
+
+/// An object key: read as a string (UTF-8 and escapes checked, as a `Value`
+/// key would be), NUL noted.
+struct CheckKey<'n>(Check<'n>);
+
+impl<'de> DeserializeSeed<'de> for CheckKey<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CheckKey<'_> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<(), E> {
+        self.0.text(key)
+    }
+}
+
+/// How the projection's state is taken from an event's payload: the JSON
+/// object holding the object id when the id is read by a JSON pointer
+/// (`/data/object/id` → `/data/object`, the invoice itself for Stripe),
+/// else the whole payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Projection {
+    /// By Postgres from the stored `jsonb`: the value at these reference
+    /// tokens (`#>`) when it is an object, else the whole payload.
+    Path(Vec<String>),
+    /// Here, from the parsed payload: the pointer has a token Postgres would
+    /// read as an array index where RFC 6901 does not (`01`, `+1`, `-1`).
+    InRust,
+}
+
+impl Projection {
+    pub fn of(endpoint: &ValidatedEndpoint) -> Projection {
+        let Some(FieldSource::JsonPointer(pointer)) = &endpoint.event.object_id else {
+            return Projection::Path(Vec::new());
+        };
+        let parent = match pointer.rsplit_once('/') {
+            Some((parent, _)) if parent.starts_with('/') => parent,
+            Some(_) | None => return Projection::Path(Vec::new()),
+        };
+        let tokens: Vec<String> = parent
+            .split('/')
+            .skip(1)
+            .map(|token| token.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        if tokens.iter().any(|token| read_differently(token)) {
+            Projection::InRust
+        } else {
+            Projection::Path(tokens)
+        }
+    }
+
+    /// The reference tokens for Postgres; `None` when the state is taken here.
+    pub fn path(&self) -> Option<&[String]> {
+        match self {
+            Projection::Path(tokens) => Some(tokens),
+            Projection::InRust => None,
+        }
+    }
+}
+
+/// Whether Postgres' `#>` would take `token` as an array index (as C's
+/// `strtol` reads it) where RFC 6901 takes none or another one.
+fn read_differently(token: &str) -> bool {
+    let trimmed = token.trim_start();
+    let digits = trimmed.strip_prefix(['+', '-']).unwrap_or(trimmed);
+    let integer = !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit());
+    let canonical = token == digits && (digits == "0" || !digits.starts_with('0'));
+    integer && !canonical
+}
+
+/// [`Projection`] computed here, for [`Projection::InRust`].
 fn object_state(endpoint: &ValidatedEndpoint, payload: &Value, payload_text: &str) -> String {
     if let Some(FieldSource::JsonPointer(pointer)) = &endpoint.event.object_id
         && let Some((parent, _)) = pointer.rsplit_once('/')
@@ -264,9 +463,11 @@ mod tests {
         assert_eq!(event.event_id, "evt_1");
         assert_eq!(event.event_type, "invoice.paid");
         assert_eq!(event.object_id.as_deref(), Some("in_1"));
+        // Postgres takes the invoice from the stored payload.
+        assert_eq!(event.state, None);
         assert_eq!(
-            event.state.as_deref(),
-            Some(r#"{"id":"in_1","status":"paid"}"#)
+            Projection::of(&endpoint(true)),
+            Projection::Path(vec!["data".into(), "object".into()])
         );
         assert_eq!(event.received_at.timestamp_millis() % 1000, 500);
         assert!(matches!(event.body, Body::Json(_)));
@@ -311,6 +512,94 @@ mod tests {
             .expect("stored, not poison");
             assert_eq!(event.body, Body::Raw(br#"{"a":"x\u0000"}"#.to_vec()));
         }
+    }
+
+    #[test]
+    fn the_json_check_agrees_with_building_a_value() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let cases: &[&[u8]] = &[
+            br#"{"a":[1,2.5,-3e4,true,null,"x\u00e9"],"b":{}}"#,
+            br#"{"a":"x\u0000"}"#,
+            br#"{"x\u0000":1}"#,
+            br#"{"a":"\\u0000"}"#,
+            br#"{"a":1,}"#,
+            br#"{"a":1} trailing"#,
+            b"{\"a\":\"\xff\"}",
+            br#"{"a":"\ud800"}"#,
+            br#"[1e400]"#,
+            deep.as_bytes(),
+            b"",
+            b"not json",
+        ];
+        for &body in cases {
+            let built = serde_json::from_slice::<Value>(body);
+            let expected = match &built {
+                Ok(value) if has_nul(value) => "nul",
+                Ok(_) => "jsonb",
+                Err(_) => "not json",
+            };
+            let got = match check_json(body) {
+                JsonCheck::Jsonb(text) => {
+                    assert_eq!(text.as_bytes(), body);
+                    "jsonb"
+                }
+                JsonCheck::WithNul => "nul",
+                JsonCheck::NotJson => "not json",
+            };
+            assert_eq!(got, expected, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    fn has_nul(value: &Value) -> bool {
+        match value {
+            Value::String(text) => text.contains('\0'),
+            Value::Array(items) => items.iter().any(has_nul),
+            Value::Object(map) => map
+                .iter()
+                .any(|(key, item)| key.contains('\0') || has_nul(item)),
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn headers_text_is_the_headers_json() {
+        let mut map = headers(&[(headers::EVENT_ID, "e\"1\\"), ("X-Nul", "a\0b")]);
+        map.append("X-Twice", "one");
+        map.append("X-Twice", "two");
+        let text: Value = serde_json::from_str(&headers_json_text(Some(&map))).expect("JSON");
+        assert_eq!(text, headers_json(Some(&map)));
+        assert_eq!(headers_json_text(None), "{}");
+    }
+
+    #[test]
+    fn the_projection_is_left_to_postgres_unless_it_would_read_the_pointer_differently() {
+        let with_pointer = |pointer: &str| {
+            let text = format!(
+                "apiVersion: hookline.io/v1alpha1\nkind: WebhookEndpoint\nmetadata: {{name: shop, namespace: test}}\n\
+                 spec:\n  provider: stripe\n  secretRef: {{name: s, key: k}}\n  event: {{objectId: 'json:{pointer}'}}\n"
+            );
+            let endpoint =
+                hookline_api::validate(&hookline_api::parse_manifest(&text).expect("manifest"))
+                    .expect("valid");
+            Projection::of(&endpoint)
+        };
+        assert_eq!(with_pointer("/id"), Projection::Path(vec![]));
+        assert_eq!(
+            with_pointer("/items/0/a~1b/id"),
+            Projection::Path(vec!["items".into(), "0".into(), "a/b".into()])
+        );
+        for weird in [
+            "/items/01/id",
+            "/items/+1/id",
+            "/items/-1/id",
+            "/items/ 1/id",
+        ] {
+            assert_eq!(with_pointer(weird), Projection::InRust, "{weird}");
+        }
+        assert_eq!(
+            with_pointer("/items/1x/id"),
+            Projection::Path(vec!["items".into(), "1x".into()])
+        );
     }
 
     #[test]

@@ -105,6 +105,7 @@ pub async fn run(
             pool: pool.clone(),
             metrics,
             refetch,
+            projection: crate::decode::Projection::of(&config.endpoint),
             gate: consume::DatabaseGate::default(),
             shutdown: shutdown.clone(),
         });

@@ -82,7 +82,6 @@ impl Refetcher {
             .await
             .map_err(|err| RefetchError::Transient(format!("GET {url}: {}", without_url(&err))))?;
         postgres_json(&body)
-            .map(|(text, _)| text)
             .ok_or_else(|| RefetchError::Permanent(format!("GET {url}: the answer is not JSON")))
     }
 }

@@ -802,18 +802,26 @@ async fn a_data_error_in_a_batch_is_permanent_and_a_lost_connection_unavailable(
     };
     let (good, bad) = (event("good", "{}"), event("bad", "{not json"));
     let none = HashMap::new();
-    let err = store::write_batch(&pool, "a/b", &[&good, &bad], &HashMap::new(), &none)
-        .await
-        .expect_err("the bad body fails the batch");
+    let projection = hookline_consumer::decode::Projection::Path(vec![]);
+    let err = store::write_batch(
+        &pool,
+        "a/b",
+        &[&good, &bad],
+        &HashMap::new(),
+        &none,
+        &projection,
+    )
+    .await
+    .expect_err("the bad body fails the batch");
     assert!(matches!(err, WriteError::Rejected(_)), "{err}");
     // Nothing of the failed batch was kept; alone, the good one is stored.
-    let written = store::write_batch(&pool, "a/b", &[&good], &HashMap::new(), &none)
+    let written = store::write_batch(&pool, "a/b", &[&good], &HashMap::new(), &none, &projection)
         .await
         .expect("stored");
     assert!(written.inserted.contains("good"));
 
     tokio::task::block_in_place(|| pg.stop());
-    let err = store::write_batch(&pool, "a/b", &[&good], &HashMap::new(), &none)
+    let err = store::write_batch(&pool, "a/b", &[&good], &HashMap::new(), &none, &projection)
         .await
         .expect_err("database down");
     assert!(matches!(err, WriteError::Unavailable(_)), "{err}");

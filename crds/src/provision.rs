@@ -29,7 +29,7 @@ pub enum ProvisionError {
 pub const PROVISION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Batches of `consumer.batchSize` each consumer pod may hold unacknowledged:
-/// the consumer's default two in flight, with room for `--concurrency 4`.
+/// the consumer's default `--concurrency` of four in flight.
 /// Times `scaling.maxReplicas`, so every pod KEDA starts has work, while a
 /// stalled fleet (say, the database is down) stops pulling after that many
 /// instead of holding the whole stream unacknowledged.

@@ -92,7 +92,8 @@ pub(crate) fn postgres_bin_dir() -> Result<PathBuf> {
 
 /// The path of the workspace binary `name` (e.g. `hookline-receiver`).
 ///
-/// The first call in a process runs `cargo build --workspace --bins` into the
+/// With [`BIN_DIR_VARIABLE`] set, the binary of that directory, unbuilt.
+/// Otherwise the first call in a process runs `cargo build --workspace --bins` into the
 /// target dir and profile of the running test or example. Building the whole
 /// workspace resolves features exactly as `cargo test --workspace` and the
 /// documented `cargo run --example …` do, so all of them share one build of
@@ -109,12 +110,20 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     }
 }
 
+/// Names a directory of already-built binaries to use instead of building
+/// the workspace's: a benchmark can then measure one exact build (a copy
+/// that no later `cargo build` into the same target dir can replace).
+pub const BIN_DIR_VARIABLE: &str = "HOOKLINE_BIN_DIR";
+
 /// [`workspace_bin`] returning the error instead of panicking.
 pub fn try_workspace_bin(name: &str) -> Result<PathBuf> {
     /// The directory the binaries landed in, or cargo's failure. Built at most
     /// once per process; concurrent callers wait for that one build.
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| build_workspace_bins().map_err(|e| e.to_string()));
+    let built = BUILT.get_or_init(|| match env::var_os(BIN_DIR_VARIABLE) {
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => build_workspace_bins().map_err(|e| e.to_string()),
+    });
     let profile_dir = built.as_ref().map_err(|message| {
         TestServerError::Environment(format!(
             "building the workspace's binaries failed earlier in this process: {message}"

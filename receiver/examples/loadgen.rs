@@ -1,18 +1,34 @@
-//! The receiver's benchmark (not a test): signed 5 KB Stripe-style events with
-//! unique ids at a fixed concurrency, against the real `hookline-receiver`
-//! binary and, in the same run on the same nats-server, against the ceiling of
-//! this design: a minimal HTTP handler that only publishes the body with
+//! The receiver's benchmark (not a test): signed events with unique ids at a
+//! fixed concurrency, as Stripe, GitHub or Standard Webhooks send them
+//! (`--provider`, `--body-bytes`), against the real `hookline-receiver` binary
+//! and, in the same run on the same nats-server, against the ceiling of this
+//! design: a minimal HTTP handler that only publishes the body with
 //! `Nats-Msg-Id` and answers after the PubAck (no verification, no parsing).
+//! Both get the very same requests.
 //!
 //! ```text
 //! cargo run --release --example loadgen -- \
+//!     --provider github --body-bytes 5120 \
 //!     --concurrency 64 --duration 10s --warmup 2s --rounds 4
 //! ```
 //!
 //! Prints accepted req/s, p50/p99/p99.9 latency and errors for each round of
 //! each server (rounds alternate which goes first, to spread the noise of a
-//! shared machine), the mean ratio, and each server's peak RSS (VmHWM). Both
-//! servers and the client use mimalloc, like the receiver binary.
+//! shared machine), the mean ratios, and each server's peak RSS (VmHWM). Both
+//! servers and the client use mimalloc, like the receiver binary. The
+//! receiver runs at its default log level (`info`), as it is deployed.
+//!
+//! The stream is an `Archive` (limits retention, no size cap) that is purged
+//! before every measurement: a `Buffer` with nobody consuming would fill its
+//! 512 MiB in seconds, and every measurement starts from the same empty
+//! stream (how throughput changes as a stream grows is `--preload`'s subject).
+//! `--preload N` stores N messages of `--preload-bytes` first and purges
+//! nothing, to measure both servers against a large stream.
+//!
+//! `--callgrind DIR` runs both servers under `valgrind --tool=callgrind`
+//! (counters zeroed when the warm-up ends, dumped when the measurement ends,
+//! into DIR), to compare their instructions per request; use a low
+//! concurrency and a few seconds, valgrind is some 50 times slower.
 //!
 //! Everything runs on loopback: a local nats-server (hookline-e2e) and two
 //! local HTTP servers; every loop is bounded by `--duration`.
@@ -27,7 +43,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use clap::{Parser, Subcommand};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use clap::{Parser, Subcommand, ValueEnum};
 use hmac::{Hmac, Mac};
 use hookline_e2e::{ChildProcess, NatsServer, free_port, workspace_bin};
 use http_body_util::{BodyExt, Full};
@@ -39,19 +57,68 @@ use sha2::Sha256;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Stripe's and GitHub's secret is used as text; Standard Webhooks' is
+/// `whsec_` and the base64 of the key bytes (these, base64-encoded).
 const SECRET: &str = "whsec_benchmark_secret_not_real";
-const MANIFEST: &str = "apiVersion: hookline.io/v1alpha1
+const STANDARD_WEBHOOKS_KEY: &[u8] = b"benchmark-key-not-real-32-bytes!";
+
+/// The sender being imitated: its signature scheme, headers and body shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Provider {
+    Stripe,
+    Github,
+    StandardWebhooks,
+}
+
+impl Provider {
+    fn manifest_name(self) -> &'static str {
+        match self {
+            Provider::Stripe => "stripe",
+            Provider::Github => "github",
+            Provider::StandardWebhooks => "standardWebhooks",
+        }
+    }
+
+    /// The endpoint: the provider's preset, an `Archive` stream (see the
+    /// module comment) and the path every request goes to.
+    fn manifest(self) -> String {
+        format!(
+            "apiVersion: hookline.io/v1alpha1
 kind: WebhookEndpoint
 metadata:
   name: load
   namespace: bench
 spec:
-  provider: stripe
+  provider: {}
   secretRef:
     name: bench
   ingress:
-    path: /stripe
-";
+    path: {PATH}
+  stream:
+    retention: Archive
+",
+            self.manifest_name()
+        )
+    }
+
+    fn secret(self) -> String {
+        match self {
+            Provider::Stripe | Provider::Github => SECRET.to_owned(),
+            Provider::StandardWebhooks => {
+                format!("whsec_{}", BASE64.encode(STANDARD_WEBHOOKS_KEY))
+            }
+        }
+    }
+
+    fn event_type(self) -> &'static str {
+        match self {
+            Provider::Stripe | Provider::StandardWebhooks => "invoice.paid",
+            Provider::Github => "issues",
+        }
+    }
+}
+
+const PATH: &str = "/hooks";
 
 const CEILING: &str = "ceiling (publish + PubAck only)";
 const RECEIVER: &str = "hookline-receiver";
@@ -72,6 +139,22 @@ struct Cli {
     /// Body size in bytes.
     #[arg(long, default_value_t = 5120)]
     body_bytes: usize,
+    /// Whose requests to send: their signature, headers and body shape.
+    #[arg(long, value_enum, default_value = "stripe")]
+    provider: Provider,
+    /// Messages stored in the stream before the first measurement; with it
+    /// the stream is never purged, so it keeps growing through the rounds.
+    #[arg(long, default_value_t = 0)]
+    preload: u64,
+    /// Body size of the preloaded messages.
+    #[arg(long, default_value_t = 1024)]
+    preload_bytes: usize,
+    /// Run both servers under callgrind, writing the profiles into this directory.
+    #[arg(long)]
+    callgrind: Option<std::path::PathBuf>,
+    /// The receiver binary to measure (default: the workspace's, built first).
+    #[arg(long)]
+    receiver_bin: Option<std::path::PathBuf>,
     /// Which servers to measure: both, ceiling or receiver.
     #[arg(long, default_value = "both")]
     target: String,
@@ -128,7 +211,7 @@ async fn ceiling_server(
         subject,
     });
     let app = axum::Router::new()
-        .route("/stripe", post(ceiling_handler))
+        .route(PATH, post(ceiling_handler))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     axum::serve(listener, app).await?;
@@ -159,40 +242,110 @@ async fn ceiling_handler(
 
 // ---- the load ----
 
-/// A 5 KB Stripe-style event with a unique id, and its signature header.
+/// One request as the provider sends it.
+struct Signed {
+    body: Bytes,
+    headers: Vec<(&'static str, String)>,
+}
+
+/// Events of the provider's shape, `body_bytes` long, each with a unique
+/// id and signed as the provider signs.
 struct EventMaker {
+    provider: Provider,
     padding: String,
     key: Hmac<Sha256>,
 }
 
 impl EventMaker {
-    fn new(body_bytes: usize) -> Result<EventMaker, hmac::digest::InvalidLength> {
-        let skeleton = Self::render("evt_x_000000000000", "");
+    fn new(
+        provider: Provider,
+        body_bytes: usize,
+    ) -> Result<EventMaker, hmac::digest::InvalidLength> {
+        let skeleton = Self::render(provider, "evt_x_000000000000", "");
         let padding = "x".repeat(body_bytes.saturating_sub(skeleton.len()));
+        let key: &[u8] = match provider {
+            Provider::Stripe | Provider::Github => SECRET.as_bytes(),
+            Provider::StandardWebhooks => STANDARD_WEBHOOKS_KEY,
+        };
         Ok(EventMaker {
+            provider,
             padding,
-            key: Hmac::new_from_slice(SECRET.as_bytes())?,
+            key: Hmac::new_from_slice(key)?,
         })
     }
 
-    fn render(id: &str, padding: &str) -> String {
-        format!(
-            r#"{{"id":"{id}","object":"event","type":"invoice.paid","created":1700000000,"data":{{"object":{{"id":"in_{id}","object":"invoice","padding":"{padding}"}}}}}}"#
-        )
+    fn render(provider: Provider, id: &str, padding: &str) -> String {
+        match provider {
+            Provider::Stripe => format!(
+                r#"{{"id":"{id}","object":"event","type":"invoice.paid","created":1700000000,"data":{{"object":{{"id":"in_{id}","object":"invoice","padding":"{padding}"}}}}}}"#
+            ),
+            Provider::Github => format!(
+                r#"{{"action":"opened","issue":{{"id":1,"number":7,"title":"{id}","body":"{padding}"}},"repository":{{"id":2,"full_name":"hookline/bench"}},"sender":{{"login":"octocat","id":3}}}}"#
+            ),
+            Provider::StandardWebhooks => format!(
+                r#"{{"type":"invoice.paid","timestamp":"2023-11-14T22:13:20Z","data":{{"id":"in_{id}","object":"invoice","padding":"{padding}"}}}}"#
+            ),
+        }
     }
 
-    fn make(&self, id: &str) -> (Bytes, String) {
-        let body = Self::render(id, &self.padding);
+    fn sign(&self, parts: &[&[u8]]) -> Vec<u8> {
+        let mut mac = self.key.clone();
+        for part in parts {
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    fn make(&self, id: &str) -> Signed {
+        let body = Self::render(self.provider, id, &self.padding);
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
-            .unwrap_or_default();
-        let mut mac = self.key.clone();
-        mac.update(ts.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body.as_bytes());
-        let signature = hex::encode(mac.finalize().into_bytes());
-        (Bytes::from(body), format!("t={ts},v1={signature}"))
+            .unwrap_or_default()
+            .to_string();
+        let mut headers = vec![
+            ("content-type", "application/json".to_owned()),
+            ("x-event-id", id.to_owned()),
+        ];
+        match self.provider {
+            Provider::Stripe => {
+                let signature = self.sign(&[ts.as_bytes(), b".", body.as_bytes()]);
+                headers.push((
+                    "user-agent",
+                    "Stripe/1.0 (+https://stripe.com/docs/webhooks)".into(),
+                ));
+                headers.push((
+                    "stripe-signature",
+                    format!("t={ts},v1={}", hex::encode(signature)),
+                ));
+            }
+            Provider::Github => {
+                let signature = self.sign(&[body.as_bytes()]);
+                headers.push(("user-agent", "GitHub-Hookshot/044aadd".into()));
+                headers.push(("x-github-event", "issues".into()));
+                headers.push(("x-github-delivery", id.to_owned()));
+                headers.push(("x-github-hook-id", "292430182".into()));
+                headers.push((
+                    "x-hub-signature-256",
+                    format!("sha256={}", hex::encode(signature)),
+                ));
+            }
+            Provider::StandardWebhooks => {
+                let signature =
+                    self.sign(&[id.as_bytes(), b".", ts.as_bytes(), b".", body.as_bytes()]);
+                headers.push(("user-agent", "Svix-Webhooks/1.24.0".into()));
+                headers.push(("webhook-id", id.to_owned()));
+                headers.push(("webhook-timestamp", ts));
+                headers.push((
+                    "webhook-signature",
+                    format!("v1,{}", BASE64.encode(signature)),
+                ));
+            }
+        }
+        Signed {
+            body: Bytes::from(body),
+            headers,
+        }
     }
 }
 
@@ -247,14 +400,12 @@ async fn load(
                     }
                     let n = counter.fetch_add(1, Ordering::Relaxed);
                     let id = format!("evt_{prefix}_{n:012}");
-                    let (body, signature) = maker.make(&id);
-                    let Ok(request) = hyper::Request::post("/stripe")
-                        .header("host", "localhost")
-                        .header("content-type", "application/json")
-                        .header("stripe-signature", signature)
-                        .header("x-event-id", &id)
-                        .body(Full::new(body))
-                    else {
+                    let signed = maker.make(&id);
+                    let mut request = hyper::Request::post(PATH).header("host", "localhost");
+                    for (name, value) in &signed.headers {
+                        request = request.header(*name, value);
+                    }
+                    let Ok(request) = request.body(Full::new(signed.body)) else {
                         totals.errors += 1;
                         continue;
                     };
@@ -308,11 +459,34 @@ async fn load(
 struct Report {
     name: &'static str,
     rate: f64,
+    answered: u64,
     p50: f64,
     p99: f64,
     p999: f64,
     errors: u64,
     peak_rss_mib: f64,
+    /// Messages in the stream when the measurement ended.
+    stored: u64,
+    /// The server's CPU time (user + system) per answered request, in µs.
+    cpu_us: f64,
+}
+
+/// User + system CPU time of `pid` so far, in seconds (clock ticks of 10 ms).
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|field| field.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn percentile(sorted: &[u32], q: f64) -> f64 {
@@ -343,11 +517,31 @@ fn peak_rss_mib(pid: u32) -> f64 {
 }
 
 async fn wait_listening(address: SocketAddr, child: &mut ChildProcess) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Valgrind takes a while to start a server.
+    let deadline = Instant::now() + Duration::from_secs(180);
     while tokio::net::TcpStream::connect(address).await.is_err() {
         assert!(child.is_running(), "server exited:\n{}", child.log_tail(30));
         assert!(Instant::now() < deadline, "server not listening");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `callgrind_control ACTION PID` (`--zero`, `--dump`).
+fn callgrind_control(action: &str, pid: u32) {
+    let status = Command::new("callgrind_control")
+        .args([action, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status();
+    if !status.is_ok_and(|status| status.success()) {
+        eprintln!("callgrind_control {action} {pid} failed");
+    }
+}
+
+/// The whole stream, as the measurement ends.
+async fn stream_messages(stream: &async_nats::jetstream::stream::Stream) -> u64 {
+    match stream.get_info().await {
+        Ok(info) => info.state.messages,
+        Err(_) => 0,
     }
 }
 
@@ -358,26 +552,125 @@ async fn measure(
     child: &mut ChildProcess,
     cli: &Cli,
     maker: Arc<EventMaker>,
+    stream: &async_nats::jetstream::stream::Stream,
 ) -> Report {
     wait_listening(address, child).await;
-    let (mut totals, measured) = load(
-        address,
-        prefix,
-        cli.concurrency,
-        cli.warmup,
-        cli.duration,
-        maker,
-    )
-    .await;
+    if cli.preload == 0 {
+        // Every measurement starts from the same empty stream.
+        if let Err(err) = stream.purge().await {
+            eprintln!("cannot purge the stream: {err}");
+        }
+    }
+    let mut cpu_used = f64::NAN;
+    let (mut totals, measured) = if cli.callgrind.is_some() {
+        // Warm up, then count only the measured load's instructions.
+        let warm = format!("{prefix}w");
+        load(
+            address,
+            &warm,
+            cli.concurrency,
+            Duration::ZERO,
+            cli.warmup,
+            maker.clone(),
+        )
+        .await;
+        callgrind_control("--zero", child.id());
+        let measured = load(
+            address,
+            prefix,
+            cli.concurrency,
+            Duration::ZERO,
+            cli.duration,
+            maker,
+        )
+        .await;
+        callgrind_control("--dump", child.id());
+        measured
+    } else {
+        let pid = child.id();
+        let warmup = cli.warmup;
+        let cpu_at_start = tokio::spawn(async move {
+            tokio::time::sleep(warmup).await;
+            cpu_seconds(pid)
+        });
+        let measured = load(
+            address,
+            prefix,
+            cli.concurrency,
+            cli.warmup,
+            cli.duration,
+            maker,
+        )
+        .await;
+        let started = cpu_at_start.await.unwrap_or(f64::NAN);
+        cpu_used = cpu_seconds(pid) - started;
+        measured
+    };
     totals.latencies_us.sort_unstable();
     Report {
         name,
         rate: totals.ok as f64 / measured.as_secs_f64(),
+        answered: totals.latencies_us.len() as u64,
         p50: percentile(&totals.latencies_us, 0.50),
         p99: percentile(&totals.latencies_us, 0.99),
         p999: percentile(&totals.latencies_us, 0.999),
         errors: totals.errors,
         peak_rss_mib: peak_rss_mib(child.id()),
+        stored: stream_messages(stream).await,
+        cpu_us: cpu_used * 1e6 / totals.latencies_us.len().max(1) as f64,
+    }
+}
+
+/// Stores `count` messages of `bytes` random-ish bytes, without message ids
+/// (they would be older than the duplicate window in a real stream).
+async fn preload(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    count: u64,
+    bytes: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    const IN_FLIGHT: u64 = 2000;
+    let started = Instant::now();
+    let filler: Vec<u8> = (0..bytes)
+        .map(|index| b'a' + u8::try_from(index * 7919 % 26).unwrap_or(0))
+        .collect();
+    let body = Bytes::from(filler);
+    let mut sent = 0;
+    while sent < count {
+        let batch = IN_FLIGHT.min(count - sent);
+        let mut acks = Vec::with_capacity(usize::try_from(batch)?);
+        for _ in 0..batch {
+            acks.push(js.publish(subject.to_owned(), body.clone()).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        sent += batch;
+        if sent % 1_000_000 < IN_FLIGHT {
+            println!(
+                "preloaded {sent} messages ({:.0} msg/s)",
+                sent as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The command that starts a server: itself, or under callgrind.
+fn server_command(cli: &Cli, name: &str, program: &std::path::Path) -> Command {
+    match &cli.callgrind {
+        Some(dir) => {
+            let mut command = Command::new("valgrind");
+            command
+                .arg("--tool=callgrind")
+                .arg(format!(
+                    "--callgrind-out-file={}/{name}.%p.out",
+                    dir.display()
+                ))
+                .arg(program);
+            command
+        }
+        None => Command::new(program),
     }
 }
 
@@ -385,31 +678,49 @@ async fn benchmark(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     let nats = tokio::task::block_in_place(NatsServer::start)?;
     let dir = tempfile::tempdir()?;
     let manifest = dir.path().join("endpoint.yaml");
-    std::fs::write(&manifest, MANIFEST)?;
+    std::fs::write(&manifest, cli.provider.manifest())?;
     let secret = dir.path().join("secret");
-    std::fs::write(&secret, format!("{SECRET}\n"))?;
+    std::fs::write(&secret, format!("{}\n", cli.provider.secret()))?;
     let endpoint = hookline_api::load_manifest(&manifest)?;
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
     hookline_api::provision::provision(&js, &endpoint).await?;
-    let subject = endpoint.stream.subject_for("invoice.paid");
-    let maker = Arc::new(EventMaker::new(cli.body_bytes)?);
+    let stream = js.get_stream(&endpoint.stream.name).await?;
+    let subject = endpoint.stream.subject_for(cli.provider.event_type());
+    let maker = Arc::new(EventMaker::new(cli.provider, cli.body_bytes)?);
+    if let Some(dir) = &cli.callgrind {
+        std::fs::create_dir_all(dir)?;
+    }
     let run_id = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or_default();
     println!(
-        "loadgen: {} connections, {:?} warm-up + {:?} measured, {} byte bodies, nats-server {}",
+        "loadgen: {:?} requests, {} byte bodies, {} connections, {:?} warm-up + {:?} measured, nats-server {}",
+        cli.provider,
+        maker.make("evt_x_000000000000").body.len(),
         cli.concurrency,
         cli.warmup,
         cli.duration,
-        maker.make("evt_x_000000000000").0.len(),
         nats.url()
     );
+    if cli.preload > 0 {
+        preload(&js, &subject, cli.preload, cli.preload_bytes).await?;
+        let info = js
+            .get_stream(&endpoint.stream.name)
+            .await?
+            .get_info()
+            .await?;
+        println!(
+            "stream preloaded: {} messages, {:.2} GB",
+            info.state.messages,
+            info.state.bytes as f64 / 1e9
+        );
+    }
 
     let mut ceiling = None;
     if cli.target == "both" || cli.target == "ceiling" {
         let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut command = Command::new(std::env::current_exe()?);
+        let mut command = server_command(cli, "ceiling", &std::env::current_exe()?);
         command.args([
             "ceiling",
             "--nats-url",
@@ -424,20 +735,24 @@ async fn benchmark(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     let mut receiver = None;
     if cli.target == "both" || cli.target == "receiver" {
         let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let binary = tokio::task::block_in_place(|| workspace_bin("hookline-receiver"));
-        let mut command = Command::new(binary);
+        let binary = match &cli.receiver_bin {
+            Some(path) => path.clone(),
+            None => tokio::task::block_in_place(|| workspace_bin("hookline-receiver")),
+        };
+        let mut command = server_command(cli, "receiver", &binary);
         command
             .arg("--endpoint")
             .arg(&manifest)
             .arg("--secret-file")
             .arg(&secret)
             .args(["--nats-url", &nats.url(), "--listen", &address.to_string()])
-            .env("RUST_LOG", "warn");
+            // The default log level, as deployed.
+            .env_remove("RUST_LOG");
         receiver = Some((ChildProcess::spawn(&mut command)?, address));
     }
 
     // Rounds alternate which server goes first, so neither always meets the
-    // bigger stream or the warmer machine.
+    // warmer machine (or, with --preload, the bigger stream).
     let mut rows: Vec<(usize, Report)> = Vec::new();
     for round in 0..cli.rounds {
         let mut order = vec![(CEILING, &mut ceiling), (RECEIVER, &mut receiver)];
@@ -449,24 +764,41 @@ async fn benchmark(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
                 continue;
             };
             let prefix = format!("{}{run_id}x{round}", &name[..1]);
-            let report = measure(name, &prefix, *address, child, cli, maker.clone()).await;
+            let report = measure(name, &prefix, *address, child, cli, maker.clone(), &stream).await;
             rows.push((round + 1, report));
         }
     }
     if let Some((child, _)) = &receiver {
-        let tail = child.log_tail(5);
-        if !tail.trim().is_empty() {
-            println!("receiver log tail:\n{tail}");
+        let tail: Vec<String> = child
+            .log_tail(50)
+            .lines()
+            .filter(|line| !line.contains("\"level\":\"INFO\""))
+            .map(str::to_owned)
+            .collect();
+        if !tail.is_empty() {
+            println!(
+                "receiver log tail (warnings and errors):\n{}",
+                tail.join("\n")
+            );
         }
     }
 
     println!(
-        "{:<6} {:<34} {:>10} {:>9} {:>9} {:>9} {:>8} {:>10}",
-        "round", "server", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "peak RSS"
+        "{:<6} {:<34} {:>10} {:>9} {:>9} {:>9} {:>8} {:>10} {:>12} {:>10}",
+        "round",
+        "server",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "errors",
+        "peak RSS",
+        "stream msgs",
+        "CPU µs/req"
     );
     for (round, report) in &rows {
         println!(
-            "{:<6} {:<34} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>7.1} MiB",
+            "{:<6} {:<34} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>7.1} MiB {:>12} {:>10.1}",
             round,
             report.name,
             report.rate,
@@ -474,30 +806,37 @@ async fn benchmark(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             report.p99,
             report.p999,
             report.errors,
-            report.peak_rss_mib
+            report.peak_rss_mib,
+            report.stored,
+            report.cpu_us
         );
     }
-    let mean = |name: &str| {
-        let rates: Vec<f64> = rows
+    if cli.callgrind.is_some() {
+        for (round, report) in &rows {
+            println!(
+                "callgrind round {round} {}: {} requests answered while counted",
+                report.name, report.answered
+            );
+        }
+    }
+    let mean = |name: &str, field: fn(&Report) -> f64| {
+        let values: Vec<f64> = rows
             .iter()
             .filter(|(_, report)| report.name == name)
-            .map(|(_, report)| report.rate)
+            .map(|(_, report)| field(report))
             .collect();
-        rates.iter().sum::<f64>() / rates.len().max(1) as f64
+        values.iter().sum::<f64>() / values.len().max(1) as f64
     };
-    let (ceiling_rate, receiver_rate) = (mean(CEILING), mean(RECEIVER));
+    let (ceiling_rate, receiver_rate) = (mean(CEILING, |r| r.rate), mean(RECEIVER, |r| r.rate));
+    let (ceiling_p99, receiver_p99) = (mean(CEILING, |r| r.p99), mean(RECEIVER, |r| r.p99));
+    let (ceiling_cpu, receiver_cpu) = (mean(CEILING, |r| r.cpu_us), mean(RECEIVER, |r| r.cpu_us));
     if ceiling_rate > 0.0 && receiver_rate > 0.0 {
         println!(
-            "mean over {} round(s): ceiling {ceiling_rate:.0} req/s, receiver {receiver_rate:.0} req/s, receiver / ceiling: {:.1}%",
+            "mean over {} round(s): ceiling {ceiling_rate:.0} req/s p99 {ceiling_p99:.2} ms {ceiling_cpu:.1} CPU µs/req, receiver {receiver_rate:.0} req/s p99 {receiver_p99:.2} ms {receiver_cpu:.1} CPU µs/req; receiver / ceiling: {:.1}% of req/s, p99 {:.2}x",
             cli.rounds,
-            100.0 * receiver_rate / ceiling_rate
+            100.0 * receiver_rate / ceiling_rate,
+            receiver_p99 / ceiling_p99
         );
     }
-    let stored = js
-        .get_stream(&endpoint.stream.name)
-        .await?
-        .get_info()
-        .await?;
-    println!("messages in the stream: {}", stored.state.messages);
     Ok(())
 }

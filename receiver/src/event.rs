@@ -1,12 +1,15 @@
 //! What is stored with an event: its id, type, time and object id, read as the
 //! endpoint says, and the message headers of the `hookline_api::headers` contract.
 
+use std::sync::{PoisonError, RwLock};
+
 use async_nats::header::{HeaderMap as NatsHeaders, HeaderName, HeaderValue};
 use axum::http::HeaderMap;
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use hookline_api::ValidatedEndpoint;
 use hookline_api::headers;
-use hookline_api::validated::EventFields;
+use hookline_api::validated::{EventFields, FieldSource};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use hookline_api::headers::MAX_ID_BYTES;
@@ -46,18 +49,101 @@ fn checked(what: &str, value: String) -> Result<String, Error> {
     Ok(value)
 }
 
+/// Where one attribute is read: a header, or a JSON pointer split into its
+/// reference tokens once, at start, rather than on every request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    Header(String),
+    Pointer(Vec<String>),
+    /// A pointer that is not one (no leading `/`): it finds nothing.
+    Nothing,
+}
+
+impl Source {
+    fn new(source: &FieldSource) -> Source {
+        match source {
+            FieldSource::Header(name) => Source::Header(name.clone()),
+            FieldSource::JsonPointer(pointer)
+                if !pointer.is_empty() && !pointer.starts_with('/') =>
+            {
+                Source::Nothing
+            }
+            FieldSource::JsonPointer(pointer) => Source::Pointer(
+                pointer
+                    .split('/')
+                    .skip(1)
+                    .map(|token| token.replace("~1", "/").replace("~0", "~"))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// As [`FieldSource::read`]: strings as they are, numbers and booleans
+    /// as text; empty values count as absent.
+    fn read(&self, request: &HeaderMap, json: Option<&Value>) -> Option<String> {
+        match self {
+            Source::Header(name) => header(request, name).map(str::to_owned),
+            Source::Pointer(tokens) => match pointer(json?, tokens)? {
+                Value::String(text) => Some(text.clone()),
+                Value::Number(number) => Some(number.to_string()),
+                Value::Bool(flag) => Some(flag.to_string()),
+                _ => None,
+            },
+            Source::Nothing => None,
+        }
+        .filter(|value| !value.is_empty())
+    }
+}
+
+/// `serde_json::Value::pointer` over tokens split already.
+fn pointer<'a>(value: &'a Value, tokens: &[String]) -> Option<&'a Value> {
+    tokens.iter().try_fold(value, |target, token| match target {
+        Value::Object(map) => map.get(token),
+        Value::Array(list) => array_index(token).and_then(|index| list.get(index)),
+        _ => None,
+    })
+}
+
+/// An array index as RFC 6901 writes it: decimal, no sign, no leading zero.
+fn array_index(token: &str) -> Option<usize> {
+    if token.starts_with('+') || (token.starts_with('0') && token.len() != 1) {
+        return None;
+    }
+    token.parse().ok()
+}
+
+/// The endpoint's [`EventFields`], ready to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fields {
+    id: Option<Source>,
+    event_type: Option<Source>,
+    timestamp: Option<Source>,
+    object_id: Option<Source>,
+}
+
+impl Fields {
+    pub fn new(fields: &EventFields) -> Fields {
+        Fields {
+            id: fields.id.as_ref().map(Source::new),
+            event_type: fields.event_type.as_ref().map(Source::new),
+            timestamp: fields.timestamp.as_ref().map(Source::new),
+            object_id: fields.object_id.as_ref().map(Source::new),
+        }
+    }
+}
+
 /// Reads the event's attributes; the id falls back to `Idempotency-Key`, then
 /// to the SHA-256 of the body, so every event has a stable deduplication key.
 pub fn extract(
-    fields: &EventFields,
+    fields: &Fields,
     request: &HeaderMap,
-    json: Option<&serde_json::Value>,
+    json: Option<&Value>,
     body: &[u8],
 ) -> Result<EventInfo, Error> {
-    let read = |source: &Option<hookline_api::validated::FieldSource>| {
+    let read = |source: &Option<Source>| {
         source
             .as_ref()
-            .and_then(|source| source.read(|name| header(request, name), json))
+            .and_then(|source| source.read(request, json))
     };
     let (id, id_source) = match read(&fields.id) {
         Some(id) => (id, "provider"),
@@ -136,13 +222,23 @@ fn static_name(name: &'static str) -> HeaderName {
     HeaderName::from_static(name)
 }
 
+/// How many request header names [`HeaderContext`] remembers the
+/// `Hookline-Http-` name of: far more than any provider sends, and a bound
+/// on what a sender of made-up names can make it keep.
+const FORWARDED_NAMES_KEPT: usize = 64;
+
 /// Inputs of [`message_headers`] that do not change per request.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct HeaderContext {
     pub endpoint: String,
     pub provider: &'static str,
     /// Lower-case names never copied (credentials, hop-by-hop, the signature).
     pub not_forwarded: Vec<String>,
+    /// The values of [`headers::ENDPOINT`] and [`headers::PROVIDER`].
+    constant: Vec<(&'static str, HeaderValue)>,
+    /// `Hookline-Http-<Name>` of the request header names seen so far, so
+    /// the name is built once rather than on every request.
+    forwarded: RwLock<Vec<(axum::http::HeaderName, HeaderName)>>,
 }
 
 impl HeaderContext {
@@ -152,11 +248,57 @@ impl HeaderContext {
             .map(|name| name.to_string())
             .collect();
         not_forwarded.push(endpoint.verification.signature_header.clone());
+        HeaderContext::with(endpoint.key(), endpoint.provider.as_str(), not_forwarded)
+    }
+
+    pub fn with(
+        endpoint: String,
+        provider: &'static str,
+        not_forwarded: Vec<String>,
+    ) -> HeaderContext {
+        // Resource names and provider names are header-safe text.
+        let constant = [
+            (headers::ENDPOINT, endpoint.as_str()),
+            (headers::PROVIDER, provider),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value.parse::<HeaderValue>().ok()?)))
+        .collect();
         HeaderContext {
-            endpoint: endpoint.key(),
-            provider: endpoint.provider.as_str(),
+            endpoint,
+            provider,
             not_forwarded,
+            constant,
+            forwarded: RwLock::new(Vec::new()),
         }
+    }
+
+    /// The message header name a request header is kept under, and its length.
+    fn forwarded_name(&self, name: &axum::http::HeaderName) -> Option<(HeaderName, usize)> {
+        let known = self
+            .forwarded
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, forwarded)) = known.iter().find(|(seen, _)| seen == name) {
+            let length = headers::REQUEST_HEADER_PREFIX.len() + name.as_str().len();
+            return Some((forwarded.clone(), length));
+        }
+        drop(known);
+        let text = format!(
+            "{}{}",
+            headers::REQUEST_HEADER_PREFIX,
+            title_case(name.as_str())
+        );
+        let length = text.len();
+        let forwarded = HeaderName::try_from(text).ok()?;
+        let mut known = self
+            .forwarded
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if known.len() < FORWARDED_NAMES_KEPT && !known.iter().any(|(seen, _)| seen == name) {
+            known.push((name.clone(), forwarded.clone()));
+        }
+        Some((forwarded, length))
     }
 }
 
@@ -189,20 +331,21 @@ impl Block {
         }
     }
 
-    /// Appends `name: value` if it is a valid NATS header and the block stays
-    /// within `room`; says whether it did.
-    fn try_append(&mut self, name: &str, value: &str, room: usize) -> bool {
-        let size = line_len(name, value);
+    /// Appends `name: value` (`name_len` bytes of name) if the value is a
+    /// valid NATS header value and the block stays within `room`; says
+    /// whether it did.
+    fn try_append(&mut self, name: HeaderName, name_len: usize, value: &str, room: usize) -> bool {
+        let size = name_len + ": ".len() + value.len() + "\r\n".len();
         if self.bytes + size > room {
             return false;
         }
-        match (HeaderName::try_from(name), value.parse::<HeaderValue>()) {
-            (Ok(name), Ok(value)) => {
+        match value.parse::<HeaderValue>() {
+            Ok(value) => {
                 self.map.append(name, value);
                 self.bytes += size;
                 true
             }
-            (Err(_), _) | (_, Err(_)) => false,
+            Err(_) => false,
         }
     }
 }
@@ -262,8 +405,10 @@ pub fn message_headers(
         block.put(headers::OBJECT_ID, object_id);
     }
     block.put(headers::RECEIVED_AT, received_at);
-    block.put(headers::ENDPOINT, &context.endpoint);
-    block.put(headers::PROVIDER, context.provider);
+    for (name, value) in &context.constant {
+        block.bytes += line_len(name, value.as_str());
+        block.map.insert(static_name(name), value.clone());
+    }
 
     // What the request's own headers may take: the allowance less the room
     // the list of dropped names may need.
@@ -275,24 +420,29 @@ pub fn message_headers(
         }
     };
     if let Some(value) = request.get(axum::http::header::CONTENT_TYPE) {
-        let copied = value
-            .to_str()
-            .is_ok_and(|text| block.try_append(headers::CONTENT_TYPE, text, room));
+        let copied = value.to_str().is_ok_and(|text| {
+            let name = static_name(headers::CONTENT_TYPE);
+            block.try_append(name, headers::CONTENT_TYPE.len(), text, room)
+        });
         if !copied {
             drop_name("content-type");
         }
     }
     for (name, value) in request {
-        let name = name.as_str();
-        if context.not_forwarded.iter().any(|skip| skip == name) {
+        if context
+            .not_forwarded
+            .iter()
+            .any(|skip| skip == name.as_str())
+        {
             continue;
         }
-        let forwarded = format!("{}{}", headers::REQUEST_HEADER_PREFIX, title_case(name));
-        let copied = value
-            .to_str()
-            .is_ok_and(|text| block.try_append(&forwarded, text, room));
+        let copied = value.to_str().is_ok_and(|text| {
+            context
+                .forwarded_name(name)
+                .is_some_and(|(forwarded, length)| block.try_append(forwarded, length, text, room))
+        });
         if !copied {
-            drop_name(name);
+            drop_name(name.as_str());
         }
     }
     if !dropped.is_empty() {
@@ -336,6 +486,7 @@ mod tests {
             timestamp: None,
             object_id: None,
         };
+        let fields = Fields::new(&fields);
         let json = serde_json::json!({"other": 1});
         let mut request = HeaderMap::new();
         let hashed = extract(&fields, &request, Some(&json), b"abc").expect("extract");
@@ -362,7 +513,7 @@ mod tests {
         };
         let json = serde_json::json!({"id": "evt\n1"});
         assert!(matches!(
-            extract(&fields, &HeaderMap::new(), Some(&json), b""),
+            extract(&Fields::new(&fields), &HeaderMap::new(), Some(&json), b""),
             Err(Error::InvalidEvent(_))
         ));
     }
@@ -381,11 +532,11 @@ mod tests {
     }
 
     fn context() -> HeaderContext {
-        HeaderContext {
-            endpoint: format!("{}/{}", "n".repeat(63), "e".repeat(253)),
-            provider: "standardWebhooks",
-            not_forwarded: vec!["webhook-signature".into()],
-        }
+        HeaderContext::with(
+            format!("{}/{}", "n".repeat(63), "e".repeat(253)),
+            "standardWebhooks",
+            vec!["webhook-signature".into()],
+        )
     }
 
     /// Ids, type and object id at their longest.
@@ -470,6 +621,72 @@ mod tests {
         assert!(list.starts_with("x-name-0,x-name-1,"));
         assert!(list.ends_with(",..."));
         assert_eq!(dropped_list(&["a", "b"]), "a,b");
+    }
+
+    #[test]
+    fn fields_read_pointers_exactly_as_serde_json_does() {
+        let json = serde_json::json!({
+            "id": "evt_1", "n": 7, "flag": true, "empty": "",
+            "a/b": {"c~d": "escaped"},
+            "list": ["zero", "one", {"id": "two"}],
+            "": {"": "blank keys"},
+        });
+        for pointer in [
+            "/id",
+            "/n",
+            "/flag",
+            "/empty",
+            "/a~1b/c~0d",
+            "/list/0",
+            "/list/2/id",
+            "/list/01",
+            "/list/+1",
+            "/list/9",
+            "/missing",
+            "/id/deeper",
+            "//",
+            "/",
+            "id",
+            "",
+        ] {
+            let expected = FieldSource::JsonPointer(pointer.into()).read(|_| None, Some(&json));
+            let got = Source::new(&FieldSource::JsonPointer(pointer.into()))
+                .read(&HeaderMap::new(), Some(&json));
+            assert_eq!(got, expected, "{pointer}");
+        }
+    }
+
+    #[test]
+    fn forwarded_names_are_the_same_the_second_time_and_bounded_in_number() {
+        let context = context();
+        let mut request = HeaderMap::new();
+        request.insert("x-github-delivery", "d-1".parse().expect("value"));
+        for _ in 0..2 {
+            let block = message_headers(&context, &largest_event(), &request, &now_rfc3339());
+            assert_eq!(
+                block
+                    .get("Hookline-Http-X-Github-Delivery")
+                    .map(HeaderValue::as_str),
+                Some("d-1")
+            );
+        }
+        let mut many = HeaderMap::new();
+        for n in 0..FORWARDED_NAMES_KEPT + 10 {
+            let name = axum::http::HeaderName::from_bytes(format!("x-made-up-{n}").as_bytes())
+                .expect("name");
+            many.insert(name, "v".parse().expect("value"));
+        }
+        let block = message_headers(&context, &largest_event(), &many, &now_rfc3339());
+        let last = format!("Hookline-Http-X-Made-Up-{}", FORWARDED_NAMES_KEPT + 9);
+        assert_eq!(block.get(last.as_str()).map(HeaderValue::as_str), Some("v"));
+        assert_eq!(
+            context
+                .forwarded
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len(),
+            FORWARDED_NAMES_KEPT
+        );
     }
 
     #[test]

@@ -2,14 +2,14 @@
 //! provider's URL challenge, the publish that waits for JetStream's
 //! acknowledgement, and the answer, counted and logged.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
-use tracing::{Instrument, field};
+use serde_json::Value;
 
 use crate::checks::body::{parse_json, read_body};
 use crate::checks::headers::check_header_size;
@@ -21,7 +21,6 @@ use crate::{Error, Result};
 /// A successful answer.
 enum Accepted {
     Stored {
-        id: String,
         duplicate: bool,
     },
     /// The provider's check of the URL: answered, not stored.
@@ -40,63 +39,89 @@ impl Accepted {
             Accepted::Challenge(_) => "challenge",
         }
     }
-}
 
-impl IntoResponse for Accepted {
-    fn into_response(self) -> Response {
+    /// `{"status":…,"eventId":…,"duplicate":…}`, written directly: the
+    /// answer to every stored event, so no JSON tree is built for it.
+    fn into_response(self, event_id: &str) -> Response {
         match self {
-            Accepted::Stored { id, duplicate } => {
-                let status = if duplicate { "duplicate" } else { "stored" };
-                axum::Json(json!({ "status": status, "eventId": id, "duplicate": duplicate }))
-                    .into_response()
+            Accepted::Stored { duplicate } => {
+                let (status, duplicate) = if duplicate {
+                    ("duplicate", "true")
+                } else {
+                    ("stored", "false")
+                };
+                let mut body = Vec::with_capacity(event_id.len() + 64);
+                body.extend_from_slice(br#"{"status":""#);
+                body.extend_from_slice(status.as_bytes());
+                body.extend_from_slice(br#"","eventId":"#);
+                // Quoted and escaped by serde_json; writing to a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut body, event_id);
+                body.extend_from_slice(br#","duplicate":"#);
+                body.extend_from_slice(duplicate.as_bytes());
+                body.push(b'}');
+                let mut response = Response::new(axum::body::Body::from(body));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                response
             }
             Accepted::Challenge(answer) => axum::Json(answer).into_response(),
         }
     }
 }
 
+/// What a request revealed about itself before its answer, for the log line
+/// of a refusal or a failure. Kept here rather than in a span: a span's
+/// fields are formatted when it is made and again when each is recorded,
+/// whether or not anything is logged, and an accepted request logs nothing
+/// at the default level.
+#[derive(Default)]
+struct Seen {
+    client: Option<IpAddr>,
+    event_id: Option<String>,
+}
+
 /// Receives one POST on the endpoint's path: refusals are logged at `info`
-/// (the sender's mistake), failures to store at `warn` (ours), and every
-/// answer is counted by outcome.
+/// (the sender's mistake), failures to store at `warn` (ours), each with the
+/// endpoint and, once known, the client address and event id; every answer
+/// is counted by outcome.
 pub(crate) async fn handle(state: Arc<AppState>, request: Request) -> Response {
     let started = Instant::now();
-    let span = tracing::info_span!(
-        "request",
-        endpoint = %state.headers.endpoint,
-        client = field::Empty,
-        event_id = field::Empty,
-    );
-    async move {
-        let result = receive(&state, request).await;
-        let elapsed = started.elapsed();
-        match result {
-            Ok(accepted) => {
-                state.metrics.request(accepted.outcome(), elapsed);
-                tracing::debug!(
-                    outcome = accepted.outcome(),
-                    elapsed_ms = elapsed.as_secs_f64() * 1e3,
-                    "accepted"
-                );
-                accepted.into_response()
+    let mut seen = Seen::default();
+    let result = receive(&state, request, &mut seen).await;
+    let elapsed = started.elapsed();
+    match result {
+        Ok(accepted) => {
+            state.metrics.request(accepted.outcome(), elapsed);
+            let event_id = seen.event_id.unwrap_or_default();
+            tracing::debug!(
+                endpoint = %state.headers.endpoint,
+                event_id,
+                outcome = accepted.outcome(),
+                elapsed_ms = elapsed.as_secs_f64() * 1e3,
+                "accepted"
+            );
+            accepted.into_response(&event_id)
+        }
+        Err(err) => {
+            state.metrics.request(err.outcome(), elapsed);
+            let endpoint = &state.headers.endpoint;
+            let client = seen.client.map(tracing::field::display);
+            let event_id = seen.event_id.as_deref();
+            if err.status().is_server_error() {
+                tracing::warn!(%endpoint, client, event_id, outcome = err.outcome(), reason = %err, "not stored");
+            } else {
+                tracing::info!(%endpoint, client, event_id, outcome = err.outcome(), reason = %err, "rejected");
             }
-            Err(err) => {
-                state.metrics.request(err.outcome(), elapsed);
-                if err.status().is_server_error() {
-                    tracing::warn!(outcome = err.outcome(), reason = %err, "not stored");
-                } else {
-                    tracing::info!(outcome = err.outcome(), reason = %err, "rejected");
-                }
-                err.into_response()
-            }
+            err.into_response()
         }
     }
-    .instrument(span)
-    .await
 }
 
 /// The pipeline, in the contract's order; the cheapest refusals come first and
 /// nothing unverified is parsed.
-async fn receive(state: &AppState, request: Request) -> Result<Accepted> {
+async fn receive(state: &AppState, request: Request, seen: &mut Seen) -> Result<Accepted> {
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
     let endpoint = &state.endpoint;
@@ -112,7 +137,7 @@ async fn receive(state: &AppState, request: Request) -> Result<Accepted> {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|info| info.0.ip());
         let client = client_ip(filter, headers, peer);
-        tracing::Span::current().record("client", field::debug(&client));
+        seen.client = client;
         check_source(filter, client)?;
     }
 
@@ -145,19 +170,18 @@ async fn receive(state: &AppState, request: Request) -> Result<Accepted> {
     }
 
     // 6. Publish, and answer only after the PubAck.
-    let event = event::extract(&endpoint.event, headers, json.as_ref(), &body)?;
-    tracing::Span::current().record("event_id", field::display(&event.id));
+    let event = event::extract(&state.fields, headers, json.as_ref(), &body)?;
     let received_at = event::now_rfc3339();
     let message_headers = event::message_headers(&state.headers, &event, headers, &received_at);
     let subject = endpoint
         .stream
         .subject_for(event.event_type.as_deref().unwrap_or_default());
+    seen.event_id = Some(event.id);
     state.metrics.body(body.len());
     let publish_started = Instant::now();
     let ack = state.store.publish(subject, message_headers, body).await?;
     state.metrics.publish(publish_started.elapsed());
     Ok(Accepted::Stored {
-        id: event.id,
         duplicate: ack.duplicate,
     })
 }

@@ -11,7 +11,7 @@ use hookline_api::validated::FieldSource;
 
 use crate::checks::schema::Schema;
 use crate::checks::signature::Verifier;
-use crate::event::HeaderContext;
+use crate::event::{Fields, HeaderContext};
 use crate::json::JsonReader;
 use crate::metrics::Metrics;
 use crate::secrets::SecretStore;
@@ -29,6 +29,8 @@ pub struct AppState {
     /// Reads the JSON pointers the endpoint needs (or all of it, for a schema).
     pub(crate) json: JsonReader,
     pub(crate) headers: HeaderContext,
+    /// Where the event's id, type, time and object id are read.
+    pub(crate) fields: Fields,
     /// Longest time one request may take, body upload included.
     pub(crate) request_timeout: Duration,
     shutting_down: AtomicBool,
@@ -57,6 +59,7 @@ impl AppState {
             verifier: Verifier::new(scheme.clone()),
             json: json_reader(&endpoint, schema.is_some()),
             headers: HeaderContext::new(&endpoint),
+            fields: Fields::new(&endpoint.event),
             request_timeout: config.request_timeout,
             endpoint,
             secrets,

@@ -279,7 +279,15 @@ async fn write(
             })
         })
         .collect();
-    let written = store::write_batch(&ctx.pool, &ctx.key, &events, &deliveries, states).await?;
+    let written = store::write_batch(
+        &ctx.pool,
+        &ctx.key,
+        &events,
+        &deliveries,
+        states,
+        &ctx.projection,
+    )
+    .await?;
     let committed = Utc::now();
     let metrics = &ctx.metrics;
     for &index in indexes {

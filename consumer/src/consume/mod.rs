@@ -22,6 +22,7 @@ pub use batch::process_batch;
 pub use hold::DatabaseGate;
 
 use crate::Shutdown;
+use crate::decode::Projection;
 use crate::metrics::Metrics;
 use crate::refetch::Refetcher;
 
@@ -34,6 +35,8 @@ pub struct Context {
     pub pool: PgPool,
     pub metrics: Arc<Metrics>,
     pub refetch: Option<Refetcher>,
+    /// How the projection's state is taken from a payload.
+    pub projection: Projection,
     /// Closed while the database is away: nothing more is pulled.
     pub gate: DatabaseGate,
     /// Ends a batch's wait for the database.

@@ -4,11 +4,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
 use sqlx::postgres::PgPool;
 
 use super::NOTIFY_CHANNEL;
-use crate::decode::{Body, Event};
+use crate::decode::{Body, Event, Projection};
 
 /// Why a batch transaction failed, sorted by what helps; each carries the
 /// database's own error.
@@ -83,17 +82,77 @@ pub struct Written {
     pub out_of_order: HashSet<String>,
 }
 
+/// The whole batch in one statement, so in one round trip and one
+/// transaction (autocommit): insert the new events; among them, the newest
+/// of each object (event time, else received-at; ties by event id) moves the
+/// object's projection when it is newer than the stored state; `NOTIFY` each
+/// new event (sent at commit). Answers, for each new event, whether its
+/// projection update was skipped because a newer state won.
+///
+/// Rows are inserted in the order given (sorted by event id) and objects
+/// upserted by object id, so concurrent batches take their locks in one order.
+const WRITE_BATCH: &str = "\
+WITH inserted AS (
+    INSERT INTO hookline.events (endpoint, event_id, event_type, event_timestamp, object_id,
+                                 received_at, deliveries, headers, payload, payload_raw)
+    SELECT $1, t.event_id, t.event_type, t.event_timestamp, t.object_id, t.received_at,
+           t.deliveries, t.headers::jsonb, t.payload::jsonb, t.payload_raw
+    FROM UNNEST($2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::timestamptz[],
+                $7::int[], $8::text[], $9::text[], $10::bytea[])
+        WITH ORDINALITY AS t(event_id, event_type, event_timestamp, object_id, received_at,
+                             deliveries, headers, payload, payload_raw, n)
+    ORDER BY t.n
+    ON CONFLICT (endpoint, event_id) DO NOTHING
+    RETURNING event_id, object_id, coalesce(event_timestamp, received_at) AS at, payload
+),
+newest AS (
+    SELECT DISTINCT ON (object_id) object_id, event_id, at, payload
+    FROM inserted
+    WHERE object_id IS NOT NULL
+    ORDER BY object_id, at DESC, event_id DESC
+),
+applied AS (
+    INSERT INTO hookline.objects AS o
+        (endpoint, object_id, last_event_id, last_event_timestamp, state, updated_at)
+    SELECT $1, n.object_id, n.event_id, n.at,
+           CASE WHEN s.state IS NOT NULL THEN s.state::jsonb
+                WHEN jsonb_typeof(n.payload #> $13::text[]) = 'object'
+                    THEN n.payload #> $13::text[]
+                ELSE n.payload END,
+           now()
+    FROM newest n
+        LEFT JOIN UNNEST($11::text[], $12::text[]) AS s(event_id, state) USING (event_id)
+    ORDER BY n.object_id
+    ON CONFLICT (endpoint, object_id) DO UPDATE SET
+        last_event_id = EXCLUDED.last_event_id,
+        last_event_timestamp = EXCLUDED.last_event_timestamp,
+        state = EXCLUDED.state,
+        updated_at = EXCLUDED.updated_at
+    WHERE (EXCLUDED.last_event_timestamp, EXCLUDED.last_event_id)
+        > (o.last_event_timestamp, o.last_event_id)
+    RETURNING last_event_id
+),
+notified AS (
+    SELECT event_id, object_id,
+           pg_notify($14, jsonb_build_object('endpoint', $1::text, 'event_id', event_id)::text)
+    FROM inserted
+)
+SELECT n.event_id, (n.object_id IS NOT NULL AND a.last_event_id IS NULL) AS out_of_order
+FROM notified n LEFT JOIN applied a ON a.last_event_id = n.event_id";
+
 /// Stores `events` (distinct event ids) in one transaction: inserts the new
 /// ones, moves each object's projection to its newest event when that is newer
 /// than the stored one, notifies; then commits. `states` overrides the state of
-/// an object (refetch). Events are sorted so that concurrent transactions take
-/// row locks in the same order.
+/// an object (refetch); otherwise it is the event's own (`Event::state`) or
+/// taken by Postgres from the payload as `projection` says. Events are sorted
+/// so that concurrent transactions take row locks in the same order.
 pub async fn write_batch(
     pool: &PgPool,
     endpoint: &str,
     events: &[&Event],
     deliveries: &HashMap<String, i32>,
     states: &HashMap<String, Option<String>>,
+    projection: &Projection,
 ) -> Result<Written, WriteError> {
     let mut sorted: Vec<&Event> = events.to_vec();
     sorted.sort_by(|a, b| a.event_id.cmp(&b.event_id));
@@ -107,6 +166,9 @@ pub async fn write_batch(
     let mut headers = Vec::with_capacity(sorted.len());
     let mut payloads: Vec<Option<&str>> = Vec::with_capacity(sorted.len());
     let mut raws: Vec<Option<&[u8]>> = Vec::with_capacity(sorted.len());
+    // The states given here (refetch, or taken in Rust), by event id.
+    let mut state_ids: Vec<&str> = Vec::new();
+    let mut state_values: Vec<&str> = Vec::new();
     for event in &sorted {
         ids.push(event.event_id.as_str());
         types.push(event.event_type.as_str());
@@ -125,127 +187,39 @@ pub async fn write_batch(
                 raws.push(Some(bytes));
             }
         }
-    }
-
-    let mut tx = pool.begin().await?;
-    let inserted: HashSet<String> = sqlx::query_scalar(
-        "INSERT INTO hookline.events (endpoint, event_id, event_type, event_timestamp, object_id, \
-             received_at, deliveries, headers, payload, payload_raw) \
-         SELECT $1, t.event_id, t.event_type, t.event_timestamp, t.object_id, t.received_at, \
-             t.deliveries, t.headers::jsonb, t.payload::jsonb, t.payload_raw \
-         FROM UNNEST($2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::timestamptz[], \
-             $7::int[], $8::text[], $9::text[], $10::bytea[]) \
-             AS t(event_id, event_type, event_timestamp, object_id, received_at, deliveries, \
-                  headers, payload, payload_raw) \
-         ON CONFLICT (endpoint, event_id) DO NOTHING \
-         RETURNING event_id",
-    )
-    .bind(endpoint)
-    .bind(&ids)
-    .bind(&types)
-    .bind(&timestamps)
-    .bind(&object_ids)
-    .bind(&received)
-    .bind(&delivered)
-    .bind(&headers)
-    .bind(&payloads)
-    .bind(&raws)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
-
-    // The newest new event of each object; the others of the batch lose to it.
-    let mut newest: HashMap<&str, &Event> = HashMap::new();
-    let mut out_of_order = HashSet::new();
-    for event in events.iter().filter(|e| inserted.contains(&e.event_id)) {
-        let Some(object_id) = event.object_id.as_deref() else {
-            continue;
+        let state = match event.object_id.as_deref().and_then(|id| states.get(id)) {
+            Some(state) => state.as_deref(),
+            None => event.state.as_deref(),
         };
-        match newest.get(object_id) {
-            Some(current) if current.order_key() > event.order_key() => {
-                // Arrived after a newer event of the same object.
-                out_of_order.insert(event.event_id.clone());
-            }
-            _ => {
-                newest.insert(object_id, event);
-            }
-        }
-    }
-    let mut winners: Vec<&Event> = newest.into_values().collect();
-    winners.sort_by(|a, b| a.object_id.cmp(&b.object_id));
-    if !winners.is_empty() {
-        let objects: Vec<&str> = winners
-            .iter()
-            .filter_map(|e| e.object_id.as_deref())
-            .collect();
-        let last_ids: Vec<&str> = winners.iter().map(|e| e.event_id.as_str()).collect();
-        let last_times: Vec<DateTime<Utc>> = winners.iter().map(|e| e.order_key().0).collect();
-        let state_values: Vec<Option<&str>> = winners
-            .iter()
-            .map(|e| {
-                let object_id = e.object_id.as_deref().unwrap_or_default();
-                match states.get(object_id) {
-                    Some(state) => state.as_deref(),
-                    None => e.state.as_deref(),
-                }
-            })
-            .collect();
-        let applied: HashSet<String> = sqlx::query_scalar(
-            "INSERT INTO hookline.objects AS o \
-                 (endpoint, object_id, last_event_id, last_event_timestamp, state, updated_at) \
-             SELECT $1, t.object_id, t.last_event_id, t.last_event_timestamp, t.state::jsonb, now() \
-             FROM UNNEST($2::text[], $3::text[], $4::timestamptz[], $5::text[]) \
-                 AS t(object_id, last_event_id, last_event_timestamp, state) \
-             ON CONFLICT (endpoint, object_id) DO UPDATE SET \
-                 last_event_id = EXCLUDED.last_event_id, \
-                 last_event_timestamp = EXCLUDED.last_event_timestamp, \
-                 state = EXCLUDED.state, \
-                 updated_at = EXCLUDED.updated_at \
-             WHERE (EXCLUDED.last_event_timestamp, EXCLUDED.last_event_id) \
-                 > (o.last_event_timestamp, o.last_event_id) \
-             RETURNING last_event_id",
-        )
-        .bind(endpoint)
-        .bind(&objects)
-        .bind(&last_ids)
-        .bind(&last_times)
-        .bind(&state_values)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
-        // A rejected winner means the stored state is newer than every event
-        // of that object in the batch.
-        for winner in winners.iter().filter(|w| !applied.contains(&w.event_id)) {
-            for event in events
-                .iter()
-                .filter(|e| inserted.contains(&e.event_id) && e.object_id == winner.object_id)
-            {
-                out_of_order.insert(event.event_id.clone());
-            }
+        if let Some(state) = state {
+            state_ids.push(event.event_id.as_str());
+            state_values.push(state);
         }
     }
 
-    if !inserted.is_empty() {
-        let new_ids: Vec<&str> = ids
-            .iter()
-            .copied()
-            .filter(|id| inserted.contains(*id))
-            .collect();
-        sqlx::query(
-            "SELECT pg_notify($1, jsonb_build_object('endpoint', $2::text, 'event_id', id)::text) \
-             FROM UNNEST($3::text[]) AS id",
-        )
-        .bind(NOTIFY_CHANNEL)
+    let rows: Vec<(String, bool)> = sqlx::query_as(WRITE_BATCH)
         .bind(endpoint)
-        .bind(&new_ids)
-        .execute(&mut *tx)
+        .bind(&ids)
+        .bind(&types)
+        .bind(&timestamps)
+        .bind(&object_ids)
+        .bind(&received)
+        .bind(&delivered)
+        .bind(&headers)
+        .bind(&payloads)
+        .bind(&raws)
+        .bind(&state_ids)
+        .bind(&state_values)
+        .bind(projection.path())
+        .bind(NOTIFY_CHANNEL)
+        .fetch_all(pool)
         .await?;
+    let mut written = Written::default();
+    for (event_id, out_of_order) in rows {
+        if out_of_order {
+            written.out_of_order.insert(event_id.clone());
+        }
+        written.inserted.insert(event_id);
     }
-    tx.commit().await?;
-    Ok(Written {
-        inserted,
-        out_of_order,
-    })
+    Ok(written)
 }
