@@ -184,6 +184,13 @@ impl Fleet {
                 })
             })
         })?;
+        // Poison must fail for its own reason, whatever else fails: Postgres
+        // refuses it as a user's own constraint or trigger would (the
+        // consumers have created the tables by now).
+        postgres.psql(
+            "ALTER TABLE hookline.events ADD CONSTRAINT soak_poison \
+             CHECK (event_id NOT LIKE 'poison-%')",
+        )?;
         Ok(Fleet {
             endpoints,
             nats,

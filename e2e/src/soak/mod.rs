@@ -60,8 +60,8 @@ pub struct Config {
     pub kinds: Vec<FaultKind>,
     /// Deliveries in flight at most, per endpoint.
     pub concurrency: usize,
-    /// Events designed to fail (Postgres refuses their JSON), one endpoint
-    /// after another: they must be exactly the dead letters.
+    /// Events designed to fail (a CHECK constraint refuses their ids), one
+    /// endpoint after another: they must be exactly the dead letters.
     pub poison: usize,
     /// Decides the plan and the secrets.
     pub seed: u64,

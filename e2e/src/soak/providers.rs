@@ -106,8 +106,10 @@ pub struct EventData<'a> {
     pub object: Option<&'a str>,
     /// When it happened, in unix seconds.
     pub time: i64,
-    /// Carries a NUL character (`\u0000`): valid JSON the receiver accepts,
-    /// which Postgres' `jsonb` refuses, so it must end as a dead letter.
+    /// Carries a NUL character (`\u0000`): valid JSON the receiver accepts
+    /// and `jsonb` cannot hold (the consumer keeps such a body as bytes).
+    /// Its id starts `poison-`, which the soak's CHECK constraint on
+    /// `hookline.events` refuses (see `fleet`), so it must end as a dead letter.
     pub poison: bool,
     /// Bytes of filler text, so bodies are not all one size.
     pub padding: usize,
