@@ -7,13 +7,13 @@
 //! from the stored `jsonb` by Postgres itself (see [`Projection`]).
 
 use std::cell::Cell;
-use std::fmt;
 
 use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
 use hookline_api::headers;
+use hookline_api::json::Walk;
 use hookline_api::validated::{FieldSource, ValidatedEndpoint};
-use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::DeserializeSeed;
 use serde_json::{Map, Value};
 
 /// An event ready to be stored.
@@ -247,104 +247,19 @@ pub enum JsonCheck<'a> {
 /// escapes, nesting at most 128 deep), without building it.
 pub fn check_json(body: &[u8]) -> JsonCheck<'_> {
     let nul = Cell::new(false);
+    let note_nul = |text: &str| {
+        if text.contains('\0') {
+            nul.set(true);
+        }
+    };
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let parsed = Check(&nul).deserialize(&mut deserializer).is_ok() && deserializer.end().is_ok();
+    let parsed =
+        Walk(note_nul).deserialize(&mut deserializer).is_ok() && deserializer.end().is_ok();
     match std::str::from_utf8(body) {
         // Outside its strings JSON is ASCII, and the strings were checked.
         Ok(text) if parsed && !nul.get() => JsonCheck::Jsonb(text),
         Ok(_) if parsed => JsonCheck::WithNul,
         Ok(_) | Err(_) => JsonCheck::NotJson,
-    }
-}
-
-/// Walks one JSON value, noting any NUL character in its strings and keys.
-/// Through `deserialize_any`, so serde_json's nesting limit holds as when
-/// building a `Value`.
-#[derive(Clone, Copy)]
-struct Check<'n>(&'n Cell<bool>);
-
-impl Check<'_> {
-    fn text<E>(self, text: &str) -> Result<(), E> {
-        if text.contains('\0') {
-            self.0.set(true);
-        }
-        Ok(())
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Check<'_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Check<'_> {
-    type Value = ();
-
-    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-        formatter.write_str("a JSON value")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_str<E>(self, text: &str) -> Result<(), E> {
-        self.text(text)
-    }
-
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(self)?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_key_seed(CheckKey(self))?.is_some() {
-            map.next_value_seed(self)?;
-        }
-        Ok(())
-    }
-}
-
-/// An object key: read as a string (UTF-8 and escapes checked, as a `Value`
-/// key would be), NUL noted.
-struct CheckKey<'n>(Check<'n>);
-
-impl<'de> DeserializeSeed<'de> for CheckKey<'_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for CheckKey<'_> {
-    type Value = ();
-
-    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-        formatter.write_str("an object key")
-    }
-
-    fn visit_str<E>(self, key: &str) -> Result<(), E> {
-        self.0.text(key)
     }
 }
 

@@ -6,6 +6,7 @@
 //!   that the receiver, the consumer and the operator all use.
 //! - [`naming`]: stream, subject, consumer and child object names, labels.
 //! - [`headers`]: the message-header contract between receiver and consumer.
+//! - [`json`]: walking JSON as serde_json reads it, without building it.
 //! - [`conditions`]: status condition types and reasons.
 //! - [`manifest`]: reading a manifest file, as the binaries do.
 //! - [`reference`]: `docs/reference.md`, generated from the CRD.
@@ -17,6 +18,7 @@
 pub mod conditions;
 pub mod defaults;
 pub mod headers;
+pub mod json;
 pub mod manifest;
 pub mod naming;
 #[cfg(feature = "jetstream")]

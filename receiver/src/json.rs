@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use hookline_api::json::SKIP;
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// The JSON pointers an endpoint reads, as a tree of reference tokens.
@@ -156,7 +157,7 @@ impl<'de> Visitor<'de> for Sparse<'_> {
             let wanted = self.0.children.get(&index.to_string());
             let item = match wanted {
                 Some(child) => seq.next_element_seed(Sparse(child))?,
-                None => seq.next_element_seed(Skip)?.map(|()| Value::Null),
+                None => seq.next_element_seed(SKIP)?.map(|()| Value::Null),
             };
             match item {
                 Some(item) => items.push(item),
@@ -175,69 +176,10 @@ impl<'de> Visitor<'de> for Sparse<'_> {
                     let value = map.next_value_seed(Sparse(child))?;
                     object.insert(key.clone(), value);
                 }
-                None => map.next_value_seed(Skip)?,
+                None => map.next_value_seed(SKIP)?,
             }
         }
         Ok(Value::Object(object))
-    }
-}
-
-/// Skips a value off the endpoint's pointers without building it. Through
-/// `deserialize_any` rather than `IgnoredAny`, so serde_json's nesting limit
-/// (128) holds as in a full parse: a body nested deeper is not JSON the
-/// endpoint takes, whichever reader it meets (and the consumer, which parses
-/// the whole body, could not store it).
-struct Skip;
-
-impl<'de> DeserializeSeed<'de> for Skip {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Skip {
-    type Value = ();
-
-    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-        formatter.write_str("a JSON value")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Skip)?.is_some() {}
-        Ok(())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_key::<IgnoredAny>()?.is_some() {
-            map.next_value_seed(Skip)?;
-        }
-        Ok(())
     }
 }
 
