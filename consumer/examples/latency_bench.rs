@@ -5,11 +5,17 @@
 //! the consumer's transaction has committed.
 //!
 //! ```text
-//! cargo run --release --example latency_bench -- [RATE] [SECONDS]
+//! cargo run --release --example latency_bench -- [RATE] [SECONDS] [CONSUMERS] [Buffer|Archive]
 //! ```
 //!
-//! Defaults: 1000 requests/s for 30 s. Everything runs on loopback (nats-server
-//! and Postgres started by `hookline-e2e`); the load stops by itself.
+//! Defaults: 1000 requests/s for 30 s, one consumer, a `Buffer` stream.
+//! Everything runs on loopback (nats-server and Postgres started by
+//! `hookline-e2e`); the load stops by itself.
+//!
+//! Also prints what the load cost: each process's CPU (millicores, from
+//! `/proc/PID/stat` over the load) and RSS (now and peak), and the disk the
+//! stream's JetStream store used once every event was committed: the sizing
+//! figures of the docs come from here.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +27,7 @@ use sha2::Sha256;
 use tokio::sync::Mutex;
 
 const SECRET: &str = "whsec_latency_bench_not_real";
+/// The endpoint; `{retention}` is `Buffer` or `Archive`.
 const MANIFEST: &str = "apiVersion: hookline.io/v1alpha1
 kind: WebhookEndpoint
 metadata: {name: latency, namespace: bench}
@@ -28,7 +35,44 @@ spec:
   provider: stripe
   secretRef: {name: bench}
   ingress: {path: /stripe}
+  stream: {retention: {retention}}
 ";
+
+/// Linux's USER_HZ: the unit of utime and stime in /proc/PID/stat.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU seconds (user + system) the process has used so far.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / CLOCK_TICKS_PER_SECOND)
+}
+
+/// A `/proc/PID/status` line's value, e.g. `VmRSS` -> `23456 kB`.
+fn proc_status(pid: u32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or("?")
+        .trim()
+        .to_owned()
+}
+
+/// Bytes of the files below `dir`.
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => disk_bytes(&entry.path()),
+            _ => entry.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
 
 fn signed(id: &str, padding: &str) -> (String, String) {
     let now = SystemTime::now()
@@ -55,11 +99,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let rate: u64 = args.next().map_or(Ok(1000), |a| a.parse())?;
     let seconds: u64 = args.next().map_or(Ok(30), |a| a.parse())?;
+    let consumers: usize = args.next().map_or(Ok(1), |a| a.parse())?;
+    let retention = args.next().unwrap_or_else(|| "Buffer".into());
+    if !["Buffer", "Archive"].contains(&retention.as_str()) {
+        return Err(format!("retention must be Buffer or Archive, not {retention:?}").into());
+    }
 
     let dir = tempfile::tempdir()?;
     let manifest = dir.path().join("endpoint.yaml");
-    std::fs::write(&manifest, MANIFEST)?;
+    std::fs::write(&manifest, MANIFEST.replace("{retention}", &retention))?;
     let mut pipeline = tokio::task::block_in_place(|| Pipeline::start(&manifest, SECRET, "warn"))?;
+    let mut more_consumers = tokio::task::block_in_place(|| {
+        (2..=consumers)
+            .map(|n| {
+                pipeline
+                    .consumer
+                    .another(dir.path().join(format!("consumer-{n}.log")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    let processes: Vec<(String, u32)> =
+        std::iter::once(("receiver".to_owned(), &pipeline.receiver))
+            .chain(
+                std::iter::once(&pipeline.consumer)
+                    .chain(&more_consumers)
+                    .enumerate()
+                    .map(|(n, service)| (format!("consumer {}", n + 1), service)),
+            )
+            .filter_map(|(name, service)| Some((name, service.id()?)))
+            .collect();
 
     let mut listener = sqlx::postgres::PgListener::connect(&pipeline.postgres.url()).await?;
     listener.listen("hookline_events").await?;
@@ -89,6 +157,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut ticker = tokio::time::interval(Duration::from_secs(1) / u32::try_from(rate)?);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let started = Instant::now();
+    let cpu_before: Vec<Option<f64>> = processes.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
     let mut requests = Vec::with_capacity(usize::try_from(total)?);
     for n in 0..total {
         ticker.tick().await;
@@ -115,8 +184,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for request in requests {
         accepted += u64::from(request.await.unwrap_or(false));
     }
-    let offered = total as f64 / started.elapsed().as_secs_f64();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let load_seconds = started.elapsed().as_secs_f64();
+    let cpu_used: Vec<Option<f64>> = processes
+        .iter()
+        .zip(&cpu_before)
+        .map(|((_, pid), before)| Some(cpu_seconds(*pid)? - (*before)?))
+        .collect();
+    let offered = total as f64 / load_seconds;
+    let deadline = Instant::now() + Duration::from_secs(300);
     while (committed_at.lock().await.len() as u64) < accepted && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -151,25 +226,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             latencies[latencies.len() - 1]
         );
     }
-    for (name, service) in [
-        ("receiver", &pipeline.receiver),
-        ("consumer", &pipeline.consumer),
-    ] {
-        let status = service
-            .id()
-            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-            .unwrap_or_default();
-        let peak = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .unwrap_or("?")
-            .trim()
-            .to_owned();
-        println!("{name} peak RSS {peak}");
+    for ((name, pid), cpu) in processes.iter().zip(&cpu_used) {
+        let millicores = cpu.map_or("?".into(), |cpu| {
+            format!("{:.0}", cpu / load_seconds * 1000.0)
+        });
+        println!(
+            "{name}: CPU {millicores} millicores over the load, RSS {} (peak {})",
+            proc_status(*pid, "VmRSS"),
+            proc_status(*pid, "VmHWM")
+        );
     }
+    println!(
+        "JetStream store on disk after the drain ({retention}): {:.1} MiB",
+        disk_bytes(pipeline.nats.store_dir()) as f64 / (1024.0 * 1024.0)
+    );
     tokio::task::block_in_place(|| {
         pipeline.receiver.terminate();
         pipeline.consumer.terminate();
+        for consumer in &mut more_consumers {
+            consumer.terminate();
+        }
     });
     Ok(())
 }

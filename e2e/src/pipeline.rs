@@ -201,6 +201,12 @@ impl Service {
         self.spawn_and_wait()
     }
 
+    /// One more instance of it, with the same flags and environment, on a
+    /// port of its own and logging to `log_path`; returns once it is ready.
+    pub fn another(&self, log_path: PathBuf) -> Result<Service> {
+        Self::start_logging_to(self.name, self.listen, &self.args, &self.envs, log_path)
+    }
+
     /// The loopback port it serves on (kept by [`Service::restart`]).
     pub fn port(&self) -> u16 {
         self.port
