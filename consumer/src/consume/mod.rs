@@ -46,8 +46,11 @@ pub struct Context {
 /// How long an idle pull waits on the server for a message; also the longest
 /// a shutdown waits for an idle pull to end.
 const PULL_EXPIRY: Duration = Duration::from_secs(1);
-/// The longest one pull (all its requests) may take.
-const PULL_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest one pull (all its requests) may take: an idle pull ends
+/// within `PULL_EXPIRY`, so one unanswered after this lost its answer (the
+/// connection dropped, e.g. nats-server restarted) and is asked again. Kept
+/// short because pulling resumes only after it.
+const PULL_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a failed pull (e.g. "max ack pending reached" while the database is
 /// down), the pause before the next one.
 const PULL_RETRY_DELAY: Duration = Duration::from_millis(500);
