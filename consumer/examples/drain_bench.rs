@@ -27,6 +27,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use chrono::{SecondsFormat, Utc};
 use hookline_api::{ValidatedEndpoint, headers};
+use hookline_e2e::proc_stats::{cpu_seconds, status_number};
 use hookline_e2e::{ChildProcess, NatsServer, Postgres, free_port};
 use rand::Rng;
 use sqlx::{PgPool, QueryBuilder};
@@ -180,25 +181,6 @@ async fn ceiling(
     rate
 }
 
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// User + system CPU seconds of `pid` so far.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
-}
-
 async fn metric(port: u16, name: &str) -> f64 {
     let text = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
         Ok(r) => r.text().await.unwrap_or_default(),
@@ -330,7 +312,7 @@ async fn main() {
     let mut consumer = ChildProcess::spawn(&mut command).expect("consumer");
     let mut peak_kib = 0;
     loop {
-        if let Some(kib) = vm_hwm_kib(consumer.id()) {
+        if let Some(kib) = status_number(consumer.id(), "VmHWM") {
             peak_kib = peak_kib.max(kib);
         }
         if count(&db, "SELECT count(*) FROM hookline.events").await >= n as i64 {
@@ -358,7 +340,7 @@ async fn main() {
     let wall_rate = n as f64 / wall.as_secs_f64();
     let duplicates = metric(port, "hookline_consumer_duplicates_total").await;
     let processed = metric(port, "hookline_consumer_events_processed_total").await;
-    if let Some(kib) = vm_hwm_kib(consumer.id()) {
+    if let Some(kib) = status_number(consumer.id(), "VmHWM") {
         peak_kib = peak_kib.max(kib);
     }
     let cpu = cpu_seconds(consumer.id()).unwrap_or(-1.0);

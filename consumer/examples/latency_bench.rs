@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use hookline_e2e::Pipeline;
+use hookline_e2e::proc_stats::{cpu_seconds, status_number};
 use sha2::Sha256;
 use tokio::sync::Mutex;
 
@@ -37,29 +38,6 @@ spec:
   ingress: {path: /stripe}
   stream: {retention: {retention}}
 ";
-
-/// Linux's USER_HZ: the unit of utime and stime in /proc/PID/stat.
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
-
-/// CPU seconds (user + system) the process has used so far.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / CLOCK_TICKS_PER_SECOND)
-}
-
-/// A `/proc/PID/status` line's value, e.g. `VmRSS` -> `23456 kB`.
-fn proc_status(pid: u32, field: &str) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .unwrap_or("?")
-        .trim()
-        .to_owned()
-}
 
 /// Bytes of the files below `dir`.
 fn disk_bytes(dir: &std::path::Path) -> u64 {
@@ -231,9 +209,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             format!("{:.0}", cpu / load_seconds * 1000.0)
         });
         println!(
-            "{name}: CPU {millicores} millicores over the load, RSS {} (peak {})",
-            proc_status(*pid, "VmRSS"),
-            proc_status(*pid, "VmHWM")
+            "{name}: CPU {millicores} millicores over the load, RSS {} KiB (peak {} KiB)",
+            status_number(*pid, "VmRSS").unwrap_or_default(),
+            status_number(*pid, "VmHWM").unwrap_or_default()
         );
     }
     println!(

@@ -42,6 +42,7 @@ mod nats;
 mod pipeline;
 mod ports;
 mod postgres;
+pub mod proc_stats;
 mod process;
 pub mod soak;
 

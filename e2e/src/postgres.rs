@@ -16,6 +16,7 @@ use crate::{
     error::{Result, TestServerError, io_err},
     launch::{Launch, spawn_until_ready, start_on_free_ports},
     ports::try_free_port,
+    proc_stats,
     process::{ChildProcess, LOG_TAIL_LINES, Signal, file_tail, send_signal},
 };
 
@@ -208,7 +209,12 @@ impl Postgres {
             .ok()
             .and_then(|text| text.lines().next()?.trim().parse::<u32>().ok());
         match from_file {
-            Some(pid) if pid != child && parent_pid(pid) == Some(child) => pid,
+            Some(pid)
+                if pid != child
+                    && proc_stats::status_number(pid, "PPid") == Some(u64::from(child)) =>
+            {
+                pid
+            }
             _ => child,
         }
     }
@@ -429,15 +435,4 @@ fn accepts(port: u16, pg_isready: Option<&Path>) -> bool {
         )
         .is_ok(),
     }
-}
-
-/// The parent pid of `pid`, from `/proc`.
-fn parent_pid(pid: u32) -> Option<u32> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("PPid:"))?
-        .trim()
-        .parse()
-        .ok()
 }

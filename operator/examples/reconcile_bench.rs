@@ -13,22 +13,9 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hookline_e2e::proc_stats::peak_rss_mib;
 use hookline_operator::reconcile::reconcile;
 use support::{Harness, example};
-
-/// Peak resident memory of this process, from `/proc/self/status`.
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|line| line.starts_with("VmHWM:"))
-                .and_then(|line| line.split_whitespace().nth(1))
-                .and_then(|kib| kib.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
 
 /// One reconcile of every endpoint; the time of each.
 async fn pass(harness: &mut Harness, endpoints: &[(String, String)]) -> Vec<Duration> {
@@ -107,6 +94,6 @@ async fn main() {
         .count();
     println!(
         "Ready {ready} of {count}; peak RSS {:.1} MiB (the in-memory API's copies included)",
-        peak_rss_mib()
+        peak_rss_mib(std::process::id()).unwrap_or_default()
     );
 }

@@ -47,6 +47,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{Parser, Subcommand, ValueEnum};
 use hmac::{Hmac, Mac};
+use hookline_e2e::proc_stats::{cpu_seconds, peak_rss_mib};
 use hookline_e2e::{ChildProcess, NatsServer, free_port, workspace_bin};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -471,49 +472,12 @@ struct Report {
     cpu_us: f64,
 }
 
-/// User + system CPU time of `pid` so far, in seconds (clock ticks of 10 ms).
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return f64::NAN;
-    };
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|field| field.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 fn percentile(sorted: &[u32], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
     let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
     f64::from(sorted[index]) / 1000.0
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmHWM:"))
-                .and_then(|value| {
-                    value
-                        .trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<f64>()
-                        .ok()
-                })
-        })
-        .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
 async fn wait_listening(address: SocketAddr, child: &mut ChildProcess) {
@@ -591,7 +555,7 @@ async fn measure(
         let warmup = cli.warmup;
         let cpu_at_start = tokio::spawn(async move {
             tokio::time::sleep(warmup).await;
-            cpu_seconds(pid)
+            cpu_seconds(pid).unwrap_or(f64::NAN)
         });
         let measured = load(
             address,
@@ -603,7 +567,7 @@ async fn measure(
         )
         .await;
         let started = cpu_at_start.await.unwrap_or(f64::NAN);
-        cpu_used = cpu_seconds(pid) - started;
+        cpu_used = cpu_seconds(pid).unwrap_or(f64::NAN) - started;
         measured
     };
     totals.latencies_us.sort_unstable();
@@ -615,7 +579,7 @@ async fn measure(
         p99: percentile(&totals.latencies_us, 0.99),
         p999: percentile(&totals.latencies_us, 0.999),
         errors: totals.errors,
-        peak_rss_mib: peak_rss_mib(child.id()),
+        peak_rss_mib: peak_rss_mib(child.id()).unwrap_or(f64::NAN),
         stored: stream_messages(stream).await,
         cpu_us: cpu_used * 1e6 / totals.latencies_us.len().max(1) as f64,
     }

@@ -15,6 +15,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use common::*;
 use futures::StreamExt;
+use hookline_e2e::proc_stats::status_number;
 use hookline_e2e::{ChildProcess, NatsServer, free_port};
 use reqwest::header::HeaderValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -592,16 +593,6 @@ async fn more_than_100_header_fields_are_431() {
 
 // ---- the real binary, 10,000 hostile requests ----
 
-/// VmRSS of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line")
-}
-
 /// How much the receiver's resident memory may grow over 10,000 hostile
 /// requests. Measured here: 10 to 15 MiB, the same after 30,000 requests, so
 /// it is the allocator settling (mimalloc keeps freed pages for reuse, per
@@ -734,7 +725,7 @@ async fn ten_thousand_hostile_requests_leave_the_binary_up_with_memory_bounded()
             .await
             .unwrap_or_else(|err| panic!("warm-up {case}: {err}"));
     }
-    let before = rss_kib(pid);
+    let before = status_number(pid, "VmRSS").expect("VmRSS of the receiver");
     let started = Instant::now();
     let statuses: Vec<(usize, u16)> = futures::stream::iter(0..10_000usize)
         .map(|n| {
@@ -751,7 +742,7 @@ async fn ten_thousand_hostile_requests_leave_the_binary_up_with_memory_bounded()
         .buffer_unordered(8)
         .collect()
         .await;
-    let after = rss_kib(pid);
+    let after = status_number(pid, "VmRSS").expect("VmRSS of the receiver");
     println!(
         "10,000 hostile requests in {:?}: VmRSS {before} KiB before, {after} KiB after",
         started.elapsed()

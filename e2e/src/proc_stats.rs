@@ -1,0 +1,49 @@
+//! What `/proc` says about a process: its CPU time and memory, for the
+//! benchmarks' cost figures and the leak checks, and its parent.
+
+use std::fs;
+
+/// Linux's USER_HZ: the unit of utime and stime in `/proc/PID/stat`.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+
+/// User + system CPU seconds `pid` has used so far.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / CLOCK_TICKS_PER_SECOND)
+}
+
+/// The number of a `/proc/PID/status` line: `VmRSS` and `VmHWM` (peak) in
+/// KiB, `PPid`, …
+pub fn status_number(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `VmHWM` (peak resident memory) of `pid` in MiB.
+pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    status_number(pid, "VmHWM").map(|kib| kib as f64 / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_has_cpu_time_memory_and_a_parent() {
+        let me = std::process::id();
+        assert!(cpu_seconds(me).is_some_and(|seconds| seconds >= 0.0));
+        assert!(status_number(me, "VmRSS").is_some_and(|kib| kib > 0));
+        assert!(peak_rss_mib(me).is_some_and(|mib| mib > 0.0));
+        assert!(status_number(me, "PPid").is_some());
+        assert_eq!(status_number(me, "NoSuchField"), None);
+    }
+}
