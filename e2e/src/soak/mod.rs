@@ -13,15 +13,18 @@
 //! - `providers`: how each provider builds and signs a delivery, written
 //!   independently of the receiver.
 //! - `plan`: the events, from a seed: redeliveries, out-of-order pairs, poison.
+//! - `endpoint`: one endpoint per provider, its manifest and its processes.
 //! - `fleet`: the processes, their logs, and JetStream's view of the streams.
 //! - `load`: the senders, with bounded concurrency and provider-like retries.
-//! - `faults`: the schedule and its timed recoveries.
+//! - `faults`: the schedule and its timed recoveries; `fault_report`: what each did.
 //! - `verify`: the checks against Postgres and the logs.
 //!
 //! Everything blocks, like the rest of this crate: [`run`] makes its own
 //! tokio runtime for the senders. A test runs it with about 5,000 events
 //! and every kind of fault once; `examples/soak.rs` runs it big.
 
+mod endpoint;
+mod fault_report;
 mod faults;
 mod fleet;
 mod load;
@@ -40,7 +43,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Semaphore;
 
-pub use faults::{FaultKind, FaultReport, Timing};
+pub use fault_report::FaultReport;
+pub use faults::{FaultKind, Timing};
 pub use providers::Provider;
 pub use verify::Checks;
 
