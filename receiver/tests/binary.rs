@@ -4,7 +4,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use hookline_e2e::{ChildProcess, NatsServer, Signal, free_port};
@@ -109,18 +109,8 @@ async fn binary_configured_by_environment_stores_events_and_exits_on_sigterm() {
         .env("RUST_LOG", "info");
     let mut child = ChildProcess::spawn(&mut command).expect("spawn receiver");
     let base = format!("http://127.0.0.1:{port}");
+    wait_until_binary_ready(&mut child, &base, Duration::from_secs(20)).await;
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(response) = http.get(format!("{base}/readyz")).send().await
-            && response.status() == 200
-        {
-            break;
-        }
-        assert!(child.is_running(), "receiver exited:\n{}", child.log());
-        assert!(Instant::now() < deadline, "not ready:\n{}", child.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     let body = br#"{"action":"created","hook_id":42}"#;
     let mut request = http.post(format!("{base}/github")).body(body.to_vec());

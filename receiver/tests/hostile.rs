@@ -399,20 +399,31 @@ async fn bodies_over_the_limit_are_413_with_or_without_content_length() {
     still_serving_and_holding(&receiver, 0).await;
 }
 
+/// Connects and writes the request's head and `body` (which may be shorter
+/// than the head's Content-Length), leaving the connection open.
+async fn write_head_and_body(
+    receiver: &Receiver,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(receiver.address())
+        .await
+        .expect("connect");
+    stream
+        .write_all(&raw_head(&receiver.path, headers))
+        .await
+        .expect("head");
+    stream.write_all(body).await.expect("body");
+    stream
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_body_shorter_than_its_content_length_is_400_at_end_of_file() {
     let receiver = Receiver::start(&manifest("github", ""), SECRET).await;
     let body = br#"{"action":"opened"}"#;
     let mut headers = github_signed(body, "short");
     headers.push(("Content-Length".into(), "1000".into()));
-    let mut stream = tokio::net::TcpStream::connect(receiver.address())
-        .await
-        .expect("connect");
-    stream
-        .write_all(&raw_head(&receiver.path, &headers))
-        .await
-        .expect("head");
-    stream.write_all(body).await.expect("body");
+    let mut stream = write_head_and_body(&receiver, &headers, body).await;
     stream.shutdown().await.expect("end of file");
     let mut answer = String::new();
     stream.read_to_string(&mut answer).await.expect("answer");
@@ -436,14 +447,7 @@ async fn a_body_that_stops_short_of_its_content_length_is_408_at_the_request_tim
     let body = br#"{"action":"opened"}"#;
     let mut headers = github_signed(body, "stalled");
     headers.push(("Content-Length".into(), "1000".into()));
-    let mut stream = tokio::net::TcpStream::connect(receiver.address())
-        .await
-        .expect("connect");
-    stream
-        .write_all(&raw_head(&receiver.path, &headers))
-        .await
-        .expect("head");
-    stream.write_all(body).await.expect("body");
+    let mut stream = write_head_and_body(&receiver, &headers, body).await;
     let started = Instant::now();
     let mut answer = vec![0u8; 4096];
     let read = stream.read(&mut answer).await.expect("answer");
@@ -623,18 +627,8 @@ async fn ten_thousand_hostile_requests_leave_the_binary_up_with_memory_bounded()
         .env("RUST_LOG", "warn");
     let mut child = ChildProcess::spawn(&mut command).expect("spawn receiver");
     let base = format!("http://127.0.0.1:{port}");
+    wait_until_binary_ready(&mut child, &base, Duration::from_secs(30)).await;
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(response) = http.get(format!("{base}/readyz")).send().await
-            && response.status() == 200
-        {
-            break;
-        }
-        assert!(child.is_running(), "receiver exited:\n{}", child.log());
-        assert!(Instant::now() < deadline, "not ready:\n{}", child.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     // The kinds of hostile request, each with the status it must get.
     let url = format!("{base}/default/test");

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_nats::jetstream::message::StreamMessage;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use hookline_e2e::NatsServer;
+use hookline_e2e::{ChildProcess, NatsServer};
 use hookline_receiver::{Config, run};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -432,4 +432,26 @@ pub fn status_of(answer: &str) -> u16 {
 /// The body of a raw answer (after the blank line).
 pub fn body_of(answer: &str) -> &str {
     answer.split_once("\r\n\r\n").map_or("", |(_, body)| body)
+}
+
+/// Waits until the receiver binary running as `child` answers `GET
+/// {base}/readyz` with 200; fails with its log if it exits or takes longer
+/// than `limit`.
+pub async fn wait_until_binary_ready(child: &mut ChildProcess, base: &str, limit: Duration) {
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Ok(response) = http.get(format!("{base}/readyz")).send().await
+            && response.status() == 200
+        {
+            return;
+        }
+        assert!(child.is_running(), "receiver exited:\n{}", child.log());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready:\n{}",
+            child.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
