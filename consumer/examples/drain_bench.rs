@@ -27,13 +27,17 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use chrono::{SecondsFormat, Utc};
 use hookline_api::{ValidatedEndpoint, headers};
-use hookline_e2e::proc_stats::{cpu_seconds, status_number};
+use hookline_e2e::proc_stats::{MachineCpu, cpu_seconds, status_number};
 use hookline_e2e::{ChildProcess, NatsServer, Postgres, free_port};
 use rand::Rng;
 use sqlx::{PgPool, QueryBuilder};
 
 const BODY_BYTES: usize = 5 * 1024;
 const CEILING_BATCH: usize = 100;
+/// What Postgres alone does with several transactions in flight (the
+/// consumer's default `--concurrency`): an upper bound for the consumer's own
+/// overlap on this machine, printed next to the ratio.
+const PARALLEL_CONNECTIONS: usize = 4;
 
 struct Generated {
     id: String,
@@ -121,17 +125,29 @@ fn headers_for(endpoint: &ValidatedEndpoint, event: &Generated) -> HeaderMap {
     map
 }
 
+/// Where the write-ahead log is now, in bytes.
+async fn wal_position(db: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::int8")
+        .fetch_one(db)
+        .await
+        .expect("WAL position")
+}
+
 async fn count(db: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(db).await.unwrap_or(-1)
 }
 
-/// The ceiling: the same rows, multi-row INSERT … ON CONFLICT DO NOTHING, 100 per transaction.
+/// The ceiling: the same rows, multi-row INSERT … ON CONFLICT DO NOTHING, 100
+/// per transaction, over `connections` connections (each its own share of the
+/// rows). Answers rows/s, how many of the machine's cores were busy and the
+/// WAL bytes written per row.
 async fn ceiling(
     db: &PgPool,
     endpoint: &ValidatedEndpoint,
     events: &[Generated],
     table: &str,
-) -> f64 {
+    connections: usize,
+) -> (f64, f64, f64) {
     sqlx::query(&format!(
         "CREATE TABLE hookline.{table} (LIKE hookline.events INCLUDING ALL)"
     ))
@@ -139,46 +155,61 @@ async fn ceiling(
     .await
     .expect("ceiling table");
     let key = endpoint.key();
-    let headers_json: Vec<String> = events
+    let rows: Vec<(&Generated, String)> = events
         .iter()
         .map(|e| {
-            hookline_consumer::decode::headers_json(Some(&headers_for(endpoint, e))).to_string()
+            let headers = hookline_consumer::decode::headers_json(Some(&headers_for(endpoint, e)))
+                .to_string();
+            (e, headers)
         })
         .collect();
-    let mut conn = db.acquire().await.expect("connection");
-    let started = Instant::now();
-    for (chunk, chunk_headers) in events
-        .chunks(CEILING_BATCH)
-        .zip(headers_json.chunks(CEILING_BATCH))
-    {
-        let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
-        let mut insert = QueryBuilder::new(format!(
-            "INSERT INTO hookline.{table} (endpoint, event_id, event_type, event_timestamp, object_id, \
-             received_at, deliveries, headers, payload) "
-        ));
-        insert.push_values(chunk.iter().zip(chunk_headers), |mut row, (e, h)| {
-            row.push_bind(&key)
-                .push_bind(&e.id)
-                .push_bind(e.event_type)
-                .push_bind(&e.timestamp)
-                .push_unseparated("::timestamptz")
-                .push_bind(&e.object_id)
-                .push_bind(&e.received_at)
-                .push_unseparated("::timestamptz")
-                .push_bind(1_i32)
-                .push_bind(h)
-                .push_unseparated("::jsonb")
-                .push_bind(&e.body)
-                .push_unseparated("::jsonb");
-        });
-        insert.push(" ON CONFLICT (endpoint, event_id) DO NOTHING");
-        insert.build().execute(&mut *tx).await.expect("insert");
-        tx.commit().await.expect("commit");
+    let mut conns = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        conns.push(db.acquire().await.expect("connection"));
     }
+    let wal = wal_position(db).await;
+    let cpu = MachineCpu::now().expect("/proc/stat");
+    let started = Instant::now();
+    let share = rows.len().div_ceil(connections.max(1));
+    let writers = conns.iter_mut().zip(rows.chunks(share)).map(|(conn, rows)| {
+        let key = &key;
+        async move {
+            for chunk in rows.chunks(CEILING_BATCH) {
+                let mut tx = sqlx::Connection::begin(&mut **conn).await.expect("begin");
+                let mut insert = QueryBuilder::new(format!(
+                    "INSERT INTO hookline.{table} (endpoint, event_id, event_type, event_timestamp, \
+                     object_id, received_at, deliveries, headers, payload) "
+                ));
+                insert.push_values(chunk, |mut row, (e, h)| {
+                    row.push_bind(key)
+                        .push_bind(&e.id)
+                        .push_bind(e.event_type)
+                        .push_bind(&e.timestamp)
+                        .push_unseparated("::timestamptz")
+                        .push_bind(&e.object_id)
+                        .push_bind(&e.received_at)
+                        .push_unseparated("::timestamptz")
+                        .push_bind(1_i32)
+                        .push_bind(h)
+                        .push_unseparated("::jsonb")
+                        .push_bind(&e.body)
+                        .push_unseparated("::jsonb");
+                });
+                insert.push(" ON CONFLICT (endpoint, event_id) DO NOTHING");
+                insert.build().execute(&mut *tx).await.expect("insert");
+                tx.commit().await.expect("commit");
+            }
+        }
+    });
+    futures::future::join_all(writers).await;
     let rate = events.len() as f64 / started.elapsed().as_secs_f64();
+    let busy = MachineCpu::now()
+        .expect("/proc/stat")
+        .busy_cores_since(&cpu);
+    let wal_per_row = (wal_position(db).await - wal) as f64 / events.len() as f64;
     let stored = count(db, &format!("SELECT count(*) FROM hookline.{table}")).await;
     assert_eq!(stored, events.len() as i64);
-    rate
+    (rate, busy, wal_per_row)
 }
 
 async fn metric(port: u16, name: &str) -> f64 {
@@ -279,7 +310,7 @@ async fn main() {
 
     // Schema first (a consumer run with nothing to do would also make it).
     let db = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
+        .max_connections(PARALLEL_CONNECTIONS as u32 + 1)
         .connect(&pg.url())
         .await
         .expect("Postgres");
@@ -293,7 +324,8 @@ async fn main() {
         println!("ran: {statement}");
     }
 
-    let ceiling_before = ceiling(&db, &endpoint, &events, "ceiling_before").await;
+    let (ceiling_before, ceiling_before_cores, ceiling_before_wal) =
+        ceiling(&db, &endpoint, &events, "ceiling_before", 1).await;
     println!("ceiling (before the drain): {ceiling_before:.0} rows/s");
 
     let port = free_port();
@@ -308,6 +340,8 @@ async fn main() {
         command.args(["--concurrency", concurrency]);
     }
     let concurrency = cli.concurrency.as_deref().unwrap_or("default");
+    let wal = wal_position(&db).await;
+    let machine = MachineCpu::now().expect("/proc/stat");
     let started = Instant::now();
     let mut consumer = ChildProcess::spawn(&mut command).expect("consumer");
     let mut peak_kib = 0;
@@ -330,6 +364,10 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let wall = started.elapsed();
+    let drain_cores = MachineCpu::now()
+        .expect("/proc/stat")
+        .busy_cores_since(&machine);
+    let drain_wal = (wal_position(&db).await - wal) as f64 / n as f64;
     let (first, last): (f64, f64) = sqlx::query_as(
         "SELECT extract(epoch FROM min(processed_at))::float8, extract(epoch FROM max(processed_at))::float8 FROM hookline.events",
     )
@@ -355,21 +393,43 @@ async fn main() {
     )
     .await;
 
-    let ceiling_after = ceiling(&db, &endpoint, &events, "ceiling_after").await;
+    let (ceiling_after, ceiling_after_cores, ceiling_after_wal) =
+        ceiling(&db, &endpoint, &events, "ceiling_after", 1).await;
     println!("ceiling (after the drain): {ceiling_after:.0} rows/s");
-    let ceiling_rate = ceiling_before.max(ceiling_after);
+    let (ceiling_rate, ceiling_cores, ceiling_wal) = if ceiling_before >= ceiling_after {
+        (ceiling_before, ceiling_before_cores, ceiling_before_wal)
+    } else {
+        (ceiling_after, ceiling_after_cores, ceiling_after_wal)
+    };
+    let (parallel, parallel_cores, parallel_wal) = ceiling(
+        &db,
+        &endpoint,
+        &events,
+        "ceiling_parallel",
+        PARALLEL_CONNECTIONS,
+    )
+    .await;
 
     println!();
     println!(
         "events:                 {n} x ~{mean} B, batchSize {}, concurrency {concurrency}",
         cli.batch_size
     );
+    let cores = machine.cores();
     println!("drain (first→last commit): {drain:.0} rows/s");
-    println!("drain (spawn→all stored):  {wall_rate:.0} rows/s ({wall:.2?})");
-    println!("ceiling (best of two):     {ceiling_rate:.0} rows/s");
+    println!(
+        "drain (spawn→all stored):  {wall_rate:.0} rows/s ({wall:.2?}), {drain_cores:.2} of {cores} cores busy, WAL {drain_wal:.0} B/row"
+    );
+    println!(
+        "ceiling (best of two):     {ceiling_rate:.0} rows/s, {ceiling_cores:.2} of {cores} cores busy, WAL {ceiling_wal:.0} B/row"
+    );
     println!(
         "ratio:                     {:.0} %",
         100.0 * drain / ceiling_rate
+    );
+    println!(
+        "the same INSERTs over {PARALLEL_CONNECTIONS} connections: {parallel:.0} rows/s ({:.2}x the ceiling), {parallel_cores:.2} of {cores} cores busy, WAL {parallel_wal:.0} B/row",
+        parallel / ceiling_rate
     );
     println!(
         "stored {stored}, distinct {distinct}, processed metric {processed}, duplicates {duplicates}"

@@ -719,6 +719,19 @@ async fn migrations_run_safely_from_many_instances_at_once() {
         .psql("SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'hookline'")
         .expect("psql");
     assert_eq!(tables, "_sqlx_migrations,dead_letters,events,objects");
+    // The test server (PostgreSQL 15, Debian's build) has lz4: large values use it.
+    let compressed = pg
+        .psql(
+            "SELECT string_agg(attrelid::regclass || '.' || attname || '=' || attcompression::text, ',' \
+             ORDER BY attrelid::regclass::text, attname) FROM pg_attribute \
+             WHERE attrelid::regclass::text LIKE 'hookline.%' AND attcompression <> ''",
+        )
+        .expect("psql");
+    assert_eq!(
+        compressed,
+        "hookline.dead_letters.payload=l,hookline.events.headers=l,hookline.events.payload=l,\
+         hookline.events.payload_raw=l,hookline.objects.state=l"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

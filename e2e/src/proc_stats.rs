@@ -28,6 +28,53 @@ pub fn status_number(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// The whole machine's CPU time so far, from `/proc/stat`: busy and total
+/// ticks over every core. Two readings tell how many cores were busy between
+/// them ([`MachineCpu::busy_cores_since`]), i.e. whether a benchmark was
+/// bound by the CPU rather than by what it measures.
+#[derive(Clone, Copy, Debug)]
+pub struct MachineCpu {
+    busy: u64,
+    total: u64,
+    cores: usize,
+}
+
+impl MachineCpu {
+    pub fn now() -> Option<MachineCpu> {
+        let stat = fs::read_to_string("/proc/stat").ok()?;
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()?
+            .strip_prefix("cpu ")?
+            .split_whitespace()
+            .filter_map(|field| field.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal …: idle and iowait are not busy.
+        let idle = ticks.get(3)? + ticks.get(4)?;
+        let total: u64 = ticks.iter().take(8).sum();
+        let cores = stat
+            .lines()
+            .filter(|line| line.starts_with("cpu") && !line.starts_with("cpu "))
+            .count();
+        Some(MachineCpu {
+            busy: total - idle,
+            total,
+            cores,
+        })
+    }
+
+    /// How many cores were busy, on average, since `earlier`.
+    pub fn busy_cores_since(&self, earlier: &MachineCpu) -> f64 {
+        let total = self.total.saturating_sub(earlier.total).max(1);
+        let busy = self.busy.saturating_sub(earlier.busy);
+        busy as f64 / total as f64 * self.cores as f64
+    }
+
+    pub fn cores(&self) -> usize {
+        self.cores
+    }
+}
+
 /// `VmHWM` (peak resident memory) of `pid` in MiB.
 pub fn peak_rss_mib(pid: u32) -> Option<f64> {
     status_number(pid, "VmHWM").map(|kib| kib as f64 / 1024.0)
@@ -45,5 +92,16 @@ mod tests {
         assert!(peak_rss_mib(me).is_some_and(|mib| mib > 0.0));
         assert!(status_number(me, "PPid").is_some());
         assert_eq!(status_number(me, "NoSuchField"), None);
+    }
+
+    #[test]
+    fn the_machine_has_cores_and_busy_time() {
+        let before = MachineCpu::now().expect("/proc/stat");
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(50) {}
+        let after = MachineCpu::now().expect("/proc/stat");
+        assert!(after.cores() >= 1);
+        let busy = after.busy_cores_since(&before);
+        assert!((0.0..=after.cores() as f64).contains(&busy), "{busy}");
     }
 }
