@@ -125,6 +125,25 @@ fn headers_for(endpoint: &ValidatedEndpoint, event: &Generated) -> HeaderMap {
     map
 }
 
+/// One measured write: rows/s, how many of the machine's cores were busy,
+/// and the write-ahead log written per row (bytes).
+#[derive(Clone, Copy)]
+struct Measured {
+    rate: f64,
+    busy_cores: f64,
+    wal_per_row: f64,
+}
+
+impl std::fmt::Display for Measured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.0} rows/s, {:.2} cores busy, WAL {:.0} B/row",
+            self.rate, self.busy_cores, self.wal_per_row
+        )
+    }
+}
+
 /// Where the write-ahead log is now, in bytes.
 async fn wal_position(db: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::int8")
@@ -139,15 +158,14 @@ async fn count(db: &PgPool, sql: &str) -> i64 {
 
 /// The ceiling: the same rows, multi-row INSERT … ON CONFLICT DO NOTHING, 100
 /// per transaction, over `connections` connections (each its own share of the
-/// rows). Answers rows/s, how many of the machine's cores were busy and the
-/// WAL bytes written per row.
+/// rows).
 async fn ceiling(
     db: &PgPool,
     endpoint: &ValidatedEndpoint,
     events: &[Generated],
     table: &str,
     connections: usize,
-) -> (f64, f64, f64) {
+) -> Measured {
     sqlx::query(&format!(
         "CREATE TABLE hookline.{table} (LIKE hookline.events INCLUDING ALL)"
     ))
@@ -202,14 +220,16 @@ async fn ceiling(
         }
     });
     futures::future::join_all(writers).await;
-    let rate = events.len() as f64 / started.elapsed().as_secs_f64();
-    let busy = MachineCpu::now()
-        .expect("/proc/stat")
-        .busy_cores_since(&cpu);
-    let wal_per_row = (wal_position(db).await - wal) as f64 / events.len() as f64;
+    let measured = Measured {
+        rate: events.len() as f64 / started.elapsed().as_secs_f64(),
+        busy_cores: MachineCpu::now()
+            .expect("/proc/stat")
+            .busy_cores_since(&cpu),
+        wal_per_row: (wal_position(db).await - wal) as f64 / events.len() as f64,
+    };
     let stored = count(db, &format!("SELECT count(*) FROM hookline.{table}")).await;
     assert_eq!(stored, events.len() as i64);
-    (rate, busy, wal_per_row)
+    measured
 }
 
 async fn metric(port: u16, name: &str) -> f64 {
@@ -324,9 +344,8 @@ async fn main() {
         println!("ran: {statement}");
     }
 
-    let (ceiling_before, ceiling_before_cores, ceiling_before_wal) =
-        ceiling(&db, &endpoint, &events, "ceiling_before", 1).await;
-    println!("ceiling (before the drain): {ceiling_before:.0} rows/s");
+    let ceiling_before = ceiling(&db, &endpoint, &events, "ceiling_before", 1).await;
+    println!("ceiling (before the drain): {ceiling_before}");
 
     let port = free_port();
     let mut command = Command::new(&binary);
@@ -364,10 +383,10 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let wall = started.elapsed();
-    let drain_cores = MachineCpu::now()
+    let busy_cores = MachineCpu::now()
         .expect("/proc/stat")
         .busy_cores_since(&machine);
-    let drain_wal = (wal_position(&db).await - wal) as f64 / n as f64;
+    let wal_per_row = (wal_position(&db).await - wal) as f64 / n as f64;
     let (first, last): (f64, f64) = sqlx::query_as(
         "SELECT extract(epoch FROM min(processed_at))::float8, extract(epoch FROM max(processed_at))::float8 FROM hookline.events",
     )
@@ -375,7 +394,11 @@ async fn main() {
     .await
     .expect("times");
     let drain = n as f64 / (last - first).max(1e-9);
-    let wall_rate = n as f64 / wall.as_secs_f64();
+    let whole = Measured {
+        rate: n as f64 / wall.as_secs_f64(),
+        busy_cores,
+        wal_per_row,
+    };
     let duplicates = metric(port, "hookline_consumer_duplicates_total").await;
     let processed = metric(port, "hookline_consumer_events_processed_total").await;
     if let Some(kib) = status_number(consumer.id(), "VmHWM") {
@@ -393,15 +416,14 @@ async fn main() {
     )
     .await;
 
-    let (ceiling_after, ceiling_after_cores, ceiling_after_wal) =
-        ceiling(&db, &endpoint, &events, "ceiling_after", 1).await;
-    println!("ceiling (after the drain): {ceiling_after:.0} rows/s");
-    let (ceiling_rate, ceiling_cores, ceiling_wal) = if ceiling_before >= ceiling_after {
-        (ceiling_before, ceiling_before_cores, ceiling_before_wal)
+    let ceiling_after = ceiling(&db, &endpoint, &events, "ceiling_after", 1).await;
+    println!("ceiling (after the drain): {ceiling_after}");
+    let best = if ceiling_before.rate >= ceiling_after.rate {
+        ceiling_before
     } else {
-        (ceiling_after, ceiling_after_cores, ceiling_after_wal)
+        ceiling_after
     };
-    let (parallel, parallel_cores, parallel_wal) = ceiling(
+    let parallel = ceiling(
         &db,
         &endpoint,
         &events,
@@ -415,21 +437,17 @@ async fn main() {
         "events:                 {n} x ~{mean} B, batchSize {}, concurrency {concurrency}",
         cli.batch_size
     );
-    let cores = machine.cores();
+    println!("cores:                     {}", machine.cores());
     println!("drain (first→last commit): {drain:.0} rows/s");
-    println!(
-        "drain (spawn→all stored):  {wall_rate:.0} rows/s ({wall:.2?}), {drain_cores:.2} of {cores} cores busy, WAL {drain_wal:.0} B/row"
-    );
-    println!(
-        "ceiling (best of two):     {ceiling_rate:.0} rows/s, {ceiling_cores:.2} of {cores} cores busy, WAL {ceiling_wal:.0} B/row"
-    );
+    println!("drain (spawn→all stored):  {whole} ({wall:.2?})");
+    println!("ceiling (best of two):     {best}");
     println!(
         "ratio:                     {:.0} %",
-        100.0 * drain / ceiling_rate
+        100.0 * drain / best.rate
     );
     println!(
-        "the same INSERTs over {PARALLEL_CONNECTIONS} connections: {parallel:.0} rows/s ({:.2}x the ceiling), {parallel_cores:.2} of {cores} cores busy, WAL {parallel_wal:.0} B/row",
-        parallel / ceiling_rate
+        "the same INSERTs over {PARALLEL_CONNECTIONS} connections: {parallel} ({:.2}x the ceiling)",
+        parallel.rate / best.rate
     );
     println!(
         "stored {stored}, distinct {distinct}, processed metric {processed}, duplicates {duplicates}"

@@ -14,7 +14,11 @@
 //!
 //! Prints accepted req/s, p50/p99/p99.9 latency and errors for each round of
 //! each server (rounds alternate which goes first, to spread the noise of a
-//! shared machine), the mean ratios, and each server's peak RSS (VmHWM). Both
+//! shared machine), the mean ratios, and each server's peak RSS (VmHWM) and
+//! CPU per request (its own, and the whole machine's). Then it times the
+//! receiver's steps without I/O, and the least any receiver must add to the
+//! ceiling (HMAC over the body, a JSON check), and says what ratio each would
+//! allow at best: the part of the gap no receiver can close. Both
 //! servers and the client use mimalloc, like the receiver binary. The
 //! receiver runs at its default log level (`info`), as it is deployed.
 //!
@@ -47,7 +51,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{Parser, Subcommand, ValueEnum};
 use hmac::{Hmac, Mac};
-use hookline_e2e::proc_stats::{cpu_seconds, peak_rss_mib};
+use hookline_e2e::proc_stats::{MachineCpu, cpu_seconds, peak_rss_mib};
 use hookline_e2e::{ChildProcess, NatsServer, free_port, workspace_bin};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -238,6 +242,87 @@ async fn ceiling_handler(
             Err(_) => StatusCode::SERVICE_UNAVAILABLE,
         },
         Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+// ---- where a request's CPU goes, without I/O ----
+
+/// µs per request of each step, timed on this machine with the receiver's own
+/// code, and of the least any receiver must do that the ceiling does not.
+struct StepCosts {
+    /// `Verifier::verify`: the signature header, the timestamp, the HMAC.
+    verify_us: f64,
+    /// `parse_json`: the body's media type and the JSON read of the pointers.
+    json_us: f64,
+    /// `event::extract` and `event::message_headers`: the event's fields and
+    /// the NATS message's headers.
+    message_us: f64,
+    /// The least: HMAC-SHA256 over the body (hmac + sha2, as the receiver).
+    hmac_us: f64,
+    /// The least: checking the body is JSON (serde_json reading into nothing).
+    json_check_us: f64,
+}
+
+fn step_costs(
+    maker: &EventMaker,
+    endpoint: &hookline_api::ValidatedEndpoint,
+    secret: &str,
+) -> StepCosts {
+    use hookline_receiver::checks::{body::parse_json, signature::Verifier};
+    use hookline_receiver::event;
+    use hookline_receiver::secrets::SecretSet;
+
+    const AT_LEAST: Duration = Duration::from_millis(500);
+    let signed = maker.make("evt_step_costs_000000");
+    let body = &signed.body[..];
+    let mut headers = HeaderMap::new();
+    for (name, value) in &signed.headers {
+        if let Ok(value) = value.parse() {
+            headers.insert(*name, value);
+        }
+    }
+    let scheme = &endpoint.verification;
+    let secrets = SecretSet::parse(secret, scheme.secret_format, scheme.algorithm);
+    let verifier = Verifier::new(scheme.clone());
+    let reader = hookline_receiver::state::json_reader(endpoint, false);
+    let fields = event::Fields::new(&endpoint.event);
+    let context = event::HeaderContext::new(endpoint);
+    let require_json = endpoint.request.require_json;
+    let now = i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    let json = parse_json(&reader, &headers, body, require_json).unwrap_or_default();
+    let per_call = |work: &dyn Fn() -> usize| {
+        let started = Instant::now();
+        let mut calls = 0_u32;
+        let mut sink = 0;
+        while started.elapsed() < AT_LEAST {
+            sink += std::hint::black_box(work());
+            calls += 1;
+        }
+        std::hint::black_box(sink);
+        started.elapsed().as_secs_f64() * 1e6 / f64::from(calls.max(1))
+    };
+    StepCosts {
+        verify_us: per_call(&|| {
+            usize::from(verifier.verify(&headers, body, &secrets, now).is_ok())
+        }),
+        json_us: per_call(&|| {
+            usize::from(parse_json(&reader, &headers, body, require_json).is_ok())
+        }),
+        message_us: per_call(&|| {
+            event::extract(&fields, &headers, json.as_ref(), body).map_or(0, |info| {
+                event::message_headers(&context, &info, &headers, &event::now_rfc3339()).len()
+            })
+        }),
+        hmac_us: per_call(&|| maker.sign(&[b"1700000000.", body]).len()),
+        json_check_us: per_call(&|| {
+            usize::from(serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok())
+        }),
     }
 }
 
@@ -470,6 +555,8 @@ struct Report {
     stored: u64,
     /// The server's CPU time (user + system) per answered request, in µs.
     cpu_us: f64,
+    /// The whole machine's (client, nats-server, server) per answered request, in µs.
+    machine_us: f64,
 }
 
 fn percentile(sorted: &[u32], q: f64) -> f64 {
@@ -526,6 +613,7 @@ async fn measure(
         }
     }
     let mut cpu_used = f64::NAN;
+    let mut machine_used = f64::NAN;
     let (mut totals, measured) = if cli.callgrind.is_some() {
         // Warm up, then count only the measured load's instructions.
         let warm = format!("{prefix}w");
@@ -555,7 +643,7 @@ async fn measure(
         let warmup = cli.warmup;
         let cpu_at_start = tokio::spawn(async move {
             tokio::time::sleep(warmup).await;
-            cpu_seconds(pid).unwrap_or(f64::NAN)
+            (cpu_seconds(pid).unwrap_or(f64::NAN), MachineCpu::now())
         });
         let measured = load(
             address,
@@ -566,8 +654,11 @@ async fn measure(
             maker,
         )
         .await;
-        let started = cpu_at_start.await.unwrap_or(f64::NAN);
+        let (started, machine) = cpu_at_start.await.unwrap_or((f64::NAN, None));
         cpu_used = cpu_seconds(pid).unwrap_or(f64::NAN) - started;
+        if let (Some(before), Some(after)) = (machine, MachineCpu::now()) {
+            machine_used = after.busy_cores_since(&before) * measured.1.as_secs_f64();
+        }
         measured
     };
     totals.latencies_us.sort_unstable();
@@ -582,6 +673,7 @@ async fn measure(
         peak_rss_mib: peak_rss_mib(child.id()).unwrap_or(f64::NAN),
         stored: stream_messages(stream).await,
         cpu_us: cpu_used * 1e6 / totals.latencies_us.len().max(1) as f64,
+        machine_us: machine_used * 1e6 / totals.latencies_us.len().max(1) as f64,
     }
 }
 
@@ -748,7 +840,7 @@ async fn benchmark(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     println!(
-        "{:<6} {:<34} {:>10} {:>9} {:>9} {:>9} {:>8} {:>10} {:>12} {:>10}",
+        "{:<6} {:<34} {:>10} {:>9} {:>9} {:>9} {:>8} {:>10} {:>12} {:>10} {:>12}",
         "round",
         "server",
         "req/s",
@@ -758,11 +850,12 @@ async fn benchmark(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         "errors",
         "peak RSS",
         "stream msgs",
-        "CPU µs/req"
+        "CPU µs/req",
+        "machine µs/req"
     );
     for (round, report) in &rows {
         println!(
-            "{:<6} {:<34} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>7.1} MiB {:>12} {:>10.1}",
+            "{:<6} {:<34} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>7.1} MiB {:>12} {:>10.1} {:>12.1}",
             round,
             report.name,
             report.rate,
@@ -772,7 +865,8 @@ async fn benchmark(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             report.errors,
             report.peak_rss_mib,
             report.stored,
-            report.cpu_us
+            report.cpu_us,
+            report.machine_us
         );
     }
     if cli.callgrind.is_some() {
@@ -800,6 +894,24 @@ async fn benchmark(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             cli.rounds,
             100.0 * receiver_rate / ceiling_rate,
             receiver_p99 / ceiling_p99
+        );
+    }
+    let ceiling_machine = mean(CEILING, |r| r.machine_us);
+    if ceiling_machine.is_finite() && cli.callgrind.is_none() {
+        let steps = step_costs(&maker, &endpoint, &cli.provider.secret());
+        let own = steps.verify_us + steps.json_us + steps.message_us;
+        let least = steps.hmac_us + steps.json_check_us;
+        println!(
+            "the receiver's steps without I/O, µs/req: verify {:.2}, JSON {:.2}, event and message headers {:.2}; total {own:.2}",
+            steps.verify_us, steps.json_us, steps.message_us
+        );
+        println!(
+            "the least any receiver must add (HMAC {:.2} + JSON check {:.2} µs) to the ceiling's whole machine ({ceiling_machine:.1} µs/req): at most {:.1}% of the ceiling here; \
+             the receiver's steps alone: at most {:.1}%",
+            steps.hmac_us,
+            steps.json_check_us,
+            100.0 * ceiling_machine / (ceiling_machine + least),
+            100.0 * ceiling_machine / (ceiling_machine + own)
         );
     }
     Ok(())
