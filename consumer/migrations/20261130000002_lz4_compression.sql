@@ -15,7 +15,12 @@ BEGIN
         EXECUTE 'ALTER TABLE hookline.objects ALTER COLUMN state SET COMPRESSION lz4';
         EXECUTE 'ALTER TABLE hookline.dead_letters ALTER COLUMN payload SET COMPRESSION lz4';
     END IF;
-EXCEPTION WHEN feature_not_supported THEN
-    RAISE NOTICE 'lz4 compression is not available in this server; keeping pglz';
+EXCEPTION
+    WHEN feature_not_supported THEN
+        RAISE NOTICE 'lz4 compression is not available in this server; keeping pglz';
+    -- A consumer that does not own the tables (a DBA created them) must still
+    -- start: compression is a saving, not a requirement.
+    WHEN insufficient_privilege THEN
+        RAISE WARNING 'not the owner of the hookline tables: keeping pglz (the owner can run ALTER TABLE … SET COMPRESSION lz4)';
 END
 $$;

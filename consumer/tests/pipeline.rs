@@ -734,6 +734,39 @@ async fn migrations_run_safely_from_many_instances_at_once() {
     );
 }
 
+/// A consumer whose database user does not own the tables (a DBA migrated
+/// them) still starts when a later migration only tunes storage: the lz4 one
+/// is skipped with a warning, not a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_does_not_own_the_tables_still_migrates() {
+    let pg = tokio::task::block_in_place(hookline_e2e::Postgres::start).expect("postgres");
+    let owner = store::connect_options(&pg.url()).expect("url");
+    store::migrate(&owner).await.expect("migrates as the owner");
+    // As if the owner had applied every migration but the lz4 one.
+    pg.psql(
+        "DELETE FROM hookline._sqlx_migrations WHERE description = 'lz4 compression'; \
+         ALTER TABLE hookline.events ALTER COLUMN payload SET COMPRESSION pglz; \
+         CREATE ROLE app LOGIN; \
+         GRANT USAGE, CREATE ON SCHEMA hookline TO app; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA hookline TO app",
+    )
+    .expect("psql");
+    let app = store::connect_options(&pg.url().replace("postgres@", "app@")).expect("url");
+    store::migrate(&app)
+        .await
+        .expect("a non-owner migrates (lz4 skipped)");
+    let applied = pg
+        .psql(
+            "SELECT count(*) FROM hookline._sqlx_migrations WHERE description = 'lz4 compression'",
+        )
+        .expect("psql");
+    assert_eq!(applied, "1");
+    let compression = pg
+        .psql("SELECT attcompression FROM pg_attribute WHERE attrelid = 'hookline.events'::regclass AND attname = 'payload'")
+        .expect("psql");
+    assert_eq!(compression, "p", "nothing changed without ownership");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retention_sweep_deletes_only_old_events_of_its_endpoint() {
     let pg = tokio::task::block_in_place(hookline_e2e::Postgres::start).expect("postgres");
