@@ -21,6 +21,6 @@ EXCEPTION
     -- A consumer that does not own the tables (a DBA created them) must still
     -- start: compression is a saving, not a requirement.
     WHEN insufficient_privilege THEN
-        RAISE WARNING 'not the owner of the hookline tables: keeping pglz (the owner can run ALTER TABLE … SET COMPRESSION lz4)';
+        RAISE WARNING 'not the owner of the hookline tables: keeping pglz (the owner can run ALTER TABLE ... SET COMPRESSION lz4)';
 END
 $$;

@@ -54,3 +54,23 @@ async fn migrate_on(conn: &mut PgConnection) -> Result<()> {
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATOR;
+
+    /// The server converts a migration's text to its own encoding before
+    /// parsing it, comments included: a non-ASCII character would fail on a
+    /// LATIN1 database.
+    #[test]
+    fn migrations_are_ascii_so_any_database_encoding_takes_them() {
+        for migration in MIGRATOR.iter() {
+            assert!(
+                migration.sql.is_ascii(),
+                "migration {} ({}) has non-ASCII text",
+                migration.version,
+                migration.description
+            );
+        }
+    }
+}
