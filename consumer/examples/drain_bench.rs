@@ -27,6 +27,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use chrono::{SecondsFormat, Utc};
 use hookline_api::{ValidatedEndpoint, headers};
+use hookline_consumer::decode::headers_json;
 use hookline_e2e::proc_stats::{MachineCpu, cpu_seconds, status_number};
 use hookline_e2e::{ChildProcess, NatsServer, Postgres, free_port};
 use rand::Rng;
@@ -158,11 +159,11 @@ async fn count(db: &PgPool, sql: &str) -> i64 {
 
 /// The ceiling: the same rows, multi-row INSERT … ON CONFLICT DO NOTHING, 100
 /// per transaction, over `connections` connections (each its own share of the
-/// rows).
+/// rows). `rows` are the events with their headers as stored (JSON text).
 async fn ceiling(
     db: &PgPool,
-    endpoint: &ValidatedEndpoint,
-    events: &[Generated],
+    key: &str,
+    rows: &[(&Generated, String)],
     table: &str,
     connections: usize,
 ) -> Measured {
@@ -172,15 +173,6 @@ async fn ceiling(
     .execute(db)
     .await
     .expect("ceiling table");
-    let key = endpoint.key();
-    let rows: Vec<(&Generated, String)> = events
-        .iter()
-        .map(|e| {
-            let headers = hookline_consumer::decode::headers_json(Some(&headers_for(endpoint, e)))
-                .to_string();
-            (e, headers)
-        })
-        .collect();
     let mut conns = Vec::with_capacity(connections);
     for _ in 0..connections {
         conns.push(db.acquire().await.expect("connection"));
@@ -190,7 +182,6 @@ async fn ceiling(
     let started = Instant::now();
     let share = rows.len().div_ceil(connections.max(1));
     let writers = conns.iter_mut().zip(rows.chunks(share)).map(|(conn, rows)| {
-        let key = &key;
         async move {
             for chunk in rows.chunks(CEILING_BATCH) {
                 let mut tx = sqlx::Connection::begin(&mut **conn).await.expect("begin");
@@ -221,14 +212,14 @@ async fn ceiling(
     });
     futures::future::join_all(writers).await;
     let measured = Measured {
-        rate: events.len() as f64 / started.elapsed().as_secs_f64(),
+        rate: rows.len() as f64 / started.elapsed().as_secs_f64(),
         busy_cores: MachineCpu::now()
             .expect("/proc/stat")
             .busy_cores_since(&cpu),
-        wal_per_row: (wal_position(db).await - wal) as f64 / events.len() as f64,
+        wal_per_row: (wal_position(db).await - wal) as f64 / rows.len() as f64,
     };
     let stored = count(db, &format!("SELECT count(*) FROM hookline.{table}")).await;
-    assert_eq!(stored, events.len() as i64);
+    assert_eq!(stored, rows.len() as i64);
     measured
 }
 
@@ -344,7 +335,13 @@ async fn main() {
         println!("ran: {statement}");
     }
 
-    let ceiling_before = ceiling(&db, &endpoint, &events, "ceiling_before", 1).await;
+    // The ceilings' rows: the events with their headers as the consumer stores them.
+    let key = endpoint.key();
+    let rows: Vec<(&Generated, String)> = events
+        .iter()
+        .map(|e| (e, headers_json(Some(&headers_for(&endpoint, e)))))
+        .collect();
+    let ceiling_before = ceiling(&db, &key, &rows, "ceiling_before", 1).await;
     println!("ceiling (before the drain): {ceiling_before}");
 
     let port = free_port();
@@ -416,21 +413,14 @@ async fn main() {
     )
     .await;
 
-    let ceiling_after = ceiling(&db, &endpoint, &events, "ceiling_after", 1).await;
+    let ceiling_after = ceiling(&db, &key, &rows, "ceiling_after", 1).await;
     println!("ceiling (after the drain): {ceiling_after}");
     let best = if ceiling_before.rate >= ceiling_after.rate {
         ceiling_before
     } else {
         ceiling_after
     };
-    let parallel = ceiling(
-        &db,
-        &endpoint,
-        &events,
-        "ceiling_parallel",
-        PARALLEL_CONNECTIONS,
-    )
-    .await;
+    let parallel = ceiling(&db, &key, &rows, "ceiling_parallel", PARALLEL_CONNECTIONS).await;
 
     println!();
     println!(

@@ -14,7 +14,7 @@ use hookline_api::headers;
 use hookline_api::json::Walk;
 use hookline_api::validated::{FieldSource, ValidatedEndpoint};
 use serde::de::DeserializeSeed;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// An event ready to be stored.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,29 +80,10 @@ pub fn without_nul(text: &str) -> String {
     text.replace('\0', "\u{FFFD}")
 }
 
-/// The headers as a JSON object: one string per header, an array when
-/// repeated; NUL characters replaced so Postgres always takes it.
-pub fn headers_json(headers: Option<&HeaderMap>) -> Value {
-    let mut object = Map::new();
-    if let Some(headers) = headers {
-        for (name, values) in headers.iter() {
-            let mut strings: Vec<Value> = values
-                .iter()
-                .map(|value| Value::String(without_nul(value.as_str())))
-                .collect();
-            let value = if strings.len() == 1 {
-                strings.remove(0)
-            } else {
-                Value::Array(strings)
-            };
-            object.insert(without_nul(name.as_ref()), value);
-        }
-    }
-    Value::Object(object)
-}
-
-/// [`headers_json`] as text, written directly (it is made for every event).
-pub fn headers_json_text(headers: Option<&HeaderMap>) -> String {
+/// The headers as a JSON object (text): one string per header, an array when
+/// repeated; NUL characters replaced so Postgres always takes it. Written
+/// directly: it is made for every event.
+pub fn headers_json(headers: Option<&HeaderMap>) -> String {
     let mut out = Vec::with_capacity(512);
     out.push(b'{');
     if let Some(headers) = headers {
@@ -211,7 +192,7 @@ pub fn decode(
         event_timestamp,
         object_id,
         received_at,
-        headers: headers_json_text(headers),
+        headers: headers_json(headers),
         body,
         state,
     })
@@ -477,13 +458,20 @@ mod tests {
     }
 
     #[test]
-    fn headers_text_is_the_headers_json() {
+    fn headers_are_a_json_object_of_strings_and_arrays_without_nul() {
         let mut map = headers(&[(headers::EVENT_ID, "e\"1\\"), ("X-Nul", "a\0b")]);
         map.append("X-Twice", "one");
         map.append("X-Twice", "two");
-        let text: Value = serde_json::from_str(&headers_json_text(Some(&map))).expect("JSON");
-        assert_eq!(text, headers_json(Some(&map)));
-        assert_eq!(headers_json_text(None), "{}");
+        let text: Value = serde_json::from_str(&headers_json(Some(&map))).expect("JSON");
+        assert_eq!(
+            text,
+            serde_json::json!({
+                headers::EVENT_ID: "e\"1\\",
+                "X-Nul": "a\u{FFFD}b",
+                "X-Twice": ["one", "two"],
+            })
+        );
+        assert_eq!(headers_json(None), "{}");
     }
 
     #[test]

@@ -111,7 +111,7 @@ fn dead_letter(item: &Item, error: String) -> DeadLetter {
         }),
         subject: item.message.subject.to_string(),
         stream_sequence: i64::try_from(item.stream_sequence).unwrap_or(i64::MAX),
-        headers: headers_json(headers).to_string(),
+        headers: headers_json(headers),
         payload: item.message.payload.to_vec(),
         error: decode::without_nul(&error),
         deliveries: i32::try_from(item.delivered).unwrap_or(i32::MAX),
