@@ -11,7 +11,7 @@ use std::cell::Cell;
 use async_nats::HeaderMap;
 use chrono::{DateTime, Utc};
 use hookline_api::headers;
-use hookline_api::json::Walk;
+use hookline_api::json::{SKIP, Walk};
 use hookline_api::validated::{FieldSource, ValidatedEndpoint};
 use serde::de::DeserializeSeed;
 use serde_json::Value;
@@ -84,27 +84,24 @@ pub fn without_nul(text: &str) -> String {
 /// repeated; NUL characters replaced so Postgres always takes it. Written
 /// directly: it is made for every event.
 pub fn headers_json(headers: Option<&HeaderMap>) -> String {
-    let mut out = Vec::with_capacity(512);
+    let mut out = Vec::with_capacity(1024);
     out.push(b'{');
     if let Some(headers) = headers {
         for (index, (name, values)) in headers.iter().enumerate() {
             if index > 0 {
                 out.push(b',');
             }
-            // Writing to a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut out, &without_nul(name.as_ref()));
+            write_json_string(&mut out, name.as_ref());
             out.push(b':');
             match values.as_slice() {
-                [value] => {
-                    let _ = serde_json::to_writer(&mut out, &without_nul(value.as_str()));
-                }
+                [value] => write_json_string(&mut out, value.as_str()),
                 values => {
                     out.push(b'[');
                     for (index, value) in values.iter().enumerate() {
                         if index > 0 {
                             out.push(b',');
                         }
-                        let _ = serde_json::to_writer(&mut out, &without_nul(value.as_str()));
+                        write_json_string(&mut out, value.as_str());
                     }
                     out.push(b']');
                 }
@@ -114,6 +111,17 @@ pub fn headers_json(headers: Option<&HeaderMap>) -> String {
     out.push(b'}');
     // serde_json writes UTF-8 only.
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// `text` as a JSON string, NUL replaced as by [`without_nul`]; copied only
+/// when it holds one.
+fn write_json_string(out: &mut Vec<u8>, text: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = if text.contains('\0') {
+        serde_json::to_writer(&mut *out, &without_nul(text))
+    } else {
+        serde_json::to_writer(&mut *out, text)
+    };
 }
 
 /// The event id of a message: `Hookline-Event-Id`, else `Nats-Msg-Id`.
@@ -227,21 +235,37 @@ pub enum JsonCheck<'a> {
 /// Checks `body` as serde_json parses JSON (every byte, strings' UTF-8 and
 /// escapes, nesting at most 128 deep), without building it.
 pub fn check_json(body: &[u8]) -> JsonCheck<'_> {
-    let nul = Cell::new(false);
-    let note_nul = |text: &str| {
-        if text.contains('\0') {
-            nul.set(true);
-        }
+    // Outside its strings JSON is ASCII, and the walk checks the strings.
+    let Ok(text) = std::str::from_utf8(body) else {
+        return JsonCheck::NotJson;
     };
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let parsed =
-        Walk(note_nul).deserialize(&mut deserializer).is_ok() && deserializer.end().is_ok();
-    match std::str::from_utf8(body) {
-        // Outside its strings JSON is ASCII, and the strings were checked.
-        Ok(text) if parsed && !nul.get() => JsonCheck::Jsonb(text),
-        Ok(_) if parsed => JsonCheck::WithNul,
-        Ok(_) | Err(_) => JsonCheck::NotJson,
+    // A string can hold NUL only by the escape `\u0000` (raw control
+    // characters are not JSON), so the strings of a body without that text
+    // need no second look.
+    let nul = Cell::new(false);
+    let parsed = if text.contains("\\u0000") {
+        parses(
+            body,
+            Walk(|text: &str| {
+                if text.contains('\0') {
+                    nul.set(true);
+                }
+            }),
+        )
+    } else {
+        parses(body, SKIP)
+    };
+    match (parsed, nul.get()) {
+        (true, false) => JsonCheck::Jsonb(text),
+        (true, true) => JsonCheck::WithNul,
+        (false, _) => JsonCheck::NotJson,
     }
+}
+
+/// Whether `body` is one JSON value, walked by `walk`.
+fn parses<F: Fn(&str) + Copy>(body: &[u8], walk: Walk<F>) -> bool {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    walk.deserialize(&mut deserializer).is_ok() && deserializer.end().is_ok()
 }
 
 /// How the projection's state is taken from an event's payload: the JSON
