@@ -277,11 +277,13 @@ impl StreamSettings {
 
     /// The subject an event of `event_type` is published to.
     pub fn subject_for(&self, event_type: &str) -> String {
-        format!(
-            "{}.{}",
-            self.subject_prefix,
-            crate::naming::subject_token(event_type)
-        )
+        // Made for every event: pushed, not formatted.
+        let token = crate::naming::subject_token(event_type);
+        let mut subject = String::with_capacity(self.subject_prefix.len() + 1 + token.len());
+        subject.push_str(&self.subject_prefix);
+        subject.push('.');
+        subject.push_str(&token);
+        subject
     }
 }
 

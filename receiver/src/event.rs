@@ -1,7 +1,7 @@
 //! What is stored with an event: its id, type, time and object id, read as the
 //! endpoint says, and the message headers of the `hookline_api::headers` contract.
 
-use std::sync::{PoisonError, RwLock};
+use std::cell::RefCell;
 
 use async_nats::header::{HeaderMap as NatsHeaders, HeaderName, HeaderValue};
 use axum::http::HeaderMap;
@@ -222,9 +222,9 @@ fn static_name(name: &'static str) -> HeaderName {
     HeaderName::from_static(name)
 }
 
-/// How many request header names [`HeaderContext`] remembers the
-/// `Hookline-Http-` name of: far more than any provider sends, and a bound
-/// on what a sender of made-up names can make it keep.
+/// How many request header names each thread remembers the `Hookline-Http-`
+/// name of: far more than any provider sends, and a bound on what a sender of
+/// made-up names can make it keep.
 const FORWARDED_NAMES_KEPT: usize = 64;
 
 /// Inputs of [`message_headers`] that do not change per request.
@@ -236,9 +236,36 @@ pub struct HeaderContext {
     pub not_forwarded: Vec<String>,
     /// The values of [`headers::ENDPOINT`] and [`headers::PROVIDER`].
     constant: Vec<(&'static str, HeaderValue)>,
-    /// `Hookline-Http-<Name>` of the request header names seen so far, so
-    /// the name is built once rather than on every request.
-    forwarded: RwLock<Vec<(axum::http::HeaderName, HeaderName)>>,
+}
+
+thread_local! {
+    /// `Hookline-Http-<Name>` of the request header names this thread has
+    /// seen, so the name is built once rather than on every request. One
+    /// list per worker thread: every request reads it for each of its
+    /// headers, and a list shared by the workers behind a lock made them
+    /// take turns with that lock's cache line.
+    static FORWARDED: RefCell<Vec<(axum::http::HeaderName, HeaderName)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// The message header name a request header is kept under, and its length.
+fn forwarded_name(name: &axum::http::HeaderName) -> Option<(HeaderName, usize)> {
+    FORWARDED.with_borrow_mut(|known| {
+        let length = headers::REQUEST_HEADER_PREFIX.len() + name.as_str().len();
+        if let Some((_, forwarded)) = known.iter().find(|(seen, _)| seen == name) {
+            return Some((forwarded.clone(), length));
+        }
+        let text = format!(
+            "{}{}",
+            headers::REQUEST_HEADER_PREFIX,
+            title_case(name.as_str())
+        );
+        let forwarded = HeaderName::try_from(text).ok()?;
+        if known.len() < FORWARDED_NAMES_KEPT {
+            known.push((name.clone(), forwarded.clone()));
+        }
+        Some((forwarded, length))
+    })
 }
 
 impl HeaderContext {
@@ -269,36 +296,7 @@ impl HeaderContext {
             provider,
             not_forwarded,
             constant,
-            forwarded: RwLock::new(Vec::new()),
         }
-    }
-
-    /// The message header name a request header is kept under, and its length.
-    fn forwarded_name(&self, name: &axum::http::HeaderName) -> Option<(HeaderName, usize)> {
-        let known = self
-            .forwarded
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, forwarded)) = known.iter().find(|(seen, _)| seen == name) {
-            let length = headers::REQUEST_HEADER_PREFIX.len() + name.as_str().len();
-            return Some((forwarded.clone(), length));
-        }
-        drop(known);
-        let text = format!(
-            "{}{}",
-            headers::REQUEST_HEADER_PREFIX,
-            title_case(name.as_str())
-        );
-        let length = text.len();
-        let forwarded = HeaderName::try_from(text).ok()?;
-        let mut known = self
-            .forwarded
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if known.len() < FORWARDED_NAMES_KEPT && !known.iter().any(|(seen, _)| seen == name) {
-            known.push((name.clone(), forwarded.clone()));
-        }
-        Some((forwarded, length))
     }
 }
 
@@ -437,8 +435,7 @@ pub fn message_headers(
             continue;
         }
         let copied = value.to_str().is_ok_and(|text| {
-            context
-                .forwarded_name(name)
+            forwarded_name(name)
                 .is_some_and(|(forwarded, length)| block.try_append(forwarded, length, text, room))
         });
         if !copied {
@@ -679,14 +676,7 @@ mod tests {
         let block = message_headers(&context, &largest_event(), &many, &now_rfc3339());
         let last = format!("Hookline-Http-X-Made-Up-{}", FORWARDED_NAMES_KEPT + 9);
         assert_eq!(block.get(last.as_str()).map(HeaderValue::as_str), Some("v"));
-        assert_eq!(
-            context
-                .forwarded
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .len(),
-            FORWARDED_NAMES_KEPT
-        );
+        assert_eq!(FORWARDED.with_borrow(Vec::len), FORWARDED_NAMES_KEPT);
     }
 
     #[test]
