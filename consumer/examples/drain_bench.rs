@@ -28,7 +28,7 @@ use async_nats::jetstream;
 use chrono::{SecondsFormat, Utc};
 use hookline_api::{ValidatedEndpoint, headers};
 use hookline_consumer::decode::headers_json;
-use hookline_e2e::proc_stats::{MachineCpu, cpu_seconds, status_number};
+use hookline_e2e::proc_stats::{MachineCpu, command_cpu_seconds, cpu_seconds, status_number};
 use hookline_e2e::{ChildProcess, NatsServer, Postgres, free_port};
 use rand::Rng;
 use sqlx::{PgPool, QueryBuilder};
@@ -128,20 +128,59 @@ fn headers_for(endpoint: &ValidatedEndpoint, event: &Generated) -> HeaderMap {
 
 /// One measured write: rows/s, how many of the machine's cores were busy,
 /// and the write-ahead log written per row (bytes).
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Measured {
     rate: f64,
     busy_cores: f64,
     wal_per_row: f64,
+    /// What the writing backends waited on (see [`sample_waits`]).
+    waits: String,
+    /// CPU µs per row of Postgres and of the client (this benchmark, or the consumer).
+    postgres_us: f64,
+    client_us: f64,
 }
 
 impl std::fmt::Display for Measured {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:.0} rows/s, {:.2} cores busy, WAL {:.0} B/row",
-            self.rate, self.busy_cores, self.wal_per_row
+            "{:.0} rows/s, {:.2} cores busy, CPU µs/row Postgres {:.1} client {:.1}, WAL {:.0} B/row; backends: {}",
+            self.rate,
+            self.busy_cores,
+            self.postgres_us,
+            self.client_us,
+            self.wal_per_row,
+            self.waits
         )
+    }
+}
+
+/// CPU seconds used so far by Postgres (every process), nats-server and this
+/// benchmark (the ceilings' client), to tell each one's cost per row.
+#[derive(Clone, Copy)]
+struct CpuUse {
+    postgres: f64,
+    nats: f64,
+    client: f64,
+}
+
+impl CpuUse {
+    fn now(nats_pid: Option<u32>) -> CpuUse {
+        CpuUse {
+            postgres: command_cpu_seconds("postgres"),
+            nats: nats_pid.and_then(cpu_seconds).unwrap_or(0.0),
+            client: cpu_seconds(std::process::id()).unwrap_or(0.0),
+        }
+    }
+
+    /// µs per row of each since `earlier`.
+    fn per_row_since(&self, earlier: &CpuUse, rows: usize) -> CpuUse {
+        let per_row = |now: f64, then: f64| (now - then) * 1e6 / rows.max(1) as f64;
+        CpuUse {
+            postgres: per_row(self.postgres, earlier.postgres),
+            nats: per_row(self.nats, earlier.nats),
+            client: per_row(self.client, earlier.client),
+        }
     }
 }
 
@@ -151,6 +190,40 @@ async fn wal_position(db: &PgPool) -> i64 {
         .fetch_one(db)
         .await
         .expect("WAL position")
+}
+
+/// Samples what Postgres' active backends wait on, every few milliseconds,
+/// until `stop` fires: the share of samples per wait event ("CPU" when none),
+/// which tells whether writers were bound by the CPU, the WAL, or a lock.
+async fn sample_waits(db: PgPool, stop: tokio::sync::oneshot::Receiver<()>) -> String {
+    let mut stop = stop;
+    let mut seen: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut samples = 0_u64;
+    loop {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity \
+             WHERE state = 'active' AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap_or_default();
+        for (event,) in rows {
+            *seen.entry(event).or_default() += 1;
+        }
+        samples += 1;
+        tokio::select! {
+            _ = &mut stop => break,
+            () = tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
+    }
+    let mut shares: Vec<(String, u64)> = seen.into_iter().collect();
+    shares.sort_by_key(|share| std::cmp::Reverse(share.1));
+    shares
+        .iter()
+        .take(6)
+        .map(|(event, n)| format!("{event} {:.2}", *n as f64 / samples.max(1) as f64))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn count(db: &PgPool, sql: &str) -> i64 {
@@ -178,7 +251,11 @@ async fn ceiling(
         conns.push(db.acquire().await.expect("connection"));
     }
     let wal = wal_position(db).await;
+    let (stop_sampling, stopped) = tokio::sync::oneshot::channel();
+    let waits = tokio::spawn(sample_waits(db.clone(), stopped));
     let cpu = MachineCpu::now().expect("/proc/stat");
+    // nats-server has no part in the ceiling.
+    let used = CpuUse::now(None);
     let started = Instant::now();
     let share = rows.len().div_ceil(connections.max(1));
     let writers = conns.iter_mut().zip(rows.chunks(share)).map(|(conn, rows)| {
@@ -211,12 +288,20 @@ async fn ceiling(
         }
     });
     futures::future::join_all(writers).await;
+    let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
+    let busy_cores = MachineCpu::now()
+        .expect("/proc/stat")
+        .busy_cores_since(&cpu);
+    let cost = CpuUse::now(None).per_row_since(&used, rows.len());
+    let _ = stop_sampling.send(());
+    let waits = waits.await.unwrap_or_default();
     let measured = Measured {
-        rate: rows.len() as f64 / started.elapsed().as_secs_f64(),
-        busy_cores: MachineCpu::now()
-            .expect("/proc/stat")
-            .busy_cores_since(&cpu),
+        rate,
+        busy_cores,
         wal_per_row: (wal_position(db).await - wal) as f64 / rows.len() as f64,
+        waits,
+        postgres_us: cost.postgres,
+        client_us: cost.client,
     };
     let stored = count(db, &format!("SELECT count(*) FROM hookline.{table}")).await;
     assert_eq!(stored, rows.len() as i64);
@@ -253,6 +338,17 @@ struct Cli {
     /// table's settings.
     #[arg(long)]
     sql: Vec<String>,
+    /// A server setting `NAME=VALUE` Postgres starts with (repeatable), e.g.
+    /// `wal_buffers=64MB`: the ceilings run on the same server.
+    #[arg(long = "postgres-setting", value_parser = parse_setting)]
+    postgres_settings: Vec<(String, String)>,
+}
+
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected NAME=VALUE"))?;
+    Ok((name.to_owned(), value.to_owned()))
 }
 
 #[tokio::main]
@@ -265,9 +361,15 @@ async fn main() {
     };
 
     let nats = tokio::task::block_in_place(NatsServer::start).expect("nats-server");
-    let pg = tokio::task::block_in_place(Postgres::start).expect("postgres");
+    let server_settings: Vec<(&str, &str)> = cli
+        .postgres_settings
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    let pg =
+        tokio::task::block_in_place(|| Postgres::start_with(&server_settings)).expect("postgres");
     let settings = pg
-        .psql("SELECT string_agg(name || '=' || setting, ' ') FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'shared_buffers', 'max_wal_size')")
+        .psql("SELECT string_agg(name || '=' || setting, ' ') FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'shared_buffers', 'max_wal_size', 'wal_buffers')")
         .expect("settings");
     println!("postgres: {settings}");
     let dir = tempfile::tempdir().expect("temp dir");
@@ -321,7 +423,7 @@ async fn main() {
 
     // Schema first (a consumer run with nothing to do would also make it).
     let db = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(PARALLEL_CONNECTIONS as u32 + 1)
+        .max_connections(PARALLEL_CONNECTIONS as u32 + 2)
         .connect(&pg.url())
         .await
         .expect("Postgres");
@@ -357,7 +459,11 @@ async fn main() {
     }
     let concurrency = cli.concurrency.as_deref().unwrap_or("default");
     let wal = wal_position(&db).await;
+    let (stop_sampling, stopped) = tokio::sync::oneshot::channel();
+    let waits = tokio::spawn(sample_waits(db.clone(), stopped));
     let machine = MachineCpu::now().expect("/proc/stat");
+    let nats_pid = nats.pid();
+    let used = CpuUse::now(nats_pid);
     let started = Instant::now();
     let mut consumer = ChildProcess::spawn(&mut command).expect("consumer");
     let mut peak_kib = 0;
@@ -365,7 +471,9 @@ async fn main() {
         if let Some(kib) = status_number(consumer.id(), "VmHWM") {
             peak_kib = peak_kib.max(kib);
         }
-        if count(&db, "SELECT count(*) FROM hookline.events").await >= n as i64 {
+        // The consumer's own count: a `count(*)` of the growing table every
+        // few milliseconds would cost Postgres as much CPU as a tenth of the drain.
+        if metric(port, "hookline_consumer_events_processed_total").await >= n as f64 {
             break;
         }
         assert!(
@@ -383,6 +491,9 @@ async fn main() {
     let busy_cores = MachineCpu::now()
         .expect("/proc/stat")
         .busy_cores_since(&machine);
+    let cost = CpuUse::now(nats_pid).per_row_since(&used, n);
+    let _ = stop_sampling.send(());
+    let waits = waits.await.unwrap_or_default();
     let wal_per_row = (wal_position(&db).await - wal) as f64 / n as f64;
     let (first, last): (f64, f64) = sqlx::query_as(
         "SELECT extract(epoch FROM min(processed_at))::float8, extract(epoch FROM max(processed_at))::float8 FROM hookline.events",
@@ -391,17 +502,20 @@ async fn main() {
     .await
     .expect("times");
     let drain = n as f64 / (last - first).max(1e-9);
+    let cpu = cpu_seconds(consumer.id()).unwrap_or(-1.0);
     let whole = Measured {
         rate: n as f64 / wall.as_secs_f64(),
         busy_cores,
         wal_per_row,
+        waits,
+        postgres_us: cost.postgres,
+        client_us: cpu * 1e6 / n as f64,
     };
     let duplicates = metric(port, "hookline_consumer_duplicates_total").await;
     let processed = metric(port, "hookline_consumer_events_processed_total").await;
     if let Some(kib) = status_number(consumer.id(), "VmHWM") {
         peak_kib = peak_kib.max(kib);
     }
-    let cpu = cpu_seconds(consumer.id()).unwrap_or(-1.0);
     let stopped = consumer.terminate();
 
     let stored = count(&db, "SELECT count(*) FROM hookline.events").await;
@@ -416,9 +530,9 @@ async fn main() {
     let ceiling_after = ceiling(&db, &key, &rows, "ceiling_after", 1).await;
     println!("ceiling (after the drain): {ceiling_after}");
     let best = if ceiling_before.rate >= ceiling_after.rate {
-        ceiling_before
+        ceiling_before.clone()
     } else {
-        ceiling_after
+        ceiling_after.clone()
     };
     let parallel = ceiling(&db, &key, &rows, "ceiling_parallel", PARALLEL_CONNECTIONS).await;
 
@@ -438,6 +552,19 @@ async fn main() {
     println!(
         "the same INSERTs over {PARALLEL_CONNECTIONS} connections: {parallel} ({:.2}x the ceiling)",
         parallel.rate / best.rate
+    );
+    // The most this machine's cores allow the drain, were every one busy with
+    // it and nothing waited: what Postgres, nats-server and the consumer each
+    // spent per row, against the ceiling's rate.
+    let drain_us = whole.postgres_us + whole.client_us + cost.nats;
+    let most = machine.cores() as f64 * 1e6 / drain_us;
+    println!(
+        "drain CPU µs/row:          Postgres {:.1}, consumer {:.1}, nats-server {:.1}: these {} cores allow at most {most:.0} rows/s ({:.2}x the ceiling)",
+        whole.postgres_us,
+        whole.client_us,
+        cost.nats,
+        machine.cores(),
+        most / best.rate
     );
     println!(
         "stored {stored}, distinct {distinct}, processed metric {processed}, duplicates {duplicates}"

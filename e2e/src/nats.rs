@@ -99,6 +99,11 @@ impl NatsServer {
             .unwrap_or_default()
     }
 
+    /// The server's process id while it runs (for its CPU time in benchmarks).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ChildProcess::id)
+    }
+
     /// Whether the server process is alive.
     pub fn is_running(&mut self) -> bool {
         self.process.as_mut().is_some_and(ChildProcess::is_running)

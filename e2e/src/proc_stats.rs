@@ -15,6 +15,37 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / CLOCK_TICKS_PER_SECOND)
 }
 
+/// CPU seconds (user + system) used so far by every process whose command
+/// is `command` (such as `postgres`, a server and its backends), including
+/// what their children that have exited and been reaped used: a server's
+/// cost over a benchmark, however many processes it forks.
+pub fn command_cpu_seconds(command: &str) -> f64 {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut ticks = 0_u64;
+    for entry in entries.flatten() {
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if head.split_once('(').map(|(_, comm)| comm) != Some(command) {
+            continue;
+        }
+        // utime, stime, cutime, cstime: fields 14 to 17.
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        ticks += fields
+            .get(11..15)
+            .into_iter()
+            .flatten()
+            .filter_map(|field| field.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    ticks as f64 / CLOCK_TICKS_PER_SECOND
+}
+
 /// The number of a `/proc/PID/status` line: `VmRSS` and `VmHWM` (peak) in
 /// KiB, `PPid`, …
 pub fn status_number(pid: u32, field: &str) -> Option<u64> {
@@ -92,6 +123,15 @@ mod tests {
         assert!(peak_rss_mib(me).is_some_and(|mib| mib > 0.0));
         assert!(status_number(me, "PPid").is_some());
         assert_eq!(status_number(me, "NoSuchField"), None);
+    }
+
+    #[test]
+    fn a_command_s_cpu_time_counts_its_processes() {
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(30) {}
+        let me = fs::read_to_string("/proc/self/comm").expect("comm");
+        assert!(command_cpu_seconds(me.trim()) > 0.0);
+        assert_eq!(command_cpu_seconds("no-such-command-here"), 0.0);
     }
 
     #[test]

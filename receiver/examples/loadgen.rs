@@ -126,6 +126,7 @@ spec:
 const PATH: &str = "/hooks";
 
 const CEILING: &str = "ceiling (publish + PubAck only)";
+const CEILING_HEADERS: &str = "ceiling + the receiver's headers";
 const RECEIVER: &str = "hookline-receiver";
 
 #[derive(Parser)]
@@ -163,6 +164,12 @@ struct Cli {
     /// Which servers to measure: both, ceiling or receiver.
     #[arg(long, default_value = "both")]
     target: String,
+    /// Also measure the ceiling publishing the header block the receiver
+    /// would (built by the receiver's own code, nothing verified or
+    /// parsed): what carrying the contract's headers costs, apart from the
+    /// receiver's checks.
+    #[arg(long)]
+    with_headers: bool,
     /// Measurements of each server, alternating which goes first.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
@@ -178,6 +185,10 @@ enum Mode {
         listen: SocketAddr,
         #[arg(long)]
         subject: String,
+        /// Publish with the header block the receiver would make for this
+        /// endpoint's requests.
+        #[arg(long)]
+        headers_of: Option<std::path::PathBuf>,
     },
 }
 
@@ -193,7 +204,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ref nats_url,
             listen,
             ref subject,
-        }) => runtime.block_on(ceiling_server(nats_url, listen, subject.clone())),
+            ref headers_of,
+        }) => runtime.block_on(ceiling_server(
+            nats_url,
+            listen,
+            subject.clone(),
+            headers_of.as_deref(),
+        )),
         None => runtime.block_on(benchmark(&cli)),
     }
 }
@@ -203,17 +220,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 struct Ceiling {
     js: async_nats::jetstream::Context,
     subject: String,
+    /// With `--headers-of`: the receiver's header context for that endpoint.
+    headers: Option<hookline_receiver::event::HeaderContext>,
 }
 
 async fn ceiling_server(
     nats_url: &str,
     listen: SocketAddr,
     subject: String,
+    headers_of: Option<&std::path::Path>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let client = async_nats::connect(nats_url).await?;
+    let headers = match headers_of {
+        Some(manifest) => Some(hookline_receiver::event::HeaderContext::new(
+            &hookline_api::load_manifest(manifest)?,
+        )),
+        None => None,
+    };
     let state = Arc::new(Ceiling {
         js: async_nats::jetstream::new(client),
         subject,
+        headers,
     });
     let app = axum::Router::new()
         .route(PATH, post(ceiling_handler))
@@ -233,16 +260,47 @@ async fn ceiling_handler(
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let message = async_nats::jetstream::message::PublishMessage::build()
-        .payload(body)
-        .message_id(id);
-    match state.js.send_publish(state.subject.clone(), message).await {
+    let sent = match &state.headers {
+        Some(context) => {
+            let block = contract_headers(context, id, &headers);
+            state
+                .js
+                .publish_with_headers(state.subject.clone(), block, body)
+                .await
+        }
+        None => {
+            let message = async_nats::jetstream::message::PublishMessage::build()
+                .payload(body)
+                .message_id(id);
+            state.js.send_publish(state.subject.clone(), message).await
+        }
+    };
+    match sent {
         Ok(ack) => match ack.await {
             Ok(_) => StatusCode::OK,
             Err(_) => StatusCode::SERVICE_UNAVAILABLE,
         },
         Err(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
+}
+
+/// The header block the receiver publishes for this request, by its own
+/// code; the event's type, time and object id (which the receiver reads
+/// from the body) are values of the same shape.
+fn contract_headers(
+    context: &hookline_receiver::event::HeaderContext,
+    id: String,
+    request: &HeaderMap,
+) -> async_nats::HeaderMap {
+    use hookline_receiver::event;
+    let info = event::EventInfo {
+        object_id: Some(format!("in_{id}")),
+        id,
+        id_source: "provider",
+        event_type: Some("invoice.paid".to_owned()),
+        timestamp: Some("2023-11-14T22:13:20Z".to_owned()),
+    };
+    event::message_headers(context, &info, request, &event::now_rfc3339())
 }
 
 // ---- where a request's CPU goes, without I/O ----
@@ -557,6 +615,8 @@ struct Report {
     cpu_us: f64,
     /// The whole machine's (client, nats-server, server) per answered request, in µs.
     machine_us: f64,
+    /// nats-server's CPU time per answered request, in µs.
+    nats_us: f64,
 }
 
 fn percentile(sorted: &[u32], q: f64) -> f64 {
@@ -588,6 +648,18 @@ fn callgrind_control(action: &str, pid: u32) {
     }
 }
 
+/// Where both servers publish: the endpoint's stream, and the nats-server
+/// process that keeps it (for its CPU time).
+struct Nats<'a> {
+    stream: &'a async_nats::jetstream::stream::Stream,
+    pid: Option<u32>,
+}
+
+/// nats-server's CPU seconds so far (NaN when unknown).
+fn nats_seconds(pid: Option<u32>) -> f64 {
+    pid.and_then(cpu_seconds).unwrap_or(f64::NAN)
+}
+
 /// The whole stream, as the measurement ends.
 async fn stream_messages(stream: &async_nats::jetstream::stream::Stream) -> u64 {
     match stream.get_info().await {
@@ -603,8 +675,9 @@ async fn measure(
     child: &mut ChildProcess,
     cli: &Cli,
     maker: Arc<EventMaker>,
-    stream: &async_nats::jetstream::stream::Stream,
+    nats: &Nats<'_>,
 ) -> Report {
+    let (stream, nats_pid) = (nats.stream, nats.pid);
     wait_listening(address, child).await;
     if cli.preload == 0 {
         // Every measurement starts from the same empty stream.
@@ -614,6 +687,7 @@ async fn measure(
     }
     let mut cpu_used = f64::NAN;
     let mut machine_used = f64::NAN;
+    let mut nats_used = f64::NAN;
     let (mut totals, measured) = if cli.callgrind.is_some() {
         // Warm up, then count only the measured load's instructions.
         let warm = format!("{prefix}w");
@@ -643,7 +717,11 @@ async fn measure(
         let warmup = cli.warmup;
         let cpu_at_start = tokio::spawn(async move {
             tokio::time::sleep(warmup).await;
-            (cpu_seconds(pid).unwrap_or(f64::NAN), MachineCpu::now())
+            (
+                cpu_seconds(pid).unwrap_or(f64::NAN),
+                MachineCpu::now(),
+                nats_seconds(nats_pid),
+            )
         });
         let measured = load(
             address,
@@ -654,8 +732,10 @@ async fn measure(
             maker,
         )
         .await;
-        let (started, machine) = cpu_at_start.await.unwrap_or((f64::NAN, None));
+        let (started, machine, nats_started) =
+            cpu_at_start.await.unwrap_or((f64::NAN, None, f64::NAN));
         cpu_used = cpu_seconds(pid).unwrap_or(f64::NAN) - started;
+        nats_used = nats_seconds(nats_pid) - nats_started;
         if let (Some(before), Some(after)) = (machine, MachineCpu::now()) {
             machine_used = after.busy_cores_since(&before) * measured.1.as_secs_f64();
         }
@@ -674,6 +754,7 @@ async fn measure(
         stored: stream_messages(stream).await,
         cpu_us: cpu_used * 1e6 / totals.latencies_us.len().max(1) as f64,
         machine_us: machine_used * 1e6 / totals.latencies_us.len().max(1) as f64,
+        nats_us: nats_used * 1e6 / totals.latencies_us.len().max(1) as f64,
     }
 }
 
@@ -788,6 +869,24 @@ async fn benchmark(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         ]);
         ceiling = Some((ChildProcess::spawn(&mut command)?, address));
     }
+    let mut ceiling_headers = None;
+    if cli.with_headers {
+        let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut command = server_command(cli, "ceiling-headers", &std::env::current_exe()?);
+        command
+            .args([
+                "ceiling",
+                "--nats-url",
+                &nats.url(),
+                "--listen",
+                &address.to_string(),
+                "--subject",
+                &subject,
+                "--headers-of",
+            ])
+            .arg(&manifest);
+        ceiling_headers = Some((ChildProcess::spawn(&mut command)?, address));
+    }
     let mut receiver = None;
     if cli.target == "both" || cli.target == "receiver" {
         let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -811,7 +910,11 @@ async fn benchmark(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     // warmer machine (or, with --preload, the bigger stream).
     let mut rows: Vec<(usize, Report)> = Vec::new();
     for round in 0..cli.rounds {
-        let mut order = vec![(CEILING, &mut ceiling), (RECEIVER, &mut receiver)];
+        let mut order = vec![
+            (CEILING, &mut ceiling),
+            (CEILING_HEADERS, &mut ceiling_headers),
+            (RECEIVER, &mut receiver),
+        ];
         if round % 2 == 1 {
             order.reverse();
         }
@@ -819,8 +922,12 @@ async fn benchmark(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             let Some((child, address)) = server.as_mut() else {
                 continue;
             };
-            let prefix = format!("{}{run_id}x{round}", &name[..1]);
-            let report = measure(name, &prefix, *address, child, cli, maker.clone(), &stream).await;
+            let prefix = format!("{}{run_id}x{round}", name.len());
+            let target = Nats {
+                stream: &stream,
+                pid: nats.pid(),
+            };
+            let report = measure(name, &prefix, *address, child, cli, maker.clone(), &target).await;
             rows.push((round + 1, report));
         }
     }
@@ -840,7 +947,7 @@ async fn benchmark(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     println!(
-        "{:<6} {:<34} {:>10} {:>9} {:>9} {:>9} {:>8} {:>10} {:>12} {:>10} {:>12}",
+        "{:<6} {:<34} {:>10} {:>9} {:>9} {:>9} {:>8} {:>10} {:>12} {:>10} {:>12} {:>12}",
         "round",
         "server",
         "req/s",
@@ -851,11 +958,12 @@ async fn benchmark(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         "peak RSS",
         "stream msgs",
         "CPU µs/req",
+        "nats µs/req",
         "machine µs/req"
     );
     for (round, report) in &rows {
         println!(
-            "{:<6} {:<34} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>7.1} MiB {:>12} {:>10.1} {:>12.1}",
+            "{:<6} {:<34} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>7.1} MiB {:>12} {:>10.1} {:>12.1} {:>12.1}",
             round,
             report.name,
             report.rate,
@@ -866,6 +974,7 @@ async fn benchmark(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             report.peak_rss_mib,
             report.stored,
             report.cpu_us,
+            report.nats_us,
             report.machine_us
         );
     }
@@ -894,6 +1003,19 @@ async fn benchmark(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             cli.rounds,
             100.0 * receiver_rate / ceiling_rate,
             receiver_p99 / ceiling_p99
+        );
+    }
+    let with_headers = mean(CEILING_HEADERS, |r| r.rate);
+    if cli.with_headers && ceiling_rate > 0.0 && with_headers > 0.0 {
+        let per_request =
+            |name, field: fn(&Report) -> f64| mean(name, field) - mean(CEILING, field);
+        println!(
+            "the receiver's headers alone: {:.1}% of the ceiling's req/s (+{:.1} µs/req whole machine, of which nats-server +{:.1}, the server +{:.1}); the receiver: {:.1}% of the ceiling with its headers",
+            100.0 * with_headers / ceiling_rate,
+            per_request(CEILING_HEADERS, |r| r.machine_us),
+            per_request(CEILING_HEADERS, |r| r.nats_us),
+            per_request(CEILING_HEADERS, |r| r.cpu_us),
+            100.0 * receiver_rate / with_headers
         );
     }
     let ceiling_machine = mean(CEILING, |r| r.machine_us);
