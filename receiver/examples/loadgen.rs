@@ -4,18 +4,21 @@
 //! and, in the same run on the same nats-server, against the ceiling of this
 //! design: a minimal HTTP handler that only publishes the body with
 //! `Nats-Msg-Id` and answers after the PubAck (no verification, no parsing).
-//! Both get the very same requests.
+//! With `--with-headers`, also against that handler publishing the header
+//! block the receiver would (made by the receiver's own code): what the
+//! contract's headers cost apart from the receiver's checks. All get the very
+//! same requests.
 //!
 //! ```text
 //! cargo run --release --example loadgen -- \
 //!     --provider github --body-bytes 5120 \
-//!     --concurrency 64 --duration 10s --warmup 2s --rounds 4
+//!     --concurrency 64 --duration 10s --warmup 2s --rounds 4 [--with-headers]
 //! ```
 //!
 //! Prints accepted req/s, p50/p99/p99.9 latency and errors for each round of
 //! each server (rounds alternate which goes first, to spread the noise of a
 //! shared machine), the mean ratios, and each server's peak RSS (VmHWM) and
-//! CPU per request (its own, and the whole machine's). Then it times the
+//! CPU per request (its own, nats-server's, and the whole machine's). Then it times the
 //! receiver's steps without I/O, and the least any receiver must add to the
 //! ceiling (HMAC over the body, a JSON check), and says what ratio each would
 //! allow at best: the part of the gap no receiver can close. Both
