@@ -814,6 +814,32 @@ fn server_command(cli: &Cli, name: &str, program: &std::path::Path) -> Command {
     }
 }
 
+/// Starts this example as the ceiling server (publishing the receiver's
+/// headers for the endpoint in `headers_of`, when given) on a free port.
+fn spawn_ceiling(
+    cli: &Cli,
+    name: &str,
+    nats_url: &str,
+    subject: &str,
+    headers_of: Option<&std::path::Path>,
+) -> Result<(ChildProcess, SocketAddr), Box<dyn std::error::Error>> {
+    let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut command = server_command(cli, name, &std::env::current_exe()?);
+    command.args([
+        "ceiling",
+        "--nats-url",
+        nats_url,
+        "--listen",
+        &address.to_string(),
+        "--subject",
+        subject,
+    ]);
+    if let Some(manifest) = headers_of {
+        command.arg("--headers-of").arg(manifest);
+    }
+    Ok((ChildProcess::spawn(&mut command)?, address))
+}
+
 async fn benchmark(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     let nats = tokio::task::block_in_place(NatsServer::start)?;
     let dir = tempfile::tempdir()?;
@@ -859,36 +885,17 @@ async fn benchmark(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
 
     let mut ceiling = None;
     if cli.target == "both" || cli.target == "ceiling" {
-        let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut command = server_command(cli, "ceiling", &std::env::current_exe()?);
-        command.args([
-            "ceiling",
-            "--nats-url",
-            &nats.url(),
-            "--listen",
-            &address.to_string(),
-            "--subject",
-            &subject,
-        ]);
-        ceiling = Some((ChildProcess::spawn(&mut command)?, address));
+        ceiling = Some(spawn_ceiling(cli, "ceiling", &nats.url(), &subject, None)?);
     }
     let mut ceiling_headers = None;
     if cli.with_headers {
-        let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut command = server_command(cli, "ceiling-headers", &std::env::current_exe()?);
-        command
-            .args([
-                "ceiling",
-                "--nats-url",
-                &nats.url(),
-                "--listen",
-                &address.to_string(),
-                "--subject",
-                &subject,
-                "--headers-of",
-            ])
-            .arg(&manifest);
-        ceiling_headers = Some((ChildProcess::spawn(&mut command)?, address));
+        ceiling_headers = Some(spawn_ceiling(
+            cli,
+            "ceiling-headers",
+            &nats.url(),
+            &subject,
+            Some(&manifest),
+        )?);
     }
     let mut receiver = None;
     if cli.target == "both" || cli.target == "receiver" {
