@@ -235,7 +235,8 @@ pub enum JsonCheck<'a> {
 /// Checks `body` as serde_json parses JSON (every byte, strings' UTF-8 and
 /// escapes, nesting at most 128 deep), without building it.
 pub fn check_json(body: &[u8]) -> JsonCheck<'_> {
-    // Outside its strings JSON is ASCII, and the walk checks the strings.
+    // Not UTF-8 is not JSON: outside its strings JSON is ASCII, and inside
+    // them serde_json refuses what is not UTF-8.
     let Ok(text) = std::str::from_utf8(body) else {
         return JsonCheck::NotJson;
     };

@@ -241,9 +241,8 @@ pub struct HeaderContext {
 thread_local! {
     /// `Hookline-Http-<Name>` of the request header names this thread has
     /// seen, so the name is built once rather than on every request. One
-    /// list per worker thread: every request reads it for each of its
-    /// headers, and a list shared by the workers behind a lock made them
-    /// take turns with that lock's cache line.
+    /// list per worker thread, so reading it takes no lock: every request
+    /// reads it for each of its headers.
     static FORWARDED: RefCell<Vec<(axum::http::HeaderName, HeaderName)>> =
         const { RefCell::new(Vec::new()) };
 }
