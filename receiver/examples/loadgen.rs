@@ -918,6 +918,10 @@ async fn benchmark(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
 
     // Rounds alternate which server goes first, so neither always meets the
     // warmer machine (or, with --preload, the bigger stream).
+    let target = Nats {
+        stream: &stream,
+        pid: nats.pid(),
+    };
     let mut rows: Vec<(usize, Report)> = Vec::new();
     for round in 0..cli.rounds {
         let mut order = vec![
@@ -933,10 +937,6 @@ async fn benchmark(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
                 continue;
             };
             let prefix = format!("{}{run_id}x{round}", name.len());
-            let target = Nats {
-                stream: &stream,
-                pid: nats.pid(),
-            };
             let report = measure(name, &prefix, *address, child, cli, maker.clone(), &target).await;
             rows.push((round + 1, report));
         }
