@@ -38,6 +38,12 @@ pub mod reasons {
     pub const NATS_UNREACHABLE: &str = "NatsUnreachable";
     /// StreamReady: NATS answered but refused the stream or consumer.
     pub const STREAM_REFUSED: &str = "StreamRefused";
+    /// Ready: an object of a child's name exists and belongs to someone else;
+    /// it is left alone.
+    pub const NAME_CONFLICT: &str = "NameConflict";
+    /// Ready: the API server refused a child (admission, validation, conflict);
+    /// the other children were applied.
+    pub const APPLY_FAILED: &str = "ApplyFailed";
     /// ReceiverAvailable / ConsumerAvailable: enough pods are ready.
     pub const AVAILABLE: &str = "Available";
     /// Pods are starting or a rollout is under way.
@@ -56,7 +62,7 @@ pub mod reasons {
     pub const KEDA_NOT_INSTALLED: &str = "KedaNotInstalled";
 
     /// Every reason, for the documentation check.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 20] = [
         RECONCILED,
         INVALID_SPEC,
         RESOLVED,
@@ -67,6 +73,8 @@ pub mod reasons {
         MAX_PAYLOAD_TOO_SMALL,
         NATS_UNREACHABLE,
         STREAM_REFUSED,
+        NAME_CONFLICT,
+        APPLY_FAILED,
         AVAILABLE,
         PROGRESSING,
         ROLLOUT_FAILED,

@@ -71,7 +71,10 @@ pub fn subject_token(event_type: &str) -> String {
 }
 
 /// A DNS-1035 label (starts with a letter, `[a-z0-9-]`, at most 63) for a child
-/// object: `<name>-<suffix>`, e.g. `stripe-receiver`.
+/// object: `<name>-<suffix>`, e.g. `stripe-receiver`. When the name is not
+/// already such a label (a dot, a leading digit), a hash of the name follows
+/// it (`stripe-eu-1f2e3d4c-receiver` for `stripe.eu`), so `stripe.eu` and
+/// `stripe-eu` in one namespace never share children.
 pub fn child_name(name: &str, suffix: &str) -> String {
     let base: String = name
         .chars()
@@ -87,6 +90,11 @@ pub fn child_name(name: &str, suffix: &str) -> String {
         base
     } else {
         format!("whe-{base}")
+    };
+    let base = if base == name {
+        base
+    } else {
+        format!("{base}-{}", short_hash(name))
     };
     let room = MAX_LABEL - suffix.len() - 1;
     format!("{}-{suffix}", fit(&base, room, '-'))

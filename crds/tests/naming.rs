@@ -91,6 +91,26 @@ fn truncated_names_stay_distinct() {
 #[test]
 fn child_names_start_with_a_letter() {
     assert_eq!(child_name("stripe", "receiver"), "stripe-receiver");
-    assert_eq!(child_name("stripe.eu", "receiver"), "stripe-eu-receiver");
     assert!(is_dns_label(&child_name("3scale", "receiver")));
+}
+
+#[test]
+fn names_that_map_to_the_same_label_get_distinct_children() {
+    for (a, b) in [
+        ("stripe.eu", "stripe-eu"),
+        ("3scale", "whe-3scale"),
+        ("a.b.c", "a-b.c"),
+    ] {
+        for suffix in ["receiver", "consumer", "endpoint"] {
+            let (first, second) = (child_name(a, suffix), child_name(b, suffix));
+            assert_ne!(first, second, "{a} and {b}");
+            assert!(is_dns_label(&first) && is_dns_label(&second));
+        }
+    }
+    let dotted = child_name("stripe.eu", "receiver");
+    assert!(
+        dotted.starts_with("stripe-eu-") && dotted.ends_with("-receiver"),
+        "{dotted}"
+    );
+    assert_eq!(dotted, child_name("stripe.eu", "receiver"), "deterministic");
 }

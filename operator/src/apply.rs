@@ -17,6 +17,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::build::{Children, ScaledObject};
 use crate::metrics::Metrics;
@@ -30,6 +31,26 @@ pub struct ChildStores {
     pub ingresses: Store<Ingress>,
     pub disruption_budgets: Store<PodDisruptionBudget>,
     pub scalers: Store<ScaledObject>,
+}
+
+impl ChildStores {
+    /// Waits until every watch has listed its objects once, so the first
+    /// reconciles compare with what exists instead of writing everything.
+    /// ScaledObjects are waited for only when KEDA is installed, and at most
+    /// `scaler_wait` (their watch starts once it has found KEDA).
+    pub async fn wait_until_ready(&self, keda: bool, scaler_wait: std::time::Duration) {
+        // Err: the writer is gone, i.e. the controller is stopping.
+        let _ = futures::join!(
+            self.config_maps.wait_until_ready(),
+            self.deployments.wait_until_ready(),
+            self.services.wait_until_ready(),
+            self.ingresses.wait_until_ready(),
+            self.disruption_budgets.wait_until_ready(),
+        );
+        if keda {
+            let _ = tokio::time::timeout(scaler_wait, self.scalers.wait_until_ready()).await;
+        }
+    }
 }
 
 /// The writing halves of [`ChildStores`], for the reflectors (or a test).
@@ -70,14 +91,62 @@ pub fn stores() -> (ChildStores, ChildWriters) {
     )
 }
 
-/// The children as the API server holds them after applying, for the status.
-#[derive(Clone, Debug)]
+/// The children as the API server holds them after applying (or as cached,
+/// when applying one failed), and what could not be applied.
+#[derive(Clone, Debug, Default)]
 pub struct Applied {
-    pub receiver: Deployment,
-    pub consumer: Deployment,
+    pub receiver: Option<Deployment>,
+    pub consumer: Option<Deployment>,
     pub ingress: Option<Ingress>,
     pub scaler: Option<ScaledObject>,
+    /// Children that were not applied or pruned, each with why.
+    pub failures: Vec<ApplyFailure>,
 }
+
+/// One child that could not be written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplyFailure {
+    pub kind: String,
+    pub name: String,
+    pub problem: Problem,
+}
+
+/// Why a child could not be written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// An object of the child's name exists and is not this endpoint's: it
+    /// is never adopted (it would be garbage-collected with the endpoint).
+    /// Holds its controller (`Kind/name`), if it has one.
+    NameConflict { controller: Option<String> },
+    /// The API server refused the request (admission, validation, conflict)
+    /// or could not be reached: its message.
+    Refused(String),
+}
+
+impl ApplyFailure {
+    /// One sentence an SRE can act on, cause first.
+    pub fn describe(&self, namespace: &str) -> String {
+        let object = format!("{} {namespace}/{}", self.kind, self.name);
+        match &self.problem {
+            Problem::NameConflict {
+                controller: Some(controller),
+            } => format!(
+                "{object} already exists and belongs to {controller}: rename this endpoint, or delete that object if it is stale"
+            ),
+            Problem::NameConflict { controller: None } => format!(
+                "{object} already exists and is not this endpoint's: rename this endpoint, or delete or rename that object"
+            ),
+            Problem::Refused(message) => {
+                format!("the API server refused {object}: {message}")
+            }
+        }
+    }
+}
+
+/// The annotation on every child with a hash of what was last applied: a
+/// field removed from the desired object changes it, so the removal is
+/// applied (a comparison of the fields still desired cannot see it).
+pub const APPLIED_HASH_ANNOTATION: &str = "hookline.io/applied-hash";
 
 /// What the apply step talks to.
 pub struct Applier<'a> {
@@ -85,15 +154,16 @@ pub struct Applier<'a> {
     pub stores: &'a ChildStores,
     pub metrics: &'a Metrics,
     pub namespace: &'a str,
-    /// The endpoint's UID: what it owns is pruned, nothing else.
+    /// The endpoint's UID: what it controls is applied and pruned, nothing else.
     pub owner_uid: &'a str,
 }
 
 impl Applier<'_> {
-    /// Applies every child that differs from its cached state and deletes
+    /// Applies every child that differs from its cached state, each on its
+    /// own (one refused child does not keep the others back), and deletes
     /// owned objects the endpoint no longer has (an Ingress whose
     /// `spec.ingress` was removed, a child of an older naming).
-    pub async fn apply(&self, children: Children) -> Result<Applied, kube::Error> {
+    pub async fn apply(&self, children: Children) -> Applied {
         let Children {
             config_map,
             receiver,
@@ -103,50 +173,64 @@ impl Applier<'_> {
             consumer,
             scaler,
         } = children;
-        let config_map = self.apply_one(&self.stores.config_maps, config_map).await?;
-        self.prune(&self.stores.config_maps, &[config_map.name_any()])
-            .await?;
-        let service = self.apply_one(&self.stores.services, service).await?;
-        self.prune(&self.stores.services, &[service.name_any()])
-            .await?;
+        let mut failures = Vec::new();
+        let stores = self.stores;
+        let keep = [config_map.name_any()];
+        self.apply_one(&stores.config_maps, config_map, &mut failures)
+            .await;
+        self.prune(&stores.config_maps, &keep, &mut failures).await;
+        let keep = [service.name_any()];
+        self.apply_one(&stores.services, service, &mut failures)
+            .await;
+        self.prune(&stores.services, &keep, &mut failures).await;
+        let keep = names(ingress.as_ref());
         let ingress = match ingress {
-            Some(ingress) => Some(self.apply_one(&self.stores.ingresses, ingress).await?),
+            Some(ingress) => {
+                self.apply_one(&stores.ingresses, ingress, &mut failures)
+                    .await
+            }
             None => None,
         };
-        self.prune(&self.stores.ingresses, &names(ingress.as_ref()))
-            .await?;
-        let disruption_budget = self
-            .apply_one(&self.stores.disruption_budgets, disruption_budget)
-            .await?;
-        self.prune(
-            &self.stores.disruption_budgets,
-            &[disruption_budget.name_any()],
-        )
-        .await?;
-        let receiver = self.apply_one(&self.stores.deployments, receiver).await?;
-        let consumer = self.apply_one(&self.stores.deployments, consumer).await?;
-        self.prune(
-            &self.stores.deployments,
-            &[receiver.name_any(), consumer.name_any()],
-        )
-        .await?;
+        self.prune(&stores.ingresses, &keep, &mut failures).await;
+        let keep = [disruption_budget.name_any()];
+        self.apply_one(&stores.disruption_budgets, disruption_budget, &mut failures)
+            .await;
+        self.prune(&stores.disruption_budgets, &keep, &mut failures)
+            .await;
+        let keep = [receiver.name_any(), consumer.name_any()];
+        let receiver = self
+            .apply_one(&stores.deployments, receiver, &mut failures)
+            .await;
+        let consumer = self
+            .apply_one(&stores.deployments, consumer, &mut failures)
+            .await;
+        self.prune(&stores.deployments, &keep, &mut failures).await;
+        let keep = names(scaler.as_ref());
         let scaler = match scaler {
-            Some(scaler) => Some(self.apply_one(&self.stores.scalers, scaler).await?),
+            Some(scaler) => self.apply_one(&stores.scalers, scaler, &mut failures).await,
             None => None,
         };
-        self.prune(&self.stores.scalers, &names(scaler.as_ref()))
-            .await?;
-        Ok(Applied {
+        self.prune(&stores.scalers, &keep, &mut failures).await;
+        Applied {
             receiver,
             consumer,
             ingress,
             scaler,
-        })
+            failures,
+        }
     }
 
-    /// Server-side apply with `force` (the operator is the fields' sole
-    /// owner), unless the cache already holds every field of `desired`.
-    async fn apply_one<K>(&self, store: &Store<K>, desired: K) -> Result<K, kube::Error>
+    /// Server-side apply with `force` (the operator is the sole owner of
+    /// what it applies), unless the cache already holds `desired` with the
+    /// same applied hash. Never writes over an object this endpoint does not
+    /// control. Returns the object as applied, else as cached, recording a
+    /// failure in `failures`.
+    async fn apply_one<K>(
+        &self,
+        store: &Store<K>,
+        mut desired: K,
+        failures: &mut Vec<ApplyFailure>,
+    ) -> Option<K>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + Clone
@@ -155,27 +239,68 @@ impl Applier<'_> {
             + DeserializeOwned,
     {
         let name = desired.name_any();
-        let cached = store.get(&ObjectRef::new(&name).within(self.namespace));
-        if let Some(current) = cached.as_deref()
-            && holds(current, &desired)
-        {
-            return Ok(current.clone());
-        }
+        let kind = K::kind(&()).into_owned();
+        let fail = |problem: Problem| ApplyFailure {
+            kind: kind.clone(),
+            name: name.clone(),
+            problem,
+        };
+        let hash = applied_hash(&desired);
+        desired
+            .meta_mut()
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(APPLIED_HASH_ANNOTATION.to_owned(), hash);
         let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
-        let applied = api
+        let cached = store
+            .get(&ObjectRef::new(&name).within(self.namespace))
+            .map(|object| object.as_ref().clone());
+        // Not cached: our watch only sees labelled children, so ask whether
+        // someone else's object has the name.
+        let current = match cached {
+            Some(object) => Some(object),
+            None => match api.get_opt(&name).await {
+                Ok(object) => object,
+                Err(err) => {
+                    failures.push(fail(refusal(&err)));
+                    return None;
+                }
+            },
+        };
+        if let Some(current) = &current {
+            if controller_uid(current) != Some(self.owner_uid) {
+                failures.push(fail(Problem::NameConflict {
+                    controller: controller_name(current),
+                }));
+                return None;
+            }
+            if holds(current, &desired) {
+                return Some(current.clone());
+            }
+        }
+        match api
             .patch(
                 &name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&desired),
             )
-            .await?;
-        self.metrics.write(&K::kind(&()));
-        tracing::info!(kind = %K::kind(&()), name = %name, "applied");
-        Ok(applied)
+            .await
+        {
+            Ok(applied) => {
+                self.metrics.write(&kind);
+                tracing::info!(%kind, %name, "applied");
+                Some(applied)
+            }
+            Err(err) => {
+                tracing::warn!(%kind, %name, cause = %err, "cannot apply");
+                failures.push(fail(refusal(&err)));
+                current
+            }
+        }
     }
 
-    /// Deletes cached objects owned by the endpoint whose name is not in `keep`.
-    async fn prune<K>(&self, store: &Store<K>, keep: &[String]) -> Result<(), kube::Error>
+    /// Deletes cached objects the endpoint controls whose name is not in `keep`.
+    async fn prune<K>(&self, store: &Store<K>, keep: &[String], failures: &mut Vec<ApplyFailure>)
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + Clone
@@ -186,26 +311,28 @@ impl Applier<'_> {
             .state()
             .into_iter()
             .filter(|object| object.namespace().as_deref() == Some(self.namespace))
-            .filter(|object| {
-                object
-                    .owner_references()
-                    .iter()
-                    .any(|owner| owner.uid == self.owner_uid)
-            })
+            .filter(|object| controller_uid(object.as_ref()) == Some(self.owner_uid))
             .filter(|object| !keep.contains(&object.name_any()))
             .collect();
         let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
         for object in stale {
             let name = object.name_any();
+            let kind = K::kind(&()).into_owned();
             match api.delete(&name, &DeleteParams::background()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(response)) if response.code == 404 => {}
-                Err(err) => return Err(err),
+                Err(err) => {
+                    failures.push(ApplyFailure {
+                        kind,
+                        name,
+                        problem: refusal(&err),
+                    });
+                    continue;
+                }
             }
-            self.metrics.write(&K::kind(&()));
-            tracing::info!(kind = %K::kind(&()), name = %name, "deleted: no longer part of the endpoint");
+            self.metrics.write(&kind);
+            tracing::info!(%kind, %name, "deleted: no longer part of the endpoint");
         }
-        Ok(())
     }
 }
 
@@ -213,10 +340,47 @@ fn names<K: Resource>(object: Option<&K>) -> Vec<String> {
     object.map(ResourceExt::name_any).into_iter().collect()
 }
 
+/// The UID of the object's controller (the owner reference with `controller: true`).
+fn controller_uid<K: Resource>(object: &K) -> Option<&str> {
+    object
+        .owner_references()
+        .iter()
+        .find(|owner| owner.controller == Some(true))
+        .map(|owner| owner.uid.as_str())
+}
+
+/// `Kind/name` of the object's controller, for a conflict's message.
+fn controller_name<K: Resource>(object: &K) -> Option<String> {
+    object
+        .owner_references()
+        .iter()
+        .find(|owner| owner.controller == Some(true))
+        .map(|owner| format!("{} {}", owner.kind, owner.name))
+}
+
+/// What the API server said, or why it could not be asked.
+fn refusal(err: &kube::Error) -> Problem {
+    Problem::Refused(match err {
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
+        other => other.to_string(),
+    })
+}
+
+/// Sixteen hex digits of SHA-256 over the object as it is applied.
+fn applied_hash<K: Serialize>(desired: &K) -> String {
+    let bytes = serde_json::to_vec(desired).unwrap_or_default();
+    Sha256::digest(&bytes)
+        .iter()
+        .take(8)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
 /// Whether `current` already holds every field `desired` sets, with the same
 /// value: what a server-side apply of `desired` would leave unchanged. Fields
 /// the server or other controllers add are ignored; resource quantities
-/// compare by value (`0.5` and `500m` are one CPU amount).
+/// compare by exact value (`0.5` and `500m` are one CPU amount, as the API
+/// server stores them canonically).
 pub fn holds<K: Serialize>(current: &K, desired: &K) -> bool {
     match (serde_json::to_value(current), serde_json::to_value(desired)) {
         (Ok(current), Ok(desired)) => contains(&current, &desired, false),
@@ -256,28 +420,78 @@ fn is_empty(value: &Value) -> bool {
     }
 }
 
-/// A Kubernetes quantity (`250m`, `1.5`, `64Mi`, `1G`, `1e3`) as a number.
-fn quantity(text: &str) -> Option<f64> {
-    const SUFFIXES: [(&str, f64); 13] = [
-        ("Ki", 1024.0),
-        ("Mi", 1_048_576.0),
-        ("Gi", 1_073_741_824.0),
-        ("Ti", 1_099_511_627_776.0),
-        ("Pi", 1_125_899_906_842_624.0),
-        ("Ei", 1_152_921_504_606_846_976.0),
-        ("n", 1e-9),
-        ("u", 1e-6),
-        ("m", 1e-3),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
+/// A Kubernetes quantity (`250m`, `0.7`, `64Mi`, `1G`, `1e3`) as an exact
+/// decimal `(digits, power of ten)` with no trailing zero in `digits`, so
+/// two spellings of one amount compare equal and nothing is rounded
+/// (`0.7` and `700m` as floating point differ in the last bit).
+fn quantity(text: &str) -> Option<(i128, i32)> {
+    const BINARY: [(&str, u32); 6] = [
+        ("Ki", 10),
+        ("Mi", 20),
+        ("Gi", 30),
+        ("Ti", 40),
+        ("Pi", 50),
+        ("Ei", 60),
     ];
-    let (number, scale) = SUFFIXES
+    const DECIMAL: [(&str, i32); 9] = [
+        ("n", -9),
+        ("u", -6),
+        ("m", -3),
+        ("k", 3),
+        ("M", 6),
+        ("G", 9),
+        ("T", 12),
+        ("P", 15),
+        ("E", 18),
+    ];
+    let (number, factor, mut exponent) = if let Some((number, shift)) = BINARY
         .iter()
-        .find_map(|(suffix, scale)| text.strip_suffix(suffix).map(|number| (number, *scale)))
-        .unwrap_or((text, 1.0));
-    number.parse::<f64>().ok().map(|value| value * scale)
+        .find_map(|(suffix, shift)| text.strip_suffix(suffix).map(|n| (n, *shift)))
+    {
+        (number, 1i128 << shift, 0)
+    } else if let Some((number, exponent)) = text
+        .split_once(['e', 'E'])
+        .filter(|(number, _)| !number.is_empty())
+        .and_then(|(number, exponent)| Some((number, exponent.parse::<i32>().ok()?)))
+    {
+        (number, 1, exponent)
+    } else if let Some((number, exponent)) = DECIMAL
+        .iter()
+        .find_map(|(suffix, exponent)| text.strip_suffix(suffix).map(|n| (n, *exponent)))
+    {
+        (number, 1, exponent)
+    } else {
+        (text, 1, 0)
+    };
+    let (sign, unsigned) = match number.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, number.strip_prefix('+').unwrap_or(number)),
+    };
+    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    if whole.is_empty() && fraction.is_empty()
+        || !whole
+            .chars()
+            .chain(fraction.chars())
+            .all(|c| c.is_ascii_digit())
+    {
+        return None;
+    }
+    let mut digits: i128 = 0;
+    for digit in whole.chars().chain(fraction.chars()) {
+        digits = digits
+            .checked_mul(10)?
+            .checked_add(i128::from(digit.to_digit(10)?))?;
+    }
+    exponent -= i32::try_from(fraction.len()).ok()?;
+    let mut digits = digits.checked_mul(factor)?.checked_mul(sign)?;
+    if digits == 0 {
+        return Some((0, 0));
+    }
+    while digits % 10 == 0 {
+        digits /= 10;
+        exponent += 1;
+    }
+    Some((digits, exponent))
 }
 
 #[cfg(test)]
@@ -345,6 +559,37 @@ mod tests {
             &json!({"resources": {"requests": {"cpu": "0.5"}}}),
             false
         ));
+    }
+
+    #[test]
+    fn quantities_equal_in_value_are_equal_exactly() {
+        for (written, stored) in [
+            ("0.7", "700m"),
+            ("0.5Gi", "512Mi"),
+            ("1.5Gi", "1536Mi"),
+            ("1e3", "1k"),
+            ("100m", "0.1"),
+            ("2", "2000m"),
+            ("0.000001", "1u"),
+            ("1Ki", "1024"),
+        ] {
+            assert_eq!(quantity(written), quantity(stored), "{written} = {stored}");
+            assert!(quantity(written).is_some(), "{written} parses");
+        }
+        for (a, b) in [("0.7", "701m"), ("1Gi", "1G"), ("1", "1m"), ("1E", "1Ei")] {
+            assert_ne!(quantity(a), quantity(b), "{a} != {b}");
+        }
+        for not_a_quantity in ["", "abc", "1.2.3", "m", "--1"] {
+            assert_eq!(quantity(not_a_quantity), None, "{not_a_quantity}");
+        }
+    }
+
+    #[test]
+    fn the_applied_hash_changes_when_a_field_is_removed() {
+        let with_tls = json!({"spec": {"rules": [], "tls": [{"hosts": ["a"]}]}});
+        let without = json!({"spec": {"rules": []}});
+        assert_ne!(applied_hash(&with_tls), applied_hash(&without));
+        assert_eq!(applied_hash(&without), applied_hash(&without.clone()));
     }
 
     #[test]

@@ -96,6 +96,10 @@ pub struct RunArgs {
     /// How often a Ready endpoint's live figures (stream messages, pending) are refreshed.
     #[arg(long, env = "HOOKLINE_RESYNC_INTERVAL", value_name = "DURATION", default_value = "60s", value_parser = parse_duration, global = true)]
     pub resync_interval: Duration,
+    /// Endpoints reconciled at once: bounds the API and NATS calls after a
+    /// restart, when every endpoint is due together.
+    #[arg(long, env = "HOOKLINE_MAX_CONCURRENT_RECONCILES", value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..), global = true)]
+    pub max_concurrent_reconciles: u16,
 }
 
 /// Settings shared by `run` and `render`: what the builders need.

@@ -5,6 +5,7 @@
 
 use std::fmt::Debug;
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt, controller, reflector, watcher};
+use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, controller, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -29,8 +30,8 @@ use crate::cli::{RunArgs, Settings};
 use crate::config::OperatorConfig;
 use crate::http::{self, Health};
 use crate::leader::LeaderElection;
-use crate::reconcile::{self, Context, error_policy, reconcile};
-use crate::{Error, Result, secrets};
+use crate::reconcile::{Context, error_policy, reconcile};
+use crate::{Error, Result, keda, secrets};
 
 /// Every kind the controller lists and watches, as RBAC names them
 /// (`(API group, resource)`); the chart's rules are checked against it.
@@ -48,16 +49,14 @@ pub const WATCHED: [(&str, &str); 8] = [
 /// Reconciles of one endpoint triggered in quick succession (its children's
 /// watch events after an apply) are merged into one.
 const DEBOUNCE: Duration = Duration::from_millis(250);
-/// How often a missing CRD or KEDA is looked for again.
+/// How often a missing CRD is looked for again.
 const DISCOVERY_RETRY: Duration = Duration::from_secs(10);
 
 /// Runs until SIGTERM or Ctrl-C (then finishes the reconciles in hand and
 /// releases the Lease), or until the Lease is lost (an error: exit and restart).
 pub async fn run(settings: Settings, args: RunArgs) -> Result<()> {
     let config = settings.operator_config();
-    let client = Client::try_default()
-        .await
-        .map_err(|err| Error::KubeConfig(err.to_string()))?;
+    let client = Client::try_default().await.map_err(Error::KubeConfig)?;
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
         hookline_api::runtime::shutdown_signal().await;
@@ -139,7 +138,10 @@ async fn operate(
         client,
         ctx,
         writers,
-        args.watch_namespace.clone(),
+        ControllerSettings {
+            namespace: args.watch_namespace.clone(),
+            max_concurrent_reconciles: args.max_concurrent_reconciles,
+        },
         until(stopped),
     ));
     let lost = async {
@@ -199,15 +201,37 @@ where
     }
 }
 
+/// What shapes the controller besides its context.
+struct ControllerSettings {
+    /// Watch only this namespace; `None`: all.
+    namespace: Option<String>,
+    max_concurrent_reconciles: u16,
+}
+
+/// What of an endpoint starts a reconcile: its spec (generation), deletion
+/// and finalizers. Not its status: the operator's own status write would
+/// start the next reconcile, and a busy endpoint's changing figures would
+/// keep it reconciling (and writing) several times a second.
+fn reconcile_trigger(endpoint: &WebhookEndpoint) -> Option<u64> {
+    let mut hasher = std::hash::DefaultHasher::new();
+    (
+        endpoint.metadata.generation,
+        endpoint.metadata.deletion_timestamp.is_some(),
+        &endpoint.metadata.finalizers,
+    )
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
+
 /// The controller with every watch, until `stop` completes.
 async fn run_controller(
     client: Client,
     ctx: Arc<Context>,
     writers: ChildWriters,
-    namespace: Option<String>,
+    settings: ControllerSettings,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let namespace = namespace.as_deref();
+    let namespace = settings.namespace.as_deref();
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
     let ChildWriters {
@@ -218,9 +242,19 @@ async fn run_controller(
         disruption_budgets,
         scalers,
     } = writers;
-    let controller = Controller::new(scoped(&client, namespace), watcher::Config::default())
-        .with_config(controller::Config::default().debounce(DEBOUNCE));
-    let index = controller.store();
+    let (index, index_writer) = reflector::store();
+    let endpoints = reflector(
+        index_writer,
+        watcher(scoped(&client, namespace), watcher::Config::default()),
+    )
+    .default_backoff()
+    .applied_objects()
+    .predicate_filter(reconcile_trigger, PredicateConfig::default());
+    let controller = Controller::for_stream(endpoints, index.clone()).with_config(
+        controller::Config::default()
+            .debounce(DEBOUNCE)
+            .concurrency(settings.max_concurrent_reconciles),
+    );
     let config = ctx.config.clone();
     let secrets = watcher(
         scoped::<PartialObjectMeta<Secret>>(&client, namespace),
@@ -232,7 +266,7 @@ async fn run_controller(
     let scaler_api = scoped(&client, namespace);
     let scaler_config = owned.clone();
     let scaled_objects = futures::stream::once(async move {
-        wait_for_keda(&keda_client).await;
+        keda::wait_until_installed(&keda_client).await;
         cached(scaler_api, scalers, scaler_config)
     })
     .flatten();
@@ -280,16 +314,6 @@ where
     reflector(writer, watcher(api, config))
         .default_backoff()
         .touched_objects()
-}
-
-/// Waits until KEDA is installed, so ScaledObjects are watched from then on.
-async fn wait_for_keda(client: &Client) {
-    loop {
-        if let Ok(true) = reconcile::keda_served(client).await {
-            return;
-        }
-        tokio::time::sleep(DISCOVERY_RETRY * 6).await;
-    }
 }
 
 /// The endpoints in the Secret's namespace that read it.

@@ -6,12 +6,14 @@
 //!    a signing secret when asked.
 //! 3. [`stream`]: provision the JetStream stream and durable consumer; read its figures.
 //! 4. [`build`]: every child object, as pure functions.
-//! 5. [`apply`]: server-side apply of what changed, one field manager; prune.
+//! 5. [`apply`]: server-side apply of what changed, one field manager, each
+//!    child on its own; never over another owner's object; prune.
 //! 6. [`status`]: conditions from what was applied and observed; events on change.
 //!
 //! [`reconcile`] runs them (with the finalizer that removes the stream);
 //! [`controller`] wires watches, [`leader`] elects one active replica, [`http`]
-//! serves health and [`metrics`], [`cli`] parses flags, [`render`] prints the
+//! serves health and [`metrics`], [`keda`] has the ScaledObject type and
+//! KEDA discovery, [`cli`] parses flags, [`render`] prints the
 //! children of a manifest file. `main.rs` only parses flags and sets up logging.
 
 pub mod apply;
@@ -20,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod http;
+pub mod keda;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
@@ -34,25 +37,31 @@ use std::net::SocketAddr;
 pub use cli::{Args, Command};
 pub use config::OperatorConfig;
 
-/// Everything that can go wrong, in a reconcile or around it.
+/// Everything that can go wrong, in a reconcile or around it: each step
+/// that can fail has its own variant, so a log line and the error metric
+/// say which step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Manifest(#[from] hookline_api::Error),
     #[error(transparent)]
     InvalidSpec(#[from] hookline_api::InvalidSpec),
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
+    #[error("cannot read the endpoint's Secrets: {0}")]
+    ReadSecrets(#[source] kube::Error),
+    #[error("cannot ask the API server whether KEDA is installed: {0}")]
+    DiscoverKeda(#[source] kube::Error),
+    #[error("cannot write the endpoint's status: {0}")]
+    UpdateStatus(#[source] kube::Error),
+    #[error("cannot delete the endpoint's stream: {0}")]
+    DeleteStream(#[source] hookline_api::provision::ProvisionError),
     #[error("no Kubernetes configuration (kubeconfig or in-cluster): {0}")]
-    KubeConfig(String),
+    KubeConfig(#[source] kube::Error),
     #[error(
         "the WebhookEndpoint CRD is not installed: kubectl apply --server-side -f crds/webhookendpoints.hookline.io.yaml ({0})"
     )]
-    CrdMissing(kube::Error),
+    CrdMissing(#[source] kube::Error),
     #[error(transparent)]
     Nats(#[from] hookline_api::nats::NatsError),
-    #[error(transparent)]
-    Provision(#[from] hookline_api::provision::ProvisionError),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("cannot write {what} as YAML: {source}")]
@@ -80,11 +89,14 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Manifest(_) | Error::InvalidSpec(_) => "invalid_spec",
-            Error::Kube(kube::Error::Api(response)) if response.code == 409 => "conflict",
-            Error::Kube(_) => "kube_api",
+            Error::ReadSecrets(_) => "read_secrets",
+            Error::DiscoverKeda(_) => "discover_keda",
+            Error::UpdateStatus(kube::Error::Api(response)) if response.code == 409 => "conflict",
+            Error::UpdateStatus(_) => "update_status",
+            Error::DeleteStream(_) => "delete_stream",
             Error::KubeConfig(_) => "kube_config",
             Error::CrdMissing(_) => "crd_missing",
-            Error::Nats(_) | Error::Provision(_) => "nats",
+            Error::Nats(_) => "nats",
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(err)
                 | kube::runtime::finalizer::Error::CleanupFailed(err) => err.metric_label(),

@@ -6,24 +6,24 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use hookline_api::naming::{self, FIELD_MANAGER};
-use hookline_api::spec::{DeletionPolicy, WebhookEndpoint, WebhookEndpointStatus};
+use hookline_api::naming;
+use hookline_api::spec::{DeletionPolicy, WebhookEndpoint};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::json;
+use kube::{Api, Client, ResourceExt};
+use rand::Rng;
 use tracing::{Instrument, info, warn};
 
 use crate::apply::{Applier, ChildStores};
 use crate::build::{self, Cluster};
 use crate::config::OperatorConfig;
+use crate::keda;
 use crate::metrics::{Metrics, Readiness};
-use crate::status::{self, Finding, Observed, Status};
-use crate::validate::{ValidEndpoint, validate};
+use crate::status::write::{Details, StatusWriter, WrittenStatuses, publish};
+use crate::status::{self, Observed, Status};
+use crate::validate::validate;
 use crate::{Error, Result, secrets, stream};
 
 /// Removes the endpoint's stream before the resource goes.
@@ -35,8 +35,9 @@ const MAX_RETRY: Duration = Duration::from_secs(300);
 /// How long an invalid spec waits before it is looked at again (any edit
 /// triggers a reconcile at once).
 const INVALID_SPEC_RECHECK: Duration = Duration::from_secs(300);
-/// How long KEDA's presence is trusted before discovery asks again.
-const DISCOVERY_TTL: Duration = Duration::from_secs(30);
+/// How long a reconcile waits for the ScaledObject cache, which starts only
+/// once its watch has found KEDA; past it the apply step asks the API server.
+const SCALER_CACHE_WAIT: Duration = Duration::from_secs(5);
 
 /// What every reconcile shares.
 pub struct Context {
@@ -50,12 +51,8 @@ pub struct Context {
     pub resync: Duration,
     /// Consecutive failures per endpoint, for the retry backoff.
     failures: Mutex<HashMap<String, u32>>,
-    /// Per endpoint, the status last written and what the API server kept of
-    /// it: an older CRD prunes fields it does not know, and without this every
-    /// reconcile would write the same status again (and trigger the next).
-    written: Mutex<HashMap<String, Written>>,
-    /// KEDA's presence and when it was last asked.
-    keda: tokio::sync::Mutex<Option<(Instant, bool)>>,
+    written: WrittenStatuses,
+    keda: keda::Discovery,
 }
 
 impl Context {
@@ -77,22 +74,9 @@ impl Context {
             recorder,
             resync,
             failures: Mutex::default(),
-            written: Mutex::default(),
-            keda: tokio::sync::Mutex::default(),
+            written: WrittenStatuses::default(),
+            keda: keda::Discovery::default(),
         }
-    }
-
-    /// Whether KEDA's ScaledObject API is served, by discovery, cached briefly.
-    pub async fn keda_installed(&self) -> Result<bool> {
-        let mut cached = self.keda.lock().await;
-        if let Some((asked, installed)) = *cached
-            && asked.elapsed() < DISCOVERY_TTL
-        {
-            return Ok(installed);
-        }
-        let installed = keda_served(&self.client).await?;
-        *cached = Some((Instant::now(), installed));
-        Ok(installed)
     }
 
     /// The delay before the next attempt, growing with consecutive failures.
@@ -100,9 +84,11 @@ impl Context {
         let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         let count = failures.entry(key.to_owned()).or_default();
         *count = count.saturating_add(1);
-        FIRST_RETRY
-            .saturating_mul(2u32.saturating_pow(count.saturating_sub(1).min(16)))
-            .min(MAX_RETRY)
+        jitter(
+            FIRST_RETRY
+                .saturating_mul(2u32.saturating_pow(count.saturating_sub(1).min(16)))
+                .min(MAX_RETRY),
+        )
     }
 
     fn succeeded(&self, key: &str) {
@@ -111,56 +97,36 @@ impl Context {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(key);
     }
-}
 
-/// A status as written, and as the API server kept it.
-struct Written {
-    sent: WebhookEndpointStatus,
-    kept: Option<WebhookEndpointStatus>,
-}
-
-impl Context {
-    /// Whether `desired` was written already and the server still holds what
-    /// it kept of it: writing it again would change nothing.
-    fn already_written(
-        &self,
-        key: &str,
-        desired: &WebhookEndpointStatus,
-        stored: Option<&WebhookEndpointStatus>,
-    ) -> bool {
-        self.written
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-            .is_some_and(|written| written.sent == *desired && written.kept.as_ref() == stored)
+    fn status_writer(&self) -> StatusWriter<'_> {
+        StatusWriter {
+            client: &self.client,
+            recorder: &self.recorder,
+            metrics: &self.metrics,
+            written: &self.written,
+            resync: self.resync,
+        }
     }
 
-    fn remember_written(
+    async fn publish(
         &self,
-        key: String,
-        sent: WebhookEndpointStatus,
-        kept: Option<WebhookEndpointStatus>,
+        endpoint: &WebhookEndpoint,
+        type_: EventType,
+        reason: &str,
+        note: String,
     ) {
-        self.written
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, Written { sent, kept });
+        publish(&self.recorder, &self.metrics, endpoint, type_, reason, note).await;
     }
 }
 
-/// Asks discovery whether `keda.sh/v1alpha1` serves `scaledobjects`.
-pub async fn keda_served(client: &Client) -> Result<bool> {
-    match client.list_api_group_resources("keda.sh/v1alpha1").await {
-        Ok(list) => Ok(list
-            .resources
-            .iter()
-            .any(|resource| resource.name == "scaledobjects")),
-        Err(kube::Error::Api(response)) if response.code == 404 => Ok(false),
-        Err(err) => Err(err.into()),
-    }
+/// `delay` spread by ±10 %, so endpoints reconciled together (after a
+/// restart) do not stay in step.
+fn jitter(delay: Duration) -> Duration {
+    delay.mul_f64(rand::rng().random_range(0.9..1.1))
 }
 
-fn key(endpoint: &WebhookEndpoint) -> String {
+/// `namespace/name`: the key of an endpoint's metrics and caches.
+pub(crate) fn key(endpoint: &WebhookEndpoint) -> String {
     format!(
         "{}/{}",
         endpoint.namespace().unwrap_or_default(),
@@ -213,17 +179,18 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
         Err(invalid) => {
             info!(cause = %invalid, "invalid spec");
             let findings = status::invalid_findings(&invalid);
-            write_status(endpoint, ctx, findings, None).await?;
+            ctx.status_writer().write(endpoint, findings, None).await?;
             ctx.metrics.set_readiness(&key, Some(Readiness::NotReady));
             return Ok(Action::requeue(INVALID_SPEC_RECHECK));
         }
     };
     let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &valid.endpoint.namespace);
-    let secrets = secrets::check(&secrets_api, &valid, &ctx.config).await?;
+    let secrets = secrets::check(&secrets_api, &valid, &ctx.config)
+        .await
+        .map_err(Error::ReadSecrets)?;
     if let Some(name) = &secrets.generated {
         ctx.metrics.write("Secret");
-        publish(
-            ctx,
+        ctx.publish(
             endpoint,
             EventType::Normal,
             hookline_api::conditions::reasons::SECRET_GENERATED,
@@ -232,13 +199,18 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
         .await;
     }
     let stream = stream::ensure(&ctx.nats, &valid).await;
-    let keda = ctx.keda_installed().await?;
+    let keda = ctx
+        .keda
+        .installed(&ctx.client)
+        .await
+        .map_err(Error::DiscoverKeda)?;
     let children = build::build(&valid, &ctx.config, Cluster { keda });
     let owner_uid = valid
         .owner
         .as_ref()
         .map(|owner| owner.uid.clone())
         .ok_or_else(|| Error::MissingObjectKey(key.clone(), ".metadata.uid"))?;
+    ctx.stores.wait_until_ready(keda, SCALER_CACHE_WAIT).await;
     let applied = Applier {
         client: &ctx.client,
         stores: &ctx.stores,
@@ -247,7 +219,7 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
         owner_uid: &owner_uid,
     }
     .apply(children)
-    .await?;
+    .await;
     let findings = status::findings(&Observed {
         valid: &valid,
         config: &ctx.config,
@@ -268,124 +240,16 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
         stream: &stream,
         valid: &valid,
     };
-    write_status(endpoint, ctx, findings, Some(details)).await?;
+    ctx.status_writer()
+        .write(endpoint, findings, Some(details))
+        .await?;
     if ready {
         ctx.succeeded(&key);
         ctx.metrics.set_readiness(&key, Some(Readiness::Ready));
-        Ok(Action::requeue(ctx.resync))
+        Ok(Action::requeue(jitter(ctx.resync)))
     } else {
         ctx.metrics.set_readiness(&key, Some(Readiness::NotReady));
         Ok(Action::requeue(ctx.retry_after_failure(&key)))
-    }
-}
-
-/// What a valid endpoint's status shows besides its conditions.
-struct Details<'a> {
-    url: Option<String>,
-    stream: &'a stream::StreamState,
-    valid: &'a ValidEndpoint,
-}
-
-/// Writes the status with server-side apply when it differs from the stored
-/// one, and publishes an Event for each condition that changed for the worse
-/// (and for becoming Ready).
-async fn write_status(
-    endpoint: &WebhookEndpoint,
-    ctx: &Context,
-    findings: Vec<Finding>,
-    details: Option<Details<'_>>,
-) -> Result<()> {
-    let previous = endpoint.status.as_ref();
-    let generation = endpoint.metadata.generation;
-    // Whole seconds: what the API server stores, so what is written equals
-    // what is read back.
-    let now = k8s_openapi::jiff::Timestamp::now();
-    let now = Time(k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now));
-    let events: Vec<Finding> = status::transitions(&findings, previous)
-        .into_iter()
-        .cloned()
-        .collect();
-    let conditions = status::stamp(findings, previous, generation, &now);
-    let desired = match details {
-        Some(details) => {
-            let (stream_messages, pending, last_event_time) =
-                status::figures(details.stream, previous);
-            WebhookEndpointStatus {
-                observed_generation: generation,
-                url: details.url,
-                stream: Some(details.valid.endpoint.stream.name.clone()),
-                stream_messages,
-                pending,
-                last_event_time,
-                conditions,
-            }
-        }
-        None => WebhookEndpointStatus {
-            observed_generation: generation,
-            conditions,
-            ..previous.cloned().unwrap_or_default()
-        },
-    };
-    let key = key(endpoint);
-    if previous == Some(&desired) || ctx.already_written(&key, &desired, previous) {
-        return Ok(());
-    }
-    let api: Api<WebhookEndpoint> = Api::namespaced(
-        ctx.client.clone(),
-        &endpoint.namespace().unwrap_or_default(),
-    );
-    let patch = json!({
-        "apiVersion": WebhookEndpoint::api_version(&()),
-        "kind": WebhookEndpoint::kind(&()),
-        "status": desired,
-    });
-    let kept = api
-        .patch_status(
-            &endpoint.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?
-        .status;
-    ctx.metrics.write("WebhookEndpoint/status");
-    if kept.as_ref() != Some(&desired) {
-        warn!(
-            "the API server did not keep the status as written (a CRD older than the operator drops the fields it does not know): kubectl apply --server-side -f crds/webhookendpoints.hookline.io.yaml"
-        );
-    }
-    ctx.remember_written(key, desired, kept);
-    for finding in events {
-        let type_ = match finding.status {
-            Status::True => EventType::Normal,
-            Status::False | Status::Unknown => EventType::Warning,
-        };
-        publish(ctx, endpoint, type_, finding.reason, finding.message).await;
-    }
-    Ok(())
-}
-
-/// Publishes an Event on the endpoint; a failure is logged, never fatal.
-async fn publish(
-    ctx: &Context,
-    endpoint: &WebhookEndpoint,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    match ctx
-        .recorder
-        .publish(&event, &endpoint.object_ref(&()))
-        .await
-    {
-        Ok(()) => ctx.metrics.write("Event"),
-        Err(err) => warn!(cause = %err, reason, "cannot publish an Event"),
     }
 }
 
@@ -403,19 +267,19 @@ async fn cleanup(endpoint: &WebhookEndpoint, ctx: &Context) -> Result<Action> {
         .unwrap_or(DeletionPolicy::Delete);
     let note = match policy {
         DeletionPolicy::Delete => {
-            stream::delete(&ctx.nats, &name).await?;
+            stream::delete(&ctx.nats, &name)
+                .await
+                .map_err(Error::DeleteStream)?;
             format!("deleted stream {name}")
         }
         DeletionPolicy::Retain => format!("kept stream {name} (deletionPolicy: Retain)"),
     };
     info!(stream = %name, ?policy, "endpoint deleted");
-    publish(ctx, endpoint, EventType::Normal, "Deleted", note).await;
+    ctx.publish(endpoint, EventType::Normal, "Deleted", note)
+        .await;
     let key = key(endpoint);
     ctx.succeeded(&key);
-    ctx.written
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(&key);
+    ctx.written.forget(&key);
     ctx.metrics.set_readiness(&key, None);
     ctx.metrics.set_pending(&key, None);
     Ok(Action::await_change())

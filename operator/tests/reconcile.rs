@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::Action;
-use serde_json::json;
+use serde_json::{Value, json};
 use support::{Harness, example, secret};
 
 const NS: &str = "payments";
@@ -142,10 +142,9 @@ async fn available_deployments_make_the_endpoint_ready_with_an_event() {
     harness.settle(NS, NAME).await;
     harness.fake.make_deployments_available();
     let action = harness.reconcile(NS, NAME).await.expect("reconcile");
-    assert_eq!(
-        action,
-        Action::requeue(Duration::from_secs(60)),
-        "a Ready endpoint resyncs slowly"
+    assert!(
+        support::is_resync(&action),
+        "a Ready endpoint resyncs slowly, with jitter: {action:?}"
     );
     let ready = harness.expect_condition(NS, NAME, conditions::READY, "True", reasons::RECONCILED);
     assert!(
@@ -581,10 +580,7 @@ async fn nats_down_is_reported_children_are_applied_and_nats_back_recovers() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let action = harness.settle(NS, NAME).await;
-    assert!(
-        action != Action::requeue(Duration::from_secs(60)),
-        "not the slow resync"
-    );
+    assert!(!support::is_resync(&action), "not the slow resync");
     let stream = harness.expect_condition(
         NS,
         NAME,
@@ -751,5 +747,284 @@ async fn a_nats_max_payload_below_the_body_limit_is_said_in_the_condition() {
     assert_eq!(
         harness.condition(NS, NAME, conditions::STREAM_READY).reason,
         reasons::STREAM_PROVISIONED
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_removed_from_the_spec_is_removed_from_the_child() {
+    let mut harness = stripe(true).await;
+    harness.settle(NS, NAME).await;
+    let ingress = harness
+        .fake
+        .get("networking.k8s.io/v1", "Ingress", NS, "stripe-receiver")
+        .expect("ingress");
+    assert!(ingress["spec"]["tls"].is_array(), "{ingress}");
+    harness.edit_endpoint(NS, NAME, |object| {
+        object["spec"]["ingress"] = json!({"path": "/tls"});
+        object["spec"]["receiver"] = json!({"resources": {"limits": {"memory": "300Mi"}}});
+        object["metadata"]["generation"] = json!(2);
+    });
+    harness.reconcile(NS, NAME).await.expect("reconcile");
+    let limits = |harness: &Harness| {
+        harness
+            .fake
+            .get("apps/v1", "Deployment", NS, "stripe-receiver")
+            .expect("receiver")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+            .clone()
+    };
+    assert_eq!(limits(&harness)["memory"], "300Mi");
+    harness.edit_endpoint(NS, NAME, |object| {
+        object["spec"]
+            .as_object_mut()
+            .expect("spec")
+            .remove("receiver");
+        object["metadata"]["generation"] = json!(3);
+    });
+    harness.reconcile(NS, NAME).await.expect("reconcile");
+
+    let ingress = harness
+        .fake
+        .get("networking.k8s.io/v1", "Ingress", NS, "stripe-receiver")
+        .expect("ingress");
+    assert!(
+        ingress["spec"].get("tls").is_none(),
+        "tls removed: {ingress}"
+    );
+    assert!(
+        ingress["spec"]["rules"][0].get("host").is_none(),
+        "host removed: {ingress}"
+    );
+    assert_ne!(
+        limits(&harness)["memory"],
+        "300Mi",
+        "the endpoint's limit is gone, the default is back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_child_loses_a_field_it_no_longer_has() {
+    use hookline_operator::apply::Applier;
+    use hookline_operator::build::{self, Cluster};
+
+    let mut harness = stripe(true).await;
+    harness.settle(NS, NAME).await;
+    let endpoint = harness.endpoint(NS, NAME);
+    let valid = hookline_operator::validate::validate(&endpoint).expect("valid");
+    let uid = endpoint.metadata.uid.clone().expect("uid");
+    let children = build::build(&valid, &harness.ctx.config, Cluster { keda: true });
+    let mut with_extra = children.clone();
+    for meta in [
+        &mut with_extra.config_map.metadata,
+        &mut with_extra.receiver.metadata,
+        &mut with_extra.service.metadata,
+        &mut with_extra.ingress.as_mut().expect("ingress").metadata,
+        &mut with_extra.disruption_budget.metadata,
+        &mut with_extra.consumer.metadata,
+        &mut with_extra.scaler.as_mut().expect("scaler").metadata,
+    ] {
+        meta.labels
+            .get_or_insert_with(Default::default)
+            .insert("test.hookline.io/extra".into(), "yes".into());
+    }
+    for (children, expected) in [(with_extra, true), (children, false)] {
+        harness.fake.sync(&mut harness.writers);
+        let applied = Applier {
+            client: &harness.ctx.client,
+            stores: &harness.ctx.stores,
+            metrics: &harness.metrics,
+            namespace: NS,
+            owner_uid: &uid,
+        }
+        .apply(children)
+        .await;
+        assert!(applied.failures.is_empty(), "{:?}", applied.failures);
+        for (api_version, kind, name) in [
+            ("v1", "ConfigMap", "stripe-endpoint"),
+            ("apps/v1", "Deployment", "stripe-receiver"),
+            ("v1", "Service", "stripe-receiver"),
+            ("networking.k8s.io/v1", "Ingress", "stripe-receiver"),
+            ("policy/v1", "PodDisruptionBudget", "stripe-receiver"),
+            ("apps/v1", "Deployment", "stripe-consumer"),
+            ("keda.sh/v1alpha1", "ScaledObject", "stripe-consumer"),
+        ] {
+            let object = harness
+                .fake
+                .get(api_version, kind, NS, name)
+                .unwrap_or_else(|| panic!("{kind} {name}"));
+            assert_eq!(
+                object["metadata"]["labels"]
+                    .get("test.hookline.io/extra")
+                    .is_some(),
+                expected,
+                "{kind} {name}: {}",
+                object["metadata"]["labels"]
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canonical_quantities_on_the_server_are_no_change() {
+    let resources: k8s_openapi::api::core::v1::ResourceRequirements =
+        serde_json::from_value(json!({"requests": {"cpu": "0.7", "memory": "0.5Gi"}}))
+            .expect("resources");
+    let mut harness = Harness::start_with(true, |config| {
+        config.receiver_resources = resources;
+    })
+    .await;
+    harness.add_endpoint_with_secrets(&example("stripe.yaml"));
+    harness.settle(NS, NAME).await;
+    harness
+        .fake
+        .edit("apps/v1", "Deployment", NS, "stripe-receiver", |object| {
+            object["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"] =
+                json!({"cpu": "700m", "memory": "512Mi"});
+        });
+    harness.fake.make_deployments_available();
+    harness.reconcile(NS, NAME).await.expect("reconcile");
+    harness.fake.clear_calls();
+    for _ in 0..3 {
+        harness.reconcile(NS, NAME).await.expect("reconcile");
+    }
+    let writes = harness.fake.writes();
+    assert!(writes.is_empty(), "no write in a steady state: {writes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_map_to_the_same_label_get_children_of_their_own() {
+    let mut harness = Harness::start(true).await;
+    let mut names = Vec::new();
+    for name in ["stripe.eu", "stripe-eu"] {
+        let mut resource = example("stripe.yaml");
+        resource.metadata.name = Some(name.into());
+        resource.spec.ingress = None;
+        harness.add_endpoint_with_secrets(&resource);
+        names.push(name);
+    }
+    for name in &names {
+        harness.settle(NS, name).await;
+    }
+    harness.fake.make_deployments_available();
+    for name in &names {
+        harness.reconcile(NS, name).await.expect("reconcile");
+        harness.expect_condition(NS, name, conditions::READY, "True", reasons::RECONCILED);
+    }
+    let receivers: Vec<String> = harness
+        .fake
+        .all("Deployment")
+        .iter()
+        .map(|object| {
+            object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .filter(|name| name.ends_with("-receiver"))
+        .collect();
+    assert_eq!(receivers.len(), 2, "{receivers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_of_the_same_name_that_is_not_the_endpoints_is_never_taken() {
+    let mut harness = stripe(true).await;
+    harness.fake.insert(&json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "stripe-endpoint", "namespace": NS},
+        "data": {"mine": "yes"},
+    }));
+    harness.settle(NS, NAME).await;
+    let ready =
+        harness.expect_condition(NS, NAME, conditions::READY, "False", reasons::NAME_CONFLICT);
+    assert!(
+        ready.message.contains("ConfigMap payments/stripe-endpoint"),
+        "{}",
+        ready.message
+    );
+    let theirs = harness
+        .fake
+        .get("v1", "ConfigMap", NS, "stripe-endpoint")
+        .expect("config map");
+    assert_eq!(theirs["data"], json!({"mine": "yes"}), "left alone");
+    assert!(theirs["metadata"].get("ownerReferences").is_none());
+    assert!(
+        harness
+            .fake
+            .typed::<Deployment>(NS, "stripe-receiver")
+            .is_some(),
+        "the other children are applied"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_child_is_said_in_the_status_and_the_rest_is_applied() {
+    let mut harness = stripe(true).await;
+    harness.settle(NS, NAME).await;
+    harness.fake.make_deployments_available();
+    harness.reconcile(NS, NAME).await.expect("reconcile");
+    harness.expect_condition(NS, NAME, conditions::READY, "True", reasons::RECONCILED);
+
+    let refusal = "admission webhook \"validate.nginx.ingress.kubernetes.io\" denied the request: path /tls is invalid";
+    harness.fake.refuse("ingresses", Some(refusal));
+    harness.edit_endpoint(NS, NAME, |object| {
+        object["spec"]["ingress"]["path"] = json!("/tls");
+        object["spec"]["receiver"] = json!({"replicas": 3});
+        object["metadata"]["generation"] = json!(2);
+    });
+    let action = harness.reconcile(NS, NAME).await.expect("reconcile");
+    assert!(!support::is_resync(&action), "retried sooner: {action:?}");
+    let ready =
+        harness.expect_condition(NS, NAME, conditions::READY, "False", reasons::APPLY_FAILED);
+    assert!(
+        ready.message.contains(refusal)
+            && ready.message.contains("Ingress payments/stripe-receiver"),
+        "{}",
+        ready.message
+    );
+    let receiver = harness
+        .fake
+        .typed::<Deployment>(NS, "stripe-receiver")
+        .expect("receiver");
+    assert_eq!(
+        receiver.spec.and_then(|spec| spec.replicas),
+        Some(3),
+        "the children after the refused one are applied"
+    );
+    let warnings: Vec<Value> = harness
+        .events()
+        .into_iter()
+        .filter(|event| event["reason"] == reasons::APPLY_FAILED)
+        .collect();
+    assert_eq!(warnings.len(), 1, "one Warning Event");
+    assert_eq!(warnings[0]["type"], "Warning");
+
+    harness.fake.refuse("ingresses", None);
+    harness.fake.make_deployments_available();
+    harness.reconcile(NS, NAME).await.expect("reconcile");
+    harness.expect_condition(NS, NAME, conditions::READY, "True", reasons::RECONCILED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_figures_of_a_busy_endpoint_are_written_at_most_once_per_resync() {
+    let mut harness = stripe(true).await;
+    harness.settle(NS, NAME).await;
+    harness.fake.make_deployments_available();
+    harness.reconcile(NS, NAME).await.expect("reconcile");
+    let js = jetstream::new(harness.ctx.nats.clone());
+    harness.fake.clear_calls();
+    for round in 0..5 {
+        js.publish(
+            format!("hookline.payments.stripe.event_{round}"),
+            "{}".into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+        harness.reconcile(NS, NAME).await.expect("reconcile");
+    }
+    assert_eq!(
+        harness.status_writes(),
+        0,
+        "figures written less than a resync ago are not written again"
     );
 }

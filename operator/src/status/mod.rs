@@ -4,14 +4,16 @@
 //! [`parts`] has one finding per part of the pipeline.
 
 mod parts;
+pub mod write;
 
 use hookline_api::conditions::{self, reasons};
 use hookline_api::provision::StreamStats;
 use hookline_api::spec::WebhookEndpointStatus;
 use hookline_api::{FieldError, InvalidSpec};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::apply::Applied;
+use crate::apply::{Applied, Problem};
 use crate::build::ChildNames;
 use crate::config::OperatorConfig;
 use crate::secrets::SecretCheck;
@@ -70,27 +72,40 @@ pub struct Observed<'a> {
 
 /// Every condition of a valid endpoint, `Ready` first.
 pub fn findings(observed: &Observed<'_>) -> Vec<Finding> {
+    let applied = observed.applied;
+    let deployment = |deployment: Option<&Deployment>, type_, what, keda| match deployment {
+        Some(deployment) => deployment_finding(deployment, type_, what, keda),
+        None => Finding::new(
+            type_,
+            Status::False,
+            reasons::APPLY_FAILED,
+            format!("the {what} Deployment could not be applied (see Ready)"),
+        ),
+    };
     let parts = vec![
         secret_finding(observed),
         stream_finding(observed),
-        deployment_finding(
-            &observed.applied.receiver,
+        deployment(
+            applied.receiver.as_ref(),
             conditions::RECEIVER_AVAILABLE,
             "receiver",
             false,
         ),
-        deployment_finding(
-            &observed.applied.consumer,
+        deployment(
+            applied.consumer.as_ref(),
             conditions::CONSUMER_AVAILABLE,
             "consumer",
             observed.keda,
         ),
         scaler_finding(observed),
     ];
-    let blocking = parts.iter().find(|finding| match finding.status {
-        Status::True => false,
-        Status::Unknown => finding.type_ != conditions::SCALER_READY,
-        Status::False => finding.reason != reasons::KEDA_NOT_INSTALLED,
+    let not_applied = apply_finding(observed);
+    let blocking = not_applied.as_ref().or_else(|| {
+        parts.iter().find(|finding| match finding.status {
+            Status::True => false,
+            Status::Unknown => finding.type_ != conditions::SCALER_READY,
+            Status::False => finding.reason != reasons::KEDA_NOT_INSTALLED,
+        })
     });
     let ready = match blocking {
         Some(finding) => Finding::new(
@@ -110,6 +125,35 @@ pub fn findings(observed: &Observed<'_>) -> Vec<Finding> {
         ),
     };
     std::iter::once(ready).chain(parts).collect()
+}
+
+/// What the apply step could not write, as the `Ready` finding it makes:
+/// `NameConflict` when any child's name is taken, else `ApplyFailed`.
+fn apply_finding(observed: &Observed<'_>) -> Option<Finding> {
+    let failures = &observed.applied.failures;
+    if failures.is_empty() {
+        return None;
+    }
+    let reason = if failures
+        .iter()
+        .any(|failure| matches!(failure.problem, Problem::NameConflict { .. }))
+    {
+        reasons::NAME_CONFLICT
+    } else {
+        reasons::APPLY_FAILED
+    };
+    let namespace = &observed.valid.endpoint.namespace;
+    let message = failures
+        .iter()
+        .map(|failure| failure.describe(namespace))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Some(Finding::new(
+        conditions::READY,
+        Status::False,
+        reason,
+        format!("{message} (the other children were applied; retried with backoff)"),
+    ))
 }
 
 /// The conditions of an endpoint whose spec is invalid: nothing was applied.
@@ -206,7 +250,9 @@ pub fn stamp(
         .collect()
 }
 
-/// Findings whose status changed since `previous`: these become Events.
+/// Findings that are news since `previous`, and become Events: a condition
+/// that turned False (or False for another reason, such as a new refusal),
+/// and `Ready` turning True.
 pub fn transitions<'a>(
     findings: &'a [Finding],
     previous: Option<&WebhookEndpointStatus>,
@@ -220,7 +266,13 @@ pub fn transitions<'a>(
                     .iter()
                     .find(|condition| condition.type_ == finding.type_)
             });
-            before.map(|condition| condition.status.as_str()) != Some(finding.status.as_str())
+            match before {
+                None => true,
+                Some(before) => {
+                    before.status != finding.status.as_str()
+                        || (finding.status == Status::False && before.reason != finding.reason)
+                }
+            }
         })
         .filter(|finding| {
             finding.status == Status::False

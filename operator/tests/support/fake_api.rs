@@ -50,6 +50,12 @@ struct State {
     keda: bool,
     /// Answers every request with this status (an unreachable API, a conflict).
     fail_with: Option<u16>,
+    /// Writes of these plurals are refused with 422 and this message, as an
+    /// admission webhook or a policy engine refuses them.
+    refused: BTreeMap<String, String>,
+    /// Per object path, the body last server-side applied: the fields a
+    /// later apply leaves out are removed, as the field manager owned them.
+    applied: BTreeMap<String, Value>,
     /// Status fields dropped when a status is written, as a structural schema
     /// that does not know them (an older CRD) prunes them.
     pruned_status_fields: Vec<String>,
@@ -119,6 +125,16 @@ impl FakeApi {
     /// Every request from now on gets `code` (`None`: normal service again).
     pub fn fail_with(&self, code: Option<u16>) {
         self.lock().fail_with = code;
+    }
+
+    /// Refuses every write of `plural` (e.g. `ingresses`) with 422 and
+    /// `message` from now on; `None` accepts them again.
+    pub fn refuse(&self, plural: &str, message: Option<&str>) {
+        let mut state = self.lock();
+        match message {
+            Some(message) => state.refused.insert(plural.to_owned(), message.to_owned()),
+            None => state.refused.remove(plural),
+        };
     }
 
     /// Stores `object` as a client would have created it.
@@ -308,6 +324,13 @@ impl FakeApi {
         if target.group == "keda.sh" && !state.keda {
             return status(404, "the server could not find the requested resource");
         }
+        if verb != "get"
+            && verb != "list"
+            && verb != "watch"
+            && let Some(message) = state.refused.get(&target.plural)
+        {
+            return status(422, &message.clone());
+        }
         let request_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         state.serve(&target, verb, content_type.as_deref(), request_body)
     }
@@ -490,6 +513,7 @@ impl State {
         let content_type = content_type.unwrap_or_default();
         let mut object = match (existing, content_type) {
             (None, "application/apply-patch+yaml") if target.subresource.is_none() => {
+                self.applied.insert(path.clone(), body.clone());
                 let mut object = self.created(body.clone());
                 object["metadata"]["namespace"] = json!(target.namespace);
                 object
@@ -505,6 +529,9 @@ impl State {
                     }
                 } else {
                     let before = current["spec"].clone();
+                    if let Some(previous) = self.applied.insert(path.clone(), body.clone()) {
+                        remove_dropped(&mut current, &previous, &body);
+                    }
                     merge(&mut current, &body);
                     if current["spec"] != before {
                         let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
@@ -546,6 +573,24 @@ impl State {
             self.objects.insert(path, object.clone());
         }
         ok(object)
+    }
+}
+
+/// Removes from `current` what the last apply set and this one leaves out.
+fn remove_dropped(current: &mut Value, previous: &Value, applied: &Value) {
+    if let (Value::Object(current), Value::Object(previous)) = (current, previous) {
+        for (key, before) in previous {
+            match applied.get(key) {
+                None => {
+                    current.remove(key);
+                }
+                Some(now) => {
+                    if let Some(field) = current.get_mut(key) {
+                        remove_dropped(field, before, now);
+                    }
+                }
+            }
+        }
     }
 }
 

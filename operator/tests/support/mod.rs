@@ -22,6 +22,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
+use serde_json::Value;
 
 /// The repository's `examples/` directory.
 pub fn examples_dir() -> PathBuf {
@@ -87,17 +88,23 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start(keda: bool) -> Harness {
+        Harness::start_with(keda, |_| {}).await
+    }
+
+    /// A harness whose operator configuration `configure` changes.
+    pub async fn start_with(keda: bool, configure: impl FnOnce(&mut OperatorConfig)) -> Harness {
         let nats = tokio::task::block_in_place(NatsServer::start)
             .expect("nats-server starts (apt-get install -y nats-server)");
         let fake = FakeApi::new(keda);
         let client = fake.client();
-        let config = OperatorConfig {
+        let mut config = OperatorConfig {
             nats: hookline_operator::config::NatsSettings {
                 url: nats.url(),
                 ..Default::default()
             },
             ..OperatorConfig::default()
         };
+        configure(&mut config);
         let nats_client =
             hookline_api::nats::connect(&nats.url(), &Default::default(), "operator-test")
                 .await
@@ -231,6 +238,20 @@ impl Harness {
         });
     }
 
+    /// Status writes (`patch` of `webhookendpoints/status`) since the calls were cleared.
+    pub fn status_writes(&self) -> usize {
+        self.fake
+            .writes()
+            .iter()
+            .filter(|call| call.resource == "webhookendpoints/status")
+            .count()
+    }
+
+    /// Warning Events published since the calls were cleared, by reason.
+    pub fn events(&self) -> Vec<Value> {
+        self.fake.all("Event")
+    }
+
     /// The stored endpoint.
     pub fn endpoint(&self, namespace: &str, name: &str) -> WebhookEndpoint {
         self.fake
@@ -289,6 +310,27 @@ impl Harness {
             .find(|condition| condition.type_ == type_)
             .unwrap_or_else(|| panic!("no condition {type_}"))
     }
+}
+
+/// When `action` runs the reconcile again, read from its `Debug` form (kube
+/// offers no getter).
+pub fn requeue_after(action: &Action) -> Option<Duration> {
+    let text = format!("{action:?}");
+    let inner = text.split_once("Some(")?.1.split_once(')')?.0;
+    let (number, scale) = if let Some(ms) = inner.strip_suffix("ms") {
+        (ms, 1e-3)
+    } else {
+        (inner.strip_suffix('s')?, 1.0)
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .map(|n| Duration::from_secs_f64(n * scale))
+}
+
+/// Whether `action` is the resync of a Ready endpoint (60 s, ±10 % jitter).
+pub fn is_resync(action: &Action) -> bool {
+    requeue_after(action).is_some_and(|after| (54.0..=66.0).contains(&after.as_secs_f64()))
 }
 
 /// Waits (bounded) until the client is connected.
