@@ -131,6 +131,16 @@ impl FakeKube {
 
 /// The operator binary, killed on drop.
 fn start_operator(fake: &FakeKube, nats: &NatsServer, identity: &str) -> (ChildProcess, u16) {
+    start_operator_with(fake, nats, identity, &[])
+}
+
+/// The operator binary with `flags` besides the usual ones.
+fn start_operator_with(
+    fake: &FakeKube,
+    nats: &NatsServer,
+    identity: &str,
+    flags: &[&str],
+) -> (ChildProcess, u16) {
     let port = free_port();
     let mut command = Command::new(workspace_bin("hookline-operator"));
     command
@@ -138,6 +148,7 @@ fn start_operator(fake: &FakeKube, nats: &NatsServer, identity: &str) -> (ChildP
         .arg(format!("--listen=127.0.0.1:{port}"))
         .arg(format!("--identity={identity}"))
         .arg("--lease-namespace=default")
+        .args(flags)
         .env("KUBECONFIG", fake.kubeconfig())
         .env("HOOKLINE_NATS_URL", nats.url())
         .env("RUST_LOG", "info");
@@ -462,6 +473,166 @@ async fn without_keda_every_example_becomes_ready_and_a_standby_replica_takes_ov
         "replica-b puts the Service back",
         &mut standby,
         async || services.get_opt("stripe-receiver").await.ok()?,
+    )
+    .await;
+}
+
+/// `hookline_operator_reconciliations_total` from the operator's `/metrics`.
+async fn reconciles(metrics_port: u16) -> u64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|line| line.strip_prefix("hookline_operator_reconciliations_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs fakekube.py from the development tools; .ci/run runs it"]
+async fn traffic_edits_and_dotted_names_behave_as_in_a_cluster() {
+    const RESYNC_SECONDS: u64 = 10;
+    const TRAFFIC_SECONDS: u64 = 25;
+    let fake = tokio::task::block_in_place(|| FakeKube::start(true));
+    let nats = tokio::task::block_in_place(NatsServer::start).expect("nats-server starts");
+    let client = fake.client().await;
+    install_crd(&client).await;
+    let resync = format!("--resync-interval={RESYNC_SECONDS}s");
+    let (mut operator, metrics_port) = tokio::task::block_in_place(|| {
+        start_operator_with(
+            &fake,
+            &nats,
+            "replica-a",
+            &[
+                &resync,
+                // Stored canonically (700m, 512Mi): no write may follow from it.
+                r#"--receiver-resources={"requests":{"cpu":"0.7","memory":"0.5Gi"}}"#,
+            ],
+        )
+    });
+    create_secret(
+        &client,
+        secret("payments", "stripe-webhook", "secret", "whsec_test"),
+    )
+    .await;
+    create_secret(
+        &client,
+        secret(
+            "payments",
+            "hookline-postgres",
+            "url",
+            "postgres://db/hookline",
+        ),
+    )
+    .await;
+    let names = ["stripe", "stripe.eu", "stripe-eu"];
+    for name in names {
+        let mut resource = example("stripe.yaml");
+        resource.metadata.name = Some(name.into());
+        if name != "stripe" {
+            resource.spec.ingress = None;
+        }
+        apply_endpoint(&client, &resource).await;
+    }
+    let endpoints: Api<WebhookEndpoint> = Api::namespaced(client.clone(), "payments");
+    for name in names {
+        eventually(&format!("{name} Ready"), &mut operator, async || {
+            let endpoint = endpoints.get(name).await.ok()?;
+            condition(&endpoint, conditions::READY).filter(|(status, _)| status == "True")
+        })
+        .await;
+    }
+    let deployments = fake
+        .hook(
+            reqwest::Method::GET,
+            "/_fake/objects?kind=Deployment&namespace=payments",
+        )
+        .await;
+    assert_eq!(
+        deployments.as_array().map(Vec::len),
+        Some(6),
+        "each endpoint has a receiver and a consumer of its own: {deployments}"
+    );
+
+    // A busy endpoint: its figures change with every event, yet they are
+    // written at most once per resync, and nothing else is written.
+    let nats_client = hookline_api::nats::connect(&nats.url(), &Default::default(), "test")
+        .await
+        .expect("NATS");
+    support::wait_connected(&nats_client).await;
+    let js = jetstream::new(nats_client.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    fake.hook(reqwest::Method::POST, "/_fake/reset-requests")
+        .await;
+    let reconciles_before = reconciles(metrics_port).await;
+    for event in 0..TRAFFIC_SECONDS * 4 {
+        js.publish(
+            format!("hookline.payments.stripe.event_{event}"),
+            "{}".into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let writes = fake.writes_besides_leases().await;
+    let status_writes = writes
+        .iter()
+        .filter(|request| {
+            request["path"]
+                .as_str()
+                .is_some_and(|path| path.ends_with("/webhookendpoints/stripe/status"))
+        })
+        .count();
+    let other_writes: Vec<&Value> = writes
+        .iter()
+        .filter(|request| {
+            !request["path"]
+                .as_str()
+                .is_some_and(|path| path.ends_with("/status") || path.contains("/events"))
+        })
+        .collect();
+    let reconciled = reconciles(metrics_port).await - reconciles_before;
+    let most = TRAFFIC_SECONDS / RESYNC_SECONDS + 2;
+    assert!(
+        status_writes as u64 <= most,
+        "{status_writes} status writes in {TRAFFIC_SECONDS} s of traffic (resync {RESYNC_SECONDS} s)"
+    );
+    assert!(
+        other_writes.is_empty(),
+        "no child written: {other_writes:?}"
+    );
+    assert!(
+        reconciled <= names.len() as u64 * most,
+        "{reconciled} reconciles of {} endpoints in {TRAFFIC_SECONDS} s",
+        names.len()
+    );
+    eprintln!(
+        "traffic: {status_writes} status writes, {reconciled} reconciles of {} endpoints in {TRAFFIC_SECONDS} s",
+        names.len()
+    );
+
+    // Fields removed from the spec are removed from the child.
+    let mut edited = example("stripe.yaml");
+    edited.spec.ingress = Some(serde_json::from_value(json!({"path": "/tls"})).expect("ingress"));
+    apply_endpoint(&client, &edited).await;
+    eventually(
+        "tls and host gone from the Ingress",
+        &mut operator,
+        async || {
+            let ingress = fake
+                .hook(
+                    reqwest::Method::GET,
+                    "/_fake/objects?kind=Ingress&namespace=payments&name=stripe-receiver",
+                )
+                .await;
+            let spec = ingress.get(0)?.get("spec")?.clone();
+            (spec.get("tls").is_none() && spec["rules"][0].get("host").is_none()).then_some(())
+        },
     )
     .await;
 }
