@@ -7,7 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
 /// A `WebhookEndpoint` checked for a cluster: builders take this and never
-/// re-check or re-default anything.
+/// re-check or re-default a field (the one rule they add, at least one
+/// consumer pod without KEDA, is `build::consumer::replicas_without_keda`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValidEndpoint {
     /// Every default applied (the same value the pods compute from the manifest).

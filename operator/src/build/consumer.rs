@@ -49,11 +49,17 @@ pub fn deployment(
     Deployment {
         metadata: metadata(valid, &ChildNames::of(&endpoint.name).consumer, COMPONENT),
         spec: Some(DeploymentSpec {
-            replicas: (!scaled_by_keda).then(|| endpoint.consumer.scaling.min_replicas.max(1)),
+            replicas: (!scaled_by_keda).then(|| replicas_without_keda(valid)),
             selector: selector(valid, COMPONENT),
             template,
             ..Default::default()
         }),
         ..Default::default()
     }
+}
+
+/// Consumer pods when KEDA is not installed: `minReplicas`, but at least one,
+/// as nothing would scale the consumer up from zero.
+pub fn replicas_without_keda(valid: &ValidEndpoint) -> i32 {
+    valid.endpoint.consumer.scaling.min_replicas.max(1)
 }

@@ -183,7 +183,7 @@ pub(super) fn scaler_finding(observed: &Observed<'_>) -> Finding {
             reasons::KEDA_NOT_INSTALLED,
             format!(
                 "KEDA is not installed (no keda.sh/v1alpha1 ScaledObjects): the consumer runs {} pod(s) without autoscaling; install KEDA to scale on lag",
-                scaling.min_replicas.max(1)
+                crate::build::consumer::replicas_without_keda(observed.valid)
             ),
         );
     };
