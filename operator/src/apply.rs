@@ -22,16 +22,46 @@ use sha2::{Digest, Sha256};
 use crate::build::{Children, ScaledObject};
 use crate::metrics::Metrics;
 
-/// Caches of every kind an endpoint owns, kept by watches (see `controller`).
-#[derive(Clone)]
-pub struct ChildStores {
-    pub config_maps: Store<ConfigMap>,
-    pub deployments: Store<Deployment>,
-    pub services: Store<Service>,
-    pub ingresses: Store<Ingress>,
-    pub disruption_budgets: Store<PodDisruptionBudget>,
-    pub scalers: Store<ScaledObject>,
+/// The one list of the kinds an endpoint owns: the caches the watches keep,
+/// their writers, and the resources RBAC must allow (checked against the
+/// controller's `WATCHED` and the chart's rules).
+macro_rules! child_kinds {
+    ($($field:ident: $kind:ty),* $(,)?) => {
+        /// Caches of every kind an endpoint owns, kept by watches (see `controller`).
+        #[derive(Clone)]
+        pub struct ChildStores {
+            $(pub $field: Store<$kind>,)*
+        }
+
+        /// The writing halves of [`ChildStores`], for the reflectors (or a test).
+        pub struct ChildWriters {
+            $(pub $field: Writer<$kind>,)*
+        }
+
+        /// Empty stores and their writers.
+        pub fn stores() -> (ChildStores, ChildWriters) {
+            $(let $field = reflector::store::<$kind>();)*
+            (
+                ChildStores { $($field: $field.0,)* },
+                ChildWriters { $($field: $field.1,)* },
+            )
+        }
+
+        /// `(API group, plural)` of every kind an endpoint owns.
+        pub fn child_resources() -> Vec<(String, String)> {
+            vec![$((<$kind>::group(&()).into_owned(), <$kind>::plural(&()).into_owned()),)*]
+        }
+    };
 }
+
+child_kinds!(
+    config_maps: ConfigMap,
+    deployments: Deployment,
+    services: Service,
+    ingresses: Ingress,
+    disruption_budgets: PodDisruptionBudget,
+    scalers: ScaledObject,
+);
 
 impl ChildStores {
     /// Waits until every watch has listed its objects once, so the first
@@ -51,44 +81,6 @@ impl ChildStores {
             let _ = tokio::time::timeout(scaler_wait, self.scalers.wait_until_ready()).await;
         }
     }
-}
-
-/// The writing halves of [`ChildStores`], for the reflectors (or a test).
-pub struct ChildWriters {
-    pub config_maps: Writer<ConfigMap>,
-    pub deployments: Writer<Deployment>,
-    pub services: Writer<Service>,
-    pub ingresses: Writer<Ingress>,
-    pub disruption_budgets: Writer<PodDisruptionBudget>,
-    pub scalers: Writer<ScaledObject>,
-}
-
-/// Empty stores and their writers.
-pub fn stores() -> (ChildStores, ChildWriters) {
-    let (config_maps, config_map_writer) = reflector::store();
-    let (deployments, deployment_writer) = reflector::store();
-    let (services, service_writer) = reflector::store();
-    let (ingresses, ingress_writer) = reflector::store();
-    let (disruption_budgets, disruption_budget_writer) = reflector::store();
-    let (scalers, scaler_writer) = reflector::store();
-    (
-        ChildStores {
-            config_maps,
-            deployments,
-            services,
-            ingresses,
-            disruption_budgets,
-            scalers,
-        },
-        ChildWriters {
-            config_maps: config_map_writer,
-            deployments: deployment_writer,
-            services: service_writer,
-            ingresses: ingress_writer,
-            disruption_budgets: disruption_budget_writer,
-            scalers: scaler_writer,
-        },
-    )
 }
 
 /// The children as the API server holds them after applying (or as cached,

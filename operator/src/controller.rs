@@ -331,3 +331,25 @@ fn referencing(
         .map(|endpoint| ObjectRef::from_obj(endpoint.as_ref()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watched_is_the_endpoint_its_secrets_and_every_child_kind() {
+        let mut expected: Vec<(String, String)> =
+            [("hookline.io", "webhookendpoints"), ("", "secrets")]
+                .iter()
+                .map(|(group, plural)| ((*group).to_owned(), (*plural).to_owned()))
+                .chain(apply::child_resources())
+                .collect();
+        let mut watched: Vec<(String, String)> = WATCHED
+            .iter()
+            .map(|(group, plural)| ((*group).to_owned(), (*plural).to_owned()))
+            .collect();
+        expected.sort();
+        watched.sort();
+        assert_eq!(watched, expected);
+    }
+}
