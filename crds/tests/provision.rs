@@ -9,7 +9,7 @@ use async_nats::jetstream::stream::RetentionPolicy;
 use futures::StreamExt;
 use hookline_api::provision::{
     Cleanup, Ensured, OWNER_ENDPOINT_KEY, OWNER_UID_KEY, ProvisionError, StreamOwner, StreamStats,
-    delete_owned, delete_stream, ensure, explain, provision, release,
+    delete_owned, delete_stream, diagnose, ensure, explain, provision, release,
 };
 use hookline_api::spec::{Provider, StreamRetention, StreamSpec, WebhookEndpointSpec};
 use hookline_e2e::NatsServer;
@@ -550,6 +550,38 @@ async fn an_overlap_names_the_stream_that_holds_the_subjects() {
     let message = explain(&js, &endpoint, &err).await;
     assert!(
         message.starts_with("NATS refused stream HOOKLINE_ci_clash: its subjects hookline.ci.clash.> overlap with those of stream EVERYTHING;"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_no_room_diagnosis_reads_the_accounts_reservation() {
+    let nats = start();
+    let js = connect(&nats).await;
+    let endpoint = hookline_api::resolve("ci", "room", &with_retention(StreamRetention::Buffer))
+        .expect("valid");
+    ready(ensure(&js, &endpoint, None, &mut None).await);
+    // The answer NATS gives when the store cannot hold another reservation.
+    let refusal: async_nats::jetstream::Error = serde_json::from_value(serde_json::json!({
+        "code": 500,
+        "err_code": async_nats::jetstream::ErrorCode::INSUFFICIENT_RESOURCES.0,
+        "description": "insufficient storage resources available",
+    }))
+    .expect("a JetStream API error");
+    let err = ProvisionError::Stream {
+        stream: "HOOKLINE_ci_room".into(),
+        action: "create",
+        source: async_nats::jetstream::context::CreateStreamError::new(
+            async_nats::jetstream::context::CreateStreamErrorKind::JetStream(refusal),
+        )
+        .into(),
+    };
+    let diagnosis = diagnose(&js, &endpoint, &err).await;
+    let storage = diagnosis.storage.expect("the account's figures");
+    assert_eq!(storage.reserved, 512 * 1024 * 1024, "the buffer's cap");
+    let message = err.describe(&endpoint, &diagnosis);
+    assert!(
+        message.contains("(maxBytes 512 MiB; 512 MiB reserved"),
         "{message}"
     );
 }
