@@ -38,6 +38,10 @@ pub mod reasons {
     pub const NATS_UNREACHABLE: &str = "NatsUnreachable";
     /// StreamReady: NATS answered but refused the stream or consumer.
     pub const STREAM_REFUSED: &str = "StreamRefused";
+    /// StreamReady: the stream carries another endpoint's owner mark (another
+    /// cluster on the same NATS, or an earlier endpoint of this name); it is
+    /// left untouched.
+    pub const STREAM_OWNED_ELSEWHERE: &str = "StreamOwnedElsewhere";
     /// Ready: an object of a child's name exists and belongs to someone else;
     /// it is left alone.
     pub const NAME_CONFLICT: &str = "NameConflict";
@@ -62,7 +66,7 @@ pub mod reasons {
     pub const KEDA_NOT_INSTALLED: &str = "KedaNotInstalled";
 
     /// Every reason, for the documentation check.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         RECONCILED,
         INVALID_SPEC,
         RESOLVED,
@@ -73,6 +77,7 @@ pub mod reasons {
         MAX_PAYLOAD_TOO_SMALL,
         NATS_UNREACHABLE,
         STREAM_REFUSED,
+        STREAM_OWNED_ELSEWHERE,
         NAME_CONFLICT,
         APPLY_FAILED,
         AVAILABLE,

@@ -1,29 +1,23 @@
 //! Creates or updates an endpoint's stream and durable consumer. The one
-//! implementation, used by the operator and by the binaries' `--provision`.
+//! implementation, used by the operator ([`ensure`], once per resync, one
+//! STREAM.INFO in a steady state) and by the binaries' `--provision`
+//! ([`provision`]). Streams carry an owner mark ([`owner`]) so that two
+//! clusters on one NATS leave each other's streams alone; [`error`] turns a
+//! refusal into a message that leads with the cause and the action.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, consumer, context::ConsumerInfoErrorKind, stream};
 
 use crate::validated::{StreamRetention, ValidatedEndpoint};
 
-/// Why provisioning failed; every variant means "NATS said no or did not answer".
-#[derive(Debug, thiserror::Error)]
-pub enum ProvisionError {
-    #[error("cannot read stream {stream}: {source}")]
-    Stream {
-        stream: String,
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("cannot create or update durable consumer {consumer} on {stream}: {source}")]
-    Consumer {
-        stream: String,
-        consumer: String,
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("NATS did not answer within {0:?}")]
-    Timeout(Duration),
-}
+pub mod error;
+pub mod owner;
+
+pub use error::{Diagnosis, NatsError, ProvisionError, StorageUsage, diagnose, explain};
+pub use owner::{
+    OWNER_ENDPOINT_KEY, OWNER_UID_KEY, OwnerMark, StreamOwner, owned_elsewhere_message, owner_mark,
+};
 
 /// How long one provisioning round may take before it is reported as failed.
 pub const PROVISION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -102,68 +96,236 @@ pub fn consumer_config(endpoint: &ValidatedEndpoint) -> consumer::pull::Config {
     }
 }
 
-/// Creates the stream and durable consumer, or updates them to match `endpoint`.
-pub async fn provision(
+/// What the caller keeps between [`ensure`] calls for one endpoint, so a
+/// steady state costs one STREAM.INFO: what was applied last, and to which
+/// incarnation of the stream.
+#[derive(Clone, Debug, Default)]
+pub struct Provisioned {
+    /// The stream config last sent, or found already in place.
+    desired: stream::Config,
+    /// The stream config as the server had it afterwards (servers fill in and
+    /// normalise fields, and before 2.10 drop metadata).
+    applied: stream::Config,
+    /// The durable consumer's config last applied.
+    consumer: Option<consumer::pull::Config>,
+    /// The stream's creation time then: a stream made anew has no consumer.
+    created: Option<SystemTime>,
+    /// Consumers on the stream then: fewer now means ours may be gone.
+    consumer_count: usize,
+}
+
+/// What [`ensure`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ensured {
+    /// Stream and durable consumer are as specified; the figures for the status.
+    Ready(StreamStats),
+    /// The stream carries another endpoint's owner mark; nothing was changed.
+    OwnedElsewhere(OwnerMark),
+}
+
+/// Creates the stream and durable consumer, or updates them to match
+/// `endpoint`, and reads the figures; for the operator, once per resync.
+///
+/// `owner` marks the stream as the endpoint's (an unmarked stream is adopted;
+/// one marked by another UID is left alone). `known` carries what the last
+/// call applied: with it, a steady state makes one STREAM.INFO (plus a
+/// CONSUMER.INFO for an `Archive`, whose pending count is the consumer's).
+/// Start with `None`; the call keeps it up to date.
+pub async fn ensure(
     js: &jetstream::Context,
     endpoint: &ValidatedEndpoint,
-) -> Result<(), ProvisionError> {
-    tokio::time::timeout(PROVISION_TIMEOUT, provision_inner(js, endpoint))
+    owner: Option<&StreamOwner>,
+    known: &mut Option<Provisioned>,
+) -> Result<Ensured, ProvisionError> {
+    tokio::time::timeout(PROVISION_TIMEOUT, ensure_inner(js, endpoint, owner, known))
         .await
         .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
 }
 
-async fn provision_inner(
+async fn ensure_inner(
+    js: &jetstream::Context,
+    endpoint: &ValidatedEndpoint,
+    owner: Option<&StreamOwner>,
+    known: &mut Option<Provisioned>,
+) -> Result<Ensured, ProvisionError> {
+    let name = endpoint.stream.name.as_str();
+    let mut desired = stream_config(endpoint);
+    let (stream, info) = match js.get_stream(name).await {
+        Ok(stream) => {
+            let current = stream.cached_info();
+            if let Some(mark) = owner::foreign_owner(&current.config, owner) {
+                *known = None;
+                return Ok(Ensured::OwnedElsewhere(mark));
+            }
+            // NATS cannot change an existing stream's retention: it is kept
+            // (switching `Buffer` and `Archive` needs the stream made anew).
+            desired.retention = current.config.retention;
+            desired.metadata = owner::desired_metadata(&current.config.metadata, owner);
+            let settled = same_settings(&current.config, &desired)
+                || known.as_ref().is_some_and(|known| {
+                    known.desired == desired && known.applied == current.config
+                });
+            let info = if settled {
+                current.clone()
+            } else {
+                tracing::info!(stream = name, "updating the stream to match the endpoint");
+                js.update_stream(&desired)
+                    .await
+                    .map_err(stream_error(name, "update"))?
+            };
+            (stream, info)
+        }
+        Err(err) if is_stream_not_found(&err.kind()) => {
+            desired.metadata = owner::desired_metadata(&Default::default(), owner);
+            tracing::info!(stream = name, "creating the stream");
+            let stream = js
+                .create_stream(desired.clone())
+                .await
+                .map_err(stream_error(name, "create"))?;
+            let info = stream.cached_info().clone();
+            (stream, info)
+        }
+        Err(err) => return Err(stream_error(name, "read")(err)),
+    };
+
+    let created = SystemTime::from(info.created);
+    let wanted = consumer_config(endpoint);
+    let count = info.state.consumer_count;
+    let consumer_settled = known.as_ref().is_some_and(|known| {
+        known.created == Some(created)
+            && known.consumer.as_ref() == Some(&wanted)
+            && count > 0
+            && count >= known.consumer_count
+    });
+    let mut applied_consumer = None;
+    if !consumer_settled {
+        applied_consumer = Some(apply_consumer(js, endpoint, &wanted).await?);
+    }
+    let retention = retention_of(info.config.retention);
+    let pending = match (retention, &applied_consumer) {
+        // A work queue keeps exactly what is not yet acknowledged.
+        (Some(StreamRetention::Buffer), _) => info.state.messages,
+        (_, Some(consumer)) => pending_of(consumer),
+        (_, None) => match read_pending(&stream, endpoint).await? {
+            Some(pending) => pending,
+            None => {
+                let consumer = apply_consumer(js, endpoint, &wanted).await?;
+                let pending = pending_of(&consumer);
+                applied_consumer = Some(consumer);
+                pending
+            }
+        },
+    };
+    let stats = stats_of(&info, retention, pending);
+    *known = Some(Provisioned {
+        desired,
+        applied: info.config,
+        consumer: Some(wanted),
+        created: Some(created),
+        consumer_count: if applied_consumer.is_some() {
+            count.max(1)
+        } else {
+            count
+        },
+    });
+    Ok(Ensured::Ready(stats))
+}
+
+/// Creates the stream and durable consumer, or updates them to match
+/// `endpoint`: the binaries' `--provision`. Keeps any owner mark.
+pub async fn provision(
     js: &jetstream::Context,
     endpoint: &ValidatedEndpoint,
 ) -> Result<(), ProvisionError> {
-    let stream_name = endpoint.stream.name.clone();
-    let config = stream_config(endpoint);
-    let stream_error = |source: Box<dyn std::error::Error + Send + Sync>| ProvisionError::Stream {
-        stream: stream_name.clone(),
-        source,
-    };
-    let stream = match js.get_stream(&stream_name).await {
-        Ok(mut stream) => {
-            let current = stream
-                .info()
-                .await
-                .map_err(|err| stream_error(Box::new(err)))?
-                .config
-                .clone();
-            // NATS cannot change an existing stream's retention: it is kept
-            // (switching `Buffer` and `Archive` needs the stream made anew).
-            let config = stream::Config {
-                retention: current.retention,
-                ..config
-            };
-            if !same_settings(&current, &config) {
-                js.update_stream(&config)
-                    .await
-                    .map_err(|err| stream_error(Box::new(err)))?;
-            }
-            stream
-        }
-        Err(err) if is_stream_not_found(&err.kind()) => js
-            .create_stream(config)
-            .await
-            .map_err(|err| stream_error(Box::new(err)))?,
-        Err(err) => return Err(stream_error(Box::new(err))),
-    };
-    let consumer_config = consumer_config(endpoint);
-    let consumer_name = endpoint.consumer.durable_name.clone();
-    stream
-        .create_consumer(consumer_config)
-        .await
-        .map_err(|err| ProvisionError::Consumer {
-            stream: stream_name.clone(),
-            consumer: consumer_name,
-            source: Box::new(err),
-        })?;
-    Ok(())
+    ensure(js, endpoint, None, &mut None).await.map(|_| ())
 }
 
-/// Whether the server's stream already has every setting [`stream_config`] makes,
-/// so a steady state sends no update.
+/// Creates or updates the durable consumer (CONSUMER.CREATE does both).
+async fn apply_consumer(
+    js: &jetstream::Context,
+    endpoint: &ValidatedEndpoint,
+    config: &consumer::pull::Config,
+) -> Result<consumer::Info, ProvisionError> {
+    let stream = endpoint.stream.name.as_str();
+    tracing::debug!(stream, "creating or updating the durable consumer");
+    js.create_consumer_on_stream(config.clone(), stream)
+        .await
+        .map(|consumer| consumer.cached_info().clone())
+        .map_err(|err| ProvisionError::Consumer {
+            stream: stream.to_owned(),
+            consumer: endpoint.consumer.durable_name.clone(),
+            action: "create or update",
+            source: err.into(),
+        })
+}
+
+/// The durable consumer's pending count; `None` when it does not exist.
+async fn read_pending(
+    stream: &stream::Stream,
+    endpoint: &ValidatedEndpoint,
+) -> Result<Option<u64>, ProvisionError> {
+    let durable = endpoint.consumer.durable_name.as_str();
+    match stream.consumer_info(durable).await {
+        Ok(info) => Ok(Some(pending_of(&info))),
+        Err(err) => {
+            let missing = match err.kind() {
+                ConsumerInfoErrorKind::NotFound => true,
+                ConsumerInfoErrorKind::JetStream(api) => {
+                    api.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
+                }
+                _ => false,
+            };
+            if missing {
+                return Ok(None);
+            }
+            Err(ProvisionError::Consumer {
+                stream: endpoint.stream.name.clone(),
+                consumer: durable.to_owned(),
+                action: "read",
+                source: err.into(),
+            })
+        }
+    }
+}
+
+fn pending_of(consumer: &consumer::Info) -> u64 {
+    consumer.num_pending + consumer.num_ack_pending as u64
+}
+
+fn retention_of(policy: stream::RetentionPolicy) -> Option<StreamRetention> {
+    match policy {
+        stream::RetentionPolicy::WorkQueue => Some(StreamRetention::Buffer),
+        stream::RetentionPolicy::Limits => Some(StreamRetention::Archive),
+        // Made by hand or by an older Hookline: acknowledged events leave
+        // too, but nothing is kept while no consumer exists.
+        stream::RetentionPolicy::Interest => None,
+    }
+}
+
+fn stats_of(info: &stream::Info, retention: Option<StreamRetention>, pending: u64) -> StreamStats {
+    let state = &info.state;
+    StreamStats {
+        messages: state.messages,
+        pending,
+        last_stored: (state.messages > 0).then(|| state.last_timestamp.into()),
+        retention,
+    }
+}
+
+/// Maps an async-nats error on the stream to a [`ProvisionError`].
+fn stream_error<'a, E: Into<NatsError>>(
+    stream: &'a str,
+    action: &'static str,
+) -> impl FnOnce(E) -> ProvisionError + 'a {
+    move |err| ProvisionError::Stream {
+        stream: stream.to_owned(),
+        action,
+        source: err.into(),
+    }
+}
+
+/// Whether the server's stream already has every setting [`stream_config`]
+/// makes and the metadata wanted, so a steady state sends no update.
 fn same_settings(current: &stream::Config, desired: &stream::Config) -> bool {
     current.subjects == desired.subjects
         && current.description == desired.description
@@ -174,6 +336,7 @@ fn same_settings(current: &stream::Config, desired: &stream::Config) -> bool {
         && current.max_bytes == desired.max_bytes
         && current.num_replicas == desired.num_replicas
         && current.duplicate_window == desired.duplicate_window
+        && owner::user_metadata(&current.metadata) == desired.metadata
 }
 
 fn is_stream_not_found(kind: &jetstream::context::GetStreamErrorKind) -> bool {
@@ -181,18 +344,89 @@ fn is_stream_not_found(kind: &jetstream::context::GetStreamErrorKind) -> bool {
         if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 
-/// Removes the stream `name` (and with it the durable consumer); a missing
-/// stream is fine. Takes the name, not the endpoint, so a resource whose spec
-/// no longer validates can still be cleaned up.
+/// What a cleanup did with the stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cleanup {
+    /// Deleted, or released (no owner mark left).
+    Done,
+    /// There is no such stream.
+    Missing,
+    /// The stream carries another endpoint's owner mark and was left as it is.
+    OwnedElsewhere(OwnerMark),
+}
+
+/// The finalizer's `deletionPolicy: Delete`: removes the stream `name` (and
+/// with it the durable consumer) when it carries `owner`'s mark or none.
+/// Takes the name, not the endpoint, so a resource whose spec no longer
+/// validates can still be cleaned up.
+pub async fn delete_owned(
+    js: &jetstream::Context,
+    name: &str,
+    owner: &StreamOwner,
+) -> Result<Cleanup, ProvisionError> {
+    let round = async {
+        let stream = match js.get_stream(name).await {
+            Ok(stream) => stream,
+            Err(err) if is_stream_not_found(&err.kind()) => return Ok(Cleanup::Missing),
+            Err(err) => return Err(stream_error(name, "read")(err)),
+        };
+        if let Err(mark) = owner::may_remove(&stream.cached_info().config, owner) {
+            return Ok(Cleanup::OwnedElsewhere(mark));
+        }
+        match js.delete_stream(name).await {
+            Ok(_) => Ok(Cleanup::Done),
+            Err(err) if is_stream_not_found(&err.kind()) => Ok(Cleanup::Missing),
+            Err(err) => Err(stream_error(name, "delete")(err)),
+        }
+    };
+    tokio::time::timeout(PROVISION_TIMEOUT, round)
+        .await
+        .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
+}
+
+/// The finalizer's `deletionPolicy: Retain`: keeps the stream and its events
+/// but drops `owner`'s mark, so the next endpoint of that name adopts it
+/// instead of finding it owned elsewhere.
+pub async fn release(
+    js: &jetstream::Context,
+    name: &str,
+    owner: &StreamOwner,
+) -> Result<Cleanup, ProvisionError> {
+    let round = async {
+        let stream = match js.get_stream(name).await {
+            Ok(stream) => stream,
+            Err(err) if is_stream_not_found(&err.kind()) => return Ok(Cleanup::Missing),
+            Err(err) => return Err(stream_error(name, "read")(err)),
+        };
+        let current = &stream.cached_info().config;
+        if let Err(mark) = owner::may_remove(current, owner) {
+            return Ok(Cleanup::OwnedElsewhere(mark));
+        }
+        if owner_mark(current).is_none() {
+            return Ok(Cleanup::Done);
+        }
+        let config = stream::Config {
+            metadata: owner::released_metadata(&current.metadata),
+            ..current.clone()
+        };
+        js.update_stream(&config)
+            .await
+            .map_err(stream_error(name, "update"))?;
+        Ok(Cleanup::Done)
+    };
+    tokio::time::timeout(PROVISION_TIMEOUT, round)
+        .await
+        .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
+}
+
+/// Removes the stream `name` whoever owns it; a missing stream is fine.
+/// For tools and tests: the operator uses [`delete_owned`].
 pub async fn delete_stream(js: &jetstream::Context, name: &str) -> Result<(), ProvisionError> {
     match tokio::time::timeout(PROVISION_TIMEOUT, js.delete_stream(name)).await {
         Err(_) => Err(ProvisionError::Timeout(PROVISION_TIMEOUT)),
         Ok(Ok(_)) => Ok(()),
         Ok(Err(err)) if is_stream_not_found(&err.kind()) => Ok(()),
-        Ok(Err(err)) => Err(ProvisionError::Stream {
-            stream: name.to_owned(),
-            source: Box::new(err),
-        }),
+        Ok(Err(err)) => Err(stream_error(name, "delete")(err)),
     }
 }
 
@@ -211,43 +445,25 @@ pub struct StreamStats {
 }
 
 /// Reads the stream's and durable consumer's state (a missing consumer counts
-/// as nothing pending).
+/// as nothing pending). One STREAM.INFO, plus a CONSUMER.INFO unless the
+/// stream is a `Buffer`.
 pub async fn stats(
     js: &jetstream::Context,
     endpoint: &ValidatedEndpoint,
 ) -> Result<StreamStats, ProvisionError> {
-    let name = endpoint.stream.name.clone();
-    let stream_error = |source: Box<dyn std::error::Error + Send + Sync>| ProvisionError::Stream {
-        stream: name.clone(),
-        source,
-    };
+    let name = endpoint.stream.name.as_str();
     let read = async {
-        let mut stream = js
-            .get_stream(&name)
+        let stream = js
+            .get_stream(name)
             .await
-            .map_err(|err| stream_error(Box::new(err)))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|err| stream_error(Box::new(err)))?;
-        let state = info.state.clone();
-        let retention = match info.config.retention {
-            stream::RetentionPolicy::WorkQueue => Some(StreamRetention::Buffer),
-            stream::RetentionPolicy::Limits => Some(StreamRetention::Archive),
-            // Made by hand or by an older Hookline: acknowledged events leave
-            // too, but nothing is kept while no consumer exists.
-            stream::RetentionPolicy::Interest => None,
+            .map_err(stream_error(name, "read"))?;
+        let info = stream.cached_info();
+        let retention = retention_of(info.config.retention);
+        let pending = match retention {
+            Some(StreamRetention::Buffer) => info.state.messages,
+            _ => read_pending(&stream, endpoint).await?.unwrap_or(0),
         };
-        let pending = match stream.consumer_info(&endpoint.consumer.durable_name).await {
-            Ok(info) => info.num_pending + info.num_ack_pending as u64,
-            Err(_) => 0,
-        };
-        Ok(StreamStats {
-            messages: state.messages,
-            pending,
-            last_stored: (state.messages > 0).then(|| state.last_timestamp.into()),
-            retention,
-        })
+        Ok(stats_of(info, retention, pending))
     };
     tokio::time::timeout(PROVISION_TIMEOUT, read)
         .await

@@ -1,12 +1,16 @@
 //! The shared provisioning function against a real nats-server.
 #![cfg(feature = "jetstream")]
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::stream::RetentionPolicy;
 use futures::StreamExt;
-use hookline_api::provision::{delete_stream, provision};
+use hookline_api::provision::{
+    Cleanup, Ensured, OWNER_ENDPOINT_KEY, OWNER_UID_KEY, ProvisionError, StreamOwner, StreamStats,
+    delete_owned, delete_stream, diagnose, ensure, explain, provision, release,
+};
 use hookline_api::spec::{Provider, StreamRetention, StreamSpec, WebhookEndpointSpec};
 use hookline_e2e::NatsServer;
 
@@ -165,5 +169,419 @@ async fn an_archive_stream_is_uncapped_and_an_existing_streams_retention_is_kept
         stats.retention,
         Some(StreamRetention::Archive),
         "the stats say so"
+    );
+}
+
+/// Counts the JetStream API requests every client of the server makes, by
+/// subscribing to `$JS.API.>` from a second connection.
+struct ApiCalls {
+    subscription: async_nats::Subscriber,
+}
+
+impl ApiCalls {
+    async fn watch(nats: &NatsServer) -> ApiCalls {
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let subscription = client.subscribe("$JS.API.>").await.expect("subscribe");
+        client.flush().await.expect("flush");
+        ApiCalls { subscription }
+    }
+
+    /// The subjects requested since the last call, API prefix dropped.
+    async fn take(&mut self) -> Vec<String> {
+        let mut subjects = Vec::new();
+        while let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(300), self.subscription.next()).await
+        {
+            let subject = message.subject.as_str();
+            subjects.push(subject.trim_start_matches("$JS.API.").to_owned());
+        }
+        subjects
+    }
+}
+
+async fn connect(nats: &NatsServer) -> async_nats::jetstream::Context {
+    async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("connect"))
+}
+
+fn start() -> NatsServer {
+    tokio::task::block_in_place(NatsServer::start).expect("nats-server starts")
+}
+
+fn ready(outcome: Result<Ensured, ProvisionError>) -> StreamStats {
+    match outcome.expect("provisioned") {
+        Ensured::Ready(stats) => stats,
+        other => panic!("expected Ready, got {other:?}"),
+    }
+}
+
+async fn metadata(js: &async_nats::jetstream::Context, name: &str) -> HashMap<String, String> {
+    js.get_stream(name)
+        .await
+        .expect("stream exists")
+        .cached_info()
+        .config
+        .metadata
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_steady_buffer_endpoint_costs_one_stream_info() {
+    let nats = start();
+    let js = connect(&nats).await;
+    let mut calls = ApiCalls::watch(&nats).await;
+    let endpoint = hookline_api::resolve("ci", "steady", &with_retention(StreamRetention::Buffer))
+        .expect("valid");
+    let owner = StreamOwner::new("uid-1", "ci", "steady");
+    let mut known = None;
+
+    ready(ensure(&js, &endpoint, Some(&owner), &mut known).await);
+    let first = calls.take().await;
+    assert!(
+        first.contains(&"STREAM.CREATE.HOOKLINE_ci_steady".to_owned()),
+        "{first:?}"
+    );
+    js.publish("hookline.ci.steady.push", "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    calls.take().await;
+
+    let stats = ready(ensure(&js, &endpoint, Some(&owner), &mut known).await);
+    assert_eq!(calls.take().await, ["STREAM.INFO.HOOKLINE_ci_steady"]);
+    assert_eq!(stats.messages, 1);
+    assert_eq!(
+        stats.pending, 1,
+        "a buffer's messages are its pending events"
+    );
+    assert!(stats.last_stored.is_some());
+    assert_eq!(stats.retention, Some(StreamRetention::Buffer));
+
+    ready(ensure(&js, &endpoint, Some(&owner), &mut known).await);
+    assert_eq!(calls.take().await, ["STREAM.INFO.HOOKLINE_ci_steady"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_steady_archive_endpoint_also_reads_its_consumer_for_pending() {
+    let nats = start();
+    let js = connect(&nats).await;
+    let mut calls = ApiCalls::watch(&nats).await;
+    let endpoint = hookline_api::resolve("ci", "log", &with_retention(StreamRetention::Archive))
+        .expect("valid");
+    let mut known = None;
+    ready(ensure(&js, &endpoint, None, &mut known).await);
+    js.publish("hookline.ci.log.push", "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    calls.take().await;
+
+    let stats = ready(ensure(&js, &endpoint, None, &mut known).await);
+    assert_eq!(
+        calls.take().await,
+        [
+            "STREAM.INFO.HOOKLINE_ci_log",
+            "CONSUMER.INFO.HOOKLINE_ci_log.hookline-consumer"
+        ]
+    );
+    assert_eq!((stats.messages, stats.pending), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_spec_updates_the_stream_once() {
+    let nats = start();
+    let js = connect(&nats).await;
+    let mut calls = ApiCalls::watch(&nats).await;
+    let owner = StreamOwner::new("uid-1", "ci", "github");
+    let mut known = None;
+    let endpoint = hookline_api::resolve("ci", "github", &spec("720h")).expect("valid");
+    ready(ensure(&js, &endpoint, Some(&owner), &mut known).await);
+    calls.take().await;
+
+    let updated = hookline_api::resolve("ci", "github", &spec("24h")).expect("valid");
+    ready(ensure(&js, &updated, Some(&owner), &mut known).await);
+    assert_eq!(
+        calls.take().await,
+        [
+            "STREAM.INFO.HOOKLINE_ci_github",
+            "STREAM.UPDATE.HOOKLINE_ci_github"
+        ]
+    );
+    let info = js
+        .get_stream("HOOKLINE_ci_github")
+        .await
+        .expect("stream")
+        .cached_info()
+        .clone();
+    assert_eq!(info.config.max_age, Duration::from_secs(24 * 3600));
+    assert_eq!(
+        info.config.metadata.get(OWNER_UID_KEY).map(String::as_str),
+        Some("uid-1"),
+        "the update keeps the mark"
+    );
+    calls.take().await;
+
+    ready(ensure(&js, &updated, Some(&owner), &mut known).await);
+    assert_eq!(calls.take().await, ["STREAM.INFO.HOOKLINE_ci_github"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_consumer_is_recreated() {
+    let nats = start();
+    let js = connect(&nats).await;
+    let mut calls = ApiCalls::watch(&nats).await;
+    let endpoint = hookline_api::resolve("ci", "gone", &with_retention(StreamRetention::Buffer))
+        .expect("valid");
+    let mut known = None;
+    ready(ensure(&js, &endpoint, None, &mut known).await);
+    js.get_stream("HOOKLINE_ci_gone")
+        .await
+        .expect("stream")
+        .delete_consumer("hookline-consumer")
+        .await
+        .expect("delete the consumer");
+    calls.take().await;
+
+    ready(ensure(&js, &endpoint, None, &mut known).await);
+    let made = calls.take().await;
+    assert_eq!(made.len(), 2, "{made:?}");
+    assert_eq!(made[0], "STREAM.INFO.HOOKLINE_ci_gone");
+    // The create subject ends with the filter subject.
+    assert!(
+        made[1].starts_with("CONSUMER.CREATE.HOOKLINE_ci_gone.hookline-consumer"),
+        "{made:?}"
+    );
+    js.get_stream("HOOKLINE_ci_gone")
+        .await
+        .expect("stream")
+        .consumer_info("hookline-consumer")
+        .await
+        .expect("the durable consumer is back");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_made_anew_gets_its_consumer_back() {
+    let nats = start();
+    let js = connect(&nats).await;
+    let endpoint = hookline_api::resolve("ci", "anew", &with_retention(StreamRetention::Buffer))
+        .expect("valid");
+    let mut known = None;
+    ready(ensure(&js, &endpoint, None, &mut known).await);
+    delete_stream(&js, "HOOKLINE_ci_anew")
+        .await
+        .expect("delete");
+    ready(ensure(&js, &endpoint, None, &mut known).await);
+    js.get_stream("HOOKLINE_ci_anew")
+        .await
+        .expect("stream made anew")
+        .consumer_info("hookline-consumer")
+        .await
+        .expect("with its durable consumer");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unmarked_stream_is_adopted_by_the_first_owner() {
+    let nats = start();
+    let js = connect(&nats).await;
+    let endpoint = hookline_api::resolve("ci", "old", &spec("720h")).expect("valid");
+    provision(&js, &endpoint).await.expect("--provision");
+    assert!(
+        !metadata(&js, "HOOKLINE_ci_old")
+            .await
+            .contains_key(OWNER_UID_KEY),
+        "no owner, no mark"
+    );
+
+    let owner = StreamOwner::new("uid-1", "ci", "old");
+    ready(ensure(&js, &endpoint, Some(&owner), &mut None).await);
+    let marked = metadata(&js, "HOOKLINE_ci_old").await;
+    assert_eq!(marked.get(OWNER_UID_KEY).map(String::as_str), Some("uid-1"));
+    assert_eq!(
+        marked.get(OWNER_ENDPOINT_KEY).map(String::as_str),
+        Some("ci/old")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_owned_elsewhere_is_neither_changed_nor_deleted() {
+    let nats = start();
+    let js = connect(&nats).await;
+    let first = StreamOwner::new("uid-cluster-a", "ci", "shared");
+    let second = StreamOwner::new("uid-cluster-b", "ci", "shared");
+    let endpoint = hookline_api::resolve("ci", "shared", &spec("720h")).expect("valid");
+    ready(ensure(&js, &endpoint, Some(&first), &mut None).await);
+    js.get_stream("HOOKLINE_ci_shared")
+        .await
+        .expect("stream")
+        .delete_consumer("hookline-consumer")
+        .await
+        .expect("delete the consumer");
+
+    let changed = hookline_api::resolve("ci", "shared", &spec("24h")).expect("valid");
+    let mut known = None;
+    let outcome = ensure(&js, &changed, Some(&second), &mut known)
+        .await
+        .expect("answered");
+    let Ensured::OwnedElsewhere(mark) = outcome else {
+        panic!("expected OwnedElsewhere, got {outcome:?}");
+    };
+    assert_eq!(mark.uid, "uid-cluster-a");
+    assert_eq!(mark.endpoint.as_deref(), Some("ci/shared"));
+    assert!(known.is_none());
+    let mut stream = js.get_stream("HOOKLINE_ci_shared").await.expect("stream");
+    assert_eq!(
+        stream.info().await.expect("info").config.max_age,
+        Duration::from_secs(720 * 3600),
+        "not updated"
+    );
+    assert!(
+        stream.consumer_info("hookline-consumer").await.is_err(),
+        "its consumer is not touched"
+    );
+
+    assert_eq!(
+        delete_owned(&js, "HOOKLINE_ci_shared", &second)
+            .await
+            .expect("answered"),
+        Cleanup::OwnedElsewhere(mark.clone())
+    );
+    assert_eq!(
+        release(&js, "HOOKLINE_ci_shared", &second)
+            .await
+            .expect("answered"),
+        Cleanup::OwnedElsewhere(mark)
+    );
+    assert!(js.get_stream("HOOKLINE_ci_shared").await.is_ok(), "kept");
+
+    assert_eq!(
+        delete_owned(&js, "HOOKLINE_ci_shared", &first)
+            .await
+            .expect("deleted"),
+        Cleanup::Done
+    );
+    assert_eq!(
+        delete_owned(&js, "HOOKLINE_ci_shared", &first)
+            .await
+            .expect("answered"),
+        Cleanup::Missing
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provisioning_without_an_owner_updates_but_keeps_the_mark() {
+    let nats = start();
+    let js = connect(&nats).await;
+    let owner = StreamOwner::new("uid-1", "ci", "mixed");
+    let endpoint = hookline_api::resolve("ci", "mixed", &spec("720h")).expect("valid");
+    ready(ensure(&js, &endpoint, Some(&owner), &mut None).await);
+
+    let changed = hookline_api::resolve("ci", "mixed", &spec("24h")).expect("valid");
+    provision(&js, &changed).await.expect("--provision");
+    let info = js
+        .get_stream("HOOKLINE_ci_mixed")
+        .await
+        .expect("stream")
+        .cached_info()
+        .clone();
+    assert_eq!(info.config.max_age, Duration::from_secs(24 * 3600));
+    assert_eq!(
+        info.config.metadata.get(OWNER_UID_KEY).map(String::as_str),
+        Some("uid-1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_released_stream_is_adopted_by_the_next_endpoint_of_that_name() {
+    let nats = start();
+    let js = connect(&nats).await;
+    let endpoint = hookline_api::resolve("ci", "kept", &spec("720h")).expect("valid");
+    let earlier = StreamOwner::new("uid-earlier", "ci", "kept");
+    ready(ensure(&js, &endpoint, Some(&earlier), &mut None).await);
+    js.publish("hookline.ci.kept.push", "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+
+    assert_eq!(
+        release(&js, "HOOKLINE_ci_kept", &earlier)
+            .await
+            .expect("released"),
+        Cleanup::Done
+    );
+    assert!(
+        !metadata(&js, "HOOKLINE_ci_kept")
+            .await
+            .contains_key(OWNER_UID_KEY)
+    );
+
+    let later = StreamOwner::new("uid-later", "ci", "kept");
+    let stats = ready(ensure(&js, &endpoint, Some(&later), &mut None).await);
+    assert_eq!(stats.messages, 1, "the retained events are there");
+    assert_eq!(
+        metadata(&js, "HOOKLINE_ci_kept")
+            .await
+            .get(OWNER_UID_KEY)
+            .map(String::as_str),
+        Some("uid-later")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_overlap_names_the_stream_that_holds_the_subjects() {
+    let nats = start();
+    let js = connect(&nats).await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "EVERYTHING".into(),
+        subjects: vec!["hookline.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("a stream over every endpoint's subjects");
+    let endpoint = hookline_api::resolve("ci", "clash", &spec("720h")).expect("valid");
+    let err = ensure(&js, &endpoint, None, &mut None)
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        err.error_code(),
+        Some(async_nats::jetstream::ErrorCode::STREAM_SUBJECT_OVERLAP)
+    );
+    let message = explain(&js, &endpoint, &err).await;
+    assert!(
+        message.starts_with("NATS refused stream HOOKLINE_ci_clash: its subjects hookline.ci.clash.> overlap with those of stream EVERYTHING;"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_no_room_diagnosis_reads_the_accounts_reservation() {
+    let nats = start();
+    let js = connect(&nats).await;
+    let endpoint = hookline_api::resolve("ci", "room", &with_retention(StreamRetention::Buffer))
+        .expect("valid");
+    ready(ensure(&js, &endpoint, None, &mut None).await);
+    // The answer NATS gives when the store cannot hold another reservation.
+    let refusal: async_nats::jetstream::Error = serde_json::from_value(serde_json::json!({
+        "code": 500,
+        "err_code": async_nats::jetstream::ErrorCode::INSUFFICIENT_RESOURCES.0,
+        "description": "insufficient storage resources available",
+    }))
+    .expect("a JetStream API error");
+    let err = ProvisionError::Stream {
+        stream: "HOOKLINE_ci_room".into(),
+        action: "create",
+        source: async_nats::jetstream::context::CreateStreamError::new(
+            async_nats::jetstream::context::CreateStreamErrorKind::JetStream(refusal),
+        )
+        .into(),
+    };
+    let diagnosis = diagnose(&js, &endpoint, &err).await;
+    let storage = diagnosis.storage.expect("the account's figures");
+    assert_eq!(storage.reserved, 512 * 1024 * 1024, "the buffer's cap");
+    let message = err.describe(&endpoint, &diagnosis);
+    assert!(
+        message.contains("(maxBytes 512 MiB; 512 MiB reserved"),
+        "{message}"
     );
 }
