@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use hookline_api::naming;
+use hookline_api::provision::StreamOwner;
 use hookline_api::spec::{DeletionPolicy, WebhookEndpoint};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action;
@@ -53,6 +54,7 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     written: WrittenStatuses,
     keda: keda::Discovery,
+    streams: stream::KnownStreams,
 }
 
 impl Context {
@@ -76,6 +78,7 @@ impl Context {
             failures: Mutex::default(),
             written: WrittenStatuses::default(),
             keda: keda::Discovery::default(),
+            streams: stream::KnownStreams::default(),
         }
     }
 
@@ -198,18 +201,20 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
         )
         .await;
     }
-    let stream = stream::ensure(&ctx.nats, &valid).await;
+    let owner_uid = valid
+        .owner
+        .as_ref()
+        .map(|owner| owner.uid.clone())
+        .ok_or_else(|| Error::MissingObjectKey(key.clone(), ".metadata.uid"))?;
+    let stream_owner =
+        StreamOwner::new(&owner_uid, &valid.endpoint.namespace, &valid.endpoint.name);
+    let stream = stream::ensure(&ctx.nats, &ctx.streams, &valid, &stream_owner).await;
     let keda = ctx
         .keda
         .installed(&ctx.client)
         .await
         .map_err(Error::DiscoverKeda)?;
     let children = build::build(&valid, &ctx.config, Cluster { keda });
-    let owner_uid = valid
-        .owner
-        .as_ref()
-        .map(|owner| owner.uid.clone())
-        .ok_or_else(|| Error::MissingObjectKey(key.clone(), ".metadata.uid"))?;
     ctx.stores.wait_until_ready(keda, SCALER_CACHE_WAIT).await;
     let applied = Applier {
         client: &ctx.client,
@@ -253,33 +258,32 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
     }
 }
 
-/// The finalizer's cleanup: deletes the stream (unless `deletionPolicy:
-/// Retain`). Works from the resource's name, so an endpoint whose spec no
-/// longer validates is cleaned up too. The children go with the owner.
+/// The finalizer's cleanup: deletes the stream (or, with `deletionPolicy:
+/// Retain`, releases it for the next endpoint of this name), unless another
+/// endpoint owns it. Works from the resource's name, so an endpoint whose spec
+/// no longer validates is cleaned up too. The children go with the owner.
 async fn cleanup(endpoint: &WebhookEndpoint, ctx: &Context) -> Result<Action> {
     let namespace = endpoint.namespace().unwrap_or_default();
-    let name = naming::stream_name(&namespace, &endpoint.name_any());
+    let name = endpoint.name_any();
+    let stream_name = naming::stream_name(&namespace, &name);
     let policy = endpoint
         .spec
         .stream
         .as_ref()
         .and_then(|stream| stream.deletion_policy)
         .unwrap_or(DeletionPolicy::Delete);
-    let note = match policy {
-        DeletionPolicy::Delete => {
-            stream::delete(&ctx.nats, &name)
-                .await
-                .map_err(Error::DeleteStream)?;
-            format!("deleted stream {name}")
-        }
-        DeletionPolicy::Retain => format!("kept stream {name} (deletionPolicy: Retain)"),
-    };
-    info!(stream = %name, ?policy, "endpoint deleted");
+    let uid = endpoint.metadata.uid.clone().unwrap_or_default();
+    let owner = StreamOwner::new(&uid, &namespace, &name);
+    let note = stream::clean_up(&ctx.nats, &stream_name, &owner, policy)
+        .await
+        .map_err(Error::DeleteStream)?;
+    info!(stream = %stream_name, ?policy, "endpoint deleted: {note}");
     ctx.publish(endpoint, EventType::Normal, "Deleted", note)
         .await;
     let key = key(endpoint);
     ctx.succeeded(&key);
     ctx.written.forget(&key);
+    ctx.streams.forget(&uid);
     ctx.metrics.set_readiness(&key, None);
     ctx.metrics.set_pending(&key, None);
     Ok(Action::await_change())

@@ -1,11 +1,17 @@
 //! The JetStream step: the endpoint's stream and durable consumer, made with
-//! the same `hookline_api::provision` the binaries' `--provision` uses, and
-//! the stream's live figures for the status.
+//! the same `hookline_api::provision` the binaries' `--provision` uses and
+//! marked as the endpoint's, and the stream's live figures for the status.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 
 use async_nats::connection::State;
 use async_nats::jetstream;
 use hookline_api::headers::HEADER_ALLOWANCE;
-use hookline_api::provision::{self, ProvisionError, StreamStats};
+use hookline_api::provision::{
+    self, Cleanup, Ensured, ProvisionError, Provisioned, StreamOwner, StreamStats,
+};
+use hookline_api::spec::DeletionPolicy;
 
 use crate::validate::ValidEndpoint;
 
@@ -19,8 +25,12 @@ pub enum StreamState {
     },
     /// NATS is not reachable (not connected, or no answer in time).
     Unreachable(String),
-    /// NATS answered, and refused (e.g. no JetStream, or out of resources).
+    /// NATS answered, and refused (e.g. no JetStream, or out of resources):
+    /// the cause and what to do.
     Refused(String),
+    /// The stream belongs to another endpoint (another cluster on the same
+    /// NATS, or an earlier endpoint of this name): left alone.
+    OwnedElsewhere(String),
 }
 
 impl StreamState {
@@ -37,31 +47,86 @@ impl StreamState {
     }
 }
 
-/// Creates or updates the stream and durable consumer, then reads the figures.
-pub async fn ensure(client: &async_nats::Client, valid: &ValidEndpoint) -> StreamState {
+/// What the stream step remembers per endpoint (by UID) between reconciles,
+/// so a steady state costs one JetStream API call.
+#[derive(Default)]
+pub struct KnownStreams {
+    by_uid: Mutex<HashMap<String, Provisioned>>,
+}
+
+impl KnownStreams {
+    fn take(&self, uid: &str) -> Option<Provisioned> {
+        self.lock().remove(uid)
+    }
+
+    fn put(&self, uid: &str, known: Option<Provisioned>) {
+        if let Some(known) = known {
+            self.lock().insert(uid.to_owned(), known);
+        }
+    }
+
+    /// Forgets a deleted endpoint.
+    pub fn forget(&self, uid: &str) {
+        self.lock().remove(uid);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Provisioned>> {
+        self.by_uid.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Creates or updates the stream and durable consumer, marked as `owner`'s,
+/// and reads the figures: one STREAM.INFO when nothing changed.
+pub async fn ensure(
+    client: &async_nats::Client,
+    known: &KnownStreams,
+    valid: &ValidEndpoint,
+    owner: &StreamOwner,
+) -> StreamState {
     if client.connection_state() != State::Connected {
         return StreamState::Unreachable("not connected to NATS".into());
     }
     let js = jetstream::new(client.clone());
-    let outcome = async {
-        provision::provision(&js, &valid.endpoint).await?;
-        provision::stats(&js, &valid.endpoint).await
-    }
-    .await;
+    let mut provisioned = known.take(&owner.uid);
+    let outcome = provision::ensure(&js, &valid.endpoint, Some(owner), &mut provisioned).await;
+    known.put(&owner.uid, provisioned);
     match outcome {
-        Ok(stats) => StreamState::Ready {
+        Ok(Ensured::Ready(stats)) => StreamState::Ready {
             stats,
             max_payload: client.server_info().max_payload,
         },
-        Err(err @ ProvisionError::Timeout(_)) => StreamState::Unreachable(err.to_string()),
-        Err(err) if client.connection_state() != State::Connected => {
+        Ok(Ensured::OwnedElsewhere(mark)) => StreamState::OwnedElsewhere(
+            provision::owned_elsewhere_message(&valid.endpoint.stream.name, &mark),
+        ),
+        Err(err) if err.is_timeout() || client.connection_state() != State::Connected => {
             StreamState::Unreachable(err.to_string())
         }
-        Err(err) => StreamState::Refused(err.to_string()),
+        Err(err) => StreamState::Refused(provision::explain(&js, &valid.endpoint, &err).await),
     }
 }
 
-/// Deletes the stream `name`; the finalizer's cleanup.
-pub async fn delete(client: &async_nats::Client, name: &str) -> Result<(), ProvisionError> {
-    provision::delete_stream(&jetstream::new(client.clone()), name).await
+/// The finalizer's cleanup of the stream `name`: deleted (`Delete`) or
+/// released for the next endpoint of that name (`Retain`), unless another
+/// endpoint owns it. Returns what happened, for the Event.
+pub async fn clean_up(
+    client: &async_nats::Client,
+    name: &str,
+    owner: &StreamOwner,
+    policy: DeletionPolicy,
+) -> Result<String, ProvisionError> {
+    let js = jetstream::new(client.clone());
+    let outcome = match policy {
+        DeletionPolicy::Delete => provision::delete_owned(&js, name, owner).await?,
+        DeletionPolicy::Retain => provision::release(&js, name, owner).await?,
+    };
+    Ok(match (outcome, policy) {
+        (Cleanup::OwnedElsewhere(mark), _) => {
+            format!("left stream {name} alone: it belongs to {mark}")
+        }
+        (Cleanup::Missing, _) => format!("stream {name} was already gone"),
+        (Cleanup::Done, DeletionPolicy::Delete) => format!("deleted stream {name}"),
+        (Cleanup::Done, DeletionPolicy::Retain) => format!(
+            "kept stream {name} (deletionPolicy: Retain); the next endpoint of this name takes it over"
+        ),
+    })
 }

@@ -1028,3 +1028,72 @@ async fn live_figures_of_a_busy_endpoint_are_written_at_most_once_per_resync() {
         "figures written less than a resync ago are not written again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_owned_by_another_endpoint_is_neither_changed_nor_deleted() {
+    use hookline_api::provision::{self, StreamOwner};
+
+    let mut harness = stripe(true).await;
+    let endpoint = harness.endpoint(NS, NAME);
+    let valid = hookline_operator::validate::validate(&endpoint).expect("valid");
+    let js = jetstream::new(harness.ctx.nats.clone());
+    let other_cluster = StreamOwner::new("uid-in-another-cluster", NS, NAME);
+    provision::ensure(&js, &valid.endpoint, Some(&other_cluster), &mut None)
+        .await
+        .expect("the other cluster's stream");
+    harness.settle(NS, NAME).await;
+    let stream = harness.expect_condition(
+        NS,
+        NAME,
+        conditions::STREAM_READY,
+        "False",
+        reasons::STREAM_OWNED_ELSEWHERE,
+    );
+    assert!(
+        stream.message.contains("uid-in-another-cluster"),
+        "{}",
+        stream.message
+    );
+    harness.mark_deleting(NS, NAME);
+    harness.reconcile(NS, NAME).await.expect("cleanup");
+    let info = stream_info(&harness, "HOOKLINE_payments_stripe")
+        .await
+        .expect("the other cluster's stream is still there");
+    assert_eq!(
+        info.config
+            .metadata
+            .get(provision::OWNER_UID_KEY)
+            .map(String::as_str),
+        Some("uid-in-another-cluster")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_endpoint_costs_one_jetstream_call_per_resync() {
+    use futures::StreamExt;
+
+    let mut harness = stripe(true).await;
+    harness.settle(NS, NAME).await;
+    harness.fake.make_deployments_available();
+    harness.reconcile(NS, NAME).await.expect("reconcile");
+    let watcher = hookline_api::nats::connect(&harness.nats.url(), &Default::default(), "count")
+        .await
+        .expect("NATS");
+    support::wait_connected(&watcher).await;
+    let mut calls = watcher.subscribe("$JS.API.>").await.expect("subscribe");
+    watcher.flush().await.expect("flush");
+    for _ in 0..3 {
+        harness.reconcile(NS, NAME).await.expect("reconcile");
+    }
+    let mut subjects = Vec::new();
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(300), calls.next()).await
+    {
+        subjects.push(message.subject.to_string());
+    }
+    assert_eq!(
+        subjects,
+        vec!["$JS.API.STREAM.INFO.HOOKLINE_payments_stripe"; 3],
+        "one STREAM.INFO per reconcile"
+    );
+}

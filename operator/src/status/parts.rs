@@ -84,14 +84,17 @@ pub(super) fn stream_finding(observed: &Observed<'_>) -> Finding {
             reasons::NATS_UNREACHABLE,
             format!("cannot reach NATS at {url} ({cause}); receivers answer 503 until it is back"),
         ),
-        StreamState::Refused(cause) => Finding::new(
+        StreamState::Refused(message) => Finding::new(
             type_,
             Status::False,
             reasons::STREAM_REFUSED,
-            format!(
-                "NATS at {url} refused stream {}: {cause}",
-                endpoint.stream.name
-            ),
+            message.clone(),
+        ),
+        StreamState::OwnedElsewhere(message) => Finding::new(
+            type_,
+            Status::False,
+            reasons::STREAM_OWNED_ELSEWHERE,
+            message.clone(),
         ),
     }
 }
