@@ -38,9 +38,11 @@ pub mod reasons {
     pub const NATS_UNREACHABLE: &str = "NatsUnreachable";
     /// StreamReady: NATS answered but refused the stream or consumer.
     pub const STREAM_REFUSED: &str = "StreamRefused";
-    /// ReceiverAvailable / ConsumerAvailable: enough pods are ready.
+    /// ReceiverAvailable / ConsumerAvailable: the current template is rolled
+    /// out and every wanted pod is available.
     pub const AVAILABLE: &str = "Available";
-    /// Pods are starting or a rollout is under way.
+    /// Pods are starting or a rollout is under way (not every pod runs the
+    /// current template yet), so the change is not live.
     pub const PROGRESSING: &str = "Progressing";
     /// The rollout exceeded its progress deadline (image, crash, scheduling).
     pub const ROLLOUT_FAILED: &str = "RolloutFailed";
