@@ -48,9 +48,11 @@ pub mod reasons {
     /// Ready: the API server refused a child (admission, validation, conflict);
     /// the other children were applied.
     pub const APPLY_FAILED: &str = "ApplyFailed";
-    /// ReceiverAvailable / ConsumerAvailable: enough pods are ready.
+    /// ReceiverAvailable / ConsumerAvailable: the current template is rolled
+    /// out and every wanted pod is available.
     pub const AVAILABLE: &str = "Available";
-    /// Pods are starting or a rollout is under way.
+    /// Pods are starting or a rollout is under way (not every pod runs the
+    /// current template yet), so the change is not live.
     pub const PROGRESSING: &str = "Progressing";
     /// The rollout exceeded its progress deadline (image, crash, scheduling).
     pub const ROLLOUT_FAILED: &str = "RolloutFailed";

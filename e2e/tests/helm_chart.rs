@@ -187,3 +187,140 @@ fn values_schema_refuses_bad_and_unknown_settings() {
         );
     }
 }
+
+/// A Secret volume's file mode as the API server reads the manifest: YAML 1.1,
+/// where `0440` is octal.
+fn file_mode(value: &serde_yaml::Value) -> Option<u32> {
+    match value {
+        serde_yaml::Value::Number(number) => number.as_u64().and_then(|n| u32::try_from(n).ok()),
+        serde_yaml::Value::String(text) => {
+            let digits = text.strip_prefix("0o").unwrap_or(text);
+            u32::from_str_radix(digits, 8).ok()
+        }
+        _ => None,
+    }
+}
+
+/// The ids a container's processes run with, and the fsGroup: the pod's
+/// settings unless the container overrides them.
+struct Identity {
+    user: Option<u64>,
+    groups: Vec<u64>,
+    fs_group: Option<u64>,
+}
+
+impl Identity {
+    fn of(pod: &serde_yaml::Value, container: &serde_yaml::Value) -> Identity {
+        let setting = |key: &str| {
+            container["securityContext"][key]
+                .as_u64()
+                .or_else(|| pod["securityContext"][key].as_u64())
+        };
+        let fs_group = pod["securityContext"]["fsGroup"].as_u64();
+        let mut groups: Vec<u64> = pod["securityContext"]["supplementalGroups"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(serde_yaml::Value::as_u64)
+            .collect();
+        groups.extend(setting("runAsGroup").or(setting("runAsUser")));
+        groups.extend(fs_group);
+        Identity {
+            user: setting("runAsUser"),
+            groups,
+            fs_group,
+        }
+    }
+
+    /// Kubernetes writes Secret volume files owned by root, with group fsGroup
+    /// when the pod sets one (else root's group 0).
+    fn can_read(&self, mode: u32) -> bool {
+        let file_group = self.fs_group.unwrap_or(0);
+        mode & 0o004 != 0
+            || (self.user == Some(0) && mode & 0o400 != 0)
+            || (self.groups.contains(&file_group) && mode & 0o040 != 0)
+    }
+}
+
+/// `(deployment/container:path, mode)` for every file of a Secret volume a
+/// container of the rendered Deployments mounts, and whether it can read it.
+fn secret_files(manifests: &str) -> Vec<(String, u32, bool)> {
+    let mut files = Vec::new();
+    for document in manifests.split("\n---\n") {
+        let object: serde_yaml::Value = serde_yaml::from_str(document).expect("a YAML document");
+        if object["kind"].as_str() != Some("Deployment") {
+            continue;
+        }
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        let pod = &object["spec"]["template"]["spec"];
+        let volumes = pod["volumes"].as_sequence().cloned().unwrap_or_default();
+        for container in pod["containers"].as_sequence().into_iter().flatten() {
+            let identity = Identity::of(pod, container);
+            for mount in container["volumeMounts"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+            {
+                let Some(secret) = volumes
+                    .iter()
+                    .find(|volume| volume["name"] == mount["name"])
+                    .map(|volume| &volume["secret"])
+                    .filter(|secret| !secret.is_null())
+                else {
+                    continue;
+                };
+                let default_mode = file_mode(&secret["defaultMode"]).unwrap_or(0o644);
+                for item in secret["items"].as_sequence().into_iter().flatten() {
+                    let mode = file_mode(&item["mode"]).unwrap_or(default_mode);
+                    let path = format!(
+                        "{name}/{}:{}/{}",
+                        container["name"].as_str().unwrap_or_default(),
+                        mount["mountPath"].as_str().unwrap_or_default(),
+                        item["path"].as_str().unwrap_or_default()
+                    );
+                    files.push((path, mode, identity.can_read(mode)));
+                }
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn every_container_can_read_the_secret_files_it_mounts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let everything = render(dir.path(), "everything.yaml", EVERYTHING);
+    let manifests = std::fs::read_to_string(everything).expect("rendered chart");
+    let files = secret_files(&manifests);
+    assert!(
+        files.len() >= 2,
+        "the NATS credentials and CA are mounted: {files:?}"
+    );
+    let unreadable: Vec<String> = files
+        .iter()
+        .filter(|(_, _, readable)| !readable)
+        .map(|(path, mode, _)| format!("{path} (mode {mode:04o})"))
+        .collect();
+    assert!(
+        unreadable.is_empty(),
+        "files the container's user cannot read (set podSecurityContext.fsGroup?): {unreadable:?}"
+    );
+}
+
+#[test]
+fn a_secret_file_readable_only_by_its_group_needs_fs_group() {
+    let pod = |fs_group: &str| -> serde_yaml::Value {
+        serde_yaml::from_str(&format!(
+            "securityContext: {{runAsUser: 65532, runAsGroup: 65532{fs_group}}}"
+        ))
+        .expect("YAML")
+    };
+    let container = serde_yaml::Value::Null;
+    assert!(!Identity::of(&pod(""), &container).can_read(0o440));
+    assert!(Identity::of(&pod(", fsGroup: 65532"), &container).can_read(0o440));
+    assert!(Identity::of(&pod(""), &container).can_read(0o444));
+    assert_eq!(
+        file_mode(&serde_yaml::from_str("0440").expect("YAML")),
+        Some(0o440)
+    );
+}

@@ -1,6 +1,7 @@
 //! Reconciles many WebhookEndpoints against the in-memory API of the tests and
 //! a real nats-server, as the controller would: time per reconcile (validate,
-//! secrets, stream, build, apply, status), peak RSS, and the writes of a
+//! secrets, stream, build, apply, status), the JetStream API calls of each
+//! pass (a steady one: one per endpoint), peak RSS, and the writes of a
 //! steady-state pass (must be 0).
 //!
 //! ```sh
@@ -11,8 +12,10 @@
 mod support;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use hookline_e2e::proc_stats::peak_rss_mib;
 use hookline_operator::reconcile::reconcile;
 use support::{Harness, example};
@@ -32,17 +35,37 @@ async fn pass(harness: &mut Harness, endpoints: &[(String, String)]) -> Vec<Dura
     times
 }
 
-fn summary(label: &str, mut times: Vec<Duration>, writes: usize) {
+fn summary(label: &str, mut times: Vec<Duration>, writes: usize, jetstream_calls: usize) {
     times.sort();
     let total: Duration = times.iter().sum();
     let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
     println!(
-        "{label:<28} {:>5} reconciles  mean {:>7.2} ms  p50 {:>7.2} ms  p99 {:>7.2} ms  writes {writes}",
+        "{label:<28} {:>5} reconciles  mean {:>7.2} ms  p50 {:>7.2} ms  p99 {:>7.2} ms  writes {writes}  JetStream API calls {jetstream_calls} ({:.2} per endpoint)",
         times.len(),
         total.as_secs_f64() * 1e3 / times.len() as f64,
         at(0.5).as_secs_f64() * 1e3,
         at(0.99).as_secs_f64() * 1e3,
+        jetstream_calls as f64 / times.len() as f64,
     );
+}
+
+/// Counts JetStream API requests (`$JS.API.>`) seen on the server.
+async fn count_jetstream_calls(nats_url: &str) -> Arc<AtomicUsize> {
+    let client = hookline_api::nats::connect(nats_url, &Default::default(), "bench-count")
+        .await
+        .expect("NATS");
+    support::wait_connected(&client).await;
+    let mut calls = client.subscribe("$JS.API.>").await.expect("subscribe");
+    client.flush().await.expect("flush");
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        let _client = client;
+        while calls.next().await.is_some() {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    count
 }
 
 #[tokio::main]
@@ -73,10 +96,15 @@ async fn main() {
         harness.nats.url()
     );
 
+    let jetstream_calls = count_jetstream_calls(&harness.nats.url()).await;
     let measure = async |label: &str, harness: &mut Harness| {
         harness.fake.clear_calls();
+        let calls_before = jetstream_calls.load(Ordering::Relaxed);
         let times = pass(harness, &endpoints).await;
-        summary(label, times, harness.fake.writes().len());
+        // The counter's subscription sees the last requests a moment later.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let calls = jetstream_calls.load(Ordering::Relaxed) - calls_before;
+        summary(label, times, harness.fake.writes().len(), calls);
     };
     measure("add finalizer", &mut harness).await;
     measure("first apply (create all)", &mut harness).await;

@@ -78,7 +78,9 @@ pub enum Error {
     },
     #[error("HTTP server: {0}")]
     Serve(std::io::Error),
-    #[error("lost the Lease {0} to another replica; exiting so only one reconciles")]
+    #[error(
+        "lost the Lease {0} (another replica holds it, or it was not renewed within the renew deadline); exiting so only one reconciles"
+    )]
     LeadershipLost(String),
 }
 

@@ -2,7 +2,8 @@
 //! (`fakekube.py` from the development tools, which people who clone the
 //! project do not have): it starts, takes the Lease, watches, applies, writes
 //! status and Events, reacts to Secrets and drift, runs the finalizer, makes no
-//! write in a steady state, and hands over to a standby replica.
+//! write in a steady state, hands over to a standby replica, and stops when its
+//! Lease renewals hang.
 //!
 //! Ignored by default; `.ci/run` runs it with `--ignored`. Set
 //! `HOOKLINE_FAKEKUBE` to the script (default `../shared/tools/fakekube.py`
@@ -18,6 +19,7 @@ use async_nats::jetstream;
 use hookline_api::conditions;
 use hookline_api::spec::WebhookEndpoint;
 use hookline_e2e::{ChildProcess, NatsServer, Signal, free_port, workspace_bin};
+use hookline_operator::leader::{LEASE_DURATION, RENEW_DEADLINE};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -101,6 +103,19 @@ impl FakeKube {
     async fn hook(&self, method: reqwest::Method, path: &str) -> Value {
         reqwest::Client::new()
             .request(method, format!("http://127.0.0.1:{}{path}", self.port))
+            .send()
+            .await
+            .expect("fakekube answers")
+            .json()
+            .await
+            .expect("JSON")
+    }
+
+    /// `POST /_fake/config` with `config`.
+    async fn configure(&self, config: Value) -> Value {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/_fake/config", self.port))
+            .json(&config)
             .send()
             .await
             .expect("fakekube answers")
@@ -635,4 +650,60 @@ async fn traffic_edits_and_dotted_names_behave_as_in_a_cluster() {
         },
     )
     .await;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs fakekube.py from the development tools; .ci/run runs it"]
+async fn a_leader_whose_lease_renewals_hang_exits_within_the_renew_deadline() {
+    let fake = tokio::task::block_in_place(|| FakeKube::start(false));
+    let nats = tokio::task::block_in_place(NatsServer::start).expect("nats-server starts");
+    let client = fake.client().await;
+    install_crd(&client).await;
+    let (mut leader, port) =
+        tokio::task::block_in_place(|| start_operator(&fake, &nats, "replica-a"));
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    eventually("replica-a leads", &mut leader, async || {
+        let holder = leases
+            .get("hookline-operator")
+            .await
+            .ok()?
+            .spec?
+            .holder_identity?;
+        let ready: Value = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (holder == "replica-a" && ready["leading"] == true).then_some(())
+    })
+    .await;
+
+    // The API server stops answering Lease requests (and only those).
+    let stalled = Instant::now();
+    let config = fake
+        .configure(json!({"stallSeconds": 30, "stallPaths": "leases"}))
+        .await;
+    assert_eq!(config["stallPaths"], "leases");
+    let status = tokio::task::block_in_place(|| {
+        leader.wait_timeout(RENEW_DEADLINE + Duration::from_secs(3))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "still running {:?} after the Lease renewals began to hang:\n{}",
+            stalled.elapsed(),
+            leader.log_tail(30)
+        )
+    });
+    assert!(
+        stalled.elapsed() < LEASE_DURATION,
+        "stopped only after {:?}, when a standby could have taken the Lease",
+        stalled.elapsed()
+    );
+    assert!(!status.success(), "{status}:\n{}", leader.log_tail(30));
+    let log = leader.log();
+    assert!(
+        log.contains("within the renew deadline") && log.contains("lost the Lease"),
+        "no word of losing the Lease:\n{}",
+        leader.log_tail(30)
+    );
 }

@@ -130,7 +130,10 @@ async fn first_reconcile_adds_the_finalizer_then_applies_every_child_and_the_str
     let ready =
         harness.expect_condition(NS, NAME, conditions::READY, "False", reasons::PROGRESSING);
     assert!(
-        ready.message.contains("receiver pods available"),
+        ready.message.starts_with("rolling out:")
+            && ready
+                .message
+                .contains("kubectl rollout status deployment stripe-receiver"),
         "{}",
         ready.message
     );
@@ -212,6 +215,9 @@ async fn an_older_crd_that_drops_status_fields_does_not_make_a_write_loop() {
 async fn a_spec_change_patches_the_children_and_the_stream() {
     let mut harness = stripe(true).await;
     harness.settle(NS, NAME).await;
+    harness.fake.make_deployments_available();
+    harness.reconcile(NS, NAME).await.expect("reconcile");
+    harness.expect_condition(NS, NAME, conditions::READY, "True", reasons::RECONCILED);
     let hash = |harness: &Harness| {
         harness
             .fake
@@ -260,6 +266,18 @@ async fn a_spec_change_patches_the_children_and_the_stream() {
             .observed_generation,
         Some(2)
     );
+
+    // Ready only once the Deployment controller has rolled the new template out.
+    let ready =
+        harness.expect_condition(NS, NAME, conditions::READY, "False", reasons::PROGRESSING);
+    assert!(
+        ready.message.starts_with("rolling out:"),
+        "{}",
+        ready.message
+    );
+    harness.fake.make_deployments_available();
+    harness.reconcile(NS, NAME).await.expect("reconcile");
+    harness.expect_condition(NS, NAME, conditions::READY, "True", reasons::RECONCILED);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,21 +110,28 @@ fn retention_note(stats: &StreamStats, endpoint: &hookline_api::ValidatedEndpoin
     }
 }
 
-/// Availability of a Deployment, from the Deployment controller's own
-/// `Available` condition (minimum availability for its rollout strategy).
+/// Availability of a Deployment: it counts only once its controller has seen
+/// the current template and every pod runs it (as `kubectl rollout status`
+/// judges), so `Ready` is not written for a change that is not live yet.
 pub(super) fn deployment_finding(
     deployment: &Deployment,
     type_: &'static str,
     what: &str,
     scaled_by_keda: bool,
 ) -> Finding {
+    let name = deployment.metadata.name.as_deref().unwrap_or_default();
     let status = deployment.status.clone().unwrap_or_default();
     let wanted = deployment
         .spec
         .as_ref()
         .and_then(|spec| spec.replicas)
         .unwrap_or(1);
+    let generation = deployment.metadata.generation.unwrap_or(0);
+    let seen = status.observed_generation.unwrap_or(0) >= generation;
+    let pods = status.replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
     let available = status.available_replicas.unwrap_or(0);
+    let rolled_out = seen && pods == wanted && updated == wanted && available == wanted;
     let condition = |name: &str| {
         status
             .conditions
@@ -139,7 +146,7 @@ pub(super) fn deployment_finding(
     });
     let is_available = condition("Available").is_some_and(|c| c.status == "True");
     let counts = format!("{available} of {wanted} {what} pods available");
-    match (wanted, is_available, stuck) {
+    match (wanted, rolled_out, stuck) {
         (0, _, _) if scaled_by_keda => Finding::new(
             type_,
             Status::True,
@@ -152,8 +159,8 @@ pub(super) fn deployment_finding(
             reasons::SCALED_TO_ZERO,
             format!("{what} replicas is 0: nothing serves this endpoint"),
         ),
-        (_, true, None) => Finding::new(type_, Status::True, reasons::AVAILABLE, counts),
-        (_, true, Some(progressing)) => Finding::new(
+        (_, true, _) => Finding::new(type_, Status::True, reasons::AVAILABLE, counts),
+        (_, false, Some(progressing)) if is_available => Finding::new(
             type_,
             Status::True,
             reasons::ROLLOUT_FAILED,
@@ -167,12 +174,29 @@ pub(super) fn deployment_finding(
             Status::False,
             reasons::ROLLOUT_FAILED,
             format!(
-                "{counts}; the rollout is stuck: {} (kubectl describe deployment {})",
+                "{counts}; the rollout is stuck: {} (kubectl describe deployment {name})",
                 progressing.message.unwrap_or_default(),
-                deployment.metadata.name.as_deref().unwrap_or_default()
             ),
         ),
-        (_, false, None) => Finding::new(type_, Status::False, reasons::PROGRESSING, counts),
+        (_, false, None) => {
+            let progress = if seen {
+                let old = pods.saturating_sub(updated);
+                let old = match old {
+                    0 => String::new(),
+                    1 => ", 1 old pod left".to_owned(),
+                    _ => format!(", {old} old pods left"),
+                };
+                format!("{updated} of {wanted} {what} pods updated, {available} available{old}")
+            } else {
+                format!("the Deployment controller has not seen generation {generation} yet")
+            };
+            Finding::new(
+                type_,
+                Status::False,
+                reasons::PROGRESSING,
+                format!("rolling out: {progress} (kubectl rollout status deployment {name})"),
+            )
+        }
     }
 }
 
@@ -224,5 +248,164 @@ pub(super) fn scaler_finding(observed: &Observed<'_>) -> Finding {
                 scaler.metadata.name.as_deref().unwrap_or_default()
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// A receiver Deployment at `generation` wanting `replicas`, with `status`.
+    fn deployment(generation: i64, replicas: i32, status: Value) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "stripe-receiver", "generation": generation},
+            "spec": {
+                "replicas": replicas,
+                "selector": {},
+                "template": {},
+            },
+            "status": status,
+        }))
+        .expect("a Deployment")
+    }
+
+    fn receiver(deployment: &Deployment) -> Finding {
+        deployment_finding(
+            deployment,
+            conditions::RECEIVER_AVAILABLE,
+            "receiver",
+            false,
+        )
+    }
+
+    fn available(status: &str) -> Value {
+        json!({"type": "Available", "status": status, "reason": "MinimumReplicasAvailable"})
+    }
+
+    fn stuck() -> Value {
+        json!({"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+               "message": "ReplicaSet \"stripe-receiver-2\" has timed out progressing."})
+    }
+
+    #[test]
+    fn a_rolled_out_deployment_is_available() {
+        let finding = receiver(&deployment(
+            3,
+            2,
+            json!({"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2,
+                   "availableReplicas": 2, "conditions": [available("True")]}),
+        ));
+        assert_eq!(finding.status, Status::True);
+        assert_eq!(finding.reason, reasons::AVAILABLE);
+        assert_eq!(finding.message, "2 of 2 receiver pods available");
+    }
+
+    #[test]
+    fn a_deployment_rolling_out_a_new_template_is_progressing_though_available() {
+        let finding = receiver(&deployment(
+            3,
+            2,
+            json!({"observedGeneration": 3, "replicas": 3, "updatedReplicas": 1,
+                   "availableReplicas": 2, "conditions": [available("True")]}),
+        ));
+        assert_eq!(finding.status, Status::False);
+        assert_eq!(finding.reason, reasons::PROGRESSING);
+        assert_eq!(
+            finding.message,
+            "rolling out: 1 of 2 receiver pods updated, 2 available, 2 old pods left (kubectl rollout status deployment stripe-receiver)"
+        );
+    }
+
+    #[test]
+    fn a_generation_the_deployment_controller_has_not_seen_is_progressing() {
+        let finding = receiver(&deployment(
+            4,
+            2,
+            json!({"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2,
+                   "availableReplicas": 2, "conditions": [available("True")]}),
+        ));
+        assert_eq!(finding.status, Status::False);
+        assert_eq!(finding.reason, reasons::PROGRESSING);
+        assert_eq!(
+            finding.message,
+            "rolling out: the Deployment controller has not seen generation 4 yet (kubectl rollout status deployment stripe-receiver)"
+        );
+    }
+
+    #[test]
+    fn old_pods_still_terminating_keep_it_progressing() {
+        let finding = receiver(&deployment(
+            3,
+            2,
+            json!({"observedGeneration": 3, "replicas": 3, "updatedReplicas": 2,
+                   "availableReplicas": 2, "conditions": [available("True")]}),
+        ));
+        assert_eq!(finding.reason, reasons::PROGRESSING);
+        assert!(
+            finding.message.contains("1 old pod left"),
+            "{}",
+            finding.message
+        );
+    }
+
+    #[test]
+    fn updated_pods_not_yet_available_keep_it_progressing() {
+        let finding = receiver(&deployment(
+            1,
+            2,
+            json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
+                   "availableReplicas": 1, "conditions": [available("False")]}),
+        ));
+        assert_eq!(finding.status, Status::False);
+        assert_eq!(finding.reason, reasons::PROGRESSING);
+        assert!(
+            finding
+                .message
+                .contains("2 of 2 receiver pods updated, 1 available"),
+            "{}",
+            finding.message
+        );
+    }
+
+    #[test]
+    fn a_stuck_rollout_with_older_pods_serving_is_true_but_failed() {
+        let finding = receiver(&deployment(
+            3,
+            2,
+            json!({"observedGeneration": 3, "replicas": 3, "updatedReplicas": 1,
+                   "availableReplicas": 2, "conditions": [available("True"), stuck()]}),
+        ));
+        assert_eq!(finding.status, Status::True);
+        assert_eq!(finding.reason, reasons::ROLLOUT_FAILED);
+    }
+
+    #[test]
+    fn a_stuck_rollout_with_nothing_serving_is_false() {
+        let finding = receiver(&deployment(
+            1,
+            2,
+            json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
+                   "availableReplicas": 0, "conditions": [available("False"), stuck()]}),
+        ));
+        assert_eq!(finding.status, Status::False);
+        assert_eq!(finding.reason, reasons::ROLLOUT_FAILED);
+        assert!(
+            finding
+                .message
+                .contains("kubectl describe deployment stripe-receiver")
+        );
+    }
+
+    #[test]
+    fn zero_replicas_is_scaled_to_zero_unless_keda_scales_it() {
+        let idle = deployment(2, 0, json!({"observedGeneration": 1}));
+        assert_eq!(receiver(&idle).reason, reasons::SCALED_TO_ZERO);
+        let keda = deployment_finding(&idle, conditions::CONSUMER_AVAILABLE, "consumer", true);
+        assert_eq!(
+            (keda.status, keda.reason),
+            (Status::True, reasons::AVAILABLE)
+        );
     }
 }
