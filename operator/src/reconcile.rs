@@ -153,8 +153,9 @@ pub async fn reconcile(endpoint: Arc<WebhookEndpoint>, ctx: Arc<Context>) -> Res
         let api: Api<WebhookEndpoint> = Api::namespaced(ctx.client.clone(), &namespace);
         let outcome = finalizer(&api, FINALIZER, endpoint, |event| async {
             match event {
-                Finalizer::Apply(endpoint) => reconcile_endpoint(&endpoint, &ctx).await,
-                Finalizer::Cleanup(endpoint) => cleanup(&endpoint, &ctx).await,
+                // Boxed: the steps' futures are large, and a task's stack is not.
+                Finalizer::Apply(endpoint) => Box::pin(reconcile_endpoint(&endpoint, &ctx)).await,
+                Finalizer::Cleanup(endpoint) => Box::pin(cleanup(&endpoint, &ctx)).await,
             }
         })
         .await
@@ -216,15 +217,14 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
         .map_err(Error::DiscoverKeda)?;
     let children = build::build(&valid, &ctx.config, Cluster { keda });
     ctx.stores.wait_until_ready(keda, SCALER_CACHE_WAIT).await;
-    let applied = Applier {
+    let applier = Applier {
         client: &ctx.client,
         stores: &ctx.stores,
         metrics: &ctx.metrics,
         namespace: &valid.endpoint.namespace,
         owner_uid: &owner_uid,
-    }
-    .apply(children)
-    .await;
+    };
+    let applied = Box::pin(applier.apply(children)).await;
     let findings = status::findings(&Observed {
         valid: &valid,
         config: &ctx.config,
