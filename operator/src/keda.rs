@@ -73,14 +73,14 @@ pub struct KedaCondition {
     pub message: Option<String>,
 }
 
-/// Whether `keda.sh/v1alpha1` serves `scaledobjects`, cached for [`DISCOVERY_TTL`].
+/// Whether `keda.sh/v1alpha1` serves `scaledobjects`, cached for 30 s.
 #[derive(Default)]
 pub struct Discovery {
     cached: tokio::sync::Mutex<Option<(Instant, bool)>>,
 }
 
 impl Discovery {
-    /// KEDA's presence, asked at most once per [`DISCOVERY_TTL`].
+    /// KEDA's presence, asked at most once per 30 s.
     pub async fn installed(&self, client: &Client) -> Result<bool, kube::Error> {
         let mut cached = self.cached.lock().await;
         if let Some((asked, installed)) = *cached
@@ -106,7 +106,7 @@ pub async fn served(client: &Client) -> Result<bool, kube::Error> {
     }
 }
 
-/// Waits until KEDA is installed (asking every [`DISCOVERY_TTL`]), so
+/// Waits until KEDA is installed (asking every 30 s), so
 /// ScaledObjects are watched from then on.
 pub async fn wait_until_installed(client: &Client) {
     loop {

@@ -25,13 +25,13 @@ use tracing::{info, warn};
 /// How long a Lease stays valid without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// How often the leader renews.
-pub const RENEW_INTERVAL: Duration = Duration::from_secs(5);
+const RENEW_INTERVAL: Duration = Duration::from_secs(5);
 /// A leader that could not renew for this long stops reconciling: the Lease
 /// may expire before it would notice otherwise.
 pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 /// How often a standby replica tries to take the Lease, and how soon a leader
 /// tries again after a failed renewal.
-pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+const RETRY_INTERVAL: Duration = Duration::from_secs(2);
 /// The longest one attempt to read and write the Lease may take, so a hung
 /// API server cannot stall acquiring or releasing (renewals are also cut off
 /// at the renew deadline).

@@ -199,7 +199,7 @@ async fn generate(api: &Api<Secret>, valid: &ValidEndpoint) -> Result<Secret, ku
 
 /// A fresh signing secret: `whsec_` and base64 for Standard Webhooks (the form
 /// its libraries take), 64 hex digits for everyone else.
-pub fn new_signing_secret(provider: Provider) -> String {
+fn new_signing_secret(provider: Provider) -> String {
     let mut bytes = [0u8; GENERATED_SECRET_BYTES];
     rand::rng().fill_bytes(&mut bytes);
     match provider {

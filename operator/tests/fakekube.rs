@@ -513,13 +513,21 @@ async fn reconciles(metrics_port: u16) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs fakekube.py from the development tools; .ci/run runs it"]
 async fn traffic_edits_and_dotted_names_behave_as_in_a_cluster() {
-    const RESYNC_SECONDS: u64 = 10;
-    const TRAFFIC_SECONDS: u64 = 25;
+    // The measurement is 4 events/s for 150 s at the default resync
+    // of 60 s: `HOOKLINE_TRAFFIC_SECONDS=150 HOOKLINE_RESYNC_SECONDS=60`.
+    let setting = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(default)
+    };
+    let resync_seconds = setting("HOOKLINE_RESYNC_SECONDS", 10);
+    let traffic_seconds = setting("HOOKLINE_TRAFFIC_SECONDS", 25);
     let fake = tokio::task::block_in_place(|| FakeKube::start(true));
     let nats = tokio::task::block_in_place(NatsServer::start).expect("nats-server starts");
     let client = fake.client().await;
     install_crd(&client).await;
-    let resync = format!("--resync-interval={RESYNC_SECONDS}s");
+    let resync = format!("--resync-interval={resync_seconds}s");
     let (mut operator, metrics_port) = tokio::task::block_in_place(|| {
         start_operator_with(
             &fake,
@@ -587,7 +595,7 @@ async fn traffic_edits_and_dotted_names_behave_as_in_a_cluster() {
     fake.hook(reqwest::Method::POST, "/_fake/reset-requests")
         .await;
     let reconciles_before = reconciles(metrics_port).await;
-    for event in 0..TRAFFIC_SECONDS * 4 {
+    for event in 0..traffic_seconds * 4 {
         js.publish(
             format!("hookline.payments.stripe.event_{event}"),
             "{}".into(),
@@ -616,10 +624,15 @@ async fn traffic_edits_and_dotted_names_behave_as_in_a_cluster() {
         })
         .collect();
     let reconciled = reconciles(metrics_port).await - reconciles_before;
-    let most = TRAFFIC_SECONDS / RESYNC_SECONDS + 2;
+    eprintln!(
+        "traffic: {status_writes} status writes of the busy endpoint, {} child writes, {reconciled} reconciles of {} endpoints in {traffic_seconds} s (resync {resync_seconds} s)",
+        other_writes.len(),
+        names.len()
+    );
+    let most = traffic_seconds / resync_seconds + 2;
     assert!(
         status_writes as u64 <= most,
-        "{status_writes} status writes in {TRAFFIC_SECONDS} s of traffic (resync {RESYNC_SECONDS} s)"
+        "{status_writes} status writes in {traffic_seconds} s of traffic (resync {resync_seconds} s)"
     );
     assert!(
         other_writes.is_empty(),
@@ -627,11 +640,7 @@ async fn traffic_edits_and_dotted_names_behave_as_in_a_cluster() {
     );
     assert!(
         reconciled <= names.len() as u64 * most,
-        "{reconciled} reconciles of {} endpoints in {TRAFFIC_SECONDS} s",
-        names.len()
-    );
-    eprintln!(
-        "traffic: {status_writes} status writes, {reconciled} reconciles of {} endpoints in {TRAFFIC_SECONDS} s",
+        "{reconciled} reconciles of {} endpoints in {traffic_seconds} s",
         names.len()
     );
 

@@ -11,7 +11,7 @@ pub const COMPONENT: &str = "consumer";
 /// The consumer's health and metrics port.
 pub const PORT: u16 = 8081;
 /// The environment variable the consumer reads the Postgres URL from.
-pub const DATABASE_URL_ENV: &str = "HOOKLINE_DATABASE_URL";
+const DATABASE_URL_ENV: &str = "HOOKLINE_DATABASE_URL";
 
 /// With `scaled_by_keda` the replica count is left to KEDA's HPA (setting it
 /// here would fight it); without KEDA the consumer runs at `minReplicas`, at

@@ -28,7 +28,7 @@ use crate::config::OperatorConfig;
 use crate::validate::ValidEndpoint;
 
 /// The label every child carries with its endpoint's name.
-pub const ENDPOINT_LABEL: &str = "hookline.io/endpoint";
+const ENDPOINT_LABEL: &str = "hookline.io/endpoint";
 /// The pod-template annotation that changes with the manifest, rolling the pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "hookline.io/config-hash";
 

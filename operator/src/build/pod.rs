@@ -19,9 +19,9 @@ use crate::config::{
 use crate::validate::ValidEndpoint;
 
 /// Every file the operator mounts lives under this directory.
-pub const MOUNT_ROOT: &str = "/etc/hookline";
+const MOUNT_ROOT: &str = "/etc/hookline";
 /// The distroless `nonroot` user and group.
-pub const RUN_AS: i64 = 65532;
+const RUN_AS: i64 = 65532;
 /// Secret files are readable by the pod's group only.
 const SECRET_FILE_MODE: i32 = 0o440;
 /// The name of the HTTP port in every container and Service.
@@ -236,7 +236,7 @@ fn probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
 
 /// Non-root, fixed user and group (Secret files are group-readable), and the
 /// runtime's default seccomp profile.
-pub fn pod_security_context() -> PodSecurityContext {
+fn pod_security_context() -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
         run_as_user: Some(RUN_AS),
@@ -251,7 +251,7 @@ pub fn pod_security_context() -> PodSecurityContext {
 }
 
 /// Read-only root filesystem, no privilege escalation, every capability dropped.
-pub fn container_security_context() -> SecurityContext {
+fn container_security_context() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),

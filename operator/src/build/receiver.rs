@@ -25,7 +25,7 @@ pub const COMPONENT: &str = "receiver";
 /// The receiver's container port.
 pub const PORT: u16 = 8080;
 /// The Service's port.
-pub const SERVICE_PORT: i32 = 80;
+const SERVICE_PORT: i32 = 80;
 /// Seconds a terminating receiver keeps serving before SIGTERM, so Service
 /// endpoints and the ingress controller stop routing to it first.
 const PRE_STOP_SLEEP_SECONDS: i64 = 5;

@@ -9,7 +9,7 @@ pub use crate::keda::{ScaleTargetRef, ScaleTrigger, ScaledObject, ScaledObjectSp
 use crate::validate::ValidEndpoint;
 
 /// KEDA's scaler for a JetStream consumer's pending messages.
-pub const TRIGGER_TYPE: &str = "nats-jetstream";
+const TRIGGER_TYPE: &str = "nats-jetstream";
 /// Seconds between KEDA's lag checks: fast enough to follow a burst.
 const POLLING_INTERVAL_SECONDS: i32 = 10;
 /// Seconds without lag before KEDA scales to `minReplicas` (KEDA's default).

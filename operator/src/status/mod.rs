@@ -1,7 +1,7 @@
 //! The status step: conditions computed from what was applied and observed,
 //! each with a reason and a message a person can act on. Pure functions here;
 //! `reconcile` writes the result only when it differs from what is stored.
-//! [`parts`] has one finding per part of the pipeline.
+//! `parts` has one finding per part of the pipeline.
 
 mod parts;
 pub mod write;
