@@ -217,7 +217,7 @@ pub fn required(cli: &Cli) -> Result<(ValidatedEndpoint, String, String)> {
         .filter(|url| !url.trim().is_empty())
         .ok_or_else(|| missing("--database-url", "HOOKLINE_DATABASE_URL"))?;
     crate::store::connect_options(&database_url)?;
-    let endpoint = hookline_api::load_manifest(path)?;
+    let endpoint = hookline_api::load_manifest(path)?.in_cluster(cli.nats.cluster_name.as_deref());
     Ok((endpoint, nats_url, database_url))
 }
 

@@ -49,8 +49,18 @@ fn nats_token(text: &str) -> String {
 /// `HOOKLINE_<ns>_<name>`. Namespaces and names never contain `_`, so the name is
 /// unambiguous; dots in names become `_`.
 pub fn stream_name(namespace: &str, name: &str) -> String {
+    stream_name_in(None, namespace, name)
+}
+
+/// [`stream_name`] of a cluster that shares its NATS with others:
+/// `HOOKLINE-<cluster>_<ns>_<name>` when `cluster` is given.
+pub fn stream_name_in(cluster: Option<&str>, namespace: &str, name: &str) -> String {
+    let root = match cluster {
+        Some(cluster) => format!("HOOKLINE-{}", nats_token(cluster)),
+        None => "HOOKLINE".to_owned(),
+    };
     fit(
-        &format!("HOOKLINE_{}_{}", nats_token(namespace), nats_token(name)),
+        &format!("{root}_{}_{}", nats_token(namespace), nats_token(name)),
         MAX_STREAM_NAME,
         '_',
     )
@@ -58,7 +68,24 @@ pub fn stream_name(namespace: &str, name: &str) -> String {
 
 /// `hookline.<ns>.<name>`: each part one subject token.
 pub fn subject_prefix(namespace: &str, name: &str) -> String {
-    format!("hookline.{}.{}", nats_token(namespace), nats_token(name))
+    subject_prefix_in(None, namespace, name)
+}
+
+/// [`subject_prefix`] of a cluster that shares its NATS with others:
+/// `hookline-<cluster>.<ns>.<name>`, a root token of its own, so no two
+/// clusters' subjects overlap.
+pub fn subject_prefix_in(cluster: Option<&str>, namespace: &str, name: &str) -> String {
+    let root = match cluster {
+        Some(cluster) => format!("hookline-{}", nats_token(cluster)),
+        None => "hookline".to_owned(),
+    };
+    format!("{root}.{}.{}", nats_token(namespace), nats_token(name))
+}
+
+/// A cluster name for [`stream_name_in`]: a DNS label of at most 32
+/// characters, so stream names stay short and readable.
+pub fn check_cluster_name(cluster: &str) -> Result<(), String> {
+    check_dns_label(cluster, 32)
 }
 
 /// An event type as one subject token: `invoice.paid` → `invoice_paid`; empty → `unknown`.

@@ -116,6 +116,17 @@ pub struct NatsArgs {
         global = true
     )]
     pub nats_password: Option<String>,
+    /// Names this cluster on a NATS shared with other clusters: its streams
+    /// become `HOOKLINE-<NAME>_<ns>_<endpoint>` and its subjects
+    /// `hookline-<NAME>.<ns>.<endpoint>.>`, so two clusters never share a
+    /// stream. Every binary of one cluster must be given the same name (the
+    /// operator passes its own to the pods it makes).
+    #[arg(long, env = "HOOKLINE_CLUSTER_NAME", value_name = "NAME", value_parser = parse_cluster_name, global = true)]
+    pub cluster_name: Option<String>,
+}
+
+fn parse_cluster_name(text: &str) -> Result<String, String> {
+    crate::naming::check_cluster_name(text).map(|()| text.to_owned())
 }
 
 impl NatsArgs {

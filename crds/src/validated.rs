@@ -6,6 +6,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 
+use crate::naming;
 pub use crate::spec::{
     DeletionPolicy, HmacAlgorithm, Provider, SecretKeyRef, SignatureEncoding, StreamRetention,
 };
@@ -34,6 +35,18 @@ impl ValidatedEndpoint {
     /// `namespace/name`, the value of the endpoint header and of the `endpoint` column.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Moves the endpoint's stream and subjects to `cluster`'s own names
+    /// (`HOOKLINE-<cluster>_…`, `hookline-<cluster>.…`), for clusters that
+    /// share one NATS; `None` keeps the contract's names.
+    pub fn in_cluster(mut self, cluster: Option<&str>) -> ValidatedEndpoint {
+        if cluster.is_some() {
+            self.stream.name = naming::stream_name_in(cluster, &self.namespace, &self.name);
+            self.stream.subject_prefix =
+                naming::subject_prefix_in(cluster, &self.namespace, &self.name);
+        }
+        self
     }
 }
 

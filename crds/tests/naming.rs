@@ -114,3 +114,33 @@ fn names_that_map_to_the_same_label_get_distinct_children() {
     );
     assert_eq!(dotted, child_name("stripe.eu", "receiver"), "deterministic");
 }
+
+#[test]
+fn a_named_cluster_gets_streams_and_subjects_of_its_own() {
+    assert_eq!(
+        stream_name_in(Some("eu1"), "payments", "stripe"),
+        "HOOKLINE-eu1_payments_stripe"
+    );
+    assert_eq!(
+        subject_prefix_in(Some("eu1"), "payments", "stripe"),
+        "hookline-eu1.payments.stripe"
+    );
+    assert_eq!(
+        stream_name_in(None, "payments", "stripe"),
+        stream_name("payments", "stripe")
+    );
+    // An unnamed cluster's namespace `eu1` cannot overlap a named one's subjects.
+    assert!(
+        !subject_prefix_in(Some("eu1"), "payments", "stripe")
+            .starts_with(&subject_prefix("eu1", "payments"))
+    );
+    assert!(is_stream_name(&stream_name_in(
+        Some(&"c".repeat(32)),
+        &"n".repeat(63),
+        &long_name()
+    )));
+    assert!(check_cluster_name("eu-1").is_ok());
+    for bad in ["", "EU1", "eu_1", "-eu", &"c".repeat(33)] {
+        assert!(check_cluster_name(bad).is_err(), "{bad:?}");
+    }
+}

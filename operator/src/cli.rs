@@ -204,6 +204,7 @@ impl Settings {
                 monitoring_endpoint: self.nats_monitoring_endpoint.clone(),
                 monitoring_https: self.nats_monitoring_https,
                 account: self.nats_account.clone(),
+                cluster_name: self.nats.cluster_name.clone(),
             },
             log_level: self.data_plane_log_level.clone(),
             receiver_resources: self

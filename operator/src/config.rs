@@ -44,6 +44,9 @@ pub struct NatsSettings {
     pub monitoring_https: bool,
     /// The NATS account of the streams (`$G` without accounts).
     pub account: String,
+    /// This cluster's name on a NATS shared with other clusters
+    /// (`--cluster-name`): its streams and subjects carry it.
+    pub cluster_name: Option<String>,
 }
 
 pub const NATS_CREDS_KEY: &str = "nats.creds";
@@ -110,6 +113,7 @@ impl Default for NatsSettings {
             monitoring_endpoint: DEFAULT_NATS_MONITORING_ENDPOINT.to_owned(),
             monitoring_https: false,
             account: DEFAULT_NATS_ACCOUNT.to_owned(),
+            cluster_name: None,
         }
     }
 }

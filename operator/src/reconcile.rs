@@ -179,7 +179,7 @@ pub fn error_policy(endpoint: Arc<WebhookEndpoint>, error: &Error, ctx: Arc<Cont
 async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result<Action> {
     let key = key(endpoint);
     let valid = match validate(endpoint) {
-        Ok(valid) => valid,
+        Ok(valid) => valid.in_cluster(ctx.config.nats.cluster_name.as_deref()),
         Err(invalid) => {
             info!(cause = %invalid, "invalid spec");
             let findings = status::invalid_findings(&invalid);
@@ -265,7 +265,8 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
 async fn cleanup(endpoint: &WebhookEndpoint, ctx: &Context) -> Result<Action> {
     let namespace = endpoint.namespace().unwrap_or_default();
     let name = endpoint.name_any();
-    let stream_name = naming::stream_name(&namespace, &name);
+    let stream_name =
+        naming::stream_name_in(ctx.config.nats.cluster_name.as_deref(), &namespace, &name);
     let policy = endpoint
         .spec
         .stream

@@ -28,7 +28,8 @@ pub fn render_file(
         resource.metadata.namespace = namespace.map(str::to_owned);
     }
     let valid = validate(&resource)
-        .map_err(|invalid| Error::from(hookline_api::Error::from(invalid).in_file(path)))?;
+        .map_err(|invalid| Error::from(hookline_api::Error::from(invalid).in_file(path)))?
+        .in_cluster(config.nats.cluster_name.as_deref());
     to_yaml(&build::build(&valid, config, Cluster { keda }))
 }
 

@@ -23,6 +23,17 @@ pub struct ValidEndpoint {
     pub owner: Option<OwnerReference>,
 }
 
+impl ValidEndpoint {
+    /// The same endpoint with its stream and subjects named for `cluster`
+    /// (the operator's `--cluster-name`), as its pods will name them.
+    pub fn in_cluster(self, cluster: Option<&str>) -> ValidEndpoint {
+        ValidEndpoint {
+            endpoint: self.endpoint.in_cluster(cluster),
+            ..self
+        }
+    }
+}
+
 /// Checks `resource` and applies every default; every wrong field is reported.
 pub fn validate(resource: &WebhookEndpoint) -> Result<ValidEndpoint, InvalidSpec> {
     let namespace = resource

@@ -1115,3 +1115,51 @@ async fn a_ready_endpoint_costs_one_jetstream_call_per_resync() {
         "one STREAM.INFO per reconcile"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_cluster_makes_streams_and_pods_with_its_name() {
+    let mut harness = Harness::start_with(true, |config| {
+        config.nats.cluster_name = Some("eu1".into());
+    })
+    .await;
+    harness.add_endpoint_with_secrets(&example("stripe.yaml"));
+    harness.settle(NS, NAME).await;
+    let info = stream_info(&harness, "HOOKLINE-eu1_payments_stripe")
+        .await
+        .expect("the cluster's own stream");
+    assert_eq!(info.config.subjects, vec!["hookline-eu1.payments.stripe.>"]);
+    assert!(
+        stream_info(&harness, "HOOKLINE_payments_stripe")
+            .await
+            .is_none()
+    );
+    for name in ["stripe-receiver", "stripe-consumer"] {
+        let deployment = harness
+            .fake
+            .get("apps/v1", "Deployment", NS, name)
+            .expect("deployment");
+        let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert!(
+            env.as_array().is_some_and(|all| all
+                .iter()
+                .any(|var| var["name"] == "HOOKLINE_CLUSTER_NAME" && var["value"] == "eu1")),
+            "{name}: {env}"
+        );
+    }
+    let scaler = harness
+        .fake
+        .get("keda.sh/v1alpha1", "ScaledObject", NS, "stripe-consumer")
+        .expect("scaler");
+    assert_eq!(
+        scaler["spec"]["triggers"][0]["metadata"]["stream"],
+        "HOOKLINE-eu1_payments_stripe"
+    );
+    assert_eq!(
+        harness
+            .endpoint(NS, NAME)
+            .status
+            .and_then(|status| status.stream)
+            .as_deref(),
+        Some("HOOKLINE-eu1_payments_stripe")
+    );
+}

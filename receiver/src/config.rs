@@ -103,7 +103,8 @@ pub struct Config {
 impl Config {
     /// Reads and validates the manifest named by `args`.
     pub fn from_args(args: &Args) -> Result<Config> {
-        let endpoint = hookline_api::load_manifest(&args.endpoint)?;
+        let endpoint = hookline_api::load_manifest(&args.endpoint)?
+            .in_cluster(args.nats.cluster_name.as_deref());
         Ok(Config {
             endpoint,
             secret_file: args.secret_file.clone(),
@@ -167,5 +168,38 @@ mod tests {
         assert_eq!(config.shutdown_timeout, args.shutdown_timeout);
         assert_eq!(config.secret_poll_interval, args.secret_poll_interval);
         assert_eq!(config.provision, args.provision);
+    }
+
+    #[test]
+    fn a_cluster_name_moves_the_stream_and_subjects() {
+        let dir = tempfile::tempdir().expect("dir");
+        let manifest = dir.path().join("endpoint.yaml");
+        std::fs::write(
+            &manifest,
+            "apiVersion: hookline.io/v1alpha1\nkind: WebhookEndpoint\nmetadata: {name: stripe, namespace: payments}\nspec: {provider: stripe, secretRef: {name: s}}\n",
+        )
+        .expect("write");
+        let args = Args::try_parse_from([
+            "hookline-receiver",
+            "--endpoint",
+            manifest.to_str().expect("path"),
+            "--secret-file",
+            "s",
+            "--nats-url",
+            "nats://x",
+            "--cluster-name",
+            "eu1",
+        ])
+        .expect("parses");
+        let config = Config::from_args(&args).expect("config");
+        assert_eq!(config.endpoint.stream.name, "HOOKLINE-eu1_payments_stripe");
+        assert_eq!(
+            config.endpoint.stream.subject_prefix,
+            "hookline-eu1.payments.stripe"
+        );
+        assert!(
+            Args::try_parse_from(["hookline-receiver", "--cluster-name", "EU_1"]).is_err(),
+            "not a DNS label"
+        );
     }
 }

@@ -59,6 +59,9 @@ impl PodParts {
         );
         parts.env_value("HOOKLINE_NATS_URL", &config.nats.url);
         let nats = &config.nats;
+        if let Some(cluster) = &nats.cluster_name {
+            parts.env_value("HOOKLINE_CLUSTER_NAME", cluster);
+        }
         if let Some(secret) = &nats.credentials_secret {
             let path = parts.mount_secret_file("nats-creds", secret, NATS_CREDS_KEY);
             parts.env_value("HOOKLINE_NATS_CREDS", &path);
