@@ -39,6 +39,11 @@ struct FakeKube {
 
 impl FakeKube {
     fn start(keda: bool) -> FakeKube {
+        FakeKube::start_with(keda, &[])
+    }
+
+    /// With `flags` besides the usual ones (e.g. `--deployment-delay`).
+    fn start_with(keda: bool, flags: &[&str]) -> FakeKube {
         let script = std::env::var_os("HOOKLINE_FAKEKUBE")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
@@ -55,6 +60,7 @@ impl FakeKube {
             .arg(&script)
             .args(["--port", "0", "--quiet", "--keda"])
             .arg(keda.to_string())
+            .args(flags)
             .arg("--state-dir")
             .arg(state.path());
         let mut process =
@@ -719,5 +725,160 @@ async fn a_leader_whose_lease_renewals_hang_exits_within_the_renew_deadline() {
         log.contains("within the renew deadline") && log.contains("lost the Lease"),
         "no word of losing the Lease:\n{}",
         leader.log_tail(30)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs fakekube.py from the development tools; .ci/run runs it"]
+async fn taken_names_foreign_streams_and_rollouts_are_said_in_the_status() {
+    use hookline_api::provision::{self, StreamOwner};
+
+    // Deployments report their rollout 2 s after a change, as a slow one would.
+    let fake =
+        tokio::task::block_in_place(|| FakeKube::start_with(true, &["--deployment-delay", "2"]));
+    let nats = tokio::task::block_in_place(NatsServer::start).expect("nats-server starts");
+    let client = fake.client().await;
+    install_crd(&client).await;
+    let (mut operator, _) = tokio::task::block_in_place(|| {
+        start_operator_with(&fake, &nats, "replica-a", &["--cluster-name=eu1"])
+    });
+    for namespace in ["default", "payments"] {
+        create_secret(
+            &client,
+            secret(
+                namespace,
+                "hookline-postgres",
+                "url",
+                "postgres://db/hookline",
+            ),
+        )
+        .await;
+    }
+    create_secret(
+        &client,
+        secret("payments", "stripe-webhook", "secret", "whsec_test"),
+    )
+    .await;
+
+    // Someone's own ConfigMap has the name of github's manifest.
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "default");
+    config_maps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "github-endpoint"}, "data": {"mine": "yes"}}),
+            )
+            .expect("config map"),
+        )
+        .await
+        .expect("created");
+    // Another cluster on this NATS (same name eu1, by mistake) owns stripe's stream.
+    let stripe = example("stripe.yaml");
+    let valid = hookline_operator::validate::validate(&stripe)
+        .expect("valid")
+        .in_cluster(Some("eu1"));
+    let nats_client = hookline_api::nats::connect(&nats.url(), &Default::default(), "test")
+        .await
+        .expect("NATS");
+    support::wait_connected(&nats_client).await;
+    let js = jetstream::new(nats_client.clone());
+    provision::ensure(
+        &js,
+        &valid.endpoint,
+        Some(&StreamOwner::new("uid-elsewhere", "payments", "stripe")),
+        &mut None,
+    )
+    .await
+    .expect("the other cluster's stream");
+
+    apply_endpoint(&client, &example("github.yaml")).await;
+    apply_endpoint(&client, &stripe).await;
+    let github: Api<WebhookEndpoint> = Api::namespaced(client.clone(), "default");
+    let payments: Api<WebhookEndpoint> = Api::namespaced(client.clone(), "payments");
+    eventually("github: NameConflict", &mut operator, async || {
+        let endpoint = github.get("github").await.ok()?;
+        condition(&endpoint, conditions::READY)
+            .filter(|(status, reason)| status == "False" && reason == "NameConflict")
+    })
+    .await;
+    let theirs = config_maps
+        .get("github-endpoint")
+        .await
+        .expect("still there");
+    assert_eq!(
+        theirs
+            .data
+            .and_then(|data| data.get("mine").cloned())
+            .as_deref(),
+        Some("yes")
+    );
+    eventually("stripe: StreamOwnedElsewhere", &mut operator, async || {
+        let endpoint = payments.get("stripe").await.ok()?;
+        condition(&endpoint, conditions::STREAM_READY)
+            .filter(|(status, reason)| status == "False" && reason == "StreamOwnedElsewhere")
+    })
+    .await;
+
+    // The stale ConfigMap goes: github becomes Ready, on a stream named for eu1.
+    config_maps
+        .delete("github-endpoint", &DeleteParams::default())
+        .await
+        .expect("deleted");
+    eventually("github Ready", &mut operator, async || {
+        let endpoint = github.get("github").await.ok()?;
+        condition(&endpoint, conditions::READY).filter(|(status, _)| status == "True")
+    })
+    .await;
+    js.get_stream("HOOKLINE-eu1_default_github")
+        .await
+        .expect("the cluster's own stream name");
+
+    // A spec change rolls the pods: Ready=True for the new generation only
+    // once the Deployments report the new template rolled out.
+    let mut edited = example("github.yaml");
+    edited.spec.request =
+        Some(serde_json::from_value(json!({"maxBodyBytes": 65536})).expect("request"));
+    apply_endpoint(&client, &edited).await;
+    let generation = github
+        .get("github")
+        .await
+        .expect("endpoint")
+        .metadata
+        .generation;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let mut saw_progressing = false;
+    eventually("Ready for the new generation", &mut operator, async || {
+        let endpoint = github.get("github").await.ok()?;
+        let ready = endpoint
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|condition| condition.type_ == conditions::READY)?
+            .clone();
+        if ready.observed_generation != generation {
+            return None;
+        }
+        if ready.status != "True" {
+            saw_progressing |= ready.reason == "Progressing";
+            return None;
+        }
+        let receiver = deployments.get("github-receiver").await.ok()?;
+        let rolled_out = receiver.status.as_ref().is_some_and(|status| {
+            status.observed_generation == receiver.metadata.generation
+                && status.updated_replicas == receiver.spec.as_ref().and_then(|spec| spec.replicas)
+        });
+        assert!(
+            rolled_out,
+            "Ready=True before the rollout: {:?}",
+            receiver.status
+        );
+        Some(())
+    })
+    .await;
+    assert!(
+        saw_progressing,
+        "Ready=False (Progressing) while rolling out"
     );
 }
