@@ -232,3 +232,46 @@ impl Problem {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NatsSettings;
+
+    /// The Secret watch reconciles the endpoints whose `referenced_names`
+    /// include a changed Secret: every Secret the pods read must be there.
+    #[test]
+    fn every_secret_the_pods_read_is_one_the_secret_watch_maps_back() {
+        let manifest = "apiVersion: hookline.io/v1alpha1
+kind: WebhookEndpoint
+metadata: {name: shop, namespace: shops, uid: u}
+spec:
+  provider: shopify
+  secretRef: {name: signing}
+  consumer:
+    databaseSecretRef: {name: db, key: url}
+    refetch: {urlTemplate: 'https://x/{objectId}', authSecretRef: {name: api-token, key: token}}
+";
+        let resource = hookline_api::parse_manifest(manifest).expect("manifest");
+        let config = OperatorConfig {
+            nats: NatsSettings {
+                credentials_secret: Some("nats-creds".into()),
+                user_password_secret: Some("nats-user".into()),
+                tls_ca_secret: Some("nats-ca".into()),
+                ..NatsSettings::default()
+            },
+            image_pull_secrets: vec!["registry".into()],
+            ..OperatorConfig::default()
+        };
+        let valid = crate::validate::validate(&resource).expect("valid");
+        let watched = referenced_names(&resource.spec, &config);
+        let read: Vec<String> = references(&valid, &config)
+            .into_iter()
+            .map(|reference| reference.name)
+            .collect();
+        assert_eq!(read.len(), 7, "{read:?}");
+        for name in &read {
+            assert!(watched.contains(name), "{name} is read but not watched");
+        }
+    }
+}
