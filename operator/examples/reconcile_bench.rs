@@ -22,7 +22,7 @@ use support::{Harness, example};
 
 /// One reconcile of every endpoint; the time of each.
 async fn pass(harness: &mut Harness, endpoints: &[(String, String)]) -> Vec<Duration> {
-    harness.fake.sync(&mut harness.writers);
+    harness.sync();
     let mut times = Vec::with_capacity(endpoints.len());
     for (namespace, name) in endpoints {
         let endpoint = Arc::new(harness.endpoint(namespace, name));

@@ -125,19 +125,24 @@ async fn operate(
             instance: Some(identity),
         },
     );
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        config,
-        nats,
-        stores,
-        health.metrics.clone(),
-        recorder,
-        args.resync_interval,
-    ));
+    let (secret_store, secret_writer) = reflector::store();
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            config,
+            nats,
+            stores,
+            health.metrics.clone(),
+            recorder,
+            args.resync_interval,
+        )
+        .with_secret_index(secrets::SecretIndex::new(secret_store)),
+    );
     let mut controller = tokio::spawn(run_controller(
         client,
         ctx,
         writers,
+        secret_writer,
         ControllerSettings {
             namespace: args.watch_namespace.clone(),
             max_concurrent_reconciles: args.max_concurrent_reconciles,
@@ -228,6 +233,7 @@ async fn run_controller(
     client: Client,
     ctx: Arc<Context>,
     writers: ChildWriters,
+    secret_writer: Writer<PartialObjectMeta<Secret>>,
     settings: ControllerSettings,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -256,12 +262,11 @@ async fn run_controller(
             .concurrency(settings.max_concurrent_reconciles),
     );
     let config = ctx.config.clone();
-    let secrets = watcher(
+    let secrets = cached(
         scoped::<PartialObjectMeta<Secret>>(&client, namespace),
+        secret_writer,
         watcher::Config::default(),
-    )
-    .default_backoff()
-    .touched_objects();
+    );
     let keda_client = client.clone();
     let scaler_api = scoped(&client, namespace);
     let scaler_config = owned.clone();

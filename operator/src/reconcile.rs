@@ -55,6 +55,8 @@ pub struct Context {
     written: WrittenStatuses,
     keda: keda::Discovery,
     streams: stream::KnownStreams,
+    /// The Secret watch's cache; without it every reconcile reads the Secrets.
+    secret_index: Option<secrets::SecretIndex>,
 }
 
 impl Context {
@@ -79,6 +81,15 @@ impl Context {
             written: WrittenStatuses::default(),
             keda: keda::Discovery::default(),
             streams: stream::KnownStreams::default(),
+            secret_index: None,
+        }
+    }
+
+    /// Reads which Secrets exist from the Secret watch's cache.
+    pub fn with_secret_index(self, index: secrets::SecretIndex) -> Context {
+        Context {
+            secret_index: Some(index),
+            ..self
         }
     }
 
@@ -189,7 +200,10 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
         }
     };
     let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &valid.endpoint.namespace);
-    let secrets = secrets::check(&secrets_api, &valid, &ctx.config)
+    if let Some(index) = &ctx.secret_index {
+        index.wait_until_ready().await;
+    }
+    let secrets = secrets::check(&secrets_api, ctx.secret_index.as_ref(), &valid, &ctx.config)
         .await
         .map_err(Error::ReadSecrets)?;
     if let Some(name) = &secrets.generated {

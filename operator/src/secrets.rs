@@ -2,14 +2,17 @@
 //! with their keys? Only key names are looked at; no value is copied or logged.
 //! With `secretRef.generate: true` a missing signing Secret is created.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use base64::Engine;
 use hookline_api::spec::{Provider, WebhookEndpointSpec};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
 use kube::api::PostParams;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, ResourceExt};
 use rand::RngCore;
 
 use crate::build::metadata;
@@ -129,30 +132,100 @@ pub struct SecretCheck {
     pub generated: Option<String>,
 }
 
-/// Looks up every referenced Secret (once each) and generates the signing
-/// Secret when it is missing and `secretRef.generate` is set.
+/// The key names of a Secret (never its values).
+type KeyNames = BTreeSet<String>;
+
+/// What the Secret watch keeps (names and resource versions, no values), and
+/// the key names read at each version: a steady reconcile reads no Secret.
+#[derive(Clone)]
+pub struct SecretIndex {
+    metadata: Store<PartialObjectMeta<Secret>>,
+    keys: Arc<Mutex<HashMap<ObjectRef<PartialObjectMeta<Secret>>, (String, KeyNames)>>>,
+}
+
+impl SecretIndex {
+    pub fn new(metadata: Store<PartialObjectMeta<Secret>>) -> SecretIndex {
+        SecretIndex {
+            metadata,
+            keys: Arc::default(),
+        }
+    }
+
+    /// Waits until the watch has listed the Secrets once.
+    pub async fn wait_until_ready(&self) {
+        // Err: the writer is gone, i.e. the controller is stopping.
+        let _ = self.metadata.wait_until_ready().await;
+    }
+
+    /// The Secret's key names: `None` when it does not exist, read from the
+    /// API server only when its resource version is new to us.
+    async fn key_names(
+        &self,
+        api: &Api<Secret>,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<KeyNames>, kube::Error> {
+        let reference = ObjectRef::new(name).within(namespace);
+        let Some(version) = self
+            .metadata
+            .get(&reference)
+            .and_then(|meta| meta.resource_version())
+        else {
+            return Ok(None);
+        };
+        let known = self
+            .keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&reference)
+            .filter(|(seen, _)| *seen == version)
+            .map(|(_, keys)| keys.clone());
+        if known.is_some() {
+            return Ok(known);
+        }
+        let Some(secret) = api.get_opt(name).await? else {
+            return Ok(None);
+        };
+        let keys = key_names(&secret);
+        let version = secret.resource_version().unwrap_or(version);
+        self.keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(reference, (version, keys.clone()));
+        Ok(Some(keys))
+    }
+}
+
+/// Looks up every referenced Secret (once each: from `index` when given,
+/// else from the API server) and generates the signing Secret when it is
+/// missing and `secretRef.generate` is set.
 pub async fn check(
     api: &Api<Secret>,
+    index: Option<&SecretIndex>,
     valid: &ValidEndpoint,
     config: &OperatorConfig,
 ) -> Result<SecretCheck, kube::Error> {
-    let mut found: BTreeMap<String, Option<Secret>> = BTreeMap::new();
+    let mut found: BTreeMap<String, Option<KeyNames>> = BTreeMap::new();
     let mut outcome = SecretCheck::default();
     let signing = &valid.endpoint.secret;
+    let namespace = &valid.endpoint.namespace;
     for reference in references(valid, config) {
         if !found.contains_key(&reference.name) {
-            let mut secret = api.get_opt(&reference.name).await?;
-            if secret.is_none() && signing.generate && reference.name == signing.name {
-                secret = Some(generate(api, valid).await?);
+            let mut keys = match index {
+                Some(index) => index.key_names(api, namespace, &reference.name).await?,
+                None => api.get_opt(&reference.name).await?.as_ref().map(key_names),
+            };
+            if keys.is_none() && signing.generate && reference.name == signing.name {
+                keys = Some(key_names(&generate(api, valid).await?));
                 outcome.generated = Some(signing.name.clone());
             }
-            found.insert(reference.name.clone(), secret);
+            found.insert(reference.name.clone(), keys);
         }
         match found.get(&reference.name).and_then(Option::as_ref) {
             None => outcome.problems.push(Problem::NotFound { reference }),
-            Some(secret) => {
+            Some(keys) => {
                 for key in &reference.keys {
-                    if !has_key(secret, key) {
+                    if !keys.contains(key) {
                         outcome.problems.push(Problem::KeyMissing {
                             reference: reference.clone(),
                             key: key.clone(),
@@ -165,15 +238,14 @@ pub async fn check(
     Ok(outcome)
 }
 
-fn has_key(secret: &Secret, key: &str) -> bool {
+fn key_names(secret: &Secret) -> KeyNames {
     secret
         .data
-        .as_ref()
-        .is_some_and(|data| data.contains_key(key))
-        || secret
-            .string_data
-            .as_ref()
-            .is_some_and(|data| data.contains_key(key))
+        .iter()
+        .flat_map(BTreeMap::keys)
+        .chain(secret.string_data.iter().flat_map(BTreeMap::keys))
+        .cloned()
+        .collect()
 }
 
 /// Creates the signing Secret, owned by the endpoint, with a strong random

@@ -1103,11 +1103,14 @@ async fn a_ready_endpoint_costs_one_jetstream_call_per_resync() {
     for _ in 0..3 {
         harness.reconcile(NS, NAME).await.expect("reconcile");
     }
+    // Wait generously for the calls made, then briefly for any extra one.
     let mut subjects = Vec::new();
-    while let Ok(Some(message)) =
-        tokio::time::timeout(Duration::from_millis(300), calls.next()).await
-    {
-        subjects.push(message.subject.to_string());
+    loop {
+        let wait = if subjects.len() < 3 { 5_000 } else { 500 };
+        match tokio::time::timeout(Duration::from_millis(wait), calls.next()).await {
+            Ok(Some(message)) => subjects.push(message.subject.to_string()),
+            _ => break,
+        }
     }
     assert_eq!(
         subjects,
@@ -1161,5 +1164,38 @@ async fn a_named_cluster_makes_streams_and_pods_with_its_name() {
             .and_then(|status| status.stream)
             .as_deref(),
         Some("HOOKLINE-eu1_payments_stripe")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_reconcile_reads_no_secret_and_a_changed_secret_is_read_again() {
+    let mut harness = stripe(true).await;
+    harness.settle(NS, NAME).await;
+    harness.fake.clear_calls();
+    harness.reconcile(NS, NAME).await.expect("reconcile");
+    let secret_reads = |harness: &Harness| {
+        harness
+            .fake
+            .calls()
+            .iter()
+            .filter(|call| call.resource == "secrets")
+            .count()
+    };
+    assert_eq!(secret_reads(&harness), 0, "key names known at this version");
+
+    // The key is renamed: the new version is read, and the missing key said.
+    harness
+        .fake
+        .edit("v1", "Secret", NS, "stripe-webhook", |object| {
+            object["data"] = json!({"other": "eA=="});
+        });
+    harness.reconcile(NS, NAME).await.expect("reconcile");
+    assert_eq!(secret_reads(&harness), 1);
+    harness.expect_condition(
+        NS,
+        NAME,
+        conditions::SECRET_RESOLVED,
+        "False",
+        reasons::SECRET_KEY_MISSING,
     );
 }

@@ -17,11 +17,15 @@ use hookline_operator::apply::{self, ChildWriters};
 use hookline_operator::config::OperatorConfig;
 use hookline_operator::metrics::Metrics;
 use hookline_operator::reconcile::{Context, reconcile};
+use hookline_operator::secrets::SecretIndex;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
 use serde_json::Value;
 
 /// The repository's `examples/` directory.
@@ -83,6 +87,8 @@ pub struct Harness {
     pub nats: NatsServer,
     pub ctx: Arc<Context>,
     pub writers: ChildWriters,
+    /// The Secret watch's cache, as the controller keeps it.
+    pub secret_writer: Writer<PartialObjectMeta<Secret>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -119,20 +125,25 @@ impl Harness {
                 instance: Some("test".into()),
             },
         );
-        let ctx = Arc::new(Context::new(
-            client,
-            config,
-            nats_client,
-            stores,
-            metrics.clone(),
-            recorder,
-            Duration::from_secs(60),
-        ));
+        let (secret_store, secret_writer) = reflector::store();
+        let ctx = Arc::new(
+            Context::new(
+                client,
+                config,
+                nats_client,
+                stores,
+                metrics.clone(),
+                recorder,
+                Duration::from_secs(60),
+            )
+            .with_secret_index(SecretIndex::new(secret_store)),
+        );
         Harness {
             fake,
             nats,
             ctx,
             writers,
+            secret_writer,
             metrics,
         }
     }
@@ -214,6 +225,22 @@ impl Harness {
         }
     }
 
+    /// Copies every stored child and Secret into the operator's caches, as
+    /// its watches would.
+    pub fn sync(&mut self) {
+        self.fake.sync(&mut self.writers);
+        self.secret_writer
+            .apply_watcher_event(&watcher::Event::Init);
+        for secret in self.fake.all("Secret") {
+            let meta: PartialObjectMeta<Secret> =
+                serde_json::from_value(secret).expect("secret metadata");
+            self.secret_writer
+                .apply_watcher_event(&watcher::Event::InitApply(meta));
+        }
+        self.secret_writer
+            .apply_watcher_event(&watcher::Event::InitDone);
+    }
+
     /// Changes the stored endpoint as `kubectl edit` would.
     pub fn edit_endpoint(
         &self,
@@ -266,7 +293,7 @@ impl Harness {
         namespace: &str,
         name: &str,
     ) -> Result<Action, hookline_operator::Error> {
-        self.fake.sync(&mut self.writers);
+        self.sync();
         reconcile(Arc::new(self.endpoint(namespace, name)), self.ctx.clone()).await
     }
 
