@@ -135,12 +135,15 @@ pub struct SecretCheck {
 /// The key names of a Secret (never its values).
 type KeyNames = BTreeSet<String>;
 
+/// Per Secret, the resource version its key names were read at, and them.
+type KeysByVersion = HashMap<ObjectRef<PartialObjectMeta<Secret>>, (String, KeyNames)>;
+
 /// What the Secret watch keeps (names and resource versions, no values), and
 /// the key names read at each version: a steady reconcile reads no Secret.
 #[derive(Clone)]
 pub struct SecretIndex {
     metadata: Store<PartialObjectMeta<Secret>>,
-    keys: Arc<Mutex<HashMap<ObjectRef<PartialObjectMeta<Secret>>, (String, KeyNames)>>>,
+    keys: Arc<Mutex<KeysByVersion>>,
 }
 
 impl SecretIndex {
