@@ -96,10 +96,34 @@ pub async fn connect(
             .require_tls(true);
     }
     options
-        .connect(url)
+        .connect(server_list(url))
         .await
         .map_err(|err| NatsError::Connect {
             url: url.to_owned(),
             message: err.to_string(),
         })
+}
+
+/// `nats://a:4222,nats://b:4222` as the list of servers every NATS client
+/// takes (the client tries them in turn, so a seed node that is down does not
+/// stop the first connection); blanks around the commas are allowed.
+fn server_list(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|server| !server.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_comma_separated_url_is_a_list_of_servers() {
+        assert_eq!(
+            server_list("nats://a:4222, nats://b:4222,"),
+            ["nats://a:4222", "nats://b:4222"]
+        );
+        assert_eq!(server_list("nats://a:4222"), ["nats://a:4222"]);
+    }
 }

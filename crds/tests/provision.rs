@@ -585,3 +585,18 @@ async fn a_no_room_diagnosis_reads_the_accounts_reservation() {
         "{message}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_list_connects_past_a_seed_that_is_down() {
+    let nats = start();
+    let down = format!("nats://127.0.0.1:{}", hookline_e2e::free_port());
+    let list = format!("{down},{}", nats.url());
+    let client = hookline_api::nats::connect(&list, &Default::default(), "list-test")
+        .await
+        .expect("a list is a valid --nats-url");
+    let js = async_nats::jetstream::new(client);
+    tokio::time::timeout(Duration::from_secs(20), js.query_account())
+        .await
+        .expect("connected through the second server in time")
+        .expect("JetStream answers");
+}
