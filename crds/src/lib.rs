@@ -34,7 +34,7 @@ pub mod validated;
 
 use std::path::{Path, PathBuf};
 
-pub use manifest::{load_manifest, parse_manifest, validate};
+pub use manifest::{load_manifest, parse_manifest, parse_manifest_checked, validate};
 pub use resolve::{preset, resolve};
 pub use spec::{WebhookEndpoint, WebhookEndpointSpec, WebhookEndpointStatus};
 pub use validated::ValidatedEndpoint;

@@ -11,7 +11,16 @@ use crate::{Error, Result};
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Parses one manifest; errors name the field (`spec.provider: unknown variant …`).
+/// Fields Hookline does not know are ignored: see [`parse_manifest_checked`].
 pub fn parse_manifest(text: &str) -> Result<WebhookEndpoint> {
+    parse_manifest_checked(text).map(|(resource, _)| resource)
+}
+
+/// [`parse_manifest`], and the paths of the fields it ignored
+/// (`spec.request.rateLimt`): misspelt, or from a newer Hookline. In a
+/// cluster the API server prunes or refuses them; a file read here would
+/// otherwise drop them without a word.
+pub fn parse_manifest_checked(text: &str) -> Result<(WebhookEndpoint, Vec<String>)> {
     let document: serde_yaml::Value =
         serde_yaml::from_str(text).map_err(|err| Error::Manifest {
             field: String::new(),
@@ -32,13 +41,30 @@ pub fn parse_manifest(text: &str) -> Result<WebhookEndpoint> {
             });
         }
     }
-    serde_path_to_error::deserialize(document).map_err(|err| {
-        let path = err.path().to_string();
-        Error::Manifest {
-            field: if path == "." { String::new() } else { path },
-            message: err.into_inner().to_string(),
+    let mut unknown = Vec::new();
+    let mut note = |path: serde_ignored::Path<'_>| {
+        // `?` stands for an `Option` in serde_ignored's paths; not a field.
+        let field = path
+            .to_string()
+            .split('.')
+            .filter(|segment| *segment != "?")
+            .collect::<Vec<_>>()
+            .join(".");
+        // Checked above; the resource type does not keep them.
+        if field != "apiVersion" && field != "kind" {
+            unknown.push(field);
         }
-    })
+    };
+    let resource =
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(document, &mut note))
+            .map_err(|err| {
+                let path = err.path().to_string();
+                Error::Manifest {
+                    field: if path == "." { String::new() } else { path },
+                    message: err.into_inner().to_string(),
+                }
+            })?;
+    Ok((resource, unknown))
 }
 
 /// Checks a parsed resource and applies every default.
@@ -52,11 +78,20 @@ pub fn validate(endpoint: &WebhookEndpoint) -> Result<ValidatedEndpoint> {
     Ok(crate::resolve(namespace, name, &endpoint.spec)?)
 }
 
-/// Reads, parses and validates a manifest file.
+/// Reads, parses and validates a manifest file; a field Hookline does not
+/// know is logged as a warning with its path, as `kubectl` warns of one.
 pub fn load_manifest(path: &Path) -> Result<ValidatedEndpoint> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.to_owned(),
         source,
     })?;
-    validate(&parse_manifest(&text)?).map_err(|err| err.in_file(path))
+    let (resource, unknown) = parse_manifest_checked(&text).map_err(|err| err.in_file(path))?;
+    for field in unknown {
+        tracing::warn!(
+            file = %path.display(),
+            %field,
+            "unknown field in the manifest, ignored (misspelt?)"
+        );
+    }
+    validate(&resource).map_err(|err| err.in_file(path))
 }

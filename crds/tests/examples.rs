@@ -100,3 +100,38 @@ fn tempfile_dir() -> PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+#[test]
+fn unknown_fields_are_reported_by_their_path() {
+    let text = "apiVersion: hookline.io/v1alpha1
+kind: WebhookEndpoint
+metadata: {name: stripe, namespace: payments, lables: {a: b}}
+spec:
+  provider: stripe
+  secretRef: {name: s}
+  request: {maxBodyBytes: 1024, rateLimt: {requestsPerSecond: 5}}
+";
+    let (resource, unknown) = hookline_api::parse_manifest_checked(text).expect("parses");
+    assert_eq!(
+        resource
+            .spec
+            .request
+            .as_ref()
+            .and_then(|request| request.max_body_bytes),
+        Some(1024)
+    );
+    assert_eq!(unknown, ["metadata.lables", "spec.request.rateLimt"]);
+}
+
+#[test]
+fn every_example_has_only_known_fields() {
+    for entry in
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples")).expect("examples")
+    {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|ext| ext == "yaml") {
+            let text = std::fs::read_to_string(&path).expect("readable");
+            let (_, unknown) = hookline_api::parse_manifest_checked(&text).expect("parses");
+            assert!(unknown.is_empty(), "{}: {unknown:?}", path.display());
+        }
+    }
+}

@@ -22,8 +22,25 @@ pub fn render_file(
         path: path.to_owned(),
         source,
     })?;
-    let mut resource =
-        hookline_api::parse_manifest(&text).map_err(|err| Error::from(err.in_file(path)))?;
+    let (mut resource, unknown) = hookline_api::parse_manifest_checked(&text)
+        .map_err(|err| Error::from(err.in_file(path)))?;
+    // What the API server would prune or refuse is an error here, not a
+    // silent difference between the file and what runs.
+    if let Some(field) = unknown.first() {
+        return Err(Error::from(
+            hookline_api::Error::Manifest {
+                field: field.clone(),
+                message: format!(
+                    "unknown field (misspelt?){}",
+                    match unknown.len() {
+                        1 => String::new(),
+                        more => format!("; {} more: {}", more - 1, unknown[1..].join(", ")),
+                    }
+                ),
+            }
+            .in_file(path),
+        ));
+    }
     if resource.metadata.namespace.is_none() {
         resource.metadata.namespace = namespace.map(str::to_owned);
     }
@@ -68,4 +85,33 @@ fn document(out: &mut String, what: &str, object: &impl Serialize) -> Result<()>
     out.push_str("---\n");
     out.push_str(&yaml);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelt_field_fails_render_naming_its_path() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("endpoint.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: hookline.io/v1alpha1
+kind: WebhookEndpoint
+metadata: {name: stripe, namespace: payments}
+spec:
+  provider: stripe
+  secretRef: {name: s}
+  request: {rateLimt: {requestsPerSecond: 5}}
+  consumer: {databaseSecretRef: {name: db, key: url}}
+",
+        )
+        .expect("write");
+        let err = render_file(&file, None, &OperatorConfig::default(), true)
+            .expect_err("an unknown field is an error");
+        let text = err.to_string();
+        assert!(text.contains("spec.request.rateLimt"), "{text}");
+        assert!(text.contains("unknown field"), "{text}");
+    }
 }

@@ -141,3 +141,43 @@ async fn binary_configured_by_environment_stores_events_and_exits_on_sigterm() {
         assert!(parsed.get("level").is_some(), "{line}");
     }
 }
+
+#[test]
+fn a_misspelt_field_is_warned_of_with_its_path() {
+    let dir = tempfile::tempdir().expect("dir");
+    let endpoint = dir.path().join("endpoint.yaml");
+    std::fs::write(
+        &endpoint,
+        manifest(
+            "github",
+            "  request:\n    rateLimt: {requestsPerSecond: 5}\n",
+        ),
+    )
+    .expect("write");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s").expect("write");
+    let mut command = Command::new(BIN);
+    command
+        .env("HOOKLINE_ENDPOINT", &endpoint)
+        .env("HOOKLINE_SECRET_FILE", &secret)
+        // Nobody listens: the warning comes before any connection.
+        .env(
+            "HOOKLINE_NATS_URL",
+            format!("nats://127.0.0.1:{}", free_port()),
+        )
+        .env("HOOKLINE_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("RUST_LOG", "info");
+    let mut child = ChildProcess::spawn(&mut command).expect("spawn receiver");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !child.log().contains("spec.request.rateLimt") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = child.log();
+    assert!(child.is_running(), "it still starts:\n{log}");
+    assert!(
+        log.lines().any(|line| line.contains("\"WARN\"")
+            && line.contains("spec.request.rateLimt")
+            && line.contains("unknown field")),
+        "{log}"
+    );
+}
