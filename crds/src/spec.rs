@@ -453,6 +453,13 @@ pub struct WebhookEndpointStatus {
     /// Events in the stream (stored, whether consumed or not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_messages: Option<i64>,
+    /// Bytes stored in the stream; for a `Buffer`, what waits for Postgres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_bytes: Option<i64>,
+    /// Past this many stored bytes new events get 503: a `Buffer`'s cap
+    /// (enforced by the receiver) or an `Archive`'s `maxBytes`. Absent: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_limit_bytes: Option<i64>,
     /// Events accepted but not yet written to Postgres (the durable consumer's
     /// pending plus unacknowledged count): the lag KEDA scales on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
