@@ -14,9 +14,8 @@ pub const MAX_AGE: Duration = Duration::from_secs(720 * 3600);
 /// Size cap of a `Buffer` stream: room for about 100,000 events of 5 KB
 /// waiting through a Postgres outage (over 2 hours at the seed's 1 M
 /// events/day, half an hour at its peak); past it providers get 503 and retry.
-/// JetStream reserves each stream's cap on its volume, so the sum over all
-/// endpoints must fit NATS's file store: 19 endpoints fit the NATS chart's
-/// default 10 GiB.
+/// The receiver enforces it; nothing is reserved on NATS's volume, so it
+/// bounds what one endpoint's backlog can take from the others.
 pub const BUFFER_MAX_BYTES: i64 = 512 * 1024 * 1024;
 /// Window in which JetStream drops a repeated event id.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);

@@ -40,6 +40,13 @@ pub const MIN_ACK_PENDING: usize = 1000;
 /// `maxAge`); and `DiscardPolicy::New` so a full stream refuses new events (the
 /// receiver answers 503) instead of silently dropping stored ones.
 ///
+/// Only an `Archive` gets a `max_bytes` ([`StreamSettings::stream_max_bytes`]):
+/// JetStream reserves it on its store. A `Buffer`'s cap is enforced by the
+/// receiver ([`StreamSettings::buffer_cap`]) and reserves nothing.
+///
+/// [`StreamSettings::stream_max_bytes`]: crate::validated::StreamSettings::stream_max_bytes
+/// [`StreamSettings::buffer_cap`]: crate::validated::StreamSettings::buffer_cap
+///
 /// Not interest retention: a stream of it keeps nothing while no consumer
 /// exists, and nats-server before 2.10.25 dropped events it had acknowledged
 /// on one when it stopped (found by the fault soak on 2.9.10); work-queue
@@ -61,7 +68,7 @@ pub fn stream_config(endpoint: &ValidatedEndpoint) -> stream::Config {
         },
         discard: stream::DiscardPolicy::New,
         max_age: settings.max_age,
-        max_bytes: settings.max_bytes_for(retention).unwrap_or(-1),
+        max_bytes: settings.stream_max_bytes(retention).unwrap_or(-1),
         num_replicas: settings.replicas,
         duplicate_window: settings.duplicate_window,
         ..Default::default()
@@ -158,8 +165,15 @@ async fn ensure_inner(
                 return Ok(Ensured::OwnedElsewhere(mark));
             }
             // NATS cannot change an existing stream's retention: it is kept
-            // (switching `Buffer` and `Archive` needs the stream made anew).
+            // (switching `Buffer` and `Archive` needs the stream made anew),
+            // and its size limit is the one of what it is.
             desired.retention = current.config.retention;
+            desired.max_bytes = endpoint
+                .stream
+                .stream_max_bytes(
+                    retention_of(current.config.retention).unwrap_or(StreamRetention::Buffer),
+                )
+                .unwrap_or(-1);
             desired.metadata = owner::desired_metadata(&current.config.metadata, owner);
             let settled = same_settings(&current.config, &desired)
                 || known.as_ref().is_some_and(|known| {
@@ -216,7 +230,7 @@ async fn ensure_inner(
             }
         },
     };
-    let stats = stats_of(&info, retention, pending);
+    let stats = stats_of(&info, endpoint, retention, pending);
     *known = Some(Provisioned {
         desired,
         applied: info.config,
@@ -302,10 +316,24 @@ fn retention_of(policy: stream::RetentionPolicy) -> Option<StreamRetention> {
     }
 }
 
-fn stats_of(info: &stream::Info, retention: Option<StreamRetention>, pending: u64) -> StreamStats {
+fn stats_of(
+    info: &stream::Info,
+    endpoint: &ValidatedEndpoint,
+    retention: Option<StreamRetention>,
+    pending: u64,
+) -> StreamStats {
     let state = &info.state;
+    let limit_bytes = match retention {
+        Some(StreamRetention::Archive) => u64::try_from(info.config.max_bytes)
+            .ok()
+            .filter(|limit| *limit > 0),
+        // An interest stream, too, holds only what is not yet written.
+        Some(StreamRetention::Buffer) | None => endpoint.stream.buffer_cap(StreamRetention::Buffer),
+    };
     StreamStats {
         messages: state.messages,
+        bytes: state.bytes,
+        limit_bytes,
         pending,
         last_stored: (state.messages > 0).then(|| state.last_timestamp.into()),
         retention,
@@ -435,6 +463,11 @@ pub async fn delete_stream(js: &jetstream::Context, name: &str) -> Result<(), Pr
 pub struct StreamStats {
     /// Messages stored in the stream.
     pub messages: u64,
+    /// Bytes stored in the stream.
+    pub bytes: u64,
+    /// Past this many bytes new events get 503: a buffer's cap (the
+    /// receiver's) or an archive's `max_bytes`; `None`: no cap.
+    pub limit_bytes: Option<u64>,
     /// Messages not yet delivered plus delivered but not acknowledged.
     pub pending: u64,
     /// When the newest message was stored; `None` for an empty stream.
@@ -463,7 +496,7 @@ pub async fn stats(
             Some(StreamRetention::Buffer) => info.state.messages,
             _ => read_pending(&stream, endpoint).await?.unwrap_or(0),
         };
-        Ok(stats_of(info, retention, pending))
+        Ok(stats_of(info, endpoint, retention, pending))
     };
     tokio::time::timeout(PROVISION_TIMEOUT, read)
         .await
@@ -488,17 +521,30 @@ mod tests {
     }
 
     #[test]
-    fn a_buffer_is_a_capped_work_queue_and_an_archive_an_uncapped_log() {
+    fn a_buffer_is_a_work_queue_that_reserves_nothing_and_an_archive_an_uncapped_log() {
         let buffer = stream_config(&endpoint(StreamRetention::Buffer, None));
         assert_eq!(buffer.retention, stream::RetentionPolicy::WorkQueue);
-        assert_eq!(buffer.max_bytes, crate::defaults::BUFFER_MAX_BYTES);
+        assert_eq!(buffer.max_bytes, -1, "JetStream would reserve it");
         let archive = stream_config(&endpoint(StreamRetention::Archive, None));
         assert_eq!(archive.retention, stream::RetentionPolicy::Limits);
         assert_eq!(archive.max_bytes, -1);
-        let capped = stream_config(&endpoint(StreamRetention::Archive, Some(4096)));
-        assert_eq!(capped.max_bytes, 4096);
         for config in [buffer, archive] {
             assert_eq!(config.discard, stream::DiscardPolicy::New);
         }
+    }
+
+    #[test]
+    fn max_bytes_caps_an_archive_stream_and_a_buffer_through_the_receiver() {
+        let capped = endpoint(StreamRetention::Archive, Some(4096));
+        assert_eq!(stream_config(&capped).max_bytes, 4096);
+        assert_eq!(capped.stream.buffer_cap(StreamRetention::Archive), None);
+        let small = endpoint(StreamRetention::Buffer, Some(4096));
+        assert_eq!(stream_config(&small).max_bytes, -1);
+        assert_eq!(small.stream.buffer_cap(StreamRetention::Buffer), Some(4096));
+        let default = endpoint(StreamRetention::Buffer, None);
+        assert_eq!(
+            default.stream.buffer_cap(StreamRetention::Buffer),
+            Some(512 * 1024 * 1024)
+        );
     }
 }

@@ -313,9 +313,11 @@ pub struct StreamSpec {
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub max_age: Option<String>,
     /// Size cap of the stream in bytes; when full, new events get 503 and the
-    /// provider retries (nothing stored is discarded early). JetStream reserves
-    /// it on its volume. Default: 512 MiB for `Buffer` (about 100,000 events of
-    /// 5 KB waiting for Postgres), unlimited for `Archive`.
+    /// provider retries (nothing stored is discarded early). `Buffer`: the
+    /// receiver enforces it and nothing is reserved on NATS's volume; default
+    /// 512 MiB (about 100,000 events of 5 KB waiting for Postgres). `Archive`:
+    /// the stream's own limit, which JetStream reserves on its volume;
+    /// default unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_bytes: Option<i64>,
@@ -451,6 +453,13 @@ pub struct WebhookEndpointStatus {
     /// Events in the stream (stored, whether consumed or not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_messages: Option<i64>,
+    /// Bytes stored in the stream; for a `Buffer`, what waits for Postgres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_bytes: Option<i64>,
+    /// Past this many stored bytes new events get 503: a `Buffer`'s cap
+    /// (enforced by the receiver) or an `Archive`'s `maxBytes`. Absent: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_limit_bytes: Option<i64>,
     /// Events accepted but not yet written to Postgres (the durable consumer's
     /// pending plus unacknowledged count): the lag KEDA scales on.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -263,7 +263,8 @@ pub struct StreamSettings {
     pub subject_prefix: String,
     pub retention: StreamRetention,
     pub max_age: Duration,
-    /// As the spec gives it; see [`StreamSettings::max_bytes_for`].
+    /// As the spec gives it; see [`StreamSettings::stream_max_bytes`] and
+    /// [`StreamSettings::buffer_cap`].
     pub max_bytes: Option<i64>,
     pub replicas: usize,
     pub duplicate_window: Duration,
@@ -271,15 +272,31 @@ pub struct StreamSettings {
 }
 
 impl StreamSettings {
-    /// The size cap of a stream of `retention` (`None`: unlimited): the spec's,
-    /// else [`crate::defaults::BUFFER_MAX_BYTES`] for a buffer and none for an
-    /// archive.
-    pub fn max_bytes_for(&self, retention: StreamRetention) -> Option<i64> {
+    /// The stream's own `max_bytes` (`None`: unlimited) for a stream of
+    /// `retention`. Only an `Archive` has one: JetStream reserves a stream's
+    /// `max_bytes` on its store however little the stream holds, and a
+    /// `Buffer`, nearly empty while the consumer keeps up, would reserve its
+    /// whole cap for nothing (20 default buffers filled the NATS chart's
+    /// 10 GiB store).
+    pub fn stream_max_bytes(&self, retention: StreamRetention) -> Option<i64> {
         match retention {
-            StreamRetention::Buffer => {
-                Some(self.max_bytes.unwrap_or(crate::defaults::BUFFER_MAX_BYTES))
-            }
+            StreamRetention::Buffer => None,
             StreamRetention::Archive => self.max_bytes,
+        }
+    }
+
+    /// The cap the receiver enforces on a stream of `retention` (`None` for an
+    /// `Archive`, whose cap is the stream's own): the spec's `maxBytes`, else
+    /// [`crate::defaults::BUFFER_MAX_BYTES`]. Past it new events get 503
+    /// until the consumer drains the buffer.
+    pub fn buffer_cap(&self, retention: StreamRetention) -> Option<u64> {
+        match retention {
+            StreamRetention::Buffer => Some(
+                self.max_bytes
+                    .unwrap_or(crate::defaults::BUFFER_MAX_BYTES)
+                    .unsigned_abs(),
+            ),
+            StreamRetention::Archive => None,
         }
     }
 

@@ -79,7 +79,7 @@ fn with_retention(retention: StreamRetention) -> WebhookEndpointSpec {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_buffer_stream_lets_acknowledged_events_go_keeps_the_others_and_is_capped() {
+async fn a_buffer_stream_lets_acknowledged_events_go_keeps_the_others_and_reserves_nothing() {
     let nats = tokio::task::block_in_place(NatsServer::start).expect("nats-server starts");
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let js = async_nats::jetstream::new(client);
@@ -89,7 +89,10 @@ async fn a_buffer_stream_lets_acknowledged_events_go_keeps_the_others_and_is_cap
     let mut stream = js.get_stream("HOOKLINE_ci_buffer").await.expect("stream");
     let config = stream.info().await.expect("info").config.clone();
     assert_eq!(config.retention, RetentionPolicy::WorkQueue);
-    assert_eq!(config.max_bytes, 512 * 1024 * 1024);
+    assert_eq!(
+        config.max_bytes, -1,
+        "JetStream would reserve a max_bytes on its store; the receiver enforces the cap"
+    );
 
     js.publish("hookline.ci.buffer.push", "{}".into())
         .await
@@ -148,15 +151,19 @@ async fn an_archive_stream_is_uncapped_and_an_existing_streams_retention_is_kept
         "an archive is not capped unless asked"
     );
 
-    let buffer = hookline_api::resolve("ci", "switch", &with_retention(StreamRetention::Buffer))
-        .expect("valid");
+    let mut switched = with_retention(StreamRetention::Buffer);
+    if let Some(stream) = switched.stream.as_mut() {
+        stream.max_age = Some("24h".into());
+    }
+    let buffer = hookline_api::resolve("ci", "switch", &switched).expect("valid");
     provision(&js, &buffer).await.expect("switching provisions");
     let config = stream.info().await.expect("info").config.clone();
     assert_eq!(
-        config.max_bytes,
-        512 * 1024 * 1024,
+        config.max_age,
+        Duration::from_secs(24 * 3600),
         "the rest of the update applies"
     );
+    assert_eq!(config.max_bytes, -1, "still an uncapped archive");
     assert_eq!(
         config.retention,
         RetentionPolicy::Limits,
@@ -170,6 +177,7 @@ async fn an_archive_stream_is_uncapped_and_an_existing_streams_retention_is_kept
         Some(StreamRetention::Archive),
         "the stats say so"
     );
+    assert_eq!(stats.limit_bytes, None, "and that nothing caps it");
 }
 
 /// Counts the JetStream API requests every client of the server makes, by
@@ -256,6 +264,12 @@ async fn a_steady_buffer_endpoint_costs_one_stream_info() {
     );
     assert!(stats.last_stored.is_some());
     assert_eq!(stats.retention, Some(StreamRetention::Buffer));
+    assert!(stats.bytes > 0, "the buffer's fill: {}", stats.bytes);
+    assert_eq!(
+        stats.limit_bytes,
+        Some(512 * 1024 * 1024),
+        "the cap the receiver enforces"
+    );
 
     ready(ensure(&js, &endpoint, Some(&owner), &mut known).await);
     assert_eq!(calls.take().await, ["STREAM.INFO.HOOKLINE_ci_steady"]);
@@ -558,8 +572,11 @@ async fn an_overlap_names_the_stream_that_holds_the_subjects() {
 async fn a_no_room_diagnosis_reads_the_accounts_reservation() {
     let nats = start();
     let js = connect(&nats).await;
-    let endpoint = hookline_api::resolve("ci", "room", &with_retention(StreamRetention::Buffer))
-        .expect("valid");
+    let mut capped = with_retention(StreamRetention::Archive);
+    if let Some(stream) = capped.stream.as_mut() {
+        stream.max_bytes = Some(512 * 1024 * 1024);
+    }
+    let endpoint = hookline_api::resolve("ci", "room", &capped).expect("valid");
     ready(ensure(&js, &endpoint, None, &mut None).await);
     // The answer NATS gives when the store cannot hold another reservation.
     let refusal: async_nats::jetstream::Error = serde_json::from_value(serde_json::json!({
@@ -578,7 +595,7 @@ async fn a_no_room_diagnosis_reads_the_accounts_reservation() {
     };
     let diagnosis = diagnose(&js, &endpoint, &err).await;
     let storage = diagnosis.storage.expect("the account's figures");
-    assert_eq!(storage.reserved, 512 * 1024 * 1024, "the buffer's cap");
+    assert_eq!(storage.reserved, 512 * 1024 * 1024, "the archive's cap");
     let message = err.describe(&endpoint, &diagnosis);
     assert!(
         message.contains("(maxBytes 512 MiB; 512 MiB reserved"),
@@ -599,4 +616,74 @@ async fn a_server_list_connects_past_a_seed_that_is_down() {
         .await
         .expect("connected through the second server in time")
         .expect("JetStream answers");
+}
+
+/// The NATS Helm chart's default JetStream file store.
+const CHART_FILE_STORE: u64 = 10 * 1024 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_default_endpoints_fit_the_nats_charts_default_file_store() {
+    let nats =
+        tokio::task::block_in_place(|| NatsServer::start_with_max_file_store(CHART_FILE_STORE))
+            .expect("nats-server starts");
+    let js = connect(&nats).await;
+    let endpoints: Vec<_> = (0..1000)
+        .map(|index| {
+            hookline_api::resolve("fleet", &format!("endpoint-{index}"), &spec("720h"))
+                .expect("valid")
+        })
+        .collect();
+    let outcomes: Vec<_> = futures::stream::iter(&endpoints)
+        .map(|endpoint| {
+            let js = js.clone();
+            async move { ensure(&js, endpoint, None, &mut None).await }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let refused: Vec<_> = outcomes
+        .iter()
+        .filter_map(|outcome| outcome.as_ref().err())
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{} of 1000 default endpoints provisioned; the first refusal: {}",
+        1000 - refused.len(),
+        refused[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_buffer_made_with_a_reservation_loses_it_on_the_next_resync_and_then_holds_still() {
+    let nats = start();
+    let js = connect(&nats).await;
+    let endpoint = hookline_api::resolve("ci", "old", &with_retention(StreamRetention::Buffer))
+        .expect("valid");
+    // What earlier Hooklines made: the buffer's cap as the stream's max_bytes.
+    let mut reserving = hookline_api::provision::stream_config(&endpoint);
+    reserving.max_bytes = 512 * 1024 * 1024;
+    js.create_stream(reserving).await.expect("an old buffer");
+    let mut calls = ApiCalls::watch(&nats).await;
+    let owner = StreamOwner::new("uid-1", "ci", "old");
+    let mut known = None;
+
+    ready(ensure(&js, &endpoint, Some(&owner), &mut known).await);
+    let first = calls.take().await;
+    assert!(
+        first.contains(&"STREAM.UPDATE.HOOKLINE_ci_old".to_owned()),
+        "{first:?}"
+    );
+    let config = js
+        .get_stream("HOOKLINE_ci_old")
+        .await
+        .expect("stream")
+        .cached_info()
+        .config
+        .clone();
+    assert_eq!(config.max_bytes, -1, "the reservation is gone");
+    assert_eq!(config.retention, RetentionPolicy::WorkQueue);
+    calls.take().await;
+
+    ready(ensure(&js, &endpoint, Some(&owner), &mut known).await);
+    assert_eq!(calls.take().await, ["STREAM.INFO.HOOKLINE_ci_old"]);
 }

@@ -34,6 +34,8 @@ pub struct NatsServer {
     monitor_port: u16,
     store_dir: PathBuf,
     log_path: PathBuf,
+    /// A config file (`-c`), for settings with no command-line flag.
+    config: Option<PathBuf>,
     process: Option<ChildProcess>,
     /// Removed on drop, after the process is gone (see `Drop`).
     dir: TempDir,
@@ -42,6 +44,19 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server and waits until JetStream is ready.
     pub fn start() -> Result<NatsServer> {
+        NatsServer::start_with(None)
+    }
+
+    /// Starts a server whose JetStream file store holds `bytes` (its
+    /// `max_file_store`), as a production server's volume does: JetStream
+    /// then refuses a stream whose reservation no longer fits.
+    pub fn start_with_max_file_store(bytes: u64) -> Result<NatsServer> {
+        NatsServer::start_with(Some(format!(
+            "jetstream {{\n  max_file_store: {bytes}\n}}\n"
+        )))
+    }
+
+    fn start_with(config: Option<String>) -> Result<NatsServer> {
         let binary = find_binary(
             "nats-server",
             &["/usr/sbin", "/usr/local/sbin", "/usr/local/bin"],
@@ -54,12 +69,21 @@ impl NatsServer {
             .map_err(io_err("creating a temp dir for nats-server"))?;
         let store_dir = dir.path().join("store");
         fs::create_dir(&store_dir).map_err(io_err(format!("creating {}", store_dir.display())))?;
+        let config = match config {
+            Some(text) => {
+                let path = dir.path().join("nats-server.conf");
+                fs::write(&path, text).map_err(io_err(format!("writing {}", path.display())))?;
+                Some(path)
+            }
+            None => None,
+        };
         let mut server = NatsServer {
             binary,
             port: 0,
             monitor_port: 0,
             log_path: dir.path().join("nats-server.log"),
             store_dir,
+            config,
             process: None,
             dir,
         };
@@ -149,6 +173,10 @@ impl Launch for NatsServer {
             .arg(self.port.to_string())
             .arg("-m")
             .arg(self.monitor_port.to_string());
+        if let Some(config) = &self.config {
+            // Flags override the file, so only what no flag sets goes there.
+            command.arg("-c").arg(config);
+        }
         let monitor_port = self.monitor_port;
         let started = spawn_until_ready(
             &mut self.process,

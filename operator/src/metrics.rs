@@ -64,6 +64,10 @@ pub struct Metrics {
     pub endpoint_ready: Family<EndpointLabel, Gauge>,
     /// Events accepted but not yet written to Postgres, per endpoint.
     pub endpoint_pending: Family<EndpointLabel, Gauge>,
+    /// Bytes in the endpoint's stream, and the size at which new events get
+    /// 503 (absent when uncapped): the alert on a filling buffer divides them.
+    pub endpoint_stream_bytes: Family<EndpointLabel, Gauge>,
+    pub endpoint_stream_limit_bytes: Family<EndpointLabel, Gauge>,
     pub leader: Gauge,
     /// Readiness per endpoint (`namespace/name`), behind `endpoints`.
     readiness: Mutex<HashMap<String, Readiness>>,
@@ -118,6 +122,18 @@ impl Metrics {
             "Events the endpoint accepted that are not yet in Postgres (refreshed each resync)",
             endpoint_pending.clone(),
         );
+        let endpoint_stream_bytes = Family::<EndpointLabel, Gauge>::default();
+        registry.register(
+            "endpoint_stream_bytes",
+            "Bytes in the endpoint's stream; for a buffer, what waits for Postgres (refreshed each resync)",
+            endpoint_stream_bytes.clone(),
+        );
+        let endpoint_stream_limit_bytes = Family::<EndpointLabel, Gauge>::default();
+        registry.register(
+            "endpoint_stream_limit_bytes",
+            "Bytes at which the endpoint's new events get 503: a buffer's cap or an archive's maxBytes (absent when uncapped)",
+            endpoint_stream_limit_bytes.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -133,6 +149,8 @@ impl Metrics {
             endpoints,
             endpoint_ready,
             endpoint_pending,
+            endpoint_stream_bytes,
+            endpoint_stream_limit_bytes,
             leader,
             readiness: Mutex::default(),
         }
@@ -170,6 +188,35 @@ impl Metrics {
             }
             None => {
                 self.endpoint_pending.remove(&label);
+            }
+        }
+    }
+
+    /// Records `endpoint`'s stream size and cap (`None`: unknown or deleted).
+    pub fn set_stream_size(&self, endpoint: &str, size: Option<(u64, Option<u64>)>) {
+        let label = EndpointLabel {
+            endpoint: endpoint.to_owned(),
+        };
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        match size {
+            Some((bytes, limit)) => {
+                self.endpoint_stream_bytes
+                    .get_or_create(&label)
+                    .set(gauge(bytes));
+                match limit {
+                    Some(limit) => {
+                        self.endpoint_stream_limit_bytes
+                            .get_or_create(&label)
+                            .set(gauge(limit));
+                    }
+                    None => {
+                        self.endpoint_stream_limit_bytes.remove(&label);
+                    }
+                }
+            }
+            None => {
+                self.endpoint_stream_bytes.remove(&label);
+                self.endpoint_stream_limit_bytes.remove(&label);
             }
         }
     }

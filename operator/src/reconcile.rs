@@ -253,6 +253,8 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
     if let stream::StreamState::Ready { stats, .. } = &stream {
         ctx.metrics
             .set_pending(&key, i64::try_from(stats.pending).ok());
+        ctx.metrics
+            .set_stream_size(&key, Some((stats.bytes, stats.limit_bytes)));
     }
     let details = Details {
         url: status::url(&valid, &applied),
@@ -301,5 +303,6 @@ async fn cleanup(endpoint: &WebhookEndpoint, ctx: &Context) -> Result<Action> {
     ctx.streams.forget(&uid);
     ctx.metrics.set_readiness(&key, None);
     ctx.metrics.set_pending(&key, None);
+    ctx.metrics.set_stream_size(&key, None);
     Ok(Action::await_change())
 }

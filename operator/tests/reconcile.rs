@@ -195,9 +195,13 @@ async fn a_second_reconcile_with_nothing_changed_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_crd_that_drops_status_fields_does_not_make_a_write_loop() {
     let mut harness = stripe(true).await;
-    harness
-        .fake
-        .prune_status_fields(&["pending", "streamMessages", "lastEventTime"]);
+    harness.fake.prune_status_fields(&[
+        "pending",
+        "streamMessages",
+        "streamBytes",
+        "streamLimitBytes",
+        "lastEventTime",
+    ]);
     harness.settle(NS, NAME).await;
     harness.fake.make_deployments_available();
     harness.reconcile(NS, NAME).await.expect("reconcile");
@@ -1019,6 +1023,39 @@ async fn a_refused_child_is_said_in_the_status_and_the_rest_is_applied() {
     harness.fake.make_deployments_available();
     harness.reconcile(NS, NAME).await.expect("reconcile");
     harness.expect_condition(NS, NAME, conditions::READY, "True", reasons::RECONCILED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_buffers_fill_and_cap_are_in_the_status_and_the_metrics() {
+    let mut harness = stripe(true).await;
+    harness.settle(NS, NAME).await;
+    let status = harness.endpoint(NS, NAME).status.expect("status");
+    assert_eq!(status.stream_bytes, Some(0));
+    assert_eq!(
+        status.stream_limit_bytes,
+        Some(512 * 1024 * 1024),
+        "the cap the receiver enforces, reserved nowhere"
+    );
+
+    jetstream::new(harness.ctx.nats.clone())
+        .publish("hookline.payments.stripe.event", "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    harness.reconcile(NS, NAME).await.expect("reconcile");
+    let label = hookline_operator::metrics::EndpointLabel {
+        endpoint: format!("{NS}/{NAME}"),
+    };
+    let metrics = &harness.metrics;
+    assert!(metrics.endpoint_stream_bytes.get_or_create(&label).get() > 0);
+    assert_eq!(
+        metrics
+            .endpoint_stream_limit_bytes
+            .get_or_create(&label)
+            .get(),
+        512 * 1024 * 1024
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

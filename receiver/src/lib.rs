@@ -98,6 +98,17 @@ pub enum Error {
     /// is for the log: the answer says only "retry".
     #[error("{0}")]
     Unavailable(String),
+    /// The buffer holds its cap (`spec.stream.maxBytes`) of events not yet
+    /// written to Postgres; retryable, like any 503: it drains as the
+    /// consumer catches up.
+    #[error(
+        "stream {stream} holds {bytes} bytes, its buffer cap is {cap} (spec.stream.maxBytes); waiting for the consumer to drain it"
+    )]
+    BufferFull {
+        stream: String,
+        bytes: u64,
+        cap: u64,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -116,7 +127,7 @@ impl Error {
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::SchemaViolation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unavailable(_) | Error::BufferFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Manifest(_)
             | Error::SecretFile { .. }
             | Error::SchemaCompile(_)
@@ -139,6 +150,7 @@ impl Error {
             Error::SchemaViolation(_) => "schema_violation",
             Error::InvalidEvent(_) => "invalid_event",
             Error::Unavailable(_) => "unavailable",
+            Error::BufferFull { .. } => "buffer_full",
             Error::Manifest(_)
             | Error::SecretFile { .. }
             | Error::SchemaCompile(_)
@@ -161,7 +173,7 @@ impl Error {
             | Error::InvalidJson(_)
             | Error::SchemaViolation(_)
             | Error::InvalidEvent(_) => self.to_string(),
-            Error::Unavailable(_) => {
+            Error::Unavailable(_) | Error::BufferFull { .. } => {
                 format!("the event was not stored; retry in {RETRY_AFTER_SECS} s")
             }
             Error::Manifest(_)

@@ -1,5 +1,6 @@
 //! Prometheus metrics: requests by outcome and provider, request and publish
-//! latency, body sizes, and the state of the secrets and of JetStream.
+//! latency, body sizes, and the state of the secrets, of JetStream and of the
+//! endpoint's buffer.
 
 use std::time::Duration;
 
@@ -37,6 +38,8 @@ pub struct Metrics {
     pub secrets: Gauge,
     pub secret_reloads: Counter,
     pub jetstream_ready: Gauge,
+    buffer_bytes: Gauge,
+    buffer_limit_bytes: Gauge,
 }
 
 impl Metrics {
@@ -91,6 +94,18 @@ impl Metrics {
             "1 when NATS is connected and the endpoint's stream answered",
             jetstream_ready.clone(),
         );
+        let buffer_bytes = Gauge::default();
+        registry.register(
+            "buffer_bytes",
+            "Bytes in the endpoint's stream at the last readiness probe",
+            buffer_bytes.clone(),
+        );
+        let buffer_limit_bytes = Gauge::default();
+        registry.register(
+            "buffer_limit_bytes",
+            "The buffer's cap (spec.stream.maxBytes): at it the receiver answers 503; 0 for an archive, which the receiver does not cap",
+            buffer_limit_bytes.clone(),
+        );
         Metrics {
             registry,
             provider,
@@ -103,7 +118,17 @@ impl Metrics {
             secrets,
             secret_reloads,
             jetstream_ready,
+            buffer_bytes,
+            buffer_limit_bytes,
         }
+    }
+
+    /// The stream's size and the buffer's cap (`None`: not capped here).
+    pub fn buffer(&self, bytes: u64, cap: Option<u64>) {
+        self.buffer_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.buffer_limit_bytes
+            .set(cap.map_or(0, |cap| i64::try_from(cap).unwrap_or(i64::MAX)));
     }
 
     /// Counts one answered request.

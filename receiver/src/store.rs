@@ -6,9 +6,16 @@
 //! A stream with interest retention keeps nothing while no consumer exists: a
 //! PubAck then means nothing was kept. So the receiver publishes only while
 //! the last probe saw the durable consumer, and answers 503 otherwise.
+//!
+//! A buffer's cap is enforced here, not by JetStream (which would reserve it
+//! on its store): the probe's STREAM.INFO also gives the stream's size, and
+//! while that has reached the cap the receiver answers 503 without
+//! publishing. The size is as fresh as the readiness it comes with, so there
+//! is no stale size to trust: a probe that fails makes the receiver not ready
+//! (503 as before) and the next one that answers brings the size anew.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::connection::State;
@@ -19,6 +26,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::SelectAll;
 use hookline_api::ValidatedEndpoint;
+use hookline_api::validated::StreamRetention;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
@@ -67,6 +75,15 @@ pub struct Store {
     /// `--provision`: (re)create the stream whenever it is found missing.
     provision: bool,
     provisioned: AtomicBool,
+    /// Bytes the stream held at the last probe.
+    stored_bytes: AtomicU64,
+    /// The size past which a buffer takes no more events (`spec.stream.maxBytes`).
+    buffer_cap: u64,
+    /// The stream is a buffer (not limits retention), so [`Store::buffer_cap`]
+    /// applies; an archive's cap is its own `max_bytes`.
+    buffered: AtomicBool,
+    /// The last probe found the buffer at its cap (for logging the change).
+    full: AtomicBool,
 }
 
 impl Store {
@@ -88,6 +105,14 @@ impl Store {
             interest: AtomicBool::new(true),
             provision: config.provision,
             provisioned: AtomicBool::new(!config.provision),
+            stored_bytes: AtomicU64::new(0),
+            buffer_cap: config
+                .endpoint
+                .stream
+                .buffer_cap(StreamRetention::Buffer)
+                .unwrap_or(u64::MAX),
+            buffered: AtomicBool::new(false),
+            full: AtomicBool::new(false),
         })
     }
 
@@ -156,9 +181,11 @@ impl Store {
                 return Readiness::StreamUnreachable;
             }
         };
-        let retention = stream.cached_info().config.retention;
+        let info = stream.cached_info();
+        let retention = info.config.retention;
         self.interest
             .store(retention == RetentionPolicy::Interest, Ordering::Relaxed);
+        self.record_size(info.state.bytes, retention != RetentionPolicy::Limits);
         match retention {
             // These keep what is published whether or not a consumer exists.
             RetentionPolicy::Limits | RetentionPolicy::WorkQueue => Readiness::Ready,
@@ -179,6 +206,34 @@ impl Store {
                 },
             },
         }
+    }
+
+    /// Records the stream's size from a probe, and logs when the buffer
+    /// becomes full or has room again.
+    fn record_size(&self, bytes: u64, buffered: bool) {
+        self.stored_bytes.store(bytes, Ordering::Relaxed);
+        self.buffered.store(buffered, Ordering::Relaxed);
+        let full = buffered && bytes >= self.buffer_cap;
+        if self.full.swap(full, Ordering::Relaxed) != full {
+            if full {
+                tracing::warn!(stream = %self.stream, bytes, cap = self.buffer_cap, "the buffer is full (spec.stream.maxBytes): answering 503 until the consumer drains it");
+            } else {
+                tracing::info!(stream = %self.stream, bytes, cap = self.buffer_cap, "the buffer has room again");
+            }
+        }
+    }
+
+    /// Bytes the stream held at the last probe.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The cap this receiver enforces; `None` for an archive, whose cap (if
+    /// any) is the stream's own `max_bytes`.
+    pub fn buffer_cap(&self) -> Option<u64> {
+        self.buffered
+            .load(Ordering::Relaxed)
+            .then_some(self.buffer_cap)
     }
 
     /// Creates or updates the stream and durable consumer, once it succeeds.
@@ -212,6 +267,7 @@ impl Store {
                     .store(!self.is_connected(), Ordering::Relaxed);
             }
             metrics.jetstream_ready.set(i64::from(self.is_ready()));
+            metrics.buffer(self.stored_bytes(), self.buffer_cap());
             let pause = if self.is_ready() {
                 PROBE_READY
             } else {
@@ -296,6 +352,13 @@ impl Store {
                     self.stream
                 )));
             }
+        }
+        if self.full.load(Ordering::Relaxed) {
+            return Err(Error::BufferFull {
+                stream: self.stream.clone(),
+                bytes: self.stored_bytes(),
+                cap: self.buffer_cap,
+            });
         }
         let message = jetstream::message::PublishMessage::build()
             .payload(body)

@@ -335,13 +335,12 @@ async fn health_readiness_metrics_and_unknown_routes() {
 const RETRY_ANSWER: &str =
     r#"{"error":"unavailable","message":"the event was not stored; retry in 5 s"}"#;
 
+/// An archive capped at 4 KiB: JetStream itself refuses past it.
+const SMALL_ARCHIVE: &str = "  stream:\n    retention: Archive\n    maxBytes: 4096\n";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_503_asks_for_a_retry_and_names_nothing_internal() {
-    let receiver = Receiver::start(
-        &manifest("github", "  stream:\n    maxBytes: 4096\n"),
-        SECRET,
-    )
-    .await;
+    let receiver = Receiver::start(&manifest("github", SMALL_ARCHIVE), SECRET).await;
     for n in 0..20 {
         let body = format!(r#"{{"action":"opened","pad":"{}"}}"#, "p".repeat(500)).into_bytes();
         let response = receiver
@@ -362,12 +361,8 @@ async fn a_503_asks_for_a_retry_and_names_nothing_internal() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn full_stream_is_503_never_200() {
-    let receiver = Receiver::start(
-        &manifest("github", "  stream:\n    maxBytes: 4096\n"),
-        SECRET,
-    )
-    .await;
+async fn a_full_archive_is_503_never_200() {
+    let receiver = Receiver::start(&manifest("github", SMALL_ARCHIVE), SECRET).await;
     let mut statuses = Vec::new();
     for n in 0..20 {
         let body = format!(r#"{{"action":"opened","pad":"{}"}}"#, "p".repeat(500)).into_bytes();
@@ -391,6 +386,123 @@ async fn full_stream_is_503_never_200() {
         stored,
         "every 200 is stored"
     );
+}
+
+/// A buffer capped at 2 KiB, which the receiver enforces.
+const SMALL_BUFFER: &str = "  stream:\n    maxBytes: 2048\n";
+
+fn padded(n: u32) -> Vec<u8> {
+    format!(
+        r#"{{"action":"opened","issue":{{"id":{n}}},"pad":"{}"}}"#,
+        "p".repeat(500)
+    )
+    .into_bytes()
+}
+
+/// Posts new events, 50 ms apart, until one is answered `status`; returns
+/// that answer and how many were answered otherwise.
+async fn post_until(receiver: &Receiver, status: u16, prefix: &str) -> (reqwest::Response, u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    for n in 0.. {
+        let body = padded(n);
+        let response = receiver
+            .post(
+                &github_signed(SECRET, &body, &format!("{prefix}-{n}")),
+                &body,
+            )
+            .await;
+        if response.status() == status {
+            return (response, n);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never answered {status}; last {}",
+            response.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_buffer_at_its_cap_is_503_with_retry_after_publishes_nothing_and_takes_events_again_once_drained()
+ {
+    let receiver = Receiver::start(&manifest("github", SMALL_BUFFER), SECRET).await;
+    let (full, stored) = post_until(&receiver, 503, "fill").await;
+    assert!(stored >= 2, "events are taken until the cap: {stored}");
+    assert_eq!(
+        full.headers().get("retry-after").map(|v| v.to_str().ok()),
+        Some(Some("5"))
+    );
+    let answer: serde_json::Value = full.json().await.expect("JSON");
+    assert_eq!(
+        answer,
+        serde_json::json!({"error": "buffer_full", "message": "the event was not stored; retry in 5 s"})
+    );
+
+    let held = receiver.stream_messages().await;
+    for n in 0..3 {
+        let body = padded(100 + n);
+        let response = receiver
+            .post(
+                &github_signed(SECRET, &body, &format!("refused-{n}")),
+                &body,
+            )
+            .await;
+        assert_eq!(response.status(), 503);
+    }
+    assert_eq!(
+        receiver.stream_messages().await,
+        held,
+        "nothing published while full"
+    );
+    let metrics = receiver.metrics().await;
+    for line in [
+        "hookline_receiver_buffer_limit_bytes 2048",
+        r#"hookline_receiver_requests_total{provider="github",outcome="buffer_full"}"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("hookline_receiver_buffer_bytes 0\n"),
+        "the fill is exported:\n{metrics}"
+    );
+
+    // The consumer writes them to Postgres: acknowledged, they leave.
+    drain(&receiver).await;
+    let (_, refused) = post_until(&receiver, 200, "again").await;
+    assert!(
+        refused < 100,
+        "the next probe (2 s) sees the room: {refused} refused"
+    );
+    assert!(
+        receiver.is_ready().await,
+        "a full buffer is not a reason to be unready"
+    );
+}
+
+/// Acknowledges every event in the stream, as the consumer does after the commit.
+async fn drain(receiver: &Receiver) {
+    let js = async_nats::jetstream::new(
+        async_nats::connect(receiver.nats.url())
+            .await
+            .expect("connect"),
+    );
+    let stream = js.get_stream(&receiver.stream).await.expect("stream");
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .get_consumer("hookline-consumer")
+        .await
+        .expect("the durable consumer");
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1000)
+        .messages()
+        .await
+        .expect("fetch");
+    while let Some(message) = futures::StreamExt::next(&mut batch).await {
+        message.expect("message").double_ack().await.expect("ack");
+    }
+    assert_eq!(receiver.stream_messages().await, 0, "drained");
 }
 
 #[tokio::test(flavor = "multi_thread")]

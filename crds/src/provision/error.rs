@@ -253,7 +253,7 @@ impl ProvisionError {
                 )
             } else {
                 format!(
-                    "NATS refused {subject}: its JetStream store has no room left (maxBytes unlimited{usage}); raise the server's max_file_store (or the account's storage limit), free space, or set spec.stream.maxBytes{replicas}"
+                    "NATS refused {subject}: its JetStream store has no room left (the stream reserves nothing{usage}); raise the server's max_file_store (or the account's storage limit), or free space: lower the spec.stream.maxBytes of Archive endpoints (reserved), or let full buffers drain into Postgres{replicas}"
                 )
             };
         }
@@ -379,9 +379,12 @@ mod tests {
     use super::*;
     use crate::spec::{Provider, StreamSpec, WebhookEndpointSpec};
 
+    /// An archive capped at 512 MiB: a stream that reserves room.
     fn endpoint(replicas: Option<u8>) -> ValidatedEndpoint {
         let spec = WebhookEndpointSpec {
             stream: Some(StreamSpec {
+                retention: Some(crate::spec::StreamRetention::Archive),
+                max_bytes: Some(512 * 1024 * 1024),
                 replicas,
                 ..Default::default()
             }),

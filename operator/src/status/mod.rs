@@ -281,36 +281,61 @@ pub fn transitions<'a>(
         .collect()
 }
 
+/// The status's live figures, refreshed from the stream once per resync.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Figures {
+    pub stream_messages: Option<i64>,
+    pub stream_bytes: Option<i64>,
+    pub stream_limit_bytes: Option<i64>,
+    pub pending: Option<i64>,
+    pub last_event_time: Option<String>,
+}
+
+impl Figures {
+    /// Puts the figures into `status`.
+    pub fn apply(self, status: &mut WebhookEndpointStatus) {
+        status.stream_messages = self.stream_messages;
+        status.stream_bytes = self.stream_bytes;
+        status.stream_limit_bytes = self.stream_limit_bytes;
+        status.pending = self.pending;
+        status.last_event_time = self.last_event_time;
+    }
+
+    /// The figures `status` holds.
+    pub fn of(status: &WebhookEndpointStatus) -> Figures {
+        Figures {
+            stream_messages: status.stream_messages,
+            stream_bytes: status.stream_bytes,
+            stream_limit_bytes: status.stream_limit_bytes,
+            pending: status.pending,
+            last_event_time: status.last_event_time.clone(),
+        }
+    }
+}
+
 /// Live figures for the status; the previous ones when the stream could not be read.
-pub fn figures(
-    stream: &StreamState,
-    previous: Option<&WebhookEndpointStatus>,
-) -> (Option<i64>, Option<i64>, Option<String>) {
+pub fn figures(stream: &StreamState, previous: Option<&WebhookEndpointStatus>) -> Figures {
     match stream {
         StreamState::Ready {
             stats:
                 StreamStats {
                     messages,
+                    bytes,
+                    limit_bytes,
                     pending,
                     last_stored,
                     ..
                 },
             ..
-        } => (
-            i64::try_from(*messages).ok(),
-            i64::try_from(*pending).ok(),
-            last_stored
+        } => Figures {
+            stream_messages: i64::try_from(*messages).ok(),
+            stream_bytes: i64::try_from(*bytes).ok(),
+            stream_limit_bytes: limit_bytes.and_then(|limit| i64::try_from(limit).ok()),
+            pending: i64::try_from(*pending).ok(),
+            last_event_time: last_stored
                 .and_then(|time| k8s_openapi::jiff::Timestamp::try_from(time).ok())
                 .map(|time| time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
-        ),
-        _ => previous
-            .map(|status| {
-                (
-                    status.stream_messages,
-                    status.pending,
-                    status.last_event_time.clone(),
-                )
-            })
-            .unwrap_or_default(),
+        },
+        _ => previous.map(Figures::of).unwrap_or_default(),
     }
 }

@@ -15,7 +15,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
 
-use super::{Finding, Status, figures, stamp, transitions};
+use super::{Figures, Finding, Status, figures, stamp, transitions};
 use crate::metrics::Metrics;
 use crate::stream::StreamState;
 use crate::validate::ValidEndpoint;
@@ -89,16 +89,15 @@ impl StatusWriter<'_> {
         let key = super::super::reconcile::key(endpoint);
         let mut desired = match details {
             Some(details) => {
-                let (stream_messages, pending, last_event_time) = figures(details.stream, previous);
-                WebhookEndpointStatus {
+                let mut status = WebhookEndpointStatus {
                     observed_generation: generation,
                     url: details.url,
                     stream: Some(details.valid.endpoint.stream.name.clone()),
-                    stream_messages,
-                    pending,
-                    last_event_time,
                     conditions,
-                }
+                    ..Default::default()
+                };
+                figures(details.stream, previous).apply(&mut status);
+                status
             }
             None => WebhookEndpointStatus {
                 observed_generation: generation,
@@ -190,9 +189,7 @@ impl StatusWriter<'_> {
 /// Keeps the stored live figures (a busy endpoint's change with every event):
 /// written at most once per resync, however often the endpoint is reconciled.
 fn keep_figures(desired: &mut WebhookEndpointStatus, stored: &WebhookEndpointStatus) {
-    desired.stream_messages = stored.stream_messages;
-    desired.pending = stored.pending;
-    desired.last_event_time.clone_from(&stored.last_event_time);
+    Figures::of(stored).apply(desired);
 }
 
 /// Publishes an Event on the endpoint; a failure is logged, never fatal.
