@@ -11,7 +11,6 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -23,132 +22,11 @@ use hookline_operator::leader::{LEASE_DURATION, RENEW_DEADLINE};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Secret, Service};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
+use support::fakekube::{FakeKube, apply_endpoint, create_secret, install_crd};
 use support::{example, secret};
-
-/// A running `fakekube.py`, killed on drop.
-struct FakeKube {
-    _process: ChildProcess,
-    state: tempfile::TempDir,
-    port: u16,
-}
-
-impl FakeKube {
-    fn start(keda: bool) -> FakeKube {
-        FakeKube::start_with(keda, &[])
-    }
-
-    /// With `flags` besides the usual ones (e.g. `--deployment-delay`).
-    fn start_with(keda: bool, flags: &[&str]) -> FakeKube {
-        let script = std::env::var_os("HOOKLINE_FAKEKUBE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/fakekube.py")
-            });
-        assert!(
-            script.is_file(),
-            "{} not found: set HOOKLINE_FAKEKUBE to fakekube.py",
-            script.display()
-        );
-        let state = tempfile::tempdir().expect("state dir");
-        let mut command = Command::new("python3");
-        command
-            .arg(&script)
-            .args(["--port", "0", "--quiet", "--keda"])
-            .arg(keda.to_string())
-            .args(flags)
-            .arg("--state-dir")
-            .arg(state.path());
-        let mut process =
-            ChildProcess::spawn(&mut command).expect("fakekube starts (pip install pyyaml)");
-        let port_file = state.path().join("port");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let port = loop {
-            if let Some(port) = std::fs::read_to_string(&port_file)
-                .ok()
-                .and_then(|text| text.trim().parse().ok())
-            {
-                break port;
-            }
-            assert!(
-                process.exit_status().is_none(),
-                "fakekube exited:\n{}",
-                process.log_tail(20)
-            );
-            assert!(
-                Instant::now() < deadline,
-                "fakekube wrote no port:\n{}",
-                process.log_tail(20)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        FakeKube {
-            _process: process,
-            state,
-            port,
-        }
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.state.path().join("kubeconfig")
-    }
-
-    async fn client(&self) -> Client {
-        let kubeconfig = Kubeconfig::read_from(self.kubeconfig()).expect("kubeconfig");
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .expect("config");
-        Client::try_from(config).expect("client")
-    }
-
-    async fn hook(&self, method: reqwest::Method, path: &str) -> Value {
-        reqwest::Client::new()
-            .request(method, format!("http://127.0.0.1:{}{path}", self.port))
-            .send()
-            .await
-            .expect("fakekube answers")
-            .json()
-            .await
-            .expect("JSON")
-    }
-
-    /// `POST /_fake/config` with `config`.
-    async fn configure(&self, config: Value) -> Value {
-        reqwest::Client::new()
-            .post(format!("http://127.0.0.1:{}/_fake/config", self.port))
-            .json(&config)
-            .send()
-            .await
-            .expect("fakekube answers")
-            .json()
-            .await
-            .expect("JSON")
-    }
-
-    /// Writes since the last reset, except Lease renewals (leader election
-    /// renews every few seconds by design).
-    async fn writes_besides_leases(&self) -> Vec<Value> {
-        let requests = self.hook(reqwest::Method::GET, "/_fake/requests").await;
-        requests
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|request| {
-                !request["path"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains("/leases/")
-            })
-            .filter(|request| request["changed"] != false)
-            .collect()
-    }
-}
 
 /// The operator binary, killed on drop.
 fn start_operator(fake: &FakeKube, nats: &NatsServer, identity: &str) -> (ChildProcess, u16) {
@@ -211,36 +89,6 @@ fn condition(endpoint: &WebhookEndpoint, type_: &str) -> Option<(String, String)
         .iter()
         .find(|condition| condition.type_ == type_)
         .map(|condition| (condition.status.clone(), condition.reason.clone()))
-}
-
-async fn install_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        "webhookendpoints.hookline.io",
-        &PatchParams::apply("test").force(),
-        &Patch::Apply(&hookline_api::crd()),
-    )
-    .await
-    .expect("CRD applied");
-}
-
-async fn apply_endpoint(client: &Client, resource: &WebhookEndpoint) {
-    let api: Api<WebhookEndpoint> =
-        Api::namespaced(client.clone(), &resource.namespace().expect("namespace"));
-    api.patch(
-        &resource.name_any(),
-        &PatchParams::apply("kubectl").force(),
-        &Patch::Apply(resource),
-    )
-    .await
-    .expect("endpoint applied");
-}
-
-async fn create_secret(client: &Client, value: Secret) {
-    let api: Api<Secret> = Api::namespaced(client.clone(), &value.namespace().expect("namespace"));
-    api.create(&PostParams::default(), &value)
-        .await
-        .expect("secret created");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,183 @@
+//! The real `hookline-operator` binary with many endpoints: against the
+//! stand-in API server (`fakekube.py`, set `HOOKLINE_FAKEKUBE`) and a
+//! nats-server with the official NATS chart's 10 GiB JetStream store. Reports
+//! the time until every endpoint is Ready, the operator's peak RSS, the writes
+//! of a steady state (changed ones must be 0) and the JetStream API calls per
+//! endpoint per resync. A benchmark, not a test.
+//!
+//! ```sh
+//! cargo build --release -p hookline-operator
+//! HOOKLINE_BIN_DIR=target/release HOOKLINE_FAKEKUBE=../shared/tools/fakekube.py \
+//!   cargo run --release -p hookline-operator --example fleet_bench -- 1000 20
+//! ```
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use hookline_api::spec::WebhookEndpoint;
+use hookline_e2e::proc_stats::peak_rss_mib;
+use hookline_e2e::{ChildProcess, NatsServer, free_port, workspace_bin};
+use kube::Api;
+use kube::api::ListParams;
+use support::fakekube::{FakeKube, apply_endpoint, create_secret, install_crd};
+use support::{example, secret};
+
+/// The resync the steady state is measured over.
+const RESYNC_SECONDS: u64 = 30;
+/// The official NATS chart's default JetStream file store.
+const CHART_FILE_STORE: u64 = 10 * 1024 * 1024 * 1024;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let count: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let namespaces: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
+    let fake = tokio::task::block_in_place(|| FakeKube::start(true));
+    let nats =
+        tokio::task::block_in_place(|| NatsServer::start_with_max_file_store(CHART_FILE_STORE))
+            .expect("nats-server starts");
+    let client = fake.client().await;
+    install_crd(&client).await;
+    for index in 0..namespaces {
+        let namespace = format!("team-{index}");
+        create_secret(
+            &client,
+            secret(&namespace, "stripe-webhook", "secret", "whsec_x"),
+        )
+        .await;
+        create_secret(
+            &client,
+            secret(&namespace, "hookline-postgres", "url", "postgres://db/x"),
+        )
+        .await;
+    }
+    let applied = Instant::now();
+    for index in 0..count {
+        let mut resource = example("stripe.yaml");
+        let namespace = format!("team-{}", index % namespaces);
+        resource.metadata.namespace = Some(namespace.clone());
+        resource.metadata.name = Some(format!("stripe-{index}"));
+        resource.spec.ingress = Some(
+            serde_json::from_value(serde_json::json!({
+                "host": "hooks.example.com", "path": format!("/{namespace}/stripe-{index}")
+            }))
+            .expect("ingress"),
+        );
+        apply_endpoint(&client, &resource).await;
+    }
+    println!(
+        "{count} endpoints in {namespaces} namespaces applied in {:.1} s; nats-server store {} GiB",
+        applied.elapsed().as_secs_f64(),
+        CHART_FILE_STORE >> 30
+    );
+
+    let port = free_port();
+    let started = Instant::now();
+    let mut command = Command::new(workspace_bin("hookline-operator"));
+    command
+        .arg("run")
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg("--identity=bench")
+        .arg("--lease-namespace=default")
+        .arg(format!("--resync-interval={RESYNC_SECONDS}s"))
+        .env("KUBECONFIG", fake.kubeconfig())
+        .env("HOOKLINE_NATS_URL", nats.url())
+        .env("RUST_LOG", "warn");
+    let mut operator = ChildProcess::spawn(&mut command).expect("operator starts");
+    let endpoints: Api<WebhookEndpoint> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut last_report = Instant::now();
+    loop {
+        let all = endpoints.list(&ListParams::default()).await.expect("list");
+        let ready = all
+            .items
+            .iter()
+            .filter(|endpoint| {
+                endpoint.status.as_ref().is_some_and(|status| {
+                    status
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+            })
+            .count();
+        if ready == count {
+            break;
+        }
+        assert!(
+            operator.exit_status().is_none() && Instant::now() < deadline,
+            "{ready} of {count} Ready:\n{}",
+            operator.log_tail(20)
+        );
+        if last_report.elapsed() > Duration::from_secs(30) {
+            println!(
+                "  {ready} of {count} Ready after {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    println!(
+        "all {count} Ready {:.1} s after the operator started",
+        started.elapsed().as_secs_f64()
+    );
+
+    // A steady state: one resync and a half of writes and JetStream calls.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let calls = count_jetstream_calls(&nats.url()).await;
+    fake.hook(reqwest::Method::POST, "/_fake/reset-requests")
+        .await;
+    let window = Duration::from_secs(RESYNC_SECONDS * 3 / 2);
+    tokio::time::sleep(window).await;
+    let requests = fake.hook(reqwest::Method::GET, "/_fake/requests").await;
+    let requests = requests.as_array().cloned().unwrap_or_default();
+    let leases = |request: &serde_json::Value| {
+        request["path"]
+            .as_str()
+            .is_some_and(|path| path.contains("/leases/"))
+    };
+    let changed = requests
+        .iter()
+        .filter(|request| !leases(request) && request["changed"] != false)
+        .count();
+    let unchanged = requests
+        .iter()
+        .filter(|request| !leases(request) && request["changed"] == false)
+        .count();
+    let calls = calls.load(Ordering::Relaxed);
+    println!(
+        "steady state over {:.0} s (resync {RESYNC_SECONDS} s): changed writes {changed}, unchanged writes {unchanged}, JetStream API calls {calls} = {:.2} per endpoint per resync",
+        window.as_secs_f64(),
+        calls as f64 / count as f64 / (window.as_secs_f64() / RESYNC_SECONDS as f64)
+    );
+    println!(
+        "operator peak RSS {:.1} MiB",
+        peak_rss_mib(operator.id()).unwrap_or_default()
+    );
+}
+
+/// Counts JetStream API requests (`$JS.API.>`) seen on the server.
+async fn count_jetstream_calls(nats_url: &str) -> Arc<AtomicUsize> {
+    let client = hookline_api::nats::connect(nats_url, &Default::default(), "bench-count")
+        .await
+        .expect("NATS");
+    support::wait_connected(&client).await;
+    let mut calls = client.subscribe("$JS.API.>").await.expect("subscribe");
+    client.flush().await.expect("flush");
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        let _client = client;
+        while calls.next().await.is_some() {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    count
+}
