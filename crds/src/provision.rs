@@ -393,13 +393,8 @@ pub async fn delete_owned(
     owner: &StreamOwner,
 ) -> Result<Cleanup, ProvisionError> {
     let round = async {
-        let stream = match js.get_stream(name).await {
-            Ok(stream) => stream,
-            Err(err) if is_stream_not_found(&err.kind()) => return Ok(Cleanup::Missing),
-            Err(err) => return Err(stream_error(name, "read")(err)),
-        };
-        if let Err(mark) = owner::may_remove(&stream.cached_info().config, owner) {
-            return Ok(Cleanup::OwnedElsewhere(mark));
+        if let Err(found) = removable(js, name, owner).await? {
+            return Ok(found);
         }
         match js.delete_stream(name).await {
             Ok(_) => Ok(Cleanup::Done),
@@ -421,16 +416,11 @@ pub async fn release(
     owner: &StreamOwner,
 ) -> Result<Cleanup, ProvisionError> {
     let round = async {
-        let stream = match js.get_stream(name).await {
-            Ok(stream) => stream,
-            Err(err) if is_stream_not_found(&err.kind()) => return Ok(Cleanup::Missing),
-            Err(err) => return Err(stream_error(name, "read")(err)),
+        let current = match removable(js, name, owner).await? {
+            Ok(current) => current,
+            Err(found) => return Ok(found),
         };
-        let current = &stream.cached_info().config;
-        if let Err(mark) = owner::may_remove(current, owner) {
-            return Ok(Cleanup::OwnedElsewhere(mark));
-        }
-        if owner_mark(current).is_none() {
+        if owner_mark(&current).is_none() {
             return Ok(Cleanup::Done);
         }
         let config = stream::Config {
@@ -445,6 +435,25 @@ pub async fn release(
     tokio::time::timeout(PROVISION_TIMEOUT, round)
         .await
         .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
+}
+
+/// The config of the stream `name` when `owner` may remove or release it;
+/// else what the cleanup found (no stream, or another owner's).
+async fn removable(
+    js: &jetstream::Context,
+    name: &str,
+    owner: &StreamOwner,
+) -> Result<Result<stream::Config, Cleanup>, ProvisionError> {
+    let stream = match js.get_stream(name).await {
+        Ok(stream) => stream,
+        Err(err) if is_stream_not_found(&err.kind()) => return Ok(Err(Cleanup::Missing)),
+        Err(err) => return Err(stream_error(name, "read")(err)),
+    };
+    let config = stream.cached_info().config.clone();
+    Ok(match owner::may_remove(&config, owner) {
+        Ok(()) => Ok(config),
+        Err(mark) => Err(Cleanup::OwnedElsewhere(mark)),
+    })
 }
 
 /// Removes the stream `name` whoever owns it; a missing stream is fine.

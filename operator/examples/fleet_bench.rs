@@ -15,18 +15,16 @@
 mod support;
 
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use hookline_api::spec::WebhookEndpoint;
 use hookline_e2e::proc_stats::peak_rss_mib;
 use hookline_e2e::{ChildProcess, NatsServer, free_port, workspace_bin};
 use kube::Api;
 use kube::api::ListParams;
-use support::fakekube::{FakeKube, apply_endpoint, create_secret, install_crd};
-use support::{example, secret};
+use support::fakekube::{FakeKube, apply_endpoint, create_stripe_secrets, install_crd};
+use support::{count_jetstream_calls, example};
 
 /// The resync the steady state is measured over.
 const RESYNC_SECONDS: u64 = 30;
@@ -46,16 +44,7 @@ async fn main() {
     install_crd(&client).await;
     for index in 0..namespaces {
         let namespace = format!("team-{index}");
-        create_secret(
-            &client,
-            secret(&namespace, "stripe-webhook", "secret", "whsec_x"),
-        )
-        .await;
-        create_secret(
-            &client,
-            secret(&namespace, "hookline-postgres", "url", "postgres://db/x"),
-        )
-        .await;
+        create_stripe_secrets(&client, &namespace).await;
     }
     let applied = Instant::now();
     for index in 0..count {
@@ -161,23 +150,4 @@ async fn main() {
         "operator peak RSS {:.1} MiB",
         peak_rss_mib(operator.id()).unwrap_or_default()
     );
-}
-
-/// Counts JetStream API requests (`$JS.API.>`) seen on the server.
-async fn count_jetstream_calls(nats_url: &str) -> Arc<AtomicUsize> {
-    let client = hookline_api::nats::connect(nats_url, &Default::default(), "bench-count")
-        .await
-        .expect("NATS");
-    support::wait_connected(&client).await;
-    let mut calls = client.subscribe("$JS.API.>").await.expect("subscribe");
-    client.flush().await.expect("flush");
-    let count = Arc::new(AtomicUsize::new(0));
-    let counter = count.clone();
-    tokio::spawn(async move {
-        let _client = client;
-        while calls.next().await.is_some() {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-    });
-    count
 }

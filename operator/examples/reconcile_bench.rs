@@ -12,13 +12,12 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use hookline_e2e::proc_stats::peak_rss_mib;
 use hookline_operator::reconcile::reconcile;
-use support::{Harness, example};
+use support::{Harness, count_jetstream_calls, example};
 
 /// One reconcile of every endpoint; the time of each.
 async fn pass(harness: &mut Harness, endpoints: &[(String, String)]) -> Vec<Duration> {
@@ -47,25 +46,6 @@ fn summary(label: &str, mut times: Vec<Duration>, writes: usize, jetstream_calls
         at(0.99).as_secs_f64() * 1e3,
         jetstream_calls as f64 / times.len() as f64,
     );
-}
-
-/// Counts JetStream API requests (`$JS.API.>`) seen on the server.
-async fn count_jetstream_calls(nats_url: &str) -> Arc<AtomicUsize> {
-    let client = hookline_api::nats::connect(nats_url, &Default::default(), "bench-count")
-        .await
-        .expect("NATS");
-    support::wait_connected(&client).await;
-    let mut calls = client.subscribe("$JS.API.>").await.expect("subscribe");
-    client.flush().await.expect("flush");
-    let count = Arc::new(AtomicUsize::new(0));
-    let counter = count.clone();
-    tokio::spawn(async move {
-        let _client = client;
-        while calls.next().await.is_some() {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-    });
-    count
 }
 
 #[tokio::main]

@@ -25,7 +25,9 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use support::fakekube::{FakeKube, apply_endpoint, create_secret, install_crd};
+use support::fakekube::{
+    FakeKube, apply_endpoint, create_secret, create_stripe_secrets, install_crd,
+};
 use support::{example, secret};
 
 /// The operator binary, killed on drop.
@@ -111,21 +113,7 @@ async fn the_operator_binary_runs_an_endpoint_through_its_whole_life() {
     .await;
     assert_eq!(missing.1, "SecretNotFound");
 
-    create_secret(
-        &client,
-        secret("payments", "stripe-webhook", "secret", "whsec_test"),
-    )
-    .await;
-    create_secret(
-        &client,
-        secret(
-            "payments",
-            "hookline-postgres",
-            "url",
-            "postgres://db/hookline",
-        ),
-    )
-    .await;
+    create_stripe_secrets(&client, "payments").await;
     eventually(
         "Ready=True after the Secrets appeared",
         &mut operator,
@@ -394,21 +382,7 @@ async fn traffic_edits_and_dotted_names_behave_as_in_a_cluster() {
             ],
         )
     });
-    create_secret(
-        &client,
-        secret("payments", "stripe-webhook", "secret", "whsec_test"),
-    )
-    .await;
-    create_secret(
-        &client,
-        secret(
-            "payments",
-            "hookline-postgres",
-            "url",
-            "postgres://db/hookline",
-        ),
-    )
-    .await;
+    create_stripe_secrets(&client, "payments").await;
     let names = ["stripe", "stripe.eu", "stripe-eu"];
     for name in names {
         let mut resource = example("stripe.yaml");

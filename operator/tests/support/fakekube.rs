@@ -163,3 +163,22 @@ pub async fn create_secret(client: &Client, value: Secret) {
         .await
         .expect("secret created");
 }
+
+/// The Secrets the Stripe example reads, in `namespace`.
+pub async fn create_stripe_secrets(client: &Client, namespace: &str) {
+    create_secret(
+        client,
+        super::secret(namespace, "stripe-webhook", "secret", "whsec_test"),
+    )
+    .await;
+    create_secret(
+        client,
+        super::secret(
+            namespace,
+            "hookline-postgres",
+            "url",
+            "postgres://db/hookline",
+        ),
+    )
+    .await;
+}

@@ -9,9 +9,11 @@ pub mod fakekube;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use fake_api::FakeApi;
+use futures::StreamExt;
 use hookline_api::spec::WebhookEndpoint;
 use hookline_e2e::NatsServer;
 use hookline_operator::apply::{self, ChildWriters};
@@ -370,4 +372,23 @@ pub async fn wait_connected(client: &async_nats::Client) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("no NATS connection within 2 s");
+}
+
+/// Counts JetStream API requests (`$JS.API.>`) seen on the server.
+pub async fn count_jetstream_calls(nats_url: &str) -> Arc<AtomicUsize> {
+    let client = hookline_api::nats::connect(nats_url, &Default::default(), "bench-count")
+        .await
+        .expect("NATS");
+    wait_connected(&client).await;
+    let mut calls = client.subscribe("$JS.API.>").await.expect("subscribe");
+    client.flush().await.expect("flush");
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        let _client = client;
+        while calls.next().await.is_some() {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    count
 }
