@@ -200,8 +200,8 @@ mod tests {
 
     #[test]
     fn kubectl_flags_go_before_or_after_the_subcommand() {
-        let cli = Cli::try_parse_from(["kubectl-hookline", "list", "-A", "-o", "json"])
-            .expect("parses");
+        let cli =
+            Cli::try_parse_from(["kubectl-hookline", "list", "-A", "-o", "json"]).expect("parses");
         assert!(cli.all_namespaces);
         let cli = Cli::try_parse_from(["kubectl-hookline", "-n", "shop", "send", "stripe"])
             .expect("parses");
@@ -212,16 +212,30 @@ mod tests {
     fn replay_needs_a_selection() {
         assert!(Cli::try_parse_from(["kubectl-hookline", "replay", "stripe"]).is_err());
         assert!(
-            Cli::try_parse_from(["kubectl-hookline", "replay", "stripe", "--all", "--event-id", "a"])
-                .is_err()
+            Cli::try_parse_from([
+                "kubectl-hookline",
+                "replay",
+                "stripe",
+                "--all",
+                "--event-id",
+                "a"
+            ])
+            .is_err()
         );
         let cli = Cli::try_parse_from([
-            "kubectl-hookline", "replay", "stripe", "--since", "2026-01-01T00:00:00Z",
+            "kubectl-hookline",
+            "replay",
+            "stripe",
+            "--since",
+            "2026-01-01T00:00:00Z",
         ])
         .expect("parses");
         let Command::Replay(args) = cli.command else {
             panic!("replay")
         };
-        assert_eq!(args.consumer_args(), ["replay", "--since", "2026-01-01T00:00:00Z"]);
+        assert_eq!(
+            args.consumer_args(),
+            ["replay", "--since", "2026-01-01T00:00:00Z"]
+        );
     }
 }

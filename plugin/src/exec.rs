@@ -149,7 +149,10 @@ pub async fn consumer_pod(client: &Client, namespace: &str, endpoint: &str) -> R
         .items
         .into_iter()
         .filter(|pod| {
-            pod.status.as_ref().and_then(|status| status.phase.as_deref()) == Some("Running")
+            pod.status
+                .as_ref()
+                .and_then(|status| status.phase.as_deref())
+                == Some("Running")
                 && pod.metadata.deletion_timestamp.is_none()
         })
         .filter_map(|pod| pod.metadata.name)

@@ -95,7 +95,11 @@ pub async fn connect(cli: &Cli) -> Result<(Client, String)> {
 }
 
 /// Runs one command, writing what the user sees to `out`.
-pub async fn run(cli: &Cli, context: &Context, out: &mut (dyn AsyncWrite + Unpin + Send)) -> Result<()> {
+pub async fn run(
+    cli: &Cli,
+    context: &Context,
+    out: &mut (dyn AsyncWrite + Unpin + Send),
+) -> Result<()> {
     let namespace = cli.namespace.as_deref().unwrap_or(&context.namespace);
     match &cli.command {
         Command::List(args) => {
@@ -120,7 +124,11 @@ pub async fn run(cli: &Cli, context: &Context, out: &mut (dyn AsyncWrite + Unpin
             exec::consumer(context, namespace, &args.name, &args.consumer_args(), out).await?;
         }
         Command::Tail(args) => {
-            let argv = vec!["tail".to_owned(), "--output".into(), args.output.to_string()];
+            let argv = vec![
+                "tail".to_owned(),
+                "--output".into(),
+                args.output.to_string(),
+            ];
             exec::consumer(context, namespace, &args.name, &argv, out).await?;
         }
     }

@@ -49,8 +49,12 @@ impl Row {
             url: status.and_then(|status| status.url.clone()),
             pending: status.and_then(|status| status.pending),
             last_event_time: status.and_then(|status| status.last_event_time.clone()),
-            reason: not_ready.map(|c| c.reason.clone()).filter(|r| !r.is_empty()),
-            message: not_ready.map(|c| c.message.clone()).filter(|m| !m.is_empty()),
+            reason: not_ready
+                .map(|c| c.reason.clone())
+                .filter(|r| !r.is_empty()),
+            message: not_ready
+                .map(|c| c.message.clone())
+                .filter(|m| !m.is_empty()),
         }
     }
 }
@@ -103,7 +107,12 @@ pub fn render(rows: &[Row], namespaces: bool, now: DateTime<Utc>) -> String {
                 .and_then(|time| DateTime::parse_from_rfc3339(time).ok())
                 .map_or_else(
                     || "-".to_owned(),
-                    |time| format!("{} ago", table::age((now - time.with_timezone(&Utc)).num_seconds())),
+                    |time| {
+                        format!(
+                            "{} ago",
+                            table::age((now - time.with_timezone(&Utc)).num_seconds())
+                        )
+                    },
                 );
             let reason = match (&row.reason, &row.message) {
                 (Some(reason), Some(message)) => format!("{reason}: {}", shorten(message)),
@@ -178,9 +187,14 @@ mod tests {
         let text = render(&rows, false, now);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("NAME     READY   URL"), "{text}");
-        assert!(lines[1].contains("https://hooks.example.com/stripe   3         90s ago"), "{text}");
         assert!(
-            lines[2].ends_with("SecretMissing: Secret default/gh-webhook does not exist: create it with ..."),
+            lines[1].contains("https://hooks.example.com/stripe   3         90s ago"),
+            "{text}"
+        );
+        assert!(
+            lines[2].ends_with(
+                "SecretMissing: Secret default/gh-webhook does not exist: create it with ..."
+            ),
             "{text}"
         );
     }

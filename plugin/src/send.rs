@@ -31,7 +31,13 @@ pub async fn send(
     let mut resource = resource;
     resource.metadata.namespace = Some(namespace.to_owned());
     let endpoint = hookline_api::validate(&resource)?;
-    let secret = read_secret(context, namespace, &endpoint.secret.name, &endpoint.secret.key).await?;
+    let secret = read_secret(
+        context,
+        namespace,
+        &endpoint.secret.name,
+        &endpoint.secret.key,
+    )
+    .await?;
     let body = match &args.file {
         Some(path) => Some(std::fs::read(path).map_err(|source| Error::Read {
             path: path.clone(),
@@ -50,16 +56,23 @@ pub async fn send(
             event_id: None,
         },
     )?;
-    let status_url = resource.status.as_ref().and_then(|status| status.url.clone());
-    let url = target_url(args.url.as_deref(), status_url.as_deref(), &endpoint.route.path)
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "{namespace}/{} has no status.url (no spec.ingress.host): pass --url, e.g. after \
+    let status_url = resource
+        .status
+        .as_ref()
+        .and_then(|status| status.url.clone());
+    let url = target_url(
+        args.url.as_deref(),
+        status_url.as_deref(),
+        &endpoint.route.path,
+    )
+    .ok_or_else(|| {
+        Error::Usage(format!(
+            "{namespace}/{} has no status.url (no spec.ingress.host): pass --url, e.g. after \
                  `kubectl port-forward -n {namespace} svc/{} 8080:80`, --url http://localhost:8080",
-                args.name,
-                hookline_api::naming::child_name(&args.name, "receiver"),
-            ))
-        })?;
+            args.name,
+            hookline_api::naming::child_name(&args.name, "receiver"),
+        ))
+    })?;
     let signed_with = if args.bad_signature {
         "a forged signature".to_owned()
     } else {
@@ -108,7 +121,8 @@ pub async fn send(
         return Err(Error::Failed(1));
     }
     if args.bad_signature {
-        out.write_all(b"refused, as a forged signature must be\n").await?;
+        out.write_all(b"refused, as a forged signature must be\n")
+            .await?;
         return Ok(());
     }
     let event_id = serde_json::from_str::<serde_json::Value>(&answer)
@@ -117,15 +131,16 @@ pub async fn send(
         .unwrap_or(delivery.event_id);
     if args.wait {
         let timeout = format!("{}ms", args.timeout.as_millis());
-        let argv = vec![
-            "event".to_owned(),
-            event_id,
-            "--wait".into(),
-            timeout,
-        ];
+        let argv = vec!["event".to_owned(), event_id.clone(), "--wait".into(), timeout];
+        out.write_all(
+            format!("waiting until {event_id} is stored (from the consumer pod)...\n").as_bytes(),
+        )
+        .await?;
+        out.flush().await?;
         exec::consumer(context, namespace, &args.name, &argv, out).await?;
     } else {
-        out.write_all(format!("event id: {event_id}\n").as_bytes()).await?;
+        out.write_all(format!("event id: {event_id}\n").as_bytes())
+            .await?;
     }
     Ok(())
 }
@@ -184,8 +199,12 @@ mod tests {
             Some("http://localhost:8080/default/stripe")
         );
         assert_eq!(
-            target_url(Some("http://localhost:8080/x"), Some("https://h/p"), "/default/stripe")
-                .as_deref(),
+            target_url(
+                Some("http://localhost:8080/x"),
+                Some("https://h/p"),
+                "/default/stripe"
+            )
+            .as_deref(),
             Some("http://localhost:8080/x")
         );
         assert_eq!(

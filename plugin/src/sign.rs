@@ -327,7 +327,9 @@ fn sample_body(provider: Provider, id: &str, event_type: &str, now: i64) -> Valu
             "timestamp": rfc3339(now),
             "data": {"id": format!("ord_{}", short_random()), "status": "created"},
         }),
-        Provider::Generic => json!({"id": id, "type": event_type, "occurred_at": now, "object": {}}),
+        Provider::Generic => {
+            json!({"id": id, "type": event_type, "occurred_at": now, "object": {}})
+        }
     }
 }
 
@@ -383,7 +385,8 @@ mod tests {
 
     #[test]
     fn stripe_signs_time_dot_body_in_hex() {
-        let sent = delivery(&endpoint("stripe"), "whsec_test\nwhsec_old", &options()).expect("signed");
+        let sent =
+            delivery(&endpoint("stripe"), "whsec_test\nwhsec_old", &options()).expect("signed");
         let body = String::from_utf8(sent.body.clone()).expect("text");
         let expected = hex::encode(mac(
             HmacAlgorithm::Sha256,

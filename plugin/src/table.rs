@@ -48,7 +48,10 @@ mod tests {
     fn columns_line_up() {
         let text = render(
             &["NAME", "READY"],
-            &[vec!["stripe".into(), "True".into()], vec!["gh".into(), "False".into()]],
+            &[
+                vec!["stripe".into(), "True".into()],
+                vec!["gh".into(), "False".into()],
+            ],
         );
         assert_eq!(text, "NAME     READY\nstripe   True\ngh       False\n");
     }
