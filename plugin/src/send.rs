@@ -131,7 +131,12 @@ pub async fn send(
         .unwrap_or(delivery.event_id);
     if args.wait {
         let timeout = format!("{}ms", args.timeout.as_millis());
-        let argv = vec!["event".to_owned(), event_id.clone(), "--wait".into(), timeout];
+        let argv = vec![
+            "event".to_owned(),
+            event_id.clone(),
+            "--wait".into(),
+            timeout,
+        ];
         out.write_all(
             format!("waiting until {event_id} is stored (from the consumer pod)...\n").as_bytes(),
         )
