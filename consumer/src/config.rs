@@ -11,6 +11,7 @@ use hookline_api::ValidatedEndpoint;
 use hookline_api::nats::NatsAuth;
 use hookline_api::runtime::NatsArgs;
 
+use crate::inspect::Format;
 use crate::store::Selection;
 use crate::{Error, Result};
 
@@ -58,6 +59,43 @@ pub enum Command {
     /// Publish dead letters into the stream again (same event ids) and mark
     /// them replayed. Without a filter: every dead letter not replayed yet.
     Replay(ReplayArgs),
+    /// List the endpoint's dead letters (not replayed yet; --all for every one).
+    DeadLetters(DeadLettersArgs),
+    /// Print one stored event; with --wait, wait until it is stored.
+    Event(EventArgs),
+    /// Print each newly stored event of the endpoint (LISTEN hookline_events)
+    /// until SIGTERM or Ctrl-C.
+    Tail(TailArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeadLettersArgs {
+    /// Also dead letters replayed already.
+    #[arg(long)]
+    pub all: bool,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct EventArgs {
+    /// The event id.
+    pub event_id: String,
+    /// Wait this long for the event to be stored (e.g. 30s); exit code 1 if it is not.
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
+    pub wait: Option<Duration>,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: Format,
+}
+
+fn parse_wait(text: &str) -> std::result::Result<Duration, String> {
+    hookline_api::resolve::parse_duration(text)
 }
 
 #[derive(Debug, Args)]
@@ -196,6 +234,24 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The endpoint's key (`namespace/name`) and the database URL: all that the
+/// read-only subcommands (`dead-letters`, `event`, `tail`) need.
+pub fn inspect_target(cli: &Cli) -> Result<(String, String)> {
+    let missing =
+        |flag: &str, env: &str| Error::Config(format!("{flag} is required (or set {env})"));
+    let path = cli
+        .endpoint
+        .as_ref()
+        .ok_or_else(|| missing("--endpoint", "HOOKLINE_ENDPOINT"))?;
+    let database_url = cli
+        .database_url
+        .clone()
+        .filter(|url| !url.trim().is_empty())
+        .ok_or_else(|| missing("--database-url", "HOOKLINE_DATABASE_URL"))?;
+    crate::store::connect_options(&database_url)?;
+    Ok((hookline_api::load_manifest(path)?.key(), database_url))
 }
 
 /// The manifest, NATS URL and database URL, each required.

@@ -12,6 +12,7 @@
 //!   insert, projection upsert, `NOTIFY`), `dead_letters`, `retention`.
 //! - [`refetch`]: the object's state from the provider's API.
 //! - [`replay`]: the `replay` subcommand.
+//! - [`inspect`]: `dead-letters`, `event` and `tail`, read-only, for `kubectl hookline`.
 //! - [`http`] and [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
 //!
 //! `main.rs` only parses flags, sets up logging, binds the listener and turns
@@ -21,6 +22,7 @@ pub mod config;
 pub mod consume;
 pub mod decode;
 pub mod http;
+pub mod inspect;
 pub mod lifecycle;
 pub mod metrics;
 pub mod refetch;
@@ -54,6 +56,11 @@ pub enum Error {
     JetStream(String),
     #[error(transparent)]
     Provision(#[from] hookline_api::provision::ProvisionError),
+    /// `event --wait` gave up: the event was not stored in time.
+    #[error("event {0} is not stored")]
+    NotStored(String),
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: SocketAddr,

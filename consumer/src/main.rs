@@ -5,8 +5,8 @@
 use std::process::ExitCode;
 
 use hookline_api::runtime::{init_logging, parse_args, shutdown_signal};
-use hookline_consumer::config::{Cli, Command, Config};
-use hookline_consumer::{Error, replay, run};
+use hookline_consumer::config::{Cli, Command, Config, inspect_target};
+use hookline_consumer::{Error, inspect, replay, run};
 
 const BINARY: &str = "hookline-consumer";
 
@@ -45,6 +45,44 @@ async fn start(cli: Cli) -> hookline_consumer::Result<()> {
             );
             Ok(())
         }
+        Some(Command::DeadLetters(args)) => {
+            let (endpoint, database_url) = inspect_target(&cli)?;
+            let pool = inspect::connect(&database_url).await?;
+            let rows = inspect::dead_letters(&pool, &endpoint, args.all).await?;
+            print(&inspect::render_dead_letters(&rows, args.output)?)
+        }
+        Some(Command::Event(args)) => {
+            let (endpoint, database_url) = inspect_target(&cli)?;
+            let pool = inspect::connect(&database_url).await?;
+            let row = match args.wait {
+                Some(wait) => {
+                    inspect::wait_for_event(&pool, &endpoint, &args.event_id, wait).await?
+                }
+                None => inspect::event(&pool, &endpoint, &args.event_id).await?,
+            };
+            let row = row.ok_or_else(|| Error::NotStored(args.event_id.clone()))?;
+            print(&inspect::render_events(&[row], args.output, false)?)
+        }
+        Some(Command::Tail(args)) => {
+            let (endpoint, database_url) = inspect_target(&cli)?;
+            let pool = inspect::connect(&database_url).await?;
+            let mut listener = inspect::Listener::start(&pool, &endpoint).await?;
+            if args.output == inspect::Format::Table {
+                print(&inspect::render_events(&[], args.output, true)?)?;
+            }
+            let follow = async {
+                loop {
+                    let event_id = listener.next().await?;
+                    if let Some(row) = inspect::event(&pool, &endpoint, &event_id).await? {
+                        print(&inspect::render_events(&[row], args.output, false)?)?;
+                    }
+                }
+            };
+            tokio::select! {
+                result = follow => result,
+                () = shutdown_signal() => Ok(()),
+            }
+        }
         None => {
             let config = Config::from_cli(&cli)?;
             let listener = tokio::net::TcpListener::bind(cli.listen)
@@ -56,4 +94,13 @@ async fn start(cli: Cli) -> hookline_consumer::Result<()> {
             run(config, listener, shutdown_signal()).await
         }
     }
+}
+
+/// Writes `text` to stdout at once, so `kubectl hookline` sees each line as it comes.
+fn print(text: &str) -> hookline_consumer::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
 }

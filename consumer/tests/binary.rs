@@ -404,3 +404,107 @@ async fn the_replay_subcommand_republishes_dead_letters_once() {
     );
     assert!(consumer.terminate().is_some_and(|s| s.success()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_event_and_tail_read_what_the_consumer_stored() {
+    let env = Env::start(common::FAST).await;
+    let db = env.db().await;
+    let (mut consumer, _) = spawn(&env, &["--provision"]);
+    wait_until("schema", WAIT, || async {
+        count(&db, "SELECT count(*) FROM hookline.dead_letters").await == 0
+    })
+    .await;
+    sqlx::query(
+        "INSERT INTO hookline.dead_letters (endpoint, event_id, event_type, error, deliveries, failed_at) \
+         VALUES ('test/shop', 'dl-1', 'invoice.paid', 'boom', 3, '2026-01-01T00:00:00Z'), \
+                ('other/shop', 'dl-x', 'invoice.paid', 'not ours', 3, '2026-01-01T00:00:00Z')",
+    )
+    .execute(&db)
+    .await
+    .expect("dead letters");
+    let manifest = env.manifest.to_str().expect("utf-8");
+    let pg = env.pg.url();
+    let vars = [("HOOKLINE_DATABASE_URL", pg.as_str())];
+
+    // Only the endpoint's own, without a NATS URL.
+    let (code, stdout, stderr) = run_to_end(&["dead-letters", "--endpoint", manifest], &vars);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("ID   EVENT ID   TYPE"), "{stdout}");
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[1].contains("dl-1") && lines[1].ends_with("boom"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = run_to_end(
+        &["dead-letters", "--endpoint", manifest, "-o", "json"],
+        &vars,
+    );
+    assert_eq!(code, 0);
+    let row: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(row["eventId"], "dl-1");
+    assert_eq!(row["deliveries"], 3);
+
+    // `event`: absent (exit 1), then waited for while it is published.
+    let (code, _, stderr) = run_to_end(&["event", "ev-1", "--endpoint", manifest], &vars);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("event ev-1 is not stored"), "{stderr}");
+    let mut tail = {
+        let mut command = Command::new(BIN);
+        command
+            .args(["tail", "--endpoint", manifest, "-o", "json"])
+            .env("HOOKLINE_DATABASE_URL", &pg);
+        ChildProcess::spawn(&mut command).expect("tail starts")
+    };
+    let waiting = {
+        let manifest = manifest.to_owned();
+        let pg = pg.clone();
+        tokio::task::spawn_blocking(move || {
+            run_to_end(
+                &[
+                    "event",
+                    "ev-1",
+                    "--wait",
+                    "30s",
+                    "--endpoint",
+                    &manifest,
+                    "-o",
+                    "json",
+                ],
+                &[("HOOKLINE_DATABASE_URL", &pg)],
+            )
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.publish(&TestEvent::invoice(
+        "ev-1",
+        "invoice.paid",
+        "in_1",
+        10,
+        "paid",
+    ))
+    .await;
+    let (code, stdout, stderr) = waiting.await.expect("joined");
+    assert_eq!(code, 0, "{stderr}");
+    let row: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
+    assert_eq!(row["eventId"], "ev-1");
+    assert_eq!(row["objectId"], "in_1");
+    env.publish(&TestEvent::invoice(
+        "ev-2",
+        "invoice.paid",
+        "in_1",
+        20,
+        "paid",
+    ))
+    .await;
+    wait_until("tail printed both", WAIT, || {
+        let log = tail.log_tail(10);
+        async move { log.contains(r#""eventId":"ev-1""#) && log.contains(r#""eventId":"ev-2""#) }
+    })
+    .await;
+    assert!(
+        tail.terminate().is_some_and(|s| s.success()),
+        "tail stops on SIGTERM"
+    );
+    assert!(consumer.terminate().is_some_and(|s| s.success()));
+}

@@ -10,6 +10,9 @@ use hookline_operator::build::{self, Cluster};
 use hookline_operator::config::OperatorConfig;
 use hookline_operator::validate::validate;
 
+/// The kubectl plugin's binary (package `plugin/`).
+const PLUGIN: &str = "kubectl-hookline";
+
 fn repository() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
@@ -50,6 +53,8 @@ fn the_image_holds_every_binary_the_chart_and_the_pods_run() {
     let chart = read("charts/hookline/templates/deployment.yaml");
     let mut needed = pod_commands();
     needed.push("hookline-operator".into());
+    // Not run by a pod, shipped in the image for users to copy out.
+    needed.push(PLUGIN.into());
     assert!(
         chart.contains(r#"command: ["hookline-operator"]"#),
         "the chart runs hookline-operator"
@@ -64,9 +69,12 @@ fn the_image_holds_every_binary_the_chart_and_the_pods_run() {
                 && dockerfile.contains(&format!("/out/{binary}")),
             "the Dockerfile does not copy {binary} into the image"
         );
-        let main = repository()
-            .join(binary.trim_start_matches("hookline-"))
-            .join("src/main.rs");
+        let directory = if binary == PLUGIN {
+            "plugin"
+        } else {
+            binary.trim_start_matches("hookline-")
+        };
+        let main = repository().join(directory).join("src/main.rs");
         assert!(
             main.is_file(),
             "{binary} has no package at {}",
