@@ -251,7 +251,8 @@ async fn run_controller(
     let (index, index_writer) = reflector::store();
     let endpoints = reflector(
         index_writer,
-        watcher(scoped(&client, namespace), watcher::Config::default()),
+        watcher(scoped(&client, namespace), watcher::Config::default())
+            .modify(forget_managed_fields),
     )
     .default_backoff()
     .applied_objects()
@@ -316,9 +317,17 @@ fn cached<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    reflector(writer, watcher(api, config))
+    reflector(writer, watcher(api, config).modify(forget_managed_fields))
         .default_backoff()
         .touched_objects()
+}
+
+/// Drops `managedFields` before an object is cached: nothing here reads
+/// them (drift is judged by `hookline.io/applied-hash`), and they are often
+/// the larger part of an object, so a thousand endpoints' caches would carry
+/// several thousand copies.
+fn forget_managed_fields<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
 }
 
 /// The endpoints in the Secret's namespace that read it.
