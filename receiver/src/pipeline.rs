@@ -11,12 +11,12 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
+use crate::Rejection;
 use crate::checks::body::{parse_json, read_body};
 use crate::checks::headers::check_header_size;
 use crate::checks::source::{check_source, client_ip};
 use crate::event;
 use crate::state::AppState;
-use crate::{Error, Result};
 
 /// A successful answer.
 enum Accepted {
@@ -121,7 +121,11 @@ pub(crate) async fn handle(state: Arc<AppState>, request: Request) -> Response {
 
 /// The pipeline, in the contract's order; the cheapest refusals come first and
 /// nothing unverified is parsed.
-async fn receive(state: &AppState, request: Request, seen: &mut Seen) -> Result<Accepted> {
+async fn receive(
+    state: &AppState,
+    request: Request,
+    seen: &mut Seen,
+) -> Result<Accepted, Rejection> {
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
     let endpoint = &state.endpoint;
@@ -147,7 +151,9 @@ async fn receive(state: &AppState, request: Request, seen: &mut Seen) -> Result<
     // 3. Signature (401) over the raw bytes.
     let secrets = state.secrets.current();
     if secrets.is_empty() {
-        return Err(Error::Unavailable("no signing secret is loaded yet".into()));
+        return Err(Rejection::Unavailable(
+            "no signing secret is loaded yet".into(),
+        ));
     }
     state
         .verifier
