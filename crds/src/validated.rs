@@ -176,6 +176,32 @@ pub struct RequestRules {
     pub max_body_bytes: usize,
     pub require_json: bool,
     pub schema: Option<serde_json::Value>,
+    /// For the endpoint as a whole; each receiver enforces
+    /// [`RateLimit::share`] of it.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket's rate and size.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    /// Tokens added per second; finite and greater than 0.
+    pub per_second: f64,
+    /// Most tokens held; at least 1.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// The part one of `replicas` receivers enforces, so that together they
+    /// hold the endpoint's rate: the rate divided, the burst divided and
+    /// rounded up (at least 1, or no request would ever pass). Fewer than
+    /// one replica counts as one.
+    pub fn share(self, replicas: u32) -> RateLimit {
+        let replicas = replicas.max(1);
+        RateLimit {
+            per_second: self.per_second / f64::from(replicas),
+            burst: self.burst.div_ceil(replicas).max(1),
+        }
+    }
 }
 
 /// Where each event attribute is read.

@@ -363,3 +363,76 @@ fn a_schema_that_does_not_compile_is_rejected() {
     });
     assert_rejects(&spec, "spec.request.schema", "not a valid JSON Schema");
 }
+
+fn with_rate_limit(requests_per_second: f64, burst: Option<u32>) -> WebhookEndpointSpec {
+    let mut spec = spec(Provider::Stripe);
+    spec.request = Some(RequestSpec {
+        rate_limit: Some(RateLimitSpec {
+            requests_per_second,
+            burst,
+        }),
+        ..Default::default()
+    });
+    spec
+}
+
+#[test]
+fn no_rate_limit_is_the_default() {
+    let endpoint = resolve("payments", "stripe", &spec(Provider::Stripe)).expect("valid");
+    assert_eq!(endpoint.request.rate_limit, None);
+}
+
+#[test]
+fn the_burst_defaults_to_the_rate_rounded_up_and_at_least_one() {
+    let burst = |rate| {
+        resolve("payments", "stripe", &with_rate_limit(rate, None))
+            .expect("valid")
+            .request
+            .rate_limit
+            .expect("a limit")
+            .burst
+    };
+    assert_eq!(burst(10.0), 10);
+    assert_eq!(burst(2.5), 3);
+    assert_eq!(burst(0.2), 1);
+}
+
+#[test]
+fn a_rate_of_zero_or_less_is_rejected() {
+    assert_rejects(
+        &with_rate_limit(0.0, None),
+        "spec.request.rateLimit.requestsPerSecond",
+        "greater than 0",
+    );
+    assert_rejects(
+        &with_rate_limit(-1.0, None),
+        "spec.request.rateLimit.requestsPerSecond",
+        "greater than 0",
+    );
+}
+
+#[test]
+fn a_burst_of_zero_is_rejected() {
+    assert_rejects(
+        &with_rate_limit(5.0, Some(0)),
+        "spec.request.rateLimit.burst",
+        "at least 1",
+    );
+}
+
+#[test]
+fn each_receiver_enforces_its_share_of_the_endpoints_rate() {
+    let limit = RateLimit {
+        per_second: 10.0,
+        burst: 5,
+    };
+    assert_eq!(
+        limit.share(2),
+        RateLimit {
+            per_second: 5.0,
+            burst: 3
+        }
+    );
+    assert_eq!(limit.share(10).burst, 1, "never below one");
+    assert_eq!(limit.share(0), limit, "no replicas counts as one");
+}

@@ -175,7 +175,7 @@ async fn receive(
         schema.check(json)?;
     }
 
-    // 6. Publish, and answer only after the PubAck.
+    // 6. The event's attributes (400 when unusable).
     let event = event::extract(&state.fields, headers, json.as_ref(), &body)?;
     let received_at = event::now_rfc3339();
     let message_headers = event::message_headers(&state.headers, &event, headers, &received_at);
@@ -183,6 +183,13 @@ async fn receive(
         .stream
         .subject_for(event.event_type.as_deref().unwrap_or_default());
     seen.event_id = Some(event.id);
+
+    // 7. Rate limit (429): only an event that would be stored spends a token.
+    if let Some(limiter) = &state.rate_limiter {
+        limiter.check()?;
+    }
+
+    // 8. Publish, and answer only after the PubAck.
     state.metrics.body(body.len());
     let publish_started = Instant::now();
     let ack = state.store.publish(subject, message_headers, body).await?;

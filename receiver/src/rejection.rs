@@ -34,6 +34,10 @@ pub enum Rejection {
     SchemaViolation(String),
     #[error("{0}")]
     InvalidEvent(String),
+    /// Over this receiver's share of `spec.request.rateLimit`; nothing was
+    /// published. `retry_after`: whole seconds until a token is there.
+    #[error("the endpoint's rate limit is reached; retry in {retry_after} s")]
+    RateLimited { retry_after: u64 },
     /// Not stored; the sender must retry. The reason (stream, NATS's words)
     /// is for the log: the answer says only "retry".
     #[error("{0}")]
@@ -63,6 +67,7 @@ impl Rejection {
             Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Rejection::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Rejection::SchemaViolation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Rejection::Unavailable(_) | Rejection::BufferFull { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -81,6 +86,7 @@ impl Rejection {
             Rejection::InvalidJson(_) => "invalid_json",
             Rejection::SchemaViolation(_) => "schema_violation",
             Rejection::InvalidEvent(_) => "invalid_event",
+            Rejection::RateLimited { .. } => "rate_limited",
             Rejection::Unavailable(_) => "unavailable",
             Rejection::BufferFull { .. } => "buffer_full",
         }
@@ -91,6 +97,7 @@ impl Rejection {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             Rejection::Unavailable(_) | Rejection::BufferFull { .. } => Some(RETRY_AFTER_SECS),
+            Rejection::RateLimited { retry_after } => Some(*retry_after),
             Rejection::HeadersTooLarge { .. }
             | Rejection::Forbidden(_)
             | Rejection::PayloadTooLarge { .. }
