@@ -62,6 +62,10 @@ pub const BATCH_SIZE_LIMIT: u32 = 10_000;
 pub const RATE_LIMIT_MAX: f64 = 1_000_000.0;
 /// Largest `request.rateLimit.burst`.
 pub const RATE_LIMIT_BURST_MAX: u32 = 1_000_000;
+/// Most patterns in `event.accept` and in `event.ignore`.
+pub const MAX_EVENT_PATTERNS: usize = 256;
+/// Longest pattern: the longest event type the receiver takes.
+pub const MAX_EVENT_PATTERN_BYTES: usize = 512;
 /// Largest replica count of the receiver and the consumer.
 pub const REPLICAS_LIMIT: i32 = 1000;
 /// Shortest `consumer.ackWait`: a batch must be able to commit before it is redelivered.

@@ -313,6 +313,17 @@ pub struct EventSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = FIELD_SOURCE_PATTERN))]
     pub object_id: Option<String>,
+    /// Event types to store; any other is answered 200 `ignored` and not
+    /// stored. Exact types or patterns where `*` matches any run of
+    /// characters (`invoice.*`, `*.deleted`). Empty: every type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = defaults::MAX_EVENT_PATTERNS), inner(length(min = 1, max = defaults::MAX_EVENT_PATTERN_BYTES)))]
+    pub accept: Vec<String>,
+    /// Event types answered 200 `ignored` and not stored, even when
+    /// `accept` takes them; patterns as in `accept`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = defaults::MAX_EVENT_PATTERNS), inner(length(min = 1, max = defaults::MAX_EVENT_PATTERN_BYTES)))]
+    pub ignore: Vec<String>,
 }
 
 const FIELD_SOURCE_PATTERN: &str = r"^(header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|json:(/.*)?)$";

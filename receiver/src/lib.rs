@@ -4,8 +4,9 @@
 //! A request goes through the checks in this order, so the cheapest refusals
 //! come first and nothing unverified is parsed: header size (431) → source IP
 //! (403) → size (413) → signature (401) → media type and JSON (415/400) →
-//! schema (422) → event attributes (400) → rate limit (429 with
-//! `Retry-After`) → publish (200, or 503 with `Retry-After`).
+//! event attributes (400) → type filter (200 `ignored`) → schema (422) →
+//! rate limit (429 with `Retry-After`) → publish (200, or 503 with
+//! `Retry-After`).
 //!
 //! - [`config`]: command-line flags and environment, validated once into a [`Config`].
 //! - [`lifecycle`]: [`run`]: start-up, background tasks, graceful shutdown.

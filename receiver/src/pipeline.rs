@@ -25,6 +25,11 @@ enum Accepted {
     },
     /// The provider's check of the URL: answered, not stored.
     Challenge(Value),
+    /// A type `spec.event.accept`/`ignore` leaves out: 200, so the provider
+    /// stops sending it, and not stored.
+    Ignored {
+        event_type: Option<String>,
+    },
 }
 
 impl Accepted {
@@ -37,6 +42,7 @@ impl Accepted {
                 duplicate: true, ..
             } => "duplicate",
             Accepted::Challenge(_) => "challenge",
+            Accepted::Ignored { .. } => "ignored",
         }
     }
 
@@ -67,6 +73,12 @@ impl Accepted {
                 response
             }
             Accepted::Challenge(answer) => axum::Json(answer).into_response(),
+            Accepted::Ignored { event_type } => axum::Json(serde_json::json!({
+                "status": "ignored",
+                "eventId": event_id,
+                "eventType": event_type,
+            }))
+            .into_response(),
         }
     }
 }
@@ -170,13 +182,26 @@ async fn receive(
         return Ok(Accepted::Challenge(answer));
     }
 
-    // 5. Schema (422).
+    // 5. The event's attributes (400 when unusable), then whether its type
+    // is stored at all: an ignored event is 200 whatever its schema.
+    let event = event::extract(&state.fields, headers, json.as_ref(), &body)?;
+    if endpoint
+        .event_filter
+        .ignores(event.event_type.as_deref())
+        .is_some()
+    {
+        state.metrics.ignored(event.event_type.as_deref());
+        seen.event_id = Some(event.id);
+        return Ok(Accepted::Ignored {
+            event_type: event.event_type,
+        });
+    }
+
+    // 6. Schema (422).
     if let (Some(schema), Some(json)) = (&state.schema, &json) {
         schema.check(json)?;
     }
 
-    // 6. The event's attributes (400 when unusable).
-    let event = event::extract(&state.fields, headers, json.as_ref(), &body)?;
     let received_at = event::now_rfc3339();
     let message_headers = event::message_headers(&state.headers, &event, headers, &received_at);
     let subject = endpoint

@@ -9,7 +9,8 @@ use crate::defaults;
 use crate::naming;
 use crate::spec::{EventSpec, IngressSpec, RateLimitSpec, RequestSpec};
 use crate::validated::{
-    EventFields, FieldSource, IngressRoute, RateLimit, RequestRules, Route, SourceFilter,
+    EventFields, EventFilter, FieldSource, IngressRoute, RateLimit, RequestRules, Route,
+    SourceFilter, TypePattern,
 };
 
 pub(super) fn resolve_source_filter(
@@ -143,6 +144,48 @@ fn resolve_rate_limit(spec: &RateLimitSpec, problems: &mut Problems) -> Option<R
         None => (per_second.ceil() as u32).max(1),
     };
     Some(RateLimit { per_second, burst })
+}
+
+/// The patterns of `event.accept` and `event.ignore`, checked as the CRD
+/// checks them, plus no control characters (an event type with one is
+/// refused anyway, so such a pattern could never match).
+pub(super) fn resolve_event_filter(spec: &EventSpec, problems: &mut Problems) -> EventFilter {
+    let mut patterns = |field: &str, given: &[String]| {
+        if given.len() > defaults::MAX_EVENT_PATTERNS {
+            problems.add(
+                format!("spec.event.{field}"),
+                format!(
+                    "has {} patterns, at most {} are allowed",
+                    given.len(),
+                    defaults::MAX_EVENT_PATTERNS
+                ),
+            );
+        }
+        let mut valid = Vec::with_capacity(given.len());
+        for (index, pattern) in given.iter().enumerate() {
+            let problem = if pattern.is_empty() {
+                Some("must not be empty".to_owned())
+            } else if pattern.len() > defaults::MAX_EVENT_PATTERN_BYTES {
+                Some(format!(
+                    "is longer than {} bytes",
+                    defaults::MAX_EVENT_PATTERN_BYTES
+                ))
+            } else if pattern.chars().any(char::is_control) {
+                Some("contains control characters".to_owned())
+            } else {
+                None
+            };
+            match problem {
+                Some(message) => problems.add(format!("spec.event.{field}[{index}]"), message),
+                None => valid.push(TypePattern::new(pattern.clone())),
+            }
+        }
+        valid
+    };
+    EventFilter {
+        accept: patterns("accept", &spec.accept),
+        ignore: patterns("ignore", &spec.ignore),
+    }
 }
 
 /// Each attribute from the spec when given, else from the preset.
