@@ -401,11 +401,11 @@ fn a_rate_limited_receiver_is_told_how_many_receivers_share_the_limit() {
             .clone()
             .expect("args")
     };
-    // shopify.yaml sets a rate limit and keeps the default 2 receivers.
+    // stripe-billing.yaml sets a rate limit and keeps the default 2 receivers.
     assert!(
-        args("shopify.yaml").contains(&"--replicas=2".to_owned()),
+        args("stripe-billing.yaml").contains(&"--replicas=2".to_owned()),
         "{:?}",
-        args("shopify.yaml")
+        args("stripe-billing.yaml")
     );
     // Without a limit the flag is absent, so no other endpoint's pods roll.
     assert!(
