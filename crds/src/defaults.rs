@@ -57,6 +57,15 @@ pub const STREAM_REPLICAS_MAX: u8 = 5;
 pub const MAX_DELIVER_LIMIT: i64 = 1000;
 /// Largest `consumer.batchSize`.
 pub const BATCH_SIZE_LIMIT: u32 = 10_000;
+/// Largest `request.rateLimit.requestsPerSecond`: far past what one
+/// endpoint's receivers can store, so only typos meet it.
+pub const RATE_LIMIT_MAX: f64 = 1_000_000.0;
+/// Largest `request.rateLimit.burst`.
+pub const RATE_LIMIT_BURST_MAX: u32 = 1_000_000;
+/// Most patterns in `event.accept` and in `event.ignore`.
+pub const MAX_EVENT_PATTERNS: usize = 256;
+/// Longest pattern: the longest event type the receiver takes.
+pub const MAX_EVENT_PATTERN_BYTES: usize = 512;
 /// Largest replica count of the receiver and the consumer.
 pub const REPLICAS_LIMIT: i32 = 1000;
 /// Shortest `consumer.ackWait`: a batch must be able to commit before it is redelivered.

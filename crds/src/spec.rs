@@ -261,6 +261,26 @@ pub struct RequestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_json")]
     pub schema: Option<serde_json::Value>,
+    /// Most events the endpoint stores per second, over all its receivers;
+    /// more get 429 with `Retry-After`. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+/// A token bucket: `burst` events at once, refilled at `requestsPerSecond`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    /// Sustained events per second for the endpoint as a whole (each of the
+    /// `receiver.replicas` receivers enforces its share); may be fractional.
+    #[x_kube(validation = Rule::new("self > 0.0").message("rateLimit.requestsPerSecond must be greater than 0"))]
+    #[schemars(range(max = defaults::RATE_LIMIT_MAX))]
+    pub requests_per_second: f64,
+    /// Most events taken at once (the bucket's size) before the sustained
+    /// rate applies. Default: `requestsPerSecond` rounded up (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = defaults::RATE_LIMIT_BURST_MAX))]
+    pub burst: Option<u32>,
 }
 
 /// Any JSON value, kept as written by the API server.
@@ -293,6 +313,17 @@ pub struct EventSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = FIELD_SOURCE_PATTERN))]
     pub object_id: Option<String>,
+    /// Event types to store; any other is answered 200 `ignored` and not
+    /// stored. Exact types or patterns where `*` matches any run of
+    /// characters (`invoice.*`, `*.deleted`). Empty: every type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = defaults::MAX_EVENT_PATTERNS), inner(length(min = 1, max = defaults::MAX_EVENT_PATTERN_BYTES)))]
+    pub accept: Vec<String>,
+    /// Event types answered 200 `ignored` and not stored, even when
+    /// `accept` takes them; patterns as in `accept`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = defaults::MAX_EVENT_PATTERNS), inner(length(min = 1, max = defaults::MAX_EVENT_PATTERN_BYTES)))]
+    pub ignore: Vec<String>,
 }
 
 const FIELD_SOURCE_PATTERN: &str = r"^(header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|json:(/.*)?)$";

@@ -24,6 +24,8 @@ pub struct ValidatedEndpoint {
     pub route: Route,
     pub request: RequestRules,
     pub event: EventFields,
+    /// Which event types are stored (`spec.event.accept` and `ignore`).
+    pub event_filter: EventFilter,
     /// A provider's check of the URL, answered and not stored (Slack's `url_verification`).
     pub url_challenge: Option<UrlChallenge>,
     pub stream: StreamSettings,
@@ -176,6 +178,32 @@ pub struct RequestRules {
     pub max_body_bytes: usize,
     pub require_json: bool,
     pub schema: Option<serde_json::Value>,
+    /// For the endpoint as a whole; each receiver enforces
+    /// [`RateLimit::share`] of it.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A token bucket's rate and size.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    /// Tokens added per second; finite and greater than 0.
+    pub per_second: f64,
+    /// Most tokens held; at least 1.
+    pub burst: u32,
+}
+
+impl RateLimit {
+    /// The part one of `replicas` receivers enforces, so that together they
+    /// hold the endpoint's rate: the rate divided, the burst divided and
+    /// rounded up (at least 1, or no request would ever pass). Fewer than
+    /// one replica counts as one.
+    pub fn share(self, replicas: u32) -> RateLimit {
+        let replicas = replicas.max(1);
+        RateLimit {
+            per_second: self.per_second / f64::from(replicas),
+            burst: self.burst.div_ceil(replicas).max(1),
+        }
+    }
 }
 
 /// Where each event attribute is read.
@@ -185,6 +213,78 @@ pub struct EventFields {
     pub event_type: Option<FieldSource>,
     pub timestamp: Option<FieldSource>,
     pub object_id: Option<FieldSource>,
+}
+
+/// Which event types are stored. An event with no type is matched as the
+/// empty string, which only `*` matches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Empty: every type.
+    pub accept: Vec<TypePattern>,
+    pub ignore: Vec<TypePattern>,
+}
+
+/// Why an event is not stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ignored<'a> {
+    /// `accept` is given and no pattern of it matches.
+    NotAccepted,
+    /// This pattern of `ignore` matches.
+    By(&'a TypePattern),
+}
+
+impl EventFilter {
+    /// `None` when an event of `event_type` is stored; otherwise why not.
+    /// `ignore` wins over `accept`.
+    pub fn ignores(&self, event_type: Option<&str>) -> Option<Ignored<'_>> {
+        let event_type = event_type.unwrap_or_default();
+        if let Some(pattern) = self.ignore.iter().find(|p| p.matches(event_type)) {
+            return Some(Ignored::By(pattern));
+        }
+        if !self.accept.is_empty() && !self.accept.iter().any(|p| p.matches(event_type)) {
+            return Some(Ignored::NotAccepted);
+        }
+        None
+    }
+}
+
+/// An event type, or a pattern of one where `*` matches any run of
+/// characters (none included, dots and slashes too); everything else is
+/// literal and case-sensitive, and the whole type must match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TypePattern(String);
+
+impl TypePattern {
+    pub fn new(pattern: impl Into<String>) -> TypePattern {
+        TypePattern(pattern.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `text` matches. With `*` as the only wildcard, taking each
+    /// literal piece at its first place after the previous one is enough:
+    /// no backtracking, linear in the length.
+    pub fn matches(&self, text: &str) -> bool {
+        let mut pieces = self.0.split('*');
+        let first = pieces.next().unwrap_or_default();
+        let Some(mut rest) = text.strip_prefix(first) else {
+            return false;
+        };
+        let mut pieces: Vec<&str> = pieces.collect();
+        // No `*`: the pattern is the whole type.
+        let Some(last) = pieces.pop() else {
+            return rest.is_empty();
+        };
+        for piece in pieces {
+            match rest.find(piece) {
+                Some(at) => rest = &rest[at + piece.len()..],
+                None => return false,
+            }
+        }
+        rest.len() >= last.len() && rest.ends_with(last)
+    }
 }
 
 /// One place in a request.

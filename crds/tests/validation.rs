@@ -363,3 +363,143 @@ fn a_schema_that_does_not_compile_is_rejected() {
     });
     assert_rejects(&spec, "spec.request.schema", "not a valid JSON Schema");
 }
+
+fn with_rate_limit(requests_per_second: f64, burst: Option<u32>) -> WebhookEndpointSpec {
+    let mut spec = spec(Provider::Stripe);
+    spec.request = Some(RequestSpec {
+        rate_limit: Some(RateLimitSpec {
+            requests_per_second,
+            burst,
+        }),
+        ..Default::default()
+    });
+    spec
+}
+
+#[test]
+fn no_rate_limit_is_the_default() {
+    let endpoint = resolve("payments", "stripe", &spec(Provider::Stripe)).expect("valid");
+    assert_eq!(endpoint.request.rate_limit, None);
+}
+
+#[test]
+fn the_burst_defaults_to_the_rate_rounded_up_and_at_least_one() {
+    let burst = |rate| {
+        resolve("payments", "stripe", &with_rate_limit(rate, None))
+            .expect("valid")
+            .request
+            .rate_limit
+            .expect("a limit")
+            .burst
+    };
+    assert_eq!(burst(10.0), 10);
+    assert_eq!(burst(2.5), 3);
+    assert_eq!(burst(0.2), 1);
+}
+
+#[test]
+fn a_rate_of_zero_or_less_is_rejected() {
+    assert_rejects(
+        &with_rate_limit(0.0, None),
+        "spec.request.rateLimit.requestsPerSecond",
+        "greater than 0",
+    );
+    assert_rejects(
+        &with_rate_limit(-1.0, None),
+        "spec.request.rateLimit.requestsPerSecond",
+        "greater than 0",
+    );
+}
+
+#[test]
+fn a_burst_of_zero_is_rejected() {
+    assert_rejects(
+        &with_rate_limit(5.0, Some(0)),
+        "spec.request.rateLimit.burst",
+        "at least 1",
+    );
+}
+
+#[test]
+fn each_receiver_enforces_its_share_of_the_endpoints_rate() {
+    let limit = RateLimit {
+        per_second: 10.0,
+        burst: 5,
+    };
+    assert_eq!(
+        limit.share(2),
+        RateLimit {
+            per_second: 5.0,
+            burst: 3
+        }
+    );
+    assert_eq!(limit.share(10).burst, 1, "never below one");
+    assert_eq!(limit.share(0), limit, "no replicas counts as one");
+}
+
+#[test]
+fn a_star_matches_any_run_of_characters_and_the_rest_is_literal() {
+    let matches = |pattern: &str, text: &str| TypePattern::new(pattern).matches(text);
+    assert!(matches("invoice.paid", "invoice.paid"));
+    assert!(!matches("invoice.paid", "invoice.paid.late"));
+    assert!(!matches("invoice.paid", "Invoice.paid"), "case-sensitive");
+    assert!(matches("invoice.*", "invoice.paid"));
+    assert!(matches("invoice.*", "invoice.payment.failed"), "dots too");
+    assert!(matches("invoice.*", "invoice."), "an empty run too");
+    assert!(!matches("invoice.*", "invoice"));
+    assert!(matches("*.deleted", "customer.subscription.deleted"));
+    assert!(matches("orders/*", "orders/create"), "Shopify's topics");
+    assert!(matches("a*b*c", "a-b-b-c"));
+    assert!(!matches("a*a", "a"), "the pieces may not overlap");
+    assert!(matches("*", ""));
+}
+
+fn with_filter(accept: &[&str], ignore: &[&str]) -> WebhookEndpointSpec {
+    let mut spec = spec(Provider::Stripe);
+    spec.event = Some(EventSpec {
+        accept: accept.iter().map(|p| p.to_string()).collect(),
+        ignore: ignore.iter().map(|p| p.to_string()).collect(),
+        ..Default::default()
+    });
+    spec
+}
+
+#[test]
+fn ignore_wins_over_accept_and_without_accept_every_type_is_stored() {
+    let filter = resolve(
+        "payments",
+        "stripe",
+        &with_filter(&["invoice.*"], &["*.deleted"]),
+    )
+    .expect("valid")
+    .event_filter;
+    assert_eq!(filter.ignores(Some("invoice.paid")), None);
+    assert_eq!(
+        filter.ignores(Some("invoice.deleted")),
+        Some(Ignored::By(&TypePattern::new("*.deleted")))
+    );
+    assert_eq!(
+        filter.ignores(Some("customer.created")),
+        Some(Ignored::NotAccepted)
+    );
+    assert_eq!(filter.ignores(None), Some(Ignored::NotAccepted));
+    let open = resolve("payments", "stripe", &spec(Provider::Stripe))
+        .expect("valid")
+        .event_filter;
+    assert_eq!(open.ignores(Some("anything")), None);
+    assert_eq!(open.ignores(None), None);
+}
+
+#[test]
+fn an_empty_pattern_is_rejected_with_its_index() {
+    assert_rejects(
+        &with_filter(&["invoice.*", ""], &[]),
+        "spec.event.accept[1]",
+        "must not be empty",
+    );
+    assert_rejects(
+        &with_filter(&[], &["bad\ntype"]),
+        "spec.event.ignore[0]",
+        "control characters",
+    );
+}

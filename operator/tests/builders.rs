@@ -393,6 +393,31 @@ fn secrets_are_read_only_files_and_the_database_url_an_env_reference() {
 }
 
 #[test]
+fn a_rate_limited_receiver_is_told_how_many_receivers_share_the_limit() {
+    let args = |file| {
+        let (_, children) = children(file, KEDA);
+        pod_spec(&children.receiver).containers[0]
+            .args
+            .clone()
+            .expect("args")
+    };
+    // stripe-billing.yaml sets a rate limit and keeps the default 2 receivers.
+    assert!(
+        args("stripe-billing.yaml").contains(&"--replicas=2".to_owned()),
+        "{:?}",
+        args("stripe-billing.yaml")
+    );
+    // Without a limit the flag is absent, so no other endpoint's pods roll.
+    assert!(
+        !args("github.yaml")
+            .iter()
+            .any(|arg| arg.starts_with("--replicas")),
+        "{:?}",
+        args("github.yaml")
+    );
+}
+
+#[test]
 fn every_trigger_metadata_value_is_a_string_from_the_spec() {
     let (valid, children) = children("stripe.yaml", KEDA);
     let scaler: ScaledObject = children.scaler.expect("scaler");

@@ -68,6 +68,11 @@ pub struct Args {
     /// How often the secret file is checked for changes.
     #[arg(long, env = "HOOKLINE_SECRET_POLL", value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub secret_poll_interval: Duration,
+
+    /// Receivers that share the endpoint's `spec.request.rateLimit`; each
+    /// enforces 1/N of it. The operator passes `spec.receiver.replicas`.
+    #[arg(long, env = "HOOKLINE_REPLICAS", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub replicas: u32,
 }
 
 /// The default of `--max-connections`: below the common soft limit of 1,024
@@ -98,6 +103,8 @@ pub struct Config {
     pub max_connections: usize,
     pub shutdown_timeout: Duration,
     pub secret_poll_interval: Duration,
+    /// Receivers sharing the endpoint's rate limit.
+    pub replicas: u32,
 }
 
 impl Config {
@@ -117,6 +124,7 @@ impl Config {
             max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
             shutdown_timeout: args.shutdown_timeout,
             secret_poll_interval: args.secret_poll_interval,
+            replicas: args.replicas,
         })
     }
 
@@ -134,6 +142,7 @@ impl Config {
             max_connections: DEFAULT_MAX_CONNECTIONS as usize,
             shutdown_timeout: Duration::from_secs(20),
             secret_poll_interval: Duration::from_secs(1),
+            replicas: 1,
         }
     }
 }
@@ -168,6 +177,7 @@ mod tests {
         assert_eq!(config.shutdown_timeout, args.shutdown_timeout);
         assert_eq!(config.secret_poll_interval, args.secret_poll_interval);
         assert_eq!(config.provision, args.provision);
+        assert_eq!(config.replicas, args.replicas);
     }
 
     #[test]

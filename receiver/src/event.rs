@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use hookline_api::headers::MAX_ID_BYTES;
 
-use crate::Error;
+use crate::Rejection;
 use crate::encoding::is_unix_millis;
 
 /// The attributes of one event.
@@ -35,14 +35,14 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// A value that may travel in a message header and be a database key: no
 /// control characters, at most [`MAX_ID_BYTES`] bytes.
-fn checked(what: &str, value: String) -> Result<String, Error> {
+fn checked(what: &str, value: String) -> Result<String, Rejection> {
     if value.len() > MAX_ID_BYTES {
-        return Err(Error::InvalidEvent(format!(
+        return Err(Rejection::InvalidEvent(format!(
             "the event {what} is longer than {MAX_ID_BYTES} bytes"
         )));
     }
     if value.chars().any(char::is_control) {
-        return Err(Error::InvalidEvent(format!(
+        return Err(Rejection::InvalidEvent(format!(
             "the event {what} contains control characters"
         )));
     }
@@ -139,7 +139,7 @@ pub fn extract(
     request: &HeaderMap,
     json: Option<&Value>,
     body: &[u8],
-) -> Result<EventInfo, Error> {
+) -> Result<EventInfo, Rejection> {
     let read = |source: &Option<Source>| {
         source
             .as_ref()
@@ -510,7 +510,7 @@ mod tests {
         let json = serde_json::json!({"id": "evt\n1"});
         assert!(matches!(
             extract(&Fields::new(&fields), &HeaderMap::new(), Some(&json), b""),
-            Err(Error::InvalidEvent(_))
+            Err(Rejection::InvalidEvent(_))
         ));
     }
 

@@ -1,7 +1,10 @@
-//! Prometheus metrics: requests by outcome and provider, request and publish
+//! Prometheus metrics: requests by outcome and provider, ignored events by
+//! type, request and publish
 //! latency, body sizes, and the state of the secrets, of JetStream and of the
 //! endpoint's buffer.
 
+use std::collections::HashSet;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -18,6 +21,22 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IgnoredLabels {
+    provider: &'static str,
+    event_type: String,
+}
+
+/// Distinct event types given a label of their own in
+/// `hookline_receiver_ignored_events_total`; later ones count as
+/// [`OTHER_TYPES`]. Types are the provider's strings, so without a cap a
+/// sender could grow the metrics without bound.
+pub const MAX_IGNORED_TYPE_LABELS: usize = 100;
+/// The label of ignored types past [`MAX_IGNORED_TYPE_LABELS`].
+pub const OTHER_TYPES: &str = "_other";
+/// The label of ignored events without a type.
+pub const NO_TYPE: &str = "_none";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProviderLabels {
     provider: &'static str,
 }
@@ -27,6 +46,9 @@ pub struct Metrics {
     registry: Registry,
     provider: &'static str,
     requests: Family<OutcomeLabels, Counter>,
+    ignored: Family<IgnoredLabels, Counter>,
+    /// The types that have a label of their own in `ignored`.
+    ignored_types: Mutex<HashSet<String>>,
     /// The counters of the two answers nearly every request gets, and this
     /// provider's duration histogram, looked up once: a family's lookup
     /// hashes the labels and takes its lock on every request.
@@ -50,6 +72,12 @@ impl Metrics {
             "requests",
             "Webhook requests by outcome (stored, duplicate, challenge, or the refusal)",
             requests.clone(),
+        );
+        let ignored = Family::<IgnoredLabels, Counter>::default();
+        registry.register(
+            "ignored_events",
+            "Events answered 200 and not stored because spec.event.accept or ignore leaves their type out, by type (the first 100 types, then _other)",
+            ignored.clone(),
         );
         let request_duration = Family::<ProviderLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0005, 2.0, 15))
@@ -110,6 +138,8 @@ impl Metrics {
             registry,
             provider,
             requests,
+            ignored,
+            ignored_types: Mutex::default(),
             stored,
             duplicate,
             request_duration,
@@ -147,6 +177,33 @@ impl Metrics {
         self.request_duration.observe(elapsed.as_secs_f64());
     }
 
+    /// Counts one ignored event by its type, within the label cap.
+    pub fn ignored(&self, event_type: Option<&str>) {
+        let label = match event_type {
+            None => NO_TYPE.to_owned(),
+            Some(event_type) => {
+                let mut types = self
+                    .ignored_types
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if types.contains(event_type) {
+                    event_type.to_owned()
+                } else if types.len() < MAX_IGNORED_TYPE_LABELS {
+                    types.insert(event_type.to_owned());
+                    event_type.to_owned()
+                } else {
+                    OTHER_TYPES.to_owned()
+                }
+            }
+        };
+        self.ignored
+            .get_or_create(&IgnoredLabels {
+                provider: self.provider,
+                event_type: label,
+            })
+            .inc();
+    }
+
     pub fn publish(&self, elapsed: Duration) {
         self.publish_duration.observe(elapsed.as_secs_f64());
     }
@@ -158,5 +215,33 @@ impl Metrics {
     /// Every metric, for `/metrics`.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposition(metrics: &Metrics) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, metrics.registry()).expect("encode");
+        text
+    }
+
+    #[test]
+    fn ignored_types_past_the_cap_share_one_label() {
+        let metrics = Metrics::new("stripe");
+        for n in 0..MAX_IGNORED_TYPE_LABELS {
+            metrics.ignored(Some(&format!("type.{n}")));
+        }
+        metrics.ignored(Some("type.0"));
+        metrics.ignored(Some("one.too.many"));
+        metrics.ignored(Some("and.another"));
+        metrics.ignored(None);
+        let text = exposition(&metrics);
+        assert!(text.contains(r#"event_type="type.0"} 2"#), "{text}");
+        assert!(text.contains(r#"event_type="_other"} 2"#), "{text}");
+        assert!(text.contains(r#"event_type="_none"} 1"#), "{text}");
+        assert!(!text.contains("one.too.many"), "{text}");
     }
 }

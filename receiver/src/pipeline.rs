@@ -11,12 +11,12 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
+use crate::Rejection;
 use crate::checks::body::{parse_json, read_body};
 use crate::checks::headers::check_header_size;
 use crate::checks::source::{check_source, client_ip};
 use crate::event;
 use crate::state::AppState;
-use crate::{Error, Result};
 
 /// A successful answer.
 enum Accepted {
@@ -25,6 +25,11 @@ enum Accepted {
     },
     /// The provider's check of the URL: answered, not stored.
     Challenge(Value),
+    /// A type `spec.event.accept`/`ignore` leaves out: 200, so the provider
+    /// stops sending it, and not stored.
+    Ignored {
+        event_type: Option<String>,
+    },
 }
 
 impl Accepted {
@@ -37,6 +42,7 @@ impl Accepted {
                 duplicate: true, ..
             } => "duplicate",
             Accepted::Challenge(_) => "challenge",
+            Accepted::Ignored { .. } => "ignored",
         }
     }
 
@@ -67,6 +73,12 @@ impl Accepted {
                 response
             }
             Accepted::Challenge(answer) => axum::Json(answer).into_response(),
+            Accepted::Ignored { event_type } => axum::Json(serde_json::json!({
+                "status": "ignored",
+                "eventId": event_id,
+                "eventType": event_type,
+            }))
+            .into_response(),
         }
     }
 }
@@ -121,7 +133,11 @@ pub(crate) async fn handle(state: Arc<AppState>, request: Request) -> Response {
 
 /// The pipeline, in the contract's order; the cheapest refusals come first and
 /// nothing unverified is parsed.
-async fn receive(state: &AppState, request: Request, seen: &mut Seen) -> Result<Accepted> {
+async fn receive(
+    state: &AppState,
+    request: Request,
+    seen: &mut Seen,
+) -> Result<Accepted, Rejection> {
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
     let endpoint = &state.endpoint;
@@ -147,7 +163,9 @@ async fn receive(state: &AppState, request: Request, seen: &mut Seen) -> Result<
     // 3. Signature (401) over the raw bytes.
     let secrets = state.secrets.current();
     if secrets.is_empty() {
-        return Err(Error::Unavailable("no signing secret is loaded yet".into()));
+        return Err(Rejection::Unavailable(
+            "no signing secret is loaded yet".into(),
+        ));
     }
     state
         .verifier
@@ -164,19 +182,39 @@ async fn receive(state: &AppState, request: Request, seen: &mut Seen) -> Result<
         return Ok(Accepted::Challenge(answer));
     }
 
-    // 5. Schema (422).
+    // 5. The event's attributes (400 when unusable), then whether its type
+    // is stored at all: an ignored event is 200 whatever its schema.
+    let event = event::extract(&state.fields, headers, json.as_ref(), &body)?;
+    if endpoint
+        .event_filter
+        .ignores(event.event_type.as_deref())
+        .is_some()
+    {
+        state.metrics.ignored(event.event_type.as_deref());
+        seen.event_id = Some(event.id);
+        return Ok(Accepted::Ignored {
+            event_type: event.event_type,
+        });
+    }
+
+    // 6. Schema (422).
     if let (Some(schema), Some(json)) = (&state.schema, &json) {
         schema.check(json)?;
     }
 
-    // 6. Publish, and answer only after the PubAck.
-    let event = event::extract(&state.fields, headers, json.as_ref(), &body)?;
     let received_at = event::now_rfc3339();
     let message_headers = event::message_headers(&state.headers, &event, headers, &received_at);
     let subject = endpoint
         .stream
         .subject_for(event.event_type.as_deref().unwrap_or_default());
     seen.event_id = Some(event.id);
+
+    // 7. Rate limit (429): only an event that would be stored spends a token.
+    if let Some(limiter) = &state.rate_limiter {
+        limiter.check()?;
+    }
+
+    // 8. Publish, and answer only after the PubAck.
     state.metrics.body(body.len());
     let publish_started = Instant::now();
     let ack = state.store.publish(subject, message_headers, body).await?;

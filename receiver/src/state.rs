@@ -1,6 +1,6 @@
 //! [`AppState`]: what every request shares, built once at start from the
-//! [`Config`]: the endpoint, its secrets, verifier, schema and JSON reader,
-//! the JetStream store and the metrics.
+//! [`Config`]: the endpoint, its secrets, verifier, schema, rate limiter and
+//! JSON reader, the JetStream store and the metrics.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +9,7 @@ use std::time::Duration;
 use hookline_api::ValidatedEndpoint;
 use hookline_api::validated::FieldSource;
 
+use crate::checks::rate::RateLimiter;
 use crate::checks::schema::Schema;
 use crate::checks::signature::Verifier;
 use crate::event::{Fields, HeaderContext};
@@ -26,6 +27,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub(crate) verifier: Verifier,
     pub(crate) schema: Option<Schema>,
+    /// This receiver's share of `spec.request.rateLimit`.
+    pub(crate) rate_limiter: Option<RateLimiter>,
     /// Reads the JSON pointers the endpoint needs (or all of it, for a schema).
     pub(crate) json: JsonReader,
     pub(crate) headers: HeaderContext,
@@ -52,6 +55,17 @@ impl AppState {
             .as_ref()
             .map(Schema::compile)
             .transpose()?;
+        let rate_limiter = endpoint.request.rate_limit.map(|limit| {
+            let share = limit.share(config.replicas);
+            tracing::info!(
+                endpoint = %endpoint.key(),
+                per_second = share.per_second,
+                burst = share.burst,
+                replicas = config.replicas,
+                "rate limit: this receiver's share of spec.request.rateLimit"
+            );
+            RateLimiter::new(share)
+        });
         let metrics = Arc::new(Metrics::new(endpoint.provider.as_str()));
         metrics.secrets.set(secrets.current().keys.len() as i64);
         let store = Arc::new(Store::connect(config).await?);
@@ -66,6 +80,7 @@ impl AppState {
             store,
             metrics,
             schema,
+            rate_limiter,
             shutting_down: AtomicBool::new(false),
         }))
     }

@@ -30,7 +30,7 @@ use hookline_api::validated::StreamRetention;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
-use crate::{Config, Error, Result};
+use crate::{Config, Rejection, Result};
 
 /// How often readiness is re-checked while not ready, and while ready.
 const PROBE_NOT_READY: Duration = Duration::from_millis(500);
@@ -333,28 +333,28 @@ impl Store {
         subject: String,
         headers: async_nats::HeaderMap,
         body: Bytes,
-    ) -> Result<PublishAck> {
+    ) -> Result<PublishAck, Rejection> {
         // Fail fast rather than queue in the client while disconnected.
         if !self.is_connected() {
-            return Err(Error::Unavailable("not connected to NATS".into()));
+            return Err(Rejection::Unavailable("not connected to NATS".into()));
         }
         match self.readiness() {
             Readiness::Ready => {}
             Readiness::ConsumerMissing => {
-                return Err(Error::Unavailable(format!(
+                return Err(Rejection::Unavailable(format!(
                     "durable consumer {} of interest-retention stream {} is missing; nothing published now would be kept",
                     self.durable, self.stream
                 )));
             }
             Readiness::StreamUnreachable => {
-                return Err(Error::Unavailable(format!(
+                return Err(Rejection::Unavailable(format!(
                     "stream {} did not answer the last readiness probe",
                     self.stream
                 )));
             }
         }
         if self.full.load(Ordering::Relaxed) {
-            return Err(Error::BufferFull {
+            return Err(Rejection::BufferFull {
                 stream: self.stream.clone(),
                 bytes: self.stored_bytes(),
                 cap: self.buffer_cap,
@@ -374,21 +374,21 @@ impl Store {
         }
     }
 
-    /// The request error for a publish JetStream refused.
-    fn refused(&self, err: &PublishError) -> Error {
+    /// The refusal for a publish JetStream refused.
+    fn refused(&self, err: &PublishError) -> Rejection {
         let unavailable = || {
-            Error::Unavailable(format!(
+            Rejection::Unavailable(format!(
                 "JetStream refused the event for stream {}: {err}",
                 self.stream
             ))
         };
         match err.kind() {
             PublishErrorKind::TimedOut => self.timed_out(),
-            PublishErrorKind::MaxPayloadExceeded => Error::PayloadTooLarge {
+            PublishErrorKind::MaxPayloadExceeded => Rejection::PayloadTooLarge {
                 limit: self.max_payload(),
             },
             PublishErrorKind::StreamNotFound => {
-                Error::Unavailable(format!("stream {} not found", self.stream))
+                Rejection::Unavailable(format!("stream {} not found", self.stream))
             }
             // Connection trouble and back-pressure pass. So would the two
             // "wrong last" refusals: the receiver sets no expectations, and a
@@ -403,12 +403,12 @@ impl Store {
                     .map(jetstream::Error::error_code);
                 match code {
                     // The stream's own `max_msg_size`: this body never fits.
-                    Some(ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM) => Error::PayloadTooLarge {
+                    Some(ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM) => Rejection::PayloadTooLarge {
                         limit: self.max_payload(),
                     },
                     // Cannot happen while the header block stays within
                     // `HEADER_ALLOWANCE`; if it does, retrying will not help.
-                    Some(ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM) => Error::HeadersTooLarge {
+                    Some(ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM) => Rejection::HeadersTooLarge {
                         limit: hookline_api::headers::HEADER_ALLOWANCE,
                     },
                     // A full stream (`DiscardPolicy::New`, "store failed")
@@ -425,8 +425,8 @@ impl Store {
         self.client.server_info().max_payload
     }
 
-    fn timed_out(&self) -> Error {
-        Error::Unavailable(format!(
+    fn timed_out(&self) -> Rejection {
+        Rejection::Unavailable(format!(
             "no acknowledgement from stream {} within {:?}",
             self.stream, self.publish_timeout
         ))

@@ -72,6 +72,8 @@ pub fn resolve(
         preset.event,
         &mut problems,
     );
+    let event_filter =
+        request::resolve_event_filter(&spec.event.clone().unwrap_or_default(), &mut problems);
     let url_challenge = preset.url_challenge;
     let stream = stream::resolve_stream(
         namespace,
@@ -96,6 +98,7 @@ pub fn resolve(
             route,
             request,
             event,
+            event_filter,
             url_challenge,
             stream,
             consumer,

@@ -7,8 +7,11 @@ use super::Problems;
 use super::parse::parse_field_source;
 use crate::defaults;
 use crate::naming;
-use crate::spec::{EventSpec, IngressSpec, RequestSpec};
-use crate::validated::{EventFields, FieldSource, IngressRoute, RequestRules, Route, SourceFilter};
+use crate::spec::{EventSpec, IngressSpec, RateLimitSpec, RequestSpec};
+use crate::validated::{
+    EventFields, EventFilter, FieldSource, IngressRoute, RateLimit, RequestRules, Route,
+    SourceFilter, TypePattern,
+};
 
 pub(super) fn resolve_source_filter(
     ranges: &[String],
@@ -104,6 +107,84 @@ pub(super) fn resolve_request(spec: &RequestSpec, problems: &mut Problems) -> Re
         max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
         require_json: spec.require_json.unwrap_or(true),
         schema: spec.schema.clone(),
+        rate_limit: spec
+            .rate_limit
+            .as_ref()
+            .and_then(|limit| resolve_rate_limit(limit, problems)),
+    }
+}
+
+/// The burst defaults to one second's worth, rounded up, so a whole rate
+/// of 0.5 still lets one event through.
+fn resolve_rate_limit(spec: &RateLimitSpec, problems: &mut Problems) -> Option<RateLimit> {
+    let per_second = spec.requests_per_second;
+    if !(per_second > 0.0 && per_second <= defaults::RATE_LIMIT_MAX) {
+        problems.add(
+            "spec.request.rateLimit.requestsPerSecond",
+            format!(
+                "must be greater than 0 and at most {}, got {per_second}",
+                defaults::RATE_LIMIT_MAX
+            ),
+        );
+        return None;
+    }
+    let burst = match spec.burst {
+        Some(burst) if burst == 0 || burst > defaults::RATE_LIMIT_BURST_MAX => {
+            problems.add(
+                "spec.request.rateLimit.burst",
+                format!(
+                    "must be at least 1 and at most {}, got {burst}",
+                    defaults::RATE_LIMIT_BURST_MAX
+                ),
+            );
+            return None;
+        }
+        Some(burst) => burst,
+        // At most RATE_LIMIT_MAX, so the cast cannot saturate.
+        None => (per_second.ceil() as u32).max(1),
+    };
+    Some(RateLimit { per_second, burst })
+}
+
+/// The patterns of `event.accept` and `event.ignore`, checked as the CRD
+/// checks them, plus no control characters (an event type with one is
+/// refused anyway, so such a pattern could never match).
+pub(super) fn resolve_event_filter(spec: &EventSpec, problems: &mut Problems) -> EventFilter {
+    let mut patterns = |field: &str, given: &[String]| {
+        if given.len() > defaults::MAX_EVENT_PATTERNS {
+            problems.add(
+                format!("spec.event.{field}"),
+                format!(
+                    "has {} patterns, at most {} are allowed",
+                    given.len(),
+                    defaults::MAX_EVENT_PATTERNS
+                ),
+            );
+        }
+        let mut valid = Vec::with_capacity(given.len());
+        for (index, pattern) in given.iter().enumerate() {
+            let problem = if pattern.is_empty() {
+                Some("must not be empty".to_owned())
+            } else if pattern.len() > defaults::MAX_EVENT_PATTERN_BYTES {
+                Some(format!(
+                    "is longer than {} bytes",
+                    defaults::MAX_EVENT_PATTERN_BYTES
+                ))
+            } else if pattern.chars().any(char::is_control) {
+                Some("contains control characters".to_owned())
+            } else {
+                None
+            };
+            match problem {
+                Some(message) => problems.add(format!("spec.event.{field}[{index}]"), message),
+                None => valid.push(TypePattern::new(pattern.clone())),
+            }
+        }
+        valid
+    };
+    EventFilter {
+        accept: patterns("accept", &spec.accept),
+        ignore: patterns("ignore", &spec.ignore),
     }
 }
 

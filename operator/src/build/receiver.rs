@@ -45,6 +45,11 @@ pub fn deployment(valid: &ValidEndpoint, config: &OperatorConfig, config_hash: &
         &endpoint.secret.key,
     );
     parts.arg("--secret-file", &secret_file);
+    // Each receiver enforces its share of the endpoint's rate limit. Only
+    // when there is one, so that no other endpoint's pods roll for it.
+    if endpoint.request.rate_limit.is_some() {
+        parts.arg("--replicas", &endpoint.receiver.replicas.max(1).to_string());
+    }
     let mut template = parts.template(
         valid,
         config,

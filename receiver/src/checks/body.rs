@@ -6,26 +6,26 @@ use axum::http::{HeaderMap, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
 
+use crate::Rejection;
 use crate::json::JsonReader;
-use crate::{Error, Result};
 
 /// Longest part of a refused content type repeated in the answer.
 const MAX_CONTENT_TYPE_ECHO: usize = 100;
 
 /// Reads at most `limit` bytes: a declared larger `Content-Length` is refused
 /// before reading, a longer stream as soon as it passes the limit.
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes> {
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Rejection> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
-        return Err(Error::PayloadTooLarge { limit });
+        return Err(Rejection::PayloadTooLarge { limit });
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => Err(Error::PayloadTooLarge { limit }),
-        Err(err) => Err(Error::Unreadable(err.to_string())),
+        Err(err) if err.is::<LengthLimitError>() => Err(Rejection::PayloadTooLarge { limit }),
+        Err(err) => Err(Rejection::Unreadable(err.to_string())),
     }
 }
 
@@ -48,7 +48,7 @@ pub fn parse_json(
     headers: &HeaderMap,
     body: &[u8],
     require_json: bool,
-) -> Result<Option<Value>> {
+) -> Result<Option<Value>, Rejection> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .map(|value| value.to_str().unwrap_or("(not text)"));
@@ -56,14 +56,14 @@ pub fn parse_json(
         if let Some(content_type) = content_type
             && !is_json_media_type(content_type)
         {
-            return Err(Error::UnsupportedMediaType(
+            return Err(Rejection::UnsupportedMediaType(
                 content_type.chars().take(MAX_CONTENT_TYPE_ECHO).collect(),
             ));
         }
         return reader
             .parse(body)
             .map(Some)
-            .map_err(|err| Error::InvalidJson(err.to_string()));
+            .map_err(|err| Rejection::InvalidJson(err.to_string()));
     }
     let looks_json = content_type.is_none_or(is_json_media_type);
     Ok(looks_json.then(|| reader.parse(body).ok()).flatten())

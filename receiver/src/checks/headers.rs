@@ -5,7 +5,7 @@
 
 use axum::http::request::Parts;
 
-use crate::{Error, Result};
+use crate::Rejection;
 
 /// The most bytes the request line and headers may take, as sent on the wire.
 /// nginx's default (four buffers of 8 KiB): what an Ingress in front would
@@ -17,9 +17,9 @@ pub const MAX_REQUEST_HEADER_BYTES: usize = 32 * 1024;
 
 /// Refuses a request whose line and headers take more than
 /// [`MAX_REQUEST_HEADER_BYTES`].
-pub fn check_header_size(parts: &Parts) -> Result<()> {
+pub fn check_header_size(parts: &Parts) -> Result<(), Rejection> {
     if header_bytes(parts) > MAX_REQUEST_HEADER_BYTES {
-        return Err(Error::HeadersTooLarge {
+        return Err(Rejection::HeadersTooLarge {
             limit: MAX_REQUEST_HEADER_BYTES,
         });
     }

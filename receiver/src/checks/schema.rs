@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::{Error, Result};
+use crate::{Error, Rejection, Result};
 
 /// Most schema violations named in one answer.
 const MAX_SCHEMA_PROBLEMS: usize = 3;
@@ -23,7 +23,7 @@ impl Schema {
 
     /// Refuses `json` when it breaks the schema, naming the first few failing
     /// paths in a message of bounded length.
-    pub fn check(&self, json: &Value) -> Result<()> {
+    pub fn check(&self, json: &Value) -> Result<(), Rejection> {
         let problems: Vec<String> = self
             .0
             .iter_errors(json)
@@ -50,7 +50,7 @@ impl Schema {
             message.truncate(cut);
             message.push('…');
         }
-        Err(Error::SchemaViolation(message))
+        Err(Rejection::SchemaViolation(message))
     }
 }
 
@@ -67,7 +67,7 @@ mod tests {
         .expect("compiles");
         assert!(schema.check(&serde_json::json!({"id": 1})).is_ok());
         let long = "x".repeat(1000);
-        let Err(Error::SchemaViolation(message)) =
+        let Err(Rejection::SchemaViolation(message)) =
             schema.check(&serde_json::json!({"id": "one", "name": long}))
         else {
             panic!("a schema violation expected");

@@ -6,16 +6,16 @@ use std::net::{IpAddr, SocketAddr};
 use axum::http::HeaderMap;
 use hookline_api::validated::SourceFilter;
 
-use crate::{Error, Result};
+use crate::Rejection;
 
 /// Refuses a `client` outside the allowed ranges, or one whose address could
 /// not be known ([`client_ip`] gave none); with no ranges set, any passes.
-pub fn check_source(filter: &SourceFilter, client: Option<IpAddr>) -> Result<()> {
+pub fn check_source(filter: &SourceFilter, client: Option<IpAddr>) -> Result<(), Rejection> {
     match client {
         _ if filter.allowed.is_empty() => Ok(()),
         Some(ip) if filter.allows(ip) => Ok(()),
-        Some(ip) => Err(Error::Forbidden(ip.to_string())),
-        None => Err(Error::Forbidden("unknown".into())),
+        Some(ip) => Err(Rejection::Forbidden(ip.to_string())),
+        None => Err(Rejection::Forbidden("unknown".into())),
     }
 }
 
@@ -94,7 +94,7 @@ mod tests {
     fn an_unknown_client_passes_only_when_no_range_is_set() {
         assert!(matches!(
             check_source(&filter(1), None),
-            Err(Error::Forbidden(_))
+            Err(Rejection::Forbidden(_))
         ));
         assert!(check_source(&SourceFilter::default(), None).is_ok());
     }
