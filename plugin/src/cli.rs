@@ -18,6 +18,7 @@ Examples:
   # Through a port-forward when the endpoint has no Ingress (no status.url)
   kubectl port-forward svc/stripe-receiver 8080:80 &
   kubectl hookline send stripe --url http://localhost:8080
+  kubectl hookline send stripe --via-port-forward
 
   # A forged signature, to see the receiver refuse it (401)
   kubectl hookline send stripe --bad-signature
@@ -113,8 +114,13 @@ pub struct SendArgs {
     pub bad_signature: bool,
     /// Post here instead of status.url (a port-forward: http://localhost:8080;
     /// without a path the endpoint's own path is added).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", conflicts_with = "via_port_forward")]
     pub url: Option<String>,
+    /// Post through a port-forward to a receiver pod (through the API
+    /// server, as `kubectl port-forward` does): for an endpoint whose URL
+    /// this machine cannot reach. Needs `pods/portforward`.
+    #[arg(long)]
+    pub via_port_forward: bool,
     /// Then wait until the consumer stored the event (runs
     /// `hookline-consumer event` in the consumer pod: needs `pods/exec`).
     #[arg(long)]

@@ -123,10 +123,21 @@ fn exit_code(status: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Sta
         .unwrap_or(1)
 }
 
-/// A running pod of the endpoint's consumer Deployment, found by the
-/// Deployment's own selector (so it follows the operator's labels).
+/// A running pod of the endpoint's consumer Deployment.
 pub async fn consumer_pod(client: &Client, namespace: &str, endpoint: &str) -> Result<String> {
-    let deployment_name = naming::child_name(endpoint, "consumer");
+    running_pod(client, namespace, endpoint, "consumer").await
+}
+
+/// A running pod of the endpoint's `component` Deployment (`receiver`,
+/// `consumer`), found by the Deployment's own selector (so it follows the
+/// operator's labels).
+pub async fn running_pod(
+    client: &Client,
+    namespace: &str,
+    endpoint: &str,
+    component: &str,
+) -> Result<String> {
+    let deployment_name = naming::child_name(endpoint, component);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let deployment = deployments.get_opt(&deployment_name).await?.ok_or_else(|| {
         Error::Exec(format!(

@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod exec;
+pub mod forward;
 pub mod list;
 pub mod send;
 pub mod sign;

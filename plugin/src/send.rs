@@ -60,14 +60,29 @@ pub async fn send(
         .status
         .as_ref()
         .and_then(|status| status.url.clone());
+    let forwarded = match args.via_port_forward {
+        true => {
+            let pod = crate::exec::running_pod(&context.client, namespace, &args.name, "receiver")
+                .await?;
+            let local = crate::forward::local_port(
+                &context.client,
+                namespace,
+                &pod,
+                crate::forward::RECEIVER_PORT,
+            )
+            .await?;
+            Some(format!("http://{local}"))
+        }
+        false => None,
+    };
     let url = target_url(
-        args.url.as_deref(),
+        forwarded.as_deref().or(args.url.as_deref()),
         status_url.as_deref(),
         &endpoint.route.path,
     )
     .ok_or_else(|| {
         Error::Usage(format!(
-            "{namespace}/{} has no status.url (no spec.ingress.host): pass --url, e.g. after \
+            "{namespace}/{} has no status.url (no spec.ingress.host): pass --via-port-forward, or --url, e.g. after \
                  `kubectl port-forward -n {namespace} svc/{} 8080:80`, --url http://localhost:8080",
             args.name,
             hookline_api::naming::child_name(&args.name, "receiver"),

@@ -480,6 +480,18 @@ async fn kubectl_hookline_lists_sends_and_works_the_consumer() {
     );
     tail.abort();
 
+    // No operator runs here, so no receiver Deployment: a port-forward names
+    // the Deployment whose pods it looks for.
+    let (_, result) = plugin(
+        &context,
+        &["send", "stripe", "-n", "payments", "--via-port-forward"],
+    )
+    .await;
+    assert!(
+        matches!(&result, Err(Error::Exec(why)) if why.contains("payments/stripe-receiver")),
+        "{result:?}"
+    );
+
     // A missing endpoint and a missing Secret are named.
     let (_, result) = plugin(&context, &["send", "nope"]).await;
     assert!(
