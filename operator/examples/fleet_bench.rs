@@ -11,7 +11,7 @@
 //!   cargo run --release -p hookline-operator --example fleet_bench -- 1000 20
 //! ```
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::process::Command;

@@ -8,7 +8,7 @@
 //! cargo run --release -p hookline-operator --example reconcile_bench -- 1000
 //! ```
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::sync::Arc;

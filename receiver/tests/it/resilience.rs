@@ -1,7 +1,7 @@
 //! Failures around the receiver: NATS dying and coming back, NATS down at
 //! start, and a graceful shutdown with a request in flight.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! its Kubernetes verb), leader election runs against it too, and the watches
 //! are added; the rules `helm template` renders must grant all of it and no more.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::process::Command;

@@ -9,7 +9,7 @@
 //! `HOOKLINE_FAKEKUBE` to the script (default `../shared/tools/fakekube.py`
 //! next to the repository).
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

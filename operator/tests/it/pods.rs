@@ -4,7 +4,7 @@
 //! Secret references resolved as the kubelet would), against a real
 //! nats-server and Postgres; one event signed the provider's way becomes one row.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

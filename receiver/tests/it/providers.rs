@@ -2,7 +2,7 @@
 //! and headers; a tampered body, a wrong secret, a missing signature header and
 //! a stale or future timestamp are 401 and store nothing.
 
-mod common;
+use crate::common;
 
 use common::*;
 

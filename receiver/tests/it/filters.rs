@@ -3,7 +3,7 @@
 //! `ignored`, counted by type and never published; a forged request is
 //! still 401.
 
-mod common;
+use crate::common;
 
 use common::*;
 

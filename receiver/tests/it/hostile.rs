@@ -6,7 +6,7 @@
 //! it reaches the stream, the receiver keeps serving, and (on the real binary)
 //! its memory stays bounded over 10,000 such requests.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! their bounds; the connection cap makes newcomers wait, not fail. Raw TCP
 //! clients throughout: an HTTP library would not behave this badly.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

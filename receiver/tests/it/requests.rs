@@ -2,7 +2,7 @@
 //! schema, source address, the order of the checks, secret rotation, Slack's
 //! challenge, and the health and metrics routes.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

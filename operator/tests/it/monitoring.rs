@@ -2,7 +2,7 @@
 //! really export: the running receiver and consumer (real processes, real
 //! nats-server and Postgres) and the operator's `/metrics` are scraped.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! The real `hookline-receiver` binary: the contract's flags and environment
 //! variables, one-line errors, and SIGTERM.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

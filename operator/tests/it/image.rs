@@ -2,7 +2,7 @@
 //! builds every binary the chart and the operator's pods run, from packages
 //! that exist, locked, into a non-root distroless image.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 

@@ -2,7 +2,7 @@
 //! against the Kubernetes 1.32 schemas and KEDA's own types, and one test per
 //! property that matters.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! Reconcile against an in-memory API and a real nats-server: what it applies,
 //! what it reports, and that a steady state writes nothing.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! `Retry-After` past it, nothing stored, and only events that would be
 //! stored spend it.
 
-mod common;
+use crate::common;
 
 use common::*;
 
