@@ -9,7 +9,7 @@
 //! - [`json`]: walking JSON as serde_json reads it, without building it.
 //! - [`conditions`]: status condition types and reasons.
 //! - [`manifest`]: reading a manifest file, as the binaries do.
-//! - [`reference`]: `docs/reference.md`, generated from the CRD.
+//! - [`reference`](mod@reference): `docs/reference.md`, generated from the CRD.
 //! - `nats` and `provision` (feature `jetstream`): the one NATS connect, and
 //!   creating the stream and durable consumer.
 //! - `runtime` (feature `runtime`): flags, logs, shutdown and `/metrics` as all

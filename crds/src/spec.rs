@@ -1,5 +1,5 @@
 //! The `WebhookEndpoint` custom resource as users write it: every field optional
-//! but `provider` and `secretRef`; defaults are applied in one place, [`crate::resolve`].
+//! but `provider` and `secretRef`; defaults are applied in one place, [`crate::resolve()`].
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;

@@ -11,7 +11,7 @@ pub use crate::spec::{
     DeletionPolicy, HmacAlgorithm, Provider, SecretKeyRef, SignatureEncoding, StreamRetention,
 };
 
-/// A `WebhookEndpoint` after [`crate::resolve`]: every default applied, every
+/// A `WebhookEndpoint` after [`crate::resolve()`]: every default applied, every
 /// value parsed into a type that cannot be wrong.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValidatedEndpoint {

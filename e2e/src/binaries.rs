@@ -92,7 +92,7 @@ pub(crate) fn postgres_bin_dir() -> Result<PathBuf> {
 
 /// The path of the workspace binary `name` (e.g. `hookline-receiver`).
 ///
-/// With [`BIN_DIR_VARIABLE`] set, the binary of that directory, unbuilt.
+/// With `HOOKLINE_BIN_DIR` set, the binary of that directory, unbuilt.
 /// Otherwise the first call in a process runs `cargo build --workspace --bins` into the
 /// target dir and profile of the running test or example. Building the whole
 /// workspace resolves features exactly as `cargo test --workspace` and the

@@ -1,6 +1,6 @@
 //! A test delivery for an endpoint, signed as its provider signs: the body,
 //! the headers the endpoint reads its event from, and the signature the
-//! receiver checks. Driven by the endpoint's resolved [`Verification`] (the
+//! receiver checks. Driven by the endpoint's resolved [`Verification`](hookline_api::validated::Verification) (the
 //! provider presets and a generic endpoint's settings are the same data the
 //! receiver verifies with), so every scheme the receiver takes can be sent.
 

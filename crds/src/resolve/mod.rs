@@ -2,7 +2,7 @@
 //! [`ValidatedEndpoint`], reporting every wrong field by its path.
 //!
 //! One module per section of the spec; each reads its section, records what is
-//! wrong in [`Problems`], and returns the section's validated form.
+//! wrong in `Problems`, and returns the section's validated form.
 
 mod consumer;
 mod parse;
