@@ -79,10 +79,10 @@ pub struct Args {
 /// open files (a container's default since containerd 2), so a flood meets
 /// this cap, not a failing `accept`; and far above what providers open
 /// (the seed's peak is 58 requests a second of a few milliseconds each).
-pub const DEFAULT_MAX_CONNECTIONS: u32 = 1000;
+const DEFAULT_MAX_CONNECTIONS: u32 = 1000;
 
 /// The default of `--header-read-timeout`.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     hookline_api::resolve::parse_duration(text)

@@ -6,7 +6,7 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 
 /// Unix times above this are milliseconds: read as seconds they would be after
 /// the year 5000, and no sender signs or dates an event that far ahead.
-pub const MILLISECONDS_ABOVE: f64 = 1e11;
+const MILLISECONDS_ABOVE: f64 = 1e11;
 
 /// Standard base64, padded or not (providers send both).
 pub fn decode_base64(text: &str) -> Option<Vec<u8>> {

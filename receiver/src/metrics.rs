@@ -30,11 +30,11 @@ struct IgnoredLabels {
 /// `hookline_receiver_ignored_events_total`; later ones count as
 /// [`OTHER_TYPES`]. Types are the provider's strings, so without a cap a
 /// sender could grow the metrics without bound.
-pub const MAX_IGNORED_TYPE_LABELS: usize = 100;
+const MAX_IGNORED_TYPE_LABELS: usize = 100;
 /// The label of ignored types past [`MAX_IGNORED_TYPE_LABELS`].
-pub const OTHER_TYPES: &str = "_other";
+const OTHER_TYPES: &str = "_other";
 /// The label of ignored events without a type.
-pub const NO_TYPE: &str = "_none";
+const NO_TYPE: &str = "_none";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProviderLabels {

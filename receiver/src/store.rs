@@ -224,13 +224,13 @@ impl Store {
     }
 
     /// Bytes the stream held at the last probe.
-    pub fn stored_bytes(&self) -> u64 {
+    fn stored_bytes(&self) -> u64 {
         self.stored_bytes.load(Ordering::Relaxed)
     }
 
     /// The cap this receiver enforces; `None` for an archive, whose cap (if
     /// any) is the stream's own `max_bytes`.
-    pub fn buffer_cap(&self) -> Option<u64> {
+    fn buffer_cap(&self) -> Option<u64> {
         self.buffered
             .load(Ordering::Relaxed)
             .then_some(self.buffer_cap)

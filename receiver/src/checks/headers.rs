@@ -28,7 +28,7 @@ pub fn check_header_size(parts: &Parts) -> Result<(), Rejection> {
 
 /// The size of the request line and headers as HTTP/1.1 sends them:
 /// `METHOD target HTTP/1.1\r\n`, each `name: value\r\n`, and the blank line.
-pub fn header_bytes(parts: &Parts) -> usize {
+fn header_bytes(parts: &Parts) -> usize {
     let target = parts
         .uri
         .path_and_query()
