@@ -48,7 +48,7 @@ pub const HEADER_PARSE_LIMIT: usize = 64 * 1024;
 /// discarded before the connection is closed. 64 times the default
 /// `maxBodyBytes`: a provider whose body is over the limit sends a few MiB at
 /// most, and discarding costs bandwidth only, never memory (one 8 KiB buffer).
-const LINGER_MAX_BYTES: u64 = 64 * 1024 * 1024;
+pub const LINGER_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// After an answer, the longest the rest of the request is read and discarded.
 /// At the tens of MB/s between data centres that is more than
