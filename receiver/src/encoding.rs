@@ -17,7 +17,7 @@ pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
 }
 
 /// Whether a unix time is given in milliseconds rather than seconds (see
-/// [`MILLISECONDS_ABOVE`]).
+/// `MILLISECONDS_ABOVE`).
 pub fn is_unix_millis(number: f64) -> bool {
     number.abs() > MILLISECONDS_ABOVE
 }
