@@ -2,12 +2,16 @@
 //! (one-line errors), NATS connection flags, JSON logs, the shutdown signal and
 //! the `/metrics` answer.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use clap::Parser;
+
+use tokio::sync::watch;
 
 use crate::nats::NatsAuth;
 
@@ -53,6 +57,47 @@ pub fn init_logging(default_filter: &str) {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
         )
         .init();
+}
+
+/// The shutdown signal as every task sees it.
+#[derive(Clone, Debug)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// A signal that fires when `signal` completes.
+    pub fn new(signal: impl Future<Output = ()> + Send + 'static) -> Shutdown {
+        let (sender, receiver) = watch::channel(false);
+        tokio::spawn(async move {
+            signal.await;
+            let _ = sender.send(true);
+        });
+        Shutdown(receiver)
+    }
+
+    /// Waits until shutdown was asked for.
+    pub async fn wait(&mut self) {
+        // An error means the sender is gone, which only happens after sending.
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+
+    /// A future that completes on shutdown, independent of `self` (for a
+    /// server's graceful shutdown or a `select!` arm that must be `'static`).
+    pub fn requested(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut shutdown = self.clone();
+        async move { shutdown.wait().await }
+    }
+
+    pub fn is_requested(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Sleeps for `duration`; `false` when shutdown came first.
+    pub async fn sleep(&mut self, duration: Duration) -> bool {
+        tokio::select! {
+            _ = self.wait() => false,
+            _ = tokio::time::sleep(duration) => true,
+        }
+    }
 }
 
 /// Completes on SIGTERM (Kubernetes) or Ctrl-C. A handler that cannot be

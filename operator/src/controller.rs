@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use hookline_api::naming::FIELD_MANAGER;
+use hookline_api::runtime::Shutdown;
 use hookline_api::spec::WebhookEndpoint;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
@@ -22,7 +23,6 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, PredicateConfig, WatchStreamExt, controller, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::apply::{self, ChildWriters};
@@ -57,11 +57,7 @@ const DISCOVERY_RETRY: Duration = Duration::from_secs(10);
 pub async fn run(settings: Settings, args: RunArgs) -> Result<()> {
     let config = settings.operator_config();
     let client = Client::try_default().await.map_err(Error::KubeConfig)?;
-    let (stop, stopped) = watch::channel(false);
-    tokio::spawn(async move {
-        hookline_api::runtime::shutdown_signal().await;
-        let _ = stop.send(true);
-    });
+    let shutdown = Shutdown::new(hookline_api::runtime::shutdown_signal());
     let health = Health::default();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -71,30 +67,30 @@ pub async fn run(settings: Settings, args: RunArgs) -> Result<()> {
         })?;
     let server = tokio::spawn(
         axum::serve(listener, http::router(health.clone()))
-            .with_graceful_shutdown(until(stopped.clone()))
+            .with_graceful_shutdown(shutdown.requested())
             .into_future(),
     );
     info!(listen = %args.listen, "serving /healthz, /readyz and /metrics");
 
-    let outcome = operate(client, config, &settings, &args, &health, stopped).await;
+    let outcome = operate(client, config, &settings, &args, &health, shutdown).await;
     server.abort();
     info!("stopped");
     outcome
 }
 
 /// Waits for the CRD, connects to NATS, takes the Lease and reconciles until
-/// `stopped` (then the reconciles in hand finish and the Lease is released).
+/// `shutdown` (then the reconciles in hand finish and the Lease is released).
 async fn operate(
     client: Client,
     config: OperatorConfig,
     settings: &Settings,
     args: &RunArgs,
     health: &Health,
-    stopped: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<()> {
     tokio::select! {
         () = wait_for_crd(&client, args.watch_namespace.as_deref()) => {}
-        () = until(stopped.clone()) => return Ok(()),
+        () = shutdown.requested() => return Ok(()),
     }
     health.started.store(true, Ordering::Relaxed);
     let nats =
@@ -112,7 +108,7 @@ async fn operate(
         info!(lease = election.name(), %identity, "waiting for the Lease");
         tokio::select! {
             () = election.acquire() => {}
-            () = until(stopped.clone()) => return Ok(()),
+            () = shutdown.requested() => return Ok(()),
         }
     }
     health.leading.store(true, Ordering::Relaxed);
@@ -147,7 +143,7 @@ async fn operate(
             namespace: args.watch_namespace.clone(),
             max_concurrent_reconciles: args.max_concurrent_reconciles,
         },
-        until(stopped),
+        shutdown.requested(),
     ));
     let lost = async {
         match &election {
@@ -168,11 +164,6 @@ async fn operate(
         election.release().await;
     }
     outcome
-}
-
-/// Completes once `signal` turns true.
-async fn until(mut signal: watch::Receiver<bool>) {
-    let _ = signal.wait_for(|stop| *stop).await;
 }
 
 fn default_identity() -> String {

@@ -2,6 +2,7 @@
 //! NATS, starts the background tasks (secret watcher, stream readiness), serves
 //! until the shutdown signal, then drains in-flight requests within a bound.
 
+use hookline_api::runtime::Shutdown;
 use std::future::Future;
 use std::time::Duration;
 
@@ -64,24 +65,25 @@ pub async fn run(
     let address = listener.local_addr().map_err(Error::Serve)?;
     tracing::info!(%address, path = %state.endpoint.route.path, endpoint = %state.headers.endpoint, provider = %state.endpoint.provider, "serving");
 
-    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
     let signal_state = state.clone();
-    let signal = async move {
+    let stopping = Shutdown::new(async move {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight requests");
         signal_state.begin_shutdown();
-        let _ = stopping_tx.send(true);
-    };
+    });
     let limits = Limits {
         max_connections: config.max_connections,
         header_read_timeout: config.header_read_timeout,
     };
-    let server = connections::serve(listener, router(state.clone()), limits, signal);
+    let server = connections::serve(
+        listener,
+        router(state.clone()),
+        limits,
+        stopping.requested(),
+    );
     let grace = config.shutdown_timeout;
     let deadline = async {
-        if stopping_rx.wait_for(|stopping| *stopping).await.is_err() {
-            std::future::pending::<()>().await;
-        }
+        stopping.requested().await;
         tokio::time::sleep(grace).await;
     };
     let result = tokio::select! {
