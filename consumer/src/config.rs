@@ -22,6 +22,11 @@ pub struct Cli {
     /// The WebhookEndpoint manifest (the YAML `kubectl apply` takes).
     #[arg(long, env = "HOOKLINE_ENDPOINT", global = true, value_name = "FILE")]
     pub endpoint: Option<PathBuf>,
+    /// A directory of WebhookEndpoint manifests (`*.yaml`, one namespace),
+    /// each consumed by a loop of its own, reloaded while running; instead of
+    /// `--endpoint`. `replay` still takes `--endpoint`.
+    #[arg(long, env = "HOOKLINE_ENDPOINT_DIR", value_name = "DIR")]
+    pub endpoint_dir: Option<PathBuf>,
     /// NATS server URL(s), comma-separated.
     #[arg(long, env = "HOOKLINE_NATS_URL", global = true, value_name = "URL")]
     pub nats_url: Option<String>,
@@ -50,6 +55,11 @@ pub struct Cli {
     #[arg(long, env = "HOOKLINE_CONCURRENCY", default_value_t = CONCURRENCY,
           value_parser = clap::value_parser!(u16).range(1..=MAX_CONCURRENCY))]
     pub concurrency: u16,
+    /// Postgres connections shared by every endpoint of `--endpoint-dir`
+    /// (default: twice `--concurrency`, plus 2).
+    #[arg(long, env = "HOOKLINE_DATABASE_CONNECTIONS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub database_connections: Option<u32>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -203,6 +213,11 @@ impl Config {
 
     /// Checks the whole command line and reads the manifest: what `run` needs.
     pub fn from_cli(cli: &Cli) -> Result<Config> {
+        if cli.database_connections.is_some() {
+            return Err(Error::Config(
+                "--database-connections is for --endpoint-dir (one endpoint uses --concurrency plus 2)".into(),
+            ));
+        }
         let config = Config {
             provision: cli.provision,
             refetch_auth_file: cli.refetch_auth_file.clone(),
@@ -239,8 +254,6 @@ impl Config {
 /// The endpoint's key (`namespace/name`) and the database URL: all that the
 /// read-only subcommands (`dead-letters`, `event`, `tail`) need.
 pub fn inspect_target(cli: &Cli) -> Result<(String, String)> {
-    let missing =
-        |flag: &str, env: &str| Error::Config(format!("{flag} is required (or set {env})"));
     let path = cli
         .endpoint
         .as_ref()
@@ -254,14 +267,12 @@ pub fn inspect_target(cli: &Cli) -> Result<(String, String)> {
     Ok((hookline_api::load_manifest(path)?.key(), database_url))
 }
 
-/// The manifest, NATS URL and database URL, each required.
-pub fn required(cli: &Cli) -> Result<(ValidatedEndpoint, String, String)> {
-    let missing =
-        |flag: &str, env: &str| Error::Config(format!("{flag} is required (or set {env})"));
-    let path = cli
-        .endpoint
-        .as_ref()
-        .ok_or_else(|| missing("--endpoint", "HOOKLINE_ENDPOINT"))?;
+fn missing(flag: &str, env: &str) -> Error {
+    Error::Config(format!("{flag} is required (or set {env})"))
+}
+
+/// The NATS URL and the database URL, each required.
+fn urls(cli: &Cli) -> Result<(String, String)> {
     let nats_url = cli
         .nats_url
         .clone()
@@ -273,8 +284,127 @@ pub fn required(cli: &Cli) -> Result<(ValidatedEndpoint, String, String)> {
         .filter(|url| !url.trim().is_empty())
         .ok_or_else(|| missing("--database-url", "HOOKLINE_DATABASE_URL"))?;
     crate::store::connect_options(&database_url)?;
+    Ok((nats_url, database_url))
+}
+
+/// The manifest, NATS URL and database URL, each required.
+pub fn required(cli: &Cli) -> Result<(ValidatedEndpoint, String, String)> {
+    let path = cli.endpoint.as_ref().ok_or_else(|| {
+        if cli.endpoint_dir.is_some() && cli.command.is_some() {
+            Error::Config(
+                "replay is per endpoint: pass --endpoint FILE (--endpoint-dir is for consuming)"
+                    .into(),
+            )
+        } else {
+            missing("--endpoint", "HOOKLINE_ENDPOINT")
+        }
+    })?;
+    let (nats_url, database_url) = urls(cli)?;
     let endpoint = hookline_api::load_manifest(path)?.in_cluster(cli.nats.cluster_name.as_deref());
     Ok((endpoint, nats_url, database_url))
+}
+
+/// How often `--endpoint-dir` is read again: a ConfigMap update reaches the
+/// pod's files within the kubelet's sync period (about a minute), so 2 s adds
+/// little, and reading a few hundred small files costs nothing.
+pub const DIR_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Everything a pool consumer (`--endpoint-dir`) needs, checked; its
+/// endpoints come from the directory while it runs.
+#[derive(Clone)]
+pub struct PoolConfig {
+    pub endpoint_dir: PathBuf,
+    /// `--cluster-name`, applied to every manifest's stream and subjects.
+    pub cluster_name: Option<String>,
+    pub nats_url: String,
+    pub nats_auth: NatsAuth,
+    /// May hold a password: never logged (see the `Debug` impl).
+    pub database_url: String,
+    pub provision: bool,
+    /// Batches in flight at once, per endpoint.
+    pub concurrency: u16,
+    /// Size of the Postgres pool every endpoint shares.
+    pub database_connections: u32,
+    pub sweep_interval: Duration,
+    /// How often the directory is read again.
+    pub poll_interval: Duration,
+}
+
+impl std::fmt::Debug for PoolConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolConfig")
+            .field("endpoint_dir", &self.endpoint_dir)
+            .field("cluster_name", &self.cluster_name)
+            .field("nats_url", &self.nats_url)
+            .field("nats_auth", &self.nats_auth)
+            .field("database_url", &"<redacted>")
+            .field("provision", &self.provision)
+            .field("concurrency", &self.concurrency)
+            .field("database_connections", &self.database_connections)
+            .field("sweep_interval", &self.sweep_interval)
+            .field("poll_interval", &self.poll_interval)
+            .finish()
+    }
+}
+
+/// The default pool size: one endpoint holds at most `concurrency`
+/// connections (one per batch in flight), so the others always keep at least
+/// `concurrency` plus the spare ones for probes and sweeps.
+pub fn default_database_connections(concurrency: u16) -> u32 {
+    2 * u32::from(concurrency) + crate::lifecycle::SPARE_CONNECTIONS
+}
+
+impl PoolConfig {
+    /// A config with the defaults for everything but the three required values.
+    pub fn new(endpoint_dir: PathBuf, nats_url: &str, database_url: &str) -> PoolConfig {
+        PoolConfig {
+            endpoint_dir,
+            cluster_name: None,
+            nats_url: nats_url.to_owned(),
+            nats_auth: NatsAuth::default(),
+            database_url: database_url.to_owned(),
+            provision: false,
+            concurrency: CONCURRENCY,
+            database_connections: default_database_connections(CONCURRENCY),
+            sweep_interval: SWEEP_INTERVAL,
+            poll_interval: DIR_POLL_INTERVAL,
+        }
+    }
+
+    /// Checks the command line for `--endpoint-dir`; the manifests are read by `run_pool`.
+    pub fn from_cli(cli: &Cli) -> Result<PoolConfig> {
+        let dir = cli
+            .endpoint_dir
+            .clone()
+            .ok_or_else(|| missing("--endpoint-dir", "HOOKLINE_ENDPOINT_DIR"))?;
+        if cli.endpoint.is_some() {
+            return Err(Error::Config(
+                "--endpoint and --endpoint-dir exclude each other: one endpoint, or a directory of them".into(),
+            ));
+        }
+        if cli.refetch_auth_file.is_some() {
+            return Err(Error::Config(
+                "--refetch-auth-file is for one endpoint: a pool's endpoints cannot use consumer.refetch.authSecretRef yet".into(),
+            ));
+        }
+        if !dir.is_dir() {
+            return Err(Error::Config(format!(
+                "--endpoint-dir {}: not a directory",
+                dir.display()
+            )));
+        }
+        let (nats_url, database_url) = urls(cli)?;
+        Ok(PoolConfig {
+            cluster_name: cli.nats.cluster_name.clone(),
+            nats_auth: cli.nats.auth(),
+            provision: cli.provision,
+            concurrency: cli.concurrency,
+            database_connections: cli
+                .database_connections
+                .unwrap_or_else(|| default_database_connections(cli.concurrency)),
+            ..PoolConfig::new(dir, &nats_url, &database_url)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -310,6 +440,60 @@ mod tests {
         assert_eq!(args.event_id, ["a", "b"]);
         assert!(args.since.is_some());
         assert_eq!(cli.nats_url.as_deref(), Some("nats://x"));
+    }
+
+    #[test]
+    fn endpoint_and_endpoint_dir_exclude_each_other() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cli = Cli::try_parse_from([
+            "hookline-consumer",
+            "--endpoint",
+            "e.yaml",
+            "--endpoint-dir",
+            dir.path().to_str().expect("utf-8"),
+            "--nats-url",
+            "nats://x",
+            "--database-url",
+            "postgres://x@h/db",
+        ])
+        .expect("parses");
+        let err = PoolConfig::from_cli(&cli).expect_err("both");
+        assert!(err.to_string().contains("exclude each other"), "{err}");
+    }
+
+    #[test]
+    fn replay_wants_one_endpoint_not_a_directory() {
+        let cli = Cli::try_parse_from([
+            "hookline-consumer",
+            "--endpoint-dir",
+            "/tmp",
+            "replay",
+            "--nats-url",
+            "nats://x",
+        ])
+        .expect("parses");
+        let err = required(&cli).expect_err("no --endpoint");
+        assert!(err.to_string().contains("replay is per endpoint"), "{err}");
+    }
+
+    #[test]
+    fn a_pool_shares_twice_the_concurrency_plus_spares_by_default() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cli = Cli::try_parse_from([
+            "hookline-consumer",
+            "--endpoint-dir",
+            dir.path().to_str().expect("utf-8"),
+            "--nats-url",
+            "nats://x",
+            "--database-url",
+            "postgres://x@h/db",
+            "--concurrency",
+            "3",
+        ])
+        .expect("parses");
+        let config = PoolConfig::from_cli(&cli).expect("valid");
+        assert_eq!(config.concurrency, 3);
+        assert_eq!(config.database_connections, 8);
     }
 
     #[test]

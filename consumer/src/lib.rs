@@ -1,9 +1,12 @@
 //! `hookline-consumer`: drains one WebhookEndpoint's JetStream stream into
-//! Postgres, exactly once in effect and ordered by event time.
+//! Postgres, exactly once in effect and ordered by event time; or, with
+//! `--endpoint-dir`, every endpoint of a directory of manifests (a pool).
 //!
 //! - [`config`]: the command line and the checked [`Config`].
 //! - [`lifecycle`]: [`run`]: start-up (migrate, provision, find the durable
 //!   consumer, each retried), consuming, and a graceful stop.
+//! - [`pool`]: [`run_pool`]: one consume loop per manifest of a directory,
+//!   over one Postgres pool and one NATS connection, reloaded while running.
 //! - [`shutdown`]: [`Shutdown`], the signal every task watches.
 //! - [`decode`]: message → [`decode::Event`], with no I/O (poison is found here).
 //! - [`consume`]: the pull loop; `consume/batch` stores one batch,
@@ -25,6 +28,7 @@ pub mod http;
 pub mod inspect;
 pub mod lifecycle;
 pub mod metrics;
+pub mod pool;
 pub mod refetch;
 pub mod replay;
 pub mod shutdown;
@@ -32,8 +36,9 @@ pub mod store;
 
 use std::net::SocketAddr;
 
-pub use config::Config;
+pub use config::{Config, PoolConfig};
 pub use lifecycle::run;
+pub use pool::run_pool;
 pub use shutdown::Shutdown;
 
 /// Why the consumer could not start or keep running.

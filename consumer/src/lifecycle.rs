@@ -9,22 +9,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
+use hookline_api::ValidatedEndpoint;
+use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::http::{self, HttpState};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, MetricsRegistry};
 use crate::refetch::Refetcher;
 use crate::store::{self, retention};
 use crate::{Config, Error, Result, Shutdown, consume};
 
 /// Database connections beyond one per batch in flight: the readiness probe
 /// and the retention sweep each need one without waiting for a batch.
-const SPARE_CONNECTIONS: u32 = 2;
+pub(crate) const SPARE_CONNECTIONS: u32 = 2;
 /// The least statement timeout. Otherwise it is `ackWait`: a statement still
 /// running when its batch is redelivered only doubles the work.
-const MIN_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const MIN_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// First pause between start-up attempts; it doubles up to [`RETRY_MAX_DELAY`].
 const RETRY_FIRST_DELAY: Duration = Duration::from_millis(500);
 /// Longest pause between start-up attempts: a database or NATS that comes
@@ -32,9 +34,9 @@ const RETRY_FIRST_DELAY: Duration = Duration::from_millis(500);
 const RETRY_MAX_DELAY: Duration = Duration::from_secs(10);
 /// How long the last acknowledgements may take to reach NATS at exit; what
 /// does not arrive is redelivered (and deduplicated).
-const FINAL_FLUSH: Duration = Duration::from_secs(5);
+pub(crate) const FINAL_FLUSH: Duration = Duration::from_secs(5);
 /// How long the health server may take to close its connections at exit.
-const HTTP_SHUTDOWN: Duration = Duration::from_secs(5);
+pub(crate) const HTTP_SHUTDOWN: Duration = Duration::from_secs(5);
 
 /// Runs the consumer on `listener` (`/healthz`, `/readyz`, `/metrics`) until
 /// `shutdown` completes, then finishes the batches in hand and returns. Waits
@@ -55,7 +57,7 @@ pub async fn run(
         connections,
         settings.ack_wait.max(MIN_STATEMENT_TIMEOUT),
     );
-    let metrics = Arc::new(Metrics::new(&key));
+    let metrics = Arc::new(MetricsRegistry::new());
     let refetch = settings
         .refetch
         .as_ref()
@@ -73,6 +75,7 @@ pub async fn run(
         pool: pool.clone(),
         nats: nats.clone(),
         started: started.clone(),
+        pool_status: None,
     });
     let mut http_shutdown = shutdown.clone();
     let server = tokio::spawn(async move {
@@ -92,25 +95,20 @@ pub async fn run(
     if let Some(consumer) = consumer {
         started.store(true, Ordering::Relaxed);
         info!("consuming");
-        let sweeper = tokio::spawn(retention::sweep_every(
-            pool.clone(),
-            key.clone(),
-            config.endpoint.stream.max_age,
-            config.sweep_interval,
-            shutdown.clone(),
-        ));
-        let ctx = Arc::new(consume::Context {
+        let endpoint = Served {
             endpoint: config.endpoint.clone(),
-            key: key.clone(),
-            pool: pool.clone(),
-            metrics,
             refetch,
-            projection: crate::decode::Projection::of(&config.endpoint),
-            gate: consume::DatabaseGate::default(),
-            shutdown: shutdown.clone(),
-        });
-        consume::consume(ctx, consumer, config.concurrency.into(), shutdown.clone()).await;
-        sweeper.abort();
+            concurrency: config.concurrency.into(),
+            sweep_interval: config.sweep_interval,
+        };
+        consume_bound(
+            &endpoint,
+            consumer,
+            &pool,
+            Arc::new(metrics.endpoint(&key)),
+            &shutdown,
+        )
+        .await;
     }
 
     // Acks are buffered by the client: send them before leaving.
@@ -135,12 +133,23 @@ async fn start_up(
     js: &jetstream::Context,
     shutdown: &Shutdown,
 ) -> Result<Option<PullConsumer>> {
-    let endpoint = &config.endpoint;
     let migrated = retry("migrate the database", shutdown, || store::migrate(options)).await?;
     if migrated.is_none() {
         return Ok(None);
     }
-    if config.provision {
+    bind(&config.endpoint, config.provision, js, shutdown).await
+}
+
+/// Provisions the endpoint's stream and durable consumer when asked, then
+/// finds the durable consumer, each retried until it works; `None` when
+/// shutdown came first.
+pub(crate) async fn bind(
+    endpoint: &ValidatedEndpoint,
+    provision: bool,
+    js: &jetstream::Context,
+    shutdown: &Shutdown,
+) -> Result<Option<PullConsumer>> {
+    if provision {
         let provisioned = retry("provision the stream and consumer", shutdown, || async {
             hookline_api::provision::provision(js, endpoint)
                 .await
@@ -167,10 +176,56 @@ async fn start_up(
     .await
 }
 
+/// One endpoint as a consume loop runs it.
+#[derive(Debug)]
+pub(crate) struct Served {
+    pub endpoint: ValidatedEndpoint,
+    pub refetch: Option<Refetcher>,
+    /// Batches in flight at once, for this endpoint.
+    pub concurrency: usize,
+    pub sweep_interval: Duration,
+}
+
+/// Consumes from `consumer` (already bound) until `shutdown`, with the
+/// endpoint's retention sweep beside it; returns once the batches in hand are
+/// settled (their acknowledgements may still be in the client's buffer).
+pub(crate) async fn consume_bound(
+    served: &Served,
+    consumer: PullConsumer,
+    pool: &PgPool,
+    metrics: Arc<Metrics>,
+    shutdown: &Shutdown,
+) {
+    let key = served.endpoint.key();
+    let sweeper = tokio::spawn(retention::sweep_every(
+        pool.clone(),
+        key.clone(),
+        served.endpoint.stream.max_age,
+        served.sweep_interval,
+        shutdown.clone(),
+    ));
+    let ctx = Arc::new(consume::Context {
+        endpoint: served.endpoint.clone(),
+        key,
+        pool: pool.clone(),
+        metrics,
+        refetch: served.refetch.clone(),
+        projection: crate::decode::Projection::of(&served.endpoint),
+        gate: consume::DatabaseGate::default(),
+        shutdown: shutdown.clone(),
+    });
+    consume::consume(ctx, consumer, served.concurrency, shutdown.clone()).await;
+    sweeper.abort();
+}
+
 /// Calls `attempt` until it succeeds, backing off from [`RETRY_FIRST_DELAY`]
 /// to [`RETRY_MAX_DELAY`] and logging each failure; gives up only on a
 /// configuration error. `Ok(None)` when shutdown came first.
-async fn retry<T, F, Fut>(what: &str, shutdown: &Shutdown, mut attempt: F) -> Result<Option<T>>
+pub(crate) async fn retry<T, F, Fut>(
+    what: &str,
+    shutdown: &Shutdown,
+    mut attempt: F,
+) -> Result<Option<T>>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,

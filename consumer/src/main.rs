@@ -5,8 +5,8 @@
 use std::process::ExitCode;
 
 use hookline_api::runtime::{init_logging, parse_args, shutdown_signal};
-use hookline_consumer::config::{Cli, Command, Config, inspect_target};
-use hookline_consumer::{Error, inspect, replay, run};
+use hookline_consumer::config::{Cli, Command, Config, PoolConfig, inspect_target};
+use hookline_consumer::{Error, inspect, replay, run, run_pool};
 
 const BINARY: &str = "hookline-consumer";
 
@@ -83,14 +83,14 @@ async fn start(cli: Cli) -> hookline_consumer::Result<()> {
                 () = shutdown_signal() => Ok(()),
             }
         }
+        None if cli.endpoint_dir.is_some() => {
+            let config = PoolConfig::from_cli(&cli)?;
+            let listener = bind(&cli).await?;
+            run_pool(config, listener, shutdown_signal()).await
+        }
         None => {
             let config = Config::from_cli(&cli)?;
-            let listener = tokio::net::TcpListener::bind(cli.listen)
-                .await
-                .map_err(|source| Error::Listen {
-                    address: cli.listen,
-                    source,
-                })?;
+            let listener = bind(&cli).await?;
             run(config, listener, shutdown_signal()).await
         }
     }
@@ -103,4 +103,13 @@ fn print(text: &str) -> hookline_consumer::Result<()> {
     stdout.write_all(text.as_bytes())?;
     stdout.flush()?;
     Ok(())
+}
+
+async fn bind(cli: &Cli) -> hookline_consumer::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            address: cli.listen,
+            source,
+        })
 }

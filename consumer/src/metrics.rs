@@ -1,16 +1,34 @@
-//! Prometheus metrics of one consumer process (`GET /metrics`).
-
-use std::borrow::Cow;
+//! Prometheus metrics of one consumer process (`GET /metrics`): one family per
+//! metric, a series per endpoint served (one with `--endpoint`, the pool's
+//! manifests with `--endpoint-dir`), never a series per event.
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// Every metric, cheap to update from any task.
-#[derive(Debug)]
+/// The `endpoint` label of one endpoint's series.
+type Labels = Vec<(String, String)>;
+/// Families of histograms need a constructor; a plain `fn` keeps the type nameable.
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn batch_size_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 14))
+}
+
+fn batch_seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 20))
+}
+
+/// One endpoint's metrics, cheap to update from any task (each is a handle on
+/// its series in [`MetricsRegistry`]).
+#[derive(Clone, Debug)]
 pub struct Metrics {
-    registry: Registry,
     /// Events newly stored.
     pub processed: Counter,
     /// Events already stored (redelivery or re-sent), changed nothing.
@@ -37,26 +55,54 @@ pub struct Metrics {
     pub batches_in_flight: Gauge,
 }
 
-impl Metrics {
-    /// Metrics named `hookline_consumer_*`, labelled with the endpoint.
-    pub fn new(endpoint: &str) -> Metrics {
-        let mut registry = Registry::with_prefix_and_labels(
-            "hookline_consumer",
-            [(Cow::Borrowed("endpoint"), Cow::Owned(endpoint.to_owned()))].into_iter(),
-        );
-        let metrics = Metrics {
-            processed: Counter::default(),
-            duplicates: Counter::default(),
-            out_of_order_ignored: Counter::default(),
-            retries: Counter::default(),
-            dead_letters: Counter::default(),
-            held: Counter::default(),
-            batch_failures: Counter::default(),
-            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
-            batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
-            event_latency_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
-            jetstream_pending: Gauge::default(),
-            batches_in_flight: Gauge::default(),
+/// The process's metrics, named `hookline_consumer_*`.
+#[derive(Debug)]
+pub struct MetricsRegistry {
+    registry: Registry,
+    processed: Family<Labels, Counter>,
+    duplicates: Family<Labels, Counter>,
+    out_of_order_ignored: Family<Labels, Counter>,
+    retries: Family<Labels, Counter>,
+    dead_letters: Family<Labels, Counter>,
+    held: Family<Labels, Counter>,
+    batch_failures: Family<Labels, Counter>,
+    batch_size: HistogramFamily,
+    batch_seconds: HistogramFamily,
+    event_latency_seconds: HistogramFamily,
+    jetstream_pending: Family<Labels, Gauge>,
+    batches_in_flight: Family<Labels, Gauge>,
+    /// Endpoints whose loop runs (`--endpoint-dir` only).
+    pub endpoints: Gauge,
+    /// Manifests in the directory that are not served: invalid, of another
+    /// namespace, or naming an endpoint another file names (`--endpoint-dir` only).
+    pub manifests_skipped: Gauge,
+}
+
+impl Default for MetricsRegistry {
+    fn default() -> Self {
+        MetricsRegistry::new()
+    }
+}
+
+impl MetricsRegistry {
+    /// The per-endpoint families, as a single-endpoint consumer serves them.
+    pub fn new() -> MetricsRegistry {
+        let mut registry = Registry::with_prefix("hookline_consumer");
+        let metrics = MetricsRegistry {
+            processed: Family::default(),
+            duplicates: Family::default(),
+            out_of_order_ignored: Family::default(),
+            retries: Family::default(),
+            dead_letters: Family::default(),
+            held: Family::default(),
+            batch_failures: Family::default(),
+            batch_size: Family::new_with_constructor(batch_size_histogram),
+            batch_seconds: Family::new_with_constructor(batch_seconds_histogram),
+            event_latency_seconds: Family::new_with_constructor(latency_histogram),
+            jetstream_pending: Family::default(),
+            batches_in_flight: Family::default(),
+            endpoints: Gauge::default(),
+            manifests_skipped: Gauge::default(),
             registry: Registry::default(),
         };
         // One line per metric: name, help, the metric.
@@ -81,23 +127,108 @@ impl Metrics {
             ("jetstream_pending", "Messages not yet delivered to the durable consumer", &metrics.jetstream_pending),
             ("batches_in_flight", "Batches being processed by this process", &metrics.batches_in_flight),
         ];
-        for (name, help, counter) in counters {
-            registry.register(name, help, counter.clone());
+        for (name, help, family) in counters {
+            registry.register(name, help, family.clone());
         }
-        for (name, help, histogram) in histograms {
-            registry.register(name, help, histogram.clone());
+        for (name, help, family) in histograms {
+            registry.register(name, help, family.clone());
         }
-        for (name, help, gauge) in gauges {
-            registry.register(name, help, gauge.clone());
+        for (name, help, family) in gauges {
+            registry.register(name, help, family.clone());
         }
-        Metrics {
+        MetricsRegistry {
             registry,
             ..metrics
         }
     }
 
+    /// [`MetricsRegistry::new`] plus the pool's own gauges (`--endpoint-dir`).
+    pub fn for_pool() -> MetricsRegistry {
+        let mut metrics = MetricsRegistry::new();
+        let endpoints = metrics.endpoints.clone();
+        let skipped = metrics.manifests_skipped.clone();
+        #[rustfmt::skip]
+        metrics.registry.register("endpoints", "Endpoints this process consumes (one loop each)", endpoints);
+        #[rustfmt::skip]
+        metrics.registry.register("manifests_skipped", "Manifests in the endpoint directory that are not served (invalid, another namespace, or a second file for one endpoint)", skipped);
+        metrics
+    }
+
+    /// The series of endpoint `key` (`namespace/name`), made on first use.
+    pub fn endpoint(&self, key: &str) -> Metrics {
+        let labels = labels(key);
+        Metrics {
+            processed: self.processed.get_or_create_owned(&labels),
+            duplicates: self.duplicates.get_or_create_owned(&labels),
+            out_of_order_ignored: self.out_of_order_ignored.get_or_create_owned(&labels),
+            retries: self.retries.get_or_create_owned(&labels),
+            dead_letters: self.dead_letters.get_or_create_owned(&labels),
+            held: self.held.get_or_create_owned(&labels),
+            batch_failures: self.batch_failures.get_or_create_owned(&labels),
+            batch_size: self.batch_size.get_or_create_owned(&labels),
+            batch_seconds: self.batch_seconds.get_or_create_owned(&labels),
+            event_latency_seconds: self.event_latency_seconds.get_or_create_owned(&labels),
+            jetstream_pending: self.jetstream_pending.get_or_create_owned(&labels),
+            batches_in_flight: self.batches_in_flight.get_or_create_owned(&labels),
+        }
+    }
+
+    /// Drops endpoint `key`'s series (it is no longer served), so the series
+    /// stay bounded by the manifests in the directory.
+    pub fn forget(&self, key: &str) {
+        let labels = labels(key);
+        self.processed.remove(&labels);
+        self.duplicates.remove(&labels);
+        self.out_of_order_ignored.remove(&labels);
+        self.retries.remove(&labels);
+        self.dead_letters.remove(&labels);
+        self.held.remove(&labels);
+        self.batch_failures.remove(&labels);
+        self.batch_size.remove(&labels);
+        self.batch_seconds.remove(&labels);
+        self.event_latency_seconds.remove(&labels);
+        self.jetstream_pending.remove(&labels);
+        self.batches_in_flight.remove(&labels);
+    }
+
     /// Every metric, for `/metrics`.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+}
+
+fn labels(key: &str) -> Labels {
+    vec![("endpoint".to_owned(), key.to_owned())]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(metrics: &MetricsRegistry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, metrics.registry()).expect("encodes");
+        text
+    }
+
+    #[test]
+    fn each_endpoint_has_its_own_series_until_forgotten() {
+        let metrics = MetricsRegistry::for_pool();
+        metrics.endpoint("ns/a").processed.inc();
+        metrics.endpoint("ns/a").processed.inc();
+        metrics.endpoint("ns/b").processed.inc();
+        let text = encoded(&metrics);
+        assert!(
+            text.contains("hookline_consumer_events_processed_total{endpoint=\"ns/a\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hookline_consumer_events_processed_total{endpoint=\"ns/b\"} 1"),
+            "{text}"
+        );
+        metrics.forget("ns/a");
+        let text = encoded(&metrics);
+        assert!(!text.contains("ns/a"), "{text}");
+        assert!(text.contains("hookline_consumer_endpoints "), "{text}");
     }
 }

@@ -99,6 +99,7 @@ fn missing_or_wrong_settings_are_one_line_errors() {
     let dir = tempfile::tempdir().expect("temp dir");
     let missing = dir.path().join("missing.yaml");
     let missing = missing.to_str().expect("utf-8");
+    let dir_path = dir.path().to_str().expect("utf-8");
     type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
     let cases: Vec<Case> = vec![
         (
@@ -136,6 +137,23 @@ fn missing_or_wrong_settings_are_one_line_errors() {
             ],
             vec![],
             "not a valid Postgres URL",
+        ),
+        (
+            vec!["--endpoint", missing, "--endpoint-dir", dir_path],
+            vec![],
+            "--endpoint and --endpoint-dir exclude each other",
+        ),
+        (
+            vec![
+                "--endpoint-dir",
+                missing,
+                "--nats-url",
+                "nats://127.0.0.1:1",
+                "--database-url",
+                "postgres://x@127.0.0.1/db",
+            ],
+            vec![],
+            "not a directory",
         ),
     ];
     for (args, env_vars, expected) in cases {

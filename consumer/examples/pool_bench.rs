@@ -1,0 +1,321 @@
+//! Pool benchmark (not a test): how fast one pool consumer (`--endpoint-dir`)
+//! drains many endpoints' streams, against one endpoint's drain of the same
+//! number of events by the single-endpoint consumer (`--endpoint`).
+//!
+//! ```text
+//! cargo run --release -p hookline-consumer --example pool_bench -- \
+//!     [ENDPOINTS] [EVENTS_PER_ENDPOINT] [--concurrency N] [--database-connections N]
+//! ```
+//!
+//! Defaults: 100 endpoints × 100 events. Real nats-server and Postgres
+//! (default durability) on loopback, started by `hookline-e2e`; the consumer
+//! runs in this process (`run_pool`, then `run`), after the backlog is
+//! published and the schema migrated, so the time is the drain's alone (for
+//! the pool: binding every durable consumer included). Events are 1 KB
+//! Stripe-like invoice events, every three sharing an invoice. Prints each
+//! drain's events/s, the CPU per event of this process and of Postgres, and
+//! the pool's rate as a share of the single endpoint's.
+
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use chrono::{SecondsFormat, Utc};
+use hookline_api::{ValidatedEndpoint, headers};
+use hookline_consumer::{Config, PoolConfig};
+use hookline_e2e::proc_stats::{command_cpu_seconds, cpu_seconds};
+use hookline_e2e::{NatsServer, Postgres};
+use sqlx::PgPool;
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const NAMESPACE: &str = "bench";
+const BODY_BYTES: usize = 1024;
+/// How often the drain's progress is read.
+const POLL: Duration = Duration::from_millis(20);
+/// PubAcks awaited together when publishing.
+const PUBLISH_WINDOW: usize = 100;
+/// How often a slow drain says how far it got.
+const PROGRESS: Duration = Duration::from_secs(5);
+
+struct Args {
+    endpoints: usize,
+    per_endpoint: usize,
+    concurrency: Option<u16>,
+    database_connections: Option<u32>,
+}
+
+fn args() -> BenchResult<Args> {
+    let mut args = Args {
+        endpoints: 100,
+        per_endpoint: 100,
+        concurrency: None,
+        database_connections: None,
+    };
+    let mut positional = 0;
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--concurrency" => {
+                args.concurrency = Some(it.next().ok_or("--concurrency N")?.parse()?)
+            }
+            "--database-connections" => {
+                args.database_connections =
+                    Some(it.next().ok_or("--database-connections N")?.parse()?)
+            }
+            number => {
+                match positional {
+                    0 => args.endpoints = number.parse()?,
+                    1 => args.per_endpoint = number.parse()?,
+                    _ => return Err(format!("unexpected argument {number}").into()),
+                }
+                positional += 1;
+            }
+        }
+    }
+    Ok(args)
+}
+
+fn manifest(name: &str) -> String {
+    format!(
+        "apiVersion: hookline.io/v1alpha1\nkind: WebhookEndpoint\nmetadata:\n  name: {name}\n  namespace: {NAMESPACE}\n\
+         spec:\n  provider: stripe\n  secretRef: {{name: s, key: k}}\n"
+    )
+}
+
+/// Writes `name`'s manifest into `dir`, provisions its stream and durable consumer.
+async fn endpoint(
+    js: &jetstream::Context,
+    dir: &std::path::Path,
+    name: &str,
+) -> BenchResult<(std::path::PathBuf, ValidatedEndpoint)> {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, manifest(name))?;
+    let endpoint = hookline_api::load_manifest(&path)?;
+    hookline_api::provision::provision(js, &endpoint).await?;
+    Ok((path, endpoint))
+}
+
+/// Publishes `count` events to `endpoint`'s stream, [`PUBLISH_WINDOW`] at a
+/// time before waiting for their PubAcks (the client bounds the PubAcks in
+/// flight: holding more stalls the publisher).
+async fn publish(
+    js: &jetstream::Context,
+    endpoint: &ValidatedEndpoint,
+    count: usize,
+) -> BenchResult<()> {
+    let filler = "x".repeat(BODY_BYTES.saturating_sub(200));
+    let key = endpoint.key();
+    let mut acks = Vec::with_capacity(count);
+    for i in 0..count {
+        let id = format!("evt_{}_{i:06}", endpoint.name);
+        let object = format!("in_{:06}", i / 3);
+        let created = 1_767_225_600 + i as i64;
+        let body = serde_json::json!({
+            "id": id, "object": "event", "type": "invoice.updated", "created": created,
+            "data": {"object": {"id": object, "object": "invoice", "status": "open", "notes": filler}},
+        });
+        let mut map = HeaderMap::new();
+        map.insert(headers::MSG_ID, id.as_str());
+        map.insert(headers::EVENT_ID, id.as_str());
+        map.insert(headers::EVENT_TYPE, "invoice.updated");
+        let timestamp = chrono::DateTime::from_timestamp(created, 0)
+            .unwrap_or_default()
+            .to_rfc3339_opts(SecondsFormat::Secs, true);
+        map.insert(headers::EVENT_TIMESTAMP, timestamp.as_str());
+        map.insert(headers::OBJECT_ID, object.as_str());
+        let received = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
+        map.insert(headers::RECEIVED_AT, received.as_str());
+        map.insert(headers::ENDPOINT, key.as_str());
+        map.insert(headers::PROVIDER, "stripe");
+        map.insert(headers::CONTENT_TYPE, "application/json");
+        map.insert(headers::ID_SOURCE, "provider");
+        acks.push(
+            js.publish_with_headers(
+                endpoint.stream.subject_for("invoice.updated"),
+                map,
+                body.to_string().into(),
+            )
+            .await?,
+        );
+        if acks.len() == PUBLISH_WINDOW {
+            for ack in acks.drain(..) {
+                ack.await?;
+            }
+        }
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    Ok(())
+}
+
+async fn stored(db: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM hookline.events")
+        .fetch_one(db)
+        .await
+        .unwrap_or(-1)
+}
+
+/// One drain's rate and costs.
+struct Drained {
+    seconds: f64,
+    rate: f64,
+    client_us: f64,
+    postgres_us: f64,
+}
+
+impl std::fmt::Display for Drained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.0} events/s ({:.2} s), CPU µs/event: consumer {:.0}, Postgres {:.0}",
+            self.rate, self.seconds, self.client_us, self.postgres_us
+        )
+    }
+}
+
+/// Starts `consumer` (a future that runs until its shutdown future ends),
+/// waits until `total` rows are stored, stops it.
+async fn drain<F>(
+    db: &PgPool,
+    total: usize,
+    consumer: impl FnOnce(tokio::sync::oneshot::Receiver<()>) -> F,
+) -> BenchResult<Drained>
+where
+    F: std::future::Future<Output = hookline_consumer::Result<()>> + Send + 'static,
+{
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let client_before = cpu_seconds(std::process::id()).unwrap_or(0.0);
+    let postgres_before = command_cpu_seconds("postgres");
+    let started = Instant::now();
+    let task = tokio::spawn(consumer(stopped));
+    let mut reported = Instant::now();
+    loop {
+        let now = stored(db).await;
+        if now >= total as i64 {
+            break;
+        }
+        if task.is_finished() {
+            return Err("the consumer stopped early".into());
+        }
+        if reported.elapsed() >= PROGRESS {
+            eprintln!(
+                "… {now} of {total} stored after {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+            reported = Instant::now();
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let per_event = |now: f64, then: f64| (now - then) * 1e6 / total as f64;
+    let drained = Drained {
+        seconds,
+        rate: total as f64 / seconds,
+        client_us: per_event(
+            cpu_seconds(std::process::id()).unwrap_or(0.0),
+            client_before,
+        ),
+        postgres_us: per_event(command_cpu_seconds("postgres"), postgres_before),
+    };
+    let _ = stop.send(());
+    task.await??;
+    Ok(drained)
+}
+
+async fn reset(db: &PgPool) -> BenchResult<()> {
+    sqlx::query("TRUNCATE hookline.events, hookline.objects, hookline.dead_letters")
+        .execute(db)
+        .await?;
+    sqlx::query("CHECKPOINT").execute(db).await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> BenchResult<()> {
+    let args = args()?;
+    if std::env::var_os("RUST_LOG").is_some() {
+        hookline_api::runtime::init_logging("info");
+    }
+    let total = args.endpoints * args.per_endpoint;
+    let nats = tokio::task::block_in_place(NatsServer::start)?;
+    let pg = tokio::task::block_in_place(Postgres::start)?;
+    let client = async_nats::connect(nats.url()).await?;
+    let js = jetstream::new(client);
+    hookline_consumer::store::migrate(&hookline_consumer::store::connect_options(&pg.url())?)
+        .await?;
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&pg.url())
+        .await?;
+
+    // The pool: N endpoints × M events, one process.
+    let dir = tempfile::tempdir()?;
+    let published = Instant::now();
+    for i in 0..args.endpoints {
+        let (_, endpoint) = endpoint(&js, dir.path(), &format!("e{i:04}")).await?;
+        publish(&js, &endpoint, args.per_endpoint).await?;
+    }
+    eprintln!(
+        "{} endpoints provisioned, {total} events published in {:.1} s",
+        args.endpoints,
+        published.elapsed().as_secs_f64()
+    );
+    let mut pool_config = PoolConfig::new(dir.path().to_owned(), &nats.url(), &pg.url());
+    if let Some(concurrency) = args.concurrency {
+        pool_config.concurrency = concurrency;
+        pool_config.database_connections =
+            hookline_consumer::config::default_database_connections(concurrency);
+    }
+    if let Some(connections) = args.database_connections {
+        pool_config.database_connections = connections;
+    }
+    let (concurrency, connections) = (pool_config.concurrency, pool_config.database_connections);
+    reset(&db).await?;
+    let pool = drain(&db, total, |stopped| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|source| hookline_consumer::Error::Config(format!("bind: {source}")))?;
+        hookline_consumer::run_pool(pool_config, listener, async move {
+            let _ = stopped.await;
+        })
+        .await
+    })
+    .await?;
+
+    // One endpoint, the same number of events.
+    let single_dir = tempfile::tempdir()?;
+    let (_, single) = endpoint(&js, single_dir.path(), "single").await?;
+    publish(&js, &single, total).await?;
+    let mut config = Config::new(single, &nats.url(), &pg.url());
+    if let Some(concurrency) = args.concurrency {
+        config.concurrency = concurrency;
+    }
+    let single_concurrency = config.concurrency;
+    reset(&db).await?;
+    let one = drain(&db, total, |stopped| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|source| hookline_consumer::Error::Config(format!("bind: {source}")))?;
+        hookline_consumer::run(config, listener, async move {
+            let _ = stopped.await;
+        })
+        .await
+    })
+    .await?;
+
+    println!(
+        "pool:   {} endpoints × {} events, concurrency {concurrency} per endpoint, {connections} database connections: {pool}",
+        args.endpoints, args.per_endpoint
+    );
+    println!(
+        "single: 1 endpoint × {total} events, concurrency {single_concurrency}, {} database connections: {one}",
+        u32::from(single_concurrency) + 2
+    );
+    println!(
+        "ratio (pool / single events/s): {:.2}",
+        pool.rate / one.rate
+    );
+    Ok(())
+}

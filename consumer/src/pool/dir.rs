@@ -1,0 +1,310 @@
+//! Reading `--endpoint-dir`: which manifests are endpoints to serve, and which
+//! are skipped and why. A mounted ConfigMap holds each key as a symlink into
+//! `..data`, a directory the kubelet swaps atomically; the dotfiles are its
+//! machinery and are never read as manifests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use hookline_api::ValidatedEndpoint;
+use tracing::{info, warn};
+
+use crate::{Error, Result};
+
+/// What one read of the directory found.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// Endpoint key (`namespace/name`) → the file and its endpoint.
+    pub endpoints: BTreeMap<String, (PathBuf, ValidatedEndpoint)>,
+    /// File name → why it is not served.
+    pub skipped: BTreeMap<String, String>,
+}
+
+/// The manifests of one directory, read again on every [`Directory::scan`].
+#[derive(Debug)]
+pub struct Directory {
+    dir: PathBuf,
+    cluster_name: Option<String>,
+    /// The one namespace served: from the first manifest that validates.
+    namespace: Option<String>,
+    /// Each file's last text and what it made, so an unchanged file is not
+    /// parsed again (nor its warnings repeated every poll).
+    files: HashMap<PathBuf, (String, Result<ValidatedEndpoint, String>)>,
+    /// The reason last logged for each skipped file: each is said once.
+    reported: HashMap<PathBuf, String>,
+}
+
+impl Directory {
+    pub fn new(dir: PathBuf, cluster_name: Option<String>) -> Directory {
+        Directory {
+            dir,
+            cluster_name,
+            namespace: None,
+            files: HashMap::new(),
+            reported: HashMap::new(),
+        }
+    }
+
+    /// The namespace served, once a manifest said it.
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
+    /// The first read, at start: manifests of different namespaces are a
+    /// configuration error (the pool is one namespace's), not a warning.
+    pub fn scan_first(&mut self) -> Result<Found> {
+        let paths = self.list()?;
+        let mut namespaces: BTreeMap<String, String> = BTreeMap::new();
+        for path in &paths {
+            if let Some(Ok(endpoint)) = self.read(path).map(|(_, made)| made) {
+                namespaces
+                    .entry(endpoint.namespace.clone())
+                    .or_insert_with(|| file_name(path));
+            }
+        }
+        if namespaces.len() > 1 {
+            let list = namespaces
+                .iter()
+                .map(|(namespace, file)| format!("{file} is in {namespace}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Error::Config(format!(
+                "--endpoint-dir {}: manifests of different namespaces ({list}); a pool serves one namespace",
+                self.dir.display()
+            )));
+        }
+        self.scan()
+    }
+
+    /// Reads the directory: every `*.yaml` that validates, in this pool's
+    /// namespace and naming an endpoint no earlier file (by name) names, is an
+    /// endpoint; the rest are skipped, each logged once with its reason.
+    pub fn scan(&mut self) -> Result<Found> {
+        let paths = self.list()?;
+        let mut found = Found::default();
+        for path in &paths {
+            let Some((_, made)) = self.read(path) else {
+                continue;
+            };
+            let skipped = match made {
+                Err(reason) => Some(reason),
+                Ok(endpoint) => {
+                    let namespace = self
+                        .namespace
+                        .get_or_insert_with(|| endpoint.namespace.clone());
+                    let key = endpoint.key();
+                    if endpoint.namespace != *namespace {
+                        Some(format!(
+                            "{key} is in namespace {}, this pool serves {namespace}",
+                            endpoint.namespace
+                        ))
+                    } else if let Some((first, _)) = found.endpoints.get(&key) {
+                        Some(format!("{key} is already served from {}", file_name(first)))
+                    } else {
+                        found.endpoints.insert(key, (path.clone(), endpoint));
+                        None
+                    }
+                }
+            };
+            match skipped {
+                Some(reason) => {
+                    if self.reported.get(path) != Some(&reason) {
+                        warn!(file = %path.display(), %reason, "manifest skipped");
+                        self.reported.insert(path.clone(), reason.clone());
+                    }
+                    found.skipped.insert(file_name(path), reason);
+                }
+                None => {
+                    if self.reported.remove(path).is_some() {
+                        info!(file = %path.display(), "manifest accepted now");
+                    }
+                }
+            }
+        }
+        self.files.retain(|path, _| paths.contains(path));
+        self.reported.retain(|path, _| paths.contains(path));
+        Ok(found)
+    }
+
+    /// The manifest files, sorted by name: `*.yaml`, no dotfiles, regular
+    /// files (through symlinks).
+    fn list(&self) -> Result<Vec<PathBuf>> {
+        let cannot = |err: std::io::Error| {
+            Error::Config(format!(
+                "--endpoint-dir {}: cannot read it: {err}",
+                self.dir.display()
+            ))
+        };
+        let mut paths = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(cannot)? {
+            let path = entry.map_err(cannot)?.path();
+            let name = file_name(&path);
+            if name.starts_with('.') || !name.ends_with(".yaml") || !path.is_file() {
+                continue;
+            }
+            paths.push(path);
+        }
+        paths.sort();
+        Ok(paths)
+    }
+
+    /// The file's text and what it made, parsed again only when the text
+    /// changed; `None` when the file is gone (removed since the listing).
+    fn read(&mut self, path: &Path) -> Option<(String, Result<ValidatedEndpoint, String>)> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(err) => {
+                // Keep what it made before: a passing read error must not stop a loop.
+                return Some(self.files.get(path).cloned().unwrap_or_else(|| {
+                    (String::new(), Err(format!("cannot read the file: {err}")))
+                }));
+            }
+        };
+        if let Some(known) = self.files.get(path)
+            && known.0 == text
+        {
+            return Some(known.clone());
+        }
+        let made = parse(path, &text, self.cluster_name.as_deref());
+        self.files
+            .insert(path.to_owned(), (text.clone(), made.clone()));
+        Some((text, made))
+    }
+}
+
+/// Parses and validates one manifest as `--endpoint` would (unknown fields
+/// warned of with their path), then the pool's own limits.
+fn parse(path: &Path, text: &str, cluster_name: Option<&str>) -> Result<ValidatedEndpoint, String> {
+    let (resource, unknown) =
+        hookline_api::manifest::parse_manifest_checked(text).map_err(|err| err.to_string())?;
+    for field in unknown {
+        warn!(file = %path.display(), %field, "unknown field in the manifest, ignored (misspelt?)");
+    }
+    let endpoint = hookline_api::manifest::validate(&resource)
+        .map_err(|err| err.to_string())?
+        .in_cluster(cluster_name);
+    if endpoint
+        .consumer
+        .refetch
+        .as_ref()
+        .is_some_and(|refetch| refetch.auth_secret_ref.is_some())
+    {
+        return Err(
+            "spec.consumer.refetch.authSecretRef: not served by a pool consumer yet (it takes no --refetch-auth-file); give the endpoint a consumer of its own".into(),
+        );
+    }
+    Ok(endpoint)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(namespace: &str, name: &str) -> String {
+        format!(
+            "apiVersion: hookline.io/v1alpha1\nkind: WebhookEndpoint\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  provider: stripe\n  secretRef: {{name: s, key: k}}\n"
+        )
+    }
+
+    fn write(dir: &Path, file: &str, text: &str) {
+        std::fs::write(dir.join(file), text).expect("write");
+    }
+
+    #[test]
+    fn every_yaml_file_is_an_endpoint_and_dotfiles_are_not() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(dir.path(), "a.yaml", &manifest("shop", "a"));
+        write(dir.path(), "b.yaml", &manifest("shop", "b"));
+        write(dir.path(), ".hidden.yaml", &manifest("shop", "c"));
+        write(dir.path(), "notes.txt", "not a manifest");
+        let mut directory = Directory::new(dir.path().to_owned(), None);
+        let found = directory.scan_first().expect("scans");
+        assert_eq!(
+            found.endpoints.keys().collect::<Vec<_>>(),
+            ["shop/a", "shop/b"]
+        );
+        assert!(found.skipped.is_empty());
+    }
+
+    #[test]
+    fn a_configmap_mount_is_read_through_its_symlinks() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("..2026_01_01_00_00_00.1");
+        std::fs::create_dir(&data).expect("data dir");
+        write(&data, "a.yaml", &manifest("shop", "a"));
+        std::os::unix::fs::symlink(&data, dir.path().join("..data")).expect("link");
+        std::os::unix::fs::symlink("..data/a.yaml", dir.path().join("a.yaml")).expect("link");
+        let mut directory = Directory::new(dir.path().to_owned(), None);
+        let found = directory.scan().expect("scans");
+        assert_eq!(found.endpoints.keys().collect::<Vec<_>>(), ["shop/a"]);
+    }
+
+    #[test]
+    fn an_invalid_manifest_is_skipped_naming_the_field_and_the_others_stay() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(dir.path(), "a.yaml", &manifest("shop", "a"));
+        write(
+            dir.path(),
+            "bad.yaml",
+            &manifest("shop", "bad").replace("stripe", "carrier-pigeon"),
+        );
+        let mut directory = Directory::new(dir.path().to_owned(), None);
+        let found = directory.scan_first().expect("scans");
+        assert_eq!(found.endpoints.keys().collect::<Vec<_>>(), ["shop/a"]);
+        let reason = &found.skipped["bad.yaml"];
+        assert!(reason.contains("spec.provider"), "{reason}");
+    }
+
+    #[test]
+    fn manifests_of_two_namespaces_are_refused_at_start_and_skipped_later() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(dir.path(), "a.yaml", &manifest("shop", "a"));
+        write(dir.path(), "b.yaml", &manifest("billing", "b"));
+        let mut directory = Directory::new(dir.path().to_owned(), None);
+        let err = directory.scan_first().expect_err("two namespaces");
+        assert!(err.to_string().contains("different namespaces"), "{err}");
+        assert!(err.to_string().contains("b.yaml is in billing"), "{err}");
+
+        std::fs::remove_file(dir.path().join("b.yaml")).expect("remove");
+        let mut directory = Directory::new(dir.path().to_owned(), None);
+        directory.scan_first().expect("one namespace");
+        write(dir.path(), "b.yaml", &manifest("billing", "b"));
+        let found = directory.scan().expect("scans");
+        assert_eq!(found.endpoints.keys().collect::<Vec<_>>(), ["shop/a"]);
+        assert!(found.skipped["b.yaml"].contains("this pool serves shop"));
+    }
+
+    #[test]
+    fn two_files_for_one_endpoint_serve_it_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(dir.path(), "a.yaml", &manifest("shop", "a"));
+        write(dir.path(), "copy.yaml", &manifest("shop", "a"));
+        let mut directory = Directory::new(dir.path().to_owned(), None);
+        let found = directory.scan_first().expect("scans");
+        assert_eq!(found.endpoints.len(), 1);
+        assert!(found.skipped["copy.yaml"].contains("already served from a.yaml"));
+    }
+
+    #[test]
+    fn a_changed_file_is_read_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(dir.path(), "a.yaml", &manifest("shop", "a"));
+        let mut directory = Directory::new(dir.path().to_owned(), None);
+        let first = directory.scan().expect("scans");
+        write(
+            dir.path(),
+            "a.yaml",
+            &format!("{}  consumer:\n    batchSize: 7\n", manifest("shop", "a")),
+        );
+        let second = directory.scan().expect("scans");
+        assert_ne!(first.endpoints["shop/a"].1, second.endpoints["shop/a"].1);
+        assert_eq!(second.endpoints["shop/a"].1.consumer.batch_size, 7);
+    }
+}

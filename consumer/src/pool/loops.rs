@@ -1,0 +1,238 @@
+//! The pool's consume loops: one per endpoint, each with a stop signal of its
+//! own, so one endpoint is started, stopped or restarted while the others run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use hookline_api::ValidatedEndpoint;
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::PoolStatus;
+use crate::Shutdown;
+use crate::lifecycle::{FINAL_FLUSH, Served, bind, consume_bound};
+use crate::metrics::{Metrics, MetricsRegistry};
+use crate::refetch::Refetcher;
+
+/// What every loop shares.
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub pool: PgPool,
+    pub js: jetstream::Context,
+    pub nats: async_nats::Client,
+    pub metrics: Arc<MetricsRegistry>,
+    pub status: PoolStatus,
+    pub provision: bool,
+    /// Batches in flight at once, per endpoint.
+    pub concurrency: usize,
+    pub sweep_interval: Duration,
+    /// The process's shutdown: stops every loop.
+    pub shutdown: Shutdown,
+}
+
+/// A loop that runs, and what it was started with.
+#[derive(Debug)]
+struct Running {
+    endpoint: ValidatedEndpoint,
+    file: PathBuf,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Asks the loop to stop (it finishes its batches in hand); the task ends when it has.
+    fn stop(self) -> JoinHandle<()> {
+        let _ = self.stop.send(());
+        self.task
+    }
+}
+
+/// Every loop of the pool, by endpoint key.
+#[derive(Debug)]
+pub(super) struct Loops {
+    shared: Arc<Shared>,
+    running: HashMap<String, Running>,
+    /// Loops of removed endpoints, still finishing their batches.
+    retiring: HashMap<String, JoinHandle<()>>,
+}
+
+impl Loops {
+    pub fn new(shared: Shared) -> Loops {
+        Loops {
+            shared: Arc::new(shared),
+            running: HashMap::new(),
+            retiring: HashMap::new(),
+        }
+    }
+
+    /// Endpoints served.
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Makes the loops match `wanted` (endpoint key → its file and endpoint):
+    /// stops the loops of endpoints no longer wanted, restarts those whose
+    /// endpoint changed, starts the new ones. Never waits: a loop that
+    /// replaces another starts once the other has finished its batches.
+    pub fn apply(&mut self, wanted: BTreeMap<String, (PathBuf, ValidatedEndpoint)>) {
+        self.reap();
+        let removed: Vec<String> = self
+            .running
+            .keys()
+            .filter(|key| !wanted.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in removed {
+            if let Some(running) = self.running.remove(&key) {
+                info!(endpoint = %key, file = %running.file.display(), "manifest removed: stopping its loop");
+                self.shared.status.forget(&key);
+                self.retiring.insert(key, running.stop());
+            }
+        }
+        for (key, (file, endpoint)) in wanted {
+            match self.running.get_mut(&key) {
+                Some(running) if running.endpoint == endpoint => running.file = file,
+                Some(_) => {
+                    let previous = self.running.remove(&key).map(Running::stop);
+                    info!(endpoint = %key, file = %file.display(), "manifest changed: restarting its loop");
+                    self.start(key, file, endpoint, previous);
+                }
+                None => {
+                    let previous = self.retiring.remove(&key);
+                    info!(endpoint = %key, file = %file.display(), "manifest found: starting its loop");
+                    self.start(key, file, endpoint, previous);
+                }
+            }
+        }
+    }
+
+    /// Forgets the series of removed endpoints whose loops have finished.
+    fn reap(&mut self) {
+        let metrics = &self.shared.metrics;
+        self.retiring.retain(|key, task| {
+            let finished = task.is_finished();
+            if finished {
+                metrics.forget(key);
+            }
+            !finished
+        });
+    }
+
+    fn start(
+        &mut self,
+        key: String,
+        file: PathBuf,
+        endpoint: ValidatedEndpoint,
+        previous: Option<JoinHandle<()>>,
+    ) {
+        let (stop, stopped) = oneshot::channel();
+        let bound = Arc::new(AtomicBool::new(false));
+        self.shared.status.serve(&key, bound.clone());
+        let mut process = self.shared.shutdown.clone();
+        // Fires on the process's shutdown or this loop's own stop (or when
+        // its sender is dropped).
+        let shutdown = Shutdown::new(async move {
+            tokio::select! {
+                _ = process.wait() => {}
+                _ = stopped => {}
+            }
+        });
+        let metrics = Arc::new(self.shared.metrics.endpoint(&key));
+        let task = tokio::spawn(run_loop(
+            self.shared.clone(),
+            endpoint.clone(),
+            previous,
+            bound,
+            metrics,
+            shutdown,
+        ));
+        self.running.insert(
+            key,
+            Running {
+                endpoint,
+                file,
+                stop,
+                task,
+            },
+        );
+    }
+
+    /// Stops every loop and waits until each has finished its batches.
+    pub async fn stop_all(mut self) {
+        let mut tasks: Vec<JoinHandle<()>> = self.retiring.drain().map(|(_, task)| task).collect();
+        tasks.extend(self.running.drain().map(|(_, running)| running.stop()));
+        for task in tasks {
+            if let Err(err) = task.await {
+                warn!(cause = %err, "an endpoint's loop failed");
+            }
+        }
+    }
+}
+
+/// One endpoint's loop: what `--endpoint` runs after migrating — bind to the
+/// durable consumer (provisioning first when asked), consume until `shutdown`,
+/// finish the batches in hand, send their acknowledgements.
+async fn run_loop(
+    shared: Arc<Shared>,
+    endpoint: ValidatedEndpoint,
+    previous: Option<JoinHandle<()>>,
+    bound: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) {
+    let span = info_span!("endpoint", endpoint = %endpoint.key());
+    async move {
+        // The loop this one replaces finishes its batches first: never two
+        // loops of one endpoint in this process.
+        if let Some(previous) = previous {
+            let _ = previous.await;
+        }
+        let refetch = match endpoint
+            .consumer
+            .refetch
+            .as_ref()
+            .map(|refetch| Refetcher::new(refetch.clone(), None))
+            .transpose()
+        {
+            Ok(refetch) => refetch,
+            Err(err) => {
+                warn!(cause = %err, "cannot serve this endpoint");
+                return;
+            }
+        };
+        let consumer = match bind(&endpoint, shared.provision, &shared.js, &shutdown).await {
+            Ok(Some(consumer)) => consumer,
+            Ok(None) => return,
+            Err(err) => {
+                warn!(cause = %err, "cannot serve this endpoint");
+                return;
+            }
+        };
+        bound.store(true, Ordering::Relaxed);
+        info!(stream = %endpoint.stream.name, "consuming");
+        let served = Served {
+            endpoint,
+            refetch,
+            concurrency: shared.concurrency,
+            sweep_interval: shared.sweep_interval,
+        };
+        consume_bound(&served, consumer, &shared.pool, metrics, &shutdown).await;
+        bound.store(false, Ordering::Relaxed);
+        // Acks are buffered by the client: send this loop's before saying it stopped.
+        if tokio::time::timeout(FINAL_FLUSH, shared.nats.flush())
+            .await
+            .is_err()
+        {
+            warn!("NATS did not take the last acknowledgements in time; they will be redelivered");
+        }
+        info!("stopped consuming");
+    }
+    .instrument(span)
+    .await;
+}

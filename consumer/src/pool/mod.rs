@@ -1,0 +1,193 @@
+//! `--endpoint-dir`: one process consuming every endpoint of a directory of
+//! manifests (a pool of one namespace). Each endpoint gets the loop
+//! `--endpoint` runs — its own durable consumer, batches, retries, dead
+//! letters, retention sweep and database gate — over one Postgres pool and one
+//! NATS connection. The directory is read every `poll_interval`: loops start
+//! for new manifests, stop (finishing the batches in hand) for removed ones,
+//! and restart for changed ones.
+//!
+//! - [`dir`]: which files are endpoints, and why the others are skipped.
+//! - `loops`: starting, stopping and restarting the loops.
+
+pub mod dir;
+mod loops;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::http::{self, HttpState};
+use crate::lifecycle::{FINAL_FLUSH, HTTP_SHUTDOWN, MIN_STATEMENT_TIMEOUT, retry};
+use crate::metrics::MetricsRegistry;
+use crate::store;
+use crate::{PoolConfig, Result, Shutdown};
+
+use dir::Directory;
+use loops::Loops;
+
+/// The statement timeout of the shared pool: the default `ackWait`, since the
+/// pool outlives any one endpoint's own `ackWait` (a statement still running
+/// when its batch is redelivered only doubles the work).
+const POOL_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What `/readyz` says of a pool: each endpoint served and whether its loop
+/// is bound to its durable consumer, and each manifest skipped with why.
+#[derive(Clone, Debug, Default)]
+pub struct PoolStatus(Arc<Mutex<PoolView>>);
+
+#[derive(Debug, Default)]
+struct PoolView {
+    endpoints: BTreeMap<String, Arc<AtomicBool>>,
+    skipped: BTreeMap<String, String>,
+}
+
+impl PoolStatus {
+    fn view(&self) -> MutexGuard<'_, PoolView> {
+        // Nothing panics while holding it; if something did, the view is still whole.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Endpoint → bound, and file → why it is skipped.
+    pub fn snapshot(&self) -> (BTreeMap<String, bool>, BTreeMap<String, String>) {
+        let view = self.view();
+        let endpoints = view
+            .endpoints
+            .iter()
+            .map(|(key, bound)| (key.clone(), bound.load(Ordering::Relaxed)))
+            .collect();
+        (endpoints, view.skipped.clone())
+    }
+
+    fn serve(&self, key: &str, bound: Arc<AtomicBool>) {
+        self.view().endpoints.insert(key.to_owned(), bound);
+    }
+
+    fn forget(&self, key: &str) {
+        self.view().endpoints.remove(key);
+    }
+
+    fn set_skipped(&self, skipped: BTreeMap<String, String>) {
+        self.view().skipped = skipped;
+    }
+}
+
+/// Runs a pool consumer on `listener` (`/healthz`, `/readyz`, `/metrics`)
+/// until `shutdown` completes, then stops every loop (each finishes its
+/// batches in hand) and returns. Fails at start only on what no retry fixes:
+/// an unreadable directory, manifests of different namespaces, a bad URL.
+pub async fn run_pool(
+    config: PoolConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let mut shutdown = Shutdown::new(shutdown);
+    let mut directory = Directory::new(config.endpoint_dir.clone(), config.cluster_name.clone());
+    let first = directory.scan_first()?;
+    let options = store::connect_options(&config.database_url)?;
+    let pool = store::pool(
+        &options,
+        config.database_connections,
+        POOL_STATEMENT_TIMEOUT.max(MIN_STATEMENT_TIMEOUT),
+    );
+    let metrics = Arc::new(MetricsRegistry::for_pool());
+    let nats =
+        hookline_api::nats::connect(&config.nats_url, &config.nats_auth, "hookline-consumer")
+            .await?;
+    let js = jetstream::new(nats.clone());
+    let status = PoolStatus::default();
+
+    let started = Arc::new(AtomicBool::new(false));
+    let address = listener.local_addr().ok();
+    let app = http::router(HttpState {
+        metrics: metrics.clone(),
+        pool: pool.clone(),
+        nats: nats.clone(),
+        started: started.clone(),
+        pool_status: Some(status.clone()),
+    });
+    let mut http_shutdown = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_shutdown.wait().await })
+            .await
+    });
+    info!(
+        endpoint_dir = %config.endpoint_dir.display(),
+        namespace = directory.namespace().unwrap_or(""),
+        endpoints = first.endpoints.len(),
+        skipped = first.skipped.len(),
+        listen = ?address,
+        "starting a pool consumer"
+    );
+
+    let migrated = match retry("migrate the database", &shutdown, || {
+        store::migrate(&options)
+    })
+    .await
+    {
+        Ok(migrated) => migrated,
+        Err(err) => {
+            server.abort();
+            return Err(err);
+        }
+    };
+    if migrated.is_some() {
+        started.store(true, Ordering::Relaxed);
+        let mut loops = Loops::new(loops::Shared {
+            pool: pool.clone(),
+            js,
+            nats: nats.clone(),
+            metrics: metrics.clone(),
+            status: status.clone(),
+            provision: config.provision,
+            concurrency: config.concurrency.into(),
+            sweep_interval: config.sweep_interval,
+            shutdown: shutdown.clone(),
+        });
+        let mut next = Some(first);
+        loop {
+            if let Some(found) = next.take() {
+                metrics
+                    .manifests_skipped
+                    .set(i64::try_from(found.skipped.len()).unwrap_or(i64::MAX));
+                status.set_skipped(found.skipped);
+                loops.apply(found.endpoints);
+                metrics
+                    .endpoints
+                    .set(i64::try_from(loops.len()).unwrap_or(i64::MAX));
+            }
+            if !shutdown.sleep(config.poll_interval).await {
+                break;
+            }
+            match directory.scan() {
+                Ok(found) => next = Some(found),
+                // Keep serving what was loaded: a directory that cannot be
+                // read for a moment must not stop every endpoint.
+                Err(err) => {
+                    warn!(cause = %err, "cannot read the endpoint directory; keeping the endpoints loaded");
+                }
+            }
+        }
+        loops.stop_all().await;
+    }
+
+    if tokio::time::timeout(FINAL_FLUSH, nats.flush())
+        .await
+        .is_err()
+    {
+        warn!("NATS did not take the last acknowledgements in time; they will be redelivered");
+    }
+    shutdown.wait().await;
+    let _ = tokio::time::timeout(HTTP_SHUTDOWN, server).await;
+    pool.close().await;
+    info!("stopped");
+    Ok(())
+}
