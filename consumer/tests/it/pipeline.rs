@@ -1,6 +1,6 @@
 //! The consumer in this process against real nats-server and Postgres.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

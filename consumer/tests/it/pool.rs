@@ -2,7 +2,7 @@
 //! nats-server and Postgres: several endpoints in one directory, isolation,
 //! and manifests that come, go and change while it runs.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

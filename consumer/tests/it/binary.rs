@@ -1,7 +1,7 @@
 //! The real `hookline-consumer` binary: flags, crashes, several instances,
 //! signals, the `replay` subcommand.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;
