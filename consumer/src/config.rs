@@ -149,7 +149,7 @@ impl ReplayArgs {
 /// per pod that `max_ack_pending` leaves room for.
 pub const CONCURRENCY: u16 = 4;
 /// Most batches in flight per process; more only queues on the database pool.
-pub const MAX_CONCURRENCY: i64 = 64;
+const MAX_CONCURRENCY: i64 = 64;
 
 /// Everything `run` and `replay` need, checked.
 #[derive(Clone)]
@@ -184,7 +184,7 @@ impl std::fmt::Debug for Config {
 }
 
 /// How often the retention sweep runs by default.
-pub const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 
 impl Config {
     /// A config with the defaults for everything but the three required values.
@@ -307,7 +307,7 @@ pub fn required(cli: &Cli) -> Result<(ValidatedEndpoint, String, String)> {
 /// How often `--endpoint-dir` is read again: a ConfigMap update reaches the
 /// pod's files within the kubelet's sync period (about a minute), so 2 s adds
 /// little, and reading a few hundred small files costs nothing.
-pub const DIR_POLL_INTERVAL: Duration = Duration::from_secs(2);
+const DIR_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Everything a pool consumer (`--endpoint-dir`) needs, checked; its
 /// endpoints come from the directory while it runs.

@@ -32,17 +32,6 @@ pub struct Event {
     pub state: Option<String>,
 }
 
-impl Event {
-    /// What decides which event is newer: the event time (received-at when the
-    /// provider gave none), ties broken by event id.
-    pub fn order_key(&self) -> (DateTime<Utc>, &str) {
-        (
-            self.event_timestamp.unwrap_or(self.received_at),
-            &self.event_id,
-        )
-    }
-}
-
 /// The request body as it will be stored.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Body {
@@ -407,7 +396,11 @@ mod tests {
         .expect("decodes");
         assert_eq!(event.event_type, "thing_done");
         assert_eq!(event.event_timestamp, None);
-        assert_eq!(event.order_key().0, now());
+        assert_eq!(
+            event.received_at,
+            now(),
+            "what orders an event without a time"
+        );
     }
 
     #[test]

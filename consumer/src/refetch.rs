@@ -12,7 +12,7 @@ use crate::decode::postgres_json;
 /// How long one provider call may take before it counts as a transient failure.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting to the provider may take, a part of [`REQUEST_TIMEOUT`].
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a refetch failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -136,7 +136,7 @@ async fn send(
 }
 
 /// Headers stored as `{"Name": "value" | ["v1", "v2"]}` back into a header map.
-pub fn header_map(stored: &Value) -> HeaderMap {
+fn header_map(stored: &Value) -> HeaderMap {
     let mut map = HeaderMap::new();
     if let Value::Object(object) = stored {
         for (name, value) in object {

@@ -13,39 +13,14 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::Context;
 use super::hold::hold;
+use super::item::{Item, Outcome};
 use super::settle::settle;
-use crate::decode::{self, Event, Undecodable};
+use crate::decode::{self, Event};
 use crate::refetch::{RefetchError, Refetcher};
 use crate::store::{self, WriteError};
 
 /// Provider calls in flight per batch.
 const REFETCH_CONCURRENCY: usize = 8;
-
-/// One pulled message and what we learnt about it.
-pub(super) struct Item {
-    pub(super) message: jetstream::Message,
-    pub(super) delivered: u64,
-    pub(super) stream_sequence: u64,
-    pub(super) decoded: Result<Event, Undecodable>,
-    pub(super) outcome: Outcome,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Outcome {
-    /// Not decided yet.
-    Pending,
-    Stored,
-    Duplicate,
-    /// The database is away: held until it is back, never counted.
-    Unavailable(String),
-    /// The provider's API is away (5xx, timeout): retried later, not counted
-    /// toward `maxDeliver`, within `refetch.retryFor` of the event's arrival.
-    Later(String),
-    /// Failed for no known reason: worth another delivery, counted toward `maxDeliver`.
-    Transient(String),
-    /// No delivery will ever succeed.
-    Permanent(String),
-}
 
 /// Processes one batch end to end; never fails (every message ends acked,
 /// nak'ed or dead-lettered and terminated; when even that fails, JetStream

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::Context;
-use super::batch::{Item, Outcome};
+use super::item::{Item, Outcome};
 use crate::{Shutdown, store};
 
 /// First pause before asking the database again; doubles up to [`MAX_PAUSE`].

@@ -5,6 +5,7 @@
 
 mod batch;
 mod hold;
+mod item;
 mod settle;
 
 use std::sync::Arc;

@@ -9,7 +9,7 @@ use rand::Rng;
 use tracing::{debug, warn};
 
 use super::Context;
-use super::batch::{Item, Outcome};
+use super::item::{Item, Outcome};
 use crate::decode::{self, headers_json};
 use crate::store::{self, DeadLetter};
 

@@ -54,7 +54,7 @@ pub async fn sweep(
 }
 
 /// Rows deleted per sweep transaction (the contract's figure).
-pub const SWEEP_BATCH: i64 = 1000;
+const SWEEP_BATCH: i64 = 1000;
 
 /// Deletes events older than `max_age` every `interval` until shutdown. The
 /// first sweep comes after a random part of the interval (a tenth to all of
