@@ -47,7 +47,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let mut shutdown = Shutdown::new(shutdown);
+    let shutdown = Shutdown::new(shutdown);
     let key = config.endpoint.key();
     let settings = &config.endpoint.consumer;
     let options = store::connect_options(&config.database_url)?;
@@ -111,6 +111,19 @@ pub async fn run(
         .await;
     }
 
+    finish(&nats, shutdown, server, &pool).await;
+    Ok(())
+}
+
+/// The end of a run, once the loops have stopped: the buffered
+/// acknowledgements sent, the HTTP server given time to finish, the database
+/// pool closed.
+pub(crate) async fn finish(
+    nats: &async_nats::Client,
+    mut shutdown: Shutdown,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    pool: &sqlx::PgPool,
+) {
     // Acks are buffered by the client: send them before leaving.
     if tokio::time::timeout(FINAL_FLUSH, nats.flush())
         .await
@@ -122,7 +135,6 @@ pub async fn run(
     let _ = tokio::time::timeout(HTTP_SHUTDOWN, server).await;
     pool.close().await;
     info!("stopped");
-    Ok(())
 }
 
 /// Migrates the database, provisions the stream when asked, and finds the

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::http::{self, HttpState};
-use crate::lifecycle::{FINAL_FLUSH, HTTP_SHUTDOWN, MIN_STATEMENT_TIMEOUT, retry};
+use crate::lifecycle::{MIN_STATEMENT_TIMEOUT, finish, retry};
 use crate::metrics::MetricsRegistry;
 use crate::store;
 use crate::{PoolConfig, Result, Shutdown};
@@ -179,15 +179,6 @@ pub async fn run_pool(
         loops.stop_all().await;
     }
 
-    if tokio::time::timeout(FINAL_FLUSH, nats.flush())
-        .await
-        .is_err()
-    {
-        warn!("NATS did not take the last acknowledgements in time; they will be redelivered");
-    }
-    shutdown.wait().await;
-    let _ = tokio::time::timeout(HTTP_SHUTDOWN, server).await;
-    pool.close().await;
-    info!("stopped");
+    finish(&nats, shutdown, server, &pool).await;
     Ok(())
 }
