@@ -29,7 +29,7 @@ mod faults;
 mod fleet;
 mod load;
 mod plan;
-mod providers;
+pub mod providers;
 mod verify;
 
 use std::collections::{BTreeMap, HashMap};

@@ -206,6 +206,32 @@ pub fn body(provider: Provider, event: &EventData<'_>) -> String {
     body.to_string()
 }
 
+/// One delivery of event `id` at `now` (unix seconds) as `provider` sends
+/// it: the body and its signed headers. For tests that need one correctly
+/// signed event of a provider, without writing its scheme again.
+pub fn delivery(
+    provider: Provider,
+    secret: &str,
+    id: &str,
+    now: i64,
+) -> (String, Vec<(String, String)>) {
+    let object = provider.object_id(1);
+    let event = EventData {
+        id,
+        object: object.as_deref(),
+        time: now,
+        poison: false,
+        padding: 0,
+    };
+    let body = body(provider, &event);
+    let headers = sign(provider, secret, &event, &body, now)
+        .headers
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect();
+    (body, headers)
+}
+
 /// Signs one delivery attempt of `body` at `now` (unix seconds) as `provider` does.
 pub fn sign(
     provider: Provider,

@@ -5,9 +5,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hmac::{Hmac, Mac};
+use hookline_e2e::soak::providers::{self, EventData, Provider};
 use hookline_e2e::{Pipeline, Postgres};
-use sha2::Sha256;
 
 const SECRET: &str = "whsec_e2e_pipeline_secret";
 
@@ -18,14 +17,21 @@ fn manifest() -> &'static Path {
     ))
 }
 
-/// `Stripe-Signature` as Stripe computes it: HMAC-SHA256 of `t.body`, hex.
+/// `Stripe-Signature` for `body` at `timestamp`, as the soak signs it.
 fn stripe_signature(timestamp: u64, body: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
-    mac.update(format!("{timestamp}.{body}").as_bytes());
-    format!(
-        "t={timestamp},v1={}",
-        hex::encode(mac.finalize().into_bytes())
-    )
+    let event = EventData {
+        id: "",
+        object: None,
+        time: 0,
+        poison: false,
+        padding: 0,
+    };
+    let now = i64::try_from(timestamp).expect("a time in range");
+    providers::sign(Provider::Stripe, SECRET, &event, body, now)
+        .headers
+        .into_iter()
+        .find_map(|(name, value)| (name == "Stripe-Signature").then_some(value))
+        .expect("Stripe signs in Stripe-Signature")
 }
 
 fn now() -> u64 {

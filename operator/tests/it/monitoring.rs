@@ -8,9 +8,8 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hmac::{Hmac, Mac};
+use hookline_e2e::soak::providers;
 use hookline_e2e::{ChildProcess, NatsServer, Postgres, free_port, workspace_bin};
-use sha2::Sha256;
 use tower::ServiceExt;
 
 /// Metric names as PromQL sees them, from an OpenMetrics exposition.
@@ -141,20 +140,20 @@ async fn every_metric_the_alerts_and_dashboard_use_is_exported() {
         .duration_since(UNIX_EPOCH)
         .expect("time")
         .as_secs();
-    let body = format!(
-        r#"{{"id":"evt_metrics","type":"invoice.paid","created":{ts},"data":{{"object":{{"id":"in_1"}}}}}}"#
+    let (body, headers) = providers::delivery(
+        providers::Provider::Stripe,
+        "whsec_monitoring",
+        "evt_metrics",
+        i64::try_from(ts).expect("a time in range"),
     );
-    let mut mac = Hmac::<Sha256>::new_from_slice(b"whsec_monitoring").expect("key");
-    mac.update(format!("{ts}.{body}").as_bytes());
-    let signature = format!("t={ts},v1={}", hex::encode(mac.finalize().into_bytes()));
-    let answer = client
+    let mut request = client
         .post(format!("http://127.0.0.1:{receiver_port}/stripe"))
         .header("Content-Type", "application/json")
-        .header("Stripe-Signature", signature)
-        .body(body)
-        .send()
-        .await
-        .expect("receiver answers");
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let answer = request.send().await.expect("receiver answers");
     assert_eq!(answer.status(), 200);
 
     let mut names = exported(&scrape(&client, receiver_port, &mut receiver).await);

@@ -12,15 +12,14 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use hmac::{Hmac, Mac};
 use hookline_api::spec::Provider;
+use hookline_e2e::soak::providers;
 use hookline_e2e::{ChildProcess, NatsServer, Postgres, free_port, workspace_bin};
 use hookline_operator::build::{self, Cluster};
 use hookline_operator::config::{NatsSettings, OperatorConfig};
 use hookline_operator::validate::{ValidEndpoint, validate};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, PodSpec};
-use sha2::Sha256;
 
 fn now() -> u64 {
     SystemTime::now()
@@ -29,112 +28,33 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn hmac_sha256(key: &[u8], message: &str) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
-    mac.update(message.as_bytes());
-    mac.finalize().into_bytes().to_vec()
-}
-
-fn base64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
 /// The signing secret the test puts into the endpoint's Secret.
 fn signing_secret(provider: Provider) -> String {
     match provider {
         Provider::StandardWebhooks => {
-            format!("whsec_{}", base64(b"render-run-test-secret-32-bytes!"))
+            format!(
+                "whsec_{}",
+                base64::engine::general_purpose::STANDARD
+                    .encode(b"render-run-test-secret-32-bytes!")
+            )
         }
         other => format!("{other}-render-run-secret"),
     }
 }
 
-/// One event as `provider` sends it: body and headers, signed its way.
+/// One event as `provider` sends it: body and headers, signed its way (the
+/// soak's signing, written from the providers' documentation).
 fn signed_event(provider: Provider, secret: &str, id: &str) -> (String, Vec<(String, String)>) {
-    let ts = now();
-    let header = |name: &str, value: String| (name.to_owned(), value);
-    match provider {
-        Provider::Stripe => {
-            let body = format!(
-                r#"{{"id":"{id}","type":"invoice.paid","created":{ts},"data":{{"object":{{"id":"in_1"}}}}}}"#
-            );
-            let mac = hex::encode(hmac_sha256(secret.as_bytes(), &format!("{ts}.{body}")));
-            (
-                body,
-                vec![header("Stripe-Signature", format!("t={ts},v1={mac}"))],
-            )
-        }
-        Provider::Github => {
-            let body = r#"{"action":"opened","number":1}"#.to_owned();
-            let mac = hex::encode(hmac_sha256(secret.as_bytes(), &body));
-            (
-                body,
-                vec![
-                    header("X-Hub-Signature-256", format!("sha256={mac}")),
-                    header("X-GitHub-Delivery", id.to_owned()),
-                    header("X-GitHub-Event", "pull_request".to_owned()),
-                ],
-            )
-        }
-        Provider::Shopify => {
-            let body = r#"{"id":820982911946154508,"email":"jon@example.com"}"#.to_owned();
-            (
-                body.clone(),
-                vec![
-                    header(
-                        "X-Shopify-Hmac-Sha256",
-                        base64(&hmac_sha256(secret.as_bytes(), &body)),
-                    ),
-                    header("X-Shopify-Webhook-Id", id.to_owned()),
-                    header("X-Shopify-Topic", "orders/create".to_owned()),
-                    header("X-Shopify-Triggered-At", "2026-11-30T10:00:00Z".to_owned()),
-                ],
-            )
-        }
-        Provider::Slack => {
-            let body = format!(
-                r#"{{"type":"event_callback","event_id":"{id}","event_time":{ts},"event":{{"type":"message"}}}}"#
-            );
-            let mac = hex::encode(hmac_sha256(secret.as_bytes(), &format!("v0:{ts}:{body}")));
-            (
-                body,
-                vec![
-                    header("X-Slack-Signature", format!("v0={mac}")),
-                    header("X-Slack-Request-Timestamp", ts.to_string()),
-                ],
-            )
-        }
-        Provider::StandardWebhooks => {
-            let body = r#"{"type":"order.created","data":{"id":"ord_1"}}"#.to_owned();
-            let key = base64::engine::general_purpose::STANDARD
-                .decode(secret.trim_start_matches("whsec_"))
-                .expect("base64 secret");
-            let mac = base64(&hmac_sha256(&key, &format!("{id}.{ts}.{body}")));
-            (
-                body,
-                vec![
-                    header("webhook-id", id.to_owned()),
-                    header("webhook-timestamp", ts.to_string()),
-                    header("webhook-signature", format!("v1,{mac}")),
-                ],
-            )
-        }
-        Provider::Generic => {
-            let body = format!(
-                r#"{{"id":"{id}","type":"thing.updated","occurred_at":{ts},"object":{{"id":"t1"}}}}"#
-            );
-            let mac = hex::encode(hmac_sha256(secret.as_bytes(), &format!("{ts}.{body}")));
-            (
-                body,
-                vec![
-                    header("X-Signature", format!("sha256={mac}")),
-                    header("X-Timestamp", ts.to_string()),
-                    // The example trusts one proxy hop and allows 203.0.113.0/24.
-                    header("X-Forwarded-For", "203.0.113.7".to_owned()),
-                ],
-            )
-        }
-    }
+    let soak_provider = match provider {
+        Provider::Stripe => providers::Provider::Stripe,
+        Provider::Github => providers::Provider::Github,
+        Provider::Shopify => providers::Provider::Shopify,
+        Provider::Slack => providers::Provider::Slack,
+        Provider::StandardWebhooks => providers::Provider::StandardWebhooks,
+        Provider::Generic => providers::Provider::Generic,
+    };
+    let now = i64::try_from(now()).expect("a time in range");
+    providers::delivery(soak_provider, secret, id, now)
 }
 
 fn container(deployment: &Deployment) -> (&PodSpec, &Container) {
