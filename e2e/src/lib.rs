@@ -37,6 +37,7 @@
 
 mod binaries;
 mod error;
+pub mod fakekube;
 mod launch;
 mod nats;
 mod pipeline;

@@ -19,11 +19,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use hookline_api::spec::WebhookEndpoint;
+use hookline_e2e::fakekube::FakeKube;
 use hookline_e2e::proc_stats::peak_rss_mib;
 use hookline_e2e::{ChildProcess, NatsServer, free_port, workspace_bin};
 use kube::Api;
 use kube::api::ListParams;
-use support::fakekube::{FakeKube, apply_endpoint, create_stripe_secrets, install_crd};
+use support::fakekube::{apply_endpoint, create_stripe_secrets, install_crd};
 use support::{count_jetstream_calls, example};
 
 /// The resync the steady state is measured over.

@@ -21,73 +21,16 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use futures::future::BoxFuture;
 use hookline_api::WebhookEndpoint;
+use hookline_e2e::fakekube::FakeKube;
 use hookline_e2e::{ChildProcess, NatsServer, Postgres, free_port, workspace_bin};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, ResourceExt};
 use kubectl_hookline::cli::Cli;
 use kubectl_hookline::{Context, Error, Exec};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWrite};
-
-/// A running `fakekube.py`, killed on drop.
-struct FakeKube {
-    _process: ChildProcess,
-    state: tempfile::TempDir,
-}
-
-impl FakeKube {
-    fn start() -> FakeKube {
-        let script = std::env::var_os("HOOKLINE_FAKEKUBE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/fakekube.py")
-            });
-        assert!(
-            script.is_file(),
-            "{} not found: set HOOKLINE_FAKEKUBE to fakekube.py",
-            script.display()
-        );
-        let state = tempfile::tempdir().expect("state dir");
-        let mut command = Command::new("python3");
-        command
-            .arg(&script)
-            .args(["--port", "0", "--quiet", "--state-dir"])
-            .arg(state.path());
-        let mut process =
-            ChildProcess::spawn(&mut command).expect("fakekube starts (pip install pyyaml)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !state.path().join("port").is_file() {
-            assert!(
-                process.exit_status().is_none() && Instant::now() < deadline,
-                "fakekube did not start:\n{}",
-                process.log_tail(20)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // The port file may be written before the kubeconfig.
-        std::thread::sleep(Duration::from_millis(300));
-        FakeKube {
-            _process: process,
-            state,
-        }
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.state.path().join("kubeconfig")
-    }
-
-    async fn client(&self) -> Client {
-        let kubeconfig = Kubeconfig::read_from(self.kubeconfig()).expect("kubeconfig");
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .expect("config");
-        Client::try_from(config).expect("client")
-    }
-}
 
 /// Runs `hookline-consumer <args>` here, with the environment the operator
 /// gives the consumer pod, in place of an exec into it.
@@ -253,7 +196,7 @@ async fn plugin(context: &Context, args: &[&str]) -> (String, kubectl_hookline::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs fakekube.py from the development tools; .ci/run runs it"]
 async fn kubectl_hookline_lists_sends_and_works_the_consumer() {
-    let fake = tokio::task::block_in_place(FakeKube::start);
+    let fake = tokio::task::block_in_place(|| FakeKube::start(false));
     let nats = tokio::task::block_in_place(NatsServer::start).expect("nats-server starts");
     let pg = tokio::task::block_in_place(Postgres::start).expect("postgres starts");
     let client = fake.client().await;
@@ -506,7 +449,7 @@ async fn kubectl_hookline_lists_sends_and_works_the_consumer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs fakekube.py from the development tools; .ci/run runs it"]
 async fn the_binary_uses_the_kubeconfig_and_says_what_failed() {
-    let fake = tokio::task::block_in_place(FakeKube::start);
+    let fake = tokio::task::block_in_place(|| FakeKube::start(false));
     let bin = env!("CARGO_BIN_EXE_kubectl-hookline");
     let run = |args: &[&str]| {
         let output = Command::new(bin)

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use hookline_api::conditions;
 use hookline_api::spec::WebhookEndpoint;
+use hookline_e2e::fakekube::FakeKube;
 use hookline_e2e::{ChildProcess, NatsServer, Signal, free_port, workspace_bin};
 use hookline_operator::leader::{LEASE_DURATION, RENEW_DEADLINE};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -25,9 +26,7 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use support::fakekube::{
-    FakeKube, apply_endpoint, create_secret, create_stripe_secrets, install_crd,
-};
+use support::fakekube::{apply_endpoint, create_secret, create_stripe_secrets, install_crd};
 use support::{example, secret};
 
 /// The operator binary, killed on drop.
