@@ -9,15 +9,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use common::{FAST, TestEvent, count, metric, publish, wait_until};
+use common::{FAST, Running, TestEvent, count, metric, publish, wait_until};
 use hookline_api::ValidatedEndpoint;
 use hookline_consumer::PoolConfig;
 use hookline_e2e::{NatsServer, Postgres};
 use serde_json::Value;
 use sqlx::PgPool;
 use tempfile::TempDir;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -119,38 +117,10 @@ impl Pool {
 }
 
 /// A pool consumer running in this process.
-struct RunningPool {
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<hookline_consumer::Result<()>>,
-    port: u16,
-}
-
-impl RunningPool {
-    async fn start(config: PoolConfig) -> RunningPool {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+impl Running {
+    async fn start_pool(config: PoolConfig) -> Running {
+        Running::spawn(|listener, stopped| hookline_consumer::run_pool(config, listener, stopped))
             .await
-            .expect("bind");
-        let port = listener.local_addr().expect("address").port();
-        let task = tokio::spawn(hookline_consumer::run_pool(config, listener, async move {
-            let _ = stopped.await;
-        }));
-        RunningPool {
-            stop: Some(stop),
-            task,
-            port,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
-            .await
-            .expect("consumer stops within 30 s")
-            .expect("task joins")
-            .expect("run_pool returns Ok");
     }
 
     async fn readyz(&self) -> (u16, Value) {
@@ -166,7 +136,7 @@ impl RunningPool {
         wait_until("ready", WAIT, || async { self.readyz().await.0 == 200 }).await;
     }
 
-    async fn metric(&self, name: &str, endpoint: &str) -> f64 {
+    async fn endpoint_metric(&self, name: &str, endpoint: &str) -> f64 {
         metric_of(self.port, name, endpoint).await
     }
 }
@@ -203,7 +173,7 @@ async fn wait_rows(db: &PgPool, endpoint: &str, expected: i64) {
 async fn each_endpoint_of_the_directory_is_stored_under_its_name_and_deduplicated_on_its_own() {
     let pool = Pool::start(&["a", "b", "c"], &["a", "b", "c"]).await;
     let db = pool.db().await;
-    let consumer = RunningPool::start(pool.config()).await;
+    let consumer = Running::start_pool(pool.config()).await;
     consumer.wait_ready().await;
     let (_, ready) = consumer.readyz().await;
     assert_eq!(
@@ -232,7 +202,7 @@ async fn each_endpoint_of_the_directory_is_stored_under_its_name_and_deduplicate
     wait_rows(&db, "test/c", 1).await;
     wait_until("a's duplicate counted", WAIT, || async {
         consumer
-            .metric("hookline_consumer_duplicates_total", "test/a")
+            .endpoint_metric("hookline_consumer_duplicates_total", "test/a")
             .await
             == 1.0
     })
@@ -251,13 +221,13 @@ async fn each_endpoint_of_the_directory_is_stored_under_its_name_and_deduplicate
     assert_eq!(states, expected);
     assert_eq!(
         consumer
-            .metric("hookline_consumer_events_processed_total", "test/b")
+            .endpoint_metric("hookline_consumer_events_processed_total", "test/b")
             .await,
         21.0
     );
     assert_eq!(
         consumer
-            .metric("hookline_consumer_duplicates_total", "test/b")
+            .endpoint_metric("hookline_consumer_duplicates_total", "test/b")
             .await,
         0.0
     );
@@ -272,7 +242,7 @@ async fn each_endpoint_of_the_directory_is_stored_under_its_name_and_deduplicate
 async fn a_poison_event_is_dead_lettered_at_its_endpoint_only_and_the_other_keeps_flowing() {
     let pool = Pool::start(&["a", "b"], &["a", "b"]).await;
     let db = pool.db().await;
-    let consumer = RunningPool::start(pool.config()).await;
+    let consumer = Running::start_pool(pool.config()).await;
     consumer.wait_ready().await;
     // As the soak does: Postgres refuses these ids, as a user's own
     // constraint or trigger would; here at endpoint a only.
@@ -324,19 +294,19 @@ async fn a_poison_event_is_dead_lettered_at_its_endpoint_only_and_the_other_keep
     assert!(error.contains("pool_poison"), "{error}");
     assert_eq!(
         consumer
-            .metric("hookline_consumer_dead_letters_total", "test/a")
+            .endpoint_metric("hookline_consumer_dead_letters_total", "test/a")
             .await,
         3.0
     );
     assert_eq!(
         consumer
-            .metric("hookline_consumer_dead_letters_total", "test/b")
+            .endpoint_metric("hookline_consumer_dead_letters_total", "test/b")
             .await,
         0.0
     );
     assert_eq!(
         consumer
-            .metric("hookline_consumer_batch_failures_total", "test/b")
+            .endpoint_metric("hookline_consumer_batch_failures_total", "test/b")
             .await,
         0.0
     );
@@ -351,7 +321,7 @@ async fn a_poison_event_is_dead_lettered_at_its_endpoint_only_and_the_other_keep
 async fn manifests_added_removed_or_changed_while_running_are_followed_without_losing_events() {
     let pool = Pool::start(&["a", "b"], &["a"]).await;
     let db = pool.db().await;
-    let consumer = RunningPool::start(pool.config()).await;
+    let consumer = Running::start_pool(pool.config()).await;
     consumer.wait_ready().await;
 
     // b's events wait in its stream until its manifest arrives.

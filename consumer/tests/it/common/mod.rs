@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
+use futures::future::BoxFuture;
 use hookline_api::{ValidatedEndpoint, headers};
 use hookline_consumer::Config;
 use hookline_e2e::{NatsServer, Postgres};
@@ -202,14 +203,27 @@ pub struct Running {
 
 impl Running {
     pub async fn start(config: Config) -> Running {
+        Running::spawn(|listener, stopped| hookline_consumer::run(config, listener, stopped)).await
+    }
+
+    /// Runs `run` (the consumer's `run` or `run_pool`) on a loopback port of
+    /// its own, with a shutdown signal that [`Running::stop`] fires.
+    pub async fn spawn<F, Fut>(run: F) -> Running
+    where
+        F: FnOnce(tokio::net::TcpListener, BoxFuture<'static, ()>) -> Fut,
+        Fut: Future<Output = hookline_consumer::Result<()>> + Send + 'static,
+    {
         let (stop, stopped) = oneshot::channel::<()>();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let port = listener.local_addr().expect("address").port();
-        let task = tokio::spawn(hookline_consumer::run(config, listener, async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(run(
+            listener,
+            Box::pin(async move {
+                let _ = stopped.await;
+            }),
+        ));
         Running {
             stop: Some(stop),
             task,
@@ -217,7 +231,7 @@ impl Running {
         }
     }
 
-    /// Asks for a graceful shutdown and waits for `run` to return.
+    /// Asks for a graceful shutdown and waits for the run to return.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -226,7 +240,7 @@ impl Running {
             .await
             .expect("consumer stops within 30 s")
             .expect("task joins")
-            .expect("run returns Ok");
+            .expect("the run returns Ok");
     }
 
     pub async fn metric(&self, name: &str) -> f64 {
