@@ -86,7 +86,7 @@ impl StatusWriter<'_> {
             .cloned()
             .collect();
         let conditions = stamp(findings, previous, generation, &now);
-        let key = super::super::reconcile::key(endpoint);
+        let key = crate::reconcile::key(endpoint);
         let mut desired = match details {
             Some(details) => {
                 let mut status = WebhookEndpointStatus {
