@@ -9,6 +9,8 @@
 //! - [`json`]: walking JSON as serde_json reads it, without building it.
 //! - [`conditions`]: status condition types and reasons.
 //! - [`manifest`]: reading a manifest file, as the binaries do.
+//! - [`pool_dir`]: reading a pool's `--endpoint-dir`, as the pool receiver
+//!   and the pool consumer do.
 //! - [`reference`](mod@reference): `docs/reference.md`, generated from the CRD.
 //! - `nats` and `provision` (feature `jetstream`): the one NATS connect, and
 //!   creating the stream and durable consumer.
@@ -23,6 +25,7 @@ pub mod manifest;
 pub mod naming;
 #[cfg(feature = "jetstream")]
 pub mod nats;
+pub mod pool_dir;
 #[cfg(feature = "jetstream")]
 pub mod provision;
 pub mod reference;
@@ -66,6 +69,9 @@ pub enum Error {
     InFile { path: PathBuf, source: Box<Error> },
     #[error("{}{message}", if field.is_empty() { String::new() } else { format!("{field}: ") })]
     Manifest { field: String, message: String },
+    /// A pool's `--endpoint-dir` that cannot be served at all.
+    #[error("--endpoint-dir {}: {message}", dir.display())]
+    EndpointDir { dir: PathBuf, message: String },
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,

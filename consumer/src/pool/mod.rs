@@ -6,10 +6,10 @@
 //! for new manifests, stop (finishing the batches in hand) for removed ones,
 //! and restart for changed ones.
 //!
-//! - [`dir`]: which files are endpoints, and why the others are skipped.
+//! - [`hookline_api::pool_dir`]: which files are endpoints, and why the others
+//!   are skipped (read as the pool receiver reads them).
 //! - `loops`: starting, stopping and restarting the loops.
 
-pub mod dir;
 mod loops;
 
 use std::collections::BTreeMap;
@@ -28,7 +28,8 @@ use crate::metrics::MetricsRegistry;
 use crate::store;
 use crate::{PoolConfig, Result, Shutdown};
 
-use dir::Directory;
+use hookline_api::ValidatedEndpoint;
+use hookline_api::pool_dir::Directory;
 use loops::Loops;
 
 /// The statement timeout of the shared pool: the default `ackWait`, since the
@@ -79,6 +80,22 @@ impl PoolStatus {
     }
 }
 
+/// What a pool consumer cannot serve yet: an endpoint whose refetch needs
+/// its own credentials file (a pool takes no `--refetch-auth-file`).
+fn pool_can_consume(endpoint: &ValidatedEndpoint) -> Result<(), String> {
+    if endpoint
+        .consumer
+        .refetch
+        .as_ref()
+        .is_some_and(|refetch| refetch.auth_secret_ref.is_some())
+    {
+        return Err(
+            "spec.consumer.refetch.authSecretRef: not served by a pool consumer yet (it takes no --refetch-auth-file); give the endpoint a consumer of its own".into(),
+        );
+    }
+    Ok(())
+}
+
 /// Runs a pool consumer on `listener` (`/healthz`, `/readyz`, `/metrics`)
 /// until `shutdown` completes, then stops every loop (each finishes its
 /// batches in hand) and returns. Fails at start only on what no retry fixes:
@@ -89,7 +106,8 @@ pub async fn run_pool(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let mut shutdown = Shutdown::new(shutdown);
-    let mut directory = Directory::new(config.endpoint_dir.clone(), config.cluster_name.clone());
+    let mut directory = Directory::new(config.endpoint_dir.clone(), config.cluster_name.clone())
+        .with_check(pool_can_consume);
     let first = directory.scan_first()?;
     let options = store::connect_options(&config.database_url)?;
     let pool = store::pool(

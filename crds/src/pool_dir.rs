@@ -1,48 +1,84 @@
-//! Reading `--endpoint-dir`: which manifests are endpoints to serve, and which
-//! are skipped and why. A mounted ConfigMap holds each key as a symlink into
-//! `..data`, a directory the kubelet swaps atomically; the dotfiles are its
-//! machinery and are never read as manifests.
+//! Reading `--endpoint-dir`, the same way in the pool receiver and the pool
+//! consumer: which manifests are endpoints to serve, and which are skipped and
+//! why. A mounted ConfigMap holds each key as a symlink into `..data`, a
+//! directory the kubelet swaps atomically; the dotfiles are its machinery and
+//! are never read as manifests.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use hookline_api::ValidatedEndpoint;
+use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use crate::{Error, Result};
+use crate::{Error, Result, ValidatedEndpoint};
+
+/// A binary's own refusal of an endpoint it cannot serve from a pool (the
+/// reason, said once as the file's skip reason), beyond what validation checks.
+pub type Check = fn(&ValidatedEndpoint) -> Result<(), String>;
 
 /// What one read of the directory found.
 #[derive(Debug, Default)]
 pub struct Found {
     /// Endpoint key (`namespace/name`) → the file and its endpoint.
     pub endpoints: BTreeMap<String, (PathBuf, ValidatedEndpoint)>,
+    /// Endpoint key → [`manifest_hash`] of its file's text: what a pool
+    /// reports it serves, and how it tells a manifest that did not change.
+    pub hashes: BTreeMap<String, String>,
     /// File name → why it is not served.
     pub skipped: BTreeMap<String, String>,
 }
+
+/// The first 16 hex digits of the SHA-256 of a manifest file's text.
+pub fn manifest_hash(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// What one file made: its text's [`manifest_hash`] and its endpoint, or why not.
+type Made = (String, Result<ValidatedEndpoint, String>);
 
 /// The manifests of one directory, read again on every [`Directory::scan`].
 #[derive(Debug)]
 pub struct Directory {
     dir: PathBuf,
     cluster_name: Option<String>,
+    /// The binary's own refusals, after validation.
+    check: Option<Check>,
     /// The one namespace served: from the first manifest that validates.
     namespace: Option<String>,
     /// Each file's last text and what it made, so an unchanged file is not
     /// parsed again (nor its warnings repeated every poll).
-    files: HashMap<PathBuf, (String, Result<ValidatedEndpoint, String>)>,
+    files: HashMap<PathBuf, (String, Made)>,
     /// The reason last logged for each skipped file: each is said once.
     reported: HashMap<PathBuf, String>,
 }
 
 impl Directory {
+    /// Reads `dir`; each endpoint's stream and subjects are moved into
+    /// `cluster_name` as `--cluster-name` does.
     pub fn new(dir: PathBuf, cluster_name: Option<String>) -> Directory {
         Directory {
             dir,
             cluster_name,
+            check: None,
             namespace: None,
             files: HashMap::new(),
             reported: HashMap::new(),
         }
+    }
+
+    /// Also skips the endpoints `check` refuses, with its reason.
+    pub fn with_check(mut self, check: Check) -> Directory {
+        self.check = Some(check);
+        self
+    }
+
+    /// The directory read.
+    pub fn path(&self) -> &Path {
+        &self.dir
     }
 
     /// The namespace served, once a manifest said it.
@@ -56,7 +92,7 @@ impl Directory {
         let paths = self.list()?;
         let mut namespaces: BTreeMap<String, String> = BTreeMap::new();
         for path in &paths {
-            if let Some(Ok(endpoint)) = self.read(path).map(|(_, made)| made) {
+            if let Some((_, Ok(endpoint))) = self.read(path) {
                 namespaces
                     .entry(endpoint.namespace.clone())
                     .or_insert_with(|| file_name(path));
@@ -68,10 +104,12 @@ impl Directory {
                 .map(|(namespace, file)| format!("{file} is in {namespace}"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            return Err(Error::Config(format!(
-                "--endpoint-dir {}: manifests of different namespaces ({list}); a pool serves one namespace",
-                self.dir.display()
-            )));
+            return Err(Error::EndpointDir {
+                dir: self.dir.clone(),
+                message: format!(
+                    "manifests of different namespaces ({list}); a pool serves one namespace"
+                ),
+            });
         }
         self.scan()
     }
@@ -83,7 +121,7 @@ impl Directory {
         let paths = self.list()?;
         let mut found = Found::default();
         for path in &paths {
-            let Some((_, made)) = self.read(path) else {
+            let Some((hash, made)) = self.read(path) else {
                 continue;
             };
             let skipped = match made {
@@ -101,6 +139,7 @@ impl Directory {
                     } else if let Some((first, _)) = found.endpoints.get(&key) {
                         Some(format!("{key} is already served from {}", file_name(first)))
                     } else {
+                        found.hashes.insert(key.clone(), hash);
                         found.endpoints.insert(key, (path.clone(), endpoint));
                         None
                     }
@@ -129,11 +168,9 @@ impl Directory {
     /// The manifest files, sorted by name: `*.yaml`, no dotfiles, regular
     /// files (through symlinks).
     fn list(&self) -> Result<Vec<PathBuf>> {
-        let cannot = |err: std::io::Error| {
-            Error::Config(format!(
-                "--endpoint-dir {}: cannot read it: {err}",
-                self.dir.display()
-            ))
+        let cannot = |err: std::io::Error| Error::EndpointDir {
+            dir: self.dir.clone(),
+            message: format!("cannot read it: {err}"),
         };
         let mut paths = Vec::new();
         for entry in std::fs::read_dir(&self.dir).map_err(cannot)? {
@@ -148,51 +185,56 @@ impl Directory {
         Ok(paths)
     }
 
-    /// The file's text and what it made, parsed again only when the text
+    /// The file's hash and what it made, parsed again only when the text
     /// changed; `None` when the file is gone (removed since the listing).
-    fn read(&mut self, path: &Path) -> Option<(String, Result<ValidatedEndpoint, String>)> {
+    fn read(&mut self, path: &Path) -> Option<Made> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
             Err(err) => {
                 // Keep what it made before: a passing read error must not stop a loop.
-                return Some(self.files.get(path).cloned().unwrap_or_else(|| {
-                    (String::new(), Err(format!("cannot read the file: {err}")))
-                }));
+                return Some(
+                    self.files
+                        .get(path)
+                        .map(|(_, made)| made.clone())
+                        .unwrap_or_else(|| {
+                            (String::new(), Err(format!("cannot read the file: {err}")))
+                        }),
+                );
             }
         };
-        if let Some(known) = self.files.get(path)
-            && known.0 == text
+        if let Some((known, made)) = self.files.get(path)
+            && *known == text
         {
-            return Some(known.clone());
+            return Some(made.clone());
         }
-        let made = parse(path, &text, self.cluster_name.as_deref());
-        self.files
-            .insert(path.to_owned(), (text.clone(), made.clone()));
-        Some((text, made))
+        let made = (
+            manifest_hash(&text),
+            parse(path, &text, self.cluster_name.as_deref(), self.check),
+        );
+        self.files.insert(path.to_owned(), (text, made.clone()));
+        Some(made)
     }
 }
 
 /// Parses and validates one manifest as `--endpoint` would (unknown fields
-/// warned of with their path), then the pool's own limits.
-fn parse(path: &Path, text: &str, cluster_name: Option<&str>) -> Result<ValidatedEndpoint, String> {
+/// warned of with their path), then the binary's own `check`.
+fn parse(
+    path: &Path,
+    text: &str,
+    cluster_name: Option<&str>,
+    check: Option<Check>,
+) -> Result<ValidatedEndpoint, String> {
     let (resource, unknown) =
-        hookline_api::manifest::parse_manifest_checked(text).map_err(|err| err.to_string())?;
+        crate::manifest::parse_manifest_checked(text).map_err(|err| err.to_string())?;
     for field in unknown {
         warn!(file = %path.display(), %field, "unknown field in the manifest, ignored (misspelt?)");
     }
-    let endpoint = hookline_api::manifest::validate(&resource)
+    let endpoint = crate::manifest::validate(&resource)
         .map_err(|err| err.to_string())?
         .in_cluster(cluster_name);
-    if endpoint
-        .consumer
-        .refetch
-        .as_ref()
-        .is_some_and(|refetch| refetch.auth_secret_ref.is_some())
-    {
-        return Err(
-            "spec.consumer.refetch.authSecretRef: not served by a pool consumer yet (it takes no --refetch-auth-file); give the endpoint a consumer of its own".into(),
-        );
+    if let Some(check) = check {
+        check(&endpoint)?;
     }
     Ok(endpoint)
 }
