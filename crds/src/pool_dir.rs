@@ -239,7 +239,8 @@ fn parse(
     Ok(endpoint)
 }
 
-fn file_name(path: &Path) -> String {
+/// A path's last part, as skip reasons name files.
+pub fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default()

@@ -5,24 +5,36 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{ArgGroup, Parser};
 use hookline_api::ValidatedEndpoint;
 use hookline_api::nats::NatsAuth;
 use hookline_api::runtime::NatsArgs;
 
-use crate::Result;
+use crate::{Error, Result};
 
-/// Receives one WebhookEndpoint's webhooks and stores them durably in JetStream.
+/// Receives one WebhookEndpoint's webhooks (or those of a directory of them)
+/// and stores them durably in JetStream.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "hookline-receiver", version, about)]
+#[command(group(ArgGroup::new("endpoints").required(true).args(["endpoint", "endpoint_dir"])))]
 pub struct Args {
     /// The WebhookEndpoint manifest (the YAML `kubectl apply` takes).
-    #[arg(long, env = "HOOKLINE_ENDPOINT", value_name = "FILE")]
-    pub endpoint: PathBuf,
+    #[arg(long, env = "HOOKLINE_ENDPOINT", value_name = "FILE", requires = "secret_file")]
+    pub endpoint: Option<PathBuf>,
 
     /// The signing secret(s), one per line; re-read when it changes.
-    #[arg(long, env = "HOOKLINE_SECRET_FILE", value_name = "FILE")]
-    pub secret_file: PathBuf,
+    #[arg(long, env = "HOOKLINE_SECRET_FILE", value_name = "FILE", conflicts_with = "endpoint_dir")]
+    pub secret_file: Option<PathBuf>,
+
+    /// A pool: every `*.yaml` WebhookEndpoint manifest in DIR (one
+    /// namespace), re-read every `--secret-poll`.
+    #[arg(long, env = "HOOKLINE_ENDPOINT_DIR", value_name = "DIR", requires = "secret_dir")]
+    pub endpoint_dir: Option<PathBuf>,
+
+    /// A pool's secrets: the file DIR/NAME holds those of the endpoint named
+    /// NAME, as `--secret-file` would.
+    #[arg(long, env = "HOOKLINE_SECRET_DIR", value_name = "DIR", conflicts_with = "endpoint")]
+    pub secret_dir: Option<PathBuf>,
 
     /// NATS server URL(s), comma-separated.
     #[arg(long, env = "HOOKLINE_NATS_URL", value_name = "URL")]
@@ -88,11 +100,27 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     hookline_api::resolve::parse_duration(text)
 }
 
+/// What is served: one endpoint, or a pool's directories.
+#[derive(Debug, Clone)]
+pub enum Endpoints {
+    /// `--endpoint` and `--secret-file`.
+    One {
+        endpoint: ValidatedEndpoint,
+        secret_file: PathBuf,
+    },
+    /// `--endpoint-dir` and `--secret-dir`; the manifests are read by `run`.
+    Pool {
+        endpoint_dir: PathBuf,
+        secret_dir: PathBuf,
+        /// `--cluster-name`, applied to each manifest as it is read.
+        cluster_name: Option<String>,
+    },
+}
+
 /// Everything the server needs, checked once at start.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub endpoint: ValidatedEndpoint,
-    pub secret_file: PathBuf,
+    pub endpoints: Endpoints,
     pub nats_url: String,
     /// Credentials and TLS of the NATS connection.
     pub nats_auth: NatsAuth,
@@ -110,11 +138,26 @@ pub struct Config {
 impl Config {
     /// Reads and validates the manifest named by `args`.
     pub fn from_args(args: &Args) -> Result<Config> {
-        let endpoint = hookline_api::load_manifest(&args.endpoint)?
-            .in_cluster(args.nats.cluster_name.as_deref());
+        // Clap has checked that exactly one of the pairs is given.
+        let endpoints = match (&args.endpoint, &args.secret_file, &args.endpoint_dir, &args.secret_dir) {
+            (Some(endpoint), Some(secret_file), None, None) => Endpoints::One {
+                endpoint: hookline_api::load_manifest(endpoint)?
+                    .in_cluster(args.nats.cluster_name.as_deref()),
+                secret_file: secret_file.clone(),
+            },
+            (None, None, Some(endpoint_dir), Some(secret_dir)) => Endpoints::Pool {
+                endpoint_dir: endpoint_dir.clone(),
+                secret_dir: secret_dir.clone(),
+                cluster_name: args.nats.cluster_name.clone(),
+            },
+            _ => {
+                return Err(Error::Flags(
+                    "give --endpoint and --secret-file, or --endpoint-dir and --secret-dir".into(),
+                ));
+            }
+        };
         Ok(Config {
-            endpoint,
-            secret_file: args.secret_file.clone(),
+            endpoints,
             nats_url: args.nats_url.clone(),
             nats_auth: args.nats.auth(),
             provision: args.provision,
@@ -130,9 +173,30 @@ impl Config {
 
     /// A configuration with the defaults of the flags, for tests and embedding.
     pub fn new(endpoint: ValidatedEndpoint, secret_file: PathBuf, nats_url: String) -> Config {
+        Config::serving(
+            Endpoints::One {
+                endpoint,
+                secret_file,
+            },
+            nats_url,
+        )
+    }
+
+    /// A pool's configuration with the defaults of the flags.
+    pub fn pool(endpoint_dir: PathBuf, secret_dir: PathBuf, nats_url: String) -> Config {
+        Config::serving(
+            Endpoints::Pool {
+                endpoint_dir,
+                secret_dir,
+                cluster_name: None,
+            },
+            nats_url,
+        )
+    }
+
+    fn serving(endpoints: Endpoints, nats_url: String) -> Config {
         Config {
-            endpoint,
-            secret_file,
+            endpoints,
             nats_url,
             nats_auth: NatsAuth::default(),
             provision: false,
@@ -202,11 +266,11 @@ mod tests {
         ])
         .expect("parses");
         let config = Config::from_args(&args).expect("config");
-        assert_eq!(config.endpoint.stream.name, "HOOKLINE-eu1_payments_stripe");
-        assert_eq!(
-            config.endpoint.stream.subject_prefix,
-            "hookline-eu1.payments.stripe"
-        );
+        let Endpoints::One { endpoint, .. } = &config.endpoints else {
+            panic!("one endpoint");
+        };
+        assert_eq!(endpoint.stream.name, "HOOKLINE-eu1_payments_stripe");
+        assert_eq!(endpoint.stream.subject_prefix, "hookline-eu1.payments.stripe");
         assert!(
             Args::try_parse_from(["hookline-receiver", "--cluster-name", "EU_1"]).is_err(),
             "not a DNS label"

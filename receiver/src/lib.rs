@@ -12,8 +12,12 @@
 //! - [`lifecycle`]: [`run`]: start-up, background tasks, graceful shutdown.
 //! - [`connections`]: the accept loop and its bounds (connections, header time
 //!   and size) and the lingering close that lets early answers reach the client.
-//! - [`state`]: [`AppState`], what every request shares, built once.
-//! - [`routes`]: the router: the endpoint's path, `/healthz`, `/readyz`, `/metrics`.
+//! - [`state`]: [`AppState`], what every request shares, built once, and
+//!   each endpoint's [`state::EndpointState`].
+//! - [`routes`]: the router: the endpoints' hosts and paths (the routing
+//!   table), `/healthz`, `/readyz`, `/metrics`, `/endpoints`.
+//! - [`pool`]: `--endpoint-dir`: many endpoints of one namespace, their
+//!   table rebuilt aside and swapped in when the directories change.
 //! - [`pipeline`]: one request through the checks to the publish and the answer.
 //! - [`checks`]: one file per check: `headers`, `source`, `body`, `signature`, `schema`.
 //! - [`secrets`]: the signing secrets, one per line, watched and re-read when the file changes.
@@ -36,6 +40,7 @@ pub mod json;
 pub mod lifecycle;
 pub mod metrics;
 pub mod pipeline;
+pub mod pool;
 pub mod rejection;
 pub mod routes;
 pub mod secrets;
@@ -44,7 +49,7 @@ pub mod store;
 
 use std::net::SocketAddr;
 
-pub use config::{Args, Config};
+pub use config::{Args, Config, Endpoints};
 pub use lifecycle::run;
 pub use rejection::{RETRY_AFTER_SECS, Rejection};
 pub use routes::router;
@@ -72,6 +77,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Serve(std::io::Error),
+    /// Flags that do not make one configuration (clap checks them first).
+    #[error("{0}")]
+    Flags(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

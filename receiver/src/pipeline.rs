@@ -16,7 +16,7 @@ use crate::checks::body::{parse_json, read_body};
 use crate::checks::headers::check_header_size;
 use crate::checks::source::{check_source, client_ip};
 use crate::event;
-use crate::state::AppState;
+use crate::state::{AppState, EndpointState};
 
 /// A successful answer.
 enum Accepted {
@@ -94,14 +94,18 @@ struct Seen {
     event_id: Option<String>,
 }
 
-/// Receives one POST on the endpoint's path: refusals are logged at `info`
+/// Receives one POST on `endpoint`'s path: refusals are logged at `info`
 /// (the sender's mistake), failures to store at `warn` (ours), each with the
 /// endpoint and, once known, the client address and event id; every answer
 /// is counted by outcome.
-pub(crate) async fn handle(state: Arc<AppState>, request: Request) -> Response {
+pub(crate) async fn handle(
+    shared: &AppState,
+    state: Arc<EndpointState>,
+    request: Request,
+) -> Response {
     let started = Instant::now();
     let mut seen = Seen::default();
-    let result = receive(&state, request, &mut seen).await;
+    let result = receive(shared.pool, &state, request, &mut seen).await;
     let elapsed = started.elapsed();
     match result {
         Ok(accepted) => {
@@ -132,9 +136,11 @@ pub(crate) async fn handle(state: Arc<AppState>, request: Request) -> Response {
 }
 
 /// The pipeline, in the contract's order; the cheapest refusals come first and
-/// nothing unverified is parsed.
+/// nothing unverified is parsed. A pool's endpoint probes its stream here,
+/// when its figures are stale, instead of in a task of its own.
 async fn receive(
-    state: &AppState,
+    pool: bool,
+    state: &EndpointState,
     request: Request,
     seen: &mut Seen,
 ) -> Result<Accepted, Rejection> {
@@ -215,6 +221,9 @@ async fn receive(
     }
 
     // 8. Publish, and answer only after the PubAck.
+    if pool {
+        state.store.refresh_if_stale(&state.metrics).await;
+    }
     state.metrics.body(body.len());
     let publish_started = Instant::now();
     let ack = state.store.publish(subject, message_headers, body).await?;

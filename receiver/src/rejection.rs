@@ -74,6 +74,22 @@ impl Rejection {
         }
     }
 
+    /// Every [`Rejection::outcome`], for forgetting an endpoint's series.
+    pub const OUTCOMES: [&'static str; 12] = [
+        "headers_too_large",
+        "forbidden",
+        "too_large",
+        "unreadable",
+        "unauthorized",
+        "unsupported_media_type",
+        "invalid_json",
+        "schema_violation",
+        "invalid_event",
+        "rate_limited",
+        "unavailable",
+        "buffer_full",
+    ];
+
     /// The `outcome` label of the request metrics and the `error` field of the body.
     pub fn outcome(&self) -> &'static str {
         match self {

@@ -14,7 +14,7 @@ use hookline_api::validated::{HmacAlgorithm, SecretFormat};
 use sha2::{Digest, Sha256, Sha512};
 
 use crate::encoding::decode_base64;
-use crate::metrics::Metrics;
+use crate::metrics::EndpointMetrics;
 use crate::{Error, Result};
 
 /// An HMAC already keyed, so each request clones the prepared state instead of
@@ -157,6 +157,26 @@ impl SecretStore {
         Ok(store)
     }
 
+    /// A pool endpoint's secrets: `path` may not exist yet (the kubelet
+    /// delivers a Secret's new key within its sync period), and until it does
+    /// the set is empty, so the endpoint answers 503 and the sender retries.
+    pub fn load_or_wait(path: &Path, format: SecretFormat, algorithm: HmacAlgorithm) -> SecretStore {
+        match SecretStore::load(path, format, algorithm) {
+            Ok(store) => store,
+            Err(err) => {
+                tracing::info!(path = %path.display(), cause = %err, "no secret file for this endpoint yet; its requests are answered 503 until there is");
+                SecretStore {
+                    path: path.to_owned(),
+                    format,
+                    algorithm,
+                    current: RwLock::new(Arc::default()),
+                    digest: RwLock::new([0; 32]),
+                    unreadable: AtomicBool::new(true),
+                }
+            }
+        }
+    }
+
     /// The keys to try for a request.
     pub fn current(&self) -> Arc<SecretSet> {
         match self.current.read() {
@@ -190,19 +210,25 @@ impl SecretStore {
         }
     }
 
+    /// [`SecretStore::reload`], and a change counted in `metrics`. Blocks on
+    /// the file system: off the request threads.
+    pub fn reload_counted(&self, metrics: &EndpointMetrics) {
+        if self.reload() {
+            metrics.secret_reloads().inc();
+            metrics.secrets().set(self.current().keys.len() as i64);
+        }
+    }
+
     /// Re-reads the file every `interval`, off the request threads, until the
     /// task is aborted; each change is counted in `metrics`.
-    pub async fn watch(self: Arc<Self>, interval: Duration, metrics: Arc<Metrics>) {
+    pub async fn watch(self: Arc<Self>, interval: Duration, metrics: Arc<EndpointMetrics>) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         loop {
             ticker.tick().await;
-            let store = self.clone();
-            if let Ok(true) = tokio::task::spawn_blocking(move || store.reload()).await {
-                metrics.secret_reloads.inc();
-                metrics.secrets.set(self.current().keys.len() as i64);
-            }
+            let (store, metrics) = (self.clone(), metrics.clone());
+            let _ = tokio::task::spawn_blocking(move || store.reload_counted(&metrics)).await;
         }
     }
 

@@ -1,11 +1,14 @@
-//! [`AppState`]: what every request shares, built once at start from the
-//! [`Config`]: the endpoint, its secrets, verifier, schema, rate limiter and
-//! JSON reader, the JetStream store and the metrics.
+//! What requests share: [`AppState`] (the NATS connection, the metrics, the
+//! routing table and the process's own state), built once at start, and each
+//! endpoint's [`EndpointState`]: its secrets, verifier, schema, rate limiter,
+//! JSON reader and stream, built when the endpoint is loaded and kept for as
+//! long as its manifest does not change.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hookline_api::ValidatedEndpoint;
 use hookline_api::validated::FieldSource;
 
@@ -14,17 +17,18 @@ use crate::checks::schema::Schema;
 use crate::checks::signature::Verifier;
 use crate::event::{Fields, HeaderContext};
 use crate::json::JsonReader;
-use crate::metrics::Metrics;
+use crate::metrics::{EndpointMetrics, Metrics};
+use crate::routes::Routes;
 use crate::secrets::SecretStore;
-use crate::store::Store;
-use crate::{Config, Result};
+use crate::store::{Nats, Store};
+use crate::{Config, Endpoints, Result};
 
-/// What every request shares.
-pub struct AppState {
+/// One endpoint: everything the pipeline reads for its requests.
+pub struct EndpointState {
     pub endpoint: Arc<ValidatedEndpoint>,
     pub secrets: Arc<SecretStore>,
     pub store: Arc<Store>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<EndpointMetrics>,
     pub(crate) verifier: Verifier,
     pub(crate) schema: Option<Schema>,
     /// This receiver's share of `spec.request.rateLimit`.
@@ -34,21 +38,23 @@ pub struct AppState {
     pub(crate) headers: HeaderContext,
     /// Where the event's id, type, time and object id are read.
     pub(crate) fields: Fields,
-    /// Longest time one request may take, body upload included.
-    pub(crate) request_timeout: Duration,
-    shutting_down: AtomicBool,
+    /// A pool's endpoint: the hash of the manifest it was built from, and
+    /// its stream probed on demand rather than by a task of its own.
+    pub(crate) manifest_hash: Option<String>,
 }
 
-impl AppState {
-    /// Loads the secrets, compiles the schema and starts connecting to NATS.
-    pub async fn new(config: &Config) -> Result<Arc<AppState>> {
-        let endpoint = Arc::new(config.endpoint.clone());
+impl EndpointState {
+    /// Compiles the schema and prepares the checks; `secrets` are loaded.
+    pub fn new(
+        endpoint: ValidatedEndpoint,
+        secrets: SecretStore,
+        nats: Arc<Nats>,
+        metrics: EndpointMetrics,
+        replicas: u32,
+        manifest_hash: Option<String>,
+    ) -> Result<EndpointState> {
+        let endpoint = Arc::new(endpoint);
         let scheme = &endpoint.verification;
-        let secrets = Arc::new(SecretStore::load(
-            &config.secret_file,
-            scheme.secret_format,
-            scheme.algorithm,
-        )?);
         let schema = endpoint
             .request
             .schema
@@ -56,40 +62,105 @@ impl AppState {
             .map(Schema::compile)
             .transpose()?;
         let rate_limiter = endpoint.request.rate_limit.map(|limit| {
-            let share = limit.share(config.replicas);
+            let share = limit.share(replicas);
             tracing::info!(
                 endpoint = %endpoint.key(),
                 per_second = share.per_second,
                 burst = share.burst,
-                replicas = config.replicas,
+                replicas,
                 "rate limit: this receiver's share of spec.request.rateLimit"
             );
             RateLimiter::new(share)
         });
-        let metrics = Arc::new(Metrics::new(endpoint.provider.as_str()));
-        metrics.secrets.set(secrets.current().keys.len() as i64);
-        let store = Arc::new(Store::connect(config).await?);
-        Ok(Arc::new(AppState {
+        metrics.secrets().set(secrets.current().keys.len() as i64);
+        Ok(EndpointState {
             verifier: Verifier::new(scheme.clone()),
             json: json_reader(&endpoint, schema.is_some()),
             headers: HeaderContext::new(&endpoint),
             fields: Fields::new(&endpoint.event),
-            request_timeout: config.request_timeout,
+            store: Arc::new(Store::new(nats, endpoint.clone())),
+            secrets: Arc::new(secrets),
+            metrics: Arc::new(metrics),
             endpoint,
-            secrets,
-            store,
-            metrics,
             schema,
             rate_limiter,
+            manifest_hash,
+        })
+    }
+
+    /// The endpoint's key, `namespace/name`.
+    pub fn key(&self) -> &str {
+        &self.headers.endpoint
+    }
+}
+
+/// What every request shares.
+pub struct AppState {
+    /// Which endpoint a request is for: one table, swapped whole when a
+    /// pool's directories change, so a request finishes on the table (and
+    /// the endpoint) it started with.
+    pub routes: ArcSwap<Routes>,
+    pub nats: Arc<Nats>,
+    pub metrics: Arc<Metrics>,
+    /// `--endpoint-dir`: readiness is the process's, not an endpoint's.
+    pub pool: bool,
+    /// Longest time one request may take, body upload included.
+    pub(crate) request_timeout: Duration,
+    shutting_down: AtomicBool,
+}
+
+impl AppState {
+    /// Starts connecting to NATS; with `--endpoint`, loads the secrets and
+    /// compiles the schema (a pool's endpoints are loaded by its reloads).
+    pub async fn new(config: &Config) -> Result<Arc<AppState>> {
+        let (routes, metrics, nats, pool) = match &config.endpoints {
+            Endpoints::One {
+                endpoint,
+                secret_file,
+            } => {
+                let scheme = &endpoint.verification;
+                let secrets =
+                    SecretStore::load(secret_file, scheme.secret_format, scheme.algorithm)?;
+                let (metrics, endpoint_metrics) = Metrics::new(endpoint.provider.as_str());
+                let name = format!("hookline-receiver {}", endpoint.key());
+                let nats = Nats::connect(config, &name).await?;
+                let one = EndpointState::new(
+                    endpoint.clone(),
+                    secrets,
+                    nats.clone(),
+                    endpoint_metrics,
+                    config.replicas,
+                    None,
+                )?;
+                (Routes::one(Arc::new(one)), metrics, nats, false)
+            }
+            Endpoints::Pool { .. } => {
+                let nats = Nats::connect(config, "hookline-receiver pool").await?;
+                (Routes::default(), Metrics::for_pool(), nats, true)
+            }
+        };
+        Ok(Arc::new(AppState {
+            routes: ArcSwap::from_pointee(routes),
+            nats,
+            metrics: Arc::new(metrics),
+            pool,
+            request_timeout: config.request_timeout,
             shutting_down: AtomicBool::new(false),
         }))
     }
 
-    /// Secrets loaded, NATS connected, the stream answering, not shutting down.
+    /// Not shutting down and NATS connected; with `--endpoint`, also its
+    /// secrets loaded and its stream answering. A pool's endpoints do not
+    /// count: one endpoint's missing secret must not take the pool out (they
+    /// are reported by `/endpoints`).
     pub fn is_ready(&self) -> bool {
-        !self.shutting_down.load(Ordering::Relaxed)
-            && !self.secrets.current().is_empty()
-            && self.store.is_ready()
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return false;
+        }
+        match self.routes.load().single() {
+            Some(one) => !one.secrets.current().is_empty() && one.store.is_ready(),
+            None => self.pool && self.nats.is_connected(),
+        }
     }
 
     /// From now on `/readyz` says not ready, so no new traffic is routed here.

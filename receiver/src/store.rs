@@ -1,7 +1,14 @@
-//! The durable store: the NATS connection (made in the background, so the
-//! receiver serves — and reports not ready — while NATS is down), a readiness
-//! probe of the endpoint's stream (and, for a stream with interest retention,
-//! of its durable consumer), and the publish that waits for the PubAck.
+//! The durable store: the NATS connection ([`Nats`], made in the background,
+//! so the receiver serves — and reports not ready — while NATS is down, and
+//! shared by every endpoint of a pool), a readiness probe of each endpoint's
+//! stream (and, for a stream with interest retention, of its durable
+//! consumer), and the publish that waits for the PubAck.
+//!
+//! With `--endpoint` a background task probes the one stream every few
+//! seconds ([`Store::watch`]). A pool has no task per endpoint: a request
+//! finding its endpoint's figures older than [`ON_DEMAND_MAX_AGE`] probes
+//! ([`Store::refresh_if_stale`], one probe in flight per endpoint), so 1,000
+//! idle endpoints cost NATS nothing.
 //!
 //! A stream with interest retention keeps nothing while no consumer exists: a
 //! PubAck then means nothing was kept. So the receiver publishes only while
@@ -29,7 +36,7 @@ use hookline_api::ValidatedEndpoint;
 use hookline_api::validated::StreamRetention;
 use tokio::time::Instant;
 
-use crate::metrics::Metrics;
+use crate::metrics::EndpointMetrics;
 use crate::{Config, Rejection, Result};
 
 /// How often readiness is re-checked while not ready, and while ready.
@@ -37,6 +44,9 @@ const PROBE_NOT_READY: Duration = Duration::from_millis(500);
 const PROBE_READY: Duration = Duration::from_secs(2);
 /// How often start-up looks whether the first connection is made.
 const CONNECTED_POLL: Duration = Duration::from_millis(20);
+/// How old a pool endpoint's readiness and stream size may be when a request
+/// uses them; an older figure is probed again first.
+pub const ON_DEMAND_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// What the last readiness probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,75 +70,35 @@ impl Readiness {
     }
 }
 
-/// The JetStream side of the receiver.
-pub struct Store {
+/// The one NATS connection of the process, shared by every endpoint.
+pub struct Nats {
     client: async_nats::Client,
     js: jetstream::Context,
-    stream: String,
-    /// The endpoint's durable consumer, which an interest stream needs.
-    durable: String,
     publish_timeout: Duration,
-    /// The last probe's [`Readiness`].
-    readiness: AtomicU8,
-    /// The stream has interest retention (as the last probe found).
-    interest: AtomicBool,
-    /// `--provision`: (re)create the stream whenever it is found missing.
+    /// `--provision`: (re)create a stream whenever it is found missing.
     provision: bool,
-    provisioned: AtomicBool,
-    /// Bytes the stream held at the last probe.
-    stored_bytes: AtomicU64,
-    /// The size past which a buffer takes no more events (`spec.stream.maxBytes`).
-    buffer_cap: u64,
-    /// The stream is a buffer (not limits retention), so [`Store::buffer_cap`]
-    /// applies; an archive's cap is its own `max_bytes`.
-    buffered: AtomicBool,
-    /// The last probe found the buffer at its cap (for logging the change).
-    full: AtomicBool,
+    /// What [`Store`]'s probe times count from.
+    epoch: Instant,
 }
 
-impl Store {
+impl Nats {
     /// Starts connecting; returns at once. The client reconnects by itself forever.
-    pub async fn connect(config: &Config) -> Result<Store> {
-        let name = format!("hookline-receiver {}", config.endpoint.key());
-        let client =
-            hookline_api::nats::connect(&config.nats_url, &config.nats_auth, &name).await?;
+    pub async fn connect(config: &Config, name: &str) -> Result<Arc<Nats>> {
+        let client = hookline_api::nats::connect(&config.nats_url, &config.nats_auth, name).await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(config.publish_timeout)
             .build(client.clone());
-        Ok(Store {
+        Ok(Arc::new(Nats {
             client,
             js,
-            stream: config.endpoint.stream.name.clone(),
-            durable: config.endpoint.consumer.durable_name.clone(),
             publish_timeout: config.publish_timeout,
-            readiness: AtomicU8::new(Readiness::StreamUnreachable as u8),
-            interest: AtomicBool::new(true),
             provision: config.provision,
-            provisioned: AtomicBool::new(!config.provision),
-            stored_bytes: AtomicU64::new(0),
-            buffer_cap: config
-                .endpoint
-                .stream
-                .buffer_cap(StreamRetention::Buffer)
-                .unwrap_or(u64::MAX),
-            buffered: AtomicBool::new(false),
-            full: AtomicBool::new(false),
-        })
+            epoch: Instant::now(),
+        }))
     }
 
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == State::Connected
-    }
-
-    /// Connected, and the last probe found the stream (and the durable
-    /// consumer an interest stream needs).
-    pub fn is_ready(&self) -> bool {
-        self.is_connected() && self.readiness() == Readiness::Ready
-    }
-
-    /// What the last probe found.
-    pub fn readiness(&self) -> Readiness {
-        Readiness::from_u8(self.readiness.load(Ordering::Relaxed))
     }
 
     /// Waits up to `limit` for the first connection.
@@ -143,11 +113,112 @@ impl Store {
         true
     }
 
+    /// The server's largest message (body plus headers).
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
+    /// Sends what the client still buffers, bounded.
+    pub async fn flush(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.client.flush()).await;
+    }
+
+    /// The client, for the pool's one subscription to deletion advisories.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Milliseconds since this connection was made (never 0: 0 is "never").
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+}
+
+/// The JetStream side of one endpoint.
+pub struct Store {
+    nats: Arc<Nats>,
+    endpoint: Arc<ValidatedEndpoint>,
+    stream: String,
+    /// The endpoint's durable consumer, which an interest stream needs.
+    durable: String,
+    /// The last probe's [`Readiness`].
+    readiness: AtomicU8,
+    /// The stream has interest retention (as the last probe found).
+    interest: AtomicBool,
+    provisioned: AtomicBool,
+    /// Bytes the stream held at the last probe.
+    stored_bytes: AtomicU64,
+    /// The size past which a buffer takes no more events (`spec.stream.maxBytes`).
+    buffer_cap: u64,
+    /// The stream is a buffer (not limits retention), so [`Store::buffer_cap`]
+    /// applies; an archive's cap is its own `max_bytes`.
+    buffered: AtomicBool,
+    /// The last probe found the buffer at its cap (for logging the change).
+    full: AtomicBool,
+    /// When the last probe ended ([`Nats::now_ms`]); 0: never.
+    probed_at: AtomicU64,
+    /// Held by the one request probing on demand; the others use the last
+    /// figures (or, before the first probe, wait for it).
+    probing: tokio::sync::Mutex<()>,
+}
+
+impl Store {
+    /// The store of `endpoint` on the shared connection; nothing asked yet.
+    pub fn new(nats: Arc<Nats>, endpoint: Arc<ValidatedEndpoint>) -> Store {
+        Store {
+            stream: endpoint.stream.name.clone(),
+            durable: endpoint.consumer.durable_name.clone(),
+            readiness: AtomicU8::new(Readiness::StreamUnreachable as u8),
+            interest: AtomicBool::new(true),
+            provisioned: AtomicBool::new(!nats.provision),
+            stored_bytes: AtomicU64::new(0),
+            buffer_cap: endpoint
+                .stream
+                .buffer_cap(StreamRetention::Buffer)
+                .unwrap_or(u64::MAX),
+            buffered: AtomicBool::new(false),
+            full: AtomicBool::new(false),
+            probed_at: AtomicU64::new(0),
+            probing: tokio::sync::Mutex::new(()),
+            nats,
+            endpoint,
+        }
+    }
+
+    /// The endpoint's stream.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.nats.is_connected()
+    }
+
+    /// Connected, and the last probe found the stream (and the durable
+    /// consumer an interest stream needs).
+    pub fn is_ready(&self) -> bool {
+        self.is_connected() && self.readiness() == Readiness::Ready
+    }
+
+    /// What the last probe found.
+    pub fn readiness(&self) -> Readiness {
+        Readiness::from_u8(self.readiness.load(Ordering::Relaxed))
+    }
+
+    /// Whether a probe has answered since the store was made (`None`: none
+    /// yet), for `/endpoints`.
+    pub fn stream_reachable(&self) -> Option<bool> {
+        (self.probed_at.load(Ordering::Relaxed) != 0)
+            .then(|| self.readiness() != Readiness::StreamUnreachable)
+    }
+
     /// Asks JetStream about the stream and, when its retention is interest,
     /// about the durable consumer; records and returns whether both are there.
     pub async fn probe(&self) -> bool {
         let found = if self.is_connected() {
-            match tokio::time::timeout(self.publish_timeout, self.inspect()).await {
+            match tokio::time::timeout(self.nats.publish_timeout, self.inspect()).await {
                 Ok(found) => found,
                 Err(_elapsed) => Readiness::StreamUnreachable,
             }
@@ -174,7 +245,7 @@ impl Store {
     }
 
     async fn inspect(&self) -> Readiness {
-        let stream = match self.js.get_stream(&self.stream).await {
+        let stream = match self.nats.js.get_stream(&self.stream).await {
             Ok(stream) => stream,
             Err(err) => {
                 tracing::debug!(stream = %self.stream, cause = %err, "stream probe failed");
@@ -237,14 +308,14 @@ impl Store {
     }
 
     /// Creates or updates the stream and durable consumer, once it succeeds.
-    pub async fn provision(&self, endpoint: &ValidatedEndpoint) -> bool {
+    pub async fn provision(&self) -> bool {
         if self.provisioned.load(Ordering::Relaxed) {
             return true;
         }
         if !self.is_connected() {
             return false;
         }
-        match hookline_api::provision::provision(&self.js, endpoint).await {
+        match hookline_api::provision::provision(&self.nats.js, &self.endpoint).await {
             Ok(()) => {
                 tracing::info!(stream = %self.stream, "stream and durable consumer provisioned");
                 self.provisioned.store(true, Ordering::Relaxed);
@@ -257,17 +328,48 @@ impl Store {
         }
     }
 
+    /// Provisions (when asked and not done yet), probes, and records what it
+    /// found in `metrics`: one step of [`Store::watch`], or of a pool's
+    /// request finding stale figures.
+    pub async fn refresh(&self, metrics: &EndpointMetrics) {
+        if self.provision().await && !self.probe().await && self.nats.provision {
+            // A NATS server that lost its store: make the stream again.
+            self.provisioned
+                .store(!self.is_connected(), Ordering::Relaxed);
+        }
+        self.probed_at.store(self.nats.now_ms(), Ordering::Relaxed);
+        metrics.jetstream_ready().set(i64::from(self.is_ready()));
+        metrics.buffer(self.stored_bytes(), self.buffer_cap());
+    }
+
+    /// A pool's probe on demand: when the last one is older than
+    /// [`ON_DEMAND_MAX_AGE`], one request probes and the others go on with
+    /// the last figures; before the first probe they all wait for it, since
+    /// there are no figures to go on with.
+    pub async fn refresh_if_stale(&self, metrics: &EndpointMetrics) {
+        let max_age = u64::try_from(ON_DEMAND_MAX_AGE.as_millis()).unwrap_or(u64::MAX);
+        let stale = || {
+            let probed = self.probed_at.load(Ordering::Relaxed);
+            probed == 0 || self.nats.now_ms().saturating_sub(probed) >= max_age
+        };
+        if !stale() {
+            return;
+        }
+        let _probing = match self.probing.try_lock() {
+            Ok(guard) => guard,
+            Err(_busy) if self.probed_at.load(Ordering::Relaxed) != 0 => return,
+            Err(_busy) => self.probing.lock().await,
+        };
+        if stale() {
+            self.refresh(metrics).await;
+        }
+    }
+
     /// Keeps provisioning (when asked) and readiness up to date until dropped.
-    pub async fn watch(self: Arc<Self>, endpoint: Arc<ValidatedEndpoint>, metrics: Arc<Metrics>) {
+    pub async fn watch(self: Arc<Self>, metrics: Arc<EndpointMetrics>) {
         let mut deletions = self.deletion_advisories().await;
         loop {
-            if self.provision(&endpoint).await && !self.probe().await && self.provision {
-                // A NATS server that lost its store: make the stream again.
-                self.provisioned
-                    .store(!self.is_connected(), Ordering::Relaxed);
-            }
-            metrics.jetstream_ready.set(i64::from(self.is_ready()));
-            metrics.buffer(self.stored_bytes(), self.buffer_cap());
+            self.refresh(&metrics).await;
             let pause = if self.is_ready() {
                 PROBE_READY
             } else {
@@ -277,7 +379,7 @@ impl Store {
                 () = tokio::time::sleep(pause) => {}
                 Some(advisory) = deletions.next() => {
                     self.deleted(advisory.subject.as_str());
-                    metrics.jetstream_ready.set(0);
+                    metrics.jetstream_ready().set(0);
                 }
             }
         }
@@ -297,7 +399,7 @@ impl Store {
         ];
         let mut advisories = SelectAll::new();
         for subject in subjects {
-            match self.client.subscribe(subject.clone()).await {
+            match self.nats.client.subscribe(subject.clone()).await {
                 Ok(subscriber) => advisories.push(subscriber),
                 Err(err) => {
                     tracing::debug!(%subject, cause = %err, "cannot subscribe to the advisory; the probe alone will notice");
@@ -307,9 +409,21 @@ impl Store {
         advisories
     }
 
+    /// Whether a deletion advisory's `subject` names this endpoint's stream
+    /// or its durable consumer.
+    pub fn is_about(&self, subject: &str) -> bool {
+        if let Some(stream) = subject.strip_prefix("$JS.EVENT.ADVISORY.STREAM.DELETED.") {
+            return stream == self.stream;
+        }
+        subject
+            .strip_prefix("$JS.EVENT.ADVISORY.CONSUMER.DELETED.")
+            .and_then(|rest| rest.split_once('.'))
+            .is_some_and(|(stream, consumer)| stream == self.stream && consumer == self.durable)
+    }
+
     /// JetStream deleted the stream, or the durable consumer an interest
-    /// stream needs: not ready, now.
-    fn deleted(&self, subject: &str) {
+    /// stream needs: not ready, now (and a pool's next request probes again).
+    pub fn deleted(&self, subject: &str) {
         let now = if !subject.starts_with("$JS.EVENT.ADVISORY.CONSUMER.") {
             Readiness::StreamUnreachable
         } else if self.interest.load(Ordering::Relaxed) {
@@ -318,6 +432,10 @@ impl Store {
             return;
         };
         let was = Readiness::from_u8(self.readiness.swap(now as u8, Ordering::Relaxed));
+        self.probed_at.store(
+            self.probed_at.load(Ordering::Relaxed).min(1),
+            Ordering::Relaxed,
+        );
         if was == Readiness::Ready {
             tracing::warn!(stream = %self.stream, consumer = %self.durable, %subject, "JetStream reports a deletion; answering 503 until the next probe finds the stream and consumer");
         }
@@ -363,8 +481,8 @@ impl Store {
         let message = jetstream::message::PublishMessage::build()
             .payload(body)
             .headers(headers);
-        let acked = tokio::time::timeout(self.publish_timeout, async {
-            self.js.send_publish(subject, message).await?.await
+        let acked = tokio::time::timeout(self.nats.publish_timeout, async {
+            self.nats.js.send_publish(subject, message).await?.await
         })
         .await;
         match acked {
@@ -422,18 +540,13 @@ impl Store {
 
     /// The server's largest message (body plus headers).
     pub fn max_payload(&self) -> usize {
-        self.client.server_info().max_payload
+        self.nats.max_payload()
     }
 
     fn timed_out(&self) -> Rejection {
         Rejection::Unavailable(format!(
             "no acknowledgement from stream {} within {:?}",
-            self.stream, self.publish_timeout
+            self.stream, self.nats.publish_timeout
         ))
-    }
-
-    /// Sends what the client still buffers, bounded.
-    pub async fn flush(&self, limit: Duration) {
-        let _ = tokio::time::timeout(limit, self.client.flush()).await;
     }
 }

@@ -1,0 +1,286 @@
+//! `--endpoint-dir`: one receiver serving every endpoint of a directory of
+//! manifests (a pool of one namespace), each with its own secrets (the file
+//! `--secret-dir`/NAME), checks, limits and stream, over one NATS connection.
+//!
+//! Both directories are read every `--secret-poll`: a new routing table is
+//! built aside and swapped in whole, so a request never sees half a reload
+//! and finishes on the table it started with. An endpoint whose manifest did
+//! not change keeps its [`EndpointState`] (rate limiter, stream figures)
+//! across reloads. Nothing runs per endpoint in the background: streams are
+//! probed when requests need them ([`crate::store::Store::refresh_if_stale`]),
+//! and one subscription to JetStream's deletion advisories serves them all.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::StreamExt;
+use hookline_api::ValidatedEndpoint;
+use hookline_api::pool_dir::{Directory, Found, file_name};
+use tracing::Instrument;
+
+use crate::metrics::EndpointLabel;
+use crate::routes::Routes;
+use crate::secrets::SecretStore;
+use crate::state::{AppState, EndpointState};
+use crate::{Error, Result};
+
+/// Streams provisioned at once when endpoints are added (`--provision`).
+const PROVISION_CONCURRENCY: usize = 16;
+
+/// JetStream's advisories that a stream or a durable consumer was deleted,
+/// for every stream: one subscription each, whatever the pool's size.
+const DELETION_ADVISORIES: [&str; 2] = [
+    "$JS.EVENT.ADVISORY.STREAM.DELETED.*",
+    "$JS.EVENT.ADVISORY.CONSUMER.DELETED.*.*",
+];
+
+/// A pool's directories and how its endpoints are built.
+pub struct Pool {
+    /// Behind a lock only to be moved into the blocking reads.
+    directory: Arc<Mutex<Directory>>,
+    secret_dir: PathBuf,
+    replicas: u32,
+    provision: bool,
+}
+
+/// What one read of the directories makes: the next table, and what changed.
+struct Reload {
+    routes: Routes,
+    /// Endpoints built anew (added, or their manifest changed).
+    added: Vec<Arc<EndpointState>>,
+}
+
+impl Pool {
+    /// Reads `endpoint_dir` the first time: manifests of different
+    /// namespaces are an error (a pool serves one).
+    pub fn open(
+        endpoint_dir: &Path,
+        secret_dir: &Path,
+        cluster_name: Option<String>,
+        replicas: u32,
+        provision: bool,
+    ) -> Result<(Pool, Found)> {
+        let mut directory = Directory::new(endpoint_dir.to_owned(), cluster_name);
+        let first = directory.scan_first()?;
+        if !secret_dir.is_dir() {
+            return Err(Error::Flags(format!(
+                "--secret-dir {}: not a directory",
+                secret_dir.display()
+            )));
+        }
+        tracing::info!(
+            endpoint_dir = %endpoint_dir.display(),
+            namespace = directory.namespace().unwrap_or(""),
+            endpoints = first.endpoints.len(),
+            skipped = first.skipped.len(),
+            "serving a pool"
+        );
+        let pool = Pool {
+            directory: Arc::new(Mutex::new(directory)),
+            secret_dir: secret_dir.to_owned(),
+            replicas,
+            provision,
+        };
+        Ok((pool, first))
+    }
+
+    /// Re-reads both directories every `interval` and swaps in what they
+    /// say, until aborted. A directory that cannot be read for a moment
+    /// keeps the endpoints loaded.
+    pub async fn run(self, state: Arc<AppState>, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let directory = self.directory.clone();
+            let scanned = tokio::task::spawn_blocking(move || {
+                directory
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .scan()
+            })
+            .await;
+            match scanned {
+                Ok(Ok(found)) => self.apply(&state, found).await,
+                Ok(Err(err)) => {
+                    tracing::warn!(cause = %err, "cannot read the endpoint directory; keeping the endpoints loaded");
+                }
+                Err(err) => {
+                    tracing::warn!(cause = %err, "reading the endpoint directory failed; keeping the endpoints loaded");
+                }
+            }
+        }
+    }
+
+    /// Builds the table `found` describes aside (re-reading the secrets of
+    /// the endpoints kept), provisions the new endpoints' streams when
+    /// asked, swaps the table in, and forgets the series of endpoints no
+    /// longer served.
+    pub async fn apply(&self, state: &Arc<AppState>, found: Found) {
+        let span = tracing::info_span!("reload", endpoints = found.endpoints.len());
+        async {
+            let old = state.routes.load_full();
+            let build = {
+                let (state, old, secret_dir, replicas) =
+                    (state.clone(), old.clone(), self.secret_dir.clone(), self.replicas);
+                tokio::task::spawn_blocking(move || {
+                    build(&state, &old, found, &secret_dir, replicas)
+                })
+            };
+            let reload = match build.await {
+                Ok(reload) => reload,
+                Err(err) => {
+                    tracing::warn!(cause = %err, "building the routing table failed; keeping the endpoints loaded");
+                    return;
+                }
+            };
+            if self.provision {
+                futures::stream::iter(&reload.added)
+                    .for_each_concurrent(PROVISION_CONCURRENCY, |one| async move {
+                        one.store.provision().await;
+                    })
+                    .await;
+            }
+            let routes = Arc::new(reload.routes);
+            state.routes.store(routes.clone());
+            let removed: Vec<_> = old
+                .endpoints
+                .iter()
+                .filter(|(key, _)| !routes.endpoints.contains_key(*key))
+                .collect();
+            for (key, one) in &removed {
+                one.metrics.forget();
+                tracing::info!(endpoint = %key, "endpoint no longer served");
+            }
+            for one in &reload.added {
+                tracing::info!(endpoint = %one.key(), path = %one.endpoint.route.path, manifest_hash = one.manifest_hash.as_deref().unwrap_or(""), "endpoint served");
+            }
+            state
+                .metrics
+                .pool_size(routes.endpoints.len(), routes.skipped.len());
+        }
+        .instrument(span)
+        .await;
+    }
+}
+
+/// The next table (blocking: it reads secret files and compiles schemas).
+/// Files are taken in name order, so of two endpoints with the same host and
+/// path the later file is the one skipped.
+fn build(
+    state: &AppState,
+    old: &Routes,
+    found: Found,
+    secret_dir: &Path,
+    replicas: u32,
+) -> Reload {
+    let mut routes = Routes::default();
+    routes.skipped = found.skipped;
+    let mut added = Vec::new();
+    let mut by_file: Vec<(PathBuf, String, ValidatedEndpoint)> = found
+        .endpoints
+        .into_iter()
+        .map(|(key, (path, endpoint))| (path, key, endpoint))
+        .collect();
+    by_file.sort_by(|a, b| a.0.cmp(&b.0));
+    let hashes: BTreeMap<String, String> = found.hashes;
+    for (path, key, endpoint) in by_file {
+        let hash = hashes.get(&key).cloned();
+        let kept = old
+            .endpoints
+            .get(&key)
+            .filter(|one| one.manifest_hash == hash)
+            .cloned();
+        let one = match kept {
+            Some(one) => {
+                one.secrets.reload_counted(&one.metrics);
+                one
+            }
+            None => match endpoint_state(state, endpoint, secret_dir, replicas, hash) {
+                Ok(one) => {
+                    let one = Arc::new(one);
+                    added.push(one.clone());
+                    one
+                }
+                Err(err) => {
+                    routes.skipped.insert(file_name(&path), err.to_string());
+                    continue;
+                }
+            },
+        };
+        if let Err(holder) = routes.add(one.clone()) {
+            let route = &one.endpoint.route;
+            let host = route
+                .ingress
+                .as_ref()
+                .and_then(|ingress| ingress.host.as_deref())
+                .unwrap_or("any host");
+            routes.skipped.insert(
+                file_name(&path),
+                format!(
+                    "{key}: {host} and path {} are already served for {holder}",
+                    route.path
+                ),
+            );
+            added.retain(|other| !Arc::ptr_eq(other, &one));
+        }
+    }
+    Reload { routes, added }
+}
+
+/// A new endpoint of the pool: its secrets from `secret_dir`/NAME (none yet
+/// is fine: 503 until the file is there), its series labelled with its key.
+fn endpoint_state(
+    state: &AppState,
+    endpoint: ValidatedEndpoint,
+    secret_dir: &Path,
+    replicas: u32,
+    hash: Option<String>,
+) -> Result<EndpointState> {
+    let scheme = &endpoint.verification;
+    let secrets = SecretStore::load_or_wait(
+        &secret_dir.join(&endpoint.name),
+        scheme.secret_format,
+        scheme.algorithm,
+    );
+    let metrics = state
+        .metrics
+        .endpoint(endpoint.provider.as_str(), EndpointLabel::pool(&endpoint.key()));
+    EndpointState::new(
+        endpoint,
+        secrets,
+        state.nats.clone(),
+        metrics,
+        replicas,
+        hash,
+    )
+}
+
+/// Stops publishing to an endpoint whose stream or durable consumer JetStream
+/// reports deleted, at once rather than at its next probe; until aborted.
+/// Best effort, as with `--endpoint`: without the advisories the probe alone
+/// notices.
+pub async fn watch_deletions(state: Arc<AppState>) {
+    let mut advisories = futures::stream::SelectAll::new();
+    for subject in DELETION_ADVISORIES {
+        match state.nats.client().subscribe(subject).await {
+            Ok(subscriber) => advisories.push(subscriber),
+            Err(err) => {
+                tracing::debug!(%subject, cause = %err, "cannot subscribe to the advisory; the probes alone will notice");
+            }
+        }
+    }
+    while let Some(advisory) = advisories.next().await {
+        let subject = advisory.subject.as_str();
+        let routes = state.routes.load();
+        for one in routes.endpoints.values() {
+            if one.store.is_about(subject) {
+                one.store.deleted(subject);
+                one.metrics.jetstream_ready().set(0);
+            }
+        }
+    }
+}
