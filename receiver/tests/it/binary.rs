@@ -17,6 +17,8 @@ fn run_to_end(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
         .args(args)
         .env_remove("HOOKLINE_ENDPOINT")
         .env_remove("HOOKLINE_SECRET_FILE")
+        .env_remove("HOOKLINE_ENDPOINT_DIR")
+        .env_remove("HOOKLINE_SECRET_DIR")
         .env_remove("HOOKLINE_NATS_URL")
         .envs(envs.iter().copied())
         .output()
@@ -47,6 +49,78 @@ fn missing_flags_are_named_on_one_line() {
     assert_eq!(code, Some(2));
     assert_one_line_error(&stderr);
     assert!(stderr.contains("--endpoint"), "{stderr}");
+}
+
+#[test]
+fn endpoint_and_endpoint_dir_are_one_or_the_other_each_with_its_secrets() {
+    let nats = ["--nats-url", "nats://127.0.0.1:1"];
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &[
+                "--endpoint",
+                "e.yaml",
+                "--secret-file",
+                "s",
+                "--endpoint-dir",
+                "d",
+                "--secret-dir",
+                "s",
+            ],
+            "cannot be used with",
+        ),
+        (&[], "--endpoint"),
+        (&["--endpoint-dir", "d"], "--secret-dir"),
+        (&["--endpoint", "e.yaml"], "--secret-file"),
+        (
+            &[
+                "--endpoint-dir",
+                "d",
+                "--secret-file",
+                "s",
+                "--secret-dir",
+                "s",
+            ],
+            "cannot be used with",
+        ),
+    ];
+    for (args, named) in cases {
+        let args: Vec<&str> = args.iter().chain(nats.iter()).copied().collect();
+        let (code, stderr) = run_to_end(&args, &[]);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert_one_line_error(&stderr);
+        assert!(stderr.contains(named), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_pool_of_two_namespaces_at_start_is_a_one_line_error_naming_them() {
+    let dir = tempfile::tempdir().expect("dir");
+    let endpoints = dir.path().join("endpoints");
+    std::fs::create_dir(&endpoints).expect("mkdir");
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).expect("mkdir");
+    std::fs::write(endpoints.join("a.yaml"), manifest("github", "")).expect("write");
+    std::fs::write(
+        endpoints.join("b.yaml"),
+        manifest("github", "").replace("namespace: default", "namespace: billing"),
+    )
+    .expect("write");
+    let (code, stderr) = run_to_end(
+        &[
+            "--endpoint-dir",
+            endpoints.to_str().expect("utf-8"),
+            "--secret-dir",
+            secrets.to_str().expect("utf-8"),
+            "--nats-url",
+            "nats://127.0.0.1:1",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_one_line_error(&stderr);
+    assert!(stderr.contains("different namespaces"), "{stderr}");
+    assert!(stderr.contains("b.yaml is in billing"), "{stderr}");
+    assert!(stderr.contains("a.yaml is in default"), "{stderr}");
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod connections;
 mod filters;
 mod hostile;
 mod limits;
+mod pool;
 mod providers;
 mod requests;
 mod resilience;
