@@ -37,6 +37,13 @@
 //! into DIR), to compare their instructions per request; use a low
 //! concurrency and a few seconds, valgrind is some 50 times slower.
 //!
+//! `loadgen pool --endpoints 1000` measures the pool receiver instead
+//! (`--endpoint-dir`): its RSS with that many endpoints loaded (idle, and
+//! after the load), req/s with the requests spread over every endpoint
+//! against the same binary serving one endpoint (`--endpoint`, and a pool of
+//! one) at the same concurrency, rounds alternating the order, and the time
+//! from an endpoint's manifest and secret written to its first 200.
+//!
 //! Everything runs on loopback: a local nats-server (hookline-e2e) and two
 //! local HTTP servers; every loop is bounded by `--duration`.
 
@@ -193,6 +200,18 @@ enum Mode {
         #[arg(long)]
         headers_of: Option<std::path::PathBuf>,
     },
+    /// The pool receiver (`--endpoint-dir`): RSS with ENDPOINTS loaded,
+    /// req/s spread over them against one endpoint (`--endpoint`, and a pool
+    /// of one) at the same concurrency, and the time from a manifest and
+    /// secret added to the first 200.
+    Pool {
+        /// Endpoints in the big pool, all `--provider`, one namespace.
+        #[arg(long, default_value_t = 1000)]
+        endpoints: usize,
+        /// Endpoints added one by one to time their first 200.
+        #[arg(long, default_value_t = 10)]
+        additions: usize,
+    },
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -214,8 +233,348 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             subject.clone(),
             headers_of.as_deref(),
         )),
+        Some(Mode::Pool {
+            endpoints,
+            additions,
+        }) => runtime.block_on(pool_benchmark(&cli, endpoints, additions)),
         None => runtime.block_on(benchmark(&cli)),
     }
+}
+
+/// The one path of the single-endpoint measurements.
+fn one_path() -> Arc<[String]> {
+    Arc::from([PATH.to_owned()])
+}
+
+// ---- the pool: many endpoints from one receiver ----
+
+/// A receiver measured by `loadgen pool`: its name, its flags, the paths
+/// its load goes to.
+type Configuration = (&'static str, Vec<std::ffi::OsString>, Arc<[String]>);
+
+/// Pool member `i`: the provider's preset, an `Archive` stream, path `/p/<i>`.
+fn pool_member(provider: Provider, i: usize) -> String {
+    format!(
+        "apiVersion: hookline.io/v1alpha1
+kind: WebhookEndpoint
+metadata:
+  name: m{i}
+  namespace: bench
+spec:
+  provider: {}
+  secretRef:
+    name: bench
+  ingress:
+    path: /p/{i}
+  stream:
+    retention: Archive
+",
+        provider.manifest_name()
+    )
+}
+
+/// Writes members `range` (manifest and secret file) into `dir`.
+fn write_members(
+    dir: &std::path::Path,
+    provider: Provider,
+    range: std::ops::Range<usize>,
+) -> std::io::Result<()> {
+    for i in range {
+        std::fs::write(
+            dir.join("secrets").join(format!("m{i}")),
+            format!("{}\n", provider.secret()),
+        )?;
+        std::fs::write(
+            dir.join("endpoints").join(format!("m{i}.yaml")),
+            pool_member(provider, i),
+        )?;
+    }
+    Ok(())
+}
+
+/// `VmRSS` and `VmHWM` of `pid` in MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let mib = |field| {
+        hookline_e2e::proc_stats::status_number(pid, field)
+            .map_or(f64::NAN, |kib| kib as f64 / 1024.0)
+    };
+    (mib("VmRSS"), mib("VmHWM"))
+}
+
+/// Starts the receiver with `args` and waits until it answers `/readyz`.
+async fn start_receiver(
+    binary: &std::path::Path,
+    args: &[&std::ffi::OsStr],
+    nats_url: &str,
+) -> Result<(ChildProcess, SocketAddr, Duration), Box<dyn std::error::Error>> {
+    let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut command = Command::new(binary);
+    command
+        .args(args)
+        .args(["--nats-url", nats_url, "--listen", &address.to_string()])
+        .env_remove("RUST_LOG");
+    let started = Instant::now();
+    let mut child = ChildProcess::spawn(&mut command)?;
+    if !wait_ready(address, &mut child).await {
+        return Err("the receiver was not ready within 300 s".into());
+    }
+    Ok((child, address, started.elapsed()))
+}
+
+/// Waits for `GET /readyz` 200 (over hyper's client connection, as the load).
+async fn wait_ready(address: SocketAddr, child: &mut ChildProcess) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if status_of(address, "GET", "/readyz").await == Some(StatusCode::OK) {
+            return true;
+        }
+        assert!(
+            child.is_running(),
+            "receiver exited:\n{}",
+            child.log_tail(30)
+        );
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One request without a body on a fresh connection; its status.
+async fn status_of(address: SocketAddr, method: &str, path: &str) -> Option<StatusCode> {
+    let tcp = tokio::net::TcpStream::connect(address).await.ok()?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .ok()?;
+    tokio::spawn(connection);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let response = sender.send_request(request).await.ok()?;
+    Some(response.status())
+}
+
+/// One signed event to `path` on a fresh connection; its status.
+async fn post_signed(
+    address: SocketAddr,
+    path: &str,
+    maker: &EventMaker,
+    id: &str,
+) -> Option<StatusCode> {
+    let tcp = tokio::net::TcpStream::connect(address).await.ok()?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .ok()?;
+    tokio::spawn(connection);
+    let signed = maker.make(id);
+    let mut request = hyper::Request::post(path).header("host", "localhost");
+    for (name, value) in &signed.headers {
+        request = request.header(*name, value);
+    }
+    let response = sender
+        .send_request(request.body(Full::new(signed.body)).ok()?)
+        .await
+        .ok()?;
+    Some(response.status())
+}
+
+async fn pool_benchmark(
+    cli: &Cli,
+    endpoints: usize,
+    additions: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let nats = tokio::task::block_in_place(NatsServer::start)?;
+    let binary = match &cli.receiver_bin {
+        Some(path) => path.clone(),
+        None => tokio::task::block_in_place(|| workspace_bin("hookline-receiver")),
+    };
+    let maker = Arc::new(EventMaker::new(cli.provider, cli.body_bytes)?);
+    let big = tempfile::tempdir()?;
+    let small = tempfile::tempdir()?;
+    for dir in [big.path(), small.path()] {
+        std::fs::create_dir(dir.join("endpoints"))?;
+        std::fs::create_dir(dir.join("secrets"))?;
+    }
+    write_members(big.path(), cli.provider, 0..endpoints)?;
+    write_members(small.path(), cli.provider, 0..1)?;
+    let single = tempfile::tempdir()?;
+    let manifest = single.path().join("endpoint.yaml");
+    std::fs::write(&manifest, cli.provider.manifest())?;
+    let secret = single.path().join("secret");
+    std::fs::write(&secret, format!("{}\n", cli.provider.secret()))?;
+    println!(
+        "loadgen pool: {endpoints} {:?} endpoints, {} byte bodies, {} connections, {:?} warm-up + {:?} measured, {} rounds",
+        cli.provider,
+        maker.make("evt_x_000000000000").body.len(),
+        cli.concurrency,
+        cli.warmup,
+        cli.duration,
+        cli.rounds,
+    );
+    let pool_args = |dir: &std::path::Path| -> Vec<std::ffi::OsString> {
+        vec![
+            "--endpoint-dir".into(),
+            dir.join("endpoints").into(),
+            "--secret-dir".into(),
+            dir.join("secrets").into(),
+            "--provision".into(),
+        ]
+    };
+    let big_paths: Arc<[String]> = (0..endpoints).map(|i| format!("/p/{i}")).collect();
+    let configurations: [Configuration; 3] = [
+        (
+            "single --endpoint",
+            vec![
+                "--endpoint".into(),
+                manifest.clone().into(),
+                "--secret-file".into(),
+                secret.clone().into(),
+                "--provision".into(),
+            ],
+            one_path(),
+        ),
+        (
+            "pool of 1",
+            pool_args(small.path()),
+            Arc::from(["/p/0".to_owned()]),
+        ),
+        ("pool of N", pool_args(big.path()), big_paths),
+    ];
+    println!(
+        "{:<6} {:<18} {:>9} {:>10} {:>8} {:>8} {:>12} {:>12} {:>12}",
+        "round",
+        "receiver",
+        "start s",
+        "req/s",
+        "p99 ms",
+        "errors",
+        "idle RSS",
+        "RSS after",
+        "peak RSS"
+    );
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); configurations.len()];
+    for round in 0..cli.rounds {
+        let mut order: Vec<usize> = (0..configurations.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for index in order {
+            let (name, args, paths) = &configurations[index];
+            let args: Vec<&std::ffi::OsStr> = args.iter().map(|arg| arg.as_os_str()).collect();
+            let (mut child, address, started) = start_receiver(&binary, &args, &nats.url()).await?;
+            // Let start-up's allocations settle before reading the idle RSS.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let (idle, _) = rss_mib(child.id());
+            let prefix = format!(
+                "p{index}r{round}t{}",
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or_default()
+            );
+            let (mut totals, measured) = load(
+                address,
+                &prefix,
+                cli.concurrency,
+                cli.warmup,
+                cli.duration,
+                maker.clone(),
+                paths.clone(),
+            )
+            .await;
+            totals.latencies_us.sort_unstable();
+            let rate = totals.ok as f64 / measured.as_secs_f64();
+            rates[index].push(rate);
+            let (after, peak) = rss_mib(child.id());
+            println!(
+                "{:<6} {:<18} {:>9.1} {:>10.0} {:>8.2} {:>8} {:>8.1} MiB {:>8.1} MiB {:>8.1} MiB",
+                round + 1,
+                name,
+                started.as_secs_f64(),
+                rate,
+                percentile(&totals.latencies_us, 0.99),
+                totals.errors,
+                idle,
+                after,
+                peak,
+            );
+            if index == 2 && round + 1 == cli.rounds {
+                time_additions(
+                    big.path(),
+                    cli.provider,
+                    endpoints,
+                    additions,
+                    address,
+                    &maker,
+                )
+                .await?;
+            }
+            child.signal(hookline_e2e::Signal::Term)?;
+            let _ = tokio::task::block_in_place(|| child.wait_timeout(Duration::from_secs(30)));
+        }
+    }
+    let mean = |values: &[f64]| values.iter().sum::<f64>() / values.len().max(1) as f64;
+    let spread = |values: &[f64]| {
+        let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{low:.0}..{high:.0}")
+    };
+    for (index, (name, _, _)) in configurations.iter().enumerate() {
+        println!(
+            "{name:<18} mean {:>8.0} req/s (rounds {})",
+            mean(&rates[index]),
+            spread(&rates[index])
+        );
+    }
+    println!(
+        "ratio pool of N / single: {:.3}; pool of N / pool of 1: {:.3}",
+        mean(&rates[2]) / mean(&rates[0]),
+        mean(&rates[2]) / mean(&rates[1])
+    );
+    Ok(())
+}
+
+/// Adds members one at a time to the running pool and times each from its
+/// files written to its first 200 (polling every 20 ms); prints the median.
+async fn time_additions(
+    dir: &std::path::Path,
+    provider: Provider,
+    first: usize,
+    additions: usize,
+    address: SocketAddr,
+    maker: &EventMaker,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut times = Vec::new();
+    for i in first..first + additions {
+        let started = Instant::now();
+        write_members(dir, provider, i..i + 1)?;
+        let path = format!("/p/{i}");
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let id = format!("evt_add_{i}_{attempt}");
+            if post_signed(address, &path, maker, &id).await == Some(StatusCode::OK) {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(format!("{path}: no 200 within 30 s").into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "added endpoint to first 200 (ms, {} additions): median {:.0}, min {:.0}, max {:.0}",
+        times.len(),
+        times.get(times.len() / 2).copied().unwrap_or(f64::NAN),
+        times.first().copied().unwrap_or(f64::NAN),
+        times.last().copied().unwrap_or(f64::NAN)
+    );
+    Ok(())
 }
 
 // ---- the ceiling: publish with Nats-Msg-Id, answer after the PubAck ----
@@ -504,7 +863,8 @@ struct Totals {
 }
 
 /// Load from `concurrency` connections for `warmup + duration`; only requests
-/// started after the warm-up are measured.
+/// started after the warm-up are measured. Request `n` goes to
+/// `paths[n % paths.len()]` (one path, or a pool's endpoints in turn).
 async fn load(
     address: SocketAddr,
     prefix: &str,
@@ -512,6 +872,7 @@ async fn load(
     warmup: Duration,
     duration: Duration,
     maker: Arc<EventMaker>,
+    paths: Arc<[String]>,
 ) -> (Totals, Duration) {
     let started = Instant::now();
     let measure_from = started + warmup;
@@ -524,6 +885,7 @@ async fn load(
         let maker = maker.clone();
         let prefix = prefix.to_owned();
         let stop = stop.clone();
+        let paths = paths.clone();
         tasks.push(tokio::spawn(async move {
             let mut totals = Totals::default();
             'connection: while Instant::now() < stop_at && !stop.load(Ordering::Relaxed) {
@@ -548,7 +910,10 @@ async fn load(
                     let n = counter.fetch_add(1, Ordering::Relaxed);
                     let id = format!("evt_{prefix}_{n:012}");
                     let signed = maker.make(&id);
-                    let mut request = hyper::Request::post(PATH).header("host", "localhost");
+                    let path = paths
+                        .get(usize::try_from(n).unwrap_or_default() % paths.len().max(1))
+                        .map_or(PATH, String::as_str);
+                    let mut request = hyper::Request::post(path).header("host", "localhost");
                     for (name, value) in &signed.headers {
                         request = request.header(*name, value);
                     }
@@ -701,6 +1066,7 @@ async fn measure(
             Duration::ZERO,
             cli.warmup,
             maker.clone(),
+            one_path(),
         )
         .await;
         callgrind_control("--zero", child.id());
@@ -711,6 +1077,7 @@ async fn measure(
             Duration::ZERO,
             cli.duration,
             maker,
+            one_path(),
         )
         .await;
         callgrind_control("--dump", child.id());
@@ -733,6 +1100,7 @@ async fn measure(
             cli.warmup,
             cli.duration,
             maker,
+            one_path(),
         )
         .await;
         let (started, machine, nats_started) =

@@ -19,21 +19,41 @@ use crate::{Error, Result};
 #[command(group(ArgGroup::new("endpoints").required(true).args(["endpoint", "endpoint_dir"])))]
 pub struct Args {
     /// The WebhookEndpoint manifest (the YAML `kubectl apply` takes).
-    #[arg(long, env = "HOOKLINE_ENDPOINT", value_name = "FILE", requires = "secret_file")]
+    #[arg(
+        long,
+        env = "HOOKLINE_ENDPOINT",
+        value_name = "FILE",
+        requires = "secret_file"
+    )]
     pub endpoint: Option<PathBuf>,
 
     /// The signing secret(s), one per line; re-read when it changes.
-    #[arg(long, env = "HOOKLINE_SECRET_FILE", value_name = "FILE", conflicts_with = "endpoint_dir")]
+    #[arg(
+        long,
+        env = "HOOKLINE_SECRET_FILE",
+        value_name = "FILE",
+        conflicts_with = "endpoint_dir"
+    )]
     pub secret_file: Option<PathBuf>,
 
     /// A pool: every `*.yaml` WebhookEndpoint manifest in DIR (one
     /// namespace), re-read every `--secret-poll`.
-    #[arg(long, env = "HOOKLINE_ENDPOINT_DIR", value_name = "DIR", requires = "secret_dir")]
+    #[arg(
+        long,
+        env = "HOOKLINE_ENDPOINT_DIR",
+        value_name = "DIR",
+        requires = "secret_dir"
+    )]
     pub endpoint_dir: Option<PathBuf>,
 
     /// A pool's secrets: the file DIR/NAME holds those of the endpoint named
     /// NAME, as `--secret-file` would.
-    #[arg(long, env = "HOOKLINE_SECRET_DIR", value_name = "DIR", conflicts_with = "endpoint")]
+    #[arg(
+        long,
+        env = "HOOKLINE_SECRET_DIR",
+        value_name = "DIR",
+        conflicts_with = "endpoint"
+    )]
     pub secret_dir: Option<PathBuf>,
 
     /// NATS server URL(s), comma-separated.
@@ -105,7 +125,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 pub enum Endpoints {
     /// `--endpoint` and `--secret-file`.
     One {
-        endpoint: ValidatedEndpoint,
+        endpoint: Box<ValidatedEndpoint>,
         secret_file: PathBuf,
     },
     /// `--endpoint-dir` and `--secret-dir`; the manifests are read by `run`.
@@ -139,10 +159,17 @@ impl Config {
     /// Reads and validates the manifest named by `args`.
     pub fn from_args(args: &Args) -> Result<Config> {
         // Clap has checked that exactly one of the pairs is given.
-        let endpoints = match (&args.endpoint, &args.secret_file, &args.endpoint_dir, &args.secret_dir) {
+        let endpoints = match (
+            &args.endpoint,
+            &args.secret_file,
+            &args.endpoint_dir,
+            &args.secret_dir,
+        ) {
             (Some(endpoint), Some(secret_file), None, None) => Endpoints::One {
-                endpoint: hookline_api::load_manifest(endpoint)?
-                    .in_cluster(args.nats.cluster_name.as_deref()),
+                endpoint: Box::new(
+                    hookline_api::load_manifest(endpoint)?
+                        .in_cluster(args.nats.cluster_name.as_deref()),
+                ),
                 secret_file: secret_file.clone(),
             },
             (None, None, Some(endpoint_dir), Some(secret_dir)) => Endpoints::Pool {
@@ -175,7 +202,7 @@ impl Config {
     pub fn new(endpoint: ValidatedEndpoint, secret_file: PathBuf, nats_url: String) -> Config {
         Config::serving(
             Endpoints::One {
-                endpoint,
+                endpoint: Box::new(endpoint),
                 secret_file,
             },
             nats_url,
@@ -270,7 +297,10 @@ mod tests {
             panic!("one endpoint");
         };
         assert_eq!(endpoint.stream.name, "HOOKLINE-eu1_payments_stripe");
-        assert_eq!(endpoint.stream.subject_prefix, "hookline-eu1.payments.stripe");
+        assert_eq!(
+            endpoint.stream.subject_prefix,
+            "hookline-eu1.payments.stripe"
+        );
         assert!(
             Args::try_parse_from(["hookline-receiver", "--cluster-name", "EU_1"]).is_err(),
             "not a DNS label"

@@ -170,13 +170,7 @@ impl Pool {
 /// The next table (blocking: it reads secret files and compiles schemas).
 /// Files are taken in name order, so of two endpoints with the same host and
 /// path the later file is the one skipped.
-fn build(
-    state: &AppState,
-    old: &Routes,
-    found: Found,
-    secret_dir: &Path,
-    replicas: u32,
-) -> Reload {
+fn build(state: &AppState, old: &Routes, found: Found, secret_dir: &Path, replicas: u32) -> Reload {
     let mut routes = Routes::default();
     routes.skipped = found.skipped;
     let mut added = Vec::new();
@@ -246,9 +240,10 @@ fn endpoint_state(
         scheme.secret_format,
         scheme.algorithm,
     );
-    let metrics = state
-        .metrics
-        .endpoint(endpoint.provider.as_str(), EndpointLabel::pool(&endpoint.key()));
+    let metrics = state.metrics.endpoint(
+        endpoint.provider.as_str(),
+        EndpointLabel::pool(&endpoint.key()),
+    );
     EndpointState::new(
         endpoint,
         secrets,

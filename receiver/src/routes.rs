@@ -50,7 +50,11 @@ impl Routes {
     /// `--endpoint`: `one` on its path, on any host (as before pools).
     pub fn one(one: Arc<EndpointState>) -> Routes {
         let mut routes = Routes::default();
-        routes.paths.entry(one.endpoint.route.path.clone()).or_default().any = Some(one.clone());
+        routes
+            .paths
+            .entry(one.endpoint.route.path.clone())
+            .or_default()
+            .any = Some(one.clone());
         routes.endpoints.insert(one.key().to_owned(), one.clone());
         routes.single = Some(one);
         routes

@@ -160,7 +160,11 @@ impl SecretStore {
     /// A pool endpoint's secrets: `path` may not exist yet (the kubelet
     /// delivers a Secret's new key within its sync period), and until it does
     /// the set is empty, so the endpoint answers 503 and the sender retries.
-    pub fn load_or_wait(path: &Path, format: SecretFormat, algorithm: HmacAlgorithm) -> SecretStore {
+    pub fn load_or_wait(
+        path: &Path,
+        format: SecretFormat,
+        algorithm: HmacAlgorithm,
+    ) -> SecretStore {
         match SecretStore::load(path, format, algorithm) {
             Ok(store) => store,
             Err(err) => {

@@ -125,7 +125,7 @@ impl AppState {
                 let name = format!("hookline-receiver {}", endpoint.key());
                 let nats = Nats::connect(config, &name).await?;
                 let one = EndpointState::new(
-                    endpoint.clone(),
+                    endpoint.as_ref().clone(),
                     secrets,
                     nats.clone(),
                     endpoint_metrics,
