@@ -97,18 +97,23 @@ impl Provider {
     /// The endpoint: the provider's preset, an `Archive` stream (see the
     /// module comment) and the path every request goes to.
     fn manifest(self) -> String {
+        self.endpoint("load", PATH)
+    }
+
+    /// Endpoint `bench/<name>` on `path`, otherwise as [`Provider::manifest`].
+    fn endpoint(self, name: &str, path: &str) -> String {
         format!(
             "apiVersion: hookline.io/v1alpha1
 kind: WebhookEndpoint
 metadata:
-  name: load
+  name: {name}
   namespace: bench
 spec:
   provider: {}
   secretRef:
     name: bench
   ingress:
-    path: {PATH}
+    path: {path}
   stream:
     retention: Archive
 ",
@@ -252,27 +257,6 @@ fn one_path() -> Arc<[String]> {
 /// its load goes to.
 type Configuration = (&'static str, Vec<std::ffi::OsString>, Arc<[String]>);
 
-/// Pool member `i`: the provider's preset, an `Archive` stream, path `/p/<i>`.
-fn pool_member(provider: Provider, i: usize) -> String {
-    format!(
-        "apiVersion: hookline.io/v1alpha1
-kind: WebhookEndpoint
-metadata:
-  name: m{i}
-  namespace: bench
-spec:
-  provider: {}
-  secretRef:
-    name: bench
-  ingress:
-    path: /p/{i}
-  stream:
-    retention: Archive
-",
-        provider.manifest_name()
-    )
-}
-
 /// Writes members `range` (manifest and secret file) into `dir`.
 fn write_members(
     dir: &std::path::Path,
@@ -286,7 +270,7 @@ fn write_members(
         )?;
         std::fs::write(
             dir.join("endpoints").join(format!("m{i}.yaml")),
-            pool_member(provider, i),
+            provider.endpoint(&format!("m{i}"), &format!("/p/{i}")),
         )?;
     }
     Ok(())

@@ -145,14 +145,7 @@ impl SecretStore {
             path: path.to_owned(),
             source,
         })?;
-        let store = SecretStore {
-            path: path.to_owned(),
-            format,
-            algorithm,
-            current: RwLock::new(Arc::default()),
-            digest: RwLock::new([0; 32]),
-            unreadable: AtomicBool::new(false),
-        };
+        let store = SecretStore::empty(path, format, algorithm, false);
         store.install(&bytes);
         Ok(store)
     }
@@ -165,19 +158,27 @@ impl SecretStore {
         format: SecretFormat,
         algorithm: HmacAlgorithm,
     ) -> SecretStore {
-        match SecretStore::load(path, format, algorithm) {
-            Ok(store) => store,
-            Err(err) => {
-                tracing::info!(path = %path.display(), cause = %err, "no secret file for this endpoint yet; its requests are answered 503 until there is");
-                SecretStore {
-                    path: path.to_owned(),
-                    format,
-                    algorithm,
-                    current: RwLock::new(Arc::default()),
-                    digest: RwLock::new([0; 32]),
-                    unreadable: AtomicBool::new(true),
-                }
-            }
+        SecretStore::load(path, format, algorithm).unwrap_or_else(|err| {
+            tracing::info!(path = %path.display(), cause = %err, "no secret file for this endpoint yet; its requests are answered 503 until there is");
+            SecretStore::empty(path, format, algorithm, true)
+        })
+    }
+
+    /// No secrets yet; `unreadable`: the file is known to be missing, so its
+    /// first failing re-read is not reported again.
+    fn empty(
+        path: &Path,
+        format: SecretFormat,
+        algorithm: HmacAlgorithm,
+        unreadable: bool,
+    ) -> SecretStore {
+        SecretStore {
+            path: path.to_owned(),
+            format,
+            algorithm,
+            current: RwLock::new(Arc::default()),
+            digest: RwLock::new([0; 32]),
+            unreadable: AtomicBool::new(unreadable),
         }
     }
 
