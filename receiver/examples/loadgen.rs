@@ -204,6 +204,10 @@ enum Mode {
         /// endpoint's requests.
         #[arg(long)]
         headers_of: Option<std::path::PathBuf>,
+        /// Also take `POST /p/<i>` and publish it to this subject with `{}`
+        /// replaced by `i`: the ceiling of a pool, one stream per path.
+        #[arg(long)]
+        pool_subjects: Option<String>,
     },
     /// The pool receiver (`--endpoint-dir`): RSS with ENDPOINTS loaded,
     /// req/s spread over them against one endpoint (`--endpoint`, and a pool
@@ -232,11 +236,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             listen,
             ref subject,
             ref headers_of,
+            ref pool_subjects,
         }) => runtime.block_on(ceiling_server(
             nats_url,
             listen,
             subject.clone(),
             headers_of.as_deref(),
+            pool_subjects.clone(),
         )),
         Some(Mode::Pool {
             endpoints,
@@ -253,9 +259,14 @@ fn one_path() -> Arc<[String]> {
 
 // ---- the pool: many endpoints from one receiver ----
 
-/// A receiver measured by `loadgen pool`: its name, its flags, the paths
-/// its load goes to.
-type Configuration = (&'static str, Vec<std::ffi::OsString>, Arc<[String]>);
+/// A server measured by `loadgen pool`: its name, its program and flags,
+/// the paths its load goes to.
+type Configuration = (
+    &'static str,
+    std::path::PathBuf,
+    Vec<std::ffi::OsString>,
+    Arc<[String]>,
+);
 
 /// Writes members `range` (manifest and secret file) into `dir`.
 fn write_members(
@@ -285,8 +296,8 @@ fn rss_mib(pid: u32) -> (f64, f64) {
     (mib("VmRSS"), mib("VmHWM"))
 }
 
-/// Starts the receiver with `args` and waits until it answers `/readyz`.
-async fn start_receiver(
+/// Starts a server with `args` and waits until it answers `/readyz`.
+async fn start_server(
     binary: &std::path::Path,
     args: &[&std::ffi::OsStr],
     nats_url: &str,
@@ -300,7 +311,7 @@ async fn start_receiver(
     let started = Instant::now();
     let mut child = ChildProcess::spawn(&mut command)?;
     if !wait_ready(address, &mut child).await {
-        return Err("the receiver was not ready within 300 s".into());
+        return Err("the server was not ready within 300 s".into());
     }
     Ok((child, address, started.elapsed()))
 }
@@ -389,6 +400,28 @@ async fn pool_benchmark(
     std::fs::write(&manifest, cli.provider.manifest())?;
     let secret = single.path().join("secret");
     std::fs::write(&secret, format!("{}\n", cli.provider.secret()))?;
+
+    // Every stream exists before the first measurement, whichever goes first
+    // (the receivers' --provision then only finds them).
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let single_endpoint = hookline_api::load_manifest(&manifest)?;
+    hookline_api::provision::provision(&js, &single_endpoint).await?;
+    let mut member_subject = String::new();
+    for i in 0..endpoints {
+        let member =
+            hookline_api::load_manifest(&big.path().join("endpoints").join(format!("m{i}.yaml")))?;
+        hookline_api::provision::provision(&js, &member).await?;
+        if i == 0 {
+            member_subject = member
+                .stream
+                .subject_for(cli.provider.event_type())
+                .replacen("m0", "m{}", 1);
+        }
+    }
+    let single_subject = single_endpoint
+        .stream
+        .subject_for(cli.provider.event_type());
+
     println!(
         "loadgen pool: {endpoints} {:?} endpoints, {} byte bodies, {} connections, {:?} warm-up + {:?} measured, {} rounds",
         cli.provider,
@@ -407,10 +440,20 @@ async fn pool_benchmark(
             "--provision".into(),
         ]
     };
+    let ceiling_args = |subject: &str, pool: bool| -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["ceiling".into(), "--subject".into(), subject.into()];
+        if pool {
+            args.extend(["--pool-subjects".into(), member_subject.clone().into()]);
+        }
+        args
+    };
     let big_paths: Arc<[String]> = (0..endpoints).map(|i| format!("/p/{i}")).collect();
-    let configurations: [Configuration; 3] = [
+    let this = std::env::current_exe()?;
+    let configurations: [Configuration; 5] = [
         (
             "single --endpoint",
+            binary.clone(),
             vec![
                 "--endpoint".into(),
                 manifest.clone().into(),
@@ -422,22 +465,42 @@ async fn pool_benchmark(
         ),
         (
             "pool of 1",
+            binary.clone(),
             pool_args(small.path()),
             Arc::from(["/p/0".to_owned()]),
         ),
-        ("pool of N", pool_args(big.path()), big_paths),
+        (
+            "pool of N",
+            binary.clone(),
+            pool_args(big.path()),
+            big_paths.clone(),
+        ),
+        (
+            "ceiling, 1 stream",
+            this.clone(),
+            ceiling_args(&single_subject, false),
+            one_path(),
+        ),
+        (
+            "ceiling, N streams",
+            this,
+            ceiling_args(&single_subject, true),
+            big_paths,
+        ),
     ];
     println!(
-        "{:<6} {:<18} {:>9} {:>10} {:>8} {:>8} {:>12} {:>12} {:>12}",
+        "{:<6} {:<19} {:>8} {:>9} {:>8} {:>7} {:>12} {:>12} {:>12} {:>11} {:>11}",
         "round",
-        "receiver",
+        "server",
         "start s",
         "req/s",
         "p99 ms",
         "errors",
         "idle RSS",
         "RSS after",
-        "peak RSS"
+        "peak RSS",
+        "CPU µs/req",
+        "nats µs/req"
     );
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); configurations.len()];
     for round in 0..cli.rounds {
@@ -446,9 +509,9 @@ async fn pool_benchmark(
             order.reverse();
         }
         for index in order {
-            let (name, args, paths) = &configurations[index];
+            let (name, program, args, paths) = &configurations[index];
             let args: Vec<&std::ffi::OsStr> = args.iter().map(|arg| arg.as_os_str()).collect();
-            let (mut child, address, started) = start_receiver(&binary, &args, &nats.url()).await?;
+            let (mut child, address, started) = start_server(program, &args, &nats.url()).await?;
             // Let start-up's allocations settle before reading the idle RSS.
             tokio::time::sleep(Duration::from_secs(3)).await;
             let (idle, _) = rss_mib(child.id());
@@ -459,6 +522,11 @@ async fn pool_benchmark(
                     .map(|d| d.as_millis())
                     .unwrap_or_default()
             );
+            let (pid, nats_pid, warmup) = (child.id(), nats.pid(), cli.warmup);
+            let cpu_at_start = tokio::spawn(async move {
+                tokio::time::sleep(warmup).await;
+                (cpu_seconds(pid).unwrap_or(f64::NAN), nats_seconds(nats_pid))
+            });
             let (mut totals, measured) = load(
                 address,
                 &prefix,
@@ -469,12 +537,16 @@ async fn pool_benchmark(
                 paths.clone(),
             )
             .await;
+            let (cpu_started, nats_started) = cpu_at_start.await.unwrap_or((f64::NAN, f64::NAN));
+            let answered = totals.latencies_us.len().max(1) as f64;
+            let cpu_us = (cpu_seconds(pid).unwrap_or(f64::NAN) - cpu_started) * 1e6 / answered;
+            let nats_us = (nats_seconds(nats_pid) - nats_started) * 1e6 / answered;
             totals.latencies_us.sort_unstable();
             let rate = totals.ok as f64 / measured.as_secs_f64();
             rates[index].push(rate);
             let (after, peak) = rss_mib(child.id());
             println!(
-                "{:<6} {:<18} {:>9.1} {:>10.0} {:>8.2} {:>8} {:>8.1} MiB {:>8.1} MiB {:>8.1} MiB",
+                "{:<6} {:<19} {:>8.1} {:>9.0} {:>8.2} {:>7} {:>8.1} MiB {:>8.1} MiB {:>8.1} MiB {:>11.1} {:>11.1}",
                 round + 1,
                 name,
                 started.as_secs_f64(),
@@ -484,6 +556,8 @@ async fn pool_benchmark(
                 idle,
                 after,
                 peak,
+                cpu_us,
+                nats_us,
             );
             if index == 2 && round + 1 == cli.rounds {
                 time_additions(
@@ -506,17 +580,18 @@ async fn pool_benchmark(
         let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         format!("{low:.0}..{high:.0}")
     };
-    for (index, (name, _, _)) in configurations.iter().enumerate() {
+    for (index, (name, _, _, _)) in configurations.iter().enumerate() {
         println!(
-            "{name:<18} mean {:>8.0} req/s (rounds {})",
+            "{name:<19} mean {:>8.0} req/s (rounds {})",
             mean(&rates[index]),
             spread(&rates[index])
         );
     }
     println!(
-        "ratio pool of N / single: {:.3}; pool of N / pool of 1: {:.3}",
+        "ratio pool of N / single: {:.3}; pool of N / pool of 1: {:.3}; ceiling N streams / 1 stream: {:.3}",
         mean(&rates[2]) / mean(&rates[0]),
-        mean(&rates[2]) / mean(&rates[1])
+        mean(&rates[2]) / mean(&rates[1]),
+        mean(&rates[4]) / mean(&rates[3]),
     );
     Ok(())
 }
@@ -568,6 +643,8 @@ struct Ceiling {
     subject: String,
     /// With `--headers-of`: the receiver's header context for that endpoint.
     headers: Option<hookline_receiver::event::HeaderContext>,
+    /// With `--pool-subjects`: the subject of `/p/<i>`, `{}` standing for `i`.
+    pool_subjects: Option<String>,
 }
 
 async fn ceiling_server(
@@ -575,6 +652,7 @@ async fn ceiling_server(
     listen: SocketAddr,
     subject: String,
     headers_of: Option<&std::path::Path>,
+    pool_subjects: Option<String>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let client = async_nats::connect(nats_url).await?;
     let headers = match headers_of {
@@ -587,9 +665,11 @@ async fn ceiling_server(
         js: async_nats::jetstream::new(client),
         subject,
         headers,
+        pool_subjects,
     });
     let app = axum::Router::new()
         .route(PATH, post(ceiling_handler))
+        .fallback(ceiling_handler)
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     axum::serve(listener, app).await?;
@@ -598,9 +678,20 @@ async fn ceiling_server(
 
 async fn ceiling_handler(
     State(state): State<Arc<Ceiling>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    // Anything but a POST is a readiness check (the pool benchmark's).
+    if method != axum::http::Method::POST {
+        return StatusCode::OK;
+    }
+    let subject = match (&state.pool_subjects, uri.path().strip_prefix("/p/")) {
+        (Some(pattern), Some(index)) => pattern.replace("{}", index),
+        (None, Some(_)) => return StatusCode::NOT_FOUND,
+        (_, None) => state.subject.clone(),
+    };
     let id = headers
         .get("x-event-id")
         .and_then(|value| value.to_str().ok())
@@ -609,16 +700,13 @@ async fn ceiling_handler(
     let sent = match &state.headers {
         Some(context) => {
             let block = contract_headers(context, id, &headers);
-            state
-                .js
-                .publish_with_headers(state.subject.clone(), block, body)
-                .await
+            state.js.publish_with_headers(subject, block, body).await
         }
         None => {
             let message = async_nats::jetstream::message::PublishMessage::build()
                 .payload(body)
                 .message_id(id);
-            state.js.send_publish(state.subject.clone(), message).await
+            state.js.send_publish(subject, message).await
         }
     };
     match sent {
