@@ -219,7 +219,11 @@ fn build(state: &AppState, old: &Routes, found: Found, secret_dir: &Path, replic
                     route.path
                 ),
             );
-            added.retain(|other| !Arc::ptr_eq(other, &one));
+            // Built just now and not served: its series must not stay behind.
+            if added.iter().any(|other| Arc::ptr_eq(other, &one)) {
+                one.metrics.forget();
+                added.retain(|other| !Arc::ptr_eq(other, &one));
+            }
         }
     }
     Reload { routes, added }
