@@ -126,7 +126,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/endpoints", get(endpoints))
+        // A webhook may be on `/endpoints` (this route came later than
+        // manifests could name it): its POSTs still reach it.
+        .route("/endpoints", get(endpoints).fallback(endpoint))
         .route_layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             timeout,

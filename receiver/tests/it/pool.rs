@@ -645,3 +645,20 @@ async fn one_endpoints_full_buffer_is_503_buffer_full_for_it_alone() {
         assert_eq!(pool.post("h", "/free", &headers, &body).await.status(), 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_on_the_endpoints_path_still_takes_its_posts() {
+    let members = [(
+        "listing.yaml",
+        member("listing", "github", None, "/endpoints", ""),
+    )];
+    let pool = Pool::start(&members, &[("listing", GITHUB_SECRET)]).await;
+    let body = issue(1);
+    let headers = github(GITHUB_SECRET, &body, "e-1", "issues");
+    assert_eq!(
+        pool.post("h", "/endpoints", &headers, &body).await.status(),
+        200
+    );
+    let listed = pool.get_json("/endpoints").await;
+    assert_eq!(listed["endpoints"][0]["endpoint"], "shop/listing");
+}
