@@ -37,7 +37,7 @@ pub struct Args {
     pub secret_file: Option<PathBuf>,
 
     /// A pool: every `*.yaml` WebhookEndpoint manifest in DIR (one
-    /// namespace), re-read every `--secret-poll`.
+    /// namespace), re-read every `--secret-poll-interval`.
     #[arg(
         long,
         env = "HOOKLINE_ENDPOINT_DIR",

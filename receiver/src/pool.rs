@@ -2,7 +2,7 @@
 //! manifests (a pool of one namespace), each with its own secrets (the file
 //! `--secret-dir`/NAME), checks, limits and stream, over one NATS connection.
 //!
-//! Both directories are read every `--secret-poll`: a new routing table is
+//! Both directories are read every `--secret-poll-interval`: a new routing table is
 //! built aside and swapped in whole, so a request never sees half a reload
 //! and finishes on the table it started with. An endpoint whose manifest did
 //! not change keeps its [`EndpointState`] (rate limiter, stream figures)
