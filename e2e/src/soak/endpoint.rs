@@ -1,6 +1,7 @@
-//! One soak endpoint: its shipped example manifest moved to the soak's
-//! namespace with the soak's stream settings, and its real receivers and
-//! consumers, all started with `--provision`.
+//! The soak's endpoints: each a shipped example manifest moved to the soak's
+//! namespace with the soak's stream settings; and the [`Pods`] serving
+//! them, the real receivers and consumers started with `--provision`: one
+//! endpoint's own, or a pool's serving several endpoints from directories.
 
 use std::ffi::OsString;
 use std::fs;
@@ -27,7 +28,8 @@ pub(super) const SMALL_STREAM_BYTES: i64 = 64 << 10;
 /// redeliveries hours later do.
 pub const DUPLICATE_WINDOW: &str = "15s";
 
-/// How many of each process an endpoint runs, and its stream cap.
+/// A dedicated endpoint: its provider, how many of each process it runs,
+/// and its stream cap.
 pub(super) struct Layout {
     pub(super) provider: Provider,
     pub(super) receivers: usize,
@@ -76,7 +78,17 @@ pub(super) const LAYOUT: [Layout; 6] = [
     },
 ];
 
-/// One endpoint and its processes.
+/// The pool: endpoints of three providers (named `<example>-pooled`) served
+/// by two pool receivers (`--endpoint-dir`, `--secret-dir`) and one pool
+/// consumer (`--endpoint-dir`), beside the dedicated endpoints.
+pub(super) const POOL_MEMBERS: [Provider; 3] =
+    [Provider::Stripe, Provider::Github, Provider::Generic];
+pub(super) const POOL_RECEIVERS: usize = 2;
+pub(super) const POOL_CONSUMERS: usize = 1;
+/// The pool's name in log file names.
+const POOL_NAME: &str = "pool";
+
+/// One endpoint as the senders and the checks see it.
 #[derive(Debug)]
 pub struct Endpoint {
     pub provider: Provider,
@@ -86,8 +98,33 @@ pub struct Endpoint {
     pub path: String,
     pub secret: String,
     pub max_bytes: i64,
-    manifest: PathBuf,
-    secret_file: PathBuf,
+    /// Index of the [`Pods`] serving it.
+    pub pods: usize,
+}
+
+/// What a set of pods is started with: one endpoint's manifest and secret
+/// file, or a pool's directories.
+#[derive(Clone, Debug)]
+enum Serves {
+    Endpoint {
+        manifest: PathBuf,
+        secret_file: PathBuf,
+    },
+    Pool {
+        endpoint_dir: PathBuf,
+        secret_dir: PathBuf,
+    },
+}
+
+/// The receivers and consumers serving one endpoint (its own) or a pool's
+/// members: what a fault kills and restarts.
+#[derive(Debug)]
+pub struct Pods {
+    /// The endpoint's name, or the pool's: the prefix of its log files.
+    pub name: String,
+    serves: Serves,
+    /// Indexes of the endpoints served.
+    pub members: Vec<usize>,
     pub receivers: Vec<Service>,
     pub consumers: Vec<Service>,
     /// Consumers started so far (their logs are numbered).
@@ -103,13 +140,81 @@ pub(super) struct Settings {
     pub(super) dir: PathBuf,
 }
 
-impl Endpoint {
-    /// Writes the endpoint's manifest (the shipped example in the soak's
-    /// namespace, with `layout`'s stream cap) and its secret file.
-    pub(super) fn write(layout: &Layout, secret: String, dir: &Path) -> Result<Endpoint> {
+/// Every endpoint's manifest and secret written, and the pods that serve
+/// them, not started yet: the pool's pods first, then one per dedicated
+/// endpoint in [`LAYOUT`]'s order.
+pub(super) fn write_all(
+    secret: impl Fn(Provider) -> String,
+    dir: &Path,
+) -> Result<(Vec<Endpoint>, Vec<Pods>)> {
+    let endpoint_dir = dir.join("pool-endpoints");
+    let secret_dir = dir.join("pool-secrets");
+    for made in [&endpoint_dir, &secret_dir] {
+        fs::create_dir_all(made).map_err(io_err(format!("creating {}", made.display())))?;
+    }
+    let mut endpoints = Vec::new();
+    let mut pods = vec![Pods::new(
+        POOL_NAME.into(),
+        Serves::Pool {
+            endpoint_dir: endpoint_dir.clone(),
+            secret_dir: secret_dir.clone(),
+        },
+    )];
+    for provider in POOL_MEMBERS {
+        let written = Written::new(provider, STREAM_BYTES, Some(&endpoint_dir))?;
+        let secret = secret(provider);
+        write_file(&secret_dir.join(&written.name), &format!("{secret}\n"))?;
+        pods[0].members.push(endpoints.len());
+        endpoints.push(written.endpoint(secret, 0));
+    }
+    for layout in &LAYOUT {
+        let written = Written::new(layout.provider, layout.max_bytes, None)?;
+        let manifest = dir.join(format!("{}.yaml", written.name));
+        write_file(&manifest, &written.yaml)?;
+        let secret = secret(layout.provider);
+        let secret_file = dir.join(format!("{}.secret", written.name));
+        write_file(&secret_file, &format!("{secret}\n"))?;
+        let mut own = Pods::new(
+            written.name.clone(),
+            Serves::Endpoint {
+                manifest,
+                secret_file,
+            },
+        );
+        own.members.push(endpoints.len());
+        endpoints.push(written.endpoint(secret, pods.len()));
+        pods.push(own);
+    }
+    Ok((endpoints, pods))
+}
+
+/// How many receivers and consumers the pods at `index` of [`write_all`]'s
+/// list run.
+pub(super) fn sizes(index: usize) -> (usize, usize) {
+    match index.checked_sub(1) {
+        None => (POOL_RECEIVERS, POOL_CONSUMERS),
+        Some(dedicated) => LAYOUT
+            .get(dedicated)
+            .map_or((1, 1), |layout| (layout.receivers, layout.consumers)),
+    }
+}
+
+/// A shipped example made a soak endpoint: in the soak's namespace, with the
+/// soak's stream settings; a pool member is renamed `<name>-pooled`, serves
+/// `/soak/<name>-pooled` on any host and is written into the pool's directory.
+struct Written {
+    provider: Provider,
+    name: String,
+    path: String,
+    max_bytes: i64,
+    yaml: String,
+}
+
+impl Written {
+    fn new(provider: Provider, max_bytes: i64, pool_dir: Option<&Path>) -> Result<Written> {
         let example = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../examples")
-            .join(layout.provider.example());
+            .join(provider.example());
         let text = fs::read_to_string(&example)
             .map_err(io_err(format!("reading {}", example.display())))?;
         let bad = |what: &str| TestServerError::Failed {
@@ -121,42 +226,64 @@ impl Endpoint {
         set(
             &mut manifest,
             &["spec", "stream", "maxBytes"],
-            layout.max_bytes.into(),
+            max_bytes.into(),
         );
         set(
             &mut manifest,
             &["spec", "stream", "duplicateWindow"],
             DUPLICATE_WINDOW.into(),
         );
-        let name = manifest["metadata"]["name"]
+        let mut name = manifest["metadata"]["name"]
             .as_str()
             .ok_or_else(|| bad("metadata.name is missing"))?
             .to_owned();
+        if pool_dir.is_some() {
+            name.push_str("-pooled");
+            set(&mut manifest, &["metadata", "name"], name.clone().into());
+            set(
+                &mut manifest,
+                &["spec", "ingress", "path"],
+                format!("/{NAMESPACE}/{name}").into(),
+            );
+            // The soak's senders name no host; a pool receiver routes by it.
+            if let Some(ingress) = manifest["spec"]["ingress"].as_mapping_mut() {
+                ingress.remove("host");
+            }
+        }
         // The documented default path is /<namespace>/<name>.
         let path = manifest["spec"]["ingress"]["path"]
             .as_str()
             .map_or_else(|| format!("/{NAMESPACE}/{name}"), str::to_owned);
-        let manifest_path = dir.join(format!("{name}.yaml"));
         let yaml = serde_yaml::to_string(&manifest).map_err(|e| bad(&e.to_string()))?;
-        fs::write(&manifest_path, yaml)
-            .map_err(io_err(format!("writing {}", manifest_path.display())))?;
-        let secret_file = dir.join(format!("{name}.secret"));
-        fs::write(&secret_file, format!("{secret}\n"))
-            .map_err(io_err(format!("writing {}", secret_file.display())))?;
-        Ok(Endpoint {
-            provider: layout.provider,
-            key: format!("{NAMESPACE}/{name}"),
+        if let Some(dir) = pool_dir {
+            write_file(&dir.join(format!("{name}.yaml")), &yaml)?;
+        }
+        Ok(Written {
+            provider,
+            name,
             path,
-            secret,
-            max_bytes: layout.max_bytes,
-            manifest: manifest_path,
-            secret_file,
-            receivers: Vec::new(),
-            consumers: Vec::new(),
-            consumers_started: 0,
+            max_bytes,
+            yaml,
         })
     }
 
+    fn endpoint(self, secret: String, pods: usize) -> Endpoint {
+        Endpoint {
+            provider: self.provider,
+            key: format!("{NAMESPACE}/{}", self.name),
+            path: self.path,
+            secret,
+            max_bytes: self.max_bytes,
+            pods,
+        }
+    }
+}
+
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    fs::write(path, text).map_err(io_err(format!("writing {}", path.display())))
+}
+
+impl Endpoint {
     /// The name in file names: the key without its namespace.
     pub(super) fn name(&self) -> &str {
         self.key.rsplit('/').next().unwrap_or(&self.key)
@@ -167,17 +294,58 @@ impl Endpoint {
     pub fn stream(&self) -> String {
         format!("HOOKLINE_{NAMESPACE}_{}", self.name())
     }
+}
+
+impl Pods {
+    fn new(name: String, serves: Serves) -> Pods {
+        Pods {
+            name,
+            serves,
+            members: Vec::new(),
+            receivers: Vec::new(),
+            consumers: Vec::new(),
+            consumers_started: 0,
+        }
+    }
+
+    /// Whether these are a pool's pods.
+    pub fn is_pool(&self) -> bool {
+        matches!(self.serves, Serves::Pool { .. })
+    }
+
+    /// What names the endpoint(s) served, for the receiver and the consumer.
+    fn endpoint_args(&self, receiver: bool) -> Vec<OsString> {
+        match &self.serves {
+            Serves::Endpoint {
+                manifest,
+                secret_file,
+            } => {
+                let mut args = vec!["--endpoint".into(), manifest.into()];
+                if receiver {
+                    args.extend(["--secret-file".into(), secret_file.into()]);
+                }
+                args
+            }
+            Serves::Pool {
+                endpoint_dir,
+                secret_dir,
+            } => {
+                let mut args = vec!["--endpoint-dir".into(), endpoint_dir.into()];
+                if receiver {
+                    args.extend(["--secret-dir".into(), secret_dir.into()]);
+                }
+                args
+            }
+        }
+    }
 
     pub(super) fn start_receiver(&self, settings: &Settings, number: usize) -> Result<Service> {
-        let args: Vec<OsString> = vec![
-            "--endpoint".into(),
-            self.manifest.clone().into(),
-            "--secret-file".into(),
-            self.secret_file.clone().into(),
+        let mut args = self.endpoint_args(true);
+        args.extend([
             "--nats-url".into(),
             settings.nats_url.clone().into(),
             "--provision".into(),
-        ];
+        ]);
         Service::start_logging_to(
             "hookline-receiver",
             Listen::Flag,
@@ -185,21 +353,20 @@ impl Endpoint {
             &[("RUST_LOG", settings.log_filter.clone().into())],
             settings
                 .dir
-                .join(format!("{}-receiver-{number}.log", self.name())),
+                .join(format!("{}-receiver-{number}.log", self.name)),
         )
     }
 
     pub(super) fn start_consumer(&mut self, settings: &Settings) -> Result<Service> {
         self.consumers_started += 1;
-        let args: Vec<OsString> = vec![
-            "--endpoint".into(),
-            self.manifest.clone().into(),
+        let mut args = self.endpoint_args(false);
+        args.extend([
             "--nats-url".into(),
             settings.nats_url.clone().into(),
             "--database-url".into(),
             settings.database_url.clone().into(),
             "--provision".into(),
-        ];
+        ]);
         Service::start_logging_to(
             "hookline-consumer",
             Listen::Flag,
@@ -207,8 +374,7 @@ impl Endpoint {
             &[("RUST_LOG", settings.log_filter.clone().into())],
             settings.dir.join(format!(
                 "{}-consumer-{}.log",
-                self.name(),
-                self.consumers_started
+                self.name, self.consumers_started
             )),
         )
     }

@@ -181,24 +181,31 @@ fn apply(
     let everyone: Vec<usize> = (0..fleet.endpoints.len()).collect();
     match kind {
         FaultKind::KillConsumer => {
-            let endpoint = occurrence % fleet.endpoints.len();
-            let consumers = fleet.endpoints[endpoint].consumers.len().max(1);
-            let index = occurrence / fleet.endpoints.len() % consumers;
+            // The pool's consumer first (it serves several endpoints), then
+            // each dedicated endpoint's in turn.
+            let pods = occurrence % fleet.pods.len();
+            let consumers = fleet.pods[pods].consumers.len().max(1);
+            let index = occurrence / fleet.pods.len() % consumers;
             let mut report = FaultReport::new(format!(
                 "kill -9 consumer {}#{}",
-                fleet.endpoints[endpoint].key,
+                fleet.pods[pods].name,
                 index + 1
             ));
             // Kill it with work in hand when there is some: events delivered
-            // to the endpoint's consumers and not yet acknowledged.
-            let stream = fleet.endpoints[endpoint].stream();
-            let unacknowledged = || {
+            // to its endpoints' consumers and not yet acknowledged.
+            let members = fleet.pods[pods].members.clone();
+            let streams: Vec<String> = members
+                .iter()
+                .map(|&endpoint| fleet.endpoints[endpoint].stream())
+                .collect();
+            let unacknowledged = || -> u64 {
                 fleet
                     .streams()
                     .unwrap_or_default()
                     .iter()
-                    .find(|state| state.name == stream)
-                    .map_or(0, |state| state.ack_pending)
+                    .filter(|state| streams.contains(&state.name))
+                    .map(|state| state.ack_pending)
+                    .sum()
             };
             let deadline = Instant::now() + IN_FLIGHT_WAIT;
             let mut at_kill = unacknowledged();
@@ -206,28 +213,35 @@ fn apply(
                 thread::sleep(Duration::from_millis(2));
                 at_kill = unacknowledged();
             }
-            if let Some(consumer) = fleet.endpoints[endpoint].consumers.get_mut(index) {
+            if let Some(consumer) = fleet.pods[pods].consumers.get_mut(index) {
                 consumer.kill();
             }
-            fleet.replace_consumer(endpoint, index)?;
+            fleet.replace_consumer(pods, index)?;
             report.note =
                 format!("events unacknowledged at the kill: {at_kill}; a new consumer started");
-            Ok((report, vec![endpoint]))
+            Ok((report, members))
         }
         FaultKind::TermReceiver => {
-            let (endpoint, index) = receiver_to_stop(fleet, occurrence);
+            let (pods, index) = receiver_to_stop(fleet, occurrence);
             let mut report = FaultReport::new(format!(
                 "SIGTERM receiver {}#{}",
-                fleet.endpoints[endpoint].key,
+                fleet.pods[pods].name,
                 index + 1
             ));
-            let in_flight = &load.targets()[endpoint].in_flight[index];
+            let members = fleet.pods[pods].members.clone();
+            let in_flight = || -> usize {
+                members
+                    .iter()
+                    .filter_map(|&endpoint| load.targets()[endpoint].in_flight.get(index))
+                    .map(|count| count.load(Ordering::Relaxed))
+                    .sum()
+            };
             let deadline = Instant::now() + IN_FLIGHT_WAIT;
-            while in_flight.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            while in_flight() == 0 && Instant::now() < deadline {
                 thread::sleep(Duration::from_millis(1));
             }
-            let at_signal = in_flight.load(Ordering::Relaxed);
-            let receiver = &mut fleet.endpoints[endpoint].receivers[index];
+            let at_signal = in_flight();
+            let receiver = &mut fleet.pods[pods].receivers[index];
             match receiver.terminate_within(STOP_GRACE) {
                 Some(status) if status.success() => {}
                 other => report.findings.push(format!(
@@ -237,7 +251,7 @@ fn apply(
             }
             receiver.restart()?;
             report.note = format!("requests in flight at SIGTERM: {at_signal}");
-            Ok((report, vec![endpoint]))
+            Ok((report, members))
         }
         FaultKind::RestartNats => {
             let mut report = FaultReport::new("restart nats-server".into());
@@ -264,7 +278,8 @@ fn apply(
                 fleet.endpoints[endpoint].key,
                 max_bytes >> 10
             ));
-            for consumer in &mut fleet.endpoints[endpoint].consumers {
+            let pods = fleet.endpoints[endpoint].pods;
+            for consumer in &mut fleet.pods[pods].consumers {
                 match consumer.terminate_within(STOP_GRACE) {
                     Some(status) if status.success() => {}
                     other => report.findings.push(format!(
@@ -289,7 +304,7 @@ fn apply(
                 ));
             }
             thread::sleep(timing.full_for);
-            for consumer in &mut fleet.endpoints[endpoint].consumers {
+            for consumer in &mut fleet.pods[pods].consumers {
                 consumer.restart()?;
             }
             Ok((report, vec![endpoint]))
@@ -297,17 +312,22 @@ fn apply(
     }
 }
 
-/// The receiver the `occurrence`th SIGTERM stops: alone behind its
-/// endpoint (senders get no answer until it is back) and one of several
-/// (senders go round to the others) in turn.
+/// The receiver the `occurrence`th SIGTERM stops: the pool's first (the
+/// others serve its endpoints meanwhile), then one alone behind its endpoint
+/// (senders get no answer until it is back) and one of several in turn.
 fn receiver_to_stop(fleet: &Fleet, occurrence: usize) -> (usize, usize) {
     let (mut alone, mut shared) = (Vec::new(), Vec::new());
-    for (e, endpoint) in fleet.endpoints.iter().enumerate() {
-        let count = endpoint.receivers.len();
+    let mut order = Vec::new();
+    for (p, pods) in fleet.pods.iter().enumerate() {
+        let count = pods.receivers.len();
+        if pods.is_pool() && count > 0 {
+            order.push((p, 0));
+            shared.extend((1..count).map(|r| (p, r)));
+            continue;
+        }
         let list = if count == 1 { &mut alone } else { &mut shared };
-        list.extend((0..count).map(|r| (e, r)));
+        list.extend((0..count).map(|r| (p, r)));
     }
-    let mut order = Vec::with_capacity(alone.len() + shared.len());
     let (mut alone, mut shared) = (alone.into_iter(), shared.into_iter());
     loop {
         match (alone.next(), shared.next()) {

@@ -1,5 +1,5 @@
-//! The processes of a soak: nats-server, Postgres, and per provider one
-//! [`Endpoint`] with its real receivers and consumers.
+//! The processes of a soak: nats-server, Postgres, and the [`Pods`] serving
+//! the [`Endpoint`]s: one per dedicated endpoint, and a pool's.
 
 use std::fs;
 use std::path::Path;
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::endpoint::{Endpoint, LAYOUT, SMALL_STREAM_BYTES, Settings};
+use super::endpoint::{self, Endpoint, Pods, SMALL_STREAM_BYTES, Settings};
 use super::providers::Provider;
 use crate::error::{Result, TestServerError, io_err};
 use crate::launch::http_get;
@@ -36,6 +36,8 @@ impl StreamState {
 #[derive(Debug)]
 pub struct Fleet {
     pub endpoints: Vec<Endpoint>,
+    /// The pool's pods first, then each dedicated endpoint's.
+    pub pods: Vec<Pods>,
     pub nats: NatsServer,
     pub postgres: Postgres,
     settings: Settings,
@@ -59,24 +61,22 @@ impl Fleet {
             log_filter: log_filter.to_owned(),
             dir: dir.path().to_path_buf(),
         };
-        let mut endpoints = LAYOUT
-            .iter()
-            .map(|layout| Endpoint::write(layout, secret(layout.provider), dir.path()))
-            .collect::<Result<Vec<_>>>()?;
+        let (endpoints, mut pods) = endpoint::write_all(secret, dir.path())?;
         thread::scope(|scope| {
-            let starts: Vec<_> = endpoints
+            let starts: Vec<_> = pods
                 .iter_mut()
-                .zip(&LAYOUT)
-                .map(|(endpoint, layout)| {
+                .enumerate()
+                .map(|(index, pods)| {
                     let settings = &settings;
+                    let (receivers, consumers) = endpoint::sizes(index);
                     scope.spawn(move || -> Result<()> {
-                        for number in 1..=layout.receivers {
-                            let receiver = endpoint.start_receiver(settings, number)?;
-                            endpoint.receivers.push(receiver);
+                        for number in 1..=receivers {
+                            let receiver = pods.start_receiver(settings, number)?;
+                            pods.receivers.push(receiver);
                         }
-                        for _ in 0..layout.consumers {
-                            let consumer = endpoint.start_consumer(settings)?;
-                            endpoint.consumers.push(consumer);
+                        for _ in 0..consumers {
+                            let consumer = pods.start_consumer(settings)?;
+                            pods.consumers.push(consumer);
                         }
                         Ok(())
                     })
@@ -85,7 +85,7 @@ impl Fleet {
             starts.into_iter().try_for_each(|start| {
                 start.join().unwrap_or_else(|_| {
                     Err(TestServerError::Environment(
-                        "a thread starting an endpoint panicked".into(),
+                        "a thread starting an endpoint's processes panicked".into(),
                     ))
                 })
             })
@@ -99,6 +99,7 @@ impl Fleet {
         )?;
         Ok(Fleet {
             endpoints,
+            pods,
             nats,
             postgres,
             settings,
@@ -114,13 +115,13 @@ impl Fleet {
             .unwrap_or(0)
     }
 
-    /// Starts a new consumer in place of the one at `index` of `endpoint`
+    /// Starts a new consumer in place of the one at `index` of `pods`
     /// (after it was killed): a new process, port and log.
-    pub fn replace_consumer(&mut self, endpoint: usize, index: usize) -> Result<()> {
+    pub fn replace_consumer(&mut self, pods: usize, index: usize) -> Result<()> {
         let settings = self.settings.clone();
-        let endpoint = &mut self.endpoints[endpoint];
-        let consumer = endpoint.start_consumer(&settings)?;
-        if let Some(slot) = endpoint.consumers.get_mut(index) {
+        let pods = &mut self.pods[pods];
+        let consumer = pods.start_consumer(&settings)?;
+        if let Some(slot) = pods.consumers.get_mut(index) {
             *slot = consumer;
         }
         Ok(())
@@ -136,13 +137,13 @@ impl Fleet {
         if !self.postgres.is_running() {
             problems.push("postgres is not running".to_owned());
         }
-        for endpoint in &mut self.endpoints {
-            let key = endpoint.key.clone();
-            let services = endpoint
+        for pods in &mut self.pods {
+            let key = pods.name.clone();
+            let services = pods
                 .receivers
                 .iter_mut()
                 .map(|s| ("receiver", s))
-                .chain(endpoint.consumers.iter_mut().map(|s| ("consumer", s)));
+                .chain(pods.consumers.iter_mut().map(|s| ("consumer", s)));
             for (role, service) in services {
                 let name = format!("{key} {role} ({})", service.log_path().display());
                 if !service.is_running() {

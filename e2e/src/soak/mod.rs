@@ -6,14 +6,18 @@
 //! endpoint from its shipped example (`examples/*.yaml`, in the namespace
 //! `soak`) served by the real `hookline-receiver` and `hookline-consumer`
 //! binaries with `--provision` (Stripe: two receivers and two consumers;
-//! Standard Webhooks: two consumers and a 64 KiB stream). A load generator
-//! sends signed events to all of them while a schedule applies faults one
-//! after another; at the end Postgres is read back and every log is searched.
+//! Standard Webhooks: two consumers and a 64 KiB stream); beside them, a pool
+//! of three more endpoints (Stripe, GitHub, generic, named `*-pooled`) served
+//! by two receivers and one consumer reading `--endpoint-dir`. A load
+//! generator sends signed events to all of them while a schedule applies
+//! faults one after another (the first consumer killed and the first
+//! receiver stopped are the pool's); at the end Postgres is read back and
+//! every log is searched.
 //!
 //! - `providers`: how each provider builds and signs a delivery, written
 //!   independently of the receiver.
 //! - `plan`: the events, from a seed: redeliveries, out-of-order pairs, poison.
-//! - `endpoint`: one endpoint per provider, its manifest and its processes.
+//! - `endpoint`: the endpoints, their manifests, and the pods serving them.
 //! - `fleet`: the processes, their logs, and JetStream's view of the streams.
 //! - `load`: the senders, with bounded concurrency and provider-like retries.
 //! - `faults`: the schedule and its timed recoveries; `fault_report`: what each did.
@@ -58,7 +62,9 @@ use plan::Kind;
 pub struct Config {
     /// Events to send (at least; out-of-order pairs may add one), canaries aside.
     pub events: usize,
-    /// Faults to apply, cycling through `kinds`.
+    /// Faults to apply, cycling through `kinds`: seven by default, so that
+    /// a consumer is killed and a receiver stopped both in the pool and in a
+    /// dedicated endpoint.
     pub faults: usize,
     /// The kinds of fault, in order (all five by default).
     pub kinds: Vec<FaultKind>,
@@ -84,10 +90,10 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             events: 5_000,
-            faults: 5,
+            faults: 7,
             kinds: FaultKind::ALL.to_vec(),
             concurrency: 64,
-            poison: 6,
+            poison: 9,
             seed: 1,
             retry_for: Duration::from_secs(180),
             log_filter: "info,hookline_receiver=debug,hookline_consumer=debug,hookline_api=debug"
@@ -232,20 +238,20 @@ fn soak(config: &Config, fleet: &mut Fleet, started: Instant) -> Result<Report> 
     let targets = fleet
         .endpoints
         .iter()
-        .map(|endpoint| Target {
-            provider: endpoint.provider,
-            secret: endpoint.secret.clone(),
-            urls: endpoint
-                .receivers
-                .iter()
-                .map(|receiver| format!("http://127.0.0.1:{}{}", receiver.port(), endpoint.path))
-                .collect(),
-            in_flight: endpoint
-                .receivers
-                .iter()
-                .map(|_| AtomicUsize::new(0))
-                .collect(),
-            permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
+        .map(|endpoint| {
+            let receivers = &fleet.pods[endpoint.pods].receivers;
+            Target {
+                provider: endpoint.provider,
+                secret: endpoint.secret.clone(),
+                urls: receivers
+                    .iter()
+                    .map(|receiver| {
+                        format!("http://127.0.0.1:{}{}", receiver.port(), endpoint.path)
+                    })
+                    .collect(),
+                in_flight: receivers.iter().map(|_| AtomicUsize::new(0)).collect(),
+                permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            }
         })
         .collect();
     let providers: Vec<Provider> = fleet.endpoints.iter().map(|e| e.provider).collect();

@@ -1,8 +1,9 @@
 //! The fault soak at CI size: about 5,000 signed events to one endpoint per
-//! provider while a consumer is killed, a receiver stopped with requests in
-//! flight, nats-server restarted, Postgres stopped for 10 s and a stream
-//! filled to its `maxBytes`; then each guarantee is checked by a test of its
-//! own. The soak runs once, for the first test that asks (the others wait
+//! provider and to a pool of three while a consumer is killed and a receiver
+//! stopped with requests in flight (the pool's, then a dedicated
+//! endpoint's), nats-server restarted, Postgres stopped for 10 s and a
+//! stream filled to its `maxBytes`; then each guarantee is checked by a test
+//! of its own. The soak runs once, for the first test that asks (the others wait
 //! for it); its summary line goes to stderr uncaptured, so CI logs show it.
 //! `cargo run --release --example soak -- --events 100000 --faults 16` is the big run.
 
@@ -113,7 +114,11 @@ fn no_process_needs_a_restart_the_schedule_did_not_make() {
         "during the faults:\n{}",
         explain(&findings, report)
     );
-    assert_eq!(report.faults.len(), 5, "every kind of fault ran once");
+    assert_eq!(
+        report.faults.len(),
+        7,
+        "every kind of fault ran, the pool's and a dedicated endpoint's consumer killed and receiver stopped"
+    );
 }
 
 #[test]
