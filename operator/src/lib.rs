@@ -11,6 +11,7 @@
 //! 6. [`status`]: conditions from what was applied and observed; events on change.
 //!
 //! [`reconcile`] runs them (with the finalizer that removes the stream);
+//! [`pool`] reconciles `WebhookPool`s (shared pods) the same way;
 //! [`controller`] wires watches, [`leader`] elects one active replica, [`http`]
 //! serves health and [`metrics`], [`keda`] has the ScaledObject type and
 //! KEDA discovery, [`cli`] parses flags, [`render`] prints the
@@ -25,6 +26,7 @@ pub mod http;
 pub mod keda;
 pub mod leader;
 pub mod metrics;
+pub mod pool;
 pub mod reconcile;
 pub mod render;
 pub mod secrets;
