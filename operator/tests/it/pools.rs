@@ -303,3 +303,209 @@ async fn what_only_pods_of_its_own_can_take_is_refused_naming_the_pool() {
     let manifests = config_map(&harness, NS, "shared-pool-endpoints").expect("ConfigMap");
     assert_eq!(keys(manifests.data), Vec::<String>::new(), "an invalid member is not served");
 }
+
+/// The shipped pool and its member, as the API server would hand them over.
+fn shipped() -> (hookline_operator::validate::ValidPool, WebhookEndpoint) {
+    let path = support::examples_dir().join("pool/webhookpool.yaml");
+    let text = std::fs::read_to_string(path).expect("examples/pool/webhookpool.yaml");
+    let mut documents = serde_yaml::Deserializer::from_str(&text);
+    let mut pool: hookline_api::pool::WebhookPool =
+        serde::Deserialize::deserialize(documents.next().expect("pool")).expect("a WebhookPool");
+    pool.metadata.uid = Some("0d5f3a9e-1111-2222-3333-444455556666".into());
+    let endpoint: WebhookEndpoint =
+        serde::Deserialize::deserialize(documents.next().expect("member")).expect("an endpoint");
+    let valid = hookline_operator::validate::validate_pool(&pool).expect("valid pool");
+    (valid, endpoint)
+}
+
+fn members(names: &[&str]) -> Vec<hookline_operator::build::pool::Member> {
+    let (_, endpoint) = shipped();
+    names
+        .iter()
+        .map(|name| {
+            let mut endpoint = endpoint.clone();
+            endpoint.metadata.name = Some((*name).to_owned());
+            let valid = hookline_operator::validate::validate(&endpoint).expect("valid member");
+            hookline_operator::build::pool::Member {
+                name: (*name).to_owned(),
+                manifest: valid.manifest,
+                signing_secret: format!("key-of-{name}").into_bytes(),
+            }
+        })
+        .collect()
+}
+
+fn with_service_url() -> hookline_operator::config::OperatorConfig {
+    hookline_operator::config::OperatorConfig {
+        service_url: Some("http://hookline-operator.hookline.svc:8080".into()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn pool_children_pass_strict_kubernetes_validation_and_kedas_own_types() {
+    use hookline_operator::build::{Cluster, Workload, pool};
+    let (valid, _) = shipped();
+    let children = pool::build(
+        &valid,
+        &members(&["github", "stripe"]),
+        &with_service_url(),
+        Cluster { keda: true },
+    );
+    let pool::PoolChildren { workload, secret } = children;
+    let Workload {
+        config_map,
+        receiver,
+        service,
+        disruption_budget,
+        consumer,
+        scaler,
+    } = workload;
+    let mut yaml = String::new();
+    for document in [
+        serde_yaml::to_string(&config_map),
+        serde_yaml::to_string(&secret),
+        serde_yaml::to_string(&receiver),
+        serde_yaml::to_string(&service),
+        serde_yaml::to_string(&disruption_budget),
+        serde_yaml::to_string(&consumer),
+        serde_yaml::to_string(&scaler.expect("a ScaledObject with KEDA and --service-url")),
+    ] {
+        yaml.push_str("---\n");
+        yaml.push_str(&document.expect("YAML"));
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("pool.yaml");
+    std::fs::write(&file, yaml).expect("write");
+    let file = file.to_string_lossy().into_owned();
+    let output = std::process::Command::new("kubernetes-validate")
+        .args(["--strict", "--kubernetes-version", "1.32.0", &file])
+        .output()
+        .expect("kubernetes-validate runs (pip install kubernetes-validate)");
+    let report = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{report}");
+    for kind in ["configmap", "secret", "deployment", "service", "poddisruptionbudget"] {
+        assert!(
+            report.contains(&format!("passed for resource {kind}/")),
+            "no {kind} validated:\n{report}"
+        );
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../e2e/schemas/validate_custom_resources.py"
+    );
+    let output = std::process::Command::new("python3")
+        .args([script, &file])
+        .output()
+        .expect("python3 with cloudcoil-models-keda");
+    let report = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && report.contains("valid for KEDA 2.16"),
+        "{report}"
+    );
+}
+
+#[test]
+fn the_pool_pods_never_depend_on_the_members() {
+    use hookline_operator::build::{Cluster, pool};
+    let (valid, _) = shipped();
+    let build = |names: &[&str]| {
+        pool::build(&valid, &members(names), &with_service_url(), Cluster { keda: true })
+    };
+    let (none, some, other) = (build(&[]), build(&["a", "b"]), build(&["b", "c", "d"]));
+    for built in [&some, &other] {
+        assert_eq!(built.workload.receiver, none.workload.receiver);
+        assert_eq!(built.workload.consumer, none.workload.consumer);
+        assert_eq!(built.workload.scaler, none.workload.scaler);
+    }
+    assert_ne!(some.workload.config_map, other.workload.config_map);
+    assert_ne!(some.secret, other.secret);
+    let pod = serde_json::to_value(&some.workload.receiver).expect("JSON");
+    let container = &pod["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        args,
+        [
+            "--endpoint-dir=/etc/hookline/endpoints",
+            "--secret-dir=/etc/hookline/secrets",
+            "--replicas=2",
+            "--listen=0.0.0.0:8080"
+        ]
+    );
+    let env = &container["env"];
+    assert!(env.to_string().contains(r#"{"name":"HOOKLINE_ENDPOINT_DIR","value":"/etc/hookline/endpoints"}"#));
+    assert!(env.to_string().contains(r#"{"name":"HOOKLINE_SECRET_DIR","value":"/etc/hookline/secrets"}"#));
+    let consumer = serde_json::to_value(&some.workload.consumer).expect("JSON");
+    let consumer_env = consumer["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(consumer_env.contains("HOOKLINE_ENDPOINT_DIR") && consumer_env.contains("HOOKLINE_DATABASE_URL"));
+    assert!(!consumer_env.contains("HOOKLINE_SECRET_DIR"), "the consumer reads no signing secret");
+}
+
+#[test]
+fn the_pool_scaler_polls_the_operator_for_the_pools_summed_lag() {
+    use hookline_operator::build::{Cluster, pool};
+    let (valid, _) = shipped();
+    let built = pool::build(&valid, &[], &with_service_url(), Cluster { keda: true });
+    let scaler = built.workload.scaler.expect("scaler");
+    assert_eq!(scaler.spec.min_replica_count, Some(1));
+    assert_eq!(scaler.spec.max_replica_count, Some(5));
+    let [trigger] = scaler.spec.triggers.as_slice() else {
+        panic!("one trigger")
+    };
+    assert_eq!(trigger.type_, "metrics-api");
+    assert_eq!(
+        trigger.metadata["url"],
+        "http://hookline-operator.hookline.svc:8080/pools/shop/shared/lag"
+    );
+    assert_eq!(trigger.metadata["valueLocation"], "lag");
+    assert_eq!(trigger.metadata["targetValue"], "1000");
+    assert_eq!(built.workload.consumer.spec.expect("spec").replicas, None, "left to KEDA");
+    let fixed = pool::build(&valid, &[], &Default::default(), Cluster { keda: true });
+    assert!(fixed.workload.scaler.is_none(), "no --service-url: no lag to poll");
+    assert_eq!(fixed.workload.consumer.spec.expect("spec").replicas, Some(1));
+}
+
+#[test]
+fn members_beyond_the_budget_are_not_admitted_and_older_ones_stay() {
+    use hookline_operator::build::pool::{MEMBER_BUDGET_BYTES, Member, admit};
+    let big = |name: &str| Member {
+        name: name.into(),
+        manifest: "x".repeat(MEMBER_BUDGET_BYTES / 3),
+        signing_secret: b"k".to_vec(),
+    };
+    let (served, full) = admit(vec![big("old"), big("older"), big("new"), big("small")]);
+    let names = |all: &[Member]| all.iter().map(|m| m.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&served), ["old", "older"]);
+    assert_eq!(names(&full), ["new", "small"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_keda_the_pool_consumer_scales_on_the_lag_the_operator_serves() {
+    let mut harness = Harness::start_with(true, |config| {
+        config.service_url = Some("http://hookline-operator.hookline.svc:8080".into());
+    })
+    .await;
+    harness.fake.insert(&pool_object(NS, POOL));
+    add(&harness, NS, &[("a", Some(POOL)), ("b", Some(POOL))]);
+    converge(&mut harness, NS, POOL, &["a", "b"]).await;
+    let scaler = harness
+        .fake
+        .get("keda.sh/v1alpha1", "ScaledObject", NS, "shared-pool-consumer")
+        .expect("the pool's ScaledObject");
+    assert_eq!(
+        scaler["spec"]["triggers"][0]["metadata"]["url"],
+        "http://hookline-operator.hookline.svc:8080/pools/shop/shared/lag"
+    );
+    assert_eq!(harness.metrics.pool_lag("shop/shared"), Some((0, 2)));
+    harness.metrics.set_pending("shop/a", Some(40));
+    harness.metrics.set_pending("shop/b", Some(2));
+    assert_eq!(harness.metrics.pool_lag("shop/shared"), Some((42, 2)));
+    assert_eq!(harness.metrics.pool_lag("other/shared"), None);
+}
