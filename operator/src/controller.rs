@@ -308,14 +308,33 @@ async fn run_controller(
         .with_config(config_of())
         .reconcile_on(endpoint_triggers);
     let config = ctx.config.clone();
-    let secrets = tapped(
-        cached(
-            scoped::<PartialObjectMeta<Secret>>(&client, namespace),
-            secret_writer,
-            watcher::Config::default(),
-        ),
-        to_pool.clone(),
-    );
+    // A pool's own Secret, and a Secret its members read (a rotated signing
+    // key), reconcile the pool.
+    let secrets = {
+        let to_pool = to_pool.clone();
+        let index = index.clone();
+        let config = ctx.config.clone();
+        let triggers = ctx.triggers.clone();
+        tapped(
+            cached(
+                scoped::<PartialObjectMeta<Secret>>(&client, namespace),
+                secret_writer,
+                watcher::Config::default(),
+            ),
+            move |meta: &ObjectMeta| {
+                to_pool(meta);
+                let secret = PartialObjectMeta::<Secret> {
+                    metadata: meta.clone(),
+                    ..Default::default()
+                };
+                for endpoint in referencing(&index, &secret, &config) {
+                    if let Some(pool) = index.get(&endpoint).and_then(|e| e.spec.pool.clone()) {
+                        triggers.pool(meta.namespace.as_deref().unwrap_or_default(), &pool);
+                    }
+                }
+            },
+        )
+    };
     let keda_client = client.clone();
     let scaler_api = scoped(&client, namespace);
     let scaler_config = owned.clone();
@@ -369,13 +388,39 @@ async fn run_controller(
         .applied_objects()
         .predicate_filter(pool_trigger, PredicateConfig::default())
     };
-    let pools_done = Controller::for_stream(pools, ctx.pools.clone())
+    let pool_controller = Controller::for_stream(pools, ctx.pools.clone())
         .with_config(config_of())
         .reconcile_on(pool_triggers)
-        .graceful_shutdown_on(stop)
+        .graceful_shutdown_on(stop.clone())
         .run(pool::reconcile, pool::error_policy, ctx)
         .for_each(log_outcome);
+    // Started once the WebhookPool CRD is served: a controller whose cache
+    // never fills would hold the shutdown (its runner waits for the cache).
+    let pools_done = async {
+        tokio::select! {
+            () = wait_for_pool_crd(&client, namespace) => pool_controller.await,
+            () = stop => {}
+        }
+    };
     futures::join!(endpoints_done, pools_done);
+}
+
+/// Waits until the API server serves WebhookPools (an older chart installed
+/// only the WebhookEndpoint CRD), saying so once.
+async fn wait_for_pool_crd(client: &Client, namespace: Option<&str>) {
+    let api: Api<WebhookPool> = scoped(client, namespace);
+    let mut said = false;
+    loop {
+        match api.list(&ListParams::default().limit(1)).await {
+            Ok(_) => return,
+            Err(err) if !said => {
+                said = true;
+                info!(cause = %err, retry_every = ?DISCOVERY_RETRY, "WebhookPools are not served (install crds/webhookpools.hookline.io.yaml to use pools); endpoints are reconciled meanwhile");
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(DISCOVERY_RETRY).await;
+    }
 }
 
 /// Logs what the controller machinery (not a reconcile) reports.

@@ -4,9 +4,11 @@
 //! reads of its pool (its `Served` condition).
 //!
 //! The two controllers ask each other for reconciles: a member's reconcile
-//! asks for its pool (and for the pool it left), a pool asks for the
-//! members whose `Served` condition its apply changed. Neither asks
-//! unconditionally for the other, so they never loop.
+//! asks for its pool while it is not served as it is now (and for the pool
+//! it left), a changed Secret a member reads asks for its pool, and a pool
+//! asks for the members whose `Served` condition its apply changed. Neither
+//! asks unconditionally for the other, so they never loop, and a steady
+//! member's resync costs its pool nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -244,13 +244,13 @@ pub fn error_policy(endpoint: Arc<WebhookEndpoint>, error: &Error, ctx: Arc<Cont
 async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result<Action> {
     let key = key(endpoint);
     let namespace = endpoint.namespace().unwrap_or_default();
-    // The pool it joins, and the one it left: each reconsiders its members.
     let served_by = endpoint
         .status
         .as_ref()
         .and_then(|status| status.served_by.as_deref());
-    for pool in endpoint.spec.pool.as_deref().into_iter().chain(served_by) {
-        ctx.triggers.pool(&namespace, pool);
+    // The pool it left reconsiders its members.
+    if served_by.is_some() && served_by != endpoint.spec.pool.as_deref() {
+        ctx.triggers.pool(&namespace, served_by.unwrap_or_default());
     }
     let pool = endpoint.spec.pool.as_ref().and_then(|pool| {
         ctx.pools
@@ -264,6 +264,10 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
         Ok(valid) => valid.in_cluster(ctx.config.nats.cluster_name.as_deref()),
         Err(invalid) => {
             info!(cause = %invalid, "invalid spec");
+            // Its pool stops serving it.
+            if let Some(pool) = &endpoint.spec.pool {
+                ctx.triggers.pool(&namespace, pool);
+            }
             let findings = status::invalid_findings(&invalid);
             ctx.status_writer().write(endpoint, findings, None).await?;
             ctx.metrics.set_readiness(&key, Some(Readiness::NotReady));
@@ -326,6 +330,15 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
     let ready = findings
         .first()
         .is_some_and(|finding| finding.status == Status::True);
+    // Its pool is asked only while it does not serve what this reconcile
+    // saw (a new member, an edit): a served member's resync costs its pool nothing.
+    if let Some(pool) = valid.pool()
+        && !findings.iter().any(|finding| {
+            finding.type_ == hookline_api::conditions::SERVED && finding.status == Status::True
+        })
+    {
+        ctx.triggers.pool(&namespace, pool);
+    }
     if let stream::StreamState::Ready { stats, .. } = &stream {
         ctx.metrics
             .set_pending(&key, i64::try_from(stats.pending).ok());
