@@ -186,11 +186,7 @@ impl Applier<'_> {
         &self,
         workload: Option<Workload>,
         failures: &mut Vec<ApplyFailure>,
-    ) -> (
-        Option<Deployment>,
-        Option<Deployment>,
-        Option<ScaledObject>,
-    ) {
+    ) -> (Option<Deployment>, Option<Deployment>, Option<ScaledObject>) {
         let (config_map, receiver, service, disruption_budget, consumer, scaler) = match workload {
             Some(Workload {
                 config_map,
@@ -218,11 +214,17 @@ impl Applier<'_> {
         let mut keep = names(receiver.as_ref());
         keep.extend(names(consumer.as_ref()));
         let receiver = match receiver {
-            Some(receiver) => self.apply_one(&stores.deployments, receiver, failures).await,
+            Some(receiver) => {
+                self.apply_one(&stores.deployments, receiver, failures)
+                    .await
+            }
             None => None,
         };
         let consumer = match consumer {
-            Some(consumer) => self.apply_one(&stores.deployments, consumer, failures).await,
+            Some(consumer) => {
+                self.apply_one(&stores.deployments, consumer, failures)
+                    .await
+            }
             None => None,
         };
         self.prune(&stores.deployments, &keep, failures).await;

@@ -187,7 +187,9 @@ fn parse_service_url(text: &str) -> Result<String, String> {
     if text.starts_with("http://") || text.starts_with("https://") {
         Ok(text.trim_end_matches('/').to_owned())
     } else {
-        Err(format!("{text:?} is not an http(s) URL, e.g. http://hookline-operator.hookline.svc:8080"))
+        Err(format!(
+            "{text:?} is not an http(s) URL, e.g. http://hookline-operator.hookline.svc:8080"
+        ))
     }
 }
 

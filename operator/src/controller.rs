@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt};
 use hookline_api::naming::FIELD_MANAGER;
-use hookline_api::runtime::Shutdown;
-use futures::channel::mpsc::UnboundedReceiver;
 use hookline_api::pool::WebhookPool;
+use hookline_api::runtime::Shutdown;
 use hookline_api::spec::WebhookEndpoint;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
@@ -372,8 +372,11 @@ async fn run_controller(
         let ctx = ctx.clone();
         reflector(
             pool_writer,
-            watcher(scoped::<WebhookPool>(&client, namespace), watcher::Config::default())
-                .modify(forget_managed_fields),
+            watcher(
+                scoped::<WebhookPool>(&client, namespace),
+                watcher::Config::default(),
+            )
+            .modify(forget_managed_fields),
         )
         .default_backoff()
         .inspect(move |event| {
@@ -497,16 +500,15 @@ mod tests {
 
     #[test]
     fn watched_is_the_endpoint_its_secrets_and_every_child_kind() {
-        let mut expected: Vec<(String, String)> =
-            [
-                ("hookline.io", "webhookendpoints"),
-                ("hookline.io", "webhookpools"),
-                ("", "secrets"),
-            ]
-                .iter()
-                .map(|(group, plural)| ((*group).to_owned(), (*plural).to_owned()))
-                .chain(apply::child_resources())
-                .collect();
+        let mut expected: Vec<(String, String)> = [
+            ("hookline.io", "webhookendpoints"),
+            ("hookline.io", "webhookpools"),
+            ("", "secrets"),
+        ]
+        .iter()
+        .map(|(group, plural)| ((*group).to_owned(), (*plural).to_owned()))
+        .chain(apply::child_resources())
+        .collect();
         let mut watched: Vec<(String, String)> = WATCHED
             .iter()
             .map(|(group, plural)| ((*group).to_owned(), (*plural).to_owned()))

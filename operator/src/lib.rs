@@ -48,11 +48,11 @@ pub enum Error {
     Manifest(#[from] hookline_api::Error),
     #[error(transparent)]
     InvalidSpec(#[from] hookline_api::InvalidSpec),
-    #[error("cannot read the endpoint's Secrets: {0}")]
+    #[error("cannot read the endpoint's (or pool's) Secrets: {0}")]
     ReadSecrets(#[source] kube::Error),
     #[error("cannot ask the API server whether KEDA is installed: {0}")]
     DiscoverKeda(#[source] kube::Error),
-    #[error("cannot write the endpoint's status: {0}")]
+    #[error("cannot write the endpoint's (or pool's) status: {0}")]
     UpdateStatus(#[source] kube::Error),
     #[error("cannot delete the endpoint's stream: {0}")]
     DeleteStream(#[source] hookline_api::provision::ProvisionError),

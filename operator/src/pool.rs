@@ -29,7 +29,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{Instrument, info, warn};
 
-use crate::apply::{self, ApplyFailure, Applier, Problem};
+use crate::apply::{self, Applier, ApplyFailure, Problem};
 use crate::build::pool::{self as pool_build, Member, PoolChildren, PoolNames, manifest_key};
 use crate::build::{Children, Cluster};
 use crate::reconcile::{Context, jitter};
@@ -101,10 +101,9 @@ pub async fn observe(
         .map(|deployment| deployment.as_ref().clone());
     let secret_keys = match &ctx.secret_index {
         Some(index) => index.key_names(api, namespace, &names.secret).await,
-        None => api
-            .get_opt(&names.secret)
-            .await
-            .map(|secret| secret.map(|secret| secret.data.unwrap_or_default().into_keys().collect())),
+        None => api.get_opt(&names.secret).await.map(|secret| {
+            secret.map(|secret| secret.data.unwrap_or_default().into_keys().collect())
+        }),
     }
     .map_err(Error::ReadSecrets)?;
     Ok(PoolView::Found {
@@ -160,7 +159,9 @@ pub fn served_finding(view: &PoolView, valid: &ValidEndpoint) -> Finding {
             .filter(|(held, _)| **held != key)
             .map(|(held, text)| held.len() + text.len())
             .sum();
-        let absent = manifests.as_ref().is_none_or(|data| !data.contains_key(&key));
+        let absent = manifests
+            .as_ref()
+            .is_none_or(|data| !data.contains_key(&key));
         if absent && used + key.len() + valid.manifest.len() > pool_build::MEMBER_BUDGET_BYTES {
             return Finding::new(
                 type_,
@@ -180,7 +181,10 @@ pub fn served_finding(view: &PoolView, valid: &ValidEndpoint) -> Finding {
             ),
         );
     }
-    if !secret_keys.as_ref().is_some_and(|keys| keys.contains(member)) {
+    if !secret_keys
+        .as_ref()
+        .is_some_and(|keys| keys.contains(member))
+    {
         return Finding::new(
             type_,
             Status::False,
@@ -198,7 +202,12 @@ pub fn served_finding(view: &PoolView, valid: &ValidEndpoint) -> Finding {
             format!("WebhookPool {namespace}/{name} has no receiver Deployment yet"),
         );
     };
-    let available = deployment_finding(receiver, conditions::READY, "pool receiver", false);
+    let available = deployment_finding(
+        receiver,
+        conditions::RECEIVER_AVAILABLE,
+        "pool receiver",
+        false,
+    );
     if available.status != Status::True {
         return Finding::new(
             type_,
@@ -337,7 +346,11 @@ async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
     for candidate in &candidates {
         let signing = &candidate.valid.endpoint.secret;
         let value = match &ctx.secret_index {
-            Some(index) => index.value(&api, &namespace, &signing.name, &signing.key).await,
+            Some(index) => {
+                index
+                    .value(&api, &namespace, &signing.name, &signing.key)
+                    .await
+            }
             None => api.get_opt(&signing.name).await.map(|secret| {
                 secret
                     .and_then(|secret| secret.data)
@@ -391,7 +404,14 @@ async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
     .await;
     applied.failures.extend(secret_failure.take());
     let keda_scales = applied.scaler.is_some();
-    let findings = pool_findings(&valid, &applied, &secret_check, keda_scales, served.len(), candidates.len());
+    let findings = pool_findings(
+        &valid,
+        &applied,
+        &secret_check,
+        keda_scales,
+        served.len(),
+        candidates.len(),
+    );
     let ready = findings
         .first()
         .is_some_and(|finding| finding.status == Status::True);
@@ -411,7 +431,8 @@ async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
     let view = PoolView::Found {
         name: name.clone(),
         manifests: (!failed("ConfigMap")).then_some(manifests_desired),
-        secret_keys: (!failed("Secret")).then(|| served.iter().map(|member| member.name.clone()).collect()),
+        secret_keys: (!failed("Secret"))
+            .then(|| served.iter().map(|member| member.name.clone()).collect()),
         receiver: applied.receiver.clone(),
     };
     for candidate in &candidates {
@@ -516,9 +537,12 @@ async fn apply_secret(
     let hash = apply::applied_hash(&desired);
     let namespace = desired.namespace().unwrap_or_default();
     let seen = match &ctx.secret_index {
-        Some(index) => index
-            .metadata(&namespace, &name)
-            .map(|meta| (apply::controller_uid(meta.as_ref()).map(str::to_owned), meta.resource_version())),
+        Some(index) => index.metadata(&namespace, &name).map(|meta| {
+            (
+                apply::controller_uid(meta.as_ref()).map(str::to_owned),
+                meta.resource_version(),
+            )
+        }),
         None => None,
     };
     let seen = match seen {
@@ -536,7 +560,9 @@ async fn apply_secret(
     if let Some((controller, version)) = &seen {
         if controller.as_deref() != Some(owner_uid) {
             return Some(fail(Problem::NameConflict {
-                controller: controller.clone().map(|uid| format!("an object with UID {uid}")),
+                controller: controller
+                    .clone()
+                    .map(|uid| format!("an object with UID {uid}")),
             }));
         }
         let written = ctx
@@ -801,3 +827,80 @@ fn field_errors(invalid: &hookline_api::InvalidSpec) -> String {
         .join("; ")
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn member() -> ValidEndpoint {
+        let resource = hookline_api::parse_manifest(
+            "apiVersion: hookline.io/v1alpha1\nkind: WebhookEndpoint\nmetadata: {name: a, namespace: shop}\nspec: {provider: github, secretRef: {name: s}, pool: shared}\n",
+        )
+        .expect("manifest");
+        crate::validate::validate(&resource).expect("valid")
+    }
+
+    fn available() -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "shared-pool-receiver", "generation": 1},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
+                "availableReplicas": 2, "readyReplicas": 2},
+        }))
+        .expect("deployment")
+    }
+
+    fn found(manifests: Option<BTreeMap<String, String>>, keys: &[&str]) -> PoolView {
+        PoolView::Found {
+            name: "shared".into(),
+            manifests,
+            secret_keys: Some(keys.iter().map(|key| (*key).to_owned()).collect()),
+            receiver: Some(available()),
+        }
+    }
+
+    #[test]
+    fn served_says_what_the_pool_holds_and_why_not() {
+        let valid = member();
+        let held = BTreeMap::from([("a.yaml".to_owned(), valid.manifest.clone())]);
+        let reason = |view: &PoolView| served_finding(view, &valid).reason;
+        assert_eq!(
+            reason(&PoolView::NotFound {
+                name: "shared".into()
+            }),
+            reasons::POOL_NOT_FOUND
+        );
+        assert_eq!(
+            reason(&PoolView::Invalid {
+                name: "shared".into(),
+                message: "x".into()
+            }),
+            reasons::POOL_NOT_READY
+        );
+        assert_eq!(reason(&found(None, &["a"])), reasons::NOT_SERVED_YET);
+        assert_eq!(
+            reason(&found(Some(held.clone()), &[])),
+            reasons::NOT_SERVED_YET,
+            "no signing secret yet"
+        );
+        let stale = BTreeMap::from([("a.yaml".to_owned(), "older".to_owned())]);
+        assert_eq!(reason(&found(Some(stale), &["a"])), reasons::NOT_SERVED_YET);
+        let full = BTreeMap::from([(
+            "b.yaml".to_owned(),
+            "x".repeat(pool_build::MEMBER_BUDGET_BYTES),
+        )]);
+        assert_eq!(reason(&found(Some(full), &["a"])), reasons::POOL_FULL);
+        let finding = served_finding(&found(Some(held.clone()), &["a"]), &valid);
+        assert_eq!(
+            (finding.status, finding.reason),
+            (Status::True, reasons::SERVED_BY_POOL)
+        );
+        let rolling = PoolView::Found {
+            name: "shared".into(),
+            manifests: Some(held),
+            secret_keys: Some(BTreeSet::from(["a".to_owned()])),
+            receiver: None,
+        };
+        assert_eq!(reason(&rolling), reasons::POOL_NOT_READY);
+    }
+}

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use hookline_api::naming;
-use hookline_api::provision::StreamOwner;
-use hookline_api::pool::WebhookPool;
-use hookline_api::spec::{DeletionPolicy, WebhookEndpoint};
 use futures::channel::mpsc::UnboundedSender;
+use hookline_api::naming;
+use hookline_api::pool::WebhookPool;
+use hookline_api::provision::StreamOwner;
+use hookline_api::spec::{DeletionPolicy, WebhookEndpoint};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
@@ -126,7 +126,11 @@ impl Context {
     }
 
     /// Reads pools and their members from the watches' caches.
-    pub fn with_pools(self, pools: Store<WebhookPool>, endpoints: Store<WebhookEndpoint>) -> Context {
+    pub fn with_pools(
+        self,
+        pools: Store<WebhookPool>,
+        endpoints: Store<WebhookEndpoint>,
+    ) -> Context {
         Context {
             pools,
             endpoints,
@@ -252,10 +256,11 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
     if served_by.is_some() && served_by != endpoint.spec.pool.as_deref() {
         ctx.triggers.pool(&namespace, served_by.unwrap_or_default());
     }
-    let pool = endpoint.spec.pool.as_ref().and_then(|pool| {
-        ctx.pools
-            .get(&ObjectRef::new(pool).within(&namespace))
-    });
+    let pool = endpoint
+        .spec
+        .pool
+        .as_ref()
+        .and_then(|pool| ctx.pools.get(&ObjectRef::new(pool).within(&namespace)));
     let pool_database = pool
         .as_deref()
         .and_then(|pool| validate_pool(pool).ok())
@@ -315,7 +320,16 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
     };
     let applied = Box::pin(applier.apply(children)).await;
     let pool_view = match valid.pool() {
-        Some(name) => Some(pool::observe(ctx, &secrets_api, &valid.endpoint.namespace, name, pool.as_deref()).await?),
+        Some(name) => Some(
+            pool::observe(
+                ctx,
+                &secrets_api,
+                &valid.endpoint.namespace,
+                name,
+                pool.as_deref(),
+            )
+            .await?,
+        ),
         None => None,
     };
     let findings = status::findings(&Observed {

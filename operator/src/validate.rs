@@ -92,14 +92,12 @@ pub fn validate_in(
     let mut problems = Vec::new();
     let placement = placement(resource, pool_database, &mut problems);
     match (resolved, placement, manifest) {
-        (Ok(endpoint), Some(placement), Ok(manifest)) if problems.is_empty() => {
-            Ok(ValidEndpoint {
-                endpoint,
-                manifest,
-                placement,
-                owner: resource.controller_owner_ref(&()),
-            })
-        }
+        (Ok(endpoint), Some(placement), Ok(manifest)) if problems.is_empty() => Ok(ValidEndpoint {
+            endpoint,
+            manifest,
+            placement,
+            owner: resource.controller_owner_ref(&()),
+        }),
         (resolved, _, manifest) => {
             let mut all = resolved
                 .err()
@@ -149,7 +147,9 @@ fn placement(
     if spec.receiver.is_some() {
         problem(
             "spec.receiver",
-            format!("a pool member has no receiver of its own: set replicas, resources and image on WebhookPool {pool}"),
+            format!(
+                "a pool member has no receiver of its own: set replicas, resources and image on WebhookPool {pool}"
+            ),
         );
     }
     if consumer.is_some_and(|consumer| consumer.scaling.is_some()) {

@@ -3,9 +3,9 @@
 
 use super::consumer::resolve_scaling;
 use super::{Problems, resolve_receiver};
+use crate::InvalidSpec;
 use crate::naming;
 use crate::pool::{POOL_MIN_CONSUMERS, PoolConsumer, ValidatedPool, WebhookPoolSpec};
-use crate::InvalidSpec;
 
 /// Checks a pool's spec and applies every default; every wrong field is reported.
 pub fn resolve_pool(

@@ -529,8 +529,14 @@ fn a_pool_takes_the_endpoints_defaults_and_needs_at_least_one_consumer() {
     )
     .expect_err("invalid")
     .to_string();
-    assert!(err.contains("spec.receiver.replicas: must not be negative"), "{err}");
-    assert!(err.contains("spec.consumer.scaling.minReplicas: must be at least 1 for a pool"), "{err}");
+    assert!(
+        err.contains("spec.receiver.replicas: must not be negative"),
+        "{err}"
+    );
+    assert!(
+        err.contains("spec.consumer.scaling.minReplicas: must be at least 1 for a pool"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -43,10 +43,8 @@ impl PodParts {
     /// (`kubectl exec … hookline-consumer replay --all`) finds them too.
     pub fn new(valid: &ValidEndpoint, config: &OperatorConfig) -> PodParts {
         let mut parts = PodParts::default();
-        let dir = parts.mount_config_map(
-            "endpoint",
-            &ChildNames::of(&valid.endpoint.name).config_map,
-        );
+        let dir =
+            parts.mount_config_map("endpoint", &ChildNames::of(&valid.endpoint.name).config_map);
         parts.env_value(
             "HOOKLINE_ENDPOINT",
             &format!("{dir}/{}", manifest::MANIFEST_KEY),

@@ -101,11 +101,22 @@ pub fn admit(members: Vec<Member>) -> (Vec<Member>, Vec<Member>) {
 }
 
 /// Every object a pool owns.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct PoolChildren {
     pub workload: Workload,
     /// The members' signing secrets, mounted as the receivers' `--secret-dir`.
     pub secret: Secret,
+}
+
+/// Never prints the members' signing secrets.
+impl std::fmt::Debug for PoolChildren {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&String> = self.secret.data.iter().flatten().map(|(key, _)| key).collect();
+        f.debug_struct("PoolChildren")
+            .field("workload", &self.workload)
+            .field("secret", &format_args!("{:?} keys {keys:?} <redacted>", self.secret.metadata.name))
+            .finish()
+    }
 }
 
 /// Builds the pool's children serving `members` (already admitted).

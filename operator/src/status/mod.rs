@@ -54,7 +54,12 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub(crate) fn new(type_: &'static str, status: Status, reason: &'static str, message: String) -> Self {
+    pub(crate) fn new(
+        type_: &'static str,
+        status: Status,
+        reason: &'static str,
+        message: String,
+    ) -> Self {
         Finding {
             type_,
             status,

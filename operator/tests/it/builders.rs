@@ -220,10 +220,22 @@ fn selectors_match_their_pods_and_never_the_other_component() {
     };
     let receiver_pods = labels_of(&children.workload.as_ref().expect("own pods").receiver);
     let consumer_pods = labels_of(&children.workload.as_ref().expect("own pods").consumer);
-    assert!(matches(&selector_of(&children.workload.as_ref().expect("own pods").receiver), &receiver_pods));
-    assert!(matches(&selector_of(&children.workload.as_ref().expect("own pods").consumer), &consumer_pods));
-    assert!(!matches(&selector_of(&children.workload.as_ref().expect("own pods").receiver), &consumer_pods));
-    assert!(!matches(&selector_of(&children.workload.as_ref().expect("own pods").consumer), &receiver_pods));
+    assert!(matches(
+        &selector_of(&children.workload.as_ref().expect("own pods").receiver),
+        &receiver_pods
+    ));
+    assert!(matches(
+        &selector_of(&children.workload.as_ref().expect("own pods").consumer),
+        &consumer_pods
+    ));
+    assert!(!matches(
+        &selector_of(&children.workload.as_ref().expect("own pods").receiver),
+        &consumer_pods
+    ));
+    assert!(!matches(
+        &selector_of(&children.workload.as_ref().expect("own pods").consumer),
+        &receiver_pods
+    ));
     let service = children
         .workload
         .clone()
@@ -248,7 +260,10 @@ fn selectors_match_their_pods_and_never_the_other_component() {
 #[test]
 fn pods_run_locked_down_with_probes_resources_and_scrape_annotations() {
     let (_, children) = children("stripe.yaml", KEDA);
-    for deployment in [&children.workload.as_ref().expect("own pods").receiver, &children.workload.as_ref().expect("own pods").consumer] {
+    for deployment in [
+        &children.workload.as_ref().expect("own pods").receiver,
+        &children.workload.as_ref().expect("own pods").consumer,
+    ] {
         let pod = pod_spec(deployment);
         let security = pod.security_context.as_ref().expect("pod security context");
         assert_eq!(security.run_as_non_root, Some(true));
@@ -321,7 +336,10 @@ fn secrets_are_read_only_files_and_the_database_url_an_env_reference() {
     };
     let valid = applied(example("stripe.yaml"));
     let children = build::build(&valid, &config, KEDA);
-    for deployment in [&children.workload.as_ref().expect("own pods").receiver, &children.workload.as_ref().expect("own pods").consumer] {
+    for deployment in [
+        &children.workload.as_ref().expect("own pods").receiver,
+        &children.workload.as_ref().expect("own pods").consumer,
+    ] {
         let pod = pod_spec(deployment);
         let container = &pod.containers[0];
         let pull = pod.image_pull_secrets.as_ref().expect("pull secrets");
@@ -370,7 +388,8 @@ fn secrets_are_read_only_files_and_the_database_url_an_env_reference() {
         );
         assert!(from_secret("HOOKLINE_NATS_PASSWORD").is_some());
     }
-    let receiver_args = pod_spec(&children.workload.as_ref().expect("own pods").receiver).containers[0]
+    let receiver_args = pod_spec(&children.workload.as_ref().expect("own pods").receiver)
+        .containers[0]
         .args
         .clone()
         .expect("args");
@@ -378,10 +397,11 @@ fn secrets_are_read_only_files_and_the_database_url_an_env_reference() {
         receiver_args.contains(&"--secret-file=/etc/hookline/signing-secret/secret".to_owned()),
         "{receiver_args:?}"
     );
-    let consumer_env = pod_spec(&children.workload.as_ref().expect("own pods").consumer).containers[0]
-        .env
-        .clone()
-        .expect("env");
+    let consumer_env = pod_spec(&children.workload.as_ref().expect("own pods").consumer).containers
+        [0]
+    .env
+    .clone()
+    .expect("env");
     let database = consumer_env
         .iter()
         .find(|var| var.name == "HOOKLINE_DATABASE_URL")
@@ -426,7 +446,13 @@ fn a_rate_limited_receiver_is_told_how_many_receivers_share_the_limit() {
 #[test]
 fn every_trigger_metadata_value_is_a_string_from_the_spec() {
     let (valid, children) = children("stripe.yaml", KEDA);
-    let scaler: ScaledObject = children.workload.as_ref().expect("own pods").scaler.clone().expect("scaler");
+    let scaler: ScaledObject = children
+        .workload
+        .as_ref()
+        .expect("own pods")
+        .scaler
+        .clone()
+        .expect("scaler");
     let trigger = &json(&scaler)["spec"]["triggers"][0];
     assert_eq!(trigger["type"], "nats-jetstream");
     for (key, value) in trigger["metadata"].as_object().expect("metadata") {
@@ -507,14 +533,35 @@ fn the_pods_read_exactly_the_endpoint_the_operator_validated() {
 fn without_keda_there_is_no_scaler_and_the_consumer_has_fixed_replicas() {
     let (_, with) = children("stripe.yaml", KEDA);
     let (_, without) = children("stripe.yaml", NO_KEDA);
-    assert!(with.workload.as_ref().expect("own pods").scaler.is_some() && without.workload.as_ref().expect("own pods").scaler.is_none());
+    assert!(
+        with.workload.as_ref().expect("own pods").scaler.is_some()
+            && without
+                .workload
+                .as_ref()
+                .expect("own pods")
+                .scaler
+                .is_none()
+    );
     assert_eq!(
-        with.workload.as_ref().expect("own pods").consumer.spec.as_ref().and_then(|s| s.replicas),
+        with.workload
+            .as_ref()
+            .expect("own pods")
+            .consumer
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas),
         None,
         "KEDA owns the replicas"
     );
     assert_eq!(
-        without.workload.as_ref().expect("own pods").consumer.spec.as_ref().and_then(|s| s.replicas),
+        without
+            .workload
+            .as_ref()
+            .expect("own pods")
+            .consumer
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas),
         Some(1)
     );
 }
@@ -553,9 +600,30 @@ fn names_stay_valid_for_the_longest_resource_names() {
     ));
     let children = build::build(&applied(resource), &OperatorConfig::default(), KEDA);
     let names = [
-        children.workload.as_ref().expect("own pods").config_map.metadata.name.clone(),
-        children.workload.as_ref().expect("own pods").receiver.metadata.name.clone(),
-        children.workload.as_ref().expect("own pods").consumer.metadata.name.clone(),
+        children
+            .workload
+            .as_ref()
+            .expect("own pods")
+            .config_map
+            .metadata
+            .name
+            .clone(),
+        children
+            .workload
+            .as_ref()
+            .expect("own pods")
+            .receiver
+            .metadata
+            .name
+            .clone(),
+        children
+            .workload
+            .as_ref()
+            .expect("own pods")
+            .consumer
+            .metadata
+            .name
+            .clone(),
     ];
     for name in names.into_iter().flatten() {
         assert!(

@@ -739,7 +739,11 @@ async fn the_operator_binary_serves_a_pool_and_its_members_until_ready() {
     }))
     .expect("pool");
     pools
-        .patch("shared", &PatchParams::apply("kubectl").force(), &Patch::Apply(&pool))
+        .patch(
+            "shared",
+            &PatchParams::apply("kubectl").force(),
+            &Patch::Apply(&pool),
+        )
         .await
         .expect("pool applied");
     let names = ["a", "b", "c"];

@@ -96,7 +96,11 @@ fn pool_templates(harness: &Harness) -> Vec<Value> {
 async fn a_pool_serves_its_members_from_one_config_map_and_one_secret() {
     let mut harness = Harness::start(true).await;
     harness.fake.insert(&pool_object(NS, POOL));
-    add(&harness, NS, &[("a", Some(POOL)), ("b", Some(POOL)), ("c", Some(POOL))]);
+    add(
+        &harness,
+        NS,
+        &[("a", Some(POOL)), ("b", Some(POOL)), ("c", Some(POOL))],
+    );
     converge(&mut harness, NS, POOL, &["a", "b", "c"]).await;
 
     let manifests = config_map(&harness, NS, "shared-pool-endpoints").expect("pool ConfigMap");
@@ -107,7 +111,10 @@ async fn a_pool_serves_its_members_from_one_config_map_and_one_secret() {
         "the same manifest a dedicated ConfigMap holds"
     );
     assert_eq!(keys(manifests.data), ["a.yaml", "b.yaml", "c.yaml"]);
-    let secrets: Secret = harness.fake.typed(NS, "shared-pool-secrets").expect("pool Secret");
+    let secrets: Secret = harness
+        .fake
+        .typed(NS, "shared-pool-secrets")
+        .expect("pool Secret");
     let data = secrets.data.expect("data");
     assert_eq!(data.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
     assert_eq!(data["b"].0, b"key-of-b");
@@ -116,8 +123,8 @@ async fn a_pool_serves_its_members_from_one_config_map_and_one_secret() {
             .fake
             .typed(NS, &format!("{name}-receiver"))
             .expect("the member keeps its Ingress");
-        let backend = &serde_json::to_value(&ingress).expect("JSON")["spec"]["rules"][0]["http"]
-            ["paths"][0]["backend"]["service"]["name"];
+        let backend = &serde_json::to_value(&ingress).expect("JSON")["spec"]["rules"][0]["http"]["paths"]
+            [0]["backend"]["service"]["name"];
         assert_eq!(backend, "shared-pool-receiver");
         for (api_version, kind, child) in [
             ("apps/v1", "Deployment", "receiver"),
@@ -135,7 +142,13 @@ async fn a_pool_serves_its_members_from_one_config_map_and_one_secret() {
                 "a member has no {kind} {name}-{child} of its own"
             );
         }
-        harness.expect_condition(NS, name, conditions::SERVED, "True", reasons::SERVED_BY_POOL);
+        harness.expect_condition(
+            NS,
+            name,
+            conditions::SERVED,
+            "True",
+            reasons::SERVED_BY_POOL,
+        );
         harness.expect_condition(NS, name, conditions::READY, "True", reasons::RECONCILED);
         let status = harness.endpoint(NS, name).status.expect("status");
         assert_eq!(status.served_by.as_deref(), Some(POOL));
@@ -150,9 +163,17 @@ async fn a_pool_serves_its_members_from_one_config_map_and_one_secret() {
     assert_eq!(ready.status, "True", "{}", ready.message);
     let scaler = harness
         .fake
-        .get("keda.sh/v1alpha1", "ScaledObject", NS, "shared-pool-consumer")
+        .get(
+            "keda.sh/v1alpha1",
+            "ScaledObject",
+            NS,
+            "shared-pool-consumer",
+        )
         .is_none();
-    assert!(scaler, "without --service-url the pool consumer is not KEDA-scaled");
+    assert!(
+        scaler,
+        "without --service-url the pool consumer is not KEDA-scaled"
+    );
 
     // A steady pool writes nothing.
     harness.fake.clear_calls();
@@ -186,7 +207,10 @@ async fn members_added_edited_and_removed_change_the_directories_and_never_the_p
         after.data.as_ref().map(|data| &data["a.yaml"]),
         "the edited manifest"
     );
-    let secrets: Secret = harness.fake.typed(NS, "shared-pool-secrets").expect("Secret");
+    let secrets: Secret = harness
+        .fake
+        .typed(NS, "shared-pool-secrets")
+        .expect("Secret");
     assert_eq!(keys(secrets.data), ["a", "d"]);
     assert_eq!(pool_templates(&harness), templates, "no pool pod rolls");
 }
@@ -197,11 +221,19 @@ async fn switching_between_dedicated_and_pooled_moves_the_pods_and_keeps_the_ing
     harness.fake.insert(&pool_object(NS, POOL));
     add(&harness, NS, &[("a", None)]);
     harness.settle(NS, "a").await;
-    assert!(harness.fake.get("apps/v1", "Deployment", NS, "a-receiver").is_some());
+    assert!(
+        harness
+            .fake
+            .get("apps/v1", "Deployment", NS, "a-receiver")
+            .is_some()
+    );
 
     harness.edit_endpoint(NS, "a", |object| {
         object["spec"]["pool"] = json!(POOL);
-        object["spec"].as_object_mut().expect("spec").remove("consumer");
+        object["spec"]
+            .as_object_mut()
+            .expect("spec")
+            .remove("consumer");
     });
     harness.reconcile(NS, "a").await.expect("pooled");
     for (api_version, kind, name) in [
@@ -235,8 +267,18 @@ async fn switching_between_dedicated_and_pooled_moves_the_pods_and_keeps_the_ing
         object["spec"]["consumer"] = json!({"databaseSecretRef": {"name": "db", "key": "url"}});
     });
     harness.reconcile(NS, "a").await.expect("dedicated again");
-    assert!(harness.fake.get("apps/v1", "Deployment", NS, "a-receiver").is_some());
-    assert!(harness.fake.get("apps/v1", "Deployment", NS, "a-consumer").is_some());
+    assert!(
+        harness
+            .fake
+            .get("apps/v1", "Deployment", NS, "a-receiver")
+            .is_some()
+    );
+    assert!(
+        harness
+            .fake
+            .get("apps/v1", "Deployment", NS, "a-consumer")
+            .is_some()
+    );
     let ingress = harness
         .fake
         .get("networking.k8s.io/v1", "Ingress", NS, "a-receiver")
@@ -248,7 +290,10 @@ async fn switching_between_dedicated_and_pooled_moves_the_pods_and_keeps_the_ing
     let status = harness.endpoint(NS, "a").status.expect("status");
     assert_eq!(status.served_by, None);
     assert!(
-        status.conditions.iter().all(|c| c.type_ != conditions::SERVED),
+        status
+            .conditions
+            .iter()
+            .all(|c| c.type_ != conditions::SERVED),
         "a dedicated endpoint has no Served condition"
     );
     harness.reconcile_pool(NS, POOL).await.expect("pool");
@@ -261,17 +306,40 @@ async fn a_missing_pool_is_not_served_and_a_pool_never_serves_another_namespace(
     let mut harness = Harness::start(true).await;
     harness.fake.insert(&pool_object(NS, POOL));
     add(&harness, NS, &[("a", Some(POOL))]);
-    add(&harness, "other", &[("a", Some(POOL)), ("b", Some("nowhere"))]);
+    add(
+        &harness,
+        "other",
+        &[("a", Some(POOL)), ("b", Some("nowhere"))],
+    );
     converge(&mut harness, NS, POOL, &["a"]).await;
     for name in ["a", "b"] {
         harness.settle("other", name).await;
-        harness.expect_condition("other", name, conditions::SERVED, "False", reasons::POOL_NOT_FOUND);
-        harness.expect_condition("other", name, conditions::READY, "False", reasons::POOL_NOT_FOUND);
+        harness.expect_condition(
+            "other",
+            name,
+            conditions::SERVED,
+            "False",
+            reasons::POOL_NOT_FOUND,
+        );
+        harness.expect_condition(
+            "other",
+            name,
+            conditions::READY,
+            "False",
+            reasons::POOL_NOT_FOUND,
+        );
     }
     let manifests = config_map(&harness, NS, "shared-pool-endpoints").expect("ConfigMap");
     assert_eq!(keys(manifests.data), ["a.yaml"]);
-    let secrets: Secret = harness.fake.typed(NS, "shared-pool-secrets").expect("Secret");
-    assert_eq!(secrets.data.expect("data")["a"].0, b"key-of-a", "this namespace's key");
+    let secrets: Secret = harness
+        .fake
+        .typed(NS, "shared-pool-secrets")
+        .expect("Secret");
+    assert_eq!(
+        secrets.data.expect("data")["a"].0,
+        b"key-of-a",
+        "this namespace's key"
+    );
     assert!(config_map(&harness, "other", "shared-pool-endpoints").is_none());
 }
 
@@ -290,18 +358,27 @@ async fn what_only_pods_of_its_own_can_take_is_refused_naming_the_pool() {
         });
     });
     harness.settle(NS, "a").await;
-    let ready = harness.expect_condition(NS, "a", conditions::READY, "False", reasons::INVALID_SPEC);
+    let ready =
+        harness.expect_condition(NS, "a", conditions::READY, "False", reasons::INVALID_SPEC);
     for field in [
         "spec.receiver: a pool member has no receiver of its own: set replicas, resources and image on WebhookPool shared",
         "spec.consumer.scaling: a pool member has no consumer of its own: set scaling on WebhookPool shared",
         "spec.consumer.refetch.authSecretRef",
         "spec.consumer.databaseSecretRef: must be absent or equal to WebhookPool shared's (db/url)",
     ] {
-        assert!(ready.message.contains(field), "{field} in {}", ready.message);
+        assert!(
+            ready.message.contains(field),
+            "{field} in {}",
+            ready.message
+        );
     }
     harness.reconcile_pool(NS, POOL).await.expect("pool");
     let manifests = config_map(&harness, NS, "shared-pool-endpoints").expect("ConfigMap");
-    assert_eq!(keys(manifests.data), Vec::<String>::new(), "an invalid member is not served");
+    assert_eq!(
+        keys(manifests.data),
+        Vec::<String>::new(),
+        "an invalid member is not served"
+    );
 }
 
 /// The shipped pool and its member, as the API server would hand them over.
@@ -385,7 +462,13 @@ fn pool_children_pass_strict_kubernetes_validation_and_kedas_own_types() {
     let report = String::from_utf8_lossy(&output.stdout).into_owned()
         + &String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{report}");
-    for kind in ["configmap", "secret", "deployment", "service", "poddisruptionbudget"] {
+    for kind in [
+        "configmap",
+        "secret",
+        "deployment",
+        "service",
+        "poddisruptionbudget",
+    ] {
         assert!(
             report.contains(&format!("passed for resource {kind}/")),
             "no {kind} validated:\n{report}"
@@ -412,7 +495,12 @@ fn the_pool_pods_never_depend_on_the_members() {
     use hookline_operator::build::{Cluster, pool};
     let (valid, _) = shipped();
     let build = |names: &[&str]| {
-        pool::build(&valid, &members(names), &with_service_url(), Cluster { keda: true })
+        pool::build(
+            &valid,
+            &members(names),
+            &with_service_url(),
+            Cluster { keda: true },
+        )
     };
     let (none, some, other) = (build(&[]), build(&["a", "b"]), build(&["b", "c", "d"]));
     for built in [&some, &other] {
@@ -440,12 +528,24 @@ fn the_pool_pods_never_depend_on_the_members() {
         ]
     );
     let env = &container["env"];
-    assert!(env.to_string().contains(r#"{"name":"HOOKLINE_ENDPOINT_DIR","value":"/etc/hookline/endpoints"}"#));
-    assert!(env.to_string().contains(r#"{"name":"HOOKLINE_SECRET_DIR","value":"/etc/hookline/secrets"}"#));
+    assert!(
+        env.to_string()
+            .contains(r#"{"name":"HOOKLINE_ENDPOINT_DIR","value":"/etc/hookline/endpoints"}"#)
+    );
+    assert!(
+        env.to_string()
+            .contains(r#"{"name":"HOOKLINE_SECRET_DIR","value":"/etc/hookline/secrets"}"#)
+    );
     let consumer = serde_json::to_value(&some.workload.consumer).expect("JSON");
     let consumer_env = consumer["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
-    assert!(consumer_env.contains("HOOKLINE_ENDPOINT_DIR") && consumer_env.contains("HOOKLINE_DATABASE_URL"));
-    assert!(!consumer_env.contains("HOOKLINE_SECRET_DIR"), "the consumer reads no signing secret");
+    assert!(
+        consumer_env.contains("HOOKLINE_ENDPOINT_DIR")
+            && consumer_env.contains("HOOKLINE_DATABASE_URL")
+    );
+    assert!(
+        !consumer_env.contains("HOOKLINE_SECRET_DIR"),
+        "the consumer reads no signing secret"
+    );
 }
 
 #[test]
@@ -466,10 +566,20 @@ fn the_pool_scaler_polls_the_operator_for_the_pools_summed_lag() {
     );
     assert_eq!(trigger.metadata["valueLocation"], "lag");
     assert_eq!(trigger.metadata["targetValue"], "1000");
-    assert_eq!(built.workload.consumer.spec.expect("spec").replicas, None, "left to KEDA");
+    assert_eq!(
+        built.workload.consumer.spec.expect("spec").replicas,
+        None,
+        "left to KEDA"
+    );
     let fixed = pool::build(&valid, &[], &Default::default(), Cluster { keda: true });
-    assert!(fixed.workload.scaler.is_none(), "no --service-url: no lag to poll");
-    assert_eq!(fixed.workload.consumer.spec.expect("spec").replicas, Some(1));
+    assert!(
+        fixed.workload.scaler.is_none(),
+        "no --service-url: no lag to poll"
+    );
+    assert_eq!(
+        fixed.workload.consumer.spec.expect("spec").replicas,
+        Some(1)
+    );
 }
 
 #[test]
@@ -497,7 +607,12 @@ async fn with_keda_the_pool_consumer_scales_on_the_lag_the_operator_serves() {
     converge(&mut harness, NS, POOL, &["a", "b"]).await;
     let scaler = harness
         .fake
-        .get("keda.sh/v1alpha1", "ScaledObject", NS, "shared-pool-consumer")
+        .get(
+            "keda.sh/v1alpha1",
+            "ScaledObject",
+            NS,
+            "shared-pool-consumer",
+        )
         .expect("the pool's ScaledObject");
     assert_eq!(
         scaler["spec"]["triggers"][0]["metadata"]["url"],
