@@ -58,7 +58,7 @@ pub enum PoolView {
         /// The pool Secret's key names, if it exists.
         secret_keys: Option<BTreeSet<String>>,
         /// The pool's receiver Deployment, if it exists.
-        receiver: Option<Deployment>,
+        receiver: Option<Arc<Deployment>>,
     },
 }
 
@@ -97,8 +97,7 @@ pub async fn observe(
         .stores
         .deployments
         .get(&ObjectRef::new(&names.receiver).within(namespace))
-        .filter(|deployment| owned(deployment.owner_references()))
-        .map(|deployment| deployment.as_ref().clone());
+        .filter(|deployment| owned(deployment.owner_references()));
     let secret_keys = match &ctx.secret_index {
         Some(index) => index.key_names(api, namespace, &names.secret).await,
         None => api.get_opt(&names.secret).await.map(|secret| {
@@ -433,7 +432,7 @@ async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
         manifests: (!failed("ConfigMap")).then_some(manifests_desired),
         secret_keys: (!failed("Secret"))
             .then(|| served.iter().map(|member| member.name.clone()).collect()),
-        receiver: applied.receiver.clone(),
+        receiver: applied.receiver.clone().map(Arc::new),
     };
     for candidate in &candidates {
         retrigger_if_changed(ctx, candidate, &view);
@@ -855,7 +854,7 @@ mod tests {
             name: "shared".into(),
             manifests,
             secret_keys: Some(keys.iter().map(|key| (*key).to_owned()).collect()),
-            receiver: Some(available()),
+            receiver: Some(Arc::new(available())),
         }
     }
 

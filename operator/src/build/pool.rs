@@ -111,10 +111,19 @@ pub struct PoolChildren {
 /// Never prints the members' signing secrets.
 impl std::fmt::Debug for PoolChildren {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let keys: Vec<&String> = self.secret.data.iter().flatten().map(|(key, _)| key).collect();
+        let keys: Vec<&String> = self
+            .secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(key, _)| key)
+            .collect();
         f.debug_struct("PoolChildren")
             .field("workload", &self.workload)
-            .field("secret", &format_args!("{:?} keys {keys:?} <redacted>", self.secret.metadata.name))
+            .field(
+                "secret",
+                &format_args!("{:?} keys {keys:?} <redacted>", self.secret.metadata.name),
+            )
             .finish()
     }
 }
