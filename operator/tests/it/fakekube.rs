@@ -812,4 +812,25 @@ async fn the_operator_binary_serves_a_pool_and_its_members_until_ready() {
         scalers[0]["spec"]["triggers"][0]["metadata"]["url"],
         format!("http://127.0.0.1:{port}/pools/shop/shared/lag")
     );
+
+    // A rotated signing secret reaches the pool Secret with no other touch.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "shop");
+    secrets
+        .patch(
+            "b-signing",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"secret": "whsec_old\nwhsec_new"}})),
+        )
+        .await
+        .expect("rotated");
+    eventually(
+        "the pool Secret holds b's new key",
+        &mut operator,
+        async || {
+            let pool_secret = secrets.get("shared-pool-secrets").await.ok()?;
+            let value = pool_secret.data?.get("b")?.0.clone();
+            (value == b"whsec_old\nwhsec_new").then_some(())
+        },
+    )
+    .await;
 }
