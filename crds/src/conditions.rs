@@ -6,6 +6,10 @@ pub const STREAM_READY: &str = "StreamReady";
 pub const RECEIVER_AVAILABLE: &str = "ReceiverAvailable";
 pub const CONSUMER_AVAILABLE: &str = "ConsumerAvailable";
 pub const SCALER_READY: &str = "ScalerReady";
+/// A pool member's: its pool's receivers and consumers hold its manifest
+/// and signing key. (It has no `ReceiverAvailable`, `ConsumerAvailable`
+/// or `ScalerReady`: those are its pool's.)
+pub const SERVED: &str = "Served";
 
 /// Every condition type, in the order they are shown.
 pub const ALL: [&str; 6] = [
@@ -66,9 +70,21 @@ pub mod reasons {
     pub const SCALER_NOT_READY: &str = "ScalerNotReady";
     /// ScalerReady: no KEDA; the consumer runs at a fixed size.
     pub const KEDA_NOT_INSTALLED: &str = "KedaNotInstalled";
+    /// Served: the pool holds the member's current manifest and signing
+    /// key, and its receivers are rolled out and available.
+    pub const SERVED_BY_POOL: &str = "ServedByPool";
+    /// Served: `spec.pool` names no WebhookPool of the endpoint's namespace.
+    pub const POOL_NOT_FOUND: &str = "PoolNotFound";
+    /// Served: the pool's spec is invalid, or its receivers are not rolled out.
+    pub const POOL_NOT_READY: &str = "PoolNotReady";
+    /// Served: the pool has not written the member's current manifest or
+    /// signing key yet (it does within seconds of a change).
+    pub const NOT_SERVED_YET: &str = "NotServedYet";
+    /// Served: the pool's ConfigMap or Secret has no room left (1 MiB each).
+    pub const POOL_FULL: &str = "PoolFull";
 
     /// Every reason, for the documentation check.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 26] = [
         RECONCILED,
         INVALID_SPEC,
         RESOLVED,
@@ -90,5 +106,10 @@ pub mod reasons {
         WAITING_FOR_KEDA,
         SCALER_NOT_READY,
         KEDA_NOT_INSTALLED,
+        SERVED_BY_POOL,
+        POOL_NOT_FOUND,
+        POOL_NOT_READY,
+        NOT_SERVED_YET,
+        POOL_FULL,
     ];
 }

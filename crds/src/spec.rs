@@ -79,6 +79,12 @@ pub struct WebhookEndpointSpec {
     /// The receiver Deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receiver: Option<ReceiverSpec>,
+
+    /// The `WebhookPool` of this namespace whose pods serve the endpoint
+    /// instead of its own receiver and consumer. Absent: pods of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self != ''").message("pool must not be empty"))]
+    pub pool: Option<String>,
 }
 
 impl WebhookEndpointSpec {
@@ -100,6 +106,7 @@ impl WebhookEndpointSpec {
             stream: None,
             consumer: None,
             receiver: None,
+            pool: None,
         }
     }
 }
@@ -498,8 +505,12 @@ pub struct WebhookEndpointStatus {
     /// When the newest event was stored (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_event_time: Option<String>,
+    /// The `WebhookPool` whose pods serve the endpoint (absent: its own pods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
     /// `Ready`, `SecretResolved`, `StreamReady`, `ReceiverAvailable`,
-    /// `ConsumerAvailable`, `ScalerReady`.
+    /// `ConsumerAvailable`, `ScalerReady`; a pool member has `Served`
+    /// instead of the last three.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

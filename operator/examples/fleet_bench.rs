@@ -5,10 +5,14 @@
 //! of a steady state (changed ones must be 0) and the JetStream API calls per
 //! endpoint per resync. A benchmark, not a test.
 //!
+//! With `pooled` the endpoints of each namespace join one `WebhookPool`
+//! there (its members keep their streams and Ingresses; the pool has the
+//! pods), and every pool is waited for as well.
+//!
 //! ```sh
 //! cargo build --release -p hookline-operator
 //! HOOKLINE_BIN_DIR=target/release HOOKLINE_FAKEKUBE=../shared/tools/fakekube.py \
-//!   cargo run --release -p hookline-operator --example fleet_bench -- 1000 20
+//!   cargo run --release -p hookline-operator --example fleet_bench -- 1000 20 [pooled]
 //! ```
 
 #[path = "../tests/it/support/mod.rs"]
@@ -18,13 +22,14 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use hookline_api::pool::WebhookPool;
 use hookline_api::spec::WebhookEndpoint;
 use hookline_e2e::fakekube::FakeKube;
 use hookline_e2e::proc_stats::peak_rss_mib;
 use hookline_e2e::{ChildProcess, NatsServer, free_port, workspace_bin};
 use kube::Api;
-use kube::api::ListParams;
-use support::fakekube::{apply_endpoint, create_stripe_secrets, install_crd};
+use kube::api::{ListParams, Patch, PatchParams};
+use support::fakekube::{apply_endpoint, create_stripe_secrets, install_crd, install_pool_crd};
 use support::{count_jetstream_calls, example};
 
 /// The resync the steady state is measured over.
@@ -37,15 +42,20 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let count: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let namespaces: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
+    let pooled = args.next().as_deref() == Some("pooled");
     let fake = tokio::task::block_in_place(|| FakeKube::start(true));
     let nats =
         tokio::task::block_in_place(|| NatsServer::start_with_max_file_store(CHART_FILE_STORE))
             .expect("nats-server starts");
     let client = fake.client().await;
     install_crd(&client).await;
+    install_pool_crd(&client).await;
     for index in 0..namespaces {
         let namespace = format!("team-{index}");
         create_stripe_secrets(&client, &namespace).await;
+        if pooled {
+            apply_pool(&client, &namespace).await;
+        }
     }
     let applied = Instant::now();
     for index in 0..count {
@@ -59,11 +69,20 @@ async fn main() {
             }))
             .expect("ingress"),
         );
+        if pooled {
+            resource.spec.pool = Some(POOL.into());
+            resource.spec.consumer = None;
+        }
         apply_endpoint(&client, &resource).await;
     }
     println!(
-        "{count} endpoints in {namespaces} namespaces applied in {:.1} s; nats-server store {} GiB",
+        "{count} endpoints in {namespaces} namespaces applied in {:.1} s ({}); nats-server store {} GiB",
         applied.elapsed().as_secs_f64(),
+        if pooled {
+            "one WebhookPool per namespace".to_owned()
+        } else {
+            "dedicated pods".to_owned()
+        },
         CHART_FILE_STORE >> 30
     );
 
@@ -76,11 +95,13 @@ async fn main() {
         .arg("--identity=bench")
         .arg("--lease-namespace=default")
         .arg(format!("--resync-interval={RESYNC_SECONDS}s"))
+        .arg(format!("--service-url=http://127.0.0.1:{port}"))
         .env("KUBECONFIG", fake.kubeconfig())
         .env("HOOKLINE_NATS_URL", nats.url())
         .env("RUST_LOG", "warn");
     let mut operator = ChildProcess::spawn(&mut command).expect("operator starts");
     let endpoints: Api<WebhookEndpoint> = Api::all(client.clone());
+    let pools: Api<WebhookPool> = Api::all(client.clone());
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut last_report = Instant::now();
     loop {
@@ -97,7 +118,26 @@ async fn main() {
                 })
             })
             .count();
-        if ready == count {
+        let pools_ready = if pooled {
+            pools
+                .list(&ListParams::default())
+                .await
+                .expect("list pools")
+                .items
+                .iter()
+                .filter(|pool| {
+                    pool.status.as_ref().is_some_and(|status| {
+                        status
+                            .conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                    })
+                })
+                .count()
+        } else {
+            namespaces
+        };
+        if ready == count && pools_ready == namespaces {
             break;
         }
         assert!(
@@ -115,8 +155,9 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     println!(
-        "all {count} Ready {:.1} s after the operator started",
-        started.elapsed().as_secs_f64()
+        "all {count} Ready {:.1} s after the operator started{}",
+        started.elapsed().as_secs_f64(),
+        if pooled { " (and every pool)" } else { "" }
     );
 
     // A steady state: one resync and a half of writes and JetStream calls.
@@ -151,4 +192,24 @@ async fn main() {
         "operator peak RSS {:.1} MiB",
         peak_rss_mib(operator.id()).unwrap_or_default()
     );
+}
+
+/// The pool every endpoint of the namespace joins in `pooled` mode.
+const POOL: &str = "shared";
+
+async fn apply_pool(client: &kube::Client, namespace: &str) {
+    let pool: WebhookPool = serde_json::from_value(serde_json::json!({
+        "apiVersion": "hookline.io/v1alpha1", "kind": "WebhookPool",
+        "metadata": {"name": POOL, "namespace": namespace},
+        "spec": {"consumer": {"databaseSecretRef": {"name": "hookline-postgres", "key": "url"}}},
+    }))
+    .expect("pool");
+    Api::<WebhookPool>::namespaced(client.clone(), namespace)
+        .patch(
+            POOL,
+            &PatchParams::apply("kubectl").force(),
+            &Patch::Apply(&pool),
+        )
+        .await
+        .expect("pool applied");
 }

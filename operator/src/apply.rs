@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::build::{Children, ScaledObject};
+use crate::build::{Children, ScaledObject, Workload};
 use crate::metrics::Metrics;
 
 /// The one list of the kinds an endpoint owns: the caches the watches keep,
@@ -146,7 +146,8 @@ pub struct Applier<'a> {
     pub stores: &'a ChildStores,
     pub metrics: &'a Metrics,
     pub namespace: &'a str,
-    /// The endpoint's UID: what it controls is applied and pruned, nothing else.
+    /// The owner's (endpoint's or pool's) UID: what it controls is applied
+    /// and pruned, nothing else.
     pub owner_uid: &'a str,
 }
 
@@ -156,25 +157,9 @@ impl Applier<'_> {
     /// owned objects the endpoint no longer has (an Ingress whose
     /// `spec.ingress` was removed, a child of an older naming).
     pub async fn apply(&self, children: Children) -> Applied {
-        let Children {
-            config_map,
-            receiver,
-            service,
-            ingress,
-            disruption_budget,
-            consumer,
-            scaler,
-        } = children;
+        let Children { ingress, workload } = children;
         let mut failures = Vec::new();
         let stores = self.stores;
-        let keep = [config_map.name_any()];
-        self.apply_one(&stores.config_maps, config_map, &mut failures)
-            .await;
-        self.prune(&stores.config_maps, &keep, &mut failures).await;
-        let keep = [service.name_any()];
-        self.apply_one(&stores.services, service, &mut failures)
-            .await;
-        self.prune(&stores.services, &keep, &mut failures).await;
         let keep = names(ingress.as_ref());
         let ingress = match ingress {
             Some(ingress) => {
@@ -184,25 +169,7 @@ impl Applier<'_> {
             None => None,
         };
         self.prune(&stores.ingresses, &keep, &mut failures).await;
-        let keep = [disruption_budget.name_any()];
-        self.apply_one(&stores.disruption_budgets, disruption_budget, &mut failures)
-            .await;
-        self.prune(&stores.disruption_budgets, &keep, &mut failures)
-            .await;
-        let keep = [receiver.name_any(), consumer.name_any()];
-        let receiver = self
-            .apply_one(&stores.deployments, receiver, &mut failures)
-            .await;
-        let consumer = self
-            .apply_one(&stores.deployments, consumer, &mut failures)
-            .await;
-        self.prune(&stores.deployments, &keep, &mut failures).await;
-        let keep = names(scaler.as_ref());
-        let scaler = match scaler {
-            Some(scaler) => self.apply_one(&stores.scalers, scaler, &mut failures).await,
-            None => None,
-        };
-        self.prune(&stores.scalers, &keep, &mut failures).await;
+        let (receiver, consumer, scaler) = self.apply_workload(workload, &mut failures).await;
         Applied {
             receiver,
             consumer,
@@ -210,6 +177,83 @@ impl Applier<'_> {
             scaler,
             failures,
         }
+    }
+
+    /// Applies the pods and what they read, or deletes them all (`None`: a
+    /// pool member's, which its pool serves). Returns the receiver and
+    /// consumer Deployments and the ScaledObject as applied.
+    async fn apply_workload(
+        &self,
+        workload: Option<Workload>,
+        failures: &mut Vec<ApplyFailure>,
+    ) -> (Option<Deployment>, Option<Deployment>, Option<ScaledObject>) {
+        let (config_map, receiver, service, disruption_budget, consumer, scaler) = match workload {
+            Some(Workload {
+                config_map,
+                receiver,
+                service,
+                disruption_budget,
+                consumer,
+                scaler,
+            }) => (
+                Some(config_map),
+                Some(receiver),
+                Some(service),
+                Some(disruption_budget),
+                Some(consumer),
+                scaler,
+            ),
+            None => (None, None, None, None, None, None),
+        };
+        let stores = self.stores;
+        self.apply_kept(&stores.config_maps, config_map, failures)
+            .await;
+        self.apply_kept(&stores.services, service, failures).await;
+        self.apply_kept(&stores.disruption_budgets, disruption_budget, failures)
+            .await;
+        let mut keep = names(receiver.as_ref());
+        keep.extend(names(consumer.as_ref()));
+        let receiver = match receiver {
+            Some(receiver) => {
+                self.apply_one(&stores.deployments, receiver, failures)
+                    .await
+            }
+            None => None,
+        };
+        let consumer = match consumer {
+            Some(consumer) => {
+                self.apply_one(&stores.deployments, consumer, failures)
+                    .await
+            }
+            None => None,
+        };
+        self.prune(&stores.deployments, &keep, failures).await;
+        let scaler = self.apply_kept(&stores.scalers, scaler, failures).await;
+        (receiver, consumer, scaler)
+    }
+
+    /// Applies `desired` (when there is one) and deletes every other object
+    /// of its kind the owner controls.
+    async fn apply_kept<K>(
+        &self,
+        store: &Store<K>,
+        desired: Option<K>,
+        failures: &mut Vec<ApplyFailure>,
+    ) -> Option<K>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Debug
+            + Serialize
+            + DeserializeOwned,
+    {
+        let keep = names(desired.as_ref());
+        let applied = match desired {
+            Some(desired) => self.apply_one(store, desired, failures).await,
+            None => None,
+        };
+        self.prune(store, &keep, failures).await;
+        applied
     }
 
     /// Server-side apply with `force` (the operator is the sole owner of
@@ -333,7 +377,7 @@ fn names<K: Resource>(object: Option<&K>) -> Vec<String> {
 }
 
 /// The UID of the object's controller (the owner reference with `controller: true`).
-fn controller_uid<K: Resource>(object: &K) -> Option<&str> {
+pub(crate) fn controller_uid<K: Resource>(object: &K) -> Option<&str> {
     object
         .owner_references()
         .iter()
@@ -351,7 +395,7 @@ fn controller_name<K: Resource>(object: &K) -> Option<String> {
 }
 
 /// What the API server said, or why it could not be asked.
-fn refusal(err: &kube::Error) -> Problem {
+pub(crate) fn refusal(err: &kube::Error) -> Problem {
     Problem::Refused(match err {
         kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
         other => other.to_string(),
@@ -359,7 +403,7 @@ fn refusal(err: &kube::Error) -> Problem {
 }
 
 /// Sixteen hex digits of SHA-256 over the object as it is applied.
-fn applied_hash<K: Serialize>(desired: &K) -> String {
+pub(crate) fn applied_hash<K: Serialize>(desired: &K) -> String {
     let bytes = serde_json::to_vec(desired).unwrap_or_default();
     Sha256::digest(&bytes)
         .iter()

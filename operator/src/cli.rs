@@ -176,6 +176,21 @@ pub struct Settings {
     /// Resources of each consumer container, as JSON.
     #[arg(long, env = "HOOKLINE_CONSUMER_RESOURCES", value_name = "JSON", value_parser = parse_resources, global = true)]
     pub consumer_resources: Option<ResourceRequirements>,
+    /// This operator's Service URL as pods reach it (`http://NAME.NS.svc:8080`):
+    /// KEDA polls a WebhookPool's lag at `<URL>/pools/<ns>/<pool>/lag`.
+    /// Without it pool consumers run at `minReplicas`.
+    #[arg(long, env = "HOOKLINE_SERVICE_URL", value_name = "URL", value_parser = parse_service_url, global = true)]
+    pub service_url: Option<String>,
+}
+
+fn parse_service_url(text: &str) -> Result<String, String> {
+    if text.starts_with("http://") || text.starts_with("https://") {
+        Ok(text.trim_end_matches('/').to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not an http(s) URL, e.g. http://hookline-operator.hookline.svc:8080"
+        ))
+    }
 }
 
 fn parse_resources(text: &str) -> Result<ResourceRequirements, String> {
@@ -215,6 +230,7 @@ impl Settings {
                 .consumer_resources
                 .clone()
                 .unwrap_or(defaults.consumer_resources),
+            service_url: self.service_url.clone(),
         }
     }
 }

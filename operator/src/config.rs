@@ -22,6 +22,9 @@ pub struct OperatorConfig {
     pub receiver_resources: ResourceRequirements,
     /// Consumer resources.
     pub consumer_resources: ResourceRequirements,
+    /// The operator's own Service as pods reach it (`http://NAME.NS.svc:8080`):
+    /// KEDA reads a pool's lag there. `None`: pools' consumers run at a fixed size.
+    pub service_url: Option<String>,
 }
 
 /// How every pod an endpoint gets reaches NATS, and where KEDA reads the lag.
@@ -99,6 +102,7 @@ impl Default for OperatorConfig {
             log_level: "info".to_owned(),
             receiver_resources: resources("25m", "32Mi", "256Mi"),
             consumer_resources: resources("50m", "32Mi", "256Mi"),
+            service_url: None,
         }
     }
 }

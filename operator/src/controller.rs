@@ -10,11 +10,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::channel::mpsc::UnboundedReceiver;
 use futures::{Stream, StreamExt};
 use hookline_api::naming::FIELD_MANAGER;
+use hookline_api::pool::WebhookPool;
 use hookline_api::runtime::Shutdown;
 use hookline_api::spec::WebhookEndpoint;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
@@ -30,13 +33,14 @@ use crate::cli::{RunArgs, Settings};
 use crate::config::OperatorConfig;
 use crate::http::{self, Health};
 use crate::leader::LeaderElection;
-use crate::reconcile::{Context, error_policy, reconcile};
-use crate::{Error, Result, keda, secrets};
+use crate::reconcile::{Context, Triggers, error_policy, reconcile};
+use crate::{Error, Result, keda, pool, secrets};
 
 /// Every kind the controller lists and watches, as RBAC names them
 /// (`(API group, resource)`); the chart's rules are checked against it.
-pub const WATCHED: [(&str, &str); 8] = [
+pub const WATCHED: [(&str, &str); 9] = [
     ("hookline.io", "webhookendpoints"),
+    ("hookline.io", "webhookpools"),
     ("", "configmaps"),
     ("", "services"),
     ("", "secrets"),
@@ -122,6 +126,10 @@ async fn operate(
         },
     );
     let (secret_store, secret_writer) = reflector::store();
+    let (endpoint_store, endpoint_writer) = reflector::store();
+    let (pool_store, pool_writer) = reflector::store();
+    let (pool_sender, pool_triggers) = futures::channel::mpsc::unbounded();
+    let (endpoint_sender, endpoint_triggers) = futures::channel::mpsc::unbounded();
     let ctx = Arc::new(
         Context::new(
             client.clone(),
@@ -132,13 +140,24 @@ async fn operate(
             recorder,
             args.resync_interval,
         )
-        .with_secret_index(secrets::SecretIndex::new(secret_store)),
+        .with_secret_index(secrets::SecretIndex::new(secret_store))
+        .with_pools(pool_store, endpoint_store)
+        .with_triggers(Triggers {
+            pools: Some(pool_sender),
+            endpoints: Some(endpoint_sender),
+        }),
     );
     let mut controller = tokio::spawn(run_controller(
         client,
         ctx,
         writers,
-        secret_writer,
+        Caches {
+            secrets: secret_writer,
+            endpoints: endpoint_writer,
+            pools: pool_writer,
+            pool_triggers,
+            endpoint_triggers,
+        },
         ControllerSettings {
             namespace: args.watch_namespace.clone(),
             max_concurrent_reconciles: args.max_concurrent_reconciles,
@@ -219,15 +238,33 @@ fn reconcile_trigger(endpoint: &WebhookEndpoint) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// The controller with every watch, until `stop` completes.
+/// The caches the controllers fill besides the children's, and the
+/// streams through which each asks the other for a reconcile.
+struct Caches {
+    secrets: Writer<PartialObjectMeta<Secret>>,
+    endpoints: Writer<WebhookEndpoint>,
+    pools: Writer<WebhookPool>,
+    pool_triggers: UnboundedReceiver<ObjectRef<WebhookPool>>,
+    endpoint_triggers: UnboundedReceiver<ObjectRef<WebhookEndpoint>>,
+}
+
+/// Both controllers (endpoints and pools) with every watch, until `stop` completes.
 async fn run_controller(
     client: Client,
     ctx: Arc<Context>,
     writers: ChildWriters,
-    secret_writer: Writer<PartialObjectMeta<Secret>>,
+    caches: Caches,
     settings: ControllerSettings,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let Caches {
+        secrets: secret_writer,
+        endpoints: index_writer,
+        pools: pool_writer,
+        pool_triggers,
+        endpoint_triggers,
+    } = caches;
+    let stop = futures::future::FutureExt::shared(Box::pin(stop));
     let namespace = settings.namespace.as_deref();
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
@@ -239,7 +276,21 @@ async fn run_controller(
         disruption_budgets,
         scalers,
     } = writers;
-    let (index, index_writer) = reflector::store();
+    let index = ctx.endpoints.clone();
+    // A change to a pool's child (its rollout, a deletion) reconciles the pool.
+    let to_pool = {
+        let triggers = ctx.triggers.clone();
+        move |meta: &ObjectMeta| {
+            if let Some(owner) = meta
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|owner| owner.controller == Some(true) && owner.kind == "WebhookPool")
+            {
+                triggers.pool(meta.namespace.as_deref().unwrap_or_default(), &owner.name);
+            }
+        }
+    };
     let endpoints = reflector(
         index_writer,
         watcher(scoped(&client, namespace), watcher::Config::default())
@@ -248,17 +299,42 @@ async fn run_controller(
     .default_backoff()
     .applied_objects()
     .predicate_filter(reconcile_trigger, PredicateConfig::default());
-    let controller = Controller::for_stream(endpoints, index.clone()).with_config(
+    let config_of = || {
         controller::Config::default()
             .debounce(DEBOUNCE)
-            .concurrency(settings.max_concurrent_reconciles),
-    );
+            .concurrency(settings.max_concurrent_reconciles)
+    };
+    let controller = Controller::for_stream(endpoints, index.clone())
+        .with_config(config_of())
+        .reconcile_on(endpoint_triggers);
     let config = ctx.config.clone();
-    let secrets = cached(
-        scoped::<PartialObjectMeta<Secret>>(&client, namespace),
-        secret_writer,
-        watcher::Config::default(),
-    );
+    // A pool's own Secret, and a Secret its members read (a rotated signing
+    // key), reconcile the pool.
+    let secrets = {
+        let to_pool = to_pool.clone();
+        let index = index.clone();
+        let config = ctx.config.clone();
+        let triggers = ctx.triggers.clone();
+        tapped(
+            cached(
+                scoped::<PartialObjectMeta<Secret>>(&client, namespace),
+                secret_writer,
+                watcher::Config::default(),
+            ),
+            move |meta: &ObjectMeta| {
+                to_pool(meta);
+                let secret = PartialObjectMeta::<Secret> {
+                    metadata: meta.clone(),
+                    ..Default::default()
+                };
+                for endpoint in referencing(&index, &secret, &config) {
+                    if let Some(pool) = index.get(&endpoint).and_then(|e| e.spec.pool.clone()) {
+                        triggers.pool(meta.namespace.as_deref().unwrap_or_default(), &pool);
+                    }
+                }
+            },
+        )
+    };
     let keda_client = client.clone();
     let scaler_api = scoped(&client, namespace);
     let scaler_config = owned.clone();
@@ -267,36 +343,117 @@ async fn run_controller(
         cached(scaler_api, scalers, scaler_config)
     })
     .flatten();
-    controller
-        .owns_stream(cached(
-            scoped(&client, namespace),
-            config_maps,
-            owned.clone(),
+    let scaled_objects = tapped(scaled_objects, to_pool.clone());
+    let endpoints_done = controller
+        .owns_stream(tapped(
+            cached(scoped(&client, namespace), config_maps, owned.clone()),
+            to_pool.clone(),
         ))
-        .owns_stream(cached(
-            scoped(&client, namespace),
-            deployments,
-            owned.clone(),
+        .owns_stream(tapped(
+            cached(scoped(&client, namespace), deployments, owned.clone()),
+            to_pool.clone(),
         ))
-        .owns_stream(cached(scoped(&client, namespace), services, owned.clone()))
+        .owns_stream(tapped(
+            cached(scoped(&client, namespace), services, owned.clone()),
+            to_pool.clone(),
+        ))
         .owns_stream(cached(scoped(&client, namespace), ingresses, owned.clone()))
-        .owns_stream(cached(
-            scoped(&client, namespace),
-            disruption_budgets,
-            owned,
+        .owns_stream(tapped(
+            cached(scoped(&client, namespace), disruption_budgets, owned),
+            to_pool,
         ))
         .owns_stream(scaled_objects)
         .watches_stream(secrets, move |secret| referencing(&index, &secret, &config))
-        .graceful_shutdown_on(stop)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|outcome| async move {
-            if let Err(err) = outcome
-                && !matches!(err, controller::Error::ReconcilerFailed(..))
-            {
-                warn!(cause = %err, "controller");
+        .graceful_shutdown_on(stop.clone())
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(log_outcome);
+    let pools = {
+        let metrics = ctx.metrics.clone();
+        let ctx = ctx.clone();
+        reflector(
+            pool_writer,
+            watcher(
+                scoped::<WebhookPool>(&client, namespace),
+                watcher::Config::default(),
+            )
+            .modify(forget_managed_fields),
+        )
+        .default_backoff()
+        .inspect(move |event| {
+            // A deleted pool's children go with it (owner references);
+            // only what this process keeps of it is forgotten here.
+            if let Ok(watcher::Event::Delete(pool)) = event {
+                let key = pool::pool_key(pool);
+                metrics.set_pool_members(&key, None);
+                ctx.pool_state.forget(&key);
             }
         })
-        .await;
+        .applied_objects()
+        .predicate_filter(pool_trigger, PredicateConfig::default())
+    };
+    let pool_controller = Controller::for_stream(pools, ctx.pools.clone())
+        .with_config(config_of())
+        .reconcile_on(pool_triggers)
+        .graceful_shutdown_on(stop.clone())
+        .run(pool::reconcile, pool::error_policy, ctx)
+        .for_each(log_outcome);
+    // Started once the WebhookPool CRD is served: a controller whose cache
+    // never fills would hold the shutdown (its runner waits for the cache).
+    let pools_done = async {
+        tokio::select! {
+            () = wait_for_pool_crd(&client, namespace) => pool_controller.await,
+            () = stop => {}
+        }
+    };
+    futures::join!(endpoints_done, pools_done);
+}
+
+/// Waits until the API server serves WebhookPools (an older chart installed
+/// only the WebhookEndpoint CRD), saying so once.
+async fn wait_for_pool_crd(client: &Client, namespace: Option<&str>) {
+    let api: Api<WebhookPool> = scoped(client, namespace);
+    let mut said = false;
+    loop {
+        match api.list(&ListParams::default().limit(1)).await {
+            Ok(_) => return,
+            Err(err) if !said => {
+                said = true;
+                info!(cause = %err, retry_every = ?DISCOVERY_RETRY, "WebhookPools are not served (install crds/webhookpools.hookline.io.yaml to use pools); endpoints are reconciled meanwhile");
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(DISCOVERY_RETRY).await;
+    }
+}
+
+/// Logs what the controller machinery (not a reconcile) reports.
+async fn log_outcome<T, E: std::fmt::Display + std::error::Error + 'static, Q>(
+    outcome: Result<T, controller::Error<E, Q>>,
+) where
+    Q: std::error::Error + 'static,
+{
+    if let Err(err) = outcome
+        && !matches!(err, controller::Error::ReconcilerFailed(..))
+    {
+        warn!(cause = %err, "controller");
+    }
+}
+
+/// What of a pool starts a reconcile: its spec (generation), not its status.
+fn pool_trigger(pool: &WebhookPool) -> Option<u64> {
+    pool.metadata.generation.map(i64::cast_unsigned)
+}
+
+/// `stream`, calling `tap` with each object's metadata as it passes.
+fn tapped<K: Resource>(
+    stream: impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    tap: impl Fn(&ObjectMeta) + Send + 'static,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static {
+    stream.inspect(move |object| {
+        if let Ok(object) = object {
+            tap(object.meta());
+        }
+    })
 }
 
 /// A watch of `api` that keeps `writer`'s store current and yields what changed.
@@ -343,12 +500,15 @@ mod tests {
 
     #[test]
     fn watched_is_the_endpoint_its_secrets_and_every_child_kind() {
-        let mut expected: Vec<(String, String)> =
-            [("hookline.io", "webhookendpoints"), ("", "secrets")]
-                .iter()
-                .map(|(group, plural)| ((*group).to_owned(), (*plural).to_owned()))
-                .chain(apply::child_resources())
-                .collect();
+        let mut expected: Vec<(String, String)> = [
+            ("hookline.io", "webhookendpoints"),
+            ("hookline.io", "webhookpools"),
+            ("", "secrets"),
+        ]
+        .iter()
+        .map(|(group, plural)| ((*group).to_owned(), (*plural).to_owned()))
+        .chain(apply::child_resources())
+        .collect();
         let mut watched: Vec<(String, String)> = WATCHED
             .iter()
             .map(|(group, plural)| ((*group).to_owned(), (*plural).to_owned()))

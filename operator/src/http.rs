@@ -1,9 +1,10 @@
-//! `/healthz`, `/readyz` and `/metrics` of the operator.
+//! `/healthz`, `/readyz` and `/metrics` of the operator, and each
+//! WebhookPool's lag for KEDA's `metrics-api` trigger.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -28,6 +29,7 @@ pub fn router(health: Health) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/pools/{namespace}/{pool}/lag", get(pool_lag))
         .with_state(health)
 }
 
@@ -53,4 +55,68 @@ async fn readyz(State(health): State<Health>) -> Response {
 
 async fn metrics(State(health): State<Health>) -> Response {
     hookline_api::runtime::metrics_response(&health.metrics.registry)
+}
+
+/// `{"lag": N, "members": M}`: the sum of the pool's members' pending
+/// events, as the leader read them at its last resync. A standby replica
+/// reads nothing and answers 503 (KEDA keeps the current size on a failed
+/// poll); a pool the leader does not know is 404.
+async fn pool_lag(
+    State(health): State<Health>,
+    Path((namespace, pool)): Path<(String, String)>,
+) -> Response {
+    if !health.leading.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "this replica is not leading; it reads no lag"})),
+        )
+            .into_response();
+    }
+    match health.metrics.pool_lag(&format!("{namespace}/{pool}")) {
+        Some((lag, members)) => Json(json!({"lag": lag, "members": members})).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": format!("no WebhookPool {namespace}/{pool}")})),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn get_lag(health: &Health, path: &str) -> (StatusCode, serde_json::Value) {
+        let response = router(health.clone())
+            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        (status, serde_json::from_slice(&body).expect("JSON"))
+    }
+
+    #[tokio::test]
+    async fn a_pools_lag_is_its_members_pending_and_only_the_leader_answers() {
+        let health = Health::default();
+        health.metrics.set_pending("shop/a", Some(7));
+        health.metrics.set_pending("shop/b", Some(5));
+        health.metrics.set_pending("other/a", Some(100));
+        health
+            .metrics
+            .set_pool_members("shop/p", Some(vec!["shop/a".into(), "shop/b".into()]));
+        let (status, _) = get_lag(&health, "/pools/shop/p/lag").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "standby");
+        health.leading.store(true, Ordering::Relaxed);
+        let (status, body) = get_lag(&health, "/pools/shop/p/lag").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, json!({"lag": 12, "members": 2}));
+        let (status, _) = get_lag(&health, "/pools/shop/nope/lag").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
 }

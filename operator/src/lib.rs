@@ -11,6 +11,7 @@
 //! 6. [`status`]: conditions from what was applied and observed; events on change.
 //!
 //! [`reconcile`] runs them (with the finalizer that removes the stream);
+//! [`pool`] reconciles `WebhookPool`s (shared pods) the same way;
 //! [`controller`] wires watches, [`leader`] elects one active replica, [`http`]
 //! serves health and [`metrics`], [`keda`] has the ScaledObject type and
 //! KEDA discovery, [`cli`] parses flags, [`render`] prints the
@@ -25,6 +26,7 @@ pub mod http;
 pub mod keda;
 pub mod leader;
 pub mod metrics;
+pub mod pool;
 pub mod reconcile;
 pub mod render;
 pub mod secrets;
@@ -46,11 +48,11 @@ pub enum Error {
     Manifest(#[from] hookline_api::Error),
     #[error(transparent)]
     InvalidSpec(#[from] hookline_api::InvalidSpec),
-    #[error("cannot read the endpoint's Secrets: {0}")]
+    #[error("cannot read the endpoint's (or pool's) Secrets: {0}")]
     ReadSecrets(#[source] kube::Error),
     #[error("cannot ask the API server whether KEDA is installed: {0}")]
     DiscoverKeda(#[source] kube::Error),
-    #[error("cannot write the endpoint's status: {0}")]
+    #[error("cannot write the endpoint's (or pool's) status: {0}")]
     UpdateStatus(#[source] kube::Error),
     #[error("cannot delete the endpoint's stream: {0}")]
     DeleteStream(#[source] hookline_api::provision::ProvisionError),

@@ -2,7 +2,7 @@
 //! duration, writes, endpoints by readiness, and leadership.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -71,6 +71,10 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Readiness per endpoint (`namespace/name`), behind `endpoints`.
     readiness: Mutex<HashMap<String, Readiness>>,
+    /// Pending events per endpoint, behind `endpoint_pending`: a pool's lag sums them.
+    pending: Mutex<HashMap<String, i64>>,
+    /// Per pool (`namespace/name`), its members' keys (`namespace/name`).
+    pools: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl Default for Metrics {
@@ -153,6 +157,8 @@ impl Metrics {
             endpoint_stream_limit_bytes,
             leader,
             readiness: Mutex::default(),
+            pending: Mutex::default(),
+            pools: Mutex::default(),
         }
     }
 
@@ -182,14 +188,39 @@ impl Metrics {
         let label = EndpointLabel {
             endpoint: endpoint.to_owned(),
         };
+        let mut all = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         match pending {
             Some(pending) => {
                 self.endpoint_pending.get_or_create(&label).set(pending);
+                all.insert(endpoint.to_owned(), pending);
             }
             None => {
                 self.endpoint_pending.remove(&label);
+                all.remove(endpoint);
             }
         }
+    }
+
+    /// Records a pool's members (`None`: the pool is gone).
+    pub fn set_pool_members(&self, pool: &str, members: Option<Vec<String>>) {
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        match members {
+            Some(members) => pools.insert(pool.to_owned(), members),
+            None => pools.remove(pool),
+        };
+    }
+
+    /// A pool's lag, the sum of its members' pending events (as last read,
+    /// once per resync), and its member count; `None` for an unknown pool.
+    pub fn pool_lag(&self, pool: &str) -> Option<(i64, usize)> {
+        let pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        let members = pools.get(pool)?;
+        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let lag = members
+            .iter()
+            .filter_map(|member| pending.get(member))
+            .fold(0i64, |sum, value| sum.saturating_add(*value));
+        Some((lag, members.len()))
     }
 
     /// Records `endpoint`'s stream size and cap (`None`: unknown or deleted).

@@ -6,13 +6,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures::channel::mpsc::UnboundedSender;
 use hookline_api::naming;
+use hookline_api::pool::WebhookPool;
 use hookline_api::provision::StreamOwner;
 use hookline_api::spec::{DeletionPolicy, WebhookEndpoint};
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use rand::Rng;
 use tracing::{Instrument, info, warn};
@@ -24,8 +27,8 @@ use crate::keda;
 use crate::metrics::{Metrics, Readiness};
 use crate::status::write::{Details, StatusWriter, WrittenStatuses, publish};
 use crate::status::{self, Observed, Status};
-use crate::validate::validate;
-use crate::{Error, Result, secrets, stream};
+use crate::validate::{validate_in, validate_pool};
+use crate::{Error, Result, pool, secrets, stream};
 
 /// Removes the endpoint's stream before the resource goes.
 pub const FINALIZER: &str = "hookline.io/stream";
@@ -53,10 +56,43 @@ pub struct Context {
     /// Consecutive failures per endpoint, for the retry backoff.
     failures: Mutex<HashMap<String, u32>>,
     written: WrittenStatuses,
-    keda: keda::Discovery,
+    pub(crate) keda: keda::Discovery,
     streams: stream::KnownStreams,
     /// The Secret watch's cache; without it every reconcile reads the Secrets.
-    secret_index: Option<secrets::SecretIndex>,
+    pub(crate) secret_index: Option<secrets::SecretIndex>,
+    /// WebhookPools and WebhookEndpoints as the controllers' watches see
+    /// them: a member reads its pool, a pool its members.
+    pub(crate) pools: Store<WebhookPool>,
+    pub(crate) endpoints: Store<WebhookEndpoint>,
+    /// Asks the other controller to reconcile an object.
+    pub(crate) triggers: Triggers,
+    /// Per pool, what was last written of it (status, Secret).
+    pub(crate) pool_state: pool::Written,
+}
+
+/// Senders into the controllers' `reconcile_on` streams; absent in tests
+/// that drive `reconcile` by hand.
+#[derive(Clone, Default)]
+pub struct Triggers {
+    pub pools: Option<UnboundedSender<ObjectRef<WebhookPool>>>,
+    pub endpoints: Option<UnboundedSender<ObjectRef<WebhookEndpoint>>>,
+}
+
+impl Triggers {
+    /// Reconciles WebhookPool `name` of `namespace` soon.
+    pub fn pool(&self, namespace: &str, name: &str) {
+        if let Some(sender) = &self.pools {
+            // Err: the controller is stopping.
+            let _ = sender.unbounded_send(ObjectRef::new(name).within(namespace));
+        }
+    }
+
+    /// Reconciles WebhookEndpoint `name` of `namespace` soon.
+    pub fn endpoint(&self, namespace: &str, name: &str) {
+        if let Some(sender) = &self.endpoints {
+            let _ = sender.unbounded_send(ObjectRef::new(name).within(namespace));
+        }
+    }
 }
 
 impl Context {
@@ -82,7 +118,29 @@ impl Context {
             keda: keda::Discovery::default(),
             streams: stream::KnownStreams::default(),
             secret_index: None,
+            pools: reflector::store().0,
+            endpoints: reflector::store().0,
+            triggers: Triggers::default(),
+            pool_state: pool::Written::default(),
         }
+    }
+
+    /// Reads pools and their members from the watches' caches.
+    pub fn with_pools(
+        self,
+        pools: Store<WebhookPool>,
+        endpoints: Store<WebhookEndpoint>,
+    ) -> Context {
+        Context {
+            pools,
+            endpoints,
+            ..self
+        }
+    }
+
+    /// Lets each controller ask the other for a reconcile.
+    pub fn with_triggers(self, triggers: Triggers) -> Context {
+        Context { triggers, ..self }
     }
 
     /// Reads which Secrets exist from the Secret watch's cache.
@@ -94,7 +152,7 @@ impl Context {
     }
 
     /// The delay before the next attempt, growing with consecutive failures.
-    fn retry_after_failure(&self, key: &str) -> Duration {
+    pub(crate) fn retry_after_failure(&self, key: &str) -> Duration {
         let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         let count = failures.entry(key.to_owned()).or_default();
         *count = count.saturating_add(1);
@@ -105,14 +163,14 @@ impl Context {
         )
     }
 
-    fn succeeded(&self, key: &str) {
+    pub(crate) fn succeeded(&self, key: &str) {
         self.failures
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(key);
     }
 
-    fn status_writer(&self) -> StatusWriter<'_> {
+    pub(crate) fn status_writer(&self) -> StatusWriter<'_> {
         StatusWriter {
             client: &self.client,
             recorder: &self.recorder,
@@ -135,7 +193,7 @@ impl Context {
 
 /// `delay` spread by ±10 %, so endpoints reconciled together (after a
 /// restart) do not stay in step.
-fn jitter(delay: Duration) -> Duration {
+pub(crate) fn jitter(delay: Duration) -> Duration {
     delay.mul_f64(rand::rng().random_range(0.9..1.1))
 }
 
@@ -189,10 +247,32 @@ pub fn error_policy(endpoint: Arc<WebhookEndpoint>, error: &Error, ctx: Arc<Cont
 
 async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result<Action> {
     let key = key(endpoint);
-    let valid = match validate(endpoint) {
+    let namespace = endpoint.namespace().unwrap_or_default();
+    let served_by = endpoint
+        .status
+        .as_ref()
+        .and_then(|status| status.served_by.as_deref());
+    // The pool it left reconsiders its members.
+    if served_by.is_some() && served_by != endpoint.spec.pool.as_deref() {
+        ctx.triggers.pool(&namespace, served_by.unwrap_or_default());
+    }
+    let pool = endpoint
+        .spec
+        .pool
+        .as_ref()
+        .and_then(|pool| ctx.pools.get(&ObjectRef::new(pool).within(&namespace)));
+    let pool_database = pool
+        .as_deref()
+        .and_then(|pool| validate_pool(pool).ok())
+        .map(|valid| valid.pool.consumer.database_secret_ref);
+    let valid = match validate_in(endpoint, pool_database.as_ref()) {
         Ok(valid) => valid.in_cluster(ctx.config.nats.cluster_name.as_deref()),
         Err(invalid) => {
             info!(cause = %invalid, "invalid spec");
+            // Its pool stops serving it.
+            if let Some(pool) = &endpoint.spec.pool {
+                ctx.triggers.pool(&namespace, pool);
+            }
             let findings = status::invalid_findings(&invalid);
             ctx.status_writer().write(endpoint, findings, None).await?;
             ctx.metrics.set_readiness(&key, Some(Readiness::NotReady));
@@ -239,6 +319,19 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
         owner_uid: &owner_uid,
     };
     let applied = Box::pin(applier.apply(children)).await;
+    let pool_view = match valid.pool() {
+        Some(name) => Some(
+            pool::observe(
+                ctx,
+                &secrets_api,
+                &valid.endpoint.namespace,
+                name,
+                pool.as_deref(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let findings = status::findings(&Observed {
         valid: &valid,
         config: &ctx.config,
@@ -246,10 +339,20 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
         stream: &stream,
         applied: &applied,
         keda,
+        pool: pool_view.as_ref(),
     });
     let ready = findings
         .first()
         .is_some_and(|finding| finding.status == Status::True);
+    // Its pool is asked only while it does not serve what this reconcile
+    // saw (a new member, an edit): a served member's resync costs its pool nothing.
+    if let Some(pool) = valid.pool()
+        && !findings.iter().any(|finding| {
+            finding.type_ == hookline_api::conditions::SERVED && finding.status == Status::True
+        })
+    {
+        ctx.triggers.pool(&namespace, pool);
+    }
     if let stream::StreamState::Ready { stats, .. } = &stream {
         ctx.metrics
             .set_pending(&key, i64::try_from(stats.pending).ok());
@@ -297,6 +400,14 @@ async fn cleanup(endpoint: &WebhookEndpoint, ctx: &Context) -> Result<Action> {
     info!(stream = %stream_name, ?policy, "endpoint deleted: {note}");
     ctx.publish(endpoint, EventType::Normal, "Deleted", note)
         .await;
+    for pool in endpoint.spec.pool.iter().chain(
+        endpoint
+            .status
+            .as_ref()
+            .and_then(|status| status.served_by.as_ref()),
+    ) {
+        ctx.triggers.pool(&namespace, pool);
+    }
     let key = key(endpoint);
     ctx.succeeded(&key);
     ctx.written.forget(&key);

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::build::{self, Children, Cluster};
+use crate::build::{self, Children, Cluster, Workload};
 use crate::config::OperatorConfig;
 use crate::validate::validate;
 use crate::{Error, Result};
@@ -51,18 +51,25 @@ pub fn render_file(
 }
 
 /// Every child as one YAML document, in the order a reader follows the path
-/// of an event: manifest, route, receiver, consumer, scaler.
+/// of an event: manifest, route, receiver, consumer, scaler (a pool member:
+/// its route only).
 pub fn to_yaml(children: &Children) -> Result<String> {
-    let Children {
+    let Children { ingress, workload } = children;
+    let mut out = String::new();
+    let Some(workload) = workload else {
+        if let Some(ingress) = ingress {
+            document(&mut out, "Ingress", ingress)?;
+        }
+        return Ok(out);
+    };
+    let Workload {
         config_map,
         receiver,
         service,
-        ingress,
         disruption_budget,
         consumer,
         scaler,
-    } = children;
-    let mut out = String::new();
+    } = workload;
     document(&mut out, "ConfigMap", config_map)?;
     if let Some(ingress) = ingress {
         document(&mut out, "Ingress", ingress)?;

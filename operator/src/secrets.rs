@@ -19,7 +19,7 @@ use crate::build::metadata;
 use crate::config::{
     NATS_CREDS_KEY, NATS_PASSWORD_KEY, NATS_TLS_CA_KEY, NATS_USER_KEY, OperatorConfig,
 };
-use crate::validate::ValidEndpoint;
+use crate::validate::{Placement, ValidEndpoint};
 
 /// Random bytes in a generated signing secret.
 const GENERATED_SECRET_BYTES: usize = 32;
@@ -41,15 +41,21 @@ pub fn references(valid: &ValidEndpoint, config: &OperatorConfig) -> Vec<Referen
         keys: keys.iter().map(|key| (*key).to_owned()).collect(),
         source: source.to_owned(),
     };
+    let signing = reference(
+        &endpoint.secret.name,
+        &[&endpoint.secret.key],
+        "spec.secretRef",
+    );
+    // A pool member's pods are its pool's: the pool checks what they read.
+    let database = match &valid.placement {
+        Placement::Dedicated { database } => database,
+        Placement::Pooled { .. } => return vec![signing],
+    };
     let mut all = vec![
+        signing,
         reference(
-            &endpoint.secret.name,
-            &[&endpoint.secret.key],
-            "spec.secretRef",
-        ),
-        reference(
-            &valid.database.name,
-            &[&valid.database.key],
+            &database.name,
+            &[&database.key],
             "spec.consumer.databaseSecretRef",
         ),
     ];
@@ -65,6 +71,18 @@ pub fn references(valid: &ValidEndpoint, config: &OperatorConfig) -> Vec<Referen
             "spec.consumer.refetch.authSecretRef",
         ));
     }
+    all.extend(pod_references(config));
+    all
+}
+
+/// The Secrets every pod the operator makes reads (NATS, image pulls).
+pub fn pod_references(config: &OperatorConfig) -> Vec<Reference> {
+    let reference = |name: &str, keys: &[&str], source: &str| Reference {
+        name: name.to_owned(),
+        keys: keys.iter().map(|key| (*key).to_owned()).collect(),
+        source: source.to_owned(),
+    };
+    let mut all = Vec::new();
     let nats = &config.nats;
     for (secret, keys, setting) in [
         (
@@ -138,12 +156,18 @@ type KeyNames = BTreeSet<String>;
 /// Per Secret, the resource version its key names were read at, and them.
 type KeysByVersion = HashMap<ObjectRef<PartialObjectMeta<Secret>>, (String, KeyNames)>;
 
+/// Per Secret, the resource version its data was read at, and the data:
+/// only the signing secrets a pool copies are kept here.
+type DataByVersion =
+    HashMap<ObjectRef<PartialObjectMeta<Secret>>, (String, BTreeMap<String, ByteString>)>;
+
 /// What the Secret watch keeps (names and resource versions, no values), and
 /// the key names read at each version: a steady reconcile reads no Secret.
 #[derive(Clone)]
 pub struct SecretIndex {
     metadata: Store<PartialObjectMeta<Secret>>,
     keys: Arc<Mutex<KeysByVersion>>,
+    data: Arc<Mutex<DataByVersion>>,
 }
 
 impl SecretIndex {
@@ -151,7 +175,54 @@ impl SecretIndex {
         SecretIndex {
             metadata,
             keys: Arc::default(),
+            data: Arc::default(),
         }
+    }
+
+    /// The Secret's metadata as the watch last saw it.
+    pub fn metadata(&self, namespace: &str, name: &str) -> Option<Arc<PartialObjectMeta<Secret>>> {
+        self.metadata.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// The value of `key` of Secret `name` (`None`: no such Secret or key),
+    /// read from the API server only when its resource version is new to us,
+    /// so a steady pool reads no Secret.
+    pub async fn value(
+        &self,
+        api: &Api<Secret>,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, kube::Error> {
+        let reference = ObjectRef::new(name).within(namespace);
+        let Some(version) = self
+            .metadata
+            .get(&reference)
+            .and_then(|meta| meta.resource_version())
+        else {
+            return Ok(None);
+        };
+        let pick = |data: &BTreeMap<String, ByteString>| data.get(key).map(|value| value.0.clone());
+        if let Some((_, data)) = self
+            .data
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&reference)
+            .filter(|(seen, _)| *seen == version)
+        {
+            return Ok(pick(data));
+        }
+        let Some(secret) = api.get_opt(name).await? else {
+            return Ok(None);
+        };
+        let data = secret.data.clone().unwrap_or_default();
+        let value = pick(&data);
+        let version = secret.resource_version().unwrap_or(version);
+        self.data
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(reference, (version, data));
+        Ok(value)
     }
 
     /// Waits until the watch has listed the Secrets once.
@@ -162,7 +233,7 @@ impl SecretIndex {
 
     /// The Secret's key names: `None` when it does not exist, read from the
     /// API server only when its resource version is new to us.
-    async fn key_names(
+    pub(crate) async fn key_names(
         &self,
         api: &Api<Secret>,
         namespace: &str,
@@ -208,19 +279,39 @@ pub async fn check(
     valid: &ValidEndpoint,
     config: &OperatorConfig,
 ) -> Result<SecretCheck, kube::Error> {
+    check_references(
+        api,
+        index,
+        &valid.endpoint.namespace,
+        references(valid, config),
+        Some(valid),
+    )
+    .await
+}
+
+/// Looks up `references` in `namespace`; with `generating`, creates that
+/// endpoint's signing Secret when it is missing and asked for.
+pub async fn check_references(
+    api: &Api<Secret>,
+    index: Option<&SecretIndex>,
+    namespace: &str,
+    references: Vec<Reference>,
+    generating: Option<&ValidEndpoint>,
+) -> Result<SecretCheck, kube::Error> {
     let mut found: BTreeMap<String, Option<KeyNames>> = BTreeMap::new();
     let mut outcome = SecretCheck::default();
-    let signing = &valid.endpoint.secret;
-    let namespace = &valid.endpoint.namespace;
-    for reference in references(valid, config) {
+    for reference in references {
         if !found.contains_key(&reference.name) {
             let mut keys = match index {
                 Some(index) => index.key_names(api, namespace, &reference.name).await?,
                 None => api.get_opt(&reference.name).await?.as_ref().map(key_names),
             };
-            if keys.is_none() && signing.generate && reference.name == signing.name {
-                keys = Some(key_names(&generate(api, valid).await?));
-                outcome.generated = Some(signing.name.clone());
+            if let Some(valid) = generating {
+                let signing = &valid.endpoint.secret;
+                if keys.is_none() && signing.generate && reference.name == signing.name {
+                    keys = Some(key_names(&generate(api, valid).await?));
+                    outcome.generated = Some(signing.name.clone());
+                }
             }
             found.insert(reference.name.clone(), keys);
         }

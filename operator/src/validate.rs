@@ -1,6 +1,7 @@
 //! The validate step: `hookline_api::resolve` plus what only a cluster needs,
 //! producing the one input every builder works from.
 
+use hookline_api::pool::{ValidatedPool, WebhookPool};
 use hookline_api::spec::{SecretKeyRef, WebhookEndpoint};
 use hookline_api::{FieldError, InvalidSpec, ValidatedEndpoint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -16,11 +17,20 @@ pub struct ValidEndpoint {
     /// The manifest the pods read (from the ConfigMap): the resource's name,
     /// namespace and spec as the user wrote it, so pods resolve it as we did.
     pub manifest: String,
-    /// The Secret key with the consumer's Postgres URL.
-    pub database: SecretKeyRef,
+    /// Whose pods serve the endpoint.
+    pub placement: Placement,
     /// The owner reference every child carries; `None` when rendering a file
     /// that was never applied (no UID yet).
     pub owner: Option<OwnerReference>,
+}
+
+/// Whose pods serve an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Its own receiver and consumer; the consumer reads this Postgres URL.
+    Dedicated { database: SecretKeyRef },
+    /// The pods of `WebhookPool` `pool` of its namespace (`spec.pool`).
+    Pooled { pool: String },
 }
 
 impl ValidEndpoint {
@@ -32,47 +42,143 @@ impl ValidEndpoint {
             ..self
         }
     }
+
+    /// The pool serving the endpoint, if one does.
+    pub fn pool(&self) -> Option<&str> {
+        match &self.placement {
+            Placement::Pooled { pool } => Some(pool),
+            Placement::Dedicated { .. } => None,
+        }
+    }
 }
 
-/// Checks `resource` and applies every default; every wrong field is reported.
+/// A `WebhookPool` checked for a cluster, with the owner reference of its children.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidPool {
+    pub pool: ValidatedPool,
+    pub owner: Option<OwnerReference>,
+}
+
+/// Checks a pool and applies every default; every wrong field is reported.
+pub fn validate_pool(resource: &WebhookPool) -> Result<ValidPool, InvalidSpec> {
+    let namespace = resource
+        .namespace()
+        .unwrap_or_else(|| hookline_api::manifest::DEFAULT_NAMESPACE.to_owned());
+    hookline_api::resolve_pool(&namespace, &resource.name_any(), &resource.spec).map(|pool| {
+        ValidPool {
+            pool,
+            owner: resource.controller_owner_ref(&()),
+        }
+    })
+}
+
+/// Checks `resource` and applies every default; every wrong field is
+/// reported. A pool member is checked without its pool (see [`validate_in`]).
 pub fn validate(resource: &WebhookEndpoint) -> Result<ValidEndpoint, InvalidSpec> {
+    validate_in(resource, None)
+}
+
+/// [`validate`], with the Postgres URL Secret key of the pool `spec.pool`
+/// names when that pool exists: a member may repeat it, never name another.
+pub fn validate_in(
+    resource: &WebhookEndpoint,
+    pool_database: Option<&SecretKeyRef>,
+) -> Result<ValidEndpoint, InvalidSpec> {
     let namespace = resource
         .namespace()
         .unwrap_or_else(|| hookline_api::manifest::DEFAULT_NAMESPACE.to_owned());
     let resolved = hookline_api::resolve(&namespace, &resource.name_any(), &resource.spec);
     let manifest = manifest(resource, &namespace);
-    let database = resource
-        .spec
-        .consumer
-        .as_ref()
-        .and_then(|consumer| consumer.database_secret_ref.clone());
-    match (resolved, database, manifest) {
-        (Ok(endpoint), Some(database), Ok(manifest)) => Ok(ValidEndpoint {
+    let mut problems = Vec::new();
+    let placement = placement(resource, pool_database, &mut problems);
+    match (resolved, placement, manifest) {
+        (Ok(endpoint), Some(placement), Ok(manifest)) if problems.is_empty() => Ok(ValidEndpoint {
             endpoint,
             manifest,
-            database,
+            placement,
             owner: resource.controller_owner_ref(&()),
         }),
-        (resolved, database, manifest) => {
-            let mut problems = resolved
+        (resolved, _, manifest) => {
+            let mut all = resolved
                 .err()
                 .map(|InvalidSpec(all)| all)
                 .unwrap_or_default();
             if let Err(err) = manifest {
-                problems.push(FieldError {
+                all.push(FieldError {
                     field: "spec".into(),
                     message: format!("cannot be written as YAML for the pods: {err}"),
                 });
             }
-            if database.is_none() {
-                problems.push(FieldError {
-                    field: "spec.consumer.databaseSecretRef".into(),
-                    message: "required in a cluster: name the Secret key that holds the consumer's Postgres URL".into(),
-                });
-            }
-            Err(InvalidSpec(problems))
+            all.extend(problems);
+            Err(InvalidSpec(all))
         }
     }
+}
+
+/// Dedicated (with its Postgres URL) or pooled (without what only a pod of
+/// its own can take); `None` with the problems recorded.
+fn placement(
+    resource: &WebhookEndpoint,
+    pool_database: Option<&SecretKeyRef>,
+    problems: &mut Vec<FieldError>,
+) -> Option<Placement> {
+    let spec = &resource.spec;
+    let consumer = spec.consumer.as_ref();
+    let database = consumer.and_then(|consumer| consumer.database_secret_ref.clone());
+    let mut problem = |field: &str, message: String| {
+        problems.push(FieldError {
+            field: field.into(),
+            message,
+        });
+    };
+    let Some(pool) = &spec.pool else {
+        if database.is_none() {
+            problem(
+                "spec.consumer.databaseSecretRef",
+                "required in a cluster: name the Secret key that holds the consumer's Postgres URL"
+                    .into(),
+            );
+        }
+        return database.map(|database| Placement::Dedicated { database });
+    };
+    if let Err(message) = hookline_api::naming::check_resource_name(pool) {
+        problem("spec.pool", message);
+    }
+    if spec.receiver.is_some() {
+        problem(
+            "spec.receiver",
+            format!(
+                "a pool member has no receiver of its own: set replicas, resources and image on WebhookPool {pool}"
+            ),
+        );
+    }
+    if consumer.is_some_and(|consumer| consumer.scaling.is_some()) {
+        problem(
+            "spec.consumer.scaling",
+            format!("a pool member has no consumer of its own: set scaling on WebhookPool {pool}"),
+        );
+    }
+    if consumer
+        .and_then(|consumer| consumer.refetch.as_ref())
+        .is_some_and(|refetch| refetch.auth_secret_ref.is_some())
+    {
+        problem(
+            "spec.consumer.refetch.authSecretRef",
+            "the pool's consumer does not serve it (it takes no --refetch-auth-file): remove spec.pool to give this endpoint a consumer of its own".into(),
+        );
+    }
+    if let (Some(own), Some(pool_database)) = (&database, pool_database)
+        && own != pool_database
+    {
+        problem(
+            "spec.consumer.databaseSecretRef",
+            format!(
+                "must be absent or equal to WebhookPool {pool}'s ({}/{}): the pool's consumer writes every member to one database",
+                pool_database.name, pool_database.key
+            ),
+        );
+    }
+    Some(Placement::Pooled { pool: pool.clone() })
 }
 
 /// The resource as the pods read it: only what `kubectl apply` would take.

@@ -93,7 +93,7 @@ pub(super) fn resolve_consumer(
     }
 }
 
-fn resolve_scaling(spec: &ScalingSpec, problems: &mut Problems) -> Scaling {
+pub(super) fn resolve_scaling(spec: &ScalingSpec, problems: &mut Problems) -> Scaling {
     let scaling = Scaling {
         min_replicas: spec.min_replicas.unwrap_or(defaults::MIN_REPLICAS),
         max_replicas: spec.max_replicas.unwrap_or(defaults::MAX_REPLICAS),

@@ -6,12 +6,14 @@
 
 mod consumer;
 mod parse;
+mod pool;
 mod presets;
 mod request;
 mod stream;
 mod verification;
 
 pub use parse::{parse_duration, parse_field_source};
+pub use pool::resolve_pool;
 pub use presets::{Preset, preset};
 
 use crate::defaults;

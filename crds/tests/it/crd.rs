@@ -22,6 +22,49 @@ fn committed_crd_yaml_matches_the_types() {
 }
 
 #[test]
+fn committed_pool_crd_yaml_matches_the_types() {
+    for file in hookline_api::POOL_CRD_FILES {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == hookline_api::pool_crd_yaml().expect("CRD serialises"),
+            "{} is stale: run `cargo run -p hookline-api --bin crdgen -- --write` and commit it",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn the_pool_crd_passes_strict_schema_validation_and_has_its_columns() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(hookline_api::POOL_CRD_FILES[0]);
+    let output = Command::new("kubernetes-validate")
+        .args(["--strict", "--kubernetes-version", "1.32.0"])
+        .arg(&path)
+        .output()
+        .expect("kubernetes-validate runs (pip install kubernetes-validate)");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && report.contains("passed"),
+        "kubernetes-validate rejected the pool CRD:\n{report}"
+    );
+    let crd = hookline_api::pool_crd();
+    assert_eq!(crd.spec.names.kind, "WebhookPool");
+    assert_eq!(crd.spec.names.short_names, Some(vec!["whpool".to_owned()]));
+    assert_eq!(crd.spec.scope, "Namespaced");
+    let columns: Vec<_> = crd.spec.versions[0]
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|column| column.name.as_str())
+        .collect();
+    assert_eq!(columns, ["Members", "Ready", "Age"]);
+}
+
+#[test]
 fn the_committed_reference_matches_the_crd() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(hookline_api::reference::REFERENCE_FILE);
     let committed = std::fs::read_to_string(&path).unwrap_or_default();

@@ -503,3 +503,48 @@ fn an_empty_pattern_is_rejected_with_its_index() {
         "control characters",
     );
 }
+
+fn pool_spec(yaml: &str) -> hookline_api::pool::WebhookPoolSpec {
+    serde_yaml::from_str(yaml).expect("pool spec")
+}
+
+#[test]
+fn a_pool_takes_the_endpoints_defaults_and_needs_at_least_one_consumer() {
+    let pool = hookline_api::resolve_pool(
+        "shop",
+        "shared",
+        &pool_spec("consumer: {databaseSecretRef: {name: db, key: url}}"),
+    )
+    .expect("valid");
+    assert_eq!(pool.receiver.replicas, 2);
+    assert_eq!(pool.consumer.scaling.min_replicas, 1);
+    assert_eq!(pool.consumer.scaling.max_replicas, 10);
+    assert_eq!(pool.consumer.scaling.lag_threshold, 1000);
+    let err = hookline_api::resolve_pool(
+        "shop",
+        "shared",
+        &pool_spec(
+            "receiver: {replicas: -1}\nconsumer: {databaseSecretRef: {name: db, key: url}, scaling: {minReplicas: 0}}",
+        ),
+    )
+    .expect_err("invalid")
+    .to_string();
+    assert!(
+        err.contains("spec.receiver.replicas: must not be negative"),
+        "{err}"
+    );
+    assert!(
+        err.contains("spec.consumer.scaling.minReplicas: must be at least 1 for a pool"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_pool_member_manifest_keeps_its_pool() {
+    let endpoint = hookline_api::parse_manifest(
+        "apiVersion: hookline.io/v1alpha1\nkind: WebhookEndpoint\nmetadata: {name: a}\nspec: {provider: github, secretRef: {name: s}, pool: shared}\n",
+    )
+    .expect("parses");
+    assert_eq!(endpoint.spec.pool.as_deref(), Some("shared"));
+    hookline_api::validate(&endpoint).expect("the data plane takes a member's manifest");
+}

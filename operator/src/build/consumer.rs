@@ -1,9 +1,11 @@
 //! The consumer Deployment: JetStream to Postgres, scaled by KEDA when present.
 
+use hookline_api::spec::SecretKeyRef;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::ResourceRequirements;
 
 use super::pod::{ContainerSettings, PodParts, selector};
-use super::{ChildNames, metadata};
+use super::{ChildNames, Owner};
 use crate::config::OperatorConfig;
 use crate::validate::ValidEndpoint;
 
@@ -18,13 +20,13 @@ const DATABASE_URL_ENV: &str = "HOOKLINE_DATABASE_URL";
 /// least one, so events always drain.
 pub fn deployment(
     valid: &ValidEndpoint,
+    database: &SecretKeyRef,
     config: &OperatorConfig,
     config_hash: &str,
     scaled_by_keda: bool,
 ) -> Deployment {
     let endpoint = &valid.endpoint;
     let mut parts = PodParts::new(valid, config);
-    parts.secret_env(DATABASE_URL_ENV, &valid.database.name, &valid.database.key);
     if let Some(auth) = endpoint
         .consumer
         .refetch
@@ -34,23 +36,69 @@ pub fn deployment(
         let path = parts.mount_secret_file("refetch-auth", &auth.name, &auth.key);
         parts.arg("--refetch-auth-file", &path);
     }
-    let template = parts.template(
-        valid,
+    pods(
+        &Owner::endpoint(valid),
         config,
-        ContainerSettings {
+        parts,
+        Pods {
+            name: &ChildNames::of(&endpoint.name).consumer,
             component: COMPONENT,
-            command: "hookline-consumer",
-            port: PORT,
+            database,
+            replicas: (!scaled_by_keda).then(|| replicas_without_keda(valid)),
             image: &config.image,
             resources: config.consumer_resources.clone(),
+            config_hash: Some(config_hash),
+        },
+    )
+}
+
+/// What differs between an endpoint's consumers and a pool's.
+pub struct Pods<'a> {
+    pub name: &'a str,
+    pub component: &'a str,
+    /// The Secret key with the Postgres URL.
+    pub database: &'a SecretKeyRef,
+    /// `None`: left to KEDA.
+    pub replicas: Option<i32>,
+    pub image: &'a str,
+    pub resources: ResourceRequirements,
+    pub config_hash: Option<&'a str>,
+}
+
+/// A consumer Deployment running `parts` with the Postgres URL.
+pub fn pods(
+    owner: &Owner<'_>,
+    config: &OperatorConfig,
+    mut parts: PodParts,
+    pods: Pods<'_>,
+) -> Deployment {
+    let Pods {
+        name,
+        component,
+        database,
+        replicas,
+        image,
+        resources,
+        config_hash,
+    } = pods;
+    parts.secret_env(DATABASE_URL_ENV, &database.name, &database.key);
+    let template = parts.template(
+        owner,
+        config,
+        ContainerSettings {
+            component,
+            command: "hookline-consumer",
+            port: PORT,
+            image,
+            resources,
             config_hash,
         },
     );
     Deployment {
-        metadata: metadata(valid, &ChildNames::of(&endpoint.name).consumer, COMPONENT),
+        metadata: owner.metadata(name, component),
         spec: Some(DeploymentSpec {
-            replicas: (!scaled_by_keda).then(|| replicas_without_keda(valid)),
-            selector: selector(valid, COMPONENT),
+            replicas,
+            selector: selector(owner, component),
             template,
             ..Default::default()
         }),

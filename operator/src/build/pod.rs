@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{CONFIG_HASH_ANNOTATION, ChildNames, manifest, selector_labels};
+use super::{CONFIG_HASH_ANNOTATION, ChildNames, Owner, manifest};
 use crate::config::{
     NATS_CREDS_KEY, NATS_PASSWORD_KEY, NATS_TLS_CA_KEY, NATS_USER_KEY, OperatorConfig,
 };
@@ -38,44 +38,76 @@ pub struct PodParts {
 }
 
 impl PodParts {
-    /// The parts every Hookline pod has: the manifest and the NATS connection,
-    /// as environment variables, so a command run in the pod (`kubectl exec
-    /// … hookline-consumer replay --all`) finds them too.
+    /// The parts of an endpoint's own pods: its manifest and the NATS
+    /// connection, as environment variables, so a command run in the pod
+    /// (`kubectl exec … hookline-consumer replay --all`) finds them too.
     pub fn new(valid: &ValidEndpoint, config: &OperatorConfig) -> PodParts {
         let mut parts = PodParts::default();
-        let dir = format!("{MOUNT_ROOT}/endpoint");
-        parts.volumes.push(Volume {
-            name: "endpoint".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: ChildNames::of(&valid.endpoint.name).config_map,
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        parts.mounts.push(read_only_mount("endpoint", &dir));
+        let dir =
+            parts.mount_config_map("endpoint", &ChildNames::of(&valid.endpoint.name).config_map);
         parts.env_value(
             "HOOKLINE_ENDPOINT",
             &format!("{dir}/{}", manifest::MANIFEST_KEY),
         );
-        parts.env_value("HOOKLINE_NATS_URL", &config.nats.url);
+        parts.add_nats(config);
+        parts
+    }
+
+    /// How every Hookline pod reaches NATS, and its log level.
+    pub fn add_nats(&mut self, config: &OperatorConfig) {
+        self.env_value("HOOKLINE_NATS_URL", &config.nats.url);
         let nats = &config.nats;
         if let Some(cluster) = &nats.cluster_name {
-            parts.env_value("HOOKLINE_CLUSTER_NAME", cluster);
+            self.env_value("HOOKLINE_CLUSTER_NAME", cluster);
         }
         if let Some(secret) = &nats.credentials_secret {
-            let path = parts.mount_secret_file("nats-creds", secret, NATS_CREDS_KEY);
-            parts.env_value("HOOKLINE_NATS_CREDS", &path);
+            let path = self.mount_secret_file("nats-creds", secret, NATS_CREDS_KEY);
+            self.env_value("HOOKLINE_NATS_CREDS", &path);
         }
         if let Some(secret) = &nats.tls_ca_secret {
-            let path = parts.mount_secret_file("nats-tls-ca", secret, NATS_TLS_CA_KEY);
-            parts.env_value("HOOKLINE_NATS_TLS_CA", &path);
+            let path = self.mount_secret_file("nats-tls-ca", secret, NATS_TLS_CA_KEY);
+            self.env_value("HOOKLINE_NATS_TLS_CA", &path);
         }
         if let Some(secret) = &nats.user_password_secret {
-            parts.secret_env("HOOKLINE_NATS_USER", secret, NATS_USER_KEY);
-            parts.secret_env("HOOKLINE_NATS_PASSWORD", secret, NATS_PASSWORD_KEY);
+            self.secret_env("HOOKLINE_NATS_USER", secret, NATS_USER_KEY);
+            self.secret_env("HOOKLINE_NATS_PASSWORD", secret, NATS_PASSWORD_KEY);
         }
-        parts.env_value("RUST_LOG", &config.log_level);
-        parts
+        self.env_value("RUST_LOG", &config.log_level);
+    }
+
+    /// Mounts every key of ConfigMap `name` read-only as the directory
+    /// `/etc/hookline/<volume>` and returns its path; the kubelet updates
+    /// the files when the ConfigMap changes.
+    pub fn mount_config_map(&mut self, volume: &str, name: &str) -> String {
+        let dir = format!("{MOUNT_ROOT}/{volume}");
+        self.volumes.push(Volume {
+            name: volume.to_owned(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: name.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        self.mounts.push(read_only_mount(volume, &dir));
+        dir
+    }
+
+    /// Mounts every key of Secret `secret` read-only as files of the
+    /// directory `/etc/hookline/<volume>` and returns its path; like a
+    /// single file, they follow the Secret without a restart.
+    pub fn mount_secret_dir(&mut self, volume: &str, secret: &str) -> String {
+        let dir = format!("{MOUNT_ROOT}/{volume}");
+        self.volumes.push(Volume {
+            name: volume.to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.to_owned()),
+                default_mode: Some(SECRET_FILE_MODE),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        self.mounts.push(read_only_mount(volume, &dir));
+        dir
     }
 
     /// `variable=value`.
@@ -135,7 +167,7 @@ impl PodParts {
     /// these parts, serving health and metrics on `port`.
     pub fn template(
         self,
-        valid: &ValidEndpoint,
+        owner: &Owner<'_>,
         config: &OperatorConfig,
         container: ContainerSettings<'_>,
     ) -> PodTemplateSpec {
@@ -147,17 +179,19 @@ impl PodParts {
             resources,
             config_hash,
         } = container;
-        let annotations = BTreeMap::from([
-            (CONFIG_HASH_ANNOTATION.to_owned(), config_hash.to_owned()),
+        let mut annotations = BTreeMap::from([
             ("prometheus.io/scrape".to_owned(), "true".to_owned()),
             ("prometheus.io/port".to_owned(), port.to_string()),
             ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
         ]);
+        if let Some(hash) = config_hash {
+            annotations.insert(CONFIG_HASH_ANNOTATION.to_owned(), hash.to_owned());
+        }
         let mut args = self.args;
         args.push(format!("--listen=0.0.0.0:{port}"));
         PodTemplateSpec {
             metadata: Some(ObjectMeta {
-                labels: Some(super::labels(valid, component)),
+                labels: Some(owner.labels(component)),
                 annotations: Some(annotations),
                 ..Default::default()
             }),
@@ -206,7 +240,9 @@ pub struct ContainerSettings<'a> {
     pub port: u16,
     pub image: &'a str,
     pub resources: ResourceRequirements,
-    pub config_hash: &'a str,
+    /// Rolls the pods when what they read at start changes; `None` for
+    /// pods that reload what they read (a pool's directories).
+    pub config_hash: Option<&'a str>,
 }
 
 /// A Secret key as a file name: keys may hold characters a path should not start with.
@@ -269,11 +305,11 @@ fn container_security_context() -> SecurityContext {
 
 /// The selector of `component`'s pods.
 pub fn selector(
-    valid: &ValidEndpoint,
+    owner: &Owner<'_>,
     component: &str,
 ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
     k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
-        match_labels: Some(selector_labels(valid, component)),
+        match_labels: Some(owner.selector_labels(component)),
         ..Default::default()
     }
 }

@@ -6,8 +6,8 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Container, Lifecycle, LifecycleHandler, Service, ServicePort, ServiceSpec, SleepAction,
-    TopologySpreadConstraint,
+    Container, Lifecycle, LifecycleHandler, ResourceRequirements, Service, ServicePort,
+    ServiceSpec, SleepAction, TopologySpreadConstraint,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -17,9 +17,10 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::pod::{ContainerSettings, HTTP_PORT_NAME, PodParts, selector};
-use super::{ChildNames, metadata, selector_labels};
+use super::pool::PoolNames;
+use super::{ChildNames, Owner, metadata};
 use crate::config::OperatorConfig;
-use crate::validate::ValidEndpoint;
+use crate::validate::{Placement, ValidEndpoint};
 
 pub const COMPONENT: &str = "receiver";
 /// The receiver's container port.
@@ -50,19 +51,60 @@ pub fn deployment(valid: &ValidEndpoint, config: &OperatorConfig, config_hash: &
     if endpoint.request.rate_limit.is_some() {
         parts.arg("--replicas", &endpoint.receiver.replicas.max(1).to_string());
     }
-    let mut template = parts.template(
-        valid,
+    pods(
+        &Owner::endpoint(valid),
         config,
-        ContainerSettings {
+        parts,
+        Pods {
+            name: &ChildNames::of(&endpoint.name).receiver,
             component: COMPONENT,
-            command: "hookline-receiver",
-            port: PORT,
+            replicas: endpoint.receiver.replicas,
             image: endpoint.receiver.image.as_deref().unwrap_or(&config.image),
             resources: endpoint
                 .receiver
                 .resources
                 .clone()
                 .unwrap_or_else(|| config.receiver_resources.clone()),
+            config_hash: Some(config_hash),
+        },
+    )
+}
+
+/// What differs between an endpoint's receivers and a pool's.
+pub struct Pods<'a> {
+    pub name: &'a str,
+    pub component: &'a str,
+    pub replicas: i32,
+    pub image: &'a str,
+    pub resources: ResourceRequirements,
+    pub config_hash: Option<&'a str>,
+}
+
+/// A receiver Deployment running `parts`: spread over nodes, never fewer
+/// ready pods than asked for during a rollout, a pause before SIGTERM.
+pub fn pods(
+    owner: &Owner<'_>,
+    config: &OperatorConfig,
+    parts: PodParts,
+    pods: Pods<'_>,
+) -> Deployment {
+    let Pods {
+        name,
+        component,
+        replicas,
+        image,
+        resources,
+        config_hash,
+    } = pods;
+    let mut template = parts.template(
+        owner,
+        config,
+        ContainerSettings {
+            component,
+            command: "hookline-receiver",
+            port: PORT,
+            image,
+            resources,
             config_hash,
         },
     );
@@ -72,16 +114,16 @@ pub fn deployment(valid: &ValidEndpoint, config: &OperatorConfig, config_hash: &
             max_skew: 1,
             topology_key: "kubernetes.io/hostname".into(),
             when_unsatisfiable: "ScheduleAnyway".into(),
-            label_selector: Some(selector(valid, COMPONENT)),
+            label_selector: Some(selector(owner, component)),
             ..Default::default()
         }]);
         spec.containers.iter_mut().for_each(add_pre_stop_pause);
     }
     Deployment {
-        metadata: metadata(valid, &ChildNames::of(&endpoint.name).receiver, COMPONENT),
+        metadata: owner.metadata(name, component),
         spec: Some(DeploymentSpec {
-            replicas: Some(endpoint.receiver.replicas),
-            selector: selector(valid, COMPONENT),
+            replicas: Some(replicas),
+            selector: selector(owner, component),
             // Never fewer ready receivers than asked for during a rollout.
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
@@ -110,14 +152,19 @@ fn add_pre_stop_pause(container: &mut Container) {
 }
 
 pub fn service(valid: &ValidEndpoint) -> Service {
+    service_of(
+        &Owner::endpoint(valid),
+        &ChildNames::of(&valid.endpoint.name).receiver,
+        COMPONENT,
+    )
+}
+
+/// The Service in front of `component`'s receivers.
+pub fn service_of(owner: &Owner<'_>, name: &str, component: &str) -> Service {
     Service {
-        metadata: metadata(
-            valid,
-            &ChildNames::of(&valid.endpoint.name).receiver,
-            COMPONENT,
-        ),
+        metadata: owner.metadata(name, component),
         spec: Some(ServiceSpec {
-            selector: Some(selector_labels(valid, COMPONENT)),
+            selector: Some(owner.selector_labels(component)),
             ports: Some(vec![ServicePort {
                 name: Some(HTTP_PORT_NAME.into()),
                 port: SERVICE_PORT,
@@ -132,11 +179,17 @@ pub fn service(valid: &ValidEndpoint) -> Service {
 }
 
 /// The route providers call: exactly the endpoint's path (the receiver
-/// answers 404 on any other), on the host and class asked for, with TLS.
+/// answers 404 on any other), on the host and class asked for, with TLS,
+/// to the endpoint's own receivers or its pool's. Its name is the same
+/// either way, so a switch changes its backend and nothing else.
 pub fn ingress(valid: &ValidEndpoint) -> Option<Ingress> {
     let route = &valid.endpoint.route;
     let settings = route.ingress.as_ref()?;
     let name = ChildNames::of(&valid.endpoint.name).receiver;
+    let backend = match &valid.placement {
+        Placement::Dedicated { .. } => name.clone(),
+        Placement::Pooled { pool } => PoolNames::of(pool).receiver,
+    };
     let mut metadata = metadata(valid, &name, COMPONENT);
     metadata.annotations = Some(BTreeMap::from([(
         NGINX_BODY_SIZE_ANNOTATION.to_owned(),
@@ -160,7 +213,7 @@ pub fn ingress(valid: &ValidEndpoint) -> Option<Ingress> {
                         path_type: "Exact".into(),
                         backend: IngressBackend {
                             service: Some(IngressServiceBackend {
-                                name,
+                                name: backend,
                                 port: Some(ServiceBackendPort {
                                     name: Some(HTTP_PORT_NAME.into()),
                                     ..Default::default()
@@ -180,15 +233,20 @@ pub fn ingress(valid: &ValidEndpoint) -> Option<Ingress> {
 /// At most one receiver down at a time for node drains; the Deployment's
 /// other replicas keep answering.
 pub fn disruption_budget(valid: &ValidEndpoint) -> PodDisruptionBudget {
+    disruption_budget_of(
+        &Owner::endpoint(valid),
+        &ChildNames::of(&valid.endpoint.name).receiver,
+        COMPONENT,
+    )
+}
+
+/// At most one of `component`'s receivers down at a time.
+pub fn disruption_budget_of(owner: &Owner<'_>, name: &str, component: &str) -> PodDisruptionBudget {
     PodDisruptionBudget {
-        metadata: metadata(
-            valid,
-            &ChildNames::of(&valid.endpoint.name).receiver,
-            COMPONENT,
-        ),
+        metadata: owner.metadata(name, component),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(selector(valid, COMPONENT)),
+            selector: Some(selector(owner, component)),
             ..Default::default()
         }),
         ..Default::default()

@@ -1,9 +1,12 @@
 //! The KEDA `ScaledObject` that scales an endpoint's consumer on its durable
-//! consumer's lag (the type is in [`crate::keda`]).
+//! consumer's lag, or a pool's on its members' summed lag (the type is in
+//! [`crate::keda`]).
 
 use std::collections::BTreeMap;
 
-use super::{ChildNames, metadata};
+use hookline_api::validated::Scaling;
+
+use super::{ChildNames, Owner};
 use crate::config::OperatorConfig;
 pub use crate::keda::{ScaleTargetRef, ScaleTrigger, ScaledObject, ScaledObjectSpec};
 use crate::validate::ValidEndpoint;
@@ -19,7 +22,6 @@ const COOLDOWN_SECONDS: i32 = 300;
 /// adding a pod per `lagThreshold` pending events of the durable consumer.
 pub fn scaled_object(valid: &ValidEndpoint, config: &OperatorConfig) -> ScaledObject {
     let endpoint = &valid.endpoint;
-    let name = ChildNames::of(&endpoint.name).consumer;
     let scaling = &endpoint.consumer.scaling;
     let metadata_values = BTreeMap::from([
         (
@@ -39,22 +41,39 @@ pub fn scaled_object(valid: &ValidEndpoint, config: &OperatorConfig) -> ScaledOb
             config.nats.monitoring_https.to_string(),
         ),
     ]);
+    scaled_object_of(
+        &Owner::endpoint(valid),
+        &ChildNames::of(&endpoint.name).consumer,
+        super::consumer::COMPONENT,
+        scaling,
+        ScaleTrigger {
+            type_: TRIGGER_TYPE.into(),
+            metadata: metadata_values,
+        },
+    )
+}
+
+/// Scales Deployment `name` between the bounds of `scaling` on `trigger`.
+pub fn scaled_object_of(
+    owner: &Owner<'_>,
+    name: &str,
+    component: &str,
+    scaling: &Scaling,
+    trigger: ScaleTrigger,
+) -> ScaledObject {
     ScaledObject {
-        metadata: metadata(valid, &name, super::consumer::COMPONENT),
+        metadata: owner.metadata(name, component),
         spec: ScaledObjectSpec {
             scale_target_ref: ScaleTargetRef {
                 api_version: Some("apps/v1".into()),
                 kind: Some("Deployment".into()),
-                name,
+                name: name.to_owned(),
             },
             polling_interval: Some(POLLING_INTERVAL_SECONDS),
             cooldown_period: Some(COOLDOWN_SECONDS),
             min_replica_count: Some(scaling.min_replicas),
             max_replica_count: Some(scaling.max_replicas),
-            triggers: vec![ScaleTrigger {
-                type_: TRIGGER_TYPE.into(),
-                metadata: metadata_values,
-            }],
+            triggers: vec![trigger],
         },
         status: None,
     }

@@ -15,12 +15,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::apply::{Applied, Problem};
 use crate::build::ChildNames;
+use crate::build::pool::PoolNames;
 use crate::config::OperatorConfig;
 use crate::secrets::SecretCheck;
 use crate::stream::StreamState;
-use crate::validate::ValidEndpoint;
+use crate::validate::{Placement, ValidEndpoint};
 
-use parts::{deployment_finding, scaler_finding, secret_finding, stream_finding};
+pub(crate) use parts::deployment_finding;
+use parts::{scaler_finding, secret_finding, stream_finding};
+
+use crate::pool::{PoolView, served_finding};
 
 /// A condition's status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +54,12 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn new(type_: &'static str, status: Status, reason: &'static str, message: String) -> Self {
+    pub(crate) fn new(
+        type_: &'static str,
+        status: Status,
+        reason: &'static str,
+        message: String,
+    ) -> Self {
         Finding {
             type_,
             status,
@@ -68,10 +77,25 @@ pub struct Observed<'a> {
     pub stream: &'a StreamState,
     pub applied: &'a Applied,
     pub keda: bool,
+    /// A pool member's pool, as the caches show it.
+    pub pool: Option<&'a PoolView>,
 }
 
 /// Every condition of a valid endpoint, `Ready` first.
 pub fn findings(observed: &Observed<'_>) -> Vec<Finding> {
+    let parts = match observed.pool {
+        Some(pool) => vec![
+            secret_finding(observed),
+            stream_finding(observed),
+            served_finding(pool, observed.valid),
+        ],
+        None => dedicated_parts(observed),
+    };
+    ready(observed, parts)
+}
+
+/// The parts of an endpoint with pods of its own.
+fn dedicated_parts(observed: &Observed<'_>) -> Vec<Finding> {
     let applied = observed.applied;
     let deployment = |deployment: Option<&Deployment>, type_, what, keda| match deployment {
         Some(deployment) => deployment_finding(deployment, type_, what, keda),
@@ -82,7 +106,7 @@ pub fn findings(observed: &Observed<'_>) -> Vec<Finding> {
             format!("the {what} Deployment could not be applied (see Ready)"),
         ),
     };
-    let parts = vec![
+    vec![
         secret_finding(observed),
         stream_finding(observed),
         deployment(
@@ -98,7 +122,11 @@ pub fn findings(observed: &Observed<'_>) -> Vec<Finding> {
             observed.keda,
         ),
         scaler_finding(observed),
-    ];
+    ]
+}
+
+/// `Ready` from the parts: the first that blocks, else where providers POST.
+fn ready(observed: &Observed<'_>, parts: Vec<Finding>) -> Vec<Finding> {
     let not_applied = apply_finding(observed);
     let blocking = not_applied.as_ref().or_else(|| {
         parts.iter().find(|finding| match finding.status {
@@ -194,11 +222,13 @@ pub fn url(valid: &ValidEndpoint, applied: &Applied) -> Option<String> {
         return Some(url);
     }
     if route.ingress.is_none() {
+        let service = match &valid.placement {
+            Placement::Dedicated { .. } => ChildNames::of(&valid.endpoint.name).receiver,
+            Placement::Pooled { pool } => PoolNames::of(pool).receiver,
+        };
         return Some(format!(
-            "http://{}.{}.svc{}",
-            ChildNames::of(&valid.endpoint.name).receiver,
-            valid.endpoint.namespace,
-            route.path
+            "http://{service}.{}.svc{}",
+            valid.endpoint.namespace, route.path
         ));
     }
     let address = applied
@@ -219,19 +249,16 @@ pub fn url(valid: &ValidEndpoint, applied: &Applied) -> Option<String> {
 /// keeps its `lastTransitionTime`.
 pub fn stamp(
     findings: Vec<Finding>,
-    previous: Option<&WebhookEndpointStatus>,
+    previous: &[Condition],
     generation: Option<i64>,
     now: &Time,
 ) -> Vec<Condition> {
     findings
         .into_iter()
         .map(|finding| {
-            let before = previous.and_then(|status| {
-                status
-                    .conditions
-                    .iter()
-                    .find(|condition| condition.type_ == finding.type_)
-            });
+            let before = previous
+                .iter()
+                .find(|condition| condition.type_ == finding.type_);
             let last_transition_time = match before {
                 Some(before) if before.status == finding.status.as_str() => {
                     before.last_transition_time.clone()
@@ -253,19 +280,13 @@ pub fn stamp(
 /// Findings that are news since `previous`, and become Events: a condition
 /// that turned False (or False for another reason, such as a new refusal),
 /// and `Ready` turning True.
-pub fn transitions<'a>(
-    findings: &'a [Finding],
-    previous: Option<&WebhookEndpointStatus>,
-) -> Vec<&'a Finding> {
+pub fn transitions<'a>(findings: &'a [Finding], previous: &[Condition]) -> Vec<&'a Finding> {
     findings
         .iter()
         .filter(|finding| {
-            let before = previous.and_then(|status| {
-                status
-                    .conditions
-                    .iter()
-                    .find(|condition| condition.type_ == finding.type_)
-            });
+            let before = previous
+                .iter()
+                .find(|condition| condition.type_ == finding.type_);
             match before {
                 None => true,
                 Some(before) => {

@@ -113,7 +113,7 @@ fn retention_note(stats: &StreamStats, endpoint: &hookline_api::ValidatedEndpoin
 /// Availability of a Deployment: it counts only once its controller has seen
 /// the current template and every pod runs it (as `kubectl rollout status`
 /// judges), so `Ready` is not written for a change that is not live yet.
-pub(super) fn deployment_finding(
+pub(crate) fn deployment_finding(
     deployment: &Deployment,
     type_: &'static str,
     what: &str,

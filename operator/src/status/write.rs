@@ -81,11 +81,14 @@ impl StatusWriter<'_> {
         // what is read back.
         let now = k8s_openapi::jiff::Timestamp::now();
         let now = Time(k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now));
-        let events: Vec<Finding> = transitions(&findings, previous)
+        let previous_conditions = previous
+            .map(|status| status.conditions.as_slice())
+            .unwrap_or_default();
+        let events: Vec<Finding> = transitions(&findings, previous_conditions)
             .into_iter()
             .cloned()
             .collect();
-        let conditions = stamp(findings, previous, generation, &now);
+        let conditions = stamp(findings, previous_conditions, generation, &now);
         let key = crate::reconcile::key(endpoint);
         let mut desired = match details {
             Some(details) => {
@@ -93,6 +96,7 @@ impl StatusWriter<'_> {
                     observed_generation: generation,
                     url: details.url,
                     stream: Some(details.valid.endpoint.stream.name.clone()),
+                    served_by: details.valid.pool().map(str::to_owned),
                     conditions,
                     ..Default::default()
                 };
@@ -192,11 +196,11 @@ fn keep_figures(desired: &mut WebhookEndpointStatus, stored: &WebhookEndpointSta
     Figures::of(stored).apply(desired);
 }
 
-/// Publishes an Event on the endpoint; a failure is logged, never fatal.
-pub async fn publish(
+/// Publishes an Event on the endpoint (or pool); a failure is logged, never fatal.
+pub async fn publish<K: Resource<DynamicType = ()>>(
     recorder: &Recorder,
     metrics: &Metrics,
-    endpoint: &WebhookEndpoint,
+    endpoint: &K,
     type_: EventType,
     reason: &str,
     note: String,

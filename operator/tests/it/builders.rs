@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use hookline_api::spec::WebhookEndpoint;
-use hookline_operator::build::{self, Children, Cluster, ScaledObject};
+use hookline_operator::build::{self, Children, Cluster, ScaledObject, Workload};
 use hookline_operator::config::{NatsSettings, OperatorConfig};
 use hookline_operator::render;
 use hookline_operator::validate::{ValidEndpoint, validate};
@@ -152,15 +152,15 @@ fn every_child_is_owned_by_the_endpoint_and_labelled() {
     let owner = valid.owner.clone().expect("owner reference");
     assert_eq!(owner.kind, "WebhookEndpoint");
     assert_eq!(owner.controller, Some(true));
-    let Children {
+    let Children { ingress, workload } = children;
+    let Workload {
         config_map,
         receiver,
         service,
-        ingress,
         disruption_budget,
         consumer,
         scaler,
-    } = children;
+    } = workload.expect("own pods");
     let all = [
         json(&config_map),
         json(&receiver),
@@ -218,19 +218,37 @@ fn selectors_match_their_pods_and_never_the_other_component() {
             .iter()
             .all(|(key, value)| labels.get(key) == Some(value))
     };
-    let receiver_pods = labels_of(&children.receiver);
-    let consumer_pods = labels_of(&children.consumer);
-    assert!(matches(&selector_of(&children.receiver), &receiver_pods));
-    assert!(matches(&selector_of(&children.consumer), &consumer_pods));
-    assert!(!matches(&selector_of(&children.receiver), &consumer_pods));
-    assert!(!matches(&selector_of(&children.consumer), &receiver_pods));
+    let receiver_pods = labels_of(&children.workload.as_ref().expect("own pods").receiver);
+    let consumer_pods = labels_of(&children.workload.as_ref().expect("own pods").consumer);
+    assert!(matches(
+        &selector_of(&children.workload.as_ref().expect("own pods").receiver),
+        &receiver_pods
+    ));
+    assert!(matches(
+        &selector_of(&children.workload.as_ref().expect("own pods").consumer),
+        &consumer_pods
+    ));
+    assert!(!matches(
+        &selector_of(&children.workload.as_ref().expect("own pods").receiver),
+        &consumer_pods
+    ));
+    assert!(!matches(
+        &selector_of(&children.workload.as_ref().expect("own pods").consumer),
+        &receiver_pods
+    ));
     let service = children
+        .workload
+        .clone()
+        .expect("own pods")
         .service
         .spec
         .and_then(|spec| spec.selector)
         .expect("service selector");
     assert!(matches(&service, &receiver_pods) && !matches(&service, &consumer_pods));
     let budget = children
+        .workload
+        .clone()
+        .expect("own pods")
         .disruption_budget
         .spec
         .and_then(|spec| spec.selector)
@@ -242,7 +260,10 @@ fn selectors_match_their_pods_and_never_the_other_component() {
 #[test]
 fn pods_run_locked_down_with_probes_resources_and_scrape_annotations() {
     let (_, children) = children("stripe.yaml", KEDA);
-    for deployment in [&children.receiver, &children.consumer] {
+    for deployment in [
+        &children.workload.as_ref().expect("own pods").receiver,
+        &children.workload.as_ref().expect("own pods").consumer,
+    ] {
         let pod = pod_spec(deployment);
         let security = pod.security_context.as_ref().expect("pod security context");
         assert_eq!(security.run_as_non_root, Some(true));
@@ -315,7 +336,10 @@ fn secrets_are_read_only_files_and_the_database_url_an_env_reference() {
     };
     let valid = applied(example("stripe.yaml"));
     let children = build::build(&valid, &config, KEDA);
-    for deployment in [&children.receiver, &children.consumer] {
+    for deployment in [
+        &children.workload.as_ref().expect("own pods").receiver,
+        &children.workload.as_ref().expect("own pods").consumer,
+    ] {
         let pod = pod_spec(deployment);
         let container = &pod.containers[0];
         let pull = pod.image_pull_secrets.as_ref().expect("pull secrets");
@@ -364,7 +388,8 @@ fn secrets_are_read_only_files_and_the_database_url_an_env_reference() {
         );
         assert!(from_secret("HOOKLINE_NATS_PASSWORD").is_some());
     }
-    let receiver_args = pod_spec(&children.receiver).containers[0]
+    let receiver_args = pod_spec(&children.workload.as_ref().expect("own pods").receiver)
+        .containers[0]
         .args
         .clone()
         .expect("args");
@@ -372,10 +397,11 @@ fn secrets_are_read_only_files_and_the_database_url_an_env_reference() {
         receiver_args.contains(&"--secret-file=/etc/hookline/signing-secret/secret".to_owned()),
         "{receiver_args:?}"
     );
-    let consumer_env = pod_spec(&children.consumer).containers[0]
-        .env
-        .clone()
-        .expect("env");
+    let consumer_env = pod_spec(&children.workload.as_ref().expect("own pods").consumer).containers
+        [0]
+    .env
+    .clone()
+    .expect("env");
     let database = consumer_env
         .iter()
         .find(|var| var.name == "HOOKLINE_DATABASE_URL")
@@ -396,7 +422,7 @@ fn secrets_are_read_only_files_and_the_database_url_an_env_reference() {
 fn a_rate_limited_receiver_is_told_how_many_receivers_share_the_limit() {
     let args = |file| {
         let (_, children) = children(file, KEDA);
-        pod_spec(&children.receiver).containers[0]
+        pod_spec(&children.workload.as_ref().expect("own pods").receiver).containers[0]
             .args
             .clone()
             .expect("args")
@@ -420,7 +446,13 @@ fn a_rate_limited_receiver_is_told_how_many_receivers_share_the_limit() {
 #[test]
 fn every_trigger_metadata_value_is_a_string_from_the_spec() {
     let (valid, children) = children("stripe.yaml", KEDA);
-    let scaler: ScaledObject = children.scaler.expect("scaler");
+    let scaler: ScaledObject = children
+        .workload
+        .as_ref()
+        .expect("own pods")
+        .scaler
+        .clone()
+        .expect("scaler");
     let trigger = &json(&scaler)["spec"]["triggers"][0];
     assert_eq!(trigger["type"], "nats-jetstream");
     for (key, value) in trigger["metadata"].as_object().expect("metadata") {
@@ -457,10 +489,10 @@ fn the_config_hash_changes_with_the_spec_and_only_then() {
                 .clone()
         };
         assert_eq!(
-            annotations(&children.receiver),
-            annotations(&children.consumer)
+            annotations(&children.workload.as_ref().expect("own pods").receiver),
+            annotations(&children.workload.as_ref().expect("own pods").consumer)
         );
-        annotations(&children.receiver)
+        annotations(&children.workload.as_ref().expect("own pods").receiver)
     };
     let base = example("stripe.yaml");
     assert_eq!(
@@ -484,7 +516,10 @@ fn the_config_hash_changes_with_the_spec_and_only_then() {
 fn the_pods_read_exactly_the_endpoint_the_operator_validated() {
     for (file, resource) in examples() {
         let valid = applied(resource);
-        let config_map = build::build(&valid, &OperatorConfig::default(), KEDA).config_map;
+        let config_map = build::build(&valid, &OperatorConfig::default(), KEDA)
+            .workload
+            .expect("own pods")
+            .config_map;
         let manifest = &config_map.data.expect("data")["endpoint.yaml"];
         let parsed =
             hookline_api::parse_manifest(manifest).unwrap_or_else(|err| panic!("{file}: {err}"));
@@ -498,14 +533,35 @@ fn the_pods_read_exactly_the_endpoint_the_operator_validated() {
 fn without_keda_there_is_no_scaler_and_the_consumer_has_fixed_replicas() {
     let (_, with) = children("stripe.yaml", KEDA);
     let (_, without) = children("stripe.yaml", NO_KEDA);
-    assert!(with.scaler.is_some() && without.scaler.is_none());
+    assert!(
+        with.workload.as_ref().expect("own pods").scaler.is_some()
+            && without
+                .workload
+                .as_ref()
+                .expect("own pods")
+                .scaler
+                .is_none()
+    );
     assert_eq!(
-        with.consumer.spec.as_ref().and_then(|s| s.replicas),
+        with.workload
+            .as_ref()
+            .expect("own pods")
+            .consumer
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas),
         None,
         "KEDA owns the replicas"
     );
     assert_eq!(
-        without.consumer.spec.as_ref().and_then(|s| s.replicas),
+        without
+            .workload
+            .as_ref()
+            .expect("own pods")
+            .consumer
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas),
         Some(1)
     );
 }
@@ -544,9 +600,30 @@ fn names_stay_valid_for_the_longest_resource_names() {
     ));
     let children = build::build(&applied(resource), &OperatorConfig::default(), KEDA);
     let names = [
-        children.config_map.metadata.name.clone(),
-        children.receiver.metadata.name.clone(),
-        children.consumer.metadata.name.clone(),
+        children
+            .workload
+            .as_ref()
+            .expect("own pods")
+            .config_map
+            .metadata
+            .name
+            .clone(),
+        children
+            .workload
+            .as_ref()
+            .expect("own pods")
+            .receiver
+            .metadata
+            .name
+            .clone(),
+        children
+            .workload
+            .as_ref()
+            .expect("own pods")
+            .consumer
+            .metadata
+            .name
+            .clone(),
     ];
     for name in names.into_iter().flatten() {
         assert!(

@@ -703,3 +703,134 @@ async fn taken_names_foreign_streams_and_rollouts_are_said_in_the_status() {
         "Ready=False (Progressing) while rolling out"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs fakekube.py from the development tools; .ci/run runs it"]
+async fn the_operator_binary_serves_a_pool_and_its_members_until_ready() {
+    use hookline_api::pool::WebhookPool;
+    use support::fakekube::install_pool_crd;
+
+    let fake = tokio::task::block_in_place(|| FakeKube::start(true));
+    let nats = tokio::task::block_in_place(NatsServer::start).expect("nats-server starts");
+    let client = fake.client().await;
+    install_crd(&client).await;
+    install_pool_crd(&client).await;
+    let port = free_port();
+    let service_url = format!("--service-url=http://127.0.0.1:{port}");
+    let mut command = Command::new(workspace_bin("hookline-operator"));
+    command
+        .arg("run")
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg("--identity=pool-replica")
+        .arg("--lease-namespace=default")
+        .arg(&service_url)
+        .env("KUBECONFIG", fake.kubeconfig())
+        .env("HOOKLINE_NATS_URL", nats.url())
+        .env("RUST_LOG", "info");
+    let mut operator =
+        tokio::task::block_in_place(|| ChildProcess::spawn(&mut command).expect("operator starts"));
+
+    create_secret(&client, secret("shop", "db", "url", "postgres://db/hooks")).await;
+    let pools: Api<WebhookPool> = Api::namespaced(client.clone(), "shop");
+    let pool: WebhookPool = serde_json::from_value(json!({
+        "apiVersion": "hookline.io/v1alpha1", "kind": "WebhookPool",
+        "metadata": {"name": "shared", "namespace": "shop"},
+        "spec": {"consumer": {"databaseSecretRef": {"name": "db", "key": "url"}}},
+    }))
+    .expect("pool");
+    pools
+        .patch(
+            "shared",
+            &PatchParams::apply("kubectl").force(),
+            &Patch::Apply(&pool),
+        )
+        .await
+        .expect("pool applied");
+    let names = ["a", "b", "c"];
+    for name in names {
+        create_secret(
+            &client,
+            secret("shop", &format!("{name}-signing"), "secret", "whsec_x"),
+        )
+        .await;
+        let member: WebhookEndpoint = serde_json::from_value(json!({
+            "apiVersion": "hookline.io/v1alpha1", "kind": "WebhookEndpoint",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"provider": "github", "secretRef": {"name": format!("{name}-signing")},
+                "pool": "shared", "ingress": {"host": "hooks.example.com"}},
+        }))
+        .expect("member");
+        apply_endpoint(&client, &member).await;
+    }
+    let endpoints: Api<WebhookEndpoint> = Api::namespaced(client.clone(), "shop");
+    for name in names {
+        eventually(
+            &format!("{name} Served and Ready"),
+            &mut operator,
+            async || {
+                let endpoint = endpoints.get(name).await.ok()?;
+                let served = condition(&endpoint, conditions::SERVED)?;
+                let ready = condition(&endpoint, conditions::READY)?;
+                (served.0 == "True" && ready.0 == "True").then_some(())
+            },
+        )
+        .await;
+    }
+    eventually("the pool Ready with 3 members", &mut operator, async || {
+        let pool = pools.get("shared").await.ok()?;
+        let status = pool.status?;
+        let ready = status
+            .conditions
+            .iter()
+            .any(|condition| condition.type_ == "Ready" && condition.status == "True");
+        (ready && status.members == Some(3) && status.served == Some(3)).then_some(())
+    })
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    let names_of: Vec<String> = deployments
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .map(|deployment| deployment.name_any())
+        .collect();
+    assert_eq!(names_of, ["shared-pool-consumer", "shared-pool-receiver"]);
+    let lag: Value = reqwest::get(format!("http://127.0.0.1:{port}/pools/shop/shared/lag"))
+        .await
+        .expect("lag answered")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(lag, json!({"lag": 0, "members": 3}));
+    let scalers = fake
+        .hook(reqwest::Method::GET, "/_fake/objects?kind=ScaledObject")
+        .await;
+    let scalers = scalers.as_array().cloned().unwrap_or_default();
+    assert_eq!(scalers.len(), 1, "{scalers:?}");
+    assert_eq!(
+        scalers[0]["spec"]["triggers"][0]["metadata"]["url"],
+        format!("http://127.0.0.1:{port}/pools/shop/shared/lag")
+    );
+
+    // A rotated signing secret reaches the pool Secret with no other touch.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "shop");
+    secrets
+        .patch(
+            "b-signing",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"secret": "whsec_old\nwhsec_new"}})),
+        )
+        .await
+        .expect("rotated");
+    eventually(
+        "the pool Secret holds b's new key",
+        &mut operator,
+        async || {
+            let pool_secret = secrets.get("shared-pool-secrets").await.ok()?;
+            let value = pool_secret.data?.get("b")?.0.clone();
+            (value == b"whsec_old\nwhsec_new").then_some(())
+        },
+    )
+    .await;
+}

@@ -30,7 +30,8 @@ fn pod_commands() -> Vec<String> {
         &OperatorConfig::default(),
         Cluster { keda: true },
     );
-    [children.receiver, children.consumer]
+    let own = children.workload.expect("own pods");
+    [own.receiver, own.consumer]
         .iter()
         .map(|deployment| {
             deployment

@@ -11,5 +11,6 @@ mod fakekube;
 mod image;
 mod monitoring;
 mod pods;
+mod pools;
 mod rbac;
 mod reconcile;

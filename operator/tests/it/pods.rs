@@ -174,7 +174,15 @@ async fn run_example(
     let secret = signing_secret(endpoint.provider);
     let mut files = BTreeMap::from([(
         "/etc/hookline/endpoint/endpoint.yaml".to_owned(),
-        children.config_map.data.clone().expect("data")["endpoint.yaml"].clone(),
+        children
+            .workload
+            .as_ref()
+            .expect("own pods")
+            .config_map
+            .data
+            .clone()
+            .expect("data")["endpoint.yaml"]
+            .clone(),
     )]);
     files.insert(
         format!("/etc/hookline/signing-secret/{}", endpoint.secret.key),
@@ -183,11 +191,21 @@ async fn run_example(
     let secret_env = BTreeMap::from([("HOOKLINE_DATABASE_URL".to_owned(), postgres.url())]);
 
     let (mut consumer_command, consumer_port) = tokio::task::block_in_place(|| {
-        pod_command(&children.consumer, root.path(), &files, &secret_env)
+        pod_command(
+            &children.workload.as_ref().expect("own pods").consumer,
+            root.path(),
+            &files,
+            &secret_env,
+        )
     });
     let mut consumer = ChildProcess::spawn(&mut consumer_command).expect("consumer starts");
     let (mut receiver_command, receiver_port) = tokio::task::block_in_place(|| {
-        pod_command(&children.receiver, root.path(), &files, &secret_env)
+        pod_command(
+            &children.workload.as_ref().expect("own pods").receiver,
+            root.path(),
+            &files,
+            &secret_env,
+        )
     });
     let mut receiver = ChildProcess::spawn(&mut receiver_command).expect("receiver starts");
     wait_ready(

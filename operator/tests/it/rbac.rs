@@ -82,6 +82,36 @@ async fn needed() -> BTreeSet<Permission> {
         .await
         .expect("finalizer");
 
+    // A pool with a member: its children, its Secret, its status.
+    harness.fake.insert(&serde_json::json!({
+        "apiVersion": "hookline.io/v1alpha1", "kind": "WebhookPool",
+        "metadata": {"name": "shared", "namespace": "shop"},
+        "spec": {"consumer": {"databaseSecretRef": {"name": "db", "key": "url"}}},
+    }));
+    harness
+        .fake
+        .insert(&secret("shop", "db", "url", "postgres://db/x"));
+    harness
+        .fake
+        .insert(&secret("shop", "member-signing", "secret", "whsec_x"));
+    let member: hookline_api::spec::WebhookEndpoint = serde_json::from_value(json!({
+        "apiVersion": "hookline.io/v1alpha1", "kind": "WebhookEndpoint",
+        "metadata": {"name": "member", "namespace": "shop"},
+        "spec": {"provider": "github", "secretRef": {"name": "member-signing"}, "pool": "shared"},
+    }))
+    .expect("member");
+    harness.fake.insert(&member);
+    harness.settle("shop", "member").await;
+    harness
+        .reconcile_pool("shop", "shared")
+        .await
+        .expect("pool");
+    harness.fake.make_deployments_available();
+    harness
+        .reconcile_pool("shop", "shared")
+        .await
+        .expect("pool ready");
+
     let election = LeaderElection::new(harness.fake.client(), "hookline", "hookline-operator", "a");
     assert!(election.try_acquire_or_renew().await.expect("acquire"));
     assert!(election.try_acquire_or_renew().await.expect("renew"));
@@ -160,11 +190,18 @@ async fn the_chart_grants_exactly_what_the_operator_calls() {
     let unused: BTreeSet<_> = granted.difference(&needed).cloned().collect();
     // Not a call: admission requires it before a child's owner reference may
     // block the owner's deletion (OwnerReferencesPermissionEnforcement).
-    let admission_only: BTreeSet<Permission> = [(
-        "hookline.io".into(),
-        "webhookendpoints/finalizers".into(),
-        "update".into(),
-    )]
+    let admission_only: BTreeSet<Permission> = [
+        (
+            "hookline.io".into(),
+            "webhookendpoints/finalizers".into(),
+            "update".into(),
+        ),
+        (
+            "hookline.io".into(),
+            "webhookpools/finalizers".into(),
+            "update".into(),
+        ),
+    ]
     .into();
     assert_eq!(
         unused, admission_only,

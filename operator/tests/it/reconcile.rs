@@ -835,14 +835,15 @@ async fn every_kind_of_child_loses_a_field_it_no_longer_has() {
     let uid = endpoint.metadata.uid.clone().expect("uid");
     let children = build::build(&valid, &harness.ctx.config, Cluster { keda: true });
     let mut with_extra = children.clone();
+    let own = with_extra.workload.as_mut().expect("own pods");
     for meta in [
-        &mut with_extra.config_map.metadata,
-        &mut with_extra.receiver.metadata,
-        &mut with_extra.service.metadata,
+        &mut own.config_map.metadata,
+        &mut own.receiver.metadata,
+        &mut own.service.metadata,
         &mut with_extra.ingress.as_mut().expect("ingress").metadata,
-        &mut with_extra.disruption_budget.metadata,
-        &mut with_extra.consumer.metadata,
-        &mut with_extra.scaler.as_mut().expect("scaler").metadata,
+        &mut own.disruption_budget.metadata,
+        &mut own.consumer.metadata,
+        &mut own.scaler.as_mut().expect("scaler").metadata,
     ] {
         meta.labels
             .get_or_insert_with(Default::default)

@@ -18,6 +18,18 @@ pub async fn install_crd(client: &Client) {
     .expect("CRD applied");
 }
 
+/// Installs the WebhookPool CRD too.
+pub async fn install_pool_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "webhookpools.hookline.io",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&hookline_api::pool_crd()),
+    )
+    .await
+    .expect("pool CRD applied");
+}
+
 pub async fn apply_endpoint(client: &Client, resource: &WebhookEndpoint) {
     let api: Api<WebhookEndpoint> =
         Api::namespaced(client.clone(), &resource.namespace().expect("namespace"));

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use fake_api::FakeApi;
 use futures::StreamExt;
+use hookline_api::pool::WebhookPool;
 use hookline_api::spec::WebhookEndpoint;
 use hookline_e2e::NatsServer;
 use hookline_operator::apply::{self, ChildWriters};
@@ -92,6 +93,9 @@ pub struct Harness {
     pub writers: ChildWriters,
     /// The Secret watch's cache, as the controller keeps it.
     pub secret_writer: Writer<PartialObjectMeta<Secret>>,
+    /// The endpoint and pool watches' caches.
+    pub endpoint_writer: Writer<WebhookEndpoint>,
+    pub pool_writer: Writer<WebhookPool>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -129,6 +133,8 @@ impl Harness {
             },
         );
         let (secret_store, secret_writer) = reflector::store();
+        let (endpoint_store, endpoint_writer) = reflector::store();
+        let (pool_store, pool_writer) = reflector::store();
         let ctx = Arc::new(
             Context::new(
                 client,
@@ -139,7 +145,8 @@ impl Harness {
                 recorder,
                 Duration::from_secs(60),
             )
-            .with_secret_index(SecretIndex::new(secret_store)),
+            .with_secret_index(SecretIndex::new(secret_store))
+            .with_pools(pool_store, endpoint_store),
         );
         Harness {
             fake,
@@ -147,6 +154,8 @@ impl Harness {
             ctx,
             writers,
             secret_writer,
+            endpoint_writer,
+            pool_writer,
             metrics,
         }
     }
@@ -242,6 +251,27 @@ impl Harness {
         }
         self.secret_writer
             .apply_watcher_event(&watcher::Event::InitDone);
+        fill(&mut self.endpoint_writer, &self.fake.all("WebhookEndpoint"));
+        fill(&mut self.pool_writer, &self.fake.all("WebhookPool"));
+    }
+
+    /// One reconcile of the stored pool, with the caches as its watches
+    /// would have them.
+    pub async fn reconcile_pool(
+        &mut self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Action, hookline_operator::Error> {
+        self.sync();
+        hookline_operator::pool::reconcile(Arc::new(self.pool(namespace, name)), self.ctx.clone())
+            .await
+    }
+
+    /// The stored pool.
+    pub fn pool(&self, namespace: &str, name: &str) -> WebhookPool {
+        self.fake
+            .typed::<WebhookPool>(namespace, name)
+            .unwrap_or_else(|| panic!("no pool {namespace}/{name}"))
     }
 
     /// Changes the stored endpoint as `kubectl edit` would.
@@ -340,6 +370,19 @@ impl Harness {
             .find(|condition| condition.type_ == type_)
             .unwrap_or_else(|| panic!("no condition {type_}"))
     }
+}
+
+/// Replaces what `writer`'s cache holds by `objects`, as a relist would.
+fn fill<K>(writer: &mut Writer<K>, objects: &[Value])
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned,
+{
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for object in objects {
+        let typed: K = serde_json::from_value(object.clone()).expect("stored object deserialises");
+        writer.apply_watcher_event(&watcher::Event::InitApply(typed));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
 }
 
 /// When `action` runs the reconcile again, read from its `Debug` form (kube

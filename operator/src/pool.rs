@@ -1,0 +1,905 @@
+//! WebhookPool: one reconcile per pool (validate → read the members and
+//! their signing secrets → build → apply → status) in the same process,
+//! Lease and field manager as the endpoints, and what a member's reconcile
+//! reads of its pool (its `Served` condition).
+//!
+//! The two controllers ask each other for reconciles: a member's reconcile
+//! asks for its pool while it is not served as it is now (and for the pool
+//! it left), a changed Secret a member reads asks for its pool, and a pool
+//! asks for the members whose `Served` condition its apply changed. Neither
+//! asks unconditionally for the other, so they never loop, and a steady
+//! member's resync costs its pool nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use hookline_api::conditions::{self, reasons};
+use hookline_api::naming::FIELD_MANAGER;
+use hookline_api::pool::{WebhookPool, WebhookPoolStatus};
+use hookline_api::spec::WebhookEndpoint;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{Instrument, info, warn};
+
+use crate::apply::{self, Applier, ApplyFailure, Problem};
+use crate::build::pool::{self as pool_build, Member, PoolChildren, PoolNames, manifest_key};
+use crate::build::{Children, Cluster};
+use crate::reconcile::{Context, jitter};
+use crate::secrets::{self, SecretCheck};
+use crate::status::{self, Finding, Status, deployment_finding, write::publish};
+use crate::validate::{ValidEndpoint, ValidPool, validate_in, validate_pool};
+use crate::{Error, Result};
+
+/// How long an invalid pool waits before it is looked at again (an edit
+/// triggers a reconcile at once).
+const INVALID_SPEC_RECHECK: Duration = Duration::from_secs(300);
+/// How long a reconcile waits for the ScaledObject cache.
+const SCALER_CACHE_WAIT: Duration = Duration::from_secs(5);
+
+/// A member's pool as the caches show it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PoolView {
+    /// No WebhookPool of that name in the member's namespace.
+    NotFound { name: String },
+    /// The pool's spec does not validate.
+    Invalid { name: String, message: String },
+    Found {
+        name: String,
+        /// The pool ConfigMap's data, if it exists and is the pool's.
+        manifests: Option<BTreeMap<String, String>>,
+        /// The pool Secret's key names, if it exists.
+        secret_keys: Option<BTreeSet<String>>,
+        /// The pool's receiver Deployment, if it exists.
+        receiver: Option<Arc<Deployment>>,
+    },
+}
+
+/// Reads what a member needs of its pool from the caches (the pool
+/// Secret's key names, never its values, at most once per version).
+pub async fn observe(
+    ctx: &Context,
+    api: &Api<Secret>,
+    namespace: &str,
+    name: &str,
+    pool: Option<&WebhookPool>,
+) -> Result<PoolView> {
+    let Some(pool) = pool else {
+        return Ok(PoolView::NotFound { name: name.into() });
+    };
+    if let Err(invalid) = validate_pool(pool) {
+        return Ok(PoolView::Invalid {
+            name: name.into(),
+            message: field_errors(&invalid),
+        });
+    }
+    let names = PoolNames::of(name);
+    let uid = pool.metadata.uid.as_deref();
+    let owned = |owner: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference]| {
+        owner
+            .iter()
+            .any(|owner| owner.controller == Some(true) && Some(owner.uid.as_str()) == uid)
+    };
+    let manifests = ctx
+        .stores
+        .config_maps
+        .get(&ObjectRef::new(&names.config_map).within(namespace))
+        .filter(|map| owned(map.owner_references()))
+        .map(|map| map.data.clone().unwrap_or_default());
+    let receiver = ctx
+        .stores
+        .deployments
+        .get(&ObjectRef::new(&names.receiver).within(namespace))
+        .filter(|deployment| owned(deployment.owner_references()));
+    let secret_keys = match &ctx.secret_index {
+        Some(index) => index.key_names(api, namespace, &names.secret).await,
+        None => api.get_opt(&names.secret).await.map(|secret| {
+            secret.map(|secret| secret.data.unwrap_or_default().into_keys().collect())
+        }),
+    }
+    .map_err(Error::ReadSecrets)?;
+    Ok(PoolView::Found {
+        name: name.into(),
+        manifests,
+        secret_keys,
+        receiver,
+    })
+}
+
+/// The member's `Served` condition: its current manifest in the pool's
+/// ConfigMap, its signing key in the pool's Secret, and the pool's
+/// receivers rolled out and available.
+pub fn served_finding(view: &PoolView, valid: &ValidEndpoint) -> Finding {
+    let type_ = conditions::SERVED;
+    let namespace = &valid.endpoint.namespace;
+    let (name, manifests, secret_keys, receiver) = match view {
+        PoolView::NotFound { name } => {
+            return Finding::new(
+                type_,
+                Status::False,
+                reasons::POOL_NOT_FOUND,
+                format!(
+                    "spec.pool names WebhookPool {namespace}/{name}, which does not exist: create it (examples/webhookpool.yaml) or remove spec.pool"
+                ),
+            );
+        }
+        PoolView::Invalid { name, message } => {
+            return Finding::new(
+                type_,
+                Status::False,
+                reasons::POOL_NOT_READY,
+                format!("WebhookPool {namespace}/{name} has an invalid spec: {message}"),
+            );
+        }
+        PoolView::Found {
+            name,
+            manifests,
+            secret_keys,
+            receiver,
+        } => (name, manifests, secret_keys, receiver),
+    };
+    let member = &valid.endpoint.name;
+    let key = manifest_key(member);
+    let manifest_held = manifests
+        .as_ref()
+        .and_then(|data| data.get(&key))
+        .is_some_and(|held| *held == valid.manifest);
+    if !manifest_held {
+        let used: usize = manifests
+            .iter()
+            .flatten()
+            .filter(|(held, _)| **held != key)
+            .map(|(held, text)| held.len() + text.len())
+            .sum();
+        let absent = manifests
+            .as_ref()
+            .is_none_or(|data| !data.contains_key(&key));
+        if absent && used + key.len() + valid.manifest.len() > pool_build::MEMBER_BUDGET_BYTES {
+            return Finding::new(
+                type_,
+                Status::False,
+                reasons::POOL_FULL,
+                format!(
+                    "WebhookPool {namespace}/{name} holds {used} bytes of manifests, and this one does not fit its ConfigMap (1 MiB): give it another pool, or pods of its own (remove spec.pool)"
+                ),
+            );
+        }
+        return Finding::new(
+            type_,
+            Status::False,
+            reasons::NOT_SERVED_YET,
+            format!(
+                "WebhookPool {namespace}/{name}'s ConfigMap does not hold this endpoint's current manifest yet"
+            ),
+        );
+    }
+    if !secret_keys
+        .as_ref()
+        .is_some_and(|keys| keys.contains(member))
+    {
+        return Finding::new(
+            type_,
+            Status::False,
+            reasons::NOT_SERVED_YET,
+            format!(
+                "WebhookPool {namespace}/{name}'s Secret does not hold this endpoint's signing secret yet"
+            ),
+        );
+    }
+    let Some(receiver) = receiver else {
+        return Finding::new(
+            type_,
+            Status::False,
+            reasons::POOL_NOT_READY,
+            format!("WebhookPool {namespace}/{name} has no receiver Deployment yet"),
+        );
+    };
+    let available = deployment_finding(
+        receiver,
+        conditions::RECEIVER_AVAILABLE,
+        "pool receiver",
+        false,
+    );
+    if available.status != Status::True {
+        return Finding::new(
+            type_,
+            Status::False,
+            reasons::POOL_NOT_READY,
+            format!("WebhookPool {namespace}/{name}: {}", available.message),
+        );
+    }
+    Finding::new(
+        type_,
+        Status::True,
+        reasons::SERVED_BY_POOL,
+        format!(
+            "WebhookPool {namespace}/{name} holds this endpoint's manifest and signing secret, and its receivers are available; they load a change within the kubelet's sync period (about a minute): GET /endpoints on a receiver shows the manifestHash it serves"
+        ),
+    )
+}
+
+/// Per pool, what was last written: the Secret (hash and resource
+/// version, so a steady pool writes nothing) and when its status was.
+#[derive(Default)]
+pub struct Written {
+    secrets: Mutex<HashMap<String, (String, String)>>,
+    statuses: Mutex<HashMap<String, Instant>>,
+}
+
+impl Written {
+    /// Forgets a deleted pool.
+    pub fn forget(&self, key: &str) {
+        self.secrets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+        self.statuses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+    }
+}
+
+/// `namespace/name` of a pool: the key of its metrics and caches.
+pub fn pool_key(pool: &WebhookPool) -> String {
+    format!(
+        "{}/{}",
+        pool.namespace().unwrap_or_default(),
+        pool.name_any()
+    )
+}
+
+/// The key of a pool's retry backoff (endpoints and pools share the map).
+fn retry_key(key: &str) -> String {
+    format!("pool:{key}")
+}
+
+/// The pool controller's reconcile: one span per pool.
+pub async fn reconcile(pool: Arc<WebhookPool>, ctx: Arc<Context>) -> Result<Action> {
+    let span = tracing::info_span!(
+        "reconcile_pool",
+        namespace = %pool.namespace().unwrap_or_default(),
+        pool = %pool.name_any()
+    );
+    async move {
+        let started = Instant::now();
+        let outcome = Box::pin(reconcile_pool(&pool, &ctx)).await;
+        ctx.metrics.observe_reconcile(started.elapsed());
+        outcome
+    }
+    .instrument(span)
+    .await
+}
+
+/// Logs and counts a failed pool reconcile, and retries it with backoff.
+pub fn error_policy(pool: Arc<WebhookPool>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = pool_key(&pool);
+    let delay = ctx.retry_after_failure(&retry_key(&key));
+    ctx.metrics.error(error.metric_label());
+    warn!(pool = %key, cause = %error, retry_in = ?delay, "pool reconcile failed");
+    Action::requeue(delay)
+}
+
+/// A member candidate: the endpoint as stored, and as validated with its pool.
+struct Candidate {
+    endpoint: Arc<WebhookEndpoint>,
+    valid: ValidEndpoint,
+}
+
+async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
+    let key = pool_key(pool);
+    let namespace = pool
+        .namespace()
+        .ok_or_else(|| Error::MissingObjectKey(key.clone(), ".metadata.namespace"))?;
+    let name = pool.name_any();
+    let uid = pool
+        .metadata
+        .uid
+        .clone()
+        .ok_or_else(|| Error::MissingObjectKey(key.clone(), ".metadata.uid"))?;
+    let valid = match validate_pool(pool) {
+        Ok(valid) => valid,
+        Err(invalid) => {
+            info!(cause = %invalid, "invalid pool spec");
+            ctx.metrics.set_pool_members(&key, Some(Vec::new()));
+            let findings = vec![Finding::new(
+                conditions::READY,
+                Status::False,
+                reasons::INVALID_SPEC,
+                format!("fix the spec: {}", field_errors(&invalid)),
+            )];
+            write_status(ctx, pool, findings, None).await?;
+            let view = PoolView::Invalid {
+                name: name.clone(),
+                message: field_errors(&invalid),
+            };
+            for candidate in candidates(ctx, &namespace, &name, None) {
+                retrigger_if_changed(ctx, &candidate, &view);
+            }
+            return Ok(Action::requeue(INVALID_SPEC_RECHECK));
+        }
+    };
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    if let Some(index) = &ctx.secret_index {
+        index.wait_until_ready().await;
+    }
+    let secret_check = secrets::check_references(
+        &api,
+        ctx.secret_index.as_ref(),
+        &namespace,
+        references(&valid, ctx),
+        None,
+    )
+    .await
+    .map_err(Error::ReadSecrets)?;
+    let database = &valid.pool.consumer.database_secret_ref;
+    let candidates = candidates(ctx, &namespace, &name, Some(database));
+    let mut members = Vec::with_capacity(candidates.len());
+    for candidate in &candidates {
+        let signing = &candidate.valid.endpoint.secret;
+        let value = match &ctx.secret_index {
+            Some(index) => {
+                index
+                    .value(&api, &namespace, &signing.name, &signing.key)
+                    .await
+            }
+            None => api.get_opt(&signing.name).await.map(|secret| {
+                secret
+                    .and_then(|secret| secret.data)
+                    .and_then(|mut data| data.remove(&signing.key))
+                    .map(|value| value.0)
+            }),
+        }
+        .map_err(Error::ReadSecrets)?;
+        // Without its signing secret a member is not served; its own
+        // `SecretResolved` says why.
+        if let Some(signing_secret) = value {
+            members.push(Member {
+                name: candidate.valid.endpoint.name.clone(),
+                manifest: candidate.valid.manifest.clone(),
+                signing_secret,
+            });
+        }
+    }
+    let (served, _full) = pool_build::admit(members);
+    ctx.metrics.set_pool_members(
+        &key,
+        Some(
+            served
+                .iter()
+                .map(|member| format!("{namespace}/{}", member.name))
+                .collect(),
+        ),
+    );
+    let keda = ctx
+        .keda
+        .installed(&ctx.client)
+        .await
+        .map_err(Error::DiscoverKeda)?;
+    let PoolChildren { workload, secret } =
+        pool_build::build(&valid, &served, &ctx.config, Cluster { keda });
+    ctx.stores.wait_until_ready(keda, SCALER_CACHE_WAIT).await;
+    let mut secret_failure = apply_secret(ctx, &api, &key, secret, &uid).await;
+    let applier = Applier {
+        client: &ctx.client,
+        stores: &ctx.stores,
+        metrics: &ctx.metrics,
+        namespace: &namespace,
+        owner_uid: &uid,
+    };
+    let manifests_desired: BTreeMap<String, String> =
+        workload.config_map.data.clone().unwrap_or_default();
+    let mut applied = Box::pin(applier.apply(Children {
+        ingress: None,
+        workload: Some(workload),
+    }))
+    .await;
+    applied.failures.extend(secret_failure.take());
+    let keda_scales = applied.scaler.is_some();
+    let findings = pool_findings(
+        &valid,
+        &applied,
+        &secret_check,
+        keda_scales,
+        served.len(),
+        candidates.len(),
+    );
+    let ready = findings
+        .first()
+        .is_some_and(|finding| finding.status == Status::True);
+    let lag = ctx.metrics.pool_lag(&key).map(|(lag, _)| lag);
+    write_status(
+        ctx,
+        pool,
+        findings,
+        Some(Counts {
+            members: candidates.len(),
+            served: served.len(),
+            pending: lag,
+        }),
+    )
+    .await?;
+    let failed = |kind: &str| applied.failures.iter().any(|failure| failure.kind == kind);
+    let view = PoolView::Found {
+        name: name.clone(),
+        manifests: (!failed("ConfigMap")).then_some(manifests_desired),
+        secret_keys: (!failed("Secret"))
+            .then(|| served.iter().map(|member| member.name.clone()).collect()),
+        receiver: applied.receiver.clone().map(Arc::new),
+    };
+    for candidate in &candidates {
+        retrigger_if_changed(ctx, candidate, &view);
+    }
+    if ready {
+        ctx.succeeded(&retry_key(&key));
+        Ok(Action::requeue(jitter(ctx.resync)))
+    } else {
+        Ok(Action::requeue(ctx.retry_after_failure(&retry_key(&key))))
+    }
+}
+
+/// Every Secret the pool's pods read: the database URL, NATS, image pulls.
+fn references(valid: &ValidPool, ctx: &Context) -> Vec<secrets::Reference> {
+    let database = &valid.pool.consumer.database_secret_ref;
+    let mut all = vec![secrets::Reference {
+        name: database.name.clone(),
+        keys: vec![database.key.clone()],
+        source: "spec.consumer.databaseSecretRef".into(),
+    }];
+    all.extend(secrets::pod_references(&ctx.config));
+    all
+}
+
+/// The endpoints of `namespace` that name pool `name`, not being deleted,
+/// that validate as its members, oldest first (so a newer member never
+/// displaces a served one when the pool is full). Never another namespace's.
+fn candidates(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    database: Option<&hookline_api::spec::SecretKeyRef>,
+) -> Vec<Candidate> {
+    let mut all: Vec<Candidate> = ctx
+        .endpoints
+        .state()
+        .into_iter()
+        .filter(|endpoint| endpoint.namespace().as_deref() == Some(namespace))
+        .filter(|endpoint| endpoint.spec.pool.as_deref() == Some(name))
+        .filter(|endpoint| endpoint.metadata.deletion_timestamp.is_none())
+        .filter_map(|endpoint| {
+            let valid = validate_in(&endpoint, database)
+                .ok()?
+                .in_cluster(ctx.config.nats.cluster_name.as_deref());
+            Some(Candidate { endpoint, valid })
+        })
+        .collect();
+    all.sort_by(|a, b| {
+        let created = |candidate: &Candidate| {
+            candidate
+                .endpoint
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|time| time.0)
+        };
+        created(a)
+            .cmp(&created(b))
+            .then_with(|| a.valid.endpoint.name.cmp(&b.valid.endpoint.name))
+    });
+    all
+}
+
+/// Asks for a member's reconcile when its stored `Served` condition is not
+/// what `view` makes it.
+fn retrigger_if_changed(ctx: &Context, candidate: &Candidate, view: &PoolView) {
+    let finding = served_finding(view, &candidate.valid);
+    let stored = candidate.endpoint.status.as_ref().and_then(|status| {
+        status
+            .conditions
+            .iter()
+            .find(|condition| condition.type_ == conditions::SERVED)
+    });
+    let same = stored.is_some_and(|condition| {
+        condition.status == finding.status.as_str() && condition.reason == finding.reason
+    });
+    if !same {
+        ctx.triggers.endpoint(
+            &candidate.valid.endpoint.namespace,
+            &candidate.valid.endpoint.name,
+        );
+    }
+}
+
+/// Writes the pool Secret with server-side apply unless this replica wrote
+/// the same content at the version the Secret watch still shows. Never
+/// writes over a Secret the pool does not control.
+async fn apply_secret(
+    ctx: &Context,
+    api: &Api<Secret>,
+    key: &str,
+    desired: Secret,
+    owner_uid: &str,
+) -> Option<ApplyFailure> {
+    let name = desired.name_any();
+    let fail = |problem| ApplyFailure {
+        kind: "Secret".into(),
+        name: name.clone(),
+        problem,
+    };
+    let hash = apply::applied_hash(&desired);
+    let namespace = desired.namespace().unwrap_or_default();
+    let seen = match &ctx.secret_index {
+        Some(index) => index.metadata(&namespace, &name).map(|meta| {
+            (
+                apply::controller_uid(meta.as_ref()).map(str::to_owned),
+                meta.resource_version(),
+            )
+        }),
+        None => None,
+    };
+    let seen = match seen {
+        Some(seen) => Some(seen),
+        None => match api.get_metadata_opt(&name).await {
+            Ok(meta) => meta.map(|meta| {
+                (
+                    apply::controller_uid(&meta).map(str::to_owned),
+                    meta.resource_version(),
+                )
+            }),
+            Err(err) => return Some(fail(apply::refusal(&err))),
+        },
+    };
+    if let Some((controller, version)) = &seen {
+        if controller.as_deref() != Some(owner_uid) {
+            return Some(fail(Problem::NameConflict {
+                controller: controller
+                    .clone()
+                    .map(|uid| format!("an object with UID {uid}")),
+            }));
+        }
+        let written = ctx
+            .pool_state
+            .secrets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned();
+        if let (Some((written_hash, written_version)), Some(version)) = (written, version)
+            && written_hash == hash
+            && written_version == *version
+        {
+            return None;
+        }
+    }
+    match api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&desired),
+        )
+        .await
+    {
+        Ok(applied) => {
+            ctx.metrics.write("Secret");
+            info!(kind = "Secret", %name, "applied");
+            if let Some(version) = applied.resource_version() {
+                ctx.pool_state
+                    .secrets
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(key.to_owned(), (hash, version));
+            }
+            None
+        }
+        Err(err) => {
+            warn!(kind = "Secret", %name, cause = %err, "cannot apply");
+            Some(fail(apply::refusal(&err)))
+        }
+    }
+}
+
+/// The pool's conditions, `Ready` first.
+fn pool_findings(
+    valid: &ValidPool,
+    applied: &apply::Applied,
+    secrets: &SecretCheck,
+    keda_scales: bool,
+    served: usize,
+    members: usize,
+) -> Vec<Finding> {
+    let namespace = &valid.pool.namespace;
+    let secret = if secrets.problems.is_empty() {
+        Finding::new(
+            conditions::SECRET_RESOLVED,
+            Status::True,
+            reasons::RESOLVED,
+            "every referenced Secret has its keys".into(),
+        )
+    } else {
+        let reason = if secrets
+            .problems
+            .iter()
+            .any(|problem| matches!(problem, secrets::Problem::NotFound { .. }))
+        {
+            reasons::SECRET_NOT_FOUND
+        } else {
+            reasons::SECRET_KEY_MISSING
+        };
+        Finding::new(
+            conditions::SECRET_RESOLVED,
+            Status::False,
+            reason,
+            secrets
+                .problems
+                .iter()
+                .map(|problem| problem.describe(namespace))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    };
+    let deployment = |deployment: Option<&Deployment>, type_, what, keda| match deployment {
+        Some(deployment) => deployment_finding(deployment, type_, what, keda),
+        None => Finding::new(
+            type_,
+            Status::False,
+            reasons::APPLY_FAILED,
+            format!("the {what} Deployment could not be applied (see Ready)"),
+        ),
+    };
+    let parts = vec![
+        secret,
+        deployment(
+            applied.receiver.as_ref(),
+            conditions::RECEIVER_AVAILABLE,
+            "pool receiver",
+            false,
+        ),
+        deployment(
+            applied.consumer.as_ref(),
+            conditions::CONSUMER_AVAILABLE,
+            "pool consumer",
+            keda_scales,
+        ),
+    ];
+    let not_applied = (!applied.failures.is_empty()).then(|| {
+        let reason = if applied
+            .failures
+            .iter()
+            .any(|failure| matches!(failure.problem, Problem::NameConflict { .. }))
+        {
+            reasons::NAME_CONFLICT
+        } else {
+            reasons::APPLY_FAILED
+        };
+        Finding::new(
+            conditions::READY,
+            Status::False,
+            reason,
+            applied
+                .failures
+                .iter()
+                .map(|failure| failure.describe(namespace))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    });
+    let blocking = not_applied
+        .as_ref()
+        .or_else(|| parts.iter().find(|finding| finding.status != Status::True));
+    let ready = match blocking {
+        Some(finding) => Finding::new(
+            conditions::READY,
+            Status::False,
+            finding.reason,
+            finding.message.clone(),
+        ),
+        None => Finding::new(
+            conditions::READY,
+            Status::True,
+            reasons::RECONCILED,
+            format!(
+                "serves {served} of {members} member(s) with {} receiver(s) and {} consumer(s)",
+                valid.pool.receiver.replicas,
+                if keda_scales {
+                    format!(
+                        "{} to {} KEDA-scaled",
+                        valid.pool.consumer.scaling.min_replicas,
+                        valid.pool.consumer.scaling.max_replicas
+                    )
+                } else {
+                    consumer_count(valid).to_string()
+                }
+            ),
+        ),
+    };
+    std::iter::once(ready).chain(parts).collect()
+}
+
+/// Pool consumers without KEDA (or without `--service-url`).
+fn consumer_count(valid: &ValidPool) -> i32 {
+    valid.pool.consumer.scaling.min_replicas.max(1)
+}
+
+/// The pool's figures for its status.
+struct Counts {
+    members: usize,
+    served: usize,
+    pending: Option<i64>,
+}
+
+/// Writes the pool's status when it differs from the stored one (the
+/// pending sum alone at most once per resync), and an Event for each
+/// condition that changed for the worse.
+async fn write_status(
+    ctx: &Context,
+    pool: &WebhookPool,
+    findings: Vec<Finding>,
+    counts: Option<Counts>,
+) -> Result<()> {
+    let key = pool_key(pool);
+    let previous = pool.status.as_ref();
+    let previous_conditions = previous
+        .map(|status| status.conditions.as_slice())
+        .unwrap_or_default();
+    let generation = pool.metadata.generation;
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let now = Time(k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now));
+    let events: Vec<Finding> = status::transitions(&findings, previous_conditions)
+        .into_iter()
+        .cloned()
+        .collect();
+    let count = |value: usize| i32::try_from(value).ok();
+    let mut desired = WebhookPoolStatus {
+        observed_generation: generation,
+        members: counts.as_ref().and_then(|counts| count(counts.members)),
+        served: counts.as_ref().and_then(|counts| count(counts.served)),
+        pending: counts.as_ref().and_then(|counts| counts.pending),
+        conditions: status::stamp(findings, previous_conditions, generation, &now),
+    };
+    let recently = ctx
+        .pool_state
+        .statuses
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&key)
+        .is_some_and(|at| at.elapsed() < ctx.resync);
+    if let Some(previous) = previous
+        && recently
+    {
+        desired.pending = previous.pending;
+    }
+    if previous == Some(&desired) {
+        return Ok(());
+    }
+    let api: Api<WebhookPool> =
+        Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": WebhookPool::api_version(&()),
+        "kind": WebhookPool::kind(&()),
+        "status": desired,
+    });
+    api.patch_status(
+        &pool.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::UpdateStatus)?;
+    ctx.metrics.write("WebhookPool/status");
+    ctx.pool_state
+        .statuses
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(key, Instant::now());
+    for finding in events {
+        let type_ = match finding.status {
+            Status::True => EventType::Normal,
+            Status::False | Status::Unknown => EventType::Warning,
+        };
+        publish(
+            &ctx.recorder,
+            &ctx.metrics,
+            pool,
+            type_,
+            finding.reason,
+            finding.message,
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Every wrong field, on one line.
+fn field_errors(invalid: &hookline_api::InvalidSpec) -> String {
+    invalid
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn member() -> ValidEndpoint {
+        let resource = hookline_api::parse_manifest(
+            "apiVersion: hookline.io/v1alpha1\nkind: WebhookEndpoint\nmetadata: {name: a, namespace: shop}\nspec: {provider: github, secretRef: {name: s}, pool: shared}\n",
+        )
+        .expect("manifest");
+        crate::validate::validate(&resource).expect("valid")
+    }
+
+    fn available() -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "shared-pool-receiver", "generation": 1},
+            "spec": {"replicas": 2, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
+                "availableReplicas": 2, "readyReplicas": 2},
+        }))
+        .expect("deployment")
+    }
+
+    fn found(manifests: Option<BTreeMap<String, String>>, keys: &[&str]) -> PoolView {
+        PoolView::Found {
+            name: "shared".into(),
+            manifests,
+            secret_keys: Some(keys.iter().map(|key| (*key).to_owned()).collect()),
+            receiver: Some(Arc::new(available())),
+        }
+    }
+
+    #[test]
+    fn served_says_what_the_pool_holds_and_why_not() {
+        let valid = member();
+        let held = BTreeMap::from([("a.yaml".to_owned(), valid.manifest.clone())]);
+        let reason = |view: &PoolView| served_finding(view, &valid).reason;
+        assert_eq!(
+            reason(&PoolView::NotFound {
+                name: "shared".into()
+            }),
+            reasons::POOL_NOT_FOUND
+        );
+        assert_eq!(
+            reason(&PoolView::Invalid {
+                name: "shared".into(),
+                message: "x".into()
+            }),
+            reasons::POOL_NOT_READY
+        );
+        assert_eq!(reason(&found(None, &["a"])), reasons::NOT_SERVED_YET);
+        assert_eq!(
+            reason(&found(Some(held.clone()), &[])),
+            reasons::NOT_SERVED_YET,
+            "no signing secret yet"
+        );
+        let stale = BTreeMap::from([("a.yaml".to_owned(), "older".to_owned())]);
+        assert_eq!(reason(&found(Some(stale), &["a"])), reasons::NOT_SERVED_YET);
+        let full = BTreeMap::from([(
+            "b.yaml".to_owned(),
+            "x".repeat(pool_build::MEMBER_BUDGET_BYTES),
+        )]);
+        assert_eq!(reason(&found(Some(full), &["a"])), reasons::POOL_FULL);
+        let finding = served_finding(&found(Some(held.clone()), &["a"]), &valid);
+        assert_eq!(
+            (finding.status, finding.reason),
+            (Status::True, reasons::SERVED_BY_POOL)
+        );
+        let rolling = PoolView::Found {
+            name: "shared".into(),
+            manifests: Some(held),
+            secret_keys: Some(BTreeSet::from(["a".to_owned()])),
+            receiver: None,
+        };
+        assert_eq!(reason(&rolling), reasons::POOL_NOT_READY);
+    }
+}
