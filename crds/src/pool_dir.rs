@@ -4,8 +4,10 @@
 //! directory the kubelet swaps atomically; the dotfiles are its machinery and
 //! are never read as manifests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
@@ -26,6 +28,35 @@ pub struct Found {
     pub hashes: BTreeMap<String, String>,
     /// File name → why it is not served.
     pub skipped: BTreeMap<String, String>,
+    /// Whether any file was added, removed or changed since the last scan
+    /// (always on the first): when not, what was built from the last one
+    /// still holds.
+    pub changed: bool,
+}
+
+/// What tells a file changed without reading it: a ConfigMap or Secret
+/// update swaps the file the name points to (a new inode); an edit in place
+/// changes its time or length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    device: u64,
+    inode: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileStamp {
+    /// The stamp of the file `path` names (through symlinks); `None` when
+    /// it cannot be read.
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        let metadata = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            len: metadata.len(),
+            modified: metadata.modified().ok(),
+        })
+    }
 }
 
 /// The first 16 hex digits of the SHA-256 of a manifest file's text.
@@ -49,9 +80,11 @@ pub struct Directory {
     check: Option<Check>,
     /// The one namespace served: from the first manifest that validates.
     namespace: Option<String>,
-    /// Each file's last text and what it made, so an unchanged file is not
-    /// parsed again (nor its warnings repeated every poll).
-    files: HashMap<PathBuf, (String, Made)>,
+    /// Each file's stamp and what it made, so an unchanged file is neither
+    /// read nor parsed again (nor its warnings repeated every poll).
+    files: HashMap<PathBuf, (Option<FileStamp>, Made)>,
+    /// Set by a read that parsed a file anew, cleared by each scan.
+    changed: bool,
     /// The reason last logged for each skipped file: each is said once.
     reported: HashMap<PathBuf, String>,
 }
@@ -66,6 +99,7 @@ impl Directory {
             check: None,
             namespace: None,
             files: HashMap::new(),
+            changed: true,
             reported: HashMap::new(),
         }
     }
@@ -160,8 +194,11 @@ impl Directory {
                 }
             }
         }
-        self.files.retain(|path, _| paths.contains(path));
-        self.reported.retain(|path, _| paths.contains(path));
+        let listed: HashSet<&PathBuf> = paths.iter().collect();
+        let known = self.files.len();
+        self.files.retain(|path, _| listed.contains(path));
+        self.reported.retain(|path, _| listed.contains(path));
+        found.changed = std::mem::take(&mut self.changed) || self.files.len() != known;
         Ok(found)
     }
 
@@ -185,9 +222,17 @@ impl Directory {
         Ok(paths)
     }
 
-    /// The file's hash and what it made, parsed again only when the text
-    /// changed; `None` when the file is gone (removed since the listing).
+    /// The file's hash and what it made: read again only when its stamp
+    /// changed, parsed again only when its text did; `None` when the file is
+    /// gone (removed since the listing).
     fn read(&mut self, path: &Path) -> Option<Made> {
+        let stamp = FileStamp::of(path);
+        if let Some((known, made)) = self.files.get(path)
+            && stamp.is_some()
+            && *known == stamp
+        {
+            return Some(made.clone());
+        }
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
@@ -203,16 +248,19 @@ impl Directory {
                 );
             }
         };
-        if let Some((known, made)) = self.files.get(path)
-            && *known == text
+        let hash = manifest_hash(&text);
+        if let Some((known, made)) = self.files.get_mut(path)
+            && made.0 == hash
         {
+            *known = stamp;
             return Some(made.clone());
         }
         let made = (
-            manifest_hash(&text),
+            hash,
             parse(path, &text, self.cluster_name.as_deref(), self.check),
         );
-        self.files.insert(path.to_owned(), (text, made.clone()));
+        self.files.insert(path.to_owned(), (stamp, made.clone()));
+        self.changed = true;
         Some(made)
     }
 }
@@ -349,5 +397,24 @@ mod tests {
         let second = directory.scan().expect("scans");
         assert_ne!(first.endpoints["shop/a"].1, second.endpoints["shop/a"].1);
         assert_eq!(second.endpoints["shop/a"].1.consumer.batch_size, 7);
+        assert!(first.changed && second.changed);
+    }
+
+    #[test]
+    fn a_scan_says_whether_anything_changed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(dir.path(), "a.yaml", &manifest("shop", "a"));
+        let mut directory = Directory::new(dir.path().to_owned(), None);
+        assert!(directory.scan().expect("scans").changed, "the first scan");
+        assert!(!directory.scan().expect("scans").changed, "nothing touched");
+        // Rewritten with the same text: read again, but nothing changed.
+        write(dir.path(), "a.yaml", &manifest("shop", "a"));
+        assert!(!directory.scan().expect("scans").changed, "same text");
+        write(dir.path(), "b.yaml", &manifest("shop", "b"));
+        assert!(directory.scan().expect("scans").changed, "a file added");
+        std::fs::remove_file(dir.path().join("a.yaml")).expect("removes");
+        let after = directory.scan().expect("scans");
+        assert!(after.changed, "a file removed");
+        assert_eq!(after.endpoints.len(), 1);
     }
 }

@@ -116,10 +116,25 @@ impl Pool {
     }
 
     /// Builds the table `found` describes aside (re-reading the secrets of
-    /// the endpoints kept), provisions the new endpoints' streams when
+    /// the endpoints kept; when no manifest changed, only re-reads the
+    /// secrets), provisions the new endpoints' streams when
     /// asked, swaps the table in, and forgets the series of endpoints no
     /// longer served.
     pub async fn apply(&self, state: &Arc<AppState>, found: Found) {
+        if !found.changed {
+            // The table still holds; only the secret files may have changed.
+            let routes = state.routes.load_full();
+            let reloaded = tokio::task::spawn_blocking(move || {
+                for one in routes.endpoints.values() {
+                    one.secrets.reload_counted(&one.metrics);
+                }
+            })
+            .await;
+            if let Err(err) = reloaded {
+                tracing::warn!(cause = %err, "re-reading the secret files failed; keeping the secrets loaded");
+            }
+            return;
+        }
         let span = tracing::info_span!("reload", endpoints = found.endpoints.len());
         async {
             let old = state.routes.load_full();

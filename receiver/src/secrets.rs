@@ -5,11 +5,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
 use hmac::{Hmac, Mac};
+use hookline_api::pool_dir::FileStamp;
 use hookline_api::validated::{HmacAlgorithm, SecretFormat};
 use sha2::{Digest, Sha256, Sha512};
 
@@ -132,6 +133,9 @@ pub struct SecretStore {
     digest: RwLock<[u8; 32]>,
     /// Whether the last read failed, so a vanished file is reported once.
     unreadable: AtomicBool,
+    /// The file's stamp at the last read: an unchanged file is not read again
+    /// (a pool re-checks a thousand of them every poll).
+    stamp: Mutex<Option<FileStamp>>,
 }
 
 impl SecretStore {
@@ -179,6 +183,7 @@ impl SecretStore {
             current: RwLock::new(Arc::default()),
             digest: RwLock::new([0; 32]),
             unreadable: AtomicBool::new(unreadable),
+            stamp: Mutex::new(None),
         }
     }
 
@@ -193,6 +198,14 @@ impl SecretStore {
     /// Re-reads the file; returns whether the secrets changed. A file that is
     /// briefly unreadable (mid-update) keeps the previous secrets.
     pub fn reload(&self) -> bool {
+        let stamp = FileStamp::of(&self.path);
+        {
+            let mut last = self.stamp.lock().unwrap_or_else(PoisonError::into_inner);
+            if stamp.is_some() && *last == stamp {
+                return false;
+            }
+            *last = stamp;
+        }
         match std::fs::read(&self.path) {
             Ok(bytes) => {
                 if self.unreadable.swap(false, Ordering::Relaxed) {
