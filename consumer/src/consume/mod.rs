@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
+use chrono::Utc;
 use futures::StreamExt;
 use hookline_api::ValidatedEndpoint;
 use sqlx::PgPool;
@@ -19,8 +20,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-pub use batch::process_batch;
+pub use batch::{STAGES_TARGET, process_batch};
 pub use hold::DatabaseGate;
+pub use item::Delivery;
 
 use crate::Shutdown;
 use crate::decode::Projection;
@@ -161,7 +163,7 @@ async fn next_batch(
     consumer: &PullConsumer,
     size: usize,
     max_bytes: usize,
-) -> Result<Vec<jetstream::Message>, async_nats::Error> {
+) -> Result<Vec<Delivery>, async_nats::Error> {
     let fetch = |size| {
         consumer
             .fetch()
@@ -193,15 +195,18 @@ async fn next_batch(
     Ok(batch)
 }
 
-/// Every message of a finished pull request, and the status that ended it
-/// early, if any (e.g. "max ack pending reached").
+/// Every message of a finished pull request, each with the time it came,
+/// and the status that ended it early, if any (e.g. "max ack pending reached").
 async fn take(
     mut messages: jetstream::consumer::pull::Batch,
-) -> (Vec<jetstream::Message>, Option<async_nats::Error>) {
+) -> (Vec<Delivery>, Option<async_nats::Error>) {
     let mut batch = Vec::new();
     while let Some(message) = messages.next().await {
         match message {
-            Ok(message) => batch.push(message),
+            Ok(message) => batch.push(Delivery {
+                message,
+                delivered_at: Utc::now(),
+            }),
             Err(err) => return (batch, Some(err)),
         }
     }
