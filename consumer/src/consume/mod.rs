@@ -79,8 +79,15 @@ fn max_batch_bytes(max_body_bytes: usize) -> usize {
 /// one message alone when the stream is quiet (lowest latency), full batches
 /// under load (highest throughput). Pulls never ask for more than is taken at
 /// once, so nothing sits unseen in this process until `ackWait` runs out when
-/// it stops. Up to `concurrency` batches are in progress at once, so one
-/// batch's commit overlaps the next one's fetch and work.
+/// it stops.
+///
+/// Up to `concurrency` batches are in progress at once while a backlog
+/// drains (JetStream said a full batch more was waiting), so one batch's
+/// commit overlaps the next one's fetch and work. Otherwise a batch starts
+/// only when the one before it is done: what arrives meanwhile makes one
+/// batch and one commit instead of several small ones, each waiting for its
+/// own flush behind the lock `NOTIFY` holds through commit (notifying
+/// transactions commit one at a time), which made the latency's tail.
 pub async fn consume(
     ctx: Arc<Context>,
     consumer: PullConsumer,
@@ -92,14 +99,23 @@ pub async fn consume(
     let workers = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = JoinSet::new();
     let mut pull_failures: u64 = 0;
+    // Messages left for the durable consumer, as the last pull's last message said.
+    let mut waiting: u64 = 0;
     while !shutdown.is_requested() {
         while let Some(done) = tasks.try_join_next() {
-            if let Err(err) = done {
-                warn!(cause = %err, "a batch task failed");
-            }
+            report(done);
         }
         if !ctx.gate.wait_open(&mut shutdown).await {
             break;
+        }
+        if !tasks.is_empty() && waiting < batch_size as u64 {
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                Some(done) = tasks.join_next() => {
+                    report(done);
+                    continue;
+                }
+            }
         }
         let permit = tokio::select! {
             _ = shutdown.wait() => break,
@@ -140,6 +156,10 @@ pub async fn consume(
                 break;
             }
         };
+        waiting = batch
+            .last()
+            .and_then(|delivery| delivery.message.info().ok())
+            .map_or(0, |info| info.pending);
         let ctx = ctx.clone();
         tasks.spawn(async move {
             batch::process_batch(&ctx, batch).await;
@@ -151,14 +171,21 @@ pub async fn consume(
         info!(in_progress, "finishing batches in progress");
     }
     while let Some(done) = tasks.join_next().await {
-        if let Err(err) = done {
-            warn!(cause = %err, "a batch task failed");
-        }
+        report(done);
+    }
+}
+
+/// Logs a batch task that panicked (its messages are redelivered after `ackWait`).
+fn report(done: Result<(), tokio::task::JoinError>) {
+    if let Err(err) = done {
+        warn!(cause = %err, "a batch task failed");
     }
 }
 
 /// Up to `size` messages (and about `max_bytes`): those waiting now; when none, the first one to
-/// arrive within [`PULL_EXPIRY`] plus any that came with it (empty when none).
+/// arrive within [`PULL_EXPIRY`], alone (empty when none): it starts at once
+/// rather than a round trip later with the few that came with it, which the
+/// next pull takes.
 async fn next_batch(
     consumer: &PullConsumer,
     size: usize,
@@ -181,18 +208,12 @@ async fn next_batch(
         .expires(PULL_EXPIRY)
         .messages()
         .await?;
-    let (mut batch, ended) = take(first).await;
-    if batch.is_empty() {
-        // A status instead of a message or a timeout: wait before asking again.
-        return ended.map_or(Ok(batch), Err);
+    let (batch, ended) = take(first).await;
+    match ended {
+        // A status instead of a message, or with it: wait before asking again.
+        Some(err) if batch.is_empty() => Err(err),
+        _ => Ok(batch),
     }
-    if size > 1
-        && let Ok(more) = fetch(size - 1).await
-    {
-        // Failing to get more is fine: the one in hand is processed.
-        batch.extend(take(more).await.0);
-    }
-    Ok(batch)
 }
 
 /// Every message of a finished pull request, each with the time it came,
