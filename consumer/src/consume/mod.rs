@@ -60,6 +60,12 @@ const PULL_RETRY_DELAY: Duration = Duration::from_millis(500);
 /// One failed pull in this many is logged at `warn` (the others at `debug`):
 /// about once every 30 s while pulls keep failing, not twice a second.
 const PULL_FAILURES_PER_WARNING: u64 = 60;
+/// With a batch in flight and no backlog, how long the loop waits for it to
+/// finish before pulling the next one anyway: longer than most commits (1 to
+/// 2 ms on a busy machine), so what arrives meanwhile makes one batch and
+/// one commit; short, so a batch that stalls (its backend off the CPU, a slow
+/// flush) holds the events behind it no longer than this.
+const BATCH_IN_FLIGHT_WAIT: Duration = Duration::from_millis(5);
 /// The least a pull may bring in bytes (16 MiB), so batches of small events
 /// are never cut short.
 const MIN_BATCH_BYTES: usize = 16 << 20;
@@ -84,10 +90,11 @@ fn max_batch_bytes(max_body_bytes: usize) -> usize {
 /// Up to `concurrency` batches are in progress at once while a backlog
 /// drains (JetStream said a full batch more was waiting), so one batch's
 /// commit overlaps the next one's fetch and work. Otherwise a batch starts
-/// only when the one before it is done: what arrives meanwhile makes one
-/// batch and one commit instead of several small ones, each waiting for its
-/// own flush behind the lock `NOTIFY` holds through commit (notifying
-/// transactions commit one at a time), which made the latency's tail.
+/// when the one before it is done, or after [`BATCH_IN_FLIGHT_WAIT`]: what
+/// arrives meanwhile makes one batch and one commit instead of several small
+/// ones, each waiting for its own flush behind the lock `NOTIFY` holds
+/// through commit (notifying transactions commit one at a time), which made
+/// the latency's tail.
 pub async fn consume(
     ctx: Arc<Context>,
     consumer: PullConsumer,
@@ -115,6 +122,7 @@ pub async fn consume(
                     report(done);
                     continue;
                 }
+                () = tokio::time::sleep(BATCH_IN_FLIGHT_WAIT) => {}
             }
         }
         let permit = tokio::select! {
