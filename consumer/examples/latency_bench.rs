@@ -123,24 +123,18 @@ fn read_stages(path: &Path, into: &mut HashMap<String, Stages>) {
         };
         let fields = &json["fields"];
         let time = |name: &str| fields[name].as_i64();
-        if let (Some(id), Some(received_at), Some(published), Some(delivered), Some(started), Some(committed)) = (
-            fields["event_id"].as_str(),
-            time("received_at"),
-            time("published"),
-            time("delivered"),
-            time("started"),
-            time("committed"),
-        ) {
-            into.insert(
-                id.to_owned(),
-                Stages {
-                    received_at,
-                    published,
-                    delivered,
-                    started,
-                    committed,
-                },
-            );
+        let line = || {
+            let stages = Stages {
+                received_at: time("received_at")?,
+                published: time("published")?,
+                delivered: time("delivered")?,
+                started: time("started")?,
+                committed: time("committed")?,
+            };
+            Some((fields["event_id"].as_str()?, stages))
+        };
+        if let Some((id, stages)) = line() {
+            into.insert(id.to_owned(), stages);
         }
     }
 }
@@ -149,13 +143,28 @@ fn read_stages(path: &Path, into: &mut HashMap<String, Stages>) {
 /// times, the consumer's and the `NOTIFY`'s arrival.
 type Stage = (&'static str, fn(&Sent, &Stages, i64) -> i64);
 const STAGES: [Stage; 8] = [
-    ("sent -> receiver accepted (Received-At)", |s, t, _| t.received_at - s.sent),
-    ("receiver -> stored by JetStream", |_, t, _| t.published - t.received_at),
-    ("stored -> 200 at the sender (PubAck + answer)", |s, t, _| s.answered - t.published),
-    ("stored -> delivered to the consumer", |_, t, _| t.delivered - t.published),
-    ("delivered -> batch started", |_, t, _| t.started - t.delivered),
-    ("batch started -> committed", |_, t, _| t.committed - t.started),
-    ("committed -> NOTIFY at the listener", |_, t, notified| notified - t.committed),
+    ("sent -> receiver accepted (Received-At)", |s, t, _| {
+        t.received_at - s.sent
+    }),
+    ("receiver -> stored by JetStream", |_, t, _| {
+        t.published - t.received_at
+    }),
+    (
+        "stored -> 200 at the sender (PubAck + answer)",
+        |s, t, _| s.answered - t.published,
+    ),
+    ("stored -> delivered to the consumer", |_, t, _| {
+        t.delivered - t.published
+    }),
+    ("delivered -> batch started", |_, t, _| {
+        t.started - t.delivered
+    }),
+    ("batch started -> committed", |_, t, _| {
+        t.committed - t.started
+    }),
+    ("committed -> NOTIFY at the listener", |_, t, notified| {
+        notified - t.committed
+    }),
     ("whole: sent -> NOTIFY", |s, _, notified| notified - s.sent),
 ];
 
@@ -205,7 +214,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "load average before: {}",
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
 
     let dir = tempfile::tempdir()?;
@@ -232,8 +244,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .map(|(n, service)| (format!("consumer {}", n + 1), service)),
             )
             .filter_map(|(name, service)| Some((name, service.id()?)))
-            .chain(pipeline.nats.pid().map(|pid| ("nats-server".to_owned(), pid)))
-            .chain(std::iter::once(("this benchmark".to_owned(), std::process::id())))
+            .chain(
+                pipeline
+                    .nats
+                    .pid()
+                    .map(|pid| ("nats-server".to_owned(), pid)),
+            )
+            .chain(std::iter::once((
+                "this benchmark".to_owned(),
+                std::process::id(),
+            )))
             .collect();
 
     // E.g. `synchronous_commit=off`, to see what the commit's flush costs.
@@ -321,8 +341,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|(before, now)| now.busy_cores_since(&before));
     let offered = total as f64 / load_seconds;
     let deadline = Instant::now() + Duration::from_secs(300);
-    while notified_at.lock().map_or(0, |n| n.len() as u64) < accepted && Instant::now() < deadline
-    {
+    while notified_at.lock().map_or(0, |n| n.len() as u64) < accepted && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     collector.abort();
@@ -387,7 +406,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let millicores = cpu.map_or("?".into(), |cpu| {
             format!("{:.0}", cpu / load_seconds * 1000.0)
         });
-        println!("{name}: CPU {millicores} millicores over the load, RSS {rss} KiB (peak {peak} KiB)");
+        println!(
+            "{name}: CPU {millicores} millicores over the load, RSS {rss} KiB (peak {peak} KiB)"
+        );
     }
     println!(
         "postgres (every process of that name): CPU {:.0} millicores over the load; the machine: {} of {} cores busy",

@@ -72,7 +72,11 @@ fn decode_all(ctx: &Context, deliveries: Vec<Delivery>) -> Vec<Item> {
     let mut pending = None;
     let items = deliveries
         .into_iter()
-        .map(|Delivery { message, delivered_at }| {
+        .map(|delivery| {
+            let Delivery {
+                message,
+                delivered_at,
+            } = delivery;
             let (delivered, stream_sequence, published) = match message.info() {
                 Ok(info) => {
                     pending = Some(info.pending);
