@@ -90,7 +90,7 @@ fn max_batch_bytes(max_body_bytes: usize) -> usize {
 /// Up to `concurrency` batches are in progress at once while a backlog
 /// drains (JetStream said a full batch more was waiting), so one batch's
 /// commit overlaps the next one's fetch and work. Otherwise a batch starts
-/// when the one before it is done, or after [`BATCH_IN_FLIGHT_WAIT`]: what
+/// when the one before it is done, or after 5 ms (`BATCH_IN_FLIGHT_WAIT`): what
 /// arrives meanwhile makes one batch and one commit instead of several small
 /// ones, each waiting for its own flush behind the lock `NOTIFY` holds
 /// through commit (notifying transactions commit one at a time), which made
