@@ -226,6 +226,28 @@ mod tests {
     }
 
     #[test]
+    fn delivery_latency_is_served_beside_processing_latency_from_a_quarter_millisecond() {
+        let metrics = MetricsRegistry::new();
+        let endpoint = metrics.endpoint("ns/a");
+        endpoint.delivery_latency_seconds.observe(0.0002);
+        endpoint.event_latency_seconds.observe(0.003);
+        let text = encoded(&metrics);
+        for line in [
+            "hookline_consumer_delivery_latency_seconds_count{endpoint=\"ns/a\"} 1",
+            "hookline_consumer_processing_latency_seconds_count{endpoint=\"ns/a\"} 1",
+        ] {
+            assert!(text.contains(line), "{text}");
+        }
+        assert!(
+            text.lines().any(|line| line
+                .starts_with("hookline_consumer_delivery_latency_seconds_bucket")
+                && line.contains("le=\"0.00025\"")
+                && line.ends_with(" 1")),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn each_endpoint_has_its_own_series_until_forgotten() {
         let metrics = MetricsRegistry::for_pool();
         metrics.endpoint("ns/a").processed.inc();
