@@ -25,6 +25,12 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 20))
 }
 
+/// From 250 µs: a healthy NATS delivers within a millisecond, so the
+/// first buckets must split it from a slow one.
+fn delivery_latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.00025, 2.0, 20))
+}
+
 /// One endpoint's metrics, cheap to update from any task (each is a handle on
 /// its series in [`MetricsRegistry`]).
 #[derive(Clone, Debug)]
@@ -49,6 +55,9 @@ pub struct Metrics {
     pub batch_seconds: Histogram,
     /// Seconds from the receiver accepting an event to its commit here.
     pub event_latency_seconds: Histogram,
+    /// Seconds from the receiver accepting an event to its first delivery
+    /// here: NATS's share of `event_latency_seconds`.
+    pub delivery_latency_seconds: Histogram,
     /// Messages still to deliver to the durable consumer, as JetStream last said.
     pub jetstream_pending: Gauge,
     /// Batches in progress in this process.
@@ -69,6 +78,7 @@ pub struct MetricsRegistry {
     batch_size: HistogramFamily,
     batch_seconds: HistogramFamily,
     event_latency_seconds: HistogramFamily,
+    delivery_latency_seconds: HistogramFamily,
     jetstream_pending: Family<Labels, Gauge>,
     batches_in_flight: Family<Labels, Gauge>,
     /// Endpoints whose loop runs (`--endpoint-dir` only).
@@ -99,6 +109,7 @@ impl MetricsRegistry {
             batch_size: Family::new_with_constructor(batch_size_histogram),
             batch_seconds: Family::new_with_constructor(batch_seconds_histogram),
             event_latency_seconds: Family::new_with_constructor(latency_histogram),
+            delivery_latency_seconds: Family::new_with_constructor(delivery_latency_histogram),
             jetstream_pending: Family::default(),
             batches_in_flight: Family::default(),
             endpoints: Gauge::default(),
@@ -121,6 +132,7 @@ impl MetricsRegistry {
             ("batch_size", "Messages per batch transaction", &metrics.batch_size),
             ("batch_duration_seconds", "Seconds from fetching a batch to acknowledging it", &metrics.batch_seconds),
             ("processing_latency_seconds", "Seconds from the receiver accepting an event to its commit in Postgres", &metrics.event_latency_seconds),
+            ("delivery_latency_seconds", "Seconds from the receiver accepting an event to its first delivery to a consumer", &metrics.delivery_latency_seconds),
         ];
         #[rustfmt::skip]
         let gauges = [
@@ -168,6 +180,7 @@ impl MetricsRegistry {
             batch_size: self.batch_size.get_or_create_owned(&labels),
             batch_seconds: self.batch_seconds.get_or_create_owned(&labels),
             event_latency_seconds: self.event_latency_seconds.get_or_create_owned(&labels),
+            delivery_latency_seconds: self.delivery_latency_seconds.get_or_create_owned(&labels),
             jetstream_pending: self.jetstream_pending.get_or_create_owned(&labels),
             batches_in_flight: self.batches_in_flight.get_or_create_owned(&labels),
         }
@@ -187,6 +200,7 @@ impl MetricsRegistry {
         self.batch_size.remove(&labels);
         self.batch_seconds.remove(&labels);
         self.event_latency_seconds.remove(&labels);
+        self.delivery_latency_seconds.remove(&labels);
         self.jetstream_pending.remove(&labels);
         self.batches_in_flight.remove(&labels);
     }
@@ -209,6 +223,28 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, metrics.registry()).expect("encodes");
         text
+    }
+
+    #[test]
+    fn delivery_latency_is_served_beside_processing_latency_from_a_quarter_millisecond() {
+        let metrics = MetricsRegistry::new();
+        let endpoint = metrics.endpoint("ns/a");
+        endpoint.delivery_latency_seconds.observe(0.0002);
+        endpoint.event_latency_seconds.observe(0.003);
+        let text = encoded(&metrics);
+        for line in [
+            "hookline_consumer_delivery_latency_seconds_count{endpoint=\"ns/a\"} 1",
+            "hookline_consumer_processing_latency_seconds_count{endpoint=\"ns/a\"} 1",
+        ] {
+            assert!(text.contains(line), "{text}");
+        }
+        assert!(
+            text.lines().any(|line| line
+                .starts_with("hookline_consumer_delivery_latency_seconds_bucket")
+                && line.contains("le=\"0.00025\"")
+                && line.ends_with(" 1")),
+            "{text}"
+        );
     }
 
     #[test]

@@ -201,9 +201,10 @@ pub fn normalize_timestamp(text: &str) -> Option<String> {
     Some(time.to_rfc3339_opts(SecondsFormat::AutoSi, true))
 }
 
-/// Now, as the received-at header.
+/// Now, as the received-at header: to the microsecond, as Postgres keeps
+/// it, so the consumer's latency figures can split a millisecond.
 pub fn now_rfc3339() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+    Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 /// `x-github-delivery` → `X-Github-Delivery`.

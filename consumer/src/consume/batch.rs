@@ -6,14 +6,13 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::Context;
 use super::hold::hold;
-use super::item::{Item, Outcome};
+use super::item::{Delivery, Item, Outcome};
 use super::settle::settle;
 use crate::decode::{self, Event};
 use crate::refetch::{RefetchError, Refetcher};
@@ -22,22 +21,31 @@ use crate::store::{self, WriteError};
 /// Provider calls in flight per batch.
 const REFETCH_CONCURRENCY: usize = 8;
 
+/// The target of the `debug` line written per stored event with the times
+/// of its stages (microseconds since the Unix epoch): `received_at`
+/// (the receiver's `Hookline-Received-At`), `published` (stored by
+/// JetStream), `delivered` (a pull brought it here), `started` (its batch
+/// began), `committed`. Off unless asked for (`RUST_LOG=…,hookline_consumer::stages=debug`):
+/// `latency_bench` reads it to break accept → commit down by stage.
+pub const STAGES_TARGET: &str = "hookline_consumer::stages";
+
 /// Processes one batch end to end; never fails (every message ends acked,
 /// nak'ed or dead-lettered and terminated; when even that fails, JetStream
 /// redelivers after `ackWait`).
-pub async fn process_batch(ctx: &Context, messages: Vec<jetstream::Message>) {
+pub async fn process_batch(ctx: &Context, deliveries: Vec<Delivery>) {
     let started = Instant::now();
+    let started_at = Utc::now();
     let metrics = &ctx.metrics;
     metrics.batches_in_flight.inc();
-    metrics.batch_size.observe(messages.len() as f64);
-    let first_sequence = messages
+    metrics.batch_size.observe(deliveries.len() as f64);
+    let first_sequence = deliveries
         .first()
-        .and_then(|m| m.info().ok())
+        .and_then(|d| d.message.info().ok())
         .map_or(0, |info| info.stream_sequence);
-    let span = info_span!("batch", size = messages.len(), first_sequence);
+    let span = info_span!("batch", size = deliveries.len(), first_sequence);
     async {
-        let mut items = decode_all(ctx, messages);
-        store_items(ctx, &mut items).await;
+        let mut items = decode_all(ctx, deliveries);
+        store_items(ctx, &mut items, started_at).await;
         while items
             .iter()
             .any(|item| matches!(item.outcome, Outcome::Unavailable(_)))
@@ -48,7 +56,7 @@ pub async fn process_batch(ctx: &Context, messages: Vec<jetstream::Message>) {
                     item.outcome = Outcome::Pending;
                 }
             }
-            store_items(ctx, &mut items).await;
+            store_items(ctx, &mut items, started_at).await;
         }
         settle(ctx, items).await;
     }
@@ -60,11 +68,15 @@ pub async fn process_batch(ctx: &Context, messages: Vec<jetstream::Message>) {
     metrics.batches_in_flight.dec();
 }
 
-fn decode_all(ctx: &Context, messages: Vec<jetstream::Message>) -> Vec<Item> {
+fn decode_all(ctx: &Context, deliveries: Vec<Delivery>) -> Vec<Item> {
     let mut pending = None;
-    let items = messages
+    let items = deliveries
         .into_iter()
-        .map(|message| {
+        .map(|delivery| {
+            let Delivery {
+                message,
+                delivered_at,
+            } = delivery;
             let (delivered, stream_sequence, published) = match message.info() {
                 Ok(info) => {
                     pending = Some(info.pending);
@@ -78,7 +90,6 @@ fn decode_all(ctx: &Context, messages: Vec<jetstream::Message>) -> Vec<Item> {
                 }
                 Err(_) => (1, 0, None),
             };
-            let published = published.unwrap_or_else(Utc::now);
             let decoded = {
                 let _span = tracing::debug_span!("message", stream_sequence).entered();
                 decode::decode(
@@ -86,9 +97,17 @@ fn decode_all(ctx: &Context, messages: Vec<jetstream::Message>) -> Vec<Item> {
                     message.subject.as_str(),
                     message.headers.as_ref(),
                     &message.payload,
-                    published,
+                    published.unwrap_or(delivered_at),
                 )
             };
+            // First deliveries only: a redelivery's wait is its retry delay.
+            if delivered == 1
+                && let Ok(event) = &decoded
+            {
+                ctx.metrics
+                    .delivery_latency_seconds
+                    .observe(seconds_between(event.received_at, delivered_at));
+            }
             let outcome = match &decoded {
                 Ok(_) => Outcome::Pending,
                 Err(err) => Outcome::Permanent(err.to_string()),
@@ -97,6 +116,8 @@ fn decode_all(ctx: &Context, messages: Vec<jetstream::Message>) -> Vec<Item> {
                 message,
                 delivered,
                 stream_sequence,
+                published,
+                delivered_at,
                 decoded,
                 outcome,
             }
@@ -112,7 +133,7 @@ fn decode_all(ctx: &Context, messages: Vec<jetstream::Message>) -> Vec<Item> {
 
 /// Refetches, then writes the decodable messages in one transaction (falling
 /// back to one transaction per message when a message's data breaks the batch).
-async fn store_items(ctx: &Context, items: &mut [Item]) {
+async fn store_items(ctx: &Context, items: &mut [Item], started_at: DateTime<Utc>) {
     // The first message of each event id is stored; later ones in the same
     // batch share its fate as duplicates.
     let mut first_of: HashMap<String, usize> = HashMap::new();
@@ -160,13 +181,13 @@ async fn store_items(ctx: &Context, items: &mut [Item]) {
         .filter(|&index| items[index].outcome == Outcome::Pending)
         .collect();
     if !writable.is_empty() {
-        match write(ctx, items, &writable, &refetched).await {
+        match write(ctx, items, &writable, &refetched, started_at).await {
             Ok(()) => {}
             Err(err @ WriteError::Rejected(_)) if writable.len() > 1 => {
                 ctx.metrics.batch_failures.inc();
                 warn!(cause = %err, "batch rejected by the database; storing its messages one by one");
                 for &index in &writable {
-                    if let Err(err) = write(ctx, items, &[index], &refetched).await {
+                    if let Err(err) = write(ctx, items, &[index], &refetched, started_at).await {
                         items[index].outcome = failure(&err);
                     }
                 }
@@ -237,6 +258,7 @@ async fn write(
     items: &mut [Item],
     indexes: &[usize],
     states: &HashMap<String, Option<String>>,
+    started_at: DateTime<Utc>,
 ) -> Result<(), WriteError> {
     let events: Vec<&Event> = indexes
         .iter()
@@ -265,18 +287,29 @@ async fn write(
     .await?;
     let committed = Utc::now();
     let metrics = &ctx.metrics;
+    let log_stages = tracing::enabled!(target: STAGES_TARGET, tracing::Level::DEBUG);
     for &index in indexes {
         let item = &mut items[index];
         let Ok(event) = &item.decoded else { continue };
         if written.inserted.contains(&event.event_id) {
             item.outcome = Outcome::Stored;
             metrics.processed.inc();
-            let latency = (committed - event.received_at)
-                .num_microseconds()
-                .unwrap_or(0);
             metrics
                 .event_latency_seconds
-                .observe(latency.max(0) as f64 / 1e6);
+                .observe(seconds_between(event.received_at, committed));
+            if log_stages {
+                let micros = |at: DateTime<Utc>| at.timestamp_micros();
+                debug!(
+                    target: STAGES_TARGET,
+                    event_id = %event.event_id,
+                    received_at = micros(event.received_at),
+                    published = item.published.map(micros),
+                    delivered = micros(item.delivered_at),
+                    started = micros(started_at),
+                    committed = micros(committed),
+                    "stages"
+                );
+            }
             if written.out_of_order.contains(&event.event_id) {
                 metrics.out_of_order_ignored.inc();
                 debug!(event_id = %event.event_id, "older than the stored state; projection unchanged");
@@ -286,6 +319,12 @@ async fn write(
         }
     }
     Ok(())
+}
+
+/// Seconds from `from` to `to`, never negative (the receiver's clock may be
+/// ahead of this one).
+fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    (to - from).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6
 }
 
 /// The current state of each object the batch's events are about, one call

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
+use chrono::Utc;
 use futures::StreamExt;
 use hookline_api::ValidatedEndpoint;
 use sqlx::PgPool;
@@ -19,8 +20,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-pub use batch::process_batch;
+pub use batch::{STAGES_TARGET, process_batch};
 pub use hold::DatabaseGate;
+pub use item::Delivery;
 
 use crate::Shutdown;
 use crate::decode::Projection;
@@ -58,6 +60,12 @@ const PULL_RETRY_DELAY: Duration = Duration::from_millis(500);
 /// One failed pull in this many is logged at `warn` (the others at `debug`):
 /// about once every 30 s while pulls keep failing, not twice a second.
 const PULL_FAILURES_PER_WARNING: u64 = 60;
+/// With a batch in flight and no backlog, how long the loop waits for it to
+/// finish before pulling the next one anyway: longer than most commits (1 to
+/// 2 ms on a busy machine), so what arrives meanwhile makes one batch and
+/// one commit; short, so a batch that stalls (its backend off the CPU, a slow
+/// flush) holds the events behind it no longer than this.
+const BATCH_IN_FLIGHT_WAIT: Duration = Duration::from_millis(5);
 /// The least a pull may bring in bytes (16 MiB), so batches of small events
 /// are never cut short.
 const MIN_BATCH_BYTES: usize = 16 << 20;
@@ -77,8 +85,16 @@ fn max_batch_bytes(max_body_bytes: usize) -> usize {
 /// one message alone when the stream is quiet (lowest latency), full batches
 /// under load (highest throughput). Pulls never ask for more than is taken at
 /// once, so nothing sits unseen in this process until `ackWait` runs out when
-/// it stops. Up to `concurrency` batches are in progress at once, so one
-/// batch's commit overlaps the next one's fetch and work.
+/// it stops.
+///
+/// Up to `concurrency` batches are in progress at once while a backlog
+/// drains (JetStream said a full batch more was waiting), so one batch's
+/// commit overlaps the next one's fetch and work. Otherwise a batch starts
+/// when the one before it is done, or after 5 ms (`BATCH_IN_FLIGHT_WAIT`): what
+/// arrives meanwhile makes one batch and one commit instead of several small
+/// ones, each waiting for its own flush behind the lock `NOTIFY` holds
+/// through commit (notifying transactions commit one at a time), which made
+/// the latency's tail.
 pub async fn consume(
     ctx: Arc<Context>,
     consumer: PullConsumer,
@@ -90,14 +106,24 @@ pub async fn consume(
     let workers = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = JoinSet::new();
     let mut pull_failures: u64 = 0;
+    // Messages left for the durable consumer, as the last pull's last message said.
+    let mut waiting: u64 = 0;
     while !shutdown.is_requested() {
         while let Some(done) = tasks.try_join_next() {
-            if let Err(err) = done {
-                warn!(cause = %err, "a batch task failed");
-            }
+            report(done);
         }
         if !ctx.gate.wait_open(&mut shutdown).await {
             break;
+        }
+        if !tasks.is_empty() && waiting < batch_size as u64 {
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                Some(done) = tasks.join_next() => {
+                    report(done);
+                    continue;
+                }
+                () = tokio::time::sleep(BATCH_IN_FLIGHT_WAIT) => {}
+            }
         }
         let permit = tokio::select! {
             _ = shutdown.wait() => break,
@@ -138,6 +164,10 @@ pub async fn consume(
                 break;
             }
         };
+        waiting = batch
+            .last()
+            .and_then(|delivery| delivery.message.info().ok())
+            .map_or(0, |info| info.pending);
         let ctx = ctx.clone();
         tasks.spawn(async move {
             batch::process_batch(&ctx, batch).await;
@@ -149,19 +179,26 @@ pub async fn consume(
         info!(in_progress, "finishing batches in progress");
     }
     while let Some(done) = tasks.join_next().await {
-        if let Err(err) = done {
-            warn!(cause = %err, "a batch task failed");
-        }
+        report(done);
+    }
+}
+
+/// Logs a batch task that panicked (its messages are redelivered after `ackWait`).
+fn report(done: Result<(), tokio::task::JoinError>) {
+    if let Err(err) = done {
+        warn!(cause = %err, "a batch task failed");
     }
 }
 
 /// Up to `size` messages (and about `max_bytes`): those waiting now; when none, the first one to
-/// arrive within [`PULL_EXPIRY`] plus any that came with it (empty when none).
+/// arrive within [`PULL_EXPIRY`], alone (empty when none): it starts at once
+/// rather than a round trip later with the few that came with it, which the
+/// next pull takes.
 async fn next_batch(
     consumer: &PullConsumer,
     size: usize,
     max_bytes: usize,
-) -> Result<Vec<jetstream::Message>, async_nats::Error> {
+) -> Result<Vec<Delivery>, async_nats::Error> {
     let fetch = |size| {
         consumer
             .fetch()
@@ -179,29 +216,26 @@ async fn next_batch(
         .expires(PULL_EXPIRY)
         .messages()
         .await?;
-    let (mut batch, ended) = take(first).await;
-    if batch.is_empty() {
-        // A status instead of a message or a timeout: wait before asking again.
-        return ended.map_or(Ok(batch), Err);
+    let (batch, ended) = take(first).await;
+    match ended {
+        // A status instead of a message, or with it: wait before asking again.
+        Some(err) if batch.is_empty() => Err(err),
+        _ => Ok(batch),
     }
-    if size > 1
-        && let Ok(more) = fetch(size - 1).await
-    {
-        // Failing to get more is fine: the one in hand is processed.
-        batch.extend(take(more).await.0);
-    }
-    Ok(batch)
 }
 
-/// Every message of a finished pull request, and the status that ended it
-/// early, if any (e.g. "max ack pending reached").
+/// Every message of a finished pull request, each with the time it came,
+/// and the status that ended it early, if any (e.g. "max ack pending reached").
 async fn take(
     mut messages: jetstream::consumer::pull::Batch,
-) -> (Vec<jetstream::Message>, Option<async_nats::Error>) {
+) -> (Vec<Delivery>, Option<async_nats::Error>) {
     let mut batch = Vec::new();
     while let Some(message) = messages.next().await {
         match message {
-            Ok(message) => batch.push(message),
+            Ok(message) => batch.push(Delivery {
+                message,
+                delivered_at: Utc::now(),
+            }),
             Err(err) => return (batch, Some(err)),
         }
     }

@@ -50,6 +50,12 @@ pub fn connect_options(url: &str) -> Result<PgConnectOptions> {
 
 /// A lazily connecting pool: the consumer starts (and reports not-ready) while
 /// the database is still down.
+///
+/// No ping before each use: it cost every batch a round trip to Postgres
+/// before its statement. sqlx pings a connection when it comes back to the
+/// pool anyway, so only one that died idle (a Postgres restart) is handed
+/// out, fails its batch as `Unavailable`, and is dropped; the batch is held
+/// and written again like any other batch during an outage.
 pub fn pool(options: &PgConnectOptions, size: u32, statement_timeout: Duration) -> PgPool {
     let options = options
         .clone()
@@ -63,6 +69,7 @@ pub fn pool(options: &PgConnectOptions, size: u32, statement_timeout: Duration) 
         .min_connections(0)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .idle_timeout(IDLE_TIMEOUT)
+        .test_before_acquire(false)
         .connect_lazy_with(options)
 }
 
