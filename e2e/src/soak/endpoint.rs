@@ -315,28 +315,21 @@ impl Pods {
 
     /// What names the endpoint(s) served, for the receiver and the consumer.
     fn endpoint_args(&self, receiver: bool) -> Vec<OsString> {
-        match &self.serves {
+        let (flag, path, secret_flag, secret) = match &self.serves {
             Serves::Endpoint {
                 manifest,
                 secret_file,
-            } => {
-                let mut args = vec!["--endpoint".into(), manifest.into()];
-                if receiver {
-                    args.extend(["--secret-file".into(), secret_file.into()]);
-                }
-                args
-            }
+            } => ("--endpoint", manifest, "--secret-file", secret_file),
             Serves::Pool {
                 endpoint_dir,
                 secret_dir,
-            } => {
-                let mut args = vec!["--endpoint-dir".into(), endpoint_dir.into()];
-                if receiver {
-                    args.extend(["--secret-dir".into(), secret_dir.into()]);
-                }
-                args
-            }
+            } => ("--endpoint-dir", endpoint_dir, "--secret-dir", secret_dir),
+        };
+        let mut args = vec![flag.into(), path.into()];
+        if receiver {
+            args.extend([secret_flag.into(), secret.into()]);
         }
+        args
     }
 
     pub(super) fn start_receiver(&self, settings: &Settings, number: usize) -> Result<Service> {
