@@ -668,57 +668,25 @@ fn pool_findings(
             keda_scales,
         ),
     ];
-    let not_applied = (!applied.failures.is_empty()).then(|| {
-        let reason = if applied
-            .failures
-            .iter()
-            .any(|failure| matches!(failure.problem, Problem::NameConflict { .. }))
-        {
-            reasons::NAME_CONFLICT
-        } else {
-            reasons::APPLY_FAILED
-        };
-        Finding::new(
-            conditions::READY,
-            Status::False,
-            reason,
-            applied
-                .failures
-                .iter()
-                .map(|failure| failure.describe(namespace))
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
-    });
+    let not_applied = status::failures_finding(&applied.failures, namespace);
     let blocking = not_applied
         .as_ref()
         .or_else(|| parts.iter().find(|finding| finding.status != Status::True));
-    let ready = match blocking {
-        Some(finding) => Finding::new(
-            conditions::READY,
-            Status::False,
-            finding.reason,
-            finding.message.clone(),
-        ),
-        None => Finding::new(
-            conditions::READY,
-            Status::True,
-            reasons::RECONCILED,
-            format!(
-                "serves {served} of {members} member(s) with {} receiver(s) and {} consumer(s)",
-                valid.pool.receiver.replicas,
-                if keda_scales {
-                    format!(
-                        "{} to {} KEDA-scaled",
-                        valid.pool.consumer.scaling.min_replicas,
-                        valid.pool.consumer.scaling.max_replicas
-                    )
-                } else {
-                    consumer_count(valid).to_string()
-                }
-            ),
-        ),
-    };
+    let ready = status::ready_finding(blocking, || {
+        format!(
+            "serves {served} of {members} member(s) with {} receiver(s) and {} consumer(s)",
+            valid.pool.receiver.replicas,
+            if keda_scales {
+                format!(
+                    "{} to {} KEDA-scaled",
+                    valid.pool.consumer.scaling.min_replicas,
+                    valid.pool.consumer.scaling.max_replicas
+                )
+            } else {
+                consumer_count(valid).to_string()
+            }
+        )
+    });
     std::iter::once(ready).chain(parts).collect()
 }
 

@@ -13,7 +13,7 @@ use hookline_api::{FieldError, InvalidSpec};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::apply::{Applied, Problem};
+use crate::apply::{Applied, ApplyFailure, Problem};
 use crate::build::ChildNames;
 use crate::build::pool::PoolNames;
 use crate::config::OperatorConfig;
@@ -135,7 +135,17 @@ fn ready(observed: &Observed<'_>, parts: Vec<Finding>) -> Vec<Finding> {
             Status::False => finding.reason != reasons::KEDA_NOT_INSTALLED,
         })
     });
-    let ready = match blocking {
+    let ready = ready_finding(blocking, || match url(observed.valid, observed.applied) {
+        Some(url) => format!("providers can POST to {url}"),
+        None => "the receiver is running; the Ingress has no address yet".into(),
+    });
+    std::iter::once(ready).chain(parts).collect()
+}
+
+/// `Ready`: False with the reason and message of the finding that blocks
+/// it, else True (`Reconciled`) saying `served()`. For endpoints and pools.
+pub fn ready_finding(blocking: Option<&Finding>, served: impl FnOnce() -> String) -> Finding {
+    match blocking {
         Some(finding) => Finding::new(
             conditions::READY,
             Status::False,
@@ -146,19 +156,27 @@ fn ready(observed: &Observed<'_>, parts: Vec<Finding>) -> Vec<Finding> {
             conditions::READY,
             Status::True,
             reasons::RECONCILED,
-            match url(observed.valid, observed.applied) {
-                Some(url) => format!("providers can POST to {url}"),
-                None => "the receiver is running; the Ingress has no address yet".into(),
-            },
+            served(),
         ),
-    };
-    std::iter::once(ready).chain(parts).collect()
+    }
 }
 
-/// What the apply step could not write, as the `Ready` finding it makes:
-/// `NameConflict` when any child's name is taken, else `ApplyFailed`.
+/// What the apply step could not write, as the `Ready` finding it makes.
 fn apply_finding(observed: &Observed<'_>) -> Option<Finding> {
-    let failures = &observed.applied.failures;
+    let mut finding = failures_finding(
+        &observed.applied.failures,
+        &observed.valid.endpoint.namespace,
+    )?;
+    finding
+        .message
+        .push_str(" (the other children were applied; retried with backoff)");
+    Some(finding)
+}
+
+/// Children the apply step could not write, as a `Ready` finding:
+/// `NameConflict` when any child's name is taken, else `ApplyFailed`; each
+/// failure described. For endpoints and pools.
+pub fn failures_finding(failures: &[ApplyFailure], namespace: &str) -> Option<Finding> {
     if failures.is_empty() {
         return None;
     }
@@ -170,7 +188,6 @@ fn apply_finding(observed: &Observed<'_>) -> Option<Finding> {
     } else {
         reasons::APPLY_FAILED
     };
-    let namespace = &observed.valid.endpoint.namespace;
     let message = failures
         .iter()
         .map(|failure| failure.describe(namespace))
@@ -180,7 +197,7 @@ fn apply_finding(observed: &Observed<'_>) -> Option<Finding> {
         conditions::READY,
         Status::False,
         reason,
-        format!("{message} (the other children were applied; retried with backoff)"),
+        message,
     ))
 }
 
