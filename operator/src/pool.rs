@@ -34,7 +34,9 @@ use crate::build::pool::{self as pool_build, Member, PoolChildren, PoolNames, ma
 use crate::build::{Children, Cluster};
 use crate::reconcile::{Context, jitter};
 use crate::secrets::{self, SecretCheck};
-use crate::status::{self, Finding, Status, deployment_finding, write::publish};
+use crate::status::{
+    self, Finding, Status, applied_deployment_finding, deployment_finding, write::publish,
+};
 use crate::validate::{ValidEndpoint, ValidPool, validate_in, validate_pool};
 use crate::{Error, Result};
 
@@ -644,24 +646,15 @@ fn pool_findings(
                 .join("; "),
         )
     };
-    let deployment = |deployment: Option<&Deployment>, type_, what, keda| match deployment {
-        Some(deployment) => deployment_finding(deployment, type_, what, keda),
-        None => Finding::new(
-            type_,
-            Status::False,
-            reasons::APPLY_FAILED,
-            format!("the {what} Deployment could not be applied (see Ready)"),
-        ),
-    };
     let parts = vec![
         secret,
-        deployment(
+        applied_deployment_finding(
             applied.receiver.as_ref(),
             conditions::RECEIVER_AVAILABLE,
             "pool receiver",
             false,
         ),
-        deployment(
+        applied_deployment_finding(
             applied.consumer.as_ref(),
             conditions::CONSUMER_AVAILABLE,
             "pool consumer",

@@ -10,7 +10,6 @@ use hookline_api::conditions::{self, reasons};
 use hookline_api::provision::StreamStats;
 use hookline_api::spec::WebhookEndpointStatus;
 use hookline_api::{FieldError, InvalidSpec};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::apply::{Applied, ApplyFailure, Problem};
@@ -21,7 +20,7 @@ use crate::secrets::SecretCheck;
 use crate::stream::StreamState;
 use crate::validate::{Placement, ValidEndpoint};
 
-pub(crate) use parts::deployment_finding;
+pub(crate) use parts::{applied_deployment_finding, deployment_finding};
 use parts::{scaler_finding, secret_finding, stream_finding};
 
 use crate::pool::{PoolView, served_finding};
@@ -97,25 +96,16 @@ pub fn findings(observed: &Observed<'_>) -> Vec<Finding> {
 /// The parts of an endpoint with pods of its own.
 fn dedicated_parts(observed: &Observed<'_>) -> Vec<Finding> {
     let applied = observed.applied;
-    let deployment = |deployment: Option<&Deployment>, type_, what, keda| match deployment {
-        Some(deployment) => deployment_finding(deployment, type_, what, keda),
-        None => Finding::new(
-            type_,
-            Status::False,
-            reasons::APPLY_FAILED,
-            format!("the {what} Deployment could not be applied (see Ready)"),
-        ),
-    };
     vec![
         secret_finding(observed),
         stream_finding(observed),
-        deployment(
+        applied_deployment_finding(
             applied.receiver.as_ref(),
             conditions::RECEIVER_AVAILABLE,
             "receiver",
             false,
         ),
-        deployment(
+        applied_deployment_finding(
             applied.consumer.as_ref(),
             conditions::CONSUMER_AVAILABLE,
             "consumer",

@@ -110,6 +110,25 @@ fn retention_note(stats: &StreamStats, endpoint: &hookline_api::ValidatedEndpoin
     }
 }
 
+/// [`deployment_finding`] of a Deployment the apply step returned; `None`
+/// (it could not be applied) is `ApplyFailed`, pointing at `Ready`.
+pub(crate) fn applied_deployment_finding(
+    deployment: Option<&Deployment>,
+    type_: &'static str,
+    what: &str,
+    scaled_by_keda: bool,
+) -> Finding {
+    match deployment {
+        Some(deployment) => deployment_finding(deployment, type_, what, scaled_by_keda),
+        None => Finding::new(
+            type_,
+            Status::False,
+            reasons::APPLY_FAILED,
+            format!("the {what} Deployment could not be applied (see Ready)"),
+        ),
+    }
+}
+
 /// Availability of a Deployment: it counts only once its controller has seen
 /// the current template and every pod runs it (as `kubectl rollout status`
 /// judges), so `Ready` is not written for a change that is not live yet.
