@@ -31,7 +31,7 @@ type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const NAMESPACE: &str = "bench";
 const BODY_BYTES: usize = 1024;
-/// How often the drain's progress is read.
+/// How often the drain's waits are sampled.
 const POLL: Duration = Duration::from_millis(20);
 /// PubAcks awaited together when publishing.
 const PUBLISH_WINDOW: usize = 100;
@@ -43,6 +43,8 @@ struct Args {
     per_endpoint: usize,
     concurrency: Option<u16>,
     database_connections: Option<u32>,
+    /// `-c key=value` settings for the benchmark's Postgres.
+    postgres_settings: Vec<(String, String)>,
 }
 
 fn args() -> BenchResult<Args> {
@@ -51,6 +53,7 @@ fn args() -> BenchResult<Args> {
         per_endpoint: 100,
         concurrency: None,
         database_connections: None,
+        postgres_settings: Vec::new(),
     };
     let mut positional = 0;
     let mut it = std::env::args().skip(1);
@@ -62,6 +65,13 @@ fn args() -> BenchResult<Args> {
             "--database-connections" => {
                 args.database_connections =
                     Some(it.next().ok_or("--database-connections N")?.parse()?)
+            }
+            "--postgres-setting" => {
+                let setting = it.next().ok_or("--postgres-setting KEY=VALUE")?;
+                let (key, value) = setting
+                    .split_once('=')
+                    .ok_or("--postgres-setting KEY=VALUE")?;
+                args.postgres_settings.push((key.into(), value.into()));
             }
             number => {
                 match positional {
@@ -150,15 +160,34 @@ async fn publish(
     Ok(())
 }
 
-async fn stored(db: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM hookline.events")
-        .fetch_one(db)
-        .await
-        .unwrap_or(-1)
+/// What the active backends wait on now (`CPU` when on none), one word each.
+async fn waits(db: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity \
+         WHERE backend_type = 'client backend' AND state = 'active' AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap_or_default()
+}
+
+/// WAL bytes, full-page images and checkpoints so far.
+async fn wal(db: &PgPool) -> (i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT w.wal_bytes::bigint, w.wal_fpi, b.checkpoints_timed + b.checkpoints_req \
+         FROM pg_stat_wal w, pg_stat_bgwriter b",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap_or((0, 0, 0))
 }
 
 /// One drain's rate and costs.
 struct Drained {
+    /// Samples of what Postgres's active backends waited on, most seen first.
+    waits: Vec<(String, usize)>,
+    /// WAL written (MiB), full-page images, checkpoints, during the drain.
+    wal: (f64, i64, i64),
     seconds: f64,
     rate: f64,
     client_us: f64,
@@ -171,7 +200,16 @@ impl std::fmt::Display for Drained {
             f,
             "{:.0} events/s ({:.2} s), CPU µs/event: consumer {:.0}, Postgres {:.0}",
             self.rate, self.seconds, self.client_us, self.postgres_us
-        )
+        )?;
+        let (mib, fpi, checkpoints) = self.wal;
+        write!(
+            f,
+            "; WAL {mib:.0} MiB, {fpi} full-page images, {checkpoints} checkpoints; waits:"
+        )?;
+        for (wait, count) in self.waits.iter().take(6) {
+            write!(f, " {wait} {count}")?;
+        }
+        Ok(())
     }
 }
 
@@ -180,7 +218,7 @@ impl std::fmt::Display for Drained {
 async fn drain<F>(
     db: &PgPool,
     total: usize,
-    consumer: impl FnOnce(tokio::sync::oneshot::Receiver<()>) -> F,
+    consumer: impl FnOnce(tokio::net::TcpListener, tokio::sync::oneshot::Receiver<()>) -> F,
 ) -> BenchResult<Drained>
 where
     F: std::future::Future<Output = hookline_consumer::Result<()>> + Send + 'static,
@@ -188,13 +226,32 @@ where
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let client_before = cpu_seconds(std::process::id()).unwrap_or(0.0);
     let postgres_before = command_cpu_seconds("postgres");
+    let wal_before = wal(db).await;
+    let mut waited: std::collections::HashMap<String, usize> = Default::default();
+    // Progress is counted from the NOTIFY each stored event sends: polling
+    // `count(*)` (a scan of the growing table) or the consumer's `/metrics`
+    // (series of 1,000 endpoints) cost more than the drain itself.
+    let mut notifications = sqlx::postgres::PgListener::connect_with(db).await?;
+    notifications
+        .listen(hookline_consumer::store::NOTIFY_CHANNEL)
+        .await?;
+    let mut now = 0;
+    let mut poll = tokio::time::interval(POLL);
     let started = Instant::now();
-    let task = tokio::spawn(consumer(stopped));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let task = tokio::spawn(consumer(listener, stopped));
     let mut reported = Instant::now();
-    loop {
-        let now = stored(db).await;
-        if now >= total as i64 {
-            break;
+    while now < total {
+        tokio::select! {
+            notification = notifications.recv() => {
+                notification?;
+                now += 1;
+                continue;
+            }
+            _ = poll.tick() => {}
+        }
+        for wait in waits(db).await {
+            *waited.entry(wait).or_default() += 1;
         }
         if task.is_finished() {
             return Err("the consumer stopped early".into());
@@ -206,11 +263,19 @@ where
             );
             reported = Instant::now();
         }
-        tokio::time::sleep(POLL).await;
     }
     let seconds = started.elapsed().as_secs_f64();
     let per_event = |now: f64, then: f64| (now - then) * 1e6 / total as f64;
+    let wal_after = wal(db).await;
+    let mut waits: Vec<(String, usize)> = waited.into_iter().collect();
+    waits.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
     let drained = Drained {
+        waits,
+        wal: (
+            (wal_after.0 - wal_before.0) as f64 / (1 << 20) as f64,
+            wal_after.1 - wal_before.1,
+            wal_after.2 - wal_before.2,
+        ),
         seconds,
         rate: total as f64 / seconds,
         client_us: per_event(
@@ -240,7 +305,12 @@ async fn main() -> BenchResult<()> {
     }
     let total = args.endpoints * args.per_endpoint;
     let nats = tokio::task::block_in_place(NatsServer::start)?;
-    let pg = tokio::task::block_in_place(Postgres::start)?;
+    let settings: Vec<(&str, &str)> = args
+        .postgres_settings
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_str()))
+        .collect();
+    let pg = tokio::task::block_in_place(|| Postgres::start_with(&settings))?;
     let client = async_nats::connect(nats.url()).await?;
     let js = jetstream::new(client);
     hookline_consumer::store::migrate(&hookline_consumer::store::connect_options(&pg.url())?)
@@ -273,10 +343,7 @@ async fn main() -> BenchResult<()> {
     }
     let (concurrency, connections) = (pool_config.concurrency, pool_config.database_connections);
     reset(&db).await?;
-    let pool = drain(&db, total, |stopped| async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|source| hookline_consumer::Error::Config(format!("bind: {source}")))?;
+    let pool = drain(&db, total, |listener, stopped| async move {
         hookline_consumer::run_pool(pool_config, listener, async move {
             let _ = stopped.await;
         })
@@ -294,10 +361,7 @@ async fn main() -> BenchResult<()> {
     }
     let single_concurrency = config.concurrency;
     reset(&db).await?;
-    let one = drain(&db, total, |stopped| async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|source| hookline_consumer::Error::Config(format!("bind: {source}")))?;
+    let one = drain(&db, total, |listener, stopped| async move {
         hookline_consumer::run(config, listener, async move {
             let _ = stopped.await;
         })
@@ -317,5 +381,15 @@ async fn main() -> BenchResult<()> {
         "ratio (pool / single events/s): {:.2}",
         pool.rate / one.rate
     );
+    let slow_consumers = nats.log().matches("Slow Consumer").count();
+    if slow_consumers > 0 {
+        println!(
+            "nats-server: {slow_consumers} slow-consumer disconnects (the client fell behind its output buffer)"
+        );
+    }
+    // The server's log (e.g. auto_explain's plans) outlives the temp dir when asked.
+    if let Some(path) = std::env::var_os("POOL_BENCH_POSTGRES_LOG") {
+        std::fs::write(path, pg.log())?;
+    }
     Ok(())
 }
