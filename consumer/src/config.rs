@@ -328,6 +328,9 @@ pub struct PoolConfig {
     pub sweep_interval: Duration,
     /// How often the directory is read again.
     pub poll_interval: Duration,
+    /// What the batch pulls of every endpoint may have on their way from
+    /// NATS at once (`DEFAULT_PULL_BUDGET_BYTES`; below nats-server's `max_pending`).
+    pub pull_budget_bytes: usize,
 }
 
 impl std::fmt::Debug for PoolConfig {
@@ -343,6 +346,7 @@ impl std::fmt::Debug for PoolConfig {
             .field("database_connections", &self.database_connections)
             .field("sweep_interval", &self.sweep_interval)
             .field("poll_interval", &self.poll_interval)
+            .field("pull_budget_bytes", &self.pull_budget_bytes)
             .finish()
     }
 }
@@ -368,6 +372,7 @@ impl PoolConfig {
             database_connections: default_database_connections(CONCURRENCY),
             sweep_interval: SWEEP_INTERVAL,
             poll_interval: DIR_POLL_INTERVAL,
+            pull_budget_bytes: crate::consume::DEFAULT_PULL_BUDGET_BYTES,
         }
     }
 

@@ -100,6 +100,7 @@ pub async fn run(
             refetch,
             concurrency: config.concurrency.into(),
             sweep_interval: config.sweep_interval,
+            pull_budget: consume::PullBudget::default(),
         };
         consume_bound(
             &endpoint,
@@ -196,6 +197,8 @@ pub(crate) struct Served {
     /// Batches in flight at once, for this endpoint.
     pub concurrency: usize,
     pub sweep_interval: Duration,
+    /// Shared by every loop of the process.
+    pub pull_budget: consume::PullBudget,
 }
 
 /// Consumes from `consumer` (already bound) until `shutdown`, with the
@@ -226,7 +229,14 @@ pub(crate) async fn consume_bound(
         gate: consume::DatabaseGate::default(),
         shutdown: shutdown.clone(),
     });
-    consume::consume(ctx, consumer, served.concurrency, shutdown.clone()).await;
+    consume::consume(
+        ctx,
+        consumer,
+        served.concurrency,
+        &served.pull_budget,
+        shutdown.clone(),
+    )
+    .await;
     sweeper.abort();
 }
 

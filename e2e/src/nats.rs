@@ -56,6 +56,12 @@ impl NatsServer {
         )))
     }
 
+    /// Starts a server that cuts a client off as a slow consumer once `bytes`
+    /// of its output wait unread (its `max_pending`; 64 MiB by default).
+    pub fn start_with_max_pending(bytes: u64) -> Result<NatsServer> {
+        NatsServer::start_with(Some(format!("max_pending: {bytes}\n")))
+    }
+
     fn start_with(config: Option<String>) -> Result<NatsServer> {
         let binary = find_binary(
             "nats-server",

@@ -4,6 +4,7 @@
 //! database is away, batches `hold` their messages and nothing more is pulled.
 
 mod batch;
+mod budget;
 mod hold;
 mod item;
 mod settle;
@@ -21,6 +22,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 pub use batch::{STAGES_TARGET, process_batch};
+pub use budget::{DEFAULT_PULL_BUDGET_BYTES, PullBudget};
 pub use hold::DatabaseGate;
 pub use item::Delivery;
 
@@ -73,9 +75,13 @@ const MIN_BATCH_BYTES: usize = 16 << 20;
 const BATCH_BYTES_OVERHEAD: usize = 1 << 20;
 
 /// What one pull may bring in bytes: bounds the memory of a batch without ever
-/// refusing a single message as large as `request.maxBodyBytes` allows.
-fn max_batch_bytes(max_body_bytes: usize) -> usize {
-    (2 * max_body_bytes + BATCH_BYTES_OVERHEAD).max(MIN_BATCH_BYTES)
+/// refusing a single message as large as `request.maxBodyBytes` allows, and
+/// (when that fits) within what the process's pulls may have in flight.
+fn max_batch_bytes(max_body_bytes: usize, budget: &PullBudget) -> usize {
+    (2 * max_body_bytes + BATCH_BYTES_OVERHEAD)
+        .max(MIN_BATCH_BYTES)
+        .min(budget.bytes())
+        .max(max_body_bytes + BATCH_BYTES_OVERHEAD)
 }
 
 /// Consumes until `shutdown`: then stops pulling and waits for the batches in
@@ -95,14 +101,19 @@ fn max_batch_bytes(max_body_bytes: usize) -> usize {
 /// ones, each waiting for its own flush behind the lock `NOTIFY` holds
 /// through commit (notifying transactions commit one at a time), which made
 /// the latency's tail.
+///
+/// Batch pulls take their bytes from `budget`, shared by every loop of the
+/// process, so that many endpoints pulling at once never make NATS cut the
+/// connection off as a slow consumer.
 pub async fn consume(
     ctx: Arc<Context>,
     consumer: PullConsumer,
     concurrency: usize,
+    budget: &PullBudget,
     mut shutdown: Shutdown,
 ) {
     let batch_size = ctx.endpoint.consumer.batch_size;
-    let max_bytes = max_batch_bytes(ctx.endpoint.request.max_body_bytes);
+    let max_bytes = max_batch_bytes(ctx.endpoint.request.max_body_bytes, budget);
     let workers = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = JoinSet::new();
     let mut pull_failures: u64 = 0;
@@ -132,16 +143,7 @@ pub async fn consume(
                 Err(_) => break,
             },
         };
-        // Never cancelled: messages already on their way would sit unseen
-        // until `ackWait` ran out. An idle pull ends within `PULL_EXPIRY`, and
-        // what it brings is processed like any batch.
-        // The timeout only guards against a pull whose answer was lost
-        // (e.g. the connection dropped mid-request).
-        let batch =
-            tokio::time::timeout(PULL_TIMEOUT, next_batch(&consumer, batch_size, max_bytes))
-                .await
-                .unwrap_or_else(|_| Err("pull request got no answer in time".into()));
-        let batch = match batch {
+        let batch = match next_batch(&consumer, batch_size, max_bytes, budget).await {
             Ok(batch) => {
                 pull_failures = 0;
                 if batch.is_empty() {
@@ -190,38 +192,62 @@ fn report(done: Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// Up to `size` messages (and about `max_bytes`): those waiting now; when none, the first one to
-/// arrive within [`PULL_EXPIRY`], alone (empty when none): it starts at once
-/// rather than a round trip later with the few that came with it, which the
-/// next pull takes.
+/// Up to `size` messages (and about `max_bytes`, taken from `budget` until
+/// they are in): those waiting now; when none, the first one to arrive within
+/// [`PULL_EXPIRY`], alone (empty when none): it starts at once rather than a
+/// round trip later with the few that came with it, which the next pull takes.
+/// That wait is not counted in the budget: it brings one message.
+///
+/// A pull is never cancelled: messages already on their way would sit unseen
+/// until `ackWait` ran out. Only one whose answer was lost (the connection
+/// dropped mid-request) is given up after [`PULL_TIMEOUT`].
 async fn next_batch(
     consumer: &PullConsumer,
     size: usize,
     max_bytes: usize,
+    budget: &PullBudget,
 ) -> Result<Vec<Delivery>, async_nats::Error> {
-    let fetch = |size| {
-        consumer
-            .fetch()
-            .max_messages(size)
-            .max_bytes(max_bytes)
-            .messages()
+    let batch = {
+        let _reserved = budget.reserve(max_bytes).await;
+        answered(async {
+            let fetch = consumer
+                .fetch()
+                .max_messages(size)
+                .max_bytes(max_bytes)
+                .messages()
+                .await?;
+            Ok(take(fetch).await)
+        })
+        .await?
+        .0
     };
-    let (batch, _) = take(fetch(size).await?).await;
     if !batch.is_empty() {
         return Ok(batch);
     }
-    let first = consumer
-        .batch()
-        .max_messages(1)
-        .expires(PULL_EXPIRY)
-        .messages()
-        .await?;
-    let (batch, ended) = take(first).await;
+    let (batch, ended) = answered(async {
+        let first = consumer
+            .batch()
+            .max_messages(1)
+            .expires(PULL_EXPIRY)
+            .messages()
+            .await?;
+        Ok(take(first).await)
+    })
+    .await?;
     match ended {
         // A status instead of a message, or with it: wait before asking again.
         Some(err) if batch.is_empty() => Err(err),
         _ => Ok(batch),
     }
+}
+
+/// `pull`'s answer, or an error once [`PULL_TIMEOUT`] passed without one.
+async fn answered<T>(
+    pull: impl Future<Output = Result<T, async_nats::Error>>,
+) -> Result<T, async_nats::Error> {
+    tokio::time::timeout(PULL_TIMEOUT, pull)
+        .await
+        .unwrap_or_else(|_| Err("pull request got no answer in time".into()))
 }
 
 /// Every message of a finished pull request, each with the time it came,
@@ -248,8 +274,19 @@ mod tests {
 
     #[test]
     fn a_pull_always_fits_the_largest_allowed_body() {
-        assert_eq!(max_batch_bytes(1 << 20), MIN_BATCH_BYTES);
+        let budget = PullBudget::default();
+        assert_eq!(max_batch_bytes(1 << 20, &budget), MIN_BATCH_BYTES);
         let largest = hookline_api::defaults::MAX_BODY_BYTES_LIMIT as usize;
-        assert!(max_batch_bytes(largest) > largest);
+        assert!(max_batch_bytes(largest, &budget) > largest);
+    }
+
+    #[test]
+    fn a_pull_asks_for_no_more_than_the_budget_when_a_message_fits_in_it() {
+        let budget = PullBudget::new(4 << 20);
+        assert_eq!(max_batch_bytes(64 << 10, &budget), 4 << 20);
+        assert_eq!(
+            max_batch_bytes(8 << 20, &budget),
+            (8 << 20) + BATCH_BYTES_OVERHEAD
+        );
     }
 }

@@ -16,6 +16,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::PoolStatus;
 use crate::Shutdown;
+use crate::consume::PullBudget;
 use crate::lifecycle::{FINAL_FLUSH, Served, bind, consume_bound};
 use crate::metrics::{Metrics, MetricsRegistry};
 use crate::refetch::Refetcher;
@@ -32,6 +33,8 @@ pub(super) struct Shared {
     /// Batches in flight at once, per endpoint.
     pub concurrency: usize,
     pub sweep_interval: Duration,
+    /// What every loop's pulls may have in flight together.
+    pub pull_budget: PullBudget,
     /// The process's shutdown: stops every loop.
     pub shutdown: Shutdown,
 }
@@ -221,6 +224,7 @@ async fn run_loop(
             refetch,
             concurrency: shared.concurrency,
             sweep_interval: shared.sweep_interval,
+            pull_budget: shared.pull_budget.clone(),
         };
         consume_bound(&served, consumer, &shared.pool, metrics, &shutdown).await;
         bound.store(false, Ordering::Relaxed);

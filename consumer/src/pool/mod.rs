@@ -22,6 +22,7 @@ use async_nats::jetstream;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::consume::PullBudget;
 use crate::http::{self, HttpState};
 use crate::lifecycle::{MIN_STATEMENT_TIMEOUT, finish, retry};
 use crate::metrics::MetricsRegistry;
@@ -168,6 +169,7 @@ pub async fn run_pool(
             provision: config.provision,
             concurrency: config.concurrency.into(),
             sweep_interval: config.sweep_interval,
+            pull_budget: PullBudget::new(config.pull_budget_bytes),
             shutdown: shutdown.clone(),
         });
         let mut next = Some(first);

@@ -42,6 +42,11 @@ impl Pool {
     /// those in `in_dir` get their manifest in the directory now.
     async fn start(names: &[&str], in_dir: &[&str]) -> Pool {
         let nats = tokio::task::block_in_place(NatsServer::start).expect("nats-server starts");
+        Pool::start_on(nats, FAST, names, in_dir).await
+    }
+
+    /// [`Pool::start`] on `nats`, the endpoints' consumers set as `consumer` says.
+    async fn start_on(nats: NatsServer, consumer: &str, names: &[&str], in_dir: &[&str]) -> Pool {
         let pg = tokio::task::block_in_place(Postgres::start).expect("postgres starts");
         let client = async_nats::connect(nats.url()).await.expect("connect NATS");
         let js = jetstream::new(client);
@@ -55,7 +60,7 @@ impl Pool {
         };
         for name in names {
             let path = pool.spare.path().join(format!("{name}.yaml"));
-            std::fs::write(&path, manifest(name, FAST)).expect("write manifest");
+            std::fs::write(&path, manifest(name, consumer)).expect("write manifest");
             let endpoint = hookline_api::load_manifest(&path).expect("valid manifest");
             hookline_api::provision::provision(&pool.js, &endpoint)
                 .await
@@ -460,4 +465,61 @@ async fn a_directory_with_two_namespaces_is_refused_at_start() {
     assert!(text.contains("different namespaces"), "{text}");
     assert!(text.contains("b.yaml is in other"), "{text}");
     let _: &Path = dir.path();
+}
+
+/// Endpoints with a backlog each, started together: their first pulls
+/// together asked NATS for more than it lets one client leave unread, NATS
+/// cut the pool's connection off as a slow consumer, and the events of the
+/// lost pulls waited `ackWait` (here 30 s) for their redelivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlogged_endpoints_starting_together_never_make_nats_cut_the_pool_off() {
+    const ENDPOINTS: usize = 12;
+    const EVENTS: usize = 40;
+    const PAYLOAD: usize = 16 << 10;
+    let nats = tokio::task::block_in_place(|| NatsServer::start_with_max_pending(1 << 20))
+        .expect("nats-server starts");
+    let names: Vec<String> = (0..ENDPOINTS).map(|i| format!("e{i:02}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let pool = Pool::start_on(nats, "ackWait: 30s", &names, &[]).await;
+    let filler = "x".repeat(PAYLOAD);
+    for name in &names {
+        for i in 0..EVENTS {
+            let mut event = TestEvent::invoice(
+                &format!("evt_{name}_{i}"),
+                "invoice.paid",
+                "in_1",
+                1,
+                "paid",
+            );
+            event.body =
+                serde_json::json!({"id": event.id, "type": "invoice.paid", "filler": filler})
+                    .to_string()
+                    .into_bytes();
+            pool.publish(name, &event).await;
+        }
+        pool.add(name);
+    }
+    let backlog = ENDPOINTS * EVENTS * PAYLOAD;
+    assert!(
+        backlog > 4 << 20,
+        "the backlog ({backlog} bytes) outgrows max_pending"
+    );
+
+    let running = Running::start_pool(PoolConfig {
+        pull_budget_bytes: 256 << 10,
+        ..pool.config()
+    })
+    .await;
+    let db = pool.db().await;
+    // Well within ackWait: nothing waited for a redelivery.
+    wait_until("every event stored", Duration::from_secs(20), || async {
+        count(&db, "SELECT count(*) FROM hookline.events").await == (ENDPOINTS * EVENTS) as i64
+    })
+    .await;
+    let log = pool.nats.log();
+    assert!(
+        !log.contains("Slow Consumer"),
+        "NATS cut a client off:\n{log}"
+    );
+    running.stop().await;
 }
