@@ -216,6 +216,79 @@ async fn members_added_edited_and_removed_change_the_directories_and_never_the_p
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_secret_is_written_when_a_signing_secret_changes_and_never_over_anothers() {
+    let mut harness = Harness::start(true).await;
+    harness.fake.insert(&pool_object(NS, POOL));
+    add(&harness, NS, &[("a", Some(POOL))]);
+    converge(&mut harness, NS, POOL, &["a"]).await;
+
+    harness
+        .fake
+        .insert(&secret(NS, "a-signing", "secret", "rotated-key-of-a"));
+    harness.fake.clear_calls();
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    let written: Vec<_> = harness
+        .fake
+        .writes()
+        .into_iter()
+        .map(|call| (call.verb, call.resource, call.name, call.field_manager))
+        .collect();
+    assert_eq!(
+        written,
+        [(
+            "patch".to_owned(),
+            "secrets".to_owned(),
+            Some("shared-pool-secrets".to_owned()),
+            Some(hookline_api::naming::FIELD_MANAGER.to_owned())
+        )],
+        "one server-side apply of the pool Secret, by the one field manager"
+    );
+    let secrets: Secret = harness
+        .fake
+        .typed(NS, "shared-pool-secrets")
+        .expect("Secret");
+    assert_eq!(secrets.data.expect("data")["a"].0, b"rotated-key-of-a");
+    assert_eq!(
+        secrets.metadata.owner_references.expect("owned")[0].kind,
+        "WebhookPool"
+    );
+    harness.fake.clear_calls();
+    harness.reconcile_pool(NS, POOL).await.expect("steady");
+    assert_eq!(harness.fake.writes(), Vec::new(), "written once");
+
+    // Someone else's Secret under the pool Secret's name is never written.
+    let mut other = Harness::start(true).await;
+    other.fake.insert(&pool_object(NS, POOL));
+    other
+        .fake
+        .insert(&secret(NS, "shared-pool-secrets", "x", "not the pool's"));
+    add(&other, NS, &[("a", Some(POOL))]);
+    other.settle(NS, "a").await;
+    other.reconcile_pool(NS, POOL).await.expect("pool");
+    let theirs: Secret = other.fake.typed(NS, "shared-pool-secrets").expect("Secret");
+    assert_eq!(keys(theirs.data), ["x"]);
+    let ready = other
+        .pool(NS, POOL)
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|condition| condition.type_ == "Ready")
+        .expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reasons::NAME_CONFLICT),
+        "{}",
+        ready.message
+    );
+    assert!(
+        ready.message.contains("Secret shop/shared-pool-secrets"),
+        "{}",
+        ready.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_between_dedicated_and_pooled_moves_the_pods_and_keeps_the_ingress() {
     let mut harness = Harness::start(true).await;
     harness.fake.insert(&pool_object(NS, POOL));
