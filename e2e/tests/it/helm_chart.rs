@@ -172,6 +172,14 @@ fn values_schema_refuses_bad_and_unknown_settings() {
         ("image.pullPolicy=Sometimes", "pullPolicy"),
         ("resyncInterval=soon", "resyncInterval"),
         ("networkPolicy.kedaNamespace=KEDA_System", "kedaNamespace"),
+        (
+            "metrics.prometheusRule.deliverySlowSeconds=0",
+            "deliverySlowSeconds",
+        ),
+        (
+            "metrics.prometheusRule.deliverySlowSeconds=600",
+            "deliverySlowSeconds",
+        ),
     ] {
         let output = helm(&[
             "template",
@@ -447,5 +455,81 @@ fn the_network_policy_lets_kedas_namespace_reach_the_pools_lag_port() {
         policy_ingress(&nobody),
         [],
         "no namespace named: no rule, so nothing gets in (not everyone)"
+    );
+}
+
+/// The alerts of the rendered PrometheusRule, by name.
+fn alerts(objects: &[serde_yaml::Value]) -> Vec<(String, serde_yaml::Value)> {
+    let rule = objects
+        .iter()
+        .find(|object| object["kind"] == "PrometheusRule")
+        .expect("a PrometheusRule");
+    rule["spec"]["groups"]
+        .as_sequence()
+        .expect("groups")
+        .iter()
+        .flat_map(|group| group["rules"].as_sequence().cloned().unwrap_or_default())
+        .map(|rule| (rule["alert"].as_str().expect("an alert").to_owned(), rule))
+        .collect()
+}
+
+#[test]
+fn every_alert_has_a_runbook_entry_in_the_operations_guide() {
+    let guide = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/operations.md"
+    ))
+    .expect("docs/operations.md");
+    let alerts = alerts(&objects(&["--set", "metrics.prometheusRule.enabled=true"]));
+    assert!(alerts.len() >= 7, "{alerts:?}");
+    let missing: Vec<&str> = alerts
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .filter(|name| !guide.contains(&format!("**{name}** (")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "alerts without a `**Name** (severity): …` entry under Alerts in docs/operations.md: {missing:?}"
+    );
+}
+
+#[test]
+fn delivery_slow_fires_on_the_delivery_p99_above_the_configured_seconds_for_15_minutes() {
+    let rule = |extra: &[&str]| {
+        let mut args = vec!["--set", "metrics.prometheusRule.enabled=true"];
+        args.extend_from_slice(extra);
+        alerts(&objects(&args))
+            .into_iter()
+            .find(|(name, _)| name == "HooklineDeliverySlow")
+            .expect("HooklineDeliverySlow")
+            .1
+    };
+    let default = rule(&[]);
+    assert_eq!(
+        default["expr"].as_str().expect("expr"),
+        "histogram_quantile(0.99, sum by (endpoint, le) (rate(hookline_consumer_delivery_latency_seconds_bucket[10m]))) > 5"
+    );
+    assert_eq!(default["for"], "15m");
+    assert_eq!(default["labels"]["severity"], "warning");
+    let description = default["annotations"]["description"]
+        .as_str()
+        .expect("description");
+    for words in [
+        "not Postgres",
+        "hookline_consumer_processing_latency_seconds",
+        "HooklineDeliverySlow",
+    ] {
+        assert!(description.contains(words), "{words}: {description}");
+    }
+    let configured = rule(&[
+        "--set-json",
+        "metrics.prometheusRule.deliverySlowSeconds=2.5",
+    ]);
+    assert!(
+        configured["expr"]
+            .as_str()
+            .expect("expr")
+            .ends_with(")) > 2.5"),
+        "{configured:?}"
     );
 }
