@@ -39,7 +39,9 @@ pub mod validated;
 
 use std::path::{Path, PathBuf};
 
-pub use manifest::{load_manifest, parse_manifest, parse_manifest_checked, validate};
+pub use manifest::{
+    load_manifest, parse_document_checked, parse_manifest, parse_manifest_checked, validate,
+};
 pub use pool::{WebhookPool, WebhookPoolSpec, WebhookPoolStatus};
 pub use resolve::{preset, resolve, resolve_pool};
 pub use spec::{WebhookEndpoint, WebhookEndpointSpec, WebhookEndpointStatus};

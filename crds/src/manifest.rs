@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use serde::de::DeserializeOwned;
+
 use crate::spec::WebhookEndpoint;
 use crate::validated::ValidatedEndpoint;
 use crate::{Error, Result};
@@ -26,10 +28,18 @@ pub fn parse_manifest_checked(text: &str) -> Result<(WebhookEndpoint, Vec<String
             field: String::new(),
             message: format!("not YAML: {err}"),
         })?;
-    for (field, expected) in [
-        ("apiVersion", "hookline.io/v1alpha1"),
-        ("kind", "WebhookEndpoint"),
-    ] {
+    parse_document_checked(document, "WebhookEndpoint")
+}
+
+/// A `hookline.io/v1alpha1` resource of `kind` (`WebhookEndpoint`,
+/// `WebhookPool`) from one YAML document already parsed (one of several in
+/// a file), and the paths of the fields it ignored, as
+/// [`parse_manifest_checked`] reads a whole file.
+pub fn parse_document_checked<T: DeserializeOwned>(
+    document: serde_yaml::Value,
+    kind: &str,
+) -> Result<(T, Vec<String>)> {
+    for (field, expected) in [("apiVersion", "hookline.io/v1alpha1"), ("kind", kind)] {
         let found = document.get(field).and_then(serde_yaml::Value::as_str);
         if found != Some(expected) {
             return Err(Error::Manifest {

@@ -1,6 +1,9 @@
 //! The apply step: server-side apply of every child under one field manager,
 //! skipping children whose cached state already holds what was built (a
 //! steady state makes no write), then deleting what the endpoint no longer has.
+//! A child whose kind is cached as metadata only (a pool's Secret) goes
+//! through the same ownership check and write, skipped by what this replica
+//! last wrote instead ([`Applier::apply_uncached`]).
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -11,7 +14,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, Patch, PatchParams};
-use kube::core::NamespaceResourceScope;
+use kube::core::{NamespaceResourceScope, PartialObjectMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -139,6 +142,14 @@ impl ApplyFailure {
 /// field removed from the desired object changes it, so the removal is
 /// applied (a comparison of the fields still desired cannot see it).
 pub const APPLIED_HASH_ANNOTATION: &str = "hookline.io/applied-hash";
+
+/// What this replica last wrote of a child cached as metadata only: the
+/// hash of what it applied and the resource version the write returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub hash: String,
+    pub resource_version: String,
+}
 
 /// What the apply step talks to.
 pub struct Applier<'a> {
@@ -304,33 +315,112 @@ impl Applier<'_> {
             },
         };
         if let Some(current) = &current {
-            if controller_uid(current) != Some(self.owner_uid) {
-                failures.push(fail(Problem::NameConflict {
-                    controller: controller_name(current),
-                }));
+            if let Some(conflict) = self.conflict(current) {
+                failures.push(fail(conflict));
                 return None;
             }
             if holds(current, &desired) {
                 return Some(current.clone());
             }
         }
+        match self.write(&api, &desired).await {
+            Ok(applied) => Some(applied),
+            Err(problem) => {
+                failures.push(fail(problem));
+                current
+            }
+        }
+    }
+
+    /// [`apply_one`](Self::apply_one) for a kind the watches keep as metadata
+    /// only: the pool's Secret (the operator caches no Secret's values, so
+    /// there is no copy to compare `desired` with, and a GET would read the
+    /// values on every reconcile). It is written only when its hash differs
+    /// from `last` (what this replica last wrote), or the object's resource
+    /// version moved past `last`'s (someone else changed it, or this
+    /// replica has not written it since it started). The hash is kept in
+    /// memory only, never on the object: it is a digest of secret values.
+    /// `seen` is the object's metadata as cached, `None` when the cache
+    /// does not have it (then asked of the API server, metadata only).
+    /// Returns what was written, `None` when nothing needed to be.
+    pub async fn apply_uncached<K>(
+        &self,
+        desired: K,
+        seen: Option<PartialObjectMeta<K>>,
+        last: Option<&Written>,
+    ) -> Result<Option<Written>, ApplyFailure>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Debug
+            + Serialize
+            + DeserializeOwned,
+    {
+        let name = desired.name_any();
+        let fail = |problem: Problem| ApplyFailure {
+            kind: K::kind(&()).into_owned(),
+            name: name.clone(),
+            problem,
+        };
+        let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
+        let seen = match seen {
+            Some(seen) => Some(seen),
+            None => api
+                .get_metadata_opt(&name)
+                .await
+                .map_err(|err| fail(refusal(&err)))?,
+        };
+        let hash = applied_hash(&desired);
+        if let Some(seen) = &seen {
+            if let Some(conflict) = self.conflict(seen) {
+                return Err(fail(conflict));
+            }
+            if last.is_some_and(|last| {
+                last.hash == hash
+                    && seen.resource_version().as_deref() == Some(last.resource_version.as_str())
+            }) {
+                return Ok(None);
+            }
+        }
+        let applied = self.write(&api, &desired).await.map_err(fail)?;
+        Ok(applied.resource_version().map(|resource_version| Written {
+            hash,
+            resource_version,
+        }))
+    }
+
+    /// Why `current` must not be written: it is not this owner's.
+    fn conflict<K: Resource>(&self, current: &K) -> Option<Problem> {
+        (controller_uid(current) != Some(self.owner_uid)).then(|| Problem::NameConflict {
+            controller: controller_name(current),
+        })
+    }
+
+    /// Server-side apply of `desired` with `force` (the operator is the
+    /// sole owner of what it applies) under the one field manager, counted
+    /// by kind and logged by kind and name (never its content).
+    async fn write<K>(&self, api: &Api<K>, desired: &K) -> Result<K, Problem>
+    where
+        K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+    {
+        let name = desired.name_any();
+        let kind = K::kind(&()).into_owned();
         match api
             .patch(
                 &name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&desired),
+                &Patch::Apply(desired),
             )
             .await
         {
             Ok(applied) => {
                 self.metrics.write(&kind);
                 tracing::info!(%kind, %name, "applied");
-                Some(applied)
+                Ok(applied)
             }
             Err(err) => {
                 tracing::warn!(%kind, %name, cause = %err, "cannot apply");
-                failures.push(fail(refusal(&err)));
-                current
+                Err(refusal(&err))
             }
         }
     }
@@ -377,7 +467,7 @@ fn names<K: Resource>(object: Option<&K>) -> Vec<String> {
 }
 
 /// The UID of the object's controller (the owner reference with `controller: true`).
-pub(crate) fn controller_uid<K: Resource>(object: &K) -> Option<&str> {
+fn controller_uid<K: Resource>(object: &K) -> Option<&str> {
     object
         .owner_references()
         .iter()
@@ -395,7 +485,7 @@ fn controller_name<K: Resource>(object: &K) -> Option<String> {
 }
 
 /// What the API server said, or why it could not be asked.
-pub(crate) fn refusal(err: &kube::Error) -> Problem {
+fn refusal(err: &kube::Error) -> Problem {
     Problem::Refused(match err {
         kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
         other => other.to_string(),
@@ -403,7 +493,7 @@ pub(crate) fn refusal(err: &kube::Error) -> Problem {
 }
 
 /// Sixteen hex digits of SHA-256 over the object as it is applied.
-pub(crate) fn applied_hash<K: Serialize>(desired: &K) -> String {
+fn applied_hash<K: Serialize>(desired: &K) -> String {
     let bytes = serde_json::to_vec(desired).unwrap_or_default();
     Sha256::digest(&bytes)
         .iter()

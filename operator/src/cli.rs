@@ -34,9 +34,17 @@ pub enum Command {
     /// Run the controller against the cluster of the kubeconfig or the
     /// in-cluster service account (the default).
     Run,
-    /// Print the children reconcile would apply for a manifest, as YAML.
+    /// Print the children reconcile would apply for a manifest, as YAML: a
+    /// WebhookEndpoint's, or a WebhookPool's with the members in its file.
     Render {
-        /// A WebhookEndpoint manifest.
+        /// A WebhookEndpoint manifest, or a WebhookPool followed by its members.
+        ///
+        /// A file with a WebhookPool may hold, as further YAML documents, the
+        /// WebhookEndpoints whose `spec.pool` names it (its members; no other
+        /// endpoint): it prints the pool's children serving them, then each
+        /// member's Ingress. The pool's Secret is printed without values (the
+        /// operator copies each member's signing secret in the cluster), and
+        /// its ScaledObject only with `--service-url`, as in the cluster.
         #[arg(short = 'f', long = "filename", value_name = "FILE")]
         file: PathBuf,
         /// The namespace, when the manifest names none (default: `default`).

@@ -15,7 +15,7 @@
 //! [`controller`] wires watches, [`leader`] elects one active replica, [`http`]
 //! serves health and [`metrics`], [`keda`] has the ScaledObject type and
 //! KEDA discovery, [`cli`] parses flags, [`render`] prints the
-//! children of a manifest file. `main.rs` only parses flags and sets up logging.
+//! children of a manifest file (an endpoint, or a pool with its members). `main.rs` only parses flags and sets up logging.
 
 pub mod apply;
 pub mod build;

@@ -29,7 +29,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{Instrument, info, warn};
 
-use crate::apply::{self, Applier, ApplyFailure, Problem};
+use crate::apply::{self, Applier, ApplyFailure};
 use crate::build::pool::{self as pool_build, Member, PoolChildren, PoolNames, manifest_key};
 use crate::build::{Children, Cluster};
 use crate::reconcile::{Context, jitter};
@@ -231,7 +231,7 @@ pub fn served_finding(view: &PoolView, valid: &ValidEndpoint) -> Finding {
 /// version, so a steady pool writes nothing) and when its status was.
 #[derive(Default)]
 pub struct Written {
-    secrets: Mutex<HashMap<String, (String, String)>>,
+    secrets: Mutex<HashMap<String, apply::Written>>,
     statuses: Mutex<HashMap<String, Instant>>,
 }
 
@@ -388,7 +388,6 @@ async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
     let PoolChildren { workload, secret } =
         pool_build::build(&valid, &served, &ctx.config, Cluster { keda });
     ctx.stores.wait_until_ready(keda, SCALER_CACHE_WAIT).await;
-    let mut secret_failure = apply_secret(ctx, &api, &key, secret, &uid).await;
     let applier = Applier {
         client: &ctx.client,
         stores: &ctx.stores,
@@ -396,6 +395,8 @@ async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
         namespace: &namespace,
         owner_uid: &uid,
     };
+    // Before the pods that mount it.
+    let mut secret_failure = apply_secret(ctx, &applier, &key, secret).await;
     let manifests_desired: BTreeMap<String, String> =
         workload.config_map.data.clone().unwrap_or_default();
     let mut applied = Box::pin(applier.apply(Children {
@@ -519,91 +520,40 @@ fn retrigger_if_changed(ctx: &Context, candidate: &Candidate, view: &PoolView) {
     }
 }
 
-/// Writes the pool Secret with server-side apply unless this replica wrote
-/// the same content at the version the Secret watch still shows. Never
-/// writes over a Secret the pool does not control.
+/// Writes the pool Secret through the apply step, only when what it would
+/// write changed since this replica last wrote it (its values are never
+/// cached, so the Secret watch's metadata and that memory decide; see
+/// [`Applier::apply_uncached`]). Never writes over a Secret the pool does
+/// not control.
 async fn apply_secret(
     ctx: &Context,
-    api: &Api<Secret>,
+    applier: &Applier<'_>,
     key: &str,
     desired: Secret,
-    owner_uid: &str,
 ) -> Option<ApplyFailure> {
-    let name = desired.name_any();
-    let fail = |problem| ApplyFailure {
-        kind: "Secret".into(),
-        name: name.clone(),
-        problem,
-    };
-    let hash = apply::applied_hash(&desired);
-    let namespace = desired.namespace().unwrap_or_default();
-    let seen = match &ctx.secret_index {
-        Some(index) => index.metadata(&namespace, &name).map(|meta| {
-            (
-                apply::controller_uid(meta.as_ref()).map(str::to_owned),
-                meta.resource_version(),
-            )
-        }),
-        None => None,
-    };
-    let seen = match seen {
-        Some(seen) => Some(seen),
-        None => match api.get_metadata_opt(&name).await {
-            Ok(meta) => meta.map(|meta| {
-                (
-                    apply::controller_uid(&meta).map(str::to_owned),
-                    meta.resource_version(),
-                )
-            }),
-            Err(err) => return Some(fail(apply::refusal(&err))),
-        },
-    };
-    if let Some((controller, version)) = &seen {
-        if controller.as_deref() != Some(owner_uid) {
-            return Some(fail(Problem::NameConflict {
-                controller: controller
-                    .clone()
-                    .map(|uid| format!("an object with UID {uid}")),
-            }));
-        }
-        let written = ctx
-            .pool_state
-            .secrets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-            .cloned();
-        if let (Some((written_hash, written_version)), Some(version)) = (written, version)
-            && written_hash == hash
-            && written_version == *version
-        {
-            return None;
-        }
-    }
-    match api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&desired),
-        )
-        .await
-    {
-        Ok(applied) => {
-            ctx.metrics.write("Secret");
-            info!(kind = "Secret", %name, "applied");
-            if let Some(version) = applied.resource_version() {
-                ctx.pool_state
-                    .secrets
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(key.to_owned(), (hash, version));
-            }
+    let seen = ctx.secret_index.as_ref().and_then(|index| {
+        index
+            .metadata(applier.namespace, &desired.name_any())
+            .map(|meta| meta.as_ref().clone())
+    });
+    let last = ctx
+        .pool_state
+        .secrets
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(key)
+        .cloned();
+    match applier.apply_uncached(desired, seen, last.as_ref()).await {
+        Ok(Some(written)) => {
+            ctx.pool_state
+                .secrets
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key.to_owned(), written);
             None
         }
-        Err(err) => {
-            warn!(kind = "Secret", %name, cause = %err, "cannot apply");
-            Some(fail(apply::refusal(&err)))
-        }
+        Ok(None) => None,
+        Err(failure) => Some(failure),
     }
 }
 

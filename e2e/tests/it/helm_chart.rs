@@ -171,6 +171,15 @@ fn values_schema_refuses_bad_and_unknown_settings() {
         ("replicass=2", "replicass"),
         ("image.pullPolicy=Sometimes", "pullPolicy"),
         ("resyncInterval=soon", "resyncInterval"),
+        ("networkPolicy.kedaNamespace=KEDA_System", "kedaNamespace"),
+        (
+            "metrics.prometheusRule.deliverySlowSeconds=0",
+            "deliverySlowSeconds",
+        ),
+        (
+            "metrics.prometheusRule.deliverySlowSeconds=600",
+            "deliverySlowSeconds",
+        ),
     ] {
         let output = helm(&[
             "template",
@@ -322,5 +331,205 @@ fn a_secret_file_readable_only_by_its_group_needs_fs_group() {
     assert_eq!(
         file_mode(&serde_yaml::from_str("0440").expect("YAML")),
         Some(0o440)
+    );
+}
+
+/// The objects `helm template` renders with `extra` values.
+fn objects(extra: &[&str]) -> Vec<serde_yaml::Value> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = render(dir.path(), "chart.yaml", extra);
+    let text = std::fs::read_to_string(file).expect("rendered chart");
+    text.split("\n---\n")
+        .map(|document| serde_yaml::from_str::<serde_yaml::Value>(document).expect("YAML"))
+        .filter(|object| !object.is_null())
+        .collect()
+}
+
+/// The operator's NetworkPolicy ingress: per rule, the namespaces it lets
+/// in and the ports it opens.
+fn policy_ingress(objects: &[serde_yaml::Value]) -> Vec<(Vec<String>, Vec<u64>)> {
+    let policy = objects
+        .iter()
+        .find(|object| object["kind"] == "NetworkPolicy")
+        .expect("a NetworkPolicy");
+    assert_eq!(
+        policy["spec"]["policyTypes"][0], "Ingress",
+        "ingress is restricted"
+    );
+    policy["spec"]["ingress"]
+        .as_sequence()
+        .expect("an ingress list (empty: nothing gets in)")
+        .iter()
+        .map(|rule| {
+            let namespaces = rule["from"]
+                .as_sequence()
+                .expect("every rule names its sources: a rule without `from` lets everyone in")
+                .iter()
+                .map(|peer| {
+                    peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                        .as_str()
+                        .expect("a namespace by name")
+                        .to_owned()
+                })
+                .collect();
+            let ports = rule["ports"]
+                .as_sequence()
+                .expect("ports")
+                .iter()
+                .map(|port| port["port"].as_u64().expect("a port number"))
+                .collect();
+            (namespaces, ports)
+        })
+        .collect()
+}
+
+/// The port of the operator's `--listen`: where it serves `/metrics` and
+/// the pools' `/pools/<ns>/<pool>/lag`.
+fn operator_listen_port(objects: &[serde_yaml::Value]) -> u64 {
+    let deployment = objects
+        .iter()
+        .find(|object| object["kind"] == "Deployment")
+        .expect("the operator Deployment");
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .expect("args");
+    let listen = args
+        .iter()
+        .filter_map(serde_yaml::Value::as_str)
+        .find_map(|arg| arg.strip_prefix("--listen="))
+        .expect("--listen");
+    listen
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .expect("a port")
+}
+
+#[test]
+fn the_network_policy_lets_kedas_namespace_reach_the_pools_lag_port() {
+    let on = "networkPolicy.enabled=true";
+    let defaults = objects(&["--set", on]);
+    let port = operator_listen_port(&defaults);
+    assert_eq!(
+        policy_ingress(&defaults),
+        [(vec!["monitoring".to_owned(), "keda".to_owned()], vec![port])],
+        "KEDA (namespace keda by default) may poll /pools/<ns>/<pool>/lag"
+    );
+    let elsewhere = objects(&[
+        "--set",
+        on,
+        "--set",
+        "networkPolicy.kedaNamespace=autoscaling",
+    ]);
+    assert_eq!(
+        policy_ingress(&elsewhere),
+        [(
+            vec!["monitoring".to_owned(), "autoscaling".to_owned()],
+            vec![port]
+        )]
+    );
+    let no_keda = objects(&["--set", on, "--set", "networkPolicy.kedaNamespace="]);
+    assert_eq!(
+        policy_ingress(&no_keda),
+        [(vec!["monitoring".to_owned()], vec![port])]
+    );
+    let named_twice = objects(&[
+        "--set",
+        on,
+        "--set",
+        "networkPolicy.metricsNamespaces={monitoring,keda}",
+    ]);
+    assert_eq!(
+        policy_ingress(&named_twice),
+        [(vec!["monitoring".to_owned(), "keda".to_owned()], vec![port])],
+        "a namespace named in both is let in once"
+    );
+    let nobody = objects(&[
+        "--set",
+        on,
+        "--set",
+        "networkPolicy.kedaNamespace=",
+        "--set-json",
+        "networkPolicy.metricsNamespaces=[]",
+    ]);
+    assert_eq!(
+        policy_ingress(&nobody),
+        [],
+        "no namespace named: no rule, so nothing gets in (not everyone)"
+    );
+}
+
+/// The alerts of the rendered PrometheusRule, by name.
+fn alerts(objects: &[serde_yaml::Value]) -> Vec<(String, serde_yaml::Value)> {
+    let rule = objects
+        .iter()
+        .find(|object| object["kind"] == "PrometheusRule")
+        .expect("a PrometheusRule");
+    rule["spec"]["groups"]
+        .as_sequence()
+        .expect("groups")
+        .iter()
+        .flat_map(|group| group["rules"].as_sequence().cloned().unwrap_or_default())
+        .map(|rule| (rule["alert"].as_str().expect("an alert").to_owned(), rule))
+        .collect()
+}
+
+#[test]
+fn every_alert_has_a_runbook_entry_in_the_operations_guide() {
+    let guide = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/operations.md"
+    ))
+    .expect("docs/operations.md");
+    let alerts = alerts(&objects(&["--set", "metrics.prometheusRule.enabled=true"]));
+    assert!(alerts.len() >= 7, "{alerts:?}");
+    let missing: Vec<&str> = alerts
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .filter(|name| !guide.contains(&format!("**{name}** (")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "alerts without a `**Name** (severity): …` entry under Alerts in docs/operations.md: {missing:?}"
+    );
+}
+
+#[test]
+fn delivery_slow_fires_on_the_delivery_p99_above_the_configured_seconds_for_15_minutes() {
+    let rule = |extra: &[&str]| {
+        let mut args = vec!["--set", "metrics.prometheusRule.enabled=true"];
+        args.extend_from_slice(extra);
+        alerts(&objects(&args))
+            .into_iter()
+            .find(|(name, _)| name == "HooklineDeliverySlow")
+            .expect("HooklineDeliverySlow")
+            .1
+    };
+    let default = rule(&[]);
+    assert_eq!(
+        default["expr"].as_str().expect("expr"),
+        "histogram_quantile(0.99, sum by (endpoint, le) (rate(hookline_consumer_delivery_latency_seconds_bucket[10m]))) > 5"
+    );
+    assert_eq!(default["for"], "15m");
+    assert_eq!(default["labels"]["severity"], "warning");
+    let description = default["annotations"]["description"]
+        .as_str()
+        .expect("description");
+    for words in [
+        "not Postgres",
+        "hookline_consumer_processing_latency_seconds",
+        "HooklineDeliverySlow",
+    ] {
+        assert!(description.contains(words), "{words}: {description}");
+    }
+    let configured = rule(&[
+        "--set-json",
+        "metrics.prometheusRule.deliverySlowSeconds=2.5",
+    ]);
+    assert!(
+        configured["expr"]
+            .as_str()
+            .expect("expr")
+            .ends_with(")) > 2.5"),
+        "{configured:?}"
     );
 }

@@ -216,6 +216,79 @@ async fn members_added_edited_and_removed_change_the_directories_and_never_the_p
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_secret_is_written_when_a_signing_secret_changes_and_never_over_anothers() {
+    let mut harness = Harness::start(true).await;
+    harness.fake.insert(&pool_object(NS, POOL));
+    add(&harness, NS, &[("a", Some(POOL))]);
+    converge(&mut harness, NS, POOL, &["a"]).await;
+
+    harness
+        .fake
+        .insert(&secret(NS, "a-signing", "secret", "rotated-key-of-a"));
+    harness.fake.clear_calls();
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    let written: Vec<_> = harness
+        .fake
+        .writes()
+        .into_iter()
+        .map(|call| (call.verb, call.resource, call.name, call.field_manager))
+        .collect();
+    assert_eq!(
+        written,
+        [(
+            "patch".to_owned(),
+            "secrets".to_owned(),
+            Some("shared-pool-secrets".to_owned()),
+            Some(hookline_api::naming::FIELD_MANAGER.to_owned())
+        )],
+        "one server-side apply of the pool Secret, by the one field manager"
+    );
+    let secrets: Secret = harness
+        .fake
+        .typed(NS, "shared-pool-secrets")
+        .expect("Secret");
+    assert_eq!(secrets.data.expect("data")["a"].0, b"rotated-key-of-a");
+    assert_eq!(
+        secrets.metadata.owner_references.expect("owned")[0].kind,
+        "WebhookPool"
+    );
+    harness.fake.clear_calls();
+    harness.reconcile_pool(NS, POOL).await.expect("steady");
+    assert_eq!(harness.fake.writes(), Vec::new(), "written once");
+
+    // Someone else's Secret under the pool Secret's name is never written.
+    let mut other = Harness::start(true).await;
+    other.fake.insert(&pool_object(NS, POOL));
+    other
+        .fake
+        .insert(&secret(NS, "shared-pool-secrets", "x", "not the pool's"));
+    add(&other, NS, &[("a", Some(POOL))]);
+    other.settle(NS, "a").await;
+    other.reconcile_pool(NS, POOL).await.expect("pool");
+    let theirs: Secret = other.fake.typed(NS, "shared-pool-secrets").expect("Secret");
+    assert_eq!(keys(theirs.data), ["x"]);
+    let ready = other
+        .pool(NS, POOL)
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|condition| condition.type_ == "Ready")
+        .expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reasons::NAME_CONFLICT),
+        "{}",
+        ready.message
+    );
+    assert!(
+        ready.message.contains("Secret shop/shared-pool-secrets"),
+        "{}",
+        ready.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_between_dedicated_and_pooled_moves_the_pods_and_keeps_the_ingress() {
     let mut harness = Harness::start(true).await;
     harness.fake.insert(&pool_object(NS, POOL));
@@ -623,4 +696,206 @@ async fn with_keda_the_pool_consumer_scales_on_the_lag_the_operator_serves() {
     harness.metrics.set_pending("shop/b", Some(2));
     assert_eq!(harness.metrics.pool_lag("shop/shared"), Some((42, 2)));
     assert_eq!(harness.metrics.pool_lag("other/shared"), None);
+}
+
+/// An object as JSON, to compare with one parsed from YAML.
+fn json(object: &impl serde::Serialize) -> Value {
+    serde_json::to_value(object).expect("JSON")
+}
+
+/// The YAML documents of `text`, comments dropped.
+fn documents(text: &str) -> Vec<Value> {
+    text.split("---\n")
+        .filter_map(|document| serde_yaml::from_str::<Option<Value>>(document).expect("YAML"))
+        .collect()
+}
+
+#[test]
+fn render_of_a_pool_file_prints_the_pools_children_serving_the_members_in_it() {
+    let file = support::examples_dir().join("pool/webhookpool.yaml");
+    let output = std::process::Command::new(hookline_e2e::workspace_bin("hookline-operator"))
+        .args([
+            "render",
+            "--service-url",
+            "http://hookline-operator.hookline.svc:8080",
+            "-f",
+        ])
+        .arg(&file)
+        .output()
+        .expect("render runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).expect("utf-8");
+    let objects = documents(&text);
+    let kinds: Vec<(&str, &str)> = objects
+        .iter()
+        .map(|object| {
+            (
+                object["kind"].as_str().expect("kind"),
+                object["metadata"]["name"].as_str().expect("name"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("ConfigMap", "shared-pool-endpoints"),
+            ("Secret", "shared-pool-secrets"),
+            ("Ingress", "github-receiver"),
+            ("Service", "shared-pool-receiver"),
+            ("Deployment", "shared-pool-receiver"),
+            ("PodDisruptionBudget", "shared-pool-receiver"),
+            ("Deployment", "shared-pool-consumer"),
+            ("ScaledObject", "shared-pool-consumer"),
+        ]
+    );
+    // The same builders as the pool's reconcile, with the member the file holds.
+    let (mut valid, member) = shipped();
+    valid.owner = None;
+    let built = hookline_operator::build::pool::build(
+        &valid,
+        &[hookline_operator::build::pool::Member {
+            name: "github".into(),
+            manifest: hookline_operator::validate::validate(&member)
+                .expect("valid member")
+                .manifest,
+            signing_secret: Vec::new(),
+        }],
+        &with_service_url(),
+        hookline_operator::build::Cluster { keda: true },
+    );
+    assert_eq!(objects[0], json(&built.workload.config_map));
+    assert_eq!(objects[4], json(&built.workload.receiver));
+    assert_eq!(objects[6], json(&built.workload.consumer));
+    assert_eq!(
+        objects[7],
+        json(built.workload.scaler.as_ref().expect("scaler"))
+    );
+    assert_eq!(
+        objects[2]["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"],
+        "shared-pool-receiver"
+    );
+    assert!(
+        objects[1].get("data").is_none(),
+        "no signing secret is rendered: {}",
+        objects[1]
+    );
+    assert!(
+        text.contains("# data: one key per served member (github)"),
+        "{text}"
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rendered = dir.path().join("pool.yaml");
+    std::fs::write(&rendered, &text).expect("write");
+    let output = std::process::Command::new("kubernetes-validate")
+        .args(["--strict", "--kubernetes-version", "1.32.0"])
+        .arg(&rendered)
+        .output()
+        .expect("kubernetes-validate runs (pip install kubernetes-validate)");
+    let report = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{report}");
+}
+
+#[test]
+fn render_of_a_pool_without_service_url_runs_fixed_consumers_and_says_why() {
+    let file = support::examples_dir().join("pool/webhookpool.yaml");
+    let text = hookline_operator::render::render_file(&file, None, &Default::default(), true)
+        .expect("renders");
+    let objects = documents(&text);
+    assert!(
+        objects
+            .iter()
+            .all(|object| object["kind"] != "ScaledObject"),
+        "{text}"
+    );
+    let consumer = objects
+        .iter()
+        .find(|object| object["metadata"]["name"] == "shared-pool-consumer")
+        .expect("consumer");
+    assert_eq!(consumer["spec"]["replicas"], 1);
+    assert!(
+        text.ends_with(
+            "# No ScaledObject: KEDA polls the pool's lag at <--service-url>/pools/shop/shared/lag; give --service-url (the chart sets it) to render it.\n"
+        ),
+        "{text}"
+    );
+    let no_keda = hookline_operator::render::render_file(&file, None, &Default::default(), false)
+        .expect("renders");
+    assert!(!no_keda.contains("No ScaledObject"), "{no_keda}");
+}
+
+#[test]
+fn render_of_a_pool_file_refuses_what_is_not_its_member_naming_the_document() {
+    let pool = "apiVersion: hookline.io/v1alpha1\nkind: WebhookPool\nmetadata: {name: shared, namespace: shop}\nspec: {consumer: {databaseSecretRef: {name: db, key: url}}}\n";
+    let endpoint = |namespace: &str, extra: &str| {
+        format!(
+            "apiVersion: hookline.io/v1alpha1\nkind: WebhookEndpoint\nmetadata: {{name: a, namespace: {namespace}}}\nspec: {{provider: github, secretRef: {{name: s}}{extra}}}\n"
+        )
+    };
+    let member = endpoint("shop", ", pool: shared");
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (content, expected) in [
+        (
+            format!(
+                "{pool}---\n{}",
+                endpoint(
+                    "shop",
+                    ", consumer: {databaseSecretRef: {name: db, key: url}}"
+                )
+            ),
+            "document 2: WebhookEndpoint shop/a does not set spec.pool: shared",
+        ),
+        (
+            format!("{pool}---\n{}", endpoint("other", ", pool: shared")),
+            "document 2: WebhookEndpoint other/a is not in the namespace of WebhookPool shop/shared",
+        ),
+        (
+            format!("{pool}---\n{member}---\n{member}"),
+            "document 3: WebhookEndpoint shop/a is in the file twice",
+        ),
+        (
+            format!("{pool}---\n{pool}"),
+            "holds 2 WebhookPools: render one pool per file",
+        ),
+        (
+            format!(
+                "{member}---\n{}",
+                pool.replace("spec: {", "spec: {replicaz: 2, ")
+            ),
+            "document 2: spec.replicaz: unknown field",
+        ),
+        (
+            format!(
+                "{}---\n{member}",
+                pool.replace("url}}", "url}, scaling: {minReplicas: 0}}")
+            ),
+            "document 1: invalid WebhookPool: spec.consumer.scaling.minReplicas",
+        ),
+        (
+            format!(
+                "{pool}---\n{}",
+                endpoint("shop", ", pool: shared, receiver: {replicas: 3}")
+            ),
+            "document 2: invalid WebhookEndpoint: spec.receiver: a pool member has no receiver of its own",
+        ),
+        (
+            format!("{pool}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: x}}\n"),
+            "document 2: apiVersion: expected \"hookline.io/v1alpha1\", found \"v1\"",
+        ),
+    ] {
+        let file = dir.path().join("pool.yaml");
+        std::fs::write(&file, &content).expect("write");
+        let err = hookline_operator::render::render_file(&file, None, &Default::default(), true)
+            .expect_err(expected);
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("{}: ", file.display())) && text.contains(expected),
+            "{expected}\n{text}"
+        );
+    }
 }
