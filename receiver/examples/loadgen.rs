@@ -421,6 +421,18 @@ async fn pool_benchmark(
     let single_subject = single_endpoint
         .stream
         .subject_for(cli.provider.event_type());
+    // One stream with a subject per endpoint (set as an endpoint's stream
+    // is): what one stream per pool would cost NATS.
+    let mut shared = js
+        .get_stream(&single_endpoint.stream.name)
+        .await?
+        .info()
+        .await?
+        .config
+        .clone();
+    shared.name = "LOADGEN_POOL_SUBJECTS".into();
+    shared.subjects = vec!["loadgen.pool.>".into()];
+    js.create_stream(shared).await?;
 
     println!(
         "loadgen pool: {endpoints} {:?} endpoints, {} byte bodies, {} connections, {:?} warm-up + {:?} measured, {} rounds",
@@ -440,17 +452,17 @@ async fn pool_benchmark(
             "--provision".into(),
         ]
     };
-    let ceiling_args = |subject: &str, pool: bool| -> Vec<std::ffi::OsString> {
+    let ceiling_args = |subject: &str, pool_subjects: Option<&str>| -> Vec<std::ffi::OsString> {
         let mut args: Vec<std::ffi::OsString> =
             vec!["ceiling".into(), "--subject".into(), subject.into()];
-        if pool {
-            args.extend(["--pool-subjects".into(), member_subject.clone().into()]);
+        if let Some(pattern) = pool_subjects {
+            args.extend(["--pool-subjects".into(), pattern.into()]);
         }
         args
     };
     let big_paths: Arc<[String]> = (0..endpoints).map(|i| format!("/p/{i}")).collect();
     let this = std::env::current_exe()?;
-    let configurations: [Configuration; 5] = [
+    let configurations: [Configuration; 6] = [
         (
             "single --endpoint",
             binary.clone(),
@@ -478,13 +490,19 @@ async fn pool_benchmark(
         (
             "ceiling, 1 stream",
             this.clone(),
-            ceiling_args(&single_subject, false),
+            ceiling_args(&single_subject, None),
             one_path(),
         ),
         (
             "ceiling, N streams",
+            this.clone(),
+            ceiling_args(&single_subject, Some(&member_subject)),
+            big_paths.clone(),
+        ),
+        (
+            "ceiling, N subjects",
             this,
-            ceiling_args(&single_subject, true),
+            ceiling_args(&single_subject, Some("loadgen.pool.m{}.event")),
             big_paths,
         ),
     ];
@@ -588,10 +606,11 @@ async fn pool_benchmark(
         );
     }
     println!(
-        "ratio pool of N / single: {:.3}; pool of N / pool of 1: {:.3}; ceiling N streams / 1 stream: {:.3}",
+        "ratio pool of N / single: {:.3}; pool of N / pool of 1: {:.3}; ceiling N streams / 1 stream: {:.3}; ceiling N subjects (1 stream) / 1 stream: {:.3}",
         mean(&rates[2]) / mean(&rates[0]),
         mean(&rates[2]) / mean(&rates[1]),
         mean(&rates[4]) / mean(&rates[3]),
+        mean(&rates[5]) / mean(&rates[3]),
     );
     Ok(())
 }
