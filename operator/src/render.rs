@@ -241,16 +241,8 @@ fn render_pool(
 /// of its data.
 pub fn pool_to_yaml(children: &PoolChildren, members: &[Children]) -> Result<String> {
     let PoolChildren { workload, secret } = children;
-    let Workload {
-        config_map,
-        receiver,
-        service,
-        disruption_budget,
-        consumer,
-        scaler,
-    } = workload;
     let mut out = String::new();
-    document(&mut out, "ConfigMap", config_map)?;
+    document(&mut out, "ConfigMap", &workload.config_map)?;
     let keys: Vec<&str> = secret
         .data
         .iter()
@@ -259,9 +251,8 @@ pub fn pool_to_yaml(children: &PoolChildren, members: &[Children]) -> Result<Str
         .collect();
     let mut without_values = secret.clone();
     without_values.data = None;
-    out.push_str("---\n");
     out.push_str(&format!(
-        "# data: one key per served member ({}), the value of its spec.secretRef key, copied by the operator in the cluster; not rendered.\n",
+        "---\n# data: one key per served member ({}), the value of its spec.secretRef key, copied by the operator in the cluster; not rendered.\n",
         if keys.is_empty() {
             "none".to_owned()
         } else {
@@ -277,13 +268,7 @@ pub fn pool_to_yaml(children: &PoolChildren, members: &[Children]) -> Result<Str
     for member in members {
         out.push_str(&to_yaml(member)?);
     }
-    document(&mut out, "Service", service)?;
-    document(&mut out, "receiver Deployment", receiver)?;
-    document(&mut out, "PodDisruptionBudget", disruption_budget)?;
-    document(&mut out, "consumer Deployment", consumer)?;
-    if let Some(scaler) = scaler {
-        document(&mut out, "ScaledObject", scaler)?;
-    }
+    serving_documents(&mut out, workload)?;
     Ok(out)
 }
 
@@ -299,26 +284,25 @@ pub fn to_yaml(children: &Children) -> Result<String> {
         }
         return Ok(out);
     };
-    let Workload {
-        config_map,
-        receiver,
-        service,
-        disruption_budget,
-        consumer,
-        scaler,
-    } = workload;
-    document(&mut out, "ConfigMap", config_map)?;
+    document(&mut out, "ConfigMap", &workload.config_map)?;
     if let Some(ingress) = ingress {
         document(&mut out, "Ingress", ingress)?;
     }
-    document(&mut out, "Service", service)?;
-    document(&mut out, "receiver Deployment", receiver)?;
-    document(&mut out, "PodDisruptionBudget", disruption_budget)?;
-    document(&mut out, "consumer Deployment", consumer)?;
-    if let Some(scaler) = scaler {
-        document(&mut out, "ScaledObject", scaler)?;
-    }
+    serving_documents(&mut out, workload)?;
     Ok(out)
+}
+
+/// What serves the routes, an endpoint's or a pool's: Service, receiver,
+/// PodDisruptionBudget, consumer, scaler.
+fn serving_documents(out: &mut String, workload: &Workload) -> Result<()> {
+    document(out, "Service", &workload.service)?;
+    document(out, "receiver Deployment", &workload.receiver)?;
+    document(out, "PodDisruptionBudget", &workload.disruption_budget)?;
+    document(out, "consumer Deployment", &workload.consumer)?;
+    if let Some(scaler) = &workload.scaler {
+        document(out, "ScaledObject", scaler)?;
+    }
+    Ok(())
 }
 
 fn document(out: &mut String, what: &str, object: &impl Serialize) -> Result<()> {
