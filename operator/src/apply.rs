@@ -332,7 +332,7 @@ impl Applier<'_> {
         }
     }
 
-    /// [`apply_one`](Self::apply_one) for a kind the watches keep as metadata
+    /// `apply_one` for a kind the watches keep as metadata
     /// only: the pool's Secret (the operator caches no Secret's values, so
     /// there is no copy to compare `desired` with, and a GET would read the
     /// values on every reconcile). It is written only when its hash differs
