@@ -68,6 +68,7 @@ pub async fn run(
             vec![
                 tokio::spawn(pool.run(state.clone(), config.secret_poll_interval)),
                 tokio::spawn(crate::pool::watch_deletions(state.clone())),
+                tokio::spawn(crate::pool::list_wanted_streams(state.clone())),
             ]
         }
     };

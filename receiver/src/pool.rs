@@ -8,7 +8,9 @@
 //! not change keeps its [`EndpointState`] (rate limiter, stream figures)
 //! across reloads. Nothing runs per endpoint in the background: streams are
 //! probed when requests need them ([`crate::store::Store::refresh_if_stale`]),
-//! and one subscription to JetStream's deletion advisories serves them all.
+//! the figures of ready streams by one listing a second for the whole pool
+//! ([`list_wanted_streams`]), and one subscription to JetStream's deletion
+//! advisories serves them all.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +26,7 @@ use crate::metrics::EndpointLabel;
 use crate::routes::Routes;
 use crate::secrets::SecretStore;
 use crate::state::{AppState, EndpointState};
+use crate::store::ON_DEMAND_MAX_AGE;
 use crate::{Error, Result};
 
 /// Streams provisioned at once when endpoints are added (`--provision`).
@@ -294,6 +297,50 @@ pub async fn watch_deletions(state: Arc<AppState>) {
             if one.store.is_about(subject) {
                 one.store.deleted(subject);
                 one.metrics.jetstream_ready().set(0);
+            }
+        }
+    }
+}
+
+/// Refreshes, once per [`ON_DEMAND_MAX_AGE`], the figures of the ready
+/// endpoints whose requests found them stale, from one `STREAM.LIST` of the
+/// namespace's streams: with a thousand busy endpoints, a few JetStream calls
+/// a second instead of one or two per endpoint (stream info, consumer info),
+/// which cost nats-server more than the publishes' own difference. An
+/// endpoint the listing cannot settle (its stream not listed, an interest
+/// stream without consumers) is probed on its own. Nothing is asked while no
+/// request asks; until aborted.
+pub async fn list_wanted_streams(state: Arc<AppState>) {
+    let mut ticker = tokio::time::interval(ON_DEMAND_MAX_AGE);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let routes = state.routes.load();
+        let wanted: Vec<&Arc<EndpointState>> = routes
+            .endpoints
+            .values()
+            .filter(|one| one.store.take_listing_wanted())
+            .collect();
+        let Some(first) = wanted.first() else {
+            continue;
+        };
+        let listed = match state
+            .nats
+            .list_streams(&first.store.namespace_subjects())
+            .await
+        {
+            Ok(listed) => listed,
+            Err(err) => {
+                tracing::debug!(cause = %err, "cannot list the pool's streams; probing each");
+                Default::default()
+            }
+        };
+        for one in wanted {
+            if !one
+                .store
+                .refresh_from_listing(listed.get(one.store.stream()), &one.metrics)
+            {
+                one.store.refresh(&one.metrics).await;
             }
         }
     }

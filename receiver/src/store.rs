@@ -21,6 +21,7 @@
 //! is no stale size to trust: a probe that fails makes the receiver not ready
 //! (503 as before) and the next one that answers brings the size anew.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
@@ -68,6 +69,14 @@ impl Readiness {
             _ => Readiness::StreamUnreachable,
         }
     }
+}
+
+/// What a listing of streams tells of one: what a probe reads.
+#[derive(Clone, Copy, Debug)]
+pub struct ListedStream {
+    pub retention: RetentionPolicy,
+    pub bytes: u64,
+    pub consumers: usize,
 }
 
 /// The one NATS connection of the process, shared by every endpoint.
@@ -123,6 +132,69 @@ impl Nats {
         let _ = tokio::time::timeout(limit, self.client.flush()).await;
     }
 
+    /// Every stream whose subjects fall under `subjects`, by name, with the
+    /// figures a probe reads: one `STREAM.LIST` request per 256 streams,
+    /// read into [`ListedStream`] only (a whole stream info of a thousand
+    /// streams is megabytes).
+    pub async fn list_streams(
+        &self,
+        subjects: &str,
+    ) -> Result<HashMap<String, ListedStream>, String> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            total: usize,
+            #[serde(default)]
+            streams: Option<Vec<Listed>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Listed {
+            config: ListedConfig,
+            state: ListedState,
+        }
+        #[derive(serde::Deserialize)]
+        struct ListedConfig {
+            name: String,
+            retention: RetentionPolicy,
+        }
+        #[derive(serde::Deserialize)]
+        struct ListedState {
+            bytes: u64,
+            consumer_count: usize,
+        }
+        let mut streams = HashMap::new();
+        let mut offset = 0;
+        loop {
+            let response: jetstream::response::Response<Page> = self
+                .js
+                .request(
+                    "STREAM.LIST",
+                    &serde_json::json!({"offset": offset, "subject": subjects}),
+                )
+                .await
+                .map_err(|err| err.to_string())?;
+            let page = match response {
+                jetstream::response::Response::Ok(page) => page,
+                jetstream::response::Response::Err { error } => return Err(error.to_string()),
+            };
+            let listed = page.streams.unwrap_or_default();
+            if listed.is_empty() {
+                return Ok(streams);
+            }
+            offset += listed.len();
+            streams.extend(listed.into_iter().map(|one| {
+                let stream = ListedStream {
+                    retention: one.config.retention,
+                    bytes: one.state.bytes,
+                    consumers: one.state.consumer_count,
+                };
+                (one.config.name, stream)
+            }));
+            if offset >= page.total {
+                return Ok(streams);
+            }
+        }
+    }
+
     /// The client, for the pool's one subscription to deletion advisories.
     pub fn client(&self) -> &async_nats::Client {
         &self.client
@@ -162,6 +234,9 @@ pub struct Store {
     /// Held by the one request probing on demand; the others use the last
     /// figures (or, before the first probe, wait for it).
     probing: tokio::sync::Mutex<()>,
+    /// A pool's request found the figures stale while the stream was ready:
+    /// the pool's next listing of its streams refreshes them.
+    listing_wanted: AtomicBool,
 }
 
 impl Store {
@@ -182,6 +257,7 @@ impl Store {
             full: AtomicBool::new(false),
             probed_at: AtomicU64::new(0),
             probing: tokio::sync::Mutex::new(()),
+            listing_wanted: AtomicBool::new(false),
             nats,
             endpoint,
         }
@@ -225,6 +301,11 @@ impl Store {
         } else {
             Readiness::StreamUnreachable
         };
+        self.record(found)
+    }
+
+    /// Records what a probe or a listing found, logging a change; true when ready.
+    fn record(&self, found: Readiness) -> bool {
         let was = Readiness::from_u8(self.readiness.swap(found as u8, Ordering::Relaxed));
         if was != found {
             match found {
@@ -342,10 +423,14 @@ impl Store {
         metrics.buffer(self.stored_bytes(), self.buffer_cap());
     }
 
-    /// A pool's probe on demand: when the last one is older than
-    /// [`ON_DEMAND_MAX_AGE`], one request probes and the others go on with
-    /// the last figures; before the first probe they all wait for it, since
-    /// there are no figures to go on with.
+    /// A pool's probe on demand, when the last one is older than
+    /// [`ON_DEMAND_MAX_AGE`]. While the stream is ready the request goes on
+    /// with the last figures and asks for the pool's next listing
+    /// ([`crate::pool::list_wanted_streams`]): one JetStream call a second
+    /// for every busy endpoint of the pool instead of one or two each.
+    /// Otherwise one request probes and the others go on with the last
+    /// figures; before the first probe they all wait for it, since there are
+    /// no figures to go on with.
     pub async fn refresh_if_stale(&self, metrics: &EndpointMetrics) {
         let max_age = u64::try_from(ON_DEMAND_MAX_AGE.as_millis()).unwrap_or(u64::MAX);
         let stale = || {
@@ -353,6 +438,10 @@ impl Store {
             probed == 0 || self.nats.now_ms().saturating_sub(probed) >= max_age
         };
         if !stale() {
+            return;
+        }
+        if self.is_ready() && self.probed_at.load(Ordering::Relaxed) > 1 {
+            self.listing_wanted.store(true, Ordering::Relaxed);
             return;
         }
         let _probing = match self.probing.try_lock() {
@@ -363,6 +452,51 @@ impl Store {
         if stale() {
             self.refresh(metrics).await;
         }
+    }
+
+    /// Whether a request asked for a listing since the last one (and clears it).
+    pub fn take_listing_wanted(&self) -> bool {
+        self.listing_wanted.swap(false, Ordering::Relaxed)
+    }
+
+    /// The stream's subject prefix with its endpoint's token replaced by
+    /// `>`: every stream of the namespace, for a listing.
+    pub fn namespace_subjects(&self) -> String {
+        let prefix = &self.endpoint.stream.subject_prefix;
+        match prefix.rsplit_once('.') {
+            Some((namespace, _)) => format!("{namespace}.>"),
+            None => format!("{prefix}.>"),
+        }
+    }
+
+    /// Takes the figures of a pool's listing of its streams (`None`: the
+    /// stream was not listed) when they settle readiness: a limits or
+    /// work-queue stream, or an interest stream that has consumers and was
+    /// ready (a durable consumer deleted since is announced by its
+    /// advisory). False when only a probe can tell: the caller probes.
+    pub fn refresh_from_listing(
+        &self,
+        listed: Option<&ListedStream>,
+        metrics: &EndpointMetrics,
+    ) -> bool {
+        let Some(listed) = listed else {
+            return false;
+        };
+        let retention = listed.retention;
+        let found = match retention {
+            RetentionPolicy::Limits | RetentionPolicy::WorkQueue => Readiness::Ready,
+            RetentionPolicy::Interest if listed.consumers == 0 => Readiness::ConsumerMissing,
+            RetentionPolicy::Interest if self.readiness() == Readiness::Ready => Readiness::Ready,
+            RetentionPolicy::Interest => return false,
+        };
+        self.interest
+            .store(retention == RetentionPolicy::Interest, Ordering::Relaxed);
+        self.record_size(listed.bytes, retention != RetentionPolicy::Limits);
+        self.record(found);
+        self.probed_at.store(self.nats.now_ms(), Ordering::Relaxed);
+        metrics.jetstream_ready().set(i64::from(self.is_ready()));
+        metrics.buffer(self.stored_bytes(), self.buffer_cap());
+        true
     }
 
     /// Keeps provisioning (when asked) and readiness up to date until dropped.

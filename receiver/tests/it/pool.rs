@@ -662,3 +662,69 @@ async fn a_webhook_on_the_endpoints_path_still_takes_its_posts() {
     let listed = pool.get_json("/endpoints").await;
     assert_eq!(listed["endpoints"][0]["endpoint"], "shop/listing");
 }
+
+/// JetStream API calls nats-server has answered so far (its `/jsz`).
+async fn jetstream_api_calls(nats: &NatsServer) -> u64 {
+    let jsz: serde_json::Value = reqwest::get(format!("{}/jsz", nats.monitor_url()))
+        .await
+        .expect("/jsz")
+        .json()
+        .await
+        .expect("JSON");
+    jsz["api"]["total"].as_u64().expect("api.total")
+}
+
+/// Busy endpoints' stream figures are refreshed by one listing a second for
+/// the pool, not by one or two JetStream calls per endpoint per second
+/// (about 2,000 calls/s behind 1,000 busy endpoints).
+#[tokio::test(flavor = "multi_thread")]
+async fn busy_endpoints_figures_come_from_one_listing_a_second_for_the_pool() {
+    const ENDPOINTS: u32 = 10;
+    let members: Vec<(String, String)> = (0..ENDPOINTS)
+        .map(|i| {
+            let name = format!("busy{i}");
+            let manifest = member(&name, "github", None, &format!("/busy{i}"), "");
+            (format!("{name}.yaml"), manifest)
+        })
+        .collect();
+    let members: Vec<(&str, String)> = members
+        .iter()
+        .map(|(file, text)| (file.as_str(), text.clone()))
+        .collect();
+    let names: Vec<String> = (0..ENDPOINTS).map(|i| format!("busy{i}")).collect();
+    let secrets: Vec<(&str, &str)> = names
+        .iter()
+        .map(|name| (name.as_str(), GITHUB_SECRET))
+        .collect();
+    let pool = Pool::start(&members, &secrets).await;
+    let send = |i: u32, n: u32| {
+        let body = issue(n);
+        let headers = github(GITHUB_SECRET, &body, &format!("d-{i}-{n}"), "issues");
+        let pool = &pool;
+        async move {
+            pool.post("h", &format!("/busy{i}"), &headers, &body)
+                .await
+                .status()
+        }
+    };
+    // Each endpoint's first request probes its stream on its own.
+    for i in 0..ENDPOINTS {
+        assert_eq!(send(i, 0).await, 200);
+    }
+    let before = jetstream_api_calls(&pool.nats).await;
+    let started = tokio::time::Instant::now();
+    let mut n = 1;
+    while started.elapsed() < Duration::from_secs(3) {
+        for i in 0..ENDPOINTS {
+            assert_eq!(send(i, n).await, 200);
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = jetstream_api_calls(&pool.nats).await - before;
+    // Three or four listings; probing each endpoint would be 30 to 60 calls.
+    assert!(
+        calls <= 6,
+        "{calls} JetStream API calls in 3 s for {ENDPOINTS} busy endpoints"
+    );
+}
