@@ -70,19 +70,17 @@ pub async fn run(
 
     let started = Arc::new(AtomicBool::new(false));
     let address = listener.local_addr().ok();
-    let app = http::router(HttpState {
-        metrics: metrics.clone(),
-        pool: pool.clone(),
-        nats: nats.clone(),
-        started: started.clone(),
-        pool_status: None,
-    });
-    let mut http_shutdown = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_shutdown.wait().await })
-            .await
-    });
+    let server = serve_http(
+        listener,
+        HttpState {
+            metrics: metrics.clone(),
+            pool: pool.clone(),
+            nats: nats.clone(),
+            started: started.clone(),
+            pool_status: None,
+        },
+        &shutdown,
+    );
     info!(endpoint = %key, listen = ?address, stream = %config.endpoint.stream.name, "starting");
 
     let consumer = match start_up(&config, &options, &js, &shutdown).await {
@@ -114,6 +112,21 @@ pub async fn run(
 
     finish(&nats, shutdown, server, &pool).await;
     Ok(())
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until `shutdown`.
+pub(crate) fn serve_http(
+    listener: TcpListener,
+    state: HttpState,
+    shutdown: &Shutdown,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let app = http::router(state);
+    let mut http_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_shutdown.wait().await })
+            .await
+    })
 }
 
 /// The end of a run, once the loops have stopped: the buffered

@@ -66,6 +66,26 @@ child_kinds!(
     scalers: ScaledObject,
 );
 
+/// What the Applier writes: a namespaced object it can serialize for
+/// server-side apply and read back.
+pub trait Child:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+{
+}
+
+impl<K> Child for K where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+{
+}
+
 impl ChildStores {
     /// Waits until every watch has listed its objects once, so the first
     /// reconciles compare with what exists instead of writing everything.
@@ -252,11 +272,7 @@ impl Applier<'_> {
         failures: &mut Vec<ApplyFailure>,
     ) -> Option<K>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Debug
-            + Serialize
-            + DeserializeOwned,
+        K: Child,
     {
         let keep = names(desired.as_ref());
         let applied = match desired {
@@ -279,11 +295,7 @@ impl Applier<'_> {
         failures: &mut Vec<ApplyFailure>,
     ) -> Option<K>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Debug
-            + Serialize
-            + DeserializeOwned,
+        K: Child,
     {
         let name = desired.name_any();
         let kind = K::kind(&()).into_owned();
@@ -350,11 +362,7 @@ impl Applier<'_> {
         last: Option<&Written>,
     ) -> Result<Option<Written>, ApplyFailure>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Debug
-            + Serialize
-            + DeserializeOwned,
+        K: Child,
     {
         let name = desired.name_any();
         let fail = |problem: Problem| ApplyFailure {

@@ -23,8 +23,8 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::consume::PullBudget;
-use crate::http::{self, HttpState};
-use crate::lifecycle::{MIN_STATEMENT_TIMEOUT, finish, retry};
+use crate::http::HttpState;
+use crate::lifecycle::{MIN_STATEMENT_TIMEOUT, finish, retry, serve_http};
 use crate::metrics::MetricsRegistry;
 use crate::store;
 use crate::{PoolConfig, Result, Shutdown};
@@ -125,19 +125,17 @@ pub async fn run_pool(
 
     let started = Arc::new(AtomicBool::new(false));
     let address = listener.local_addr().ok();
-    let app = http::router(HttpState {
-        metrics: metrics.clone(),
-        pool: pool.clone(),
-        nats: nats.clone(),
-        started: started.clone(),
-        pool_status: Some(status.clone()),
-    });
-    let mut http_shutdown = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_shutdown.wait().await })
-            .await
-    });
+    let server = serve_http(
+        listener,
+        HttpState {
+            metrics: metrics.clone(),
+            pool: pool.clone(),
+            nats: nats.clone(),
+            started: started.clone(),
+            pool_status: Some(status.clone()),
+        },
+        &shutdown,
+    );
     info!(
         endpoint_dir = %config.endpoint_dir.display(),
         namespace = directory.namespace().unwrap_or(""),
