@@ -44,21 +44,6 @@ fn json(object: &impl serde::Serialize) -> Value {
     serde_json::to_value(object).expect("serialisable")
 }
 
-fn run(program: &str, args: &[&str], hint: &str) -> (bool, String) {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|err| panic!("{program} not runnable ({err}): {hint}"));
-    (
-        output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    )
-}
-
 /// Every example, with and without KEDA, rendered into files.
 fn rendered_examples(dir: &std::path::Path) -> Vec<String> {
     let mut files = Vec::new();
@@ -86,13 +71,8 @@ fn rendered_examples(dir: &std::path::Path) -> Vec<String> {
 fn every_example_renders_objects_that_pass_strict_kubernetes_validation() {
     let dir = tempfile::tempdir().expect("temp dir");
     let files = rendered_examples(dir.path());
-    let mut args = vec!["--strict", "--kubernetes-version", "1.32.0"];
-    args.extend(files.iter().map(String::as_str));
-    let (ok, report) = run(
-        "kubernetes-validate",
-        &args,
-        "install it with `pip install kubernetes-validate`",
-    );
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    let (ok, report) = support::kubernetes_validate(&files);
     assert!(
         ok,
         "kubernetes-validate rejected a rendered object:\n{report}"
@@ -127,17 +107,8 @@ fn every_example_renders_objects_that_pass_strict_kubernetes_validation() {
 fn every_scaled_object_validates_against_kedas_own_types() {
     let dir = tempfile::tempdir().expect("temp dir");
     let files = rendered_examples(dir.path());
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../e2e/schemas/validate_custom_resources.py"
-    );
-    let mut args = vec![script];
-    args.extend(files.iter().map(String::as_str));
-    let (ok, report) = run(
-        "python3",
-        &args,
-        "python3 with `pip install cloudcoil-models-keda cloudcoil-models-prometheus-operator pyyaml`",
-    );
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    let (ok, report) = support::validate_custom_resources(&files);
     assert!(ok, "KEDA's model rejected a ScaledObject:\n{report}");
     assert_eq!(
         report.matches("valid for KEDA 2.16").count(),
@@ -640,23 +611,10 @@ fn names_stay_valid_for_the_longest_resource_names() {
 fn render_crd_and_bad_flags_behave_like_the_other_binaries() {
     let binary = hookline_e2e::workspace_bin("hookline-operator");
     let stripe = support::examples_dir().join("stripe.yaml");
-    let output = Command::new(&binary)
-        .args(["render", "-f"])
-        .arg(&stripe)
-        .output()
-        .expect("render runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8(output.stdout).expect("utf-8");
-    let kinds: Vec<String> = serde_yaml::Deserializer::from_str(&text)
-        .map(|document| {
-            let value = <serde_yaml::Value as serde::Deserialize>::deserialize(document)
-                .expect("YAML document");
-            value["kind"].as_str().expect("kind").to_owned()
-        })
+    let text = support::operator_output(&["render", "-f", stripe.to_str().expect("a UTF-8 path")]);
+    let kinds: Vec<String> = support::documents(&text)
+        .iter()
+        .map(|document| document["kind"].as_str().expect("kind").to_owned())
         .collect();
     assert_eq!(
         kinds,

@@ -528,13 +528,8 @@ fn pool_children_pass_strict_kubernetes_validation_and_kedas_own_types() {
     let file = dir.path().join("pool.yaml");
     std::fs::write(&file, yaml).expect("write");
     let file = file.to_string_lossy().into_owned();
-    let output = std::process::Command::new("kubernetes-validate")
-        .args(["--strict", "--kubernetes-version", "1.32.0", &file])
-        .output()
-        .expect("kubernetes-validate runs (pip install kubernetes-validate)");
-    let report = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{report}");
+    let (ok, report) = support::kubernetes_validate(&[&file]);
+    assert!(ok, "{report}");
     for kind in [
         "configmap",
         "secret",
@@ -547,20 +542,8 @@ fn pool_children_pass_strict_kubernetes_validation_and_kedas_own_types() {
             "no {kind} validated:\n{report}"
         );
     }
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../e2e/schemas/validate_custom_resources.py"
-    );
-    let output = std::process::Command::new("python3")
-        .args([script, &file])
-        .output()
-        .expect("python3 with cloudcoil-models-keda");
-    let report = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && report.contains("valid for KEDA 2.16"),
-        "{report}"
-    );
+    let (ok, report) = support::validate_custom_resources(&[&file]);
+    assert!(ok && report.contains("valid for KEDA 2.16"), "{report}");
 }
 
 #[test]
@@ -704,32 +687,17 @@ fn json(object: &impl serde::Serialize) -> Value {
 }
 
 /// The YAML documents of `text`, comments dropped.
-fn documents(text: &str) -> Vec<Value> {
-    text.split("---\n")
-        .filter_map(|document| serde_yaml::from_str::<Option<Value>>(document).expect("YAML"))
-        .collect()
-}
-
 #[test]
 fn render_of_a_pool_file_prints_the_pools_children_serving_the_members_in_it() {
     let file = support::examples_dir().join("pool/webhookpool.yaml");
-    let output = std::process::Command::new(hookline_e2e::workspace_bin("hookline-operator"))
-        .args([
-            "render",
-            "--service-url",
-            "http://hookline-operator.hookline.svc:8080",
-            "-f",
-        ])
-        .arg(&file)
-        .output()
-        .expect("render runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8(output.stdout).expect("utf-8");
-    let objects = documents(&text);
+    let text = support::operator_output(&[
+        "render",
+        "--service-url",
+        "http://hookline-operator.hookline.svc:8080",
+        "-f",
+        file.to_str().expect("a UTF-8 path"),
+    ]);
+    let objects = support::documents(&text);
     let kinds: Vec<(&str, &str)> = objects
         .iter()
         .map(|object| {
@@ -791,14 +759,8 @@ fn render_of_a_pool_file_prints_the_pools_children_serving_the_members_in_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     let rendered = dir.path().join("pool.yaml");
     std::fs::write(&rendered, &text).expect("write");
-    let output = std::process::Command::new("kubernetes-validate")
-        .args(["--strict", "--kubernetes-version", "1.32.0"])
-        .arg(&rendered)
-        .output()
-        .expect("kubernetes-validate runs (pip install kubernetes-validate)");
-    let report = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{report}");
+    let (ok, report) = support::kubernetes_validate(&[&rendered.to_string_lossy()]);
+    assert!(ok, "{report}");
 }
 
 #[test]
@@ -806,7 +768,7 @@ fn render_of_a_pool_without_service_url_runs_fixed_consumers_and_says_why() {
     let file = support::examples_dir().join("pool/webhookpool.yaml");
     let text = hookline_operator::render::render_file(&file, None, &Default::default(), true)
         .expect("renders");
-    let objects = documents(&text);
+    let objects = support::documents(&text);
     assert!(
         objects
             .iter()

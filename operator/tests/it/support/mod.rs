@@ -37,6 +37,71 @@ pub fn examples_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples"))
 }
 
+/// Runs `program` with `args`: whether it succeeded, and its stdout and
+/// stderr. Panics with `hint` (how to install it) when it cannot run.
+pub fn run(program: &str, args: &[&str], hint: &str) -> (bool, String) {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("{program} not runnable ({err}): {hint}"));
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+/// `kubernetes-validate --strict` against Kubernetes 1.32 of the YAML `files`.
+pub fn kubernetes_validate(files: &[&str]) -> (bool, String) {
+    let mut args = vec!["--strict", "--kubernetes-version", "1.32.0"];
+    args.extend(files);
+    run(
+        "kubernetes-validate",
+        &args,
+        "install it with `pip install kubernetes-validate`",
+    )
+}
+
+/// The custom resources of the YAML `files` against KEDA's and the
+/// Prometheus operator's own models (`e2e/schemas/validate_custom_resources.py`).
+pub fn validate_custom_resources(files: &[&str]) -> (bool, String) {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../e2e/schemas/validate_custom_resources.py"
+    );
+    let mut args = vec![script];
+    args.extend(files);
+    run(
+        "python3",
+        &args,
+        "python3 with `pip install cloudcoil-models-keda cloudcoil-models-prometheus-operator pyyaml`",
+    )
+}
+
+/// What the real `hookline-operator ARGS` prints; it must succeed.
+pub fn operator_output(args: &[&str]) -> String {
+    let output = std::process::Command::new(hookline_e2e::workspace_bin("hookline-operator"))
+        .args(args)
+        .output()
+        .expect("hookline-operator runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+/// The YAML documents of `text` (comment-only ones left out).
+pub fn documents(text: &str) -> Vec<Value> {
+    text.split("---\n")
+        .filter_map(|document| serde_yaml::from_str::<Option<Value>>(document).expect("YAML"))
+        .collect()
+}
+
 /// Every example manifest, parsed.
 pub fn examples() -> Vec<(String, WebhookEndpoint)> {
     let mut all: Vec<(String, WebhookEndpoint)> = std::fs::read_dir(examples_dir())
