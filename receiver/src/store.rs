@@ -335,9 +335,7 @@ impl Store {
         };
         let info = stream.cached_info();
         let retention = info.config.retention;
-        self.interest
-            .store(retention == RetentionPolicy::Interest, Ordering::Relaxed);
-        self.record_size(info.state.bytes, retention != RetentionPolicy::Limits);
+        self.record_stream(retention, info.state.bytes);
         match retention {
             // These keep what is published whether or not a consumer exists.
             RetentionPolicy::Limits | RetentionPolicy::WorkQueue => Readiness::Ready,
@@ -358,6 +356,14 @@ impl Store {
                 },
             },
         }
+    }
+
+    /// Records what a probe or a listing read of the stream: its retention
+    /// and its size.
+    fn record_stream(&self, retention: RetentionPolicy, bytes: u64) {
+        self.interest
+            .store(retention == RetentionPolicy::Interest, Ordering::Relaxed);
+        self.record_size(bytes, retention != RetentionPolicy::Limits);
     }
 
     /// Records the stream's size from a probe, and logs when the buffer
@@ -418,6 +424,11 @@ impl Store {
             self.provisioned
                 .store(!self.is_connected(), Ordering::Relaxed);
         }
+        self.probed(metrics);
+    }
+
+    /// Marks the figures fresh and shows them in `metrics`.
+    fn probed(&self, metrics: &EndpointMetrics) {
         self.probed_at.store(self.nats.now_ms(), Ordering::Relaxed);
         metrics.jetstream_ready().set(i64::from(self.is_ready()));
         metrics.buffer(self.stored_bytes(), self.buffer_cap());
@@ -489,13 +500,9 @@ impl Store {
             RetentionPolicy::Interest if self.readiness() == Readiness::Ready => Readiness::Ready,
             RetentionPolicy::Interest => return false,
         };
-        self.interest
-            .store(retention == RetentionPolicy::Interest, Ordering::Relaxed);
-        self.record_size(listed.bytes, retention != RetentionPolicy::Limits);
+        self.record_stream(retention, listed.bytes);
         self.record(found);
-        self.probed_at.store(self.nats.now_ms(), Ordering::Relaxed);
-        metrics.jetstream_ready().set(i64::from(self.is_ready()));
-        metrics.buffer(self.stored_bytes(), self.buffer_cap());
+        self.probed(metrics);
         true
     }
 
