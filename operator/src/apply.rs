@@ -139,6 +139,15 @@ pub enum Problem {
 }
 
 impl ApplyFailure {
+    /// `problem` with the child of kind `K` named `name`.
+    fn of<K: Resource<DynamicType = ()>>(name: &str, problem: Problem) -> ApplyFailure {
+        ApplyFailure {
+            kind: K::kind(&()).into_owned(),
+            name: name.to_owned(),
+            problem,
+        }
+    }
+
     /// One sentence an SRE can act on, cause first.
     pub fn describe(&self, namespace: &str) -> String {
         let object = format!("{} {namespace}/{}", self.kind, self.name);
@@ -298,12 +307,7 @@ impl Applier<'_> {
         K: Child,
     {
         let name = desired.name_any();
-        let kind = K::kind(&()).into_owned();
-        let fail = |problem: Problem| ApplyFailure {
-            kind: kind.clone(),
-            name: name.clone(),
-            problem,
-        };
+        let fail = |problem: Problem| ApplyFailure::of::<K>(&name, problem);
         let hash = applied_hash(&desired);
         desired
             .meta_mut()
@@ -365,11 +369,7 @@ impl Applier<'_> {
         K: Child,
     {
         let name = desired.name_any();
-        let fail = |problem: Problem| ApplyFailure {
-            kind: K::kind(&()).into_owned(),
-            name: name.clone(),
-            problem,
-        };
+        let fail = |problem: Problem| ApplyFailure::of::<K>(&name, problem);
         let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
         let seen = match seen {
             Some(seen) => Some(seen),
@@ -407,10 +407,7 @@ impl Applier<'_> {
     /// Server-side apply of `desired` with `force` (the operator is the
     /// sole owner of what it applies) under the one field manager, counted
     /// by kind and logged by kind and name (never its content).
-    async fn write<K>(&self, api: &Api<K>, desired: &K) -> Result<K, Problem>
-    where
-        K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
-    {
+    async fn write<K: Child>(&self, api: &Api<K>, desired: &K) -> Result<K, Problem> {
         let name = desired.name_any();
         let kind = K::kind(&()).into_owned();
         match api
@@ -456,11 +453,7 @@ impl Applier<'_> {
                 Ok(_) => {}
                 Err(kube::Error::Api(response)) if response.code == 404 => {}
                 Err(err) => {
-                    failures.push(ApplyFailure {
-                        kind,
-                        name,
-                        problem: refusal(&err),
-                    });
+                    failures.push(ApplyFailure::of::<K>(&name, refusal(&err)));
                     continue;
                 }
             }
