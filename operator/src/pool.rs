@@ -11,7 +11,7 @@
 //! member's resync costs its pool nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use hookline_api::conditions::{self, reasons};
@@ -238,14 +238,17 @@ pub struct Written {
 impl Written {
     /// Forgets a deleted pool.
     pub fn forget(&self, key: &str) {
-        self.secrets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key);
-        self.statuses
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key);
+        self.secrets().remove(key);
+        self.statuses().remove(key);
+    }
+
+    /// Nothing panics while holding either map; if something did, it is still whole.
+    fn secrets(&self) -> MutexGuard<'_, HashMap<String, apply::Written>> {
+        self.secrets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn statuses(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+        self.statuses.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -536,20 +539,10 @@ async fn apply_secret(
             .metadata(applier.namespace, &desired.name_any())
             .map(|meta| meta.as_ref().clone())
     });
-    let last = ctx
-        .pool_state
-        .secrets
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(key)
-        .cloned();
+    let last = ctx.pool_state.secrets().get(key).cloned();
     match applier.apply_uncached(desired, seen, last.as_ref()).await {
         Ok(Some(written)) => {
-            ctx.pool_state
-                .secrets
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(key.to_owned(), written);
+            ctx.pool_state.secrets().insert(key.to_owned(), written);
             None
         }
         Ok(None) => None,
@@ -676,9 +669,7 @@ async fn write_status(
     };
     let recently = ctx
         .pool_state
-        .statuses
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+        .statuses()
         .get(&key)
         .is_some_and(|at| at.elapsed() < ctx.resync);
     if let Some(previous) = previous
@@ -704,11 +695,7 @@ async fn write_status(
     .await
     .map_err(Error::UpdateStatus)?;
     ctx.metrics.write("WebhookPool/status");
-    ctx.pool_state
-        .statuses
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(key, Instant::now());
+    ctx.pool_state.statuses().insert(key, Instant::now());
     for finding in events {
         let type_ = match finding.status {
             Status::True => EventType::Normal,
