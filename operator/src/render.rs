@@ -94,27 +94,24 @@ fn render_pool(
     config: &OperatorConfig,
     keda: bool,
 ) -> Result<String> {
-    let wrong = |number: usize, err: hookline_api::Error| {
+    let fail = |message: String| {
         Error::from(
             hookline_api::Error::Manifest {
                 field: String::new(),
-                message: format!("document {number}: {err}"),
+                message,
             }
             .in_file(path),
         )
     };
+    let wrong = |number: usize, err: hookline_api::Error| fail(format!("document {number}: {err}"));
     let pools = documents
         .iter()
         .filter(|document| kind(document) == Some("WebhookPool"))
         .count();
     if pools > 1 {
-        return Err(Error::from(
-            hookline_api::Error::Manifest {
-                field: String::new(),
-                message: format!("holds {pools} WebhookPools: render one pool per file"),
-            }
-            .in_file(path),
-        ));
+        return Err(fail(format!(
+            "holds {pools} WebhookPools: render one pool per file"
+        )));
     }
     let mut pool = None;
     let mut endpoints = Vec::new();
@@ -145,21 +142,15 @@ fn render_pool(
         pool.metadata.namespace = namespace.map(str::to_owned);
     }
     let valid = validate_pool(&pool).map_err(|invalid| {
-        wrong(
-            number,
-            hookline_api::Error::Manifest {
-                field: String::new(),
-                message: format!(
-                    "invalid WebhookPool: {}",
-                    invalid
-                        .0
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ),
-            },
-        )
+        fail(format!(
+            "document {number}: invalid WebhookPool: {}",
+            invalid
+                .0
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
     })?;
     let (pool_namespace, pool_name) = (&valid.pool.namespace, &valid.pool.name);
     let cluster = Cluster { keda };
@@ -174,13 +165,9 @@ fn render_pool(
             .namespace()
             .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
         let not_a_member = |message: String| {
-            wrong(
-                number,
-                hookline_api::Error::Manifest {
-                    field: String::new(),
-                    message: format!("WebhookEndpoint {endpoint_namespace}/{name} {message}"),
-                },
-            )
+            fail(format!(
+                "document {number}: WebhookEndpoint {endpoint_namespace}/{name} {message}"
+            ))
         };
         if endpoint.spec.pool.as_deref() != Some(pool_name.as_str()) {
             return Err(not_a_member(format!(
