@@ -82,6 +82,46 @@ pub fn subject_prefix_in(cluster: Option<&str>, namespace: &str, name: &str) -> 
     format!("{root}.{}.{}", nats_token(namespace), nats_token(name))
 }
 
+/// `HOOKLINE_<ns>_POOL_<pool>`: the one stream of a pool with a shared
+/// stream. `POOL` is upper case, which no endpoint name is, so it never
+/// meets an endpoint's stream (`HOOKLINE_<ns>_<name>`).
+pub fn pool_stream_name_in(cluster: Option<&str>, namespace: &str, pool: &str) -> String {
+    stream_name_in(cluster, namespace, &format!("POOL_{}", nats_token(pool)))
+}
+
+/// `hookline.<ns>.POOL_<pool>`: every subject of a pool's shared stream starts
+/// with it; no endpoint's subjects (`hookline.<ns>.<name>.>`) overlap it.
+pub fn pool_subject_prefix_in(cluster: Option<&str>, namespace: &str, pool: &str) -> String {
+    subject_prefix_in(cluster, namespace, &format!("POOL_{}", nats_token(pool)))
+}
+
+/// `<pool prefix>.<name>`: a member's subjects in its pool's stream.
+pub fn pool_member_subject_prefix(pool_prefix: &str, name: &str) -> String {
+    format!("{pool_prefix}.{}", nats_token(name))
+}
+
+/// `hookline-consumer-<name>`: a member's durable consumer on its pool's
+/// stream (a durable name takes no `.`).
+pub fn pool_member_durable(name: &str) -> String {
+    fit(
+        &format!("{DURABLE_CONSUMER}-{}", nats_token(name)),
+        MAX_STREAM_NAME,
+        '-',
+    )
+}
+
+/// The subject a member's own stream gets once its events go to its pool's
+/// stream: `hookline_retired.<ns>.<name>` (`hookline-<cluster>_retired…` in
+/// a named cluster), a root no receiver publishes to, so nothing lands in
+/// the old stream while its last events drain.
+pub fn retired_subject_in(cluster: Option<&str>, namespace: &str, name: &str) -> String {
+    let root = match cluster {
+        Some(cluster) => format!("hookline-{}_retired", nats_token(cluster)),
+        None => "hookline_retired".to_owned(),
+    };
+    format!("{root}.{}.{}", nats_token(namespace), nats_token(name))
+}
+
 /// A cluster name for [`stream_name_in`]: a DNS label of at most 32
 /// characters, so stream names stay short and readable.
 pub fn check_cluster_name(cluster: &str) -> Result<(), String> {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::defaults;
 use crate::spec::{ReceiverSpec, ScalingSpec, SecretKeyRef};
-use crate::validated::{ReceiverSettings, Scaling};
+use crate::validated::{ReceiverSettings, Scaling, StreamLimits};
 
 /// Receiver and consumer pods shared by the endpoints of its namespace that
 /// set `spec.pool` to its name; each keeps its own stream and Ingress.
@@ -34,6 +34,31 @@ pub struct WebhookPoolSpec {
     pub receiver: Option<ReceiverSpec>,
     /// The pool's consumer Deployment.
     pub consumer: PoolConsumerSpec,
+    /// One JetStream stream for every member (a subject each) instead of a
+    /// stream per member: one stream for NATS to write to, whatever the
+    /// pool's size. Members must then be `Buffer`s that set no stream limits
+    /// of their own; a member's `maxBytes` stays its own cap. Unset: a stream
+    /// per member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<PoolStreamSpec>,
+}
+
+/// The limits of a pool's shared stream; each field as in an endpoint's `spec.stream`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolStreamSpec {
+    /// An event is dropped after this long even if never written. Default: `720h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::spec::DURATION_PATTERN))]
+    pub max_age: Option<String>,
+    /// Stream replicas in the NATS cluster. Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = defaults::STREAM_REPLICAS_MIN, max = defaults::STREAM_REPLICAS_MAX))]
+    pub replicas: Option<u8>,
+    /// Window in which a repeated event id of one member is dropped by JetStream. Default: `2m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::spec::DURATION_PATTERN))]
+    pub duplicate_window: Option<String>,
 }
 
 /// The consumer every member's events go through.
@@ -89,6 +114,8 @@ pub struct ValidatedPool {
     pub name: String,
     pub receiver: ReceiverSettings,
     pub consumer: PoolConsumer,
+    /// `Some`: one stream for every member, with these limits.
+    pub stream: Option<StreamLimits>,
 }
 
 /// The pool's consumer, validated.

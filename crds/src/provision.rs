@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, consumer, context::ConsumerInfoErrorKind, stream};
 
-use crate::validated::{StreamRetention, ValidatedEndpoint};
+use crate::validated::{StreamLimits, StreamRetention, ValidatedEndpoint};
 
 pub mod error;
 pub mod owner;
@@ -54,6 +54,15 @@ pub const MIN_ACK_PENDING: usize = 1000;
 pub fn stream_config(endpoint: &ValidatedEndpoint) -> stream::Config {
     let retention = endpoint.stream.retention;
     let settings = &endpoint.stream;
+    if let Some(shared) = &settings.shared {
+        let limits = StreamLimits {
+            max_age: settings.max_age,
+            duplicate_window: settings.duplicate_window,
+            replicas: settings.replicas,
+        };
+        let pool = format!("{}/{}", endpoint.namespace, shared.pool);
+        return pool_stream_config(&settings.name, &shared.pool_subject_filter, &pool, limits);
+    }
     stream::Config {
         name: settings.name.clone(),
         description: Some(format!(
@@ -73,6 +82,44 @@ pub fn stream_config(endpoint: &ValidatedEndpoint) -> stream::Config {
         duplicate_window: settings.duplicate_window,
         ..Default::default()
     }
+}
+
+/// The one stream of a pool with a shared stream (`WebhookPool`
+/// `spec.stream`), `name` over `subject_filter` (every member's subjects):
+/// what a member's own `Buffer` is, work-queue retention and
+/// `DiscardPolicy::New` without a `max_bytes` (each member's cap is the
+/// receiver's), with the pool's limits. `pool` is `namespace/name`.
+pub fn pool_stream_config(
+    name: &str,
+    subject_filter: &str,
+    pool: &str,
+    limits: StreamLimits,
+) -> stream::Config {
+    stream::Config {
+        name: name.to_owned(),
+        description: Some(format!("Hookline events of WebhookPool {pool}")),
+        subjects: vec![subject_filter.to_owned()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::WorkQueue,
+        discard: stream::DiscardPolicy::New,
+        max_age: limits.max_age,
+        max_bytes: -1,
+        num_replicas: limits.replicas,
+        duplicate_window: limits.duplicate_window,
+        ..Default::default()
+    }
+}
+
+/// A member's share of its pool stream's bytes, from its message count:
+/// JetStream counts messages per subject, not bytes, so a member's bytes are
+/// its messages times the stream's mean message size.
+pub fn shared_bytes(member_messages: u64, stream_messages: u64, stream_bytes: u64) -> u64 {
+    if stream_messages == 0 {
+        return 0;
+    }
+    let share =
+        u128::from(stream_bytes) * u128::from(member_messages) / u128::from(stream_messages);
+    u64::try_from(share).unwrap_or(u64::MAX)
 }
 
 /// The durable pull consumer. `max_deliver` is left unlimited on the server: the
@@ -155,6 +202,9 @@ async fn ensure_inner(
     owner: Option<&StreamOwner>,
     known: &mut Option<Provisioned>,
 ) -> Result<Ensured, ProvisionError> {
+    if endpoint.stream.shared.is_some() {
+        return ensure_member(js, endpoint, known).await.map(Ensured::Ready);
+    }
     let name = endpoint.stream.name.as_str();
     let mut desired = stream_config(endpoint);
     let (stream, info) = match js.get_stream(name).await {
@@ -243,6 +293,115 @@ async fn ensure_inner(
         },
     });
     Ok(Ensured::Ready(stats))
+}
+
+/// [`ensure`] for a member of a pool's shared stream: its durable consumer,
+/// made or updated, and its figures. The pool's stream is the pool's
+/// ([`ensure_pool_stream`]): made here only when missing, never changed, so
+/// members never fight over the pool's limits. A steady state costs one
+/// CONSUMER.INFO and no STREAM.INFO.
+///
+/// The figures are the member's: `messages` and `pending` its durable's
+/// pending count (a work queue keeps exactly that), `bytes` 0 and
+/// `last_stored` `None`, which only the pool stream's figures give
+/// ([`shared_bytes`]).
+async fn ensure_member(
+    js: &jetstream::Context,
+    endpoint: &ValidatedEndpoint,
+    known: &mut Option<Provisioned>,
+) -> Result<StreamStats, ProvisionError> {
+    let name = endpoint.stream.name.as_str();
+    let wanted = consumer_config(endpoint);
+    let settled = known
+        .as_ref()
+        .is_some_and(|known| known.consumer.as_ref() == Some(&wanted));
+    let pending = if settled {
+        match js
+            .get_consumer_from_stream::<consumer::pull::Config, _, _>(
+                &endpoint.consumer.durable_name,
+                name,
+            )
+            .await
+        {
+            Ok(consumer) => Some(pending_of(consumer.cached_info())),
+            // Gone, or its stream is: made again below.
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    let pending = match pending {
+        Some(pending) => pending,
+        None => {
+            if let Err(err) = js.get_stream(name).await {
+                if !is_stream_not_found(&err.kind()) {
+                    return Err(stream_error(name, "read")(err));
+                }
+                tracing::info!(stream = name, "creating the pool's shared stream");
+                js.create_stream(stream_config(endpoint))
+                    .await
+                    .map_err(stream_error(name, "create"))?;
+            }
+            let consumer = apply_consumer(js, endpoint, &wanted).await?;
+            *known = Some(Provisioned {
+                consumer: Some(wanted),
+                ..Provisioned::default()
+            });
+            pending_of(&consumer)
+        }
+    };
+    Ok(StreamStats {
+        messages: pending,
+        bytes: 0,
+        limit_bytes: endpoint.stream.buffer_cap(StreamRetention::Buffer),
+        pending,
+        last_stored: None,
+        retention: Some(StreamRetention::Buffer),
+    })
+}
+
+/// Creates the pool's shared stream, or updates it to `config`
+/// ([`pool_stream_config`]); for the operator, once per pool and resync.
+/// Returns the stream's info (its messages and bytes, for [`shared_bytes`]),
+/// or the mark of another owner, in which case nothing was changed.
+pub async fn ensure_pool_stream(
+    js: &jetstream::Context,
+    mut config: stream::Config,
+    owner: Option<&StreamOwner>,
+) -> Result<Result<stream::Info, OwnerMark>, ProvisionError> {
+    let round = async {
+        let name = config.name.clone();
+        match js.get_stream(&name).await {
+            Ok(stream) => {
+                let current = stream.cached_info();
+                if let Some(mark) = owner::foreign_owner(&current.config, owner) {
+                    return Ok(Err(mark));
+                }
+                config.metadata = owner::desired_metadata(&current.config.metadata, owner);
+                if same_settings(&current.config, &config) {
+                    return Ok(Ok(current.clone()));
+                }
+                tracing::info!(stream = name, "updating the pool's shared stream");
+                js.update_stream(&config)
+                    .await
+                    .map(Ok)
+                    .map_err(stream_error(&name, "update"))
+            }
+            Err(err) if is_stream_not_found(&err.kind()) => {
+                config.metadata = owner::desired_metadata(&Default::default(), owner);
+                tracing::info!(stream = name, "creating the pool's shared stream");
+                let stream = js
+                    .create_stream(config)
+                    .await
+                    .map_err(stream_error(&name, "create"))?;
+                Ok(Ok(stream.cached_info().clone()))
+            }
+            Err(err) => Err(stream_error(&name, "read")(err)),
+        }
+    };
+    tokio::time::timeout(PROVISION_TIMEOUT, round)
+        .await
+        .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
 }
 
 /// Creates the stream and durable consumer, or updates them to match

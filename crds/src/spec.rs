@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::defaults;
 
 /// A Go-style duration as Kubernetes users write them: `300ms`, `30s`, `5m`, `720h`, `1h30m`.
-const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
+pub(crate) const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
 
 /// A webhook endpoint: an HTTPS route that verifies a provider's signed requests,
 /// stores every accepted event durably in JetStream and writes it to Postgres.

@@ -50,6 +50,48 @@ impl ValidatedEndpoint {
         }
         self
     }
+
+    /// Moves the endpoint's events into the one stream of `pool` (a
+    /// `WebhookPool` with a shared `spec.stream`): stream
+    /// `HOOKLINE_<ns>_POOL_<pool>` with `limits`, subjects
+    /// `hookline.<ns>.POOL_<pool>.<name>.<type>`, durable consumer
+    /// `hookline-consumer-<name>` filtered on them, and message ids prefixed by
+    /// the name. Takes the cluster as [`ValidatedEndpoint::in_cluster`] does.
+    /// Only a `Buffer` is shared: an `Archive` keeps its own stream (the
+    /// operator refuses it as a member of such a pool).
+    pub fn in_shared_stream(
+        mut self,
+        cluster: Option<&str>,
+        pool: &str,
+        limits: StreamLimits,
+    ) -> ValidatedEndpoint {
+        let namespace = self.namespace.as_str();
+        let settings = &mut self.stream;
+        settings.name = naming::pool_stream_name_in(cluster, namespace, pool);
+        let pool_prefix = naming::pool_subject_prefix_in(cluster, namespace, pool);
+        settings.subject_prefix = naming::pool_member_subject_prefix(&pool_prefix, &self.name);
+        settings.max_age = limits.max_age;
+        settings.duplicate_window = limits.duplicate_window;
+        settings.replicas = limits.replicas;
+        settings.shared = Some(SharedStream {
+            pool: pool.to_owned(),
+            pool_subject_filter: format!("{pool_prefix}.>"),
+            message_id_prefix: format!("{}:", self.name),
+        });
+        self.consumer.durable_name = naming::pool_member_durable(&self.name);
+        self
+    }
+
+    /// The endpoint's own stream, as it is without a shared stream: where a
+    /// member's events wait that were stored before it joined one.
+    pub fn own_stream(&self, cluster: Option<&str>) -> ValidatedEndpoint {
+        let mut own = self.clone();
+        own.stream.name = naming::stream_name_in(cluster, &self.namespace, &self.name);
+        own.stream.subject_prefix = naming::subject_prefix_in(cluster, &self.namespace, &self.name);
+        own.stream.shared = None;
+        own.consumer.durable_name = naming::DURABLE_CONSUMER.to_owned();
+        own
+    }
 }
 
 /// Where the signing secret comes from.
@@ -369,9 +411,54 @@ pub struct StreamSettings {
     pub replicas: usize,
     pub duplicate_window: Duration,
     pub deletion_policy: DeletionPolicy,
+    /// Set when the endpoint's events go to its pool's one stream
+    /// ([`ValidatedEndpoint::in_shared_stream`]); `None`: its own stream.
+    pub shared: Option<SharedStream>,
+}
+
+/// A stream's age, dedupe window and replicas: what an endpoint's `spec.stream`
+/// and a pool's shared `spec.stream` both set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamLimits {
+    pub max_age: Duration,
+    pub duplicate_window: Duration,
+    pub replicas: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> StreamLimits {
+        StreamLimits {
+            max_age: crate::defaults::MAX_AGE,
+            duplicate_window: crate::defaults::DUPLICATE_WINDOW,
+            replicas: usize::from(crate::defaults::STREAM_REPLICAS),
+        }
+    }
+}
+
+/// A member's place in its pool's one stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedStream {
+    /// The pool whose stream it is.
+    pub pool: String,
+    /// `hookline.<ns>.POOL_<pool>.>`: the subjects of the whole pool stream.
+    pub pool_subject_filter: String,
+    /// `<name>:` before each `Nats-Msg-Id`: the stream's dedupe window is
+    /// shared, and two endpoints may see the same event id.
+    pub message_id_prefix: String,
 }
 
 impl StreamSettings {
+    /// The `Nats-Msg-Id` of an event: its id, prefixed by the endpoint's name
+    /// in a shared stream.
+    pub fn message_id<'a>(&self, event_id: &'a str) -> std::borrow::Cow<'a, str> {
+        match &self.shared {
+            None => std::borrow::Cow::Borrowed(event_id),
+            Some(shared) => {
+                std::borrow::Cow::Owned(format!("{}{event_id}", shared.message_id_prefix))
+            }
+        }
+    }
+
     /// The stream's own `max_bytes` (`None`: unlimited) for a stream of
     /// `retention`. Only an `Archive` has one: JetStream reserves a stream's
     /// `max_bytes` on its store however little the stream holds, and a

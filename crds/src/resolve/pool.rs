@@ -2,6 +2,7 @@
 //! rules (and field paths) as an endpoint's, plus what a pool adds.
 
 use super::consumer::resolve_scaling;
+use super::stream::resolve_limits;
 use super::{Problems, resolve_receiver};
 use crate::InvalidSpec;
 use crate::naming;
@@ -31,6 +32,15 @@ pub fn resolve_pool(
     if consumer.concurrency == Some(0) {
         problems.add("spec.consumer.concurrency", "must be at least 1");
     }
+    let stream = spec.stream.as_ref().map(|stream| {
+        resolve_limits(
+            "spec.stream",
+            stream.max_age.as_deref(),
+            stream.duplicate_window.as_deref(),
+            stream.replicas,
+            &mut problems,
+        )
+    });
     if !problems.0.is_empty() {
         return Err(InvalidSpec(problems.0));
     }
@@ -45,5 +55,6 @@ pub fn resolve_pool(
             image: consumer.image.clone(),
             concurrency: consumer.concurrency,
         },
+        stream,
     })
 }

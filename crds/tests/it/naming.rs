@@ -144,3 +144,44 @@ fn a_named_cluster_gets_streams_and_subjects_of_its_own() {
         assert!(check_cluster_name(bad).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn a_pools_shared_stream_never_meets_an_endpoints_names() {
+    assert_eq!(
+        pool_stream_name_in(None, "shop", "eu"),
+        "HOOKLINE_shop_POOL_eu"
+    );
+    assert_eq!(
+        pool_stream_name_in(Some("c1"), "shop", "eu.1"),
+        "HOOKLINE-c1_shop_POOL_eu_1"
+    );
+    let prefix = pool_subject_prefix_in(None, "shop", "eu");
+    assert_eq!(prefix, "hookline.shop.POOL_eu");
+    assert_eq!(
+        pool_member_subject_prefix(&prefix, "a.b"),
+        "hookline.shop.POOL_eu.a_b"
+    );
+    assert_eq!(pool_member_durable("a.b"), "hookline-consumer-a_b");
+    assert!(is_stream_name(&pool_member_durable(&long_name())));
+    assert!(is_stream_name(&pool_stream_name_in(
+        Some(&"c".repeat(32)),
+        &"n".repeat(63),
+        &long_name()
+    )));
+    // No endpoint name is upper case, so none shares the pool's stream or subjects.
+    for name in ["pool-eu", "pool.eu", "eu"] {
+        assert_ne!(
+            stream_name("shop", name),
+            pool_stream_name_in(None, "shop", "eu")
+        );
+        assert!(!prefix.starts_with(&format!("{}.", subject_prefix("shop", name))));
+    }
+    assert_eq!(
+        retired_subject_in(None, "shop", "a.b"),
+        "hookline_retired.shop.a_b"
+    );
+    assert_eq!(
+        retired_subject_in(Some("c1"), "shop", "a"),
+        "hookline-c1_retired.shop.a"
+    );
+}

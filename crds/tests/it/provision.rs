@@ -9,9 +9,11 @@ use async_nats::jetstream::stream::RetentionPolicy;
 use futures::StreamExt;
 use hookline_api::provision::{
     Cleanup, Ensured, OWNER_ENDPOINT_KEY, OWNER_UID_KEY, ProvisionError, StreamOwner, StreamStats,
-    delete_owned, delete_stream, diagnose, ensure, explain, provision, release,
+    delete_owned, delete_stream, diagnose, ensure, ensure_pool_stream, explain, pool_stream_config,
+    provision, release, shared_bytes, stream_config,
 };
 use hookline_api::spec::{Provider, StreamRetention, StreamSpec, WebhookEndpointSpec};
+use hookline_api::validated::StreamLimits;
 use hookline_e2e::NatsServer;
 
 fn spec(max_age: &str) -> WebhookEndpointSpec {
@@ -686,4 +688,142 @@ async fn a_buffer_made_with_a_reservation_loses_it_on_the_next_resync_and_then_h
 
     ready(ensure(&js, &endpoint, Some(&owner), &mut known).await);
     assert_eq!(calls.take().await, ["STREAM.INFO.HOOKLINE_ci_old"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn members_of_a_shared_stream_each_get_a_durable_on_their_subjects_and_their_own_pending() {
+    let nats = start();
+    let js = connect(&nats).await;
+    let mut calls = ApiCalls::watch(&nats).await;
+    let member = |name: &str| {
+        hookline_api::resolve("ci", name, &with_retention(StreamRetention::Buffer))
+            .expect("valid")
+            .in_shared_stream(None, "shop", StreamLimits::default())
+    };
+    let (first, second) = (member("first"), member("second.eu"));
+    assert_eq!(first.stream.name, "HOOKLINE_ci_POOL_shop");
+    assert_eq!(
+        first.stream.subject_for("a.b"),
+        "hookline.ci.POOL_shop.first.a_b"
+    );
+    assert_eq!(second.consumer.durable_name, "hookline-consumer-second_eu");
+    assert_eq!(second.stream.message_id("evt_1"), "second.eu:evt_1");
+    let (mut known_first, mut known_second) = (None, None);
+
+    ready(ensure(&js, &first, None, &mut known_first).await);
+    ready(ensure(&js, &second, None, &mut known_second).await);
+    for (subject, id) in [
+        (
+            first.stream.subject_for("push"),
+            first.stream.message_id("evt_1"),
+        ),
+        (
+            second.stream.subject_for("push"),
+            second.stream.message_id("evt_1"),
+        ),
+        (
+            second.stream.subject_for("push"),
+            second.stream.message_id("evt_2"),
+        ),
+    ] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_ref());
+        let ack = js
+            .publish_with_headers(subject, headers, "{}".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+        assert!(
+            !ack.duplicate,
+            "the same event id of two members is two events"
+        );
+    }
+    calls.take().await;
+
+    let stats = ready(ensure(&js, &second, None, &mut known_second).await);
+    assert_eq!(stats.pending, 2, "the member's own events only");
+    assert_eq!(
+        calls.take().await,
+        ["CONSUMER.INFO.HOOKLINE_ci_POOL_shop.hookline-consumer-second_eu"],
+        "a steady member costs one CONSUMER.INFO"
+    );
+    let info = js
+        .get_stream("HOOKLINE_ci_POOL_shop")
+        .await
+        .expect("the pool's stream")
+        .cached_info()
+        .clone();
+    assert_eq!(info.config.retention, RetentionPolicy::WorkQueue);
+    assert_eq!(info.config.max_bytes, -1, "nothing reserved");
+    assert_eq!(info.config.subjects, ["hookline.ci.POOL_shop.>"]);
+    assert_eq!(
+        shared_bytes(2, info.state.messages, info.state.bytes),
+        info.state.bytes * 2 / 3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pools_stream_takes_the_pools_limits_and_members_never_change_them() {
+    let nats = start();
+    let js = connect(&nats).await;
+    let limits = StreamLimits {
+        max_age: Duration::from_secs(3600),
+        ..StreamLimits::default()
+    };
+    let member = hookline_api::resolve("ci", "first", &with_retention(StreamRetention::Buffer))
+        .expect("valid")
+        .in_shared_stream(None, "shop", limits);
+    let config = pool_stream_config(
+        "HOOKLINE_ci_POOL_shop",
+        "hookline.ci.POOL_shop.>",
+        "ci/shop",
+        limits,
+    );
+    assert_eq!(
+        stream_config(&member),
+        config,
+        "a member makes the pool's stream as the pool does"
+    );
+    let owner = StreamOwner::new("pool-uid", "ci", "shop");
+    let info = ensure_pool_stream(&js, config.clone(), Some(&owner))
+        .await
+        .expect("made")
+        .expect("ours");
+    assert_eq!(info.config.max_age, Duration::from_secs(3600));
+
+    let other = hookline_api::resolve("ci", "second", &with_retention(StreamRetention::Buffer))
+        .expect("valid")
+        .in_shared_stream(None, "shop", StreamLimits::default());
+    ready(ensure(&js, &other, None, &mut None).await);
+    let kept = js
+        .get_stream("HOOKLINE_ci_POOL_shop")
+        .await
+        .expect("stream");
+    assert_eq!(
+        kept.cached_info().config.max_age,
+        Duration::from_secs(3600),
+        "left as the pool set it"
+    );
+
+    let longer = StreamLimits::default();
+    let changed = pool_stream_config(
+        "HOOKLINE_ci_POOL_shop",
+        "hookline.ci.POOL_shop.>",
+        "ci/shop",
+        longer,
+    );
+    let info = ensure_pool_stream(&js, changed, Some(&owner))
+        .await
+        .expect("updated")
+        .expect("ours");
+    assert_eq!(info.config.max_age, longer.max_age);
+    let foreign = StreamOwner::new("another-uid", "ci", "shop");
+    assert!(
+        ensure_pool_stream(&js, config, Some(&foreign))
+            .await
+            .expect("read")
+            .is_err(),
+        "another owner's pool stream is left alone"
+    );
 }
