@@ -61,7 +61,8 @@ pub fn stream_config(endpoint: &ValidatedEndpoint) -> stream::Config {
             replicas: settings.replicas,
         };
         let pool = format!("{}/{}", endpoint.namespace, shared.pool);
-        return pool_stream_config(&settings.name, &shared.pool_subject_filter, &pool, limits);
+        let subjects = vec![shared.pool_subject_filter.clone()];
+        return pool_stream_config(&settings.name, subjects, &pool, limits);
     }
     stream::Config {
         name: settings.name.clone(),
@@ -85,20 +86,23 @@ pub fn stream_config(endpoint: &ValidatedEndpoint) -> stream::Config {
 }
 
 /// The one stream of a pool with a shared stream (`WebhookPool`
-/// `spec.stream`), `name` over `subject_filter` (every member's subjects):
+/// `spec.stream`), `name` over `subjects`: the operator lists each served
+/// member's filter, so an endpoint that left the pool gets no more events
+/// there while its last ones drain; a binary's `--provision` takes the
+/// pool's whole filter.
 /// what a member's own `Buffer` is, work-queue retention and
 /// `DiscardPolicy::New` without a `max_bytes` (each member's cap is the
 /// receiver's), with the pool's limits. `pool` is `namespace/name`.
 pub fn pool_stream_config(
     name: &str,
-    subject_filter: &str,
+    subjects: Vec<String>,
     pool: &str,
     limits: StreamLimits,
 ) -> stream::Config {
     stream::Config {
         name: name.to_owned(),
         description: Some(format!("Hookline events of WebhookPool {pool}")),
-        subjects: vec![subject_filter.to_owned()],
+        subjects,
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::WorkQueue,
         discard: stream::DiscardPolicy::New,

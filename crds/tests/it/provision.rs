@@ -776,7 +776,7 @@ async fn the_pools_stream_takes_the_pools_limits_and_members_never_change_them()
         .in_shared_stream(None, "shop", limits);
     let config = pool_stream_config(
         "HOOKLINE_ci_POOL_shop",
-        "hookline.ci.POOL_shop.>",
+        vec!["hookline.ci.POOL_shop.>".to_owned()],
         "ci/shop",
         limits,
     );
@@ -809,7 +809,7 @@ async fn the_pools_stream_takes_the_pools_limits_and_members_never_change_them()
     let longer = StreamLimits::default();
     let changed = pool_stream_config(
         "HOOKLINE_ci_POOL_shop",
-        "hookline.ci.POOL_shop.>",
+        vec!["hookline.ci.POOL_shop.first.>".to_owned()],
         "ci/shop",
         longer,
     );
@@ -818,6 +818,11 @@ async fn the_pools_stream_takes_the_pools_limits_and_members_never_change_them()
         .expect("updated")
         .expect("ours");
     assert_eq!(info.config.max_age, longer.max_age);
+    assert_eq!(
+        info.config.subjects,
+        ["hookline.ci.POOL_shop.first.>"],
+        "a member that left gets no more events"
+    );
     let foreign = StreamOwner::new("another-uid", "ci", "shop");
     assert!(
         ensure_pool_stream(&js, config, Some(&foreign))
