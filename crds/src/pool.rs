@@ -28,6 +28,9 @@ use crate::validated::{ReceiverSettings, Scaling, StreamLimits};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(oldSelf.stream) || has(self.stream)").message(
+    "a pool's shared stream cannot be turned off: move the members to another pool"
+))]
 pub struct WebhookPoolSpec {
     /// The pool's receiver Deployment (replicas default 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -408,6 +408,183 @@ pub async fn ensure_pool_stream(
         .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
 }
 
+/// What [`retire_own_stream`] found and did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Retirement {
+    /// There is no such stream (any more).
+    Missing,
+    /// It held nothing and was deleted.
+    Deleted,
+    /// Its subjects are retired, and it still holds these events: the
+    /// pool's consumer drains them through the stream's own durable.
+    Draining {
+        messages: u64,
+        bytes: u64,
+        /// Work-queue retention: `messages` are exactly the events not yet written.
+        work_queue: bool,
+    },
+    /// It carries another endpoint's owner mark and was left as it is.
+    OwnedElsewhere(OwnerMark),
+}
+
+/// A member's own stream `name` once its events go to its pool's shared
+/// stream: its subjects become `[retired_subject]` (nothing else of its
+/// config changes, so its durable keeps draining what it holds and nothing
+/// new lands in it), and it is deleted once it holds nothing. One
+/// STREAM.INFO per call, plus the update and the delete when they are due;
+/// the caller stops calling once it is gone.
+pub async fn retire_own_stream(
+    js: &jetstream::Context,
+    name: &str,
+    retired_subject: &str,
+    owner: &StreamOwner,
+) -> Result<Retirement, ProvisionError> {
+    let round = async {
+        let stream = match js.get_stream(name).await {
+            Ok(stream) => stream,
+            Err(err) if is_stream_not_found(&err.kind()) => return Ok(Retirement::Missing),
+            Err(err) => return Err(stream_error(name, "read")(err)),
+        };
+        let mut info = stream.cached_info().clone();
+        if let Err(mark) = owner::may_remove(&info.config, owner) {
+            return Ok(Retirement::OwnedElsewhere(mark));
+        }
+        let retired = vec![retired_subject.to_owned()];
+        if info.config.subjects != retired {
+            let config = stream::Config {
+                subjects: retired,
+                metadata: owner::user_metadata(&info.config.metadata),
+                ..info.config.clone()
+            };
+            tracing::info!(
+                stream = name,
+                subject = retired_subject,
+                "retiring the stream's subjects: its endpoint's events go to its pool's stream now"
+            );
+            info = js
+                .update_stream(&config)
+                .await
+                .map_err(stream_error(name, "update"))?;
+        }
+        if info.state.messages > 0 {
+            return Ok(Retirement::Draining {
+                messages: info.state.messages,
+                bytes: info.state.bytes,
+                work_queue: info.config.retention == stream::RetentionPolicy::WorkQueue,
+            });
+        }
+        tracing::info!(stream = name, "deleting the drained stream of a pool member");
+        match js.delete_stream(name).await {
+            Ok(_) => Ok(Retirement::Deleted),
+            Err(err) if is_stream_not_found(&err.kind()) => Ok(Retirement::Missing),
+            Err(err) => Err(stream_error(name, "delete")(err)),
+        }
+    };
+    tokio::time::timeout(PROVISION_TIMEOUT, round)
+        .await
+        .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
+}
+
+/// The pending count of durable `durable` on the stream `stream` (a
+/// member's on its pool's stream); `None` when the durable or the stream
+/// is gone. One CONSUMER.INFO.
+pub async fn durable_pending(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+) -> Result<Option<u64>, ProvisionError> {
+    let round = async {
+        let handle = js
+            .get_stream_no_info(stream)
+            .await
+            .map_err(stream_error(stream, "read"))?;
+        match handle.consumer_info(durable).await {
+            Ok(info) => Ok(Some(pending_of(&info))),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(ProvisionError::Consumer {
+                stream: stream.to_owned(),
+                consumer: durable.to_owned(),
+                action: "read",
+                source: err.into(),
+            }),
+        }
+    };
+    tokio::time::timeout(PROVISION_TIMEOUT, round)
+        .await
+        .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
+}
+
+/// Deletes durable `durable` of the stream `stream` (a member's that left
+/// its pool, once drained); a missing one is fine. Returns whether it existed.
+pub async fn delete_durable(
+    js: &jetstream::Context,
+    stream: &str,
+    durable: &str,
+) -> Result<bool, ProvisionError> {
+    let round = async {
+        match js.delete_consumer_from_stream(durable, stream).await {
+            Ok(_) => Ok(true),
+            Err(err) => match err.kind() {
+                stream::ConsumerErrorKind::JetStream(api)
+                    if matches!(
+                        api.error_code(),
+                        jetstream::ErrorCode::CONSUMER_NOT_FOUND
+                            | jetstream::ErrorCode::STREAM_NOT_FOUND
+                    ) =>
+                {
+                    Ok(false)
+                }
+                _ => Err(ProvisionError::Consumer {
+                    stream: stream.to_owned(),
+                    consumer: durable.to_owned(),
+                    action: "delete",
+                    source: err.into(),
+                }),
+            },
+        }
+    };
+    tokio::time::timeout(PROVISION_TIMEOUT, round)
+        .await
+        .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
+}
+
+/// Removes the stored events of the subjects `subject_filter` (one member's,
+/// `<pool prefix>.<name>.>`) from the stream `stream` (its pool's), and
+/// nothing else. Returns how many went; `None` when there is no such stream.
+pub async fn purge_subjects(
+    js: &jetstream::Context,
+    stream: &str,
+    subject_filter: &str,
+) -> Result<Option<u64>, ProvisionError> {
+    let round = async {
+        let handle = js
+            .get_stream_no_info(stream)
+            .await
+            .map_err(stream_error(stream, "read"))?;
+        match handle.purge().filter(subject_filter).await {
+            Ok(response) => Ok(Some(response.purged)),
+            Err(err) => match err.kind() {
+                stream::PurgeErrorKind::JetStream(api)
+                    if api.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(None)
+                }
+                _ => Err(stream_error(stream, "purge")(err)),
+            },
+        }
+    };
+    tokio::time::timeout(PROVISION_TIMEOUT, round)
+        .await
+        .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
+}
+
 /// Creates the stream and durable consumer, or updates them to match
 /// `endpoint`: the binaries' `--provision`. Keeps any owner mark.
 pub async fn provision(

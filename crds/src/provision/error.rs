@@ -9,7 +9,7 @@ use async_nats::jetstream::{
         ConsumerInfoError, ConsumerInfoErrorKind, CreateStreamError, CreateStreamErrorKind,
         GetStreamError, GetStreamErrorKind, RequestError, RequestErrorKind,
     },
-    stream::{ConsumerError, ConsumerErrorKind},
+    stream::{ConsumerError, ConsumerErrorKind, PurgeError, PurgeErrorKind},
 };
 
 use crate::validated::ValidatedEndpoint;
@@ -20,7 +20,7 @@ pub enum ProvisionError {
     #[error("cannot {action} stream {stream}: {source}")]
     Stream {
         stream: String,
-        /// What was asked: `read`, `create`, `update` or `delete`.
+        /// What was asked: `read`, `create`, `update`, `delete` or `purge`.
         action: &'static str,
         source: NatsError,
     },
@@ -28,7 +28,7 @@ pub enum ProvisionError {
     Consumer {
         stream: String,
         consumer: String,
-        /// What was asked: `create or update`, or `read`.
+        /// What was asked: `create or update`, `read` or `delete`.
         action: &'static str,
         source: NatsError,
     },
@@ -133,6 +133,17 @@ impl From<ConsumerInfoError> for NatsError {
             ConsumerInfoErrorKind::NoResponders => Answer::NoJetStream,
             ConsumerInfoErrorKind::TimedOut => Answer::TimedOut,
             _ => request_answer(&err),
+        };
+        NatsError::new(answer, err)
+    }
+}
+
+impl From<PurgeError> for NatsError {
+    fn from(err: PurgeError) -> NatsError {
+        let answer = match err.kind() {
+            PurgeErrorKind::JetStream(api) => Answer::Api(api),
+            PurgeErrorKind::TimedOut => Answer::TimedOut,
+            PurgeErrorKind::Request => request_answer(&err),
         };
         NatsError::new(answer, err)
     }
