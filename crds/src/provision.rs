@@ -473,7 +473,10 @@ pub async fn retire_own_stream(
                 work_queue: info.config.retention == stream::RetentionPolicy::WorkQueue,
             });
         }
-        tracing::info!(stream = name, "deleting the drained stream of a pool member");
+        tracing::info!(
+            stream = name,
+            "deleting the drained stream of a pool member"
+        );
         match js.delete_stream(name).await {
             Ok(_) => Ok(Retirement::Deleted),
             Err(err) if is_stream_not_found(&err.kind()) => Ok(Retirement::Missing),

@@ -11,7 +11,8 @@
 //! 6. [`status`]: conditions from what was applied and observed; events on change.
 //!
 //! [`reconcile`] runs them (with the finalizer that removes the stream);
-//! [`pool`] reconciles `WebhookPool`s (shared pods) the same way;
+//! [`pool`] reconciles `WebhookPool`s (shared pods) the same way, and
+//! [`shared`] holds what a pool's shared stream needs between reconciles;
 //! [`controller`] wires watches, [`leader`] elects one active replica, [`http`]
 //! serves health and [`metrics`], [`keda`] has the ScaledObject type and
 //! KEDA discovery, [`cli`] parses flags, [`render`] prints the
@@ -30,6 +31,7 @@ pub mod pool;
 pub mod reconcile;
 pub mod render;
 pub mod secrets;
+pub mod shared;
 pub mod status;
 pub mod stream;
 pub mod validate;

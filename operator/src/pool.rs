@@ -14,9 +14,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream;
 use hookline_api::conditions::{self, reasons};
-use hookline_api::naming::FIELD_MANAGER;
-use hookline_api::pool::{WebhookPool, WebhookPoolStatus};
+use hookline_api::naming::{self, FIELD_MANAGER};
+use hookline_api::pool::{ValidatedPool, WebhookPool, WebhookPoolStatus};
+use hookline_api::provision::{self, StreamOwner};
 use hookline_api::spec::WebhookEndpoint;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
@@ -38,7 +40,7 @@ use crate::status::{
     self, Finding, Status, applied_deployment_finding, deployment_finding, write::publish,
 };
 use crate::validate::{ValidEndpoint, ValidPool, validate_in, validate_pool};
-use crate::{Error, Result};
+use crate::{Error, Result, shared};
 
 /// How long an invalid pool waits before it is looked at again (an edit
 /// triggers a reconcile at once).
@@ -309,7 +311,7 @@ async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
         .uid
         .clone()
         .ok_or_else(|| Error::MissingObjectKey(key.clone(), ".metadata.uid"))?;
-    let valid = match validate_pool(pool) {
+    let mut valid = match validate_pool(pool) {
         Ok(valid) => valid,
         Err(invalid) => {
             info!(cause = %invalid, "invalid pool spec");
@@ -331,6 +333,11 @@ async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
             return Ok(Action::requeue(INVALID_SPEC_RECHECK));
         }
     };
+    let cluster = ctx.config.nats.cluster_name.as_deref();
+    let shared = ctx.shared.mode(&ctx.nats, cluster, pool).await;
+    // A pool whose shared stream exists keeps it, with the defaults, even
+    // without spec.stream.
+    valid.pool.stream = shared.map(|mode| mode.limits);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     if let Some(index) = &ctx.secret_index {
         index.wait_until_ready().await;
@@ -344,8 +351,7 @@ async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
     )
     .await
     .map_err(Error::ReadSecrets)?;
-    let database = &valid.pool.consumer.database_secret_ref;
-    let candidates = candidates(ctx, &namespace, &name, Some(database));
+    let candidates = candidates(ctx, &namespace, &name, Some(&valid.pool));
     let mut members = Vec::with_capacity(candidates.len());
     for candidate in &candidates {
         let signing = &candidate.valid.endpoint.secret;
@@ -388,8 +394,42 @@ async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
         .installed(&ctx.client)
         .await
         .map_err(Error::DiscoverKeda)?;
-    let PoolChildren { workload, secret } =
-        pool_build::build(&valid, &served, &ctx.config, Cluster { keda });
+    let PoolChildren {
+        mut workload,
+        secret,
+    } = pool_build::build(&valid, &served, &ctx.config, Cluster { keda });
+    let mut notes = Vec::new();
+    let stream_finding = match shared {
+        Some(mode) => {
+            let held = held_manifests(ctx, &namespace, &name, &uid);
+            let stream = ensure_pool_stream(ctx, &valid, &uid, &served).await;
+            let data = workload.config_map.data.get_or_insert_with(BTreeMap::new);
+            match &stream {
+                // Each new member's subject is listed now, before its
+                // receivers can load its manifest.
+                PoolStream::Ready { .. } => {
+                    let draining = draining(ctx, &valid, &held, data).await;
+                    if !draining.is_empty() {
+                        notes.push(format!(
+                            "keeps draining {} that left: {}",
+                            draining.len(),
+                            draining.join(", ")
+                        ));
+                    }
+                }
+                // Not listed: the receivers keep what they load now.
+                _ => *data = held,
+            }
+            if mode.turned_off {
+                notes.push(format!(
+                    "spec.stream was removed, but its shared stream {} stays with the default limits: a pool's shared stream cannot be turned off (move the members to another pool)",
+                    pool_stream_name(&valid, cluster)
+                ));
+            }
+            Some(stream.finding(&valid, cluster, &ctx.config.nats.url, served.len()))
+        }
+        None => None,
+    };
     ctx.stores.wait_until_ready(keda, SCALER_CACHE_WAIT).await;
     let applier = Applier {
         client: &ctx.client,
@@ -413,9 +453,11 @@ async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
         &valid,
         &applied,
         &secret_check,
+        stream_finding,
         keda_scales,
         served.len(),
         candidates.len(),
+        &notes,
     );
     let ready = findings
         .first()
@@ -451,6 +493,198 @@ async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
     }
 }
 
+/// What the pool's shared stream step found.
+enum PoolStream {
+    /// Made or updated, listing every served member's subjects.
+    Ready { messages: u64 },
+    /// NATS is not reachable.
+    Unreachable(String),
+    /// NATS answered, and refused.
+    Refused(String),
+    /// The stream carries another owner's mark: left alone.
+    OwnedElsewhere(String),
+}
+
+impl PoolStream {
+    /// The pool's `StreamReady` condition.
+    fn finding(
+        &self,
+        valid: &ValidPool,
+        cluster: Option<&str>,
+        url: &str,
+        served: usize,
+    ) -> Finding {
+        let type_ = conditions::STREAM_READY;
+        let name = pool_stream_name(valid, cluster);
+        match self {
+            PoolStream::Ready { messages } => Finding::new(
+                type_,
+                Status::True,
+                reasons::STREAM_PROVISIONED,
+                format!(
+                    "shared stream {name} lists the subjects of {served} served member(s) and holds {messages} event(s)"
+                ),
+            ),
+            PoolStream::Unreachable(cause) => Finding::new(
+                type_,
+                Status::False,
+                reasons::NATS_UNREACHABLE,
+                format!(
+                    "cannot reach NATS at {url} ({cause}); the pool's ConfigMap keeps its members until their subjects can be listed"
+                ),
+            ),
+            PoolStream::Refused(message) => Finding::new(
+                type_,
+                Status::False,
+                reasons::STREAM_REFUSED,
+                message.clone(),
+            ),
+            PoolStream::OwnedElsewhere(message) => Finding::new(
+                type_,
+                Status::False,
+                reasons::STREAM_OWNED_ELSEWHERE,
+                message.clone(),
+            ),
+        }
+    }
+}
+
+/// `HOOKLINE_<ns>_POOL_<pool>`, in the operator's cluster.
+fn pool_stream_name(valid: &ValidPool, cluster: Option<&str>) -> String {
+    naming::pool_stream_name_in(cluster, &valid.pool.namespace, &valid.pool.name)
+}
+
+/// Makes or updates the pool's shared stream, marked as the pool's, to
+/// list one subject filter per served member (and no other: a member that
+/// left gets no more events here), and records its figures for the
+/// members' status. One STREAM.INFO in a steady state.
+async fn ensure_pool_stream(
+    ctx: &Context,
+    valid: &ValidPool,
+    uid: &str,
+    served: &[Member],
+) -> PoolStream {
+    if ctx.nats.connection_state() != async_nats::connection::State::Connected {
+        return PoolStream::Unreachable("not connected to NATS".into());
+    }
+    let cluster = ctx.config.nats.cluster_name.as_deref();
+    let pool = &valid.pool;
+    let key = format!("{}/{}", pool.namespace, pool.name);
+    let name = pool_stream_name(valid, cluster);
+    let subjects = shared::pool_subjects(
+        cluster,
+        &pool.namespace,
+        &pool.name,
+        served.iter().map(|member| member.name.as_str()),
+    );
+    let config =
+        provision::pool_stream_config(&name, subjects, &key, pool.stream.unwrap_or_default());
+    let owner = StreamOwner::new(uid, &pool.namespace, &pool.name);
+    let js = jetstream::new(ctx.nats.clone());
+    match provision::ensure_pool_stream(&js, config, Some(&owner)).await {
+        Ok(Ok(info)) => {
+            ctx.shared
+                .set_figures(&key, info.state.messages, info.state.bytes);
+            PoolStream::Ready {
+                messages: info.state.messages,
+            }
+        }
+        Ok(Err(mark)) => PoolStream::OwnedElsewhere(format!(
+            "stream {name} belongs to {mark} (another cluster on this NATS, or an earlier pool of this name) and is left untouched; delete that stream if nobody needs it, or give this pool a different name or namespace"
+        )),
+        Err(err)
+            if err.is_timeout()
+                || ctx.nats.connection_state() != async_nats::connection::State::Connected =>
+        {
+            PoolStream::Unreachable(err.to_string())
+        }
+        Err(err) => PoolStream::Refused(format!(
+            "NATS refused the pool's shared stream: {err}; the pool's ConfigMap keeps its members until their subjects can be listed"
+        )),
+    }
+}
+
+/// What the pool's ConfigMap holds now (the cache's copy), if it is the pool's.
+fn held_manifests(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) -> BTreeMap<String, String> {
+    ctx.stores
+        .config_maps
+        .get(&ObjectRef::new(&PoolNames::of(name).config_map).within(namespace))
+        .filter(|map| {
+            map.owner_references()
+                .iter()
+                .any(|owner| owner.controller == Some(true) && owner.uid == uid)
+        })
+        .and_then(|map| map.data.clone())
+        .unwrap_or_default()
+}
+
+/// Keeps in `data` (the ConfigMap to write) the held manifest of each
+/// endpoint that is no longer served but whose durable on the pool's
+/// stream still has events pending, so the pool's consumer drains them;
+/// once drained, an endpoint that left the pool loses its durable there.
+/// A deleted endpoint is not kept: its finalizer purged its events, or
+/// kept them with its durable (`deletionPolicy: Retain`). Returns the
+/// names kept. One CONSUMER.INFO per endpoint not served.
+async fn draining(
+    ctx: &Context,
+    valid: &ValidPool,
+    held: &BTreeMap<String, String>,
+    data: &mut BTreeMap<String, String>,
+) -> Vec<String> {
+    let pool = &valid.pool;
+    let stream = pool_stream_name(valid, ctx.config.nats.cluster_name.as_deref());
+    let js = jetstream::new(ctx.nats.clone());
+    let mut kept = Vec::new();
+    for (key, manifest) in held {
+        if data.contains_key(key) {
+            continue;
+        }
+        let Some(member) = key.strip_suffix(".yaml") else {
+            continue;
+        };
+        let Some(endpoint) = ctx
+            .endpoints
+            .get(&ObjectRef::new(member).within(&pool.namespace))
+            .filter(|endpoint| endpoint.metadata.deletion_timestamp.is_none())
+        else {
+            continue;
+        };
+        let durable = naming::pool_member_durable(member);
+        let left = endpoint.spec.pool.as_deref() != Some(pool.name.as_str());
+        let keep = match provision::durable_pending(&js, &stream, &durable).await {
+            Ok(Some(pending)) if pending > 0 => true,
+            Ok(Some(_)) if left => match provision::delete_durable(&js, &stream, &durable).await {
+                Ok(_) => {
+                    info!(
+                        member,
+                        durable, "a member that left the pool is drained: deleted its durable"
+                    );
+                    false
+                }
+                Err(err) => {
+                    warn!(member, durable, cause = %err, "cannot delete the durable of a member that left; trying again at the next reconcile");
+                    true
+                }
+            },
+            Ok(_) => false,
+            Err(err) => {
+                warn!(member, durable, cause = %err, "cannot read what a member that left still has pending; keeping its manifest");
+                true
+            }
+        };
+        if keep {
+            data.insert(key.clone(), manifest.clone());
+            kept.push(member.to_owned());
+        }
+    }
+    kept
+}
+
 /// Every Secret the pool's pods read: the database URL, NATS, image pulls.
 fn references(valid: &ValidPool, ctx: &Context) -> Vec<secrets::Reference> {
     let database = &valid.pool.consumer.database_secret_ref;
@@ -470,7 +704,7 @@ fn candidates(
     ctx: &Context,
     namespace: &str,
     name: &str,
-    database: Option<&hookline_api::spec::SecretKeyRef>,
+    pool: Option<&ValidatedPool>,
 ) -> Vec<Candidate> {
     let mut all: Vec<Candidate> = ctx
         .endpoints
@@ -480,7 +714,7 @@ fn candidates(
         .filter(|endpoint| endpoint.spec.pool.as_deref() == Some(name))
         .filter(|endpoint| endpoint.metadata.deletion_timestamp.is_none())
         .filter_map(|endpoint| {
-            let valid = validate_in(&endpoint, database)
+            let valid = validate_in(&endpoint, pool)
                 .ok()?
                 .in_cluster(ctx.config.nats.cluster_name.as_deref());
             Some(Candidate { endpoint, valid })
@@ -551,13 +785,16 @@ async fn apply_secret(
 }
 
 /// The pool's conditions, `Ready` first.
+#[allow(clippy::too_many_arguments)]
 fn pool_findings(
     valid: &ValidPool,
     applied: &apply::Applied,
     secrets: &SecretCheck,
+    stream: Option<Finding>,
     keda_scales: bool,
     served: usize,
     members: usize,
+    notes: &[String],
 ) -> Vec<Finding> {
     let namespace = &valid.pool.namespace;
     let secret = if secrets.problems.is_empty() {
@@ -589,26 +826,28 @@ fn pool_findings(
                 .join("; "),
         )
     };
-    let parts = vec![
-        secret,
-        applied_deployment_finding(
-            applied.receiver.as_ref(),
-            conditions::RECEIVER_AVAILABLE,
-            "pool receiver",
-            false,
-        ),
-        applied_deployment_finding(
-            applied.consumer.as_ref(),
-            conditions::CONSUMER_AVAILABLE,
-            "pool consumer",
-            keda_scales,
-        ),
-    ];
+    let parts: Vec<Finding> = std::iter::once(secret)
+        .chain(stream)
+        .chain([
+            applied_deployment_finding(
+                applied.receiver.as_ref(),
+                conditions::RECEIVER_AVAILABLE,
+                "pool receiver",
+                false,
+            ),
+            applied_deployment_finding(
+                applied.consumer.as_ref(),
+                conditions::CONSUMER_AVAILABLE,
+                "pool consumer",
+                keda_scales,
+            ),
+        ])
+        .collect();
     let not_applied = status::failures_finding(&applied.failures, namespace);
     let blocking = not_applied
         .as_ref()
         .or_else(|| parts.iter().find(|finding| finding.status != Status::True));
-    let ready = status::ready_finding(blocking, || {
+    let mut ready = status::ready_finding(blocking, || {
         format!(
             "serves {served} of {members} member(s) with {} receiver(s) and {} consumer(s)",
             valid.pool.receiver.replicas,
@@ -623,6 +862,10 @@ fn pool_findings(
             }
         )
     });
+    for note in notes {
+        ready.message.push_str("; ");
+        ready.message.push_str(note);
+    }
     std::iter::once(ready).chain(parts).collect()
 }
 

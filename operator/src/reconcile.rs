@@ -2,7 +2,7 @@
 //! the finalizer that deletes the stream when the endpoint goes. It never
 //! branches on why it ran; what it cannot fix it reports and requeues.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use crate::metrics::{Metrics, Readiness};
 use crate::status::write::{Details, StatusWriter, WrittenStatuses, publish};
 use crate::status::{self, Observed, Status};
 use crate::validate::{validate_in, validate_pool};
-use crate::{Error, Result, pool, secrets, stream};
+use crate::{Error, Result, pool, secrets, shared, stream};
 
 /// Removes the endpoint's stream before the resource goes.
 pub const FINALIZER: &str = "hookline.io/stream";
@@ -68,6 +68,9 @@ pub struct Context {
     pub(crate) triggers: Triggers,
     /// Per pool, what was last written of it (status, Secret).
     pub(crate) pool_state: pool::Written,
+    /// Shared pool streams: which pools have one, their figures, and the
+    /// members' own streams on their way out.
+    pub(crate) shared: shared::SharedStreams,
 }
 
 /// Senders into the controllers' `reconcile_on` streams; absent in tests
@@ -122,6 +125,7 @@ impl Context {
             endpoints: reflector::store().0,
             triggers: Triggers::default(),
             pool_state: pool::Written::default(),
+            shared: shared::SharedStreams::default(),
         }
     }
 
@@ -261,12 +265,27 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
         .pool
         .as_ref()
         .and_then(|pool| ctx.pools.get(&ObjectRef::new(pool).within(&namespace)));
-    let pool_database = pool
+    let cluster = ctx.config.nats.cluster_name.as_deref();
+    let shared = match pool.as_deref() {
+        Some(pool) => ctx.shared.mode(&ctx.nats, cluster, pool).await,
+        None => None,
+    };
+    let pool_valid = pool
         .as_deref()
         .and_then(|pool| validate_pool(pool).ok())
-        .map(|valid| valid.pool.consumer.database_secret_ref);
-    let valid = match validate_in(endpoint, pool_database.as_ref()) {
-        Ok(valid) => valid.in_cluster(ctx.config.nats.cluster_name.as_deref()),
+        .map(|valid| {
+            let mut pool = valid.pool;
+            pool.stream = shared.map(|mode| mode.limits);
+            pool
+        });
+    let valid = match validate_in(endpoint, pool_valid.as_ref()) {
+        Ok(valid) => {
+            let valid = valid.in_cluster(cluster);
+            match shared {
+                Some(mode) => valid.in_shared_stream(cluster, mode.limits),
+                None => valid,
+            }
+        }
         Err(invalid) => {
             info!(cause = %invalid, "invalid spec");
             // Its pool stops serving it.
@@ -303,7 +322,25 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
         .ok_or_else(|| Error::MissingObjectKey(key.clone(), ".metadata.uid"))?;
     let stream_owner =
         StreamOwner::new(&owner_uid, &valid.endpoint.namespace, &valid.endpoint.name);
-    let stream = stream::ensure(&ctx.nats, &ctx.streams, &valid, &stream_owner).await;
+    let mut stream = stream::ensure(&ctx.nats, &ctx.streams, &valid, &stream_owner).await;
+    let stream_note = match (&valid.endpoint.stream.shared, &mut stream) {
+        (Some(place), stream::StreamState::Ready { stats, .. }) => {
+            let pool_key = format!("{namespace}/{}", place.pool);
+            if let Some(bytes) = ctx.shared.member_bytes(&pool_key, stats.messages) {
+                stats.bytes = bytes;
+            }
+            let own = ctx
+                .shared
+                .retire_own(&ctx.nats, cluster, &valid, &stream_owner)
+                .await;
+            shared::own_stream_note(own, stats, cluster, &valid)
+        }
+        (Some(_), _) => None,
+        (None, _) => {
+            ctx.shared.forget_own(&owner_uid);
+            None
+        }
+    };
     let keda = ctx
         .keda
         .installed(&ctx.client)
@@ -340,6 +377,7 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
         applied: &applied,
         keda,
         pool: pool_view.as_ref(),
+        stream_note: stream_note.as_deref(),
     });
     let ready = findings
         .first()
@@ -394,24 +432,42 @@ async fn cleanup(endpoint: &WebhookEndpoint, ctx: &Context) -> Result<Action> {
         .unwrap_or(DeletionPolicy::Delete);
     let uid = endpoint.metadata.uid.clone().unwrap_or_default();
     let owner = StreamOwner::new(&uid, &namespace, &name);
-    let note = stream::clean_up(&ctx.nats, &stream_name, &owner, policy)
+    let mut note = stream::clean_up(&ctx.nats, &stream_name, &owner, policy)
         .await
         .map_err(Error::DeleteStream)?;
+    let pools: BTreeSet<&String> = endpoint
+        .spec
+        .pool
+        .iter()
+        .chain(
+            endpoint
+                .status
+                .as_ref()
+                .and_then(|status| status.served_by.as_ref()),
+        )
+        .collect();
+    for pool in &pools {
+        let cluster = ctx.config.nats.cluster_name.as_deref();
+        if let Some(done) =
+            stream::clean_up_member(&ctx.nats, cluster, &namespace, pool, &name, policy)
+                .await
+                .map_err(Error::DeleteStream)?
+        {
+            note.push_str("; ");
+            note.push_str(&done);
+        }
+    }
     info!(stream = %stream_name, ?policy, "endpoint deleted: {note}");
     ctx.publish(endpoint, EventType::Normal, "Deleted", note)
         .await;
-    for pool in endpoint.spec.pool.iter().chain(
-        endpoint
-            .status
-            .as_ref()
-            .and_then(|status| status.served_by.as_ref()),
-    ) {
+    for pool in pools {
         ctx.triggers.pool(&namespace, pool);
     }
     let key = key(endpoint);
     ctx.succeeded(&key);
     ctx.written.forget(&key);
     ctx.streams.forget(&uid);
+    ctx.shared.forget_own(&uid);
     ctx.metrics.set_readiness(&key, None);
     ctx.metrics.set_pending(&key, None);
     ctx.metrics.set_stream_size(&key, None);

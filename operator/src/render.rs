@@ -182,7 +182,7 @@ fn render_pool(
         if !names.insert(name.clone()) {
             return Err(not_a_member("is in the file twice".into()));
         }
-        let member = validate_in(&endpoint, Some(&valid.pool.consumer.database_secret_ref))
+        let member = validate_in(&endpoint, Some(&valid.pool))
             .map_err(|invalid| wrong(number, hookline_api::Error::from(invalid)))?
             .in_cluster(config.nats.cluster_name.as_deref());
         members.push(member);

@@ -8,6 +8,7 @@ use std::sync::{Mutex, PoisonError};
 use async_nats::connection::State;
 use async_nats::jetstream;
 use hookline_api::headers::HEADER_ALLOWANCE;
+use hookline_api::naming;
 use hookline_api::provision::{
     self, Cleanup, Ensured, ProvisionError, Provisioned, StreamOwner, StreamStats,
 };
@@ -129,4 +130,35 @@ pub async fn clean_up(
             "kept stream {name} (deletionPolicy: Retain); the next endpoint of this name takes it over"
         ),
     })
+}
+
+/// The finalizer's cleanup of a member in pool `pool`'s shared stream:
+/// `Delete` purges the member's subjects from it (no other member's) and
+/// deletes its durable; `Retain` leaves both, for the next endpoint of this
+/// name. `None` when the pool has no shared stream (nothing was done).
+pub async fn clean_up_member(
+    client: &async_nats::Client,
+    cluster: Option<&str>,
+    namespace: &str,
+    pool: &str,
+    name: &str,
+    policy: DeletionPolicy,
+) -> Result<Option<String>, ProvisionError> {
+    let stream = naming::pool_stream_name_in(cluster, namespace, pool);
+    match policy {
+        DeletionPolicy::Retain => Ok(None),
+        DeletionPolicy::Delete => {
+            let js = jetstream::new(client.clone());
+            let prefix = naming::pool_subject_prefix_in(cluster, namespace, pool);
+            let filter = format!("{}.>", naming::pool_member_subject_prefix(&prefix, name));
+            let Some(purged) = provision::purge_subjects(&js, &stream, &filter).await? else {
+                return Ok(None);
+            };
+            let durable = naming::pool_member_durable(name);
+            provision::delete_durable(&js, &stream, &durable).await?;
+            Ok(Some(format!(
+                "purged its {purged} event(s) from pool stream {stream} and deleted its durable {durable}"
+            )))
+        }
+    }
 }

@@ -2,7 +2,8 @@
 //! producing the one input every builder works from.
 
 use hookline_api::pool::{ValidatedPool, WebhookPool};
-use hookline_api::spec::{SecretKeyRef, WebhookEndpoint};
+use hookline_api::spec::{SecretKeyRef, StreamRetention, WebhookEndpoint};
+use hookline_api::validated::StreamLimits;
 use hookline_api::{FieldError, InvalidSpec, ValidatedEndpoint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
@@ -43,6 +44,20 @@ impl ValidEndpoint {
         }
     }
 
+    /// The same endpoint with its events in its pool's shared stream
+    /// (`hookline_api::ValidatedEndpoint::in_shared_stream`); a dedicated
+    /// endpoint is returned as it is.
+    pub fn in_shared_stream(self, cluster: Option<&str>, limits: StreamLimits) -> ValidEndpoint {
+        let Placement::Pooled { pool } = &self.placement else {
+            return self;
+        };
+        let pool = pool.clone();
+        ValidEndpoint {
+            endpoint: self.endpoint.in_shared_stream(cluster, &pool, limits),
+            ..self
+        }
+    }
+
     /// The pool serving the endpoint, if one does.
     pub fn pool(&self) -> Option<&str> {
         match &self.placement {
@@ -78,11 +93,13 @@ pub fn validate(resource: &WebhookEndpoint) -> Result<ValidEndpoint, InvalidSpec
     validate_in(resource, None)
 }
 
-/// [`validate`], with the Postgres URL Secret key of the pool `spec.pool`
-/// names when that pool exists: a member may repeat it, never name another.
+/// [`validate`], with the pool `spec.pool` names when that pool exists: a
+/// member may repeat its Postgres URL Secret key, never name another, and
+/// in a pool with a shared stream it must be a `Buffer` that leaves the
+/// stream's limits to the pool.
 pub fn validate_in(
     resource: &WebhookEndpoint,
-    pool_database: Option<&SecretKeyRef>,
+    pool: Option<&ValidatedPool>,
 ) -> Result<ValidEndpoint, InvalidSpec> {
     let namespace = resource
         .namespace()
@@ -90,7 +107,7 @@ pub fn validate_in(
     let resolved = hookline_api::resolve(&namespace, &resource.name_any(), &resource.spec);
     let manifest = manifest(resource, &namespace);
     let mut problems = Vec::new();
-    let placement = placement(resource, pool_database, &mut problems);
+    let placement = placement(resource, pool, &mut problems);
     match (resolved, placement, manifest) {
         (Ok(endpoint), Some(placement), Ok(manifest)) if problems.is_empty() => Ok(ValidEndpoint {
             endpoint,
@@ -119,9 +136,10 @@ pub fn validate_in(
 /// its own can take); `None` with the problems recorded.
 fn placement(
     resource: &WebhookEndpoint,
-    pool_database: Option<&SecretKeyRef>,
+    pool_resource: Option<&ValidatedPool>,
     problems: &mut Vec<FieldError>,
 ) -> Option<Placement> {
+    let pool_database = pool_resource.map(|pool| &pool.consumer.database_secret_ref);
     let spec = &resource.spec;
     let consumer = spec.consumer.as_ref();
     let database = consumer.and_then(|consumer| consumer.database_secret_ref.clone());
@@ -178,7 +196,49 @@ fn placement(
             ),
         );
     }
+    if pool_resource.is_some_and(|pool| pool.stream.is_some()) {
+        shared_stream_problems(spec.stream.as_ref(), pool, &mut problem);
+    }
     Some(Placement::Pooled { pool: pool.clone() })
+}
+
+/// What a member of a pool with a shared stream cannot set: an `Archive`
+/// (the shared stream is a work queue: an event leaves once written), and
+/// the limits the pool's `spec.stream` sets for every member. Its
+/// `maxBytes` (its own cap, kept by the receiver) and `deletionPolicy` stay its own.
+fn shared_stream_problems(
+    stream: Option<&hookline_api::spec::StreamSpec>,
+    pool: &str,
+    problem: &mut impl FnMut(&str, String),
+) {
+    let Some(stream) = stream else {
+        return;
+    };
+    if stream.retention == Some(StreamRetention::Archive) {
+        problem(
+            "spec.stream.retention",
+            format!(
+                "WebhookPool {pool} has a shared stream, which holds Buffers only (an event leaves once written): remove retention: Archive, or give this endpoint another pool or pods of its own"
+            ),
+        );
+    }
+    for (field, set) in [
+        ("spec.stream.maxAge", stream.max_age.is_some()),
+        ("spec.stream.replicas", stream.replicas.is_some()),
+        (
+            "spec.stream.duplicateWindow",
+            stream.duplicate_window.is_some(),
+        ),
+    ] {
+        if set {
+            problem(
+                field,
+                format!(
+                    "WebhookPool {pool}'s shared stream sets it for every member (its spec.stream): remove it here"
+                ),
+            );
+        }
+    }
 }
 
 /// The resource as the pods read it: only what `kubectl apply` would take.

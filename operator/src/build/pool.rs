@@ -6,6 +6,8 @@
 //! The pod templates depend on the pool's spec and the operator's
 //! configuration only, never on the members: the pods reload the mounted
 //! directories, so adding, editing or removing a member restarts nothing.
+//! With a shared stream (`spec.stream`) both Deployments take
+//! `--shared-stream POOL`.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +27,10 @@ pub const CONSUMER_COMPONENT: &str = "pool-consumer";
 pub const ENDPOINT_DIR: &str = "/etc/hookline/endpoints";
 /// Where the receivers find one signing-secret file per member (`<name>`).
 pub const SECRET_DIR: &str = "/etc/hookline/secrets";
+/// The pool binaries' flag that puts every member's events in the pool's
+/// one stream (`WebhookPool` `spec.stream`): a pool setting, never a
+/// member's, so a member joining or leaving rolls no pod.
+pub const SHARED_STREAM_FLAG: &str = "--shared-stream";
 /// What the members' manifests, and their secrets, may take of a
 /// ConfigMap's or Secret's 1 MiB, leaving room for the object's metadata.
 pub const MEMBER_BUDGET_BYTES: usize = 900 * 1024;
@@ -173,6 +179,9 @@ pub fn build(
     receiver_parts.arg("--secret-dir", &secret_dir);
     // Each receiver enforces its share of every member's rate limit.
     receiver_parts.arg("--replicas", &pool.receiver.replicas.max(1).to_string());
+    if pool.stream.is_some() {
+        receiver_parts.arg(SHARED_STREAM_FLAG, &pool.name);
+    }
     receiver_parts.add_nats(config);
     let receiver = receiver::pods(
         &owner,
@@ -197,6 +206,9 @@ pub fn build(
     consumer_parts.env_value("HOOKLINE_ENDPOINT_DIR", &dir);
     if let Some(concurrency) = pool.consumer.concurrency {
         consumer_parts.arg("--concurrency", &concurrency.to_string());
+    }
+    if pool.stream.is_some() {
+        consumer_parts.arg(SHARED_STREAM_FLAG, &pool.name);
     }
     consumer_parts.add_nats(config);
     let scaling = &pool.consumer.scaling;

@@ -78,6 +78,9 @@ pub struct Observed<'a> {
     pub keda: bool,
     /// A pool member's pool, as the caches show it.
     pub pool: Option<&'a PoolView>,
+    /// Appended to a ready `StreamReady`: a shared-stream member's own
+    /// stream still draining.
+    pub stream_note: Option<&'a str>,
 }
 
 /// Every condition of a valid endpoint, `Ready` first.

@@ -61,10 +61,11 @@ pub(super) fn stream_finding(observed: &Observed<'_>) -> Finding {
                     Status::True,
                     reasons::STREAM_PROVISIONED,
                     format!(
-                        "stream {} with durable consumer {}{}",
+                        "stream {} with durable consumer {}{}{}",
                         endpoint.stream.name,
                         endpoint.consumer.durable_name,
-                        retention_note(stats, endpoint)
+                        retention_note(stats, endpoint),
+                        observed.stream_note.unwrap_or_default()
                     ),
                 ),
                 Some(fits) => Finding::new(
@@ -72,8 +73,10 @@ pub(super) fn stream_finding(observed: &Observed<'_>) -> Finding {
                     Status::True,
                     reasons::MAX_PAYLOAD_TOO_SMALL,
                     format!(
-                        "stream {} is ready, but NATS's max_payload ({max_payload} bytes) leaves room for bodies up to {fits} bytes, below spec.request.maxBodyBytes ({}): larger bodies get 413; raise max_payload on the NATS server or lower maxBodyBytes",
-                        endpoint.stream.name, endpoint.request.max_body_bytes
+                        "stream {} is ready, but NATS's max_payload ({max_payload} bytes) leaves room for bodies up to {fits} bytes, below spec.request.maxBodyBytes ({}): larger bodies get 413; raise max_payload on the NATS server or lower maxBodyBytes{}",
+                        endpoint.stream.name,
+                        endpoint.request.max_body_bytes,
+                        observed.stream_note.unwrap_or_default()
                     ),
                 ),
             }

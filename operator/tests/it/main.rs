@@ -14,3 +14,4 @@ mod pods;
 mod pools;
 mod rbac;
 mod reconcile;
+mod shared_pools;

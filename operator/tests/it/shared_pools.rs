@@ -1,0 +1,633 @@
+//! A WebhookPool with a shared stream (`spec.stream`) against the in-memory
+//! API with a real nats-server: the pool stream lists its served members'
+//! subjects, each member gets its durable there, a joining member's own
+//! stream is retired and deleted once drained, a leaving member is drained
+//! before the pool forgets it, a deleted member's events go (or stay, with
+//! `Retain`), and what a member of such a pool cannot set.
+
+use crate::support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use hookline_api::conditions::{self, reasons};
+use hookline_api::provision::OWNER_UID_KEY;
+use hookline_api::spec::WebhookEndpoint;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use serde_json::{Value, json};
+use support::{Harness, count_jetstream_calls, secret};
+
+const NS: &str = "shop";
+const POOL: &str = "shared";
+const POOL_STREAM: &str = "HOOKLINE_shop_POOL_shared";
+
+fn shared_pool() -> Value {
+    json!({
+        "apiVersion": "hookline.io/v1alpha1",
+        "kind": "WebhookPool",
+        "metadata": {"name": POOL, "namespace": NS, "generation": 1},
+        "spec": {
+            "consumer": {"databaseSecretRef": {"name": "db", "key": "url"}},
+            "stream": {"maxAge": "24h"},
+        },
+    })
+}
+
+fn endpoint(name: &str, pool: Option<&str>, stream: Option<Value>) -> WebhookEndpoint {
+    let mut spec = json!({
+        "provider": "github",
+        "secretRef": {"name": format!("{name}-signing")},
+        "ingress": {"host": "hooks.example.com"},
+        // Below the test server's max_payload, so StreamReady says Provisioned.
+        "request": {"maxBodyBytes": 65536},
+    });
+    match pool {
+        Some(pool) => spec["pool"] = json!(pool),
+        None => spec["consumer"] = json!({"databaseSecretRef": {"name": "db", "key": "url"}}),
+    }
+    if let Some(stream) = stream {
+        spec["stream"] = stream;
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "hookline.io/v1alpha1",
+        "kind": "WebhookEndpoint",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    }))
+    .expect("endpoint")
+}
+
+/// Stores the database Secret and, per endpoint, its signing Secret and itself.
+fn add(harness: &Harness, endpoints: &[WebhookEndpoint]) {
+    harness
+        .fake
+        .insert(&secret(NS, "db", "url", "postgres://db/hooks"));
+    for endpoint in endpoints {
+        let name = endpoint.metadata.name.clone().expect("name");
+        harness.fake.insert(&secret(
+            NS,
+            &format!("{name}-signing"),
+            "secret",
+            &format!("key-of-{name}"),
+        ));
+        harness.fake.insert(endpoint);
+    }
+}
+
+fn members(names: &[&str]) -> Vec<WebhookEndpoint> {
+    names
+        .iter()
+        .map(|name| endpoint(name, Some(POOL), None))
+        .collect()
+}
+
+/// Endpoints settled (finalizer, then a pass), the pool reconciled with its
+/// Deployments available, and every endpoint once more.
+async fn converge(harness: &mut Harness, names: &[&str]) {
+    for name in names {
+        harness.settle(NS, name).await;
+    }
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    harness.fake.make_deployments_available();
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    for name in names {
+        harness.reconcile(NS, name).await.expect("member");
+    }
+}
+
+fn js(harness: &Harness) -> jetstream::Context {
+    jetstream::new(harness.ctx.nats.clone())
+}
+
+async fn stream_info(harness: &Harness, name: &str) -> Option<jetstream::stream::Info> {
+    let mut stream = js(harness).get_stream(name).await.ok()?;
+    stream.info().await.ok().cloned()
+}
+
+/// The durable's filter subject, if it exists.
+async fn durable(harness: &Harness, stream: &str, name: &str) -> Option<String> {
+    let stream = js(harness).get_stream(stream).await.ok()?;
+    let consumer: jetstream::consumer::PullConsumer = stream.get_consumer(name).await.ok()?;
+    Some(consumer.cached_info().config.filter_subject.clone())
+}
+
+/// Publishes `count` events to `subject`, each stored.
+async fn publish(harness: &Harness, subject: &str, count: usize) {
+    let js = js(harness);
+    for index in 0..count {
+        js.publish(subject.to_owned(), format!("event {index}").into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+}
+
+/// What a pool consumer does: fetches and acknowledges every event of
+/// `durable`, until the stream holds none of them.
+async fn drain(harness: &Harness, stream: &str, durable: &str) {
+    let stream = js(harness).get_stream(stream).await.expect("stream");
+    let consumer: jetstream::consumer::PullConsumer =
+        stream.get_consumer(durable).await.expect("durable");
+    let mut messages = consumer
+        .fetch()
+        .max_messages(100)
+        .expires(Duration::from_millis(500))
+        .messages()
+        .await
+        .expect("fetch");
+    while let Some(message) = messages.next().await {
+        message.expect("message").double_ack().await.expect("ack");
+    }
+}
+
+fn subjects(info: &jetstream::stream::Info) -> Vec<&str> {
+    info.config.subjects.iter().map(String::as_str).collect()
+}
+
+fn keys<T>(map: Option<std::collections::BTreeMap<String, T>>) -> Vec<String> {
+    map.unwrap_or_default().into_keys().collect()
+}
+
+fn pool_ready(harness: &Harness) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    harness
+        .pool(NS, POOL)
+        .status
+        .expect("pool status")
+        .conditions
+        .into_iter()
+        .find(|condition| condition.type_ == conditions::READY)
+        .expect("Ready")
+}
+
+fn args(harness: &Harness, deployment: &str) -> Vec<String> {
+    let deployment: Deployment = harness.fake.typed(NS, deployment).expect("Deployment");
+    let value = serde_json::to_value(deployment).expect("JSON");
+    value["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// An endpoint's pending events and stream bytes, as its metrics have them.
+fn figures(harness: &Harness, name: &str) -> (i64, i64) {
+    let label = hookline_operator::metrics::EndpointLabel {
+        endpoint: format!("{NS}/{name}"),
+    };
+    let metrics = &harness.metrics;
+    (
+        metrics.endpoint_pending.get_or_create(&label).get(),
+        metrics.endpoint_stream_bytes.get_or_create(&label).get(),
+    )
+}
+
+/// JetStream API calls one reconcile of each of `names` makes.
+async fn calls_of_a_resync(harness: &mut Harness, names: &[&str]) -> usize {
+    let counter = count_jetstream_calls(&harness.nats.url()).await;
+    let before = counter.load(Ordering::Relaxed);
+    for name in names {
+        harness.reconcile(NS, name).await.expect("resync");
+    }
+    // The counter's subscription sees the last requests a moment later.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    counter.load(Ordering::Relaxed) - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_stream_lists_each_served_member_and_each_member_gets_its_durable() {
+    let mut harness = Harness::start(true).await;
+    harness.fake.insert(&shared_pool());
+    add(&harness, &members(&["b", "a"]));
+    converge(&mut harness, &["a", "b"]).await;
+
+    let info = stream_info(&harness, POOL_STREAM)
+        .await
+        .expect("the pool's stream");
+    assert_eq!(
+        subjects(&info),
+        [
+            "hookline.shop.POOL_shared.a.>",
+            "hookline.shop.POOL_shared.b.>"
+        ]
+    );
+    assert_eq!(info.config.max_age, Duration::from_secs(24 * 3600));
+    let pool = harness.pool(NS, POOL);
+    assert_eq!(
+        info.config.metadata.get(OWNER_UID_KEY),
+        pool.metadata.uid.as_ref(),
+        "marked as the pool's"
+    );
+    for name in ["a", "b"] {
+        let filter = durable(&harness, POOL_STREAM, &format!("hookline-consumer-{name}"))
+            .await
+            .expect("the member's durable");
+        assert_eq!(filter, format!("hookline.shop.POOL_shared.{name}.>"));
+        assert!(
+            stream_info(&harness, &format!("HOOKLINE_shop_{name}"))
+                .await
+                .is_none(),
+            "no stream of its own"
+        );
+        let status = harness.endpoint(NS, name).status.expect("status");
+        assert_eq!(status.stream.as_deref(), Some(POOL_STREAM));
+        harness.expect_condition(
+            NS,
+            name,
+            conditions::STREAM_READY,
+            "True",
+            reasons::STREAM_PROVISIONED,
+        );
+        harness.expect_condition(NS, name, conditions::READY, "True", reasons::RECONCILED);
+    }
+    let ready = pool_ready(&harness);
+    assert_eq!(ready.status, "True", "{}", ready.message);
+    let stream_ready = pool
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|condition| condition.type_ == conditions::STREAM_READY)
+        .expect("a shared pool's StreamReady");
+    assert_eq!(stream_ready.status, "True", "{}", stream_ready.message);
+    for deployment in ["shared-pool-receiver", "shared-pool-consumer"] {
+        assert!(
+            args(&harness, deployment).contains(&"--shared-stream=shared".to_owned()),
+            "{deployment}: {:?}",
+            args(&harness, deployment)
+        );
+    }
+
+    // A member's figures are its own: its pending, and its share of the bytes.
+    publish(&harness, "hookline.shop.POOL_shared.a.push", 3).await;
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    harness.reconcile(NS, "a").await.expect("a");
+    harness.reconcile(NS, "b").await.expect("b");
+    // (The status takes new figures once per resync; the metrics at once.)
+    let held = stream_info(&harness, POOL_STREAM)
+        .await
+        .expect("pool stream");
+    let all_bytes = i64::try_from(held.state.bytes).expect("bytes");
+    assert_eq!(
+        figures(&harness, "a"),
+        (3, all_bytes),
+        "all the events are a's"
+    );
+    assert_eq!(figures(&harness, "b"), (0, 0));
+    assert_eq!(harness.metrics.pool_lag("shop/shared"), Some((3, 2)));
+
+    // A steady member costs one JetStream call per resync.
+    assert_eq!(calls_of_a_resync(&mut harness, &["a", "b"]).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_members_own_stream_is_retired_and_deleted_only_once_drained() {
+    let mut harness = Harness::start(true).await;
+    harness.fake.insert(&shared_pool());
+    add(&harness, &[endpoint("a", None, None)]);
+    harness.settle(NS, "a").await;
+    publish(&harness, "hookline.shop.a.push", 2).await;
+
+    harness.edit_endpoint(NS, "a", |object| {
+        object["spec"]["pool"] = json!(POOL);
+        object["spec"]
+            .as_object_mut()
+            .expect("spec")
+            .remove("consumer");
+    });
+    converge(&mut harness, &["a"]).await;
+    let own = stream_info(&harness, "HOOKLINE_shop_a")
+        .await
+        .expect("kept while it holds events");
+    assert_eq!(subjects(&own), ["hookline_retired.shop.a"]);
+    assert_eq!(own.state.messages, 2);
+    assert_eq!(
+        own.config.retention,
+        jetstream::stream::RetentionPolicy::WorkQueue
+    );
+    let stream_ready = harness.expect_condition(
+        NS,
+        "a",
+        conditions::STREAM_READY,
+        "True",
+        reasons::STREAM_PROVISIONED,
+    );
+    assert!(
+        stream_ready.message.contains(
+            "its own stream HOOKLINE_shop_a takes no more events and still holds 2 event(s)"
+        ),
+        "{}",
+        stream_ready.message
+    );
+    assert_eq!(
+        figures(&harness, "a").0,
+        2,
+        "the pool's consumer drains them"
+    );
+    harness.reconcile(NS, "a").await.expect("resync");
+    assert!(
+        stream_info(&harness, "HOOKLINE_shop_a").await.is_some(),
+        "never deleted while it holds events"
+    );
+
+    // The pool's consumer drains it through its durable, then it goes.
+    drain(&harness, "HOOKLINE_shop_a", "hookline-consumer").await;
+    harness.reconcile(NS, "a").await.expect("resync");
+    assert!(
+        stream_info(&harness, "HOOKLINE_shop_a").await.is_none(),
+        "deleted once drained"
+    );
+    assert_eq!(figures(&harness, "a").0, 0);
+    assert_eq!(calls_of_a_resync(&mut harness, &["a"]).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_leaves_before_its_own_stream_drained_gets_its_subjects_back() {
+    let mut harness = Harness::start(true).await;
+    harness.fake.insert(&shared_pool());
+    add(&harness, &[endpoint("a", None, None)]);
+    harness.settle(NS, "a").await;
+    publish(&harness, "hookline.shop.a.push", 1).await;
+    harness.edit_endpoint(NS, "a", |object| {
+        object["spec"]["pool"] = json!(POOL);
+        object["spec"]
+            .as_object_mut()
+            .expect("spec")
+            .remove("consumer");
+    });
+    converge(&mut harness, &["a"]).await;
+    let own = stream_info(&harness, "HOOKLINE_shop_a").await.expect("own");
+    assert_eq!(subjects(&own), ["hookline_retired.shop.a"]);
+
+    harness.edit_endpoint(NS, "a", |object| {
+        object["spec"].as_object_mut().expect("spec").remove("pool");
+        object["spec"]["consumer"] = json!({"databaseSecretRef": {"name": "db", "key": "url"}});
+    });
+    harness.reconcile(NS, "a").await.expect("dedicated again");
+    let own = stream_info(&harness, "HOOKLINE_shop_a").await.expect("own");
+    assert_eq!(subjects(&own), ["hookline.shop.a.>"]);
+    assert_eq!(own.state.messages, 1, "its events are still there");
+    let status = harness.endpoint(NS, "a").status.expect("status");
+    assert_eq!(status.stream.as_deref(), Some("HOOKLINE_shop_a"));
+    harness.expect_condition(
+        NS,
+        "a",
+        conditions::STREAM_READY,
+        "True",
+        reasons::STREAM_PROVISIONED,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_member_stays_in_the_config_map_while_its_durable_has_pending() {
+    let mut harness = Harness::start(true).await;
+    harness.fake.insert(&shared_pool());
+    add(&harness, &members(&["a", "b"]));
+    converge(&mut harness, &["a", "b"]).await;
+    publish(&harness, "hookline.shop.POOL_shared.a.push", 2).await;
+
+    harness.edit_endpoint(NS, "a", |object| {
+        object["spec"].as_object_mut().expect("spec").remove("pool");
+        object["spec"]["consumer"] = json!({"databaseSecretRef": {"name": "db", "key": "url"}});
+    });
+    harness.reconcile(NS, "a").await.expect("dedicated");
+    let own = stream_info(&harness, "HOOKLINE_shop_a")
+        .await
+        .expect("its own stream, made again");
+    assert_eq!(subjects(&own), ["hookline.shop.a.>"]);
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    let info = stream_info(&harness, POOL_STREAM)
+        .await
+        .expect("pool stream");
+    assert_eq!(
+        subjects(&info),
+        ["hookline.shop.POOL_shared.b.>"],
+        "its subject is out at once"
+    );
+    let map: ConfigMap = harness
+        .fake
+        .typed(NS, "shared-pool-endpoints")
+        .expect("ConfigMap");
+    assert_eq!(
+        keys(map.data),
+        ["a.yaml", "b.yaml"],
+        "kept while it has events pending"
+    );
+    let secrets: Secret = harness
+        .fake
+        .typed(NS, "shared-pool-secrets")
+        .expect("Secret");
+    assert_eq!(keys(secrets.data), ["b"], "it is not served");
+    let ready = pool_ready(&harness);
+    assert!(
+        ready.message.contains("keeps draining 1 that left: a"),
+        "{}",
+        ready.message
+    );
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    let map: ConfigMap = harness
+        .fake
+        .typed(NS, "shared-pool-endpoints")
+        .expect("map");
+    assert_eq!(keys(map.data), ["a.yaml", "b.yaml"], "still pending");
+
+    drain(&harness, POOL_STREAM, "hookline-consumer-a").await;
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    let map: ConfigMap = harness
+        .fake
+        .typed(NS, "shared-pool-endpoints")
+        .expect("map");
+    assert_eq!(keys(map.data), ["b.yaml"], "dropped once drained");
+    assert!(
+        durable(&harness, POOL_STREAM, "hookline-consumer-a")
+            .await
+            .is_none(),
+        "its durable is deleted"
+    );
+    assert!(
+        durable(&harness, POOL_STREAM, "hookline-consumer-b")
+            .await
+            .is_some()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_member_purges_only_its_subjects_unless_it_retains_them() {
+    let mut harness = Harness::start(true).await;
+    harness.fake.insert(&shared_pool());
+    let mut all = members(&["a", "b"]);
+    all.push(endpoint(
+        "c",
+        Some(POOL),
+        Some(json!({"deletionPolicy": "Retain"})),
+    ));
+    add(&harness, &all);
+    converge(&mut harness, &["a", "b", "c"]).await;
+    publish(&harness, "hookline.shop.POOL_shared.a.push", 2).await;
+    publish(&harness, "hookline.shop.POOL_shared.b.push", 3).await;
+    publish(&harness, "hookline.shop.POOL_shared.c.push", 4).await;
+
+    harness.mark_deleting(NS, "a");
+    harness.reconcile(NS, "a").await.expect("cleanup");
+    assert!(
+        harness
+            .fake
+            .get("hookline.io/v1alpha1", "WebhookEndpoint", NS, "a")
+            .is_none(),
+        "the finalizer was removed"
+    );
+    let info = stream_info(&harness, POOL_STREAM)
+        .await
+        .expect("pool stream");
+    assert_eq!(info.state.messages, 7, "b's and c's are all there");
+    assert!(
+        durable(&harness, POOL_STREAM, "hookline-consumer-a")
+            .await
+            .is_none()
+    );
+    assert!(
+        durable(&harness, POOL_STREAM, "hookline-consumer-b")
+            .await
+            .is_some()
+    );
+
+    harness.mark_deleting(NS, "c");
+    harness.reconcile(NS, "c").await.expect("cleanup");
+    let info = stream_info(&harness, POOL_STREAM)
+        .await
+        .expect("pool stream");
+    assert_eq!(info.state.messages, 7, "Retain keeps c's events");
+    assert!(
+        durable(&harness, POOL_STREAM, "hookline-consumer-c")
+            .await
+            .is_some(),
+        "and its durable"
+    );
+
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    let info = stream_info(&harness, POOL_STREAM)
+        .await
+        .expect("pool stream");
+    assert_eq!(subjects(&info), ["hookline.shop.POOL_shared.b.>"]);
+    let map: ConfigMap = harness
+        .fake
+        .typed(NS, "shared-pool-endpoints")
+        .expect("map");
+    assert_eq!(keys(map.data), ["b.yaml"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_of_a_shared_stream_is_a_buffer_and_leaves_the_limits_to_its_pool() {
+    let mut harness = Harness::start(true).await;
+    harness.fake.insert(&shared_pool());
+    add(
+        &harness,
+        &[
+            endpoint(
+                "a",
+                Some(POOL),
+                Some(
+                    json!({"retention": "Archive", "maxAge": "1h", "replicas": 3,
+                    "duplicateWindow": "1m"}),
+                ),
+            ),
+            endpoint(
+                "b",
+                Some(POOL),
+                Some(json!({"maxBytes": 1048576, "deletionPolicy": "Retain"})),
+            ),
+        ],
+    );
+    harness.settle(NS, "a").await;
+    let ready =
+        harness.expect_condition(NS, "a", conditions::READY, "False", reasons::INVALID_SPEC);
+    for field in [
+        "spec.stream.retention: WebhookPool shared has a shared stream, which holds Buffers only",
+        "spec.stream.maxAge: WebhookPool shared's shared stream sets it for every member",
+        "spec.stream.replicas: WebhookPool shared's shared stream sets it for every member",
+        "spec.stream.duplicateWindow: WebhookPool shared's shared stream sets it for every member",
+    ] {
+        assert!(
+            ready.message.contains(field),
+            "{field} in {}",
+            ready.message
+        );
+    }
+    converge(&mut harness, &["b"]).await;
+    harness.expect_condition(NS, "b", conditions::READY, "True", reasons::RECONCILED);
+    let status = harness.endpoint(NS, "b").status.expect("status");
+    assert_eq!(status.stream_limit_bytes, Some(1_048_576), "its own cap");
+    let info = stream_info(&harness, POOL_STREAM)
+        .await
+        .expect("pool stream");
+    assert_eq!(subjects(&info), ["hookline.shop.POOL_shared.b.>"]);
+
+    // The same endpoints in a pool without a shared stream are fine.
+    let mut plain = Harness::start(true).await;
+    let mut pool = shared_pool();
+    pool["spec"].as_object_mut().expect("spec").remove("stream");
+    plain.fake.insert(&pool);
+    add(
+        &plain,
+        &[endpoint(
+            "a",
+            Some(POOL),
+            Some(json!({"retention": "Archive", "maxAge": "1h"})),
+        )],
+    );
+    plain.settle(NS, "a").await;
+    plain.expect_condition(
+        NS,
+        "a",
+        conditions::STREAM_READY,
+        "True",
+        reasons::STREAM_PROVISIONED,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_whose_spec_stream_was_removed_keeps_its_shared_stream_and_says_so() {
+    let mut harness = Harness::start(true).await;
+    harness.fake.insert(&shared_pool());
+    add(&harness, &members(&["a"]));
+    converge(&mut harness, &["a"]).await;
+
+    // An API server without the CRD's rule would let this through.
+    harness
+        .fake
+        .edit("hookline.io/v1alpha1", "WebhookPool", NS, POOL, |object| {
+            object["spec"]
+                .as_object_mut()
+                .expect("spec")
+                .remove("stream");
+            object["metadata"]["generation"] = json!(2);
+        });
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    harness.reconcile(NS, "a").await.expect("member");
+    let ready = pool_ready(&harness);
+    assert!(
+        ready
+            .message
+            .contains("a pool's shared stream cannot be turned off"),
+        "{}",
+        ready.message
+    );
+    assert!(args(&harness, "shared-pool-consumer").contains(&"--shared-stream=shared".to_owned()));
+    let info = stream_info(&harness, POOL_STREAM)
+        .await
+        .expect("pool stream");
+    assert_eq!(subjects(&info), ["hookline.shop.POOL_shared.a.>"]);
+    assert_eq!(
+        info.config.max_age,
+        hookline_api::defaults::MAX_AGE,
+        "the default limits"
+    );
+    let status = harness.endpoint(NS, "a").status.expect("status");
+    assert_eq!(status.stream.as_deref(), Some(POOL_STREAM));
+    assert!(stream_info(&harness, "HOOKLINE_shop_a").await.is_none());
+}
