@@ -605,6 +605,71 @@ fn the_pool_pods_never_depend_on_the_members() {
 }
 
 #[test]
+fn a_shared_stream_runs_both_pool_deployments_with_shared_stream_and_members_roll_nothing() {
+    use hookline_operator::build::{Cluster, pool};
+    let (mut valid, _) = shipped();
+    let args = |deployment: &k8s_openapi::api::apps::v1::Deployment| -> Vec<String> {
+        let value = serde_json::to_value(deployment).expect("JSON");
+        value["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect()
+    };
+    let dedicated = pool::build(&valid, &[], &with_service_url(), Cluster { keda: true });
+    for deployment in [&dedicated.workload.receiver, &dedicated.workload.consumer] {
+        assert!(
+            !args(deployment).iter().any(|arg| arg.starts_with("--shared-stream")),
+            "a stream per member: no flag"
+        );
+    }
+    valid.pool.stream = Some(hookline_api::validated::StreamLimits::default());
+    let build = |names: &[&str]| {
+        pool::build(
+            &valid,
+            &members(names),
+            &with_service_url(),
+            Cluster { keda: true },
+        )
+    };
+    let (none, some, other) = (build(&[]), build(&["a", "b"]), build(&["b", "c", "d"]));
+    for deployment in [&none.workload.receiver, &none.workload.consumer] {
+        assert!(
+            args(deployment).contains(&"--shared-stream=shared".to_owned()),
+            "{:?}",
+            args(deployment)
+        );
+    }
+    for built in [&some, &other] {
+        assert_eq!(built.workload.receiver, none.workload.receiver);
+        assert_eq!(built.workload.consumer, none.workload.consumer);
+    }
+}
+
+#[test]
+fn the_shared_stream_example_renders_pods_that_publish_to_the_pools_stream() {
+    let file = support::examples_dir().join("pool/webhookpool-shared-stream.yaml");
+    let text = hookline_operator::render::render_file(&file, None, &with_service_url(), true)
+        .expect("renders");
+    let objects = support::documents(&text);
+    for name in ["busy-pool-receiver", "busy-pool-consumer"] {
+        let deployment = objects
+            .iter()
+            .find(|object| object["kind"] == "Deployment" && object["metadata"]["name"] == name)
+            .expect("Deployment");
+        let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+        assert!(args.contains("--shared-stream=busy"), "{name}: {args}");
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rendered = dir.path().join("pool.yaml");
+    std::fs::write(&rendered, &text).expect("write");
+    let (ok, report) = support::kubernetes_validate(&[&rendered.to_string_lossy()]);
+    assert!(ok, "{report}");
+}
+
+#[test]
 fn the_pool_scaler_polls_the_operator_for_the_pools_summed_lag() {
     use hookline_operator::build::{Cluster, pool};
     let (valid, _) = shipped();
