@@ -834,3 +834,112 @@ async fn the_operator_binary_serves_a_pool_and_its_members_until_ready() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs fakekube.py from the development tools; .ci/run runs it"]
+async fn the_operator_binary_runs_a_pool_with_a_shared_stream_and_lets_a_member_leave() {
+    use hookline_api::pool::WebhookPool;
+    use support::fakekube::install_pool_crd;
+
+    let fake = tokio::task::block_in_place(|| FakeKube::start(true));
+    let nats = tokio::task::block_in_place(NatsServer::start).expect("nats-server starts");
+    let client = fake.client().await;
+    install_crd(&client).await;
+    install_pool_crd(&client).await;
+    let (mut operator, _) = start_operator(&fake, &nats, "shared-stream-replica");
+    create_secret(&client, secret("shop", "db", "url", "postgres://db/hooks")).await;
+    let pools: Api<WebhookPool> = Api::namespaced(client.clone(), "shop");
+    let pool: WebhookPool = serde_json::from_value(json!({
+        "apiVersion": "hookline.io/v1alpha1", "kind": "WebhookPool",
+        "metadata": {"name": "busy", "namespace": "shop"},
+        "spec": {"consumer": {"databaseSecretRef": {"name": "db", "key": "url"}},
+            "stream": {}},
+    }))
+    .expect("pool");
+    pools
+        .patch(
+            "busy",
+            &PatchParams::apply("kubectl").force(),
+            &Patch::Apply(&pool),
+        )
+        .await
+        .expect("pool applied");
+    let member = |name: &str, pooled: bool| -> WebhookEndpoint {
+        let mut spec = json!({"provider": "github", "secretRef": {"name": format!("{name}-signing")},
+            "ingress": {"host": "hooks.example.com"}});
+        if pooled {
+            spec["pool"] = json!("busy");
+        } else {
+            spec["consumer"] = json!({"databaseSecretRef": {"name": "db", "key": "url"}});
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "hookline.io/v1alpha1", "kind": "WebhookEndpoint",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": spec,
+        }))
+        .expect("member")
+    };
+    for name in ["a", "b"] {
+        create_secret(
+            &client,
+            secret("shop", &format!("{name}-signing"), "secret", "whsec_x"),
+        )
+        .await;
+        apply_endpoint(&client, &member(name, true)).await;
+    }
+    let endpoints: Api<WebhookEndpoint> = Api::namespaced(client.clone(), "shop");
+    for name in ["a", "b"] {
+        eventually(
+            &format!("{name} Ready in the pool's stream"),
+            &mut operator,
+            async || {
+                let endpoint = endpoints.get(name).await.ok()?;
+                let ready = condition(&endpoint, conditions::READY)?;
+                let stream = endpoint.status?.stream?;
+                (ready.0 == "True" && stream == "HOOKLINE_shop_POOL_busy").then_some(())
+            },
+        )
+        .await;
+    }
+    let js = jetstream::new(
+        hookline_api::nats::connect(&nats.url(), &Default::default(), "test")
+            .await
+            .expect("NATS"),
+    );
+    let subjects = async || -> Option<Vec<String>> {
+        let mut stream = js.get_stream("HOOKLINE_shop_POOL_busy").await.ok()?;
+        Some(stream.info().await.ok()?.config.subjects.clone())
+    };
+    eventually(
+        "the pool's stream lists a and b",
+        &mut operator,
+        async || {
+            (subjects().await? == ["hookline.shop.POOL_busy.a.>", "hookline.shop.POOL_busy.b.>"])
+                .then_some(())
+        },
+    )
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    for name in ["busy-pool-receiver", "busy-pool-consumer"] {
+        let deployment = deployments.get(name).await.expect("pool Deployment");
+        let args = serde_json::to_value(deployment).expect("JSON")["spec"]["template"]["spec"]
+            ["containers"][0]["args"]
+            .to_string();
+        assert!(args.contains("--shared-stream=busy"), "{name}: {args}");
+    }
+
+    // a leaves: its subject goes at once, its own stream is made again.
+    apply_endpoint(&client, &member("a", false)).await;
+    eventually(
+        "a out of the pool's stream, with a stream of its own",
+        &mut operator,
+        async || {
+            let own = js.get_stream("HOOKLINE_shop_a").await.ok()?;
+            let own_subjects = own.cached_info().config.subjects.clone();
+            (subjects().await? == ["hookline.shop.POOL_busy.b.>"]
+                && own_subjects == ["hookline.shop.a.>"])
+            .then_some(())
+        },
+    )
+    .await;
+}

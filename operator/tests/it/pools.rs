@@ -621,7 +621,9 @@ fn a_shared_stream_runs_both_pool_deployments_with_shared_stream_and_members_rol
     let dedicated = pool::build(&valid, &[], &with_service_url(), Cluster { keda: true });
     for deployment in [&dedicated.workload.receiver, &dedicated.workload.consumer] {
         assert!(
-            !args(deployment).iter().any(|arg| arg.starts_with("--shared-stream")),
+            !args(deployment)
+                .iter()
+                .any(|arg| arg.starts_with("--shared-stream")),
             "a stream per member: no flag"
         );
     }
