@@ -753,7 +753,7 @@ fn contract_headers(
         event_type: Some("invoice.paid".to_owned()),
         timestamp: Some("2023-11-14T22:13:20Z".to_owned()),
     };
-    event::message_headers(context, &info, request, &event::now_rfc3339())
+    event::message_headers(context, &info, &info.id, request, &event::now_rfc3339())
 }
 
 // ---- where a request's CPU goes, without I/O ----
@@ -827,7 +827,8 @@ fn step_costs(
         }),
         message_us: per_call(&|| {
             event::extract(&fields, &headers, json.as_ref(), body).map_or(0, |info| {
-                event::message_headers(&context, &info, &headers, &event::now_rfc3339()).len()
+                event::message_headers(&context, &info, &info.id, &headers, &event::now_rfc3339())
+                    .len()
             })
         }),
         hmac_us: per_call(&|| maker.sign(&[b"1700000000.", body]).len()),
