@@ -42,7 +42,9 @@
 //! after the load), req/s with the requests spread over every endpoint
 //! against the same binary serving one endpoint (`--endpoint`, and a pool of
 //! one) at the same concurrency, rounds alternating the order, and the time
-//! from an endpoint's manifest and secret written to its first 200.
+//! from an endpoint's manifest and secret written to its first 200; the same
+//! pool with `--shared-stream` (one stream, a subject per endpoint, each
+//! with its durable consumer) is measured beside it.
 //!
 //! Everything runs on loopback: a local nats-server (hookline-e2e) and two
 //! local HTTP servers; every loop is bounded by `--duration`.
@@ -140,6 +142,9 @@ spec:
 
 const PATH: &str = "/hooks";
 
+/// The `WebhookPool` of `loadgen pool`'s `--shared-stream` receiver.
+const SHARED_POOL: &str = "loadgen";
+
 const CEILING: &str = "ceiling (publish + PubAck only)";
 const CEILING_HEADERS: &str = "ceiling + the receiver's headers";
 const RECEIVER: &str = "hookline-receiver";
@@ -209,10 +214,10 @@ enum Mode {
         #[arg(long)]
         pool_subjects: Option<String>,
     },
-    /// The pool receiver (`--endpoint-dir`): RSS with ENDPOINTS loaded,
-    /// req/s spread over them against one endpoint (`--endpoint`, and a pool
-    /// of one) at the same concurrency, and the time from a manifest and
-    /// secret added to the first 200.
+    /// The pool receiver (`--endpoint-dir`, and with `--shared-stream`): RSS
+    /// with ENDPOINTS loaded, req/s spread over them against one endpoint
+    /// (`--endpoint`, and a pool of one) at the same concurrency, and the
+    /// time from a manifest and secret added to the first 200.
     Pool {
         /// Endpoints in the big pool, all `--provider`, one namespace.
         #[arg(long, default_value_t = 1000)]
@@ -411,6 +416,12 @@ async fn pool_benchmark(
         let member =
             hookline_api::load_manifest(&big.path().join("endpoints").join(format!("m{i}.yaml")))?;
         hookline_api::provision::provision(&js, &member).await?;
+        // The same member in the pool's one stream (made over the whole
+        // pool's subjects by the first), with its durable consumer there.
+        let shared = member
+            .clone()
+            .in_shared_stream(None, SHARED_POOL, Default::default());
+        hookline_api::provision::provision(&js, &shared).await?;
         if i == 0 {
             member_subject = member
                 .stream
@@ -462,7 +473,9 @@ async fn pool_benchmark(
     };
     let big_paths: Arc<[String]> = (0..endpoints).map(|i| format!("/p/{i}")).collect();
     let this = std::env::current_exe()?;
-    let configurations: [Configuration; 6] = [
+    let mut shared_args = pool_args(big.path());
+    shared_args.extend(["--shared-stream".into(), SHARED_POOL.into()]);
+    let configurations: [Configuration; 7] = [
         (
             "single --endpoint",
             binary.clone(),
@@ -485,6 +498,12 @@ async fn pool_benchmark(
             "pool of N",
             binary.clone(),
             pool_args(big.path()),
+            big_paths.clone(),
+        ),
+        (
+            "pool of N, shared",
+            binary.clone(),
+            shared_args,
             big_paths.clone(),
         ),
         (
@@ -606,11 +625,12 @@ async fn pool_benchmark(
         );
     }
     println!(
-        "ratio pool of N / single: {:.3}; pool of N / pool of 1: {:.3}; ceiling N streams / 1 stream: {:.3}; ceiling N subjects (1 stream) / 1 stream: {:.3}",
+        "ratio pool of N / single: {:.3}; pool of N, shared stream / single: {:.3}; pool of N / pool of 1: {:.3}; ceiling N streams / 1 stream: {:.3}; ceiling N subjects (1 stream) / 1 stream: {:.3}",
         mean(&rates[2]) / mean(&rates[0]),
+        mean(&rates[3]) / mean(&rates[0]),
         mean(&rates[2]) / mean(&rates[1]),
-        mean(&rates[4]) / mean(&rates[3]),
-        mean(&rates[5]) / mean(&rates[3]),
+        mean(&rates[5]) / mean(&rates[4]),
+        mean(&rates[6]) / mean(&rates[4]),
     );
     Ok(())
 }
@@ -753,7 +773,7 @@ fn contract_headers(
         event_type: Some("invoice.paid".to_owned()),
         timestamp: Some("2023-11-14T22:13:20Z".to_owned()),
     };
-    event::message_headers(context, &info, request, &event::now_rfc3339())
+    event::message_headers(context, &info, &info.id, request, &event::now_rfc3339())
 }
 
 // ---- where a request's CPU goes, without I/O ----
@@ -827,7 +847,8 @@ fn step_costs(
         }),
         message_us: per_call(&|| {
             event::extract(&fields, &headers, json.as_ref(), body).map_or(0, |info| {
-                event::message_headers(&context, &info, &headers, &event::now_rfc3339()).len()
+                event::message_headers(&context, &info, &info.id, &headers, &event::now_rfc3339())
+                    .len()
             })
         }),
         hmac_us: per_call(&|| maker.sign(&[b"1700000000.", body]).len()),

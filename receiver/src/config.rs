@@ -56,6 +56,17 @@ pub struct Args {
     )]
     pub secret_dir: Option<PathBuf>,
 
+    /// A pool whose `WebhookPool` has `spec.stream`: every endpoint of
+    /// `--endpoint-dir` publishes to the pool's one stream
+    /// (`HOOKLINE_<ns>_POOL_<POOL>`, subjects `hookline.<ns>.POOL_<POOL>.<name>.<type>`).
+    #[arg(
+        long,
+        env = "HOOKLINE_SHARED_STREAM",
+        value_name = "POOL",
+        conflicts_with = "endpoint"
+    )]
+    pub shared_stream: Option<String>,
+
     /// NATS server URL(s), comma-separated.
     #[arg(long, env = "HOOKLINE_NATS_URL", value_name = "URL")]
     pub nats_url: String,
@@ -134,6 +145,8 @@ pub enum Endpoints {
         secret_dir: PathBuf,
         /// `--cluster-name`, applied to each manifest as it is read.
         cluster_name: Option<String>,
+        /// `--shared-stream`: the pool whose one stream every endpoint uses.
+        shared_stream: Option<String>,
     },
 }
 
@@ -158,7 +171,13 @@ pub struct Config {
 impl Config {
     /// Reads and validates the manifest named by `args`.
     pub fn from_args(args: &Args) -> Result<Config> {
-        // Clap has checked that exactly one of the pairs is given.
+        // Clap has checked that exactly one of the pairs is given, and
+        // `--shared-stream` only with the directories.
+        if args.shared_stream.as_deref().is_some_and(str::is_empty) {
+            return Err(Error::Flags(
+                "--shared-stream: give the WebhookPool's name".into(),
+            ));
+        }
         let endpoints = match (
             &args.endpoint,
             &args.secret_file,
@@ -176,6 +195,7 @@ impl Config {
                 endpoint_dir: endpoint_dir.clone(),
                 secret_dir: secret_dir.clone(),
                 cluster_name: args.nats.cluster_name.clone(),
+                shared_stream: args.shared_stream.clone(),
             },
             _ => {
                 return Err(Error::Flags(
@@ -216,6 +236,7 @@ impl Config {
                 endpoint_dir,
                 secret_dir,
                 cluster_name: None,
+                shared_stream: None,
             },
             nats_url,
         )

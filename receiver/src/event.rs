@@ -379,10 +379,15 @@ fn dropped_list(names: &[&str]) -> String {
 /// [`headers::HEADER_ALLOWANCE`]: the request's headers are copied in request
 /// order while they fit, and any left out (too large, or not text) are named
 /// in [`headers::DROPPED_HEADERS`]. Values are header-safe already (checked in
-/// [`extract`]; HTTP header values cannot hold CR or LF).
+/// [`extract`]; HTTP header values cannot hold CR or LF). `message_id` is the
+/// `Nats-Msg-Id`: the stream's [`message_id`] of the event's id (the id
+/// itself, or prefixed by the endpoint's name in a pool's shared stream).
+///
+/// [`message_id`]: hookline_api::validated::StreamSettings::message_id
 pub fn message_headers(
     context: &HeaderContext,
     event: &EventInfo,
+    message_id: &str,
     request: &HeaderMap,
     received_at: &str,
 ) -> NatsHeaders {
@@ -390,7 +395,7 @@ pub fn message_headers(
         map: NatsHeaders::new(),
         bytes: HEADER_BLOCK_FRAMING,
     };
-    block.put(headers::MSG_ID, &event.id);
+    block.put(headers::MSG_ID, message_id);
     block.put(headers::EVENT_ID, &event.id);
     block.put(headers::ID_SOURCE, event.id_source);
     if let Some(event_type) = &event.event_type {
@@ -547,6 +552,12 @@ mod tests {
         }
     }
 
+    /// The longest `Nats-Msg-Id`: the longest id in a shared stream,
+    /// prefixed by the longest endpoint name.
+    fn largest_message_id() -> String {
+        format!("{}:{}", "e".repeat(253), largest_event().id)
+    }
+
     #[test]
     fn the_header_block_fits_the_allowance_whatever_the_request_sends() {
         let mut request = HeaderMap::new();
@@ -556,7 +567,13 @@ mod tests {
                 .expect("name");
             request.insert(name, "v".repeat(300).parse().expect("value"));
         }
-        let block = message_headers(&context(), &largest_event(), &request, &now_rfc3339());
+        let block = message_headers(
+            &context(),
+            &largest_event(),
+            &largest_message_id(),
+            &request,
+            &now_rfc3339(),
+        );
         assert!(
             wire_len(&block) <= headers::HEADER_ALLOWANCE,
             "{}",
@@ -581,7 +598,13 @@ mod tests {
         let mut request = HeaderMap::new();
         request.insert("x-huge", "h".repeat(20_000).parse().expect("value"));
         request.insert("user-agent", "Stripe/1.0".parse().expect("value"));
-        let block = message_headers(&context(), &largest_event(), &request, &now_rfc3339());
+        let block = message_headers(
+            &context(),
+            &largest_event(),
+            &largest_message_id(),
+            &request,
+            &now_rfc3339(),
+        );
         assert!(wire_len(&block) <= headers::HEADER_ALLOWANCE);
         assert_eq!(
             block.get(headers::DROPPED_HEADERS).map(HeaderValue::as_str),
@@ -600,7 +623,13 @@ mod tests {
         let mut request = HeaderMap::new();
         request.insert("user-agent", "GitHub-Hookshot/1".parse().expect("value"));
         request.insert("webhook-signature", "v1,abc".parse().expect("value"));
-        let block = message_headers(&context(), &largest_event(), &request, &now_rfc3339());
+        let block = message_headers(
+            &context(),
+            &largest_event(),
+            &largest_message_id(),
+            &request,
+            &now_rfc3339(),
+        );
         assert!(block.get(headers::DROPPED_HEADERS).is_none());
         assert!(block.get("Hookline-Http-Webhook-Signature").is_none());
     }
@@ -659,7 +688,13 @@ mod tests {
         let mut request = HeaderMap::new();
         request.insert("x-github-delivery", "d-1".parse().expect("value"));
         for _ in 0..2 {
-            let block = message_headers(&context, &largest_event(), &request, &now_rfc3339());
+            let block = message_headers(
+                &context,
+                &largest_event(),
+                &largest_message_id(),
+                &request,
+                &now_rfc3339(),
+            );
             assert_eq!(
                 block
                     .get("Hookline-Http-X-Github-Delivery")
@@ -673,7 +708,13 @@ mod tests {
                 .expect("name");
             many.insert(name, "v".parse().expect("value"));
         }
-        let block = message_headers(&context, &largest_event(), &many, &now_rfc3339());
+        let block = message_headers(
+            &context,
+            &largest_event(),
+            &largest_message_id(),
+            &many,
+            &now_rfc3339(),
+        );
         let last = format!("Hookline-Http-X-Made-Up-{}", FORWARDED_NAMES_KEPT + 9);
         assert_eq!(block.get(last.as_str()).map(HeaderValue::as_str), Some("v"));
         assert_eq!(FORWARDED.with_borrow(Vec::len), FORWARDED_NAMES_KEPT);

@@ -43,10 +43,12 @@ pub async fn run(
             endpoint_dir,
             secret_dir,
             cluster_name,
+            shared_stream,
         } => Some(Pool::open(
             endpoint_dir,
             secret_dir,
             cluster_name.clone(),
+            shared_stream.clone(),
             config.replicas,
             config.provision,
         )?),

@@ -209,7 +209,9 @@ async fn receive(
     }
 
     let received_at = event::now_rfc3339();
-    let message_headers = event::message_headers(&state.headers, &event, headers, &received_at);
+    let message_id = endpoint.stream.message_id(&event.id);
+    let message_headers =
+        event::message_headers(&state.headers, &event, &message_id, headers, &received_at);
     let subject = endpoint
         .stream
         .subject_for(event.event_type.as_deref().unwrap_or_default());

@@ -11,6 +11,12 @@
 //! the figures of ready streams by one listing a second for the whole pool
 //! ([`list_wanted_streams`]), and one subscription to JetStream's deletion
 //! advisories serves them all.
+//!
+//! With `--shared-stream POOL` every endpoint is a member of the pool's one
+//! stream ([`ValidatedEndpoint::in_shared_stream`]): its own subjects there,
+//! its own message ids, and its own fill (its messages' share of the
+//! stream's bytes) against its own cap, all members' figures read from the
+//! stream at once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +26,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use hookline_api::ValidatedEndpoint;
 use hookline_api::pool_dir::{Directory, Found, file_name};
+use hookline_api::validated::StreamLimits;
 use tracing::Instrument;
 
 use crate::metrics::EndpointLabel;
@@ -46,6 +53,28 @@ pub struct Pool {
     secret_dir: PathBuf,
     replicas: u32,
     provision: bool,
+    /// `--shared-stream`: every endpoint moved into its pool's one stream.
+    shared: Option<SharedStreamOf>,
+}
+
+/// `--shared-stream POOL` with the `--cluster-name` its stream is named in.
+#[derive(Clone)]
+struct SharedStreamOf {
+    cluster_name: Option<String>,
+    pool: String,
+}
+
+impl SharedStreamOf {
+    /// `endpoint` as a member of the pool's one stream; the limits only
+    /// matter to `--provision` making the stream when it is missing (the
+    /// operator owns them).
+    fn member(&self, endpoint: ValidatedEndpoint) -> ValidatedEndpoint {
+        endpoint.in_shared_stream(
+            self.cluster_name.as_deref(),
+            &self.pool,
+            StreamLimits::default(),
+        )
+    }
 }
 
 /// What one read of the directories makes: the next table, and what changed.
@@ -62,9 +91,14 @@ impl Pool {
         endpoint_dir: &Path,
         secret_dir: &Path,
         cluster_name: Option<String>,
+        shared_stream: Option<String>,
         replicas: u32,
         provision: bool,
     ) -> Result<(Pool, Found)> {
+        let shared = shared_stream.map(|pool| SharedStreamOf {
+            cluster_name: cluster_name.clone(),
+            pool,
+        });
         let mut directory = Directory::new(endpoint_dir.to_owned(), cluster_name);
         let first = directory.scan_first()?;
         if !secret_dir.is_dir() {
@@ -78,6 +112,7 @@ impl Pool {
             namespace = directory.namespace().unwrap_or(""),
             endpoints = first.endpoints.len(),
             skipped = first.skipped.len(),
+            shared_stream = shared.as_ref().map(|shared| shared.pool.as_str()),
             "serving a pool"
         );
         let pool = Pool {
@@ -85,6 +120,7 @@ impl Pool {
             secret_dir: secret_dir.to_owned(),
             replicas,
             provision,
+            shared,
         };
         Ok((pool, first))
     }
@@ -142,10 +178,15 @@ impl Pool {
         async {
             let old = state.routes.load_full();
             let build = {
-                let (state, old, secret_dir, replicas) =
-                    (state.clone(), old.clone(), self.secret_dir.clone(), self.replicas);
+                let (state, old, secret_dir, replicas, shared) = (
+                    state.clone(),
+                    old.clone(),
+                    self.secret_dir.clone(),
+                    self.replicas,
+                    self.shared.clone(),
+                );
                 tokio::task::spawn_blocking(move || {
-                    build(&state, &old, found, &secret_dir, replicas)
+                    build(&state, &old, found, &secret_dir, replicas, shared.as_ref())
                 })
             };
             let reload = match build.await {
@@ -188,7 +229,14 @@ impl Pool {
 /// The next table (blocking: it reads secret files and compiles schemas).
 /// Files are taken in name order, so of two endpoints with the same host and
 /// path the later file is the one skipped.
-fn build(state: &AppState, old: &Routes, found: Found, secret_dir: &Path, replicas: u32) -> Reload {
+fn build(
+    state: &AppState,
+    old: &Routes,
+    found: Found,
+    secret_dir: &Path,
+    replicas: u32,
+    shared: Option<&SharedStreamOf>,
+) -> Reload {
     let mut routes = Routes::default();
     routes.skipped = found.skipped;
     let mut added = Vec::new();
@@ -211,17 +259,23 @@ fn build(state: &AppState, old: &Routes, found: Found, secret_dir: &Path, replic
                 one.secrets.reload_counted(&one.metrics);
                 one
             }
-            None => match endpoint_state(state, endpoint, secret_dir, replicas, hash) {
-                Ok(one) => {
-                    let one = Arc::new(one);
-                    added.push(one.clone());
-                    one
+            None => {
+                let endpoint = match shared {
+                    Some(shared) => shared.member(endpoint),
+                    None => endpoint,
+                };
+                match endpoint_state(state, endpoint, secret_dir, replicas, hash) {
+                    Ok(one) => {
+                        let one = Arc::new(one);
+                        added.push(one.clone());
+                        one
+                    }
+                    Err(err) => {
+                        routes.skipped.insert(file_name(&path), err.to_string());
+                        continue;
+                    }
                 }
-                Err(err) => {
-                    routes.skipped.insert(file_name(&path), err.to_string());
-                    continue;
-                }
-            },
+            }
         };
         if let Err(holder) = routes.add(one.clone()) {
             let route = &one.endpoint.route;
@@ -308,20 +362,23 @@ pub async fn watch_deletions(state: Arc<AppState>) {
 /// a second instead of one or two per endpoint (stream info, consumer info),
 /// which cost nats-server more than the publishes' own difference. An
 /// endpoint the listing cannot settle (its stream not listed, an interest
-/// stream without consumers) is probed on its own. Nothing is asked while no
-/// request asks; until aborted.
+/// stream without consumers) is probed on its own. The members of a pool's
+/// shared stream are settled, ready or not, by one `STREAM.INFO` of it with
+/// every member's subject counts. Nothing is asked
+/// while no request asks; until aborted.
 pub async fn list_wanted_streams(state: Arc<AppState>) {
     let mut ticker = tokio::time::interval(ON_DEMAND_MAX_AGE);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let routes = state.routes.load();
-        let wanted: Vec<&Arc<EndpointState>> = routes
+        let (shared, own): (Vec<&Arc<EndpointState>>, Vec<&Arc<EndpointState>>) = routes
             .endpoints
             .values()
             .filter(|one| one.store.take_listing_wanted())
-            .collect();
-        let Some(first) = wanted.first() else {
+            .partition(|one| one.store.shared_stream().is_some());
+        refresh_shared(&state, &shared).await;
+        let Some(first) = own.first() else {
             continue;
         };
         let listed = match state
@@ -335,11 +392,49 @@ pub async fn list_wanted_streams(state: Arc<AppState>) {
                 Default::default()
             }
         };
-        for one in wanted {
+        for one in own {
             if !one
                 .store
                 .refresh_from_listing(listed.get(one.store.stream()), &one.metrics)
             {
+                one.store.refresh(&one.metrics).await;
+            }
+        }
+    }
+}
+
+/// Settles `members` (of shared streams) from one read of each shared
+/// stream: its figures and every member's message count, each member's
+/// fill its own messages' share of the stream's bytes. A member the read
+/// cannot settle is probed on its own.
+async fn refresh_shared(state: &AppState, members: &[&Arc<EndpointState>]) {
+    let mut by_stream: BTreeMap<(&str, &str), Vec<&Arc<EndpointState>>> = BTreeMap::new();
+    for one in members {
+        if let Some(stream) = one.store.shared_stream() {
+            by_stream.entry(stream).or_default().push(one);
+        }
+    }
+    for ((stream, filter), members) in by_stream {
+        let figures = match state.nats.shared_stream_figures(stream, filter).await {
+            Ok(figures) => figures,
+            Err(err) => {
+                tracing::debug!(stream, cause = %err, "cannot read the pool's shared stream");
+                for one in members {
+                    one.store.unreachable(&one.metrics);
+                }
+                continue;
+            }
+        };
+        let by_member = figures
+            .as_ref()
+            .map(|figures| figures.messages_by_member(filter))
+            .unwrap_or_default();
+        for one in members {
+            let read = figures.as_ref().map(|figures| {
+                let token = one.store.shared_token().unwrap_or_default();
+                (figures, by_member.get(token).copied().unwrap_or(0))
+            });
+            if !one.store.refresh_from_shared(read, &one.metrics) {
                 one.store.refresh(&one.metrics).await;
             }
         }

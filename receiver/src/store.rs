@@ -8,7 +8,8 @@
 //! seconds ([`Store::watch`]). A pool has no task per endpoint: a request
 //! finding its endpoint's figures older than [`ON_DEMAND_MAX_AGE`] probes
 //! ([`Store::refresh_if_stale`], one probe in flight per endpoint), so 1,000
-//! idle endpoints cost NATS nothing.
+//! idle endpoints cost NATS nothing. A member of a pool's shared stream
+//! counts only its own subjects' messages there ([`SharedStreamFigures`]).
 //!
 //! A stream with interest retention keeps nothing while no consumer exists: a
 //! PubAck then means nothing was kept. So the receiver publishes only while
@@ -77,6 +78,63 @@ pub struct ListedStream {
     pub retention: RetentionPolicy,
     pub bytes: u64,
     pub consumers: usize,
+}
+
+/// What one `STREAM.INFO` of a pool's shared stream, asked for the subjects
+/// under a filter, tells: the stream's figures and each subject's messages
+/// (JetStream counts messages per subject, not bytes).
+#[derive(Clone, Debug)]
+pub struct SharedStreamFigures {
+    pub retention: RetentionPolicy,
+    pub messages: u64,
+    pub bytes: u64,
+    /// Messages of each subject under the filter that holds any.
+    pub subjects: HashMap<String, u64>,
+}
+
+impl SharedStreamFigures {
+    /// The messages of each member of the pool whose subjects are
+    /// `pool_filter` (`hookline.<ns>.POOL_<pool>.>`), by the member's token:
+    /// every member's count from one read.
+    pub fn messages_by_member(&self, pool_filter: &str) -> HashMap<&str, u64> {
+        let pool_prefix = pool_filter.strip_suffix('>').unwrap_or(pool_filter);
+        let mut members = HashMap::new();
+        for (subject, messages) in &self.subjects {
+            if let Some(rest) = subject.strip_prefix(pool_prefix) {
+                let member = rest.split_once('.').map_or(rest, |(member, _)| member);
+                *members.entry(member).or_default() += messages;
+            }
+        }
+        members
+    }
+
+    /// A member's bytes, estimated from its messages.
+    pub fn member_bytes(&self, member_messages: u64) -> u64 {
+        hookline_api::provision::shared_bytes(member_messages, self.messages, self.bytes)
+    }
+}
+
+/// An endpoint's place in its pool's shared stream, as the figures need it.
+struct SharedMember {
+    /// `hookline.<ns>.POOL_<pool>.>`: every member's subjects, read at once.
+    pool_filter: String,
+    /// The member's token in the pool's subjects, after the pool's prefix.
+    token: String,
+    /// `<pool prefix><token>.>`: the member's own subjects, for its first probe.
+    own_filter: String,
+}
+
+impl SharedMember {
+    fn of(endpoint: &ValidatedEndpoint) -> Option<SharedMember> {
+        let shared = endpoint.stream.shared.as_ref()?;
+        let pool_prefix = shared.pool_subject_filter.strip_suffix('>')?;
+        let token = endpoint.stream.subject_prefix.strip_prefix(pool_prefix)?;
+        Some(SharedMember {
+            pool_filter: shared.pool_subject_filter.clone(),
+            token: token.to_owned(),
+            own_filter: endpoint.stream.subject_filter(),
+        })
+    }
 }
 
 /// The one NATS connection of the process, shared by every endpoint.
@@ -195,6 +253,72 @@ impl Nats {
         }
     }
 
+    /// One `STREAM.INFO` of `stream` with the messages of each subject under
+    /// `filter` (one request per 100,000 subjects that hold messages);
+    /// `None` when there is no such stream.
+    pub async fn shared_stream_figures(
+        &self,
+        stream: &str,
+        filter: &str,
+    ) -> Result<Option<SharedStreamFigures>, String> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            total: usize,
+            config: PageConfig,
+            state: PageState,
+        }
+        #[derive(serde::Deserialize)]
+        struct PageConfig {
+            retention: RetentionPolicy,
+        }
+        #[derive(serde::Deserialize)]
+        struct PageState {
+            messages: u64,
+            bytes: u64,
+            #[serde(default)]
+            subjects: Option<HashMap<String, u64>>,
+        }
+        let mut figures: Option<SharedStreamFigures> = None;
+        let mut offset = 0;
+        loop {
+            let response: jetstream::response::Response<Page> = self
+                .js
+                .request(
+                    format!("STREAM.INFO.{stream}"),
+                    &serde_json::json!({"offset": offset, "subjects_filter": filter}),
+                )
+                .await
+                .map_err(|err| err.to_string())?;
+            let page = match response {
+                jetstream::response::Response::Ok(page) => page,
+                jetstream::response::Response::Err { error }
+                    if error.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    return Ok(None);
+                }
+                jetstream::response::Response::Err { error } => return Err(error.to_string()),
+            };
+            let subjects = page.state.subjects.unwrap_or_default();
+            let more = !subjects.is_empty() && offset + subjects.len() < page.total;
+            offset += subjects.len();
+            match &mut figures {
+                Some(figures) => figures.subjects.extend(subjects),
+                None => {
+                    figures = Some(SharedStreamFigures {
+                        retention: page.config.retention,
+                        messages: page.state.messages,
+                        bytes: page.state.bytes,
+                        subjects,
+                    });
+                }
+            }
+            if !more {
+                return Ok(figures);
+            }
+        }
+    }
+
     /// The client, for the pool's one subscription to deletion advisories.
     pub fn client(&self) -> &async_nats::Client {
         &self.client
@@ -237,6 +361,9 @@ pub struct Store {
     /// A pool's request found the figures stale while the stream was ready:
     /// the pool's next listing of its streams refreshes them.
     listing_wanted: AtomicBool,
+    /// `Some` for a member of a pool's shared stream, whose figures are its
+    /// own subjects' share of the stream.
+    shared: Option<SharedMember>,
 }
 
 impl Store {
@@ -258,6 +385,7 @@ impl Store {
             probed_at: AtomicU64::new(0),
             probing: tokio::sync::Mutex::new(()),
             listing_wanted: AtomicBool::new(false),
+            shared: SharedMember::of(&endpoint),
             nats,
             endpoint,
         }
@@ -326,34 +454,71 @@ impl Store {
     }
 
     async fn inspect(&self) -> Readiness {
-        let stream = match self.nats.js.get_stream(&self.stream).await {
+        let (retention, bytes) = match &self.shared {
+            None => match self.nats.js.get_stream(&self.stream).await {
+                Ok(stream) => {
+                    let info = stream.cached_info();
+                    (info.config.retention, info.state.bytes)
+                }
+                Err(err) => {
+                    tracing::debug!(stream = %self.stream, cause = %err, "stream probe failed");
+                    return Readiness::StreamUnreachable;
+                }
+            },
+            // A member's own subjects only: its messages, and the stream's
+            // figures to estimate their bytes by.
+            Some(member) => {
+                let read = self
+                    .nats
+                    .shared_stream_figures(&self.stream, &member.own_filter)
+                    .await;
+                match read {
+                    Ok(Some(figures)) => {
+                        let messages = figures.subjects.values().sum();
+                        (figures.retention, figures.member_bytes(messages))
+                    }
+                    Ok(None) => {
+                        tracing::debug!(stream = %self.stream, "the pool's shared stream is missing");
+                        return Readiness::StreamUnreachable;
+                    }
+                    Err(err) => {
+                        tracing::debug!(stream = %self.stream, cause = %err, "stream probe failed");
+                        return Readiness::StreamUnreachable;
+                    }
+                }
+            }
+        };
+        self.record_stream(retention, bytes);
+        match retention {
+            // These keep what is published whether or not a consumer exists.
+            RetentionPolicy::Limits | RetentionPolicy::WorkQueue => Readiness::Ready,
+            RetentionPolicy::Interest => self.inspect_consumer().await,
+        }
+    }
+
+    /// Whether the durable consumer an interest stream needs is there.
+    async fn inspect_consumer(&self) -> Readiness {
+        let stream = match self.nats.js.get_stream_no_info(&self.stream).await {
             Ok(stream) => stream,
             Err(err) => {
                 tracing::debug!(stream = %self.stream, cause = %err, "stream probe failed");
                 return Readiness::StreamUnreachable;
             }
         };
-        let info = stream.cached_info();
-        let retention = info.config.retention;
-        self.record_stream(retention, info.state.bytes);
-        match retention {
-            // These keep what is published whether or not a consumer exists.
-            RetentionPolicy::Limits | RetentionPolicy::WorkQueue => Readiness::Ready,
-            RetentionPolicy::Interest => match stream.consumer_info(&self.durable).await {
-                Ok(_) => Readiness::Ready,
-                Err(err) => match err.kind() {
-                    ConsumerInfoErrorKind::NotFound => Readiness::ConsumerMissing,
-                    ConsumerInfoErrorKind::InvalidName
-                    | ConsumerInfoErrorKind::Offline
-                    | ConsumerInfoErrorKind::StreamNotFound
-                    | ConsumerInfoErrorKind::Request
-                    | ConsumerInfoErrorKind::JetStream(_)
-                    | ConsumerInfoErrorKind::TimedOut
-                    | ConsumerInfoErrorKind::NoResponders => {
-                        tracing::debug!(stream = %self.stream, consumer = %self.durable, cause = %err, "consumer probe failed");
-                        Readiness::StreamUnreachable
-                    }
-                },
+        match stream.consumer_info(&self.durable).await {
+            Ok(_) => Readiness::Ready,
+            Err(err) => match err.kind() {
+                ConsumerInfoErrorKind::NotFound => Readiness::ConsumerMissing,
+                ConsumerInfoErrorKind::InvalidName
+                | ConsumerInfoErrorKind::Offline
+                | ConsumerInfoErrorKind::StreamNotFound
+                | ConsumerInfoErrorKind::Request
+                | ConsumerInfoErrorKind::JetStream(_)
+                | ConsumerInfoErrorKind::TimedOut
+                | ConsumerInfoErrorKind::NoResponders => {
+                    tracing::debug!(stream = %self.stream, consumer = %self.durable, cause = %err, "consumer probe failed");
+                    Readiness::StreamUnreachable
+                }
             },
         }
     }
@@ -451,7 +616,15 @@ impl Store {
         if !stale() {
             return;
         }
-        if self.is_ready() && self.probed_at.load(Ordering::Relaxed) > 1 {
+        let probed_at = self.probed_at.load(Ordering::Relaxed);
+        // A shared stream's one read settles its members whether or not
+        // they are ready, so a missing pool stream costs one call a second
+        // whatever the number of busy members.
+        let by_listing = match self.shared {
+            None => self.is_ready() && probed_at > 1,
+            Some(_) => probed_at != 0,
+        };
+        if by_listing {
             self.listing_wanted.store(true, Ordering::Relaxed);
             return;
         }
@@ -504,6 +677,52 @@ impl Store {
         self.record(found);
         self.probed(metrics);
         true
+    }
+
+    /// The pool's shared stream and the filter of every member's subjects,
+    /// when the endpoint is a member of one: what the pool reads for
+    /// [`Self::refresh_from_shared`].
+    pub fn shared_stream(&self) -> Option<(&str, &str)> {
+        let member = self.shared.as_ref()?;
+        Some((&self.stream, &member.pool_filter))
+    }
+
+    /// A member's token in its pool's subjects: its key in
+    /// [`SharedStreamFigures::messages_by_member`].
+    pub fn shared_token(&self) -> Option<&str> {
+        self.shared.as_ref().map(|member| member.token.as_str())
+    }
+
+    /// Takes a member's figures from one read of its pool's shared stream
+    /// and the member's messages there (`None`: the stream is missing).
+    /// False when only a probe can tell (an interest stream; a missing one
+    /// with `--provision`, which makes it again): the caller probes.
+    pub fn refresh_from_shared(
+        &self,
+        read: Option<(&SharedStreamFigures, u64)>,
+        metrics: &EndpointMetrics,
+    ) -> bool {
+        let Some((figures, messages)) = read else {
+            if self.nats.provision {
+                return false;
+            }
+            self.unreachable(metrics);
+            return true;
+        };
+        let retention = figures.retention;
+        if retention == RetentionPolicy::Interest {
+            return false;
+        }
+        self.record_stream(retention, figures.member_bytes(messages));
+        self.record(Readiness::Ready);
+        self.probed(metrics);
+        true
+    }
+
+    /// Records that the stream did not answer a pool's read.
+    pub fn unreachable(&self, metrics: &EndpointMetrics) {
+        self.record(Readiness::StreamUnreachable);
+        self.probed(metrics);
     }
 
     /// Keeps provisioning (when asked) and readiness up to date until dropped.

@@ -19,6 +19,7 @@ fn run_to_end(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
         .env_remove("HOOKLINE_SECRET_FILE")
         .env_remove("HOOKLINE_ENDPOINT_DIR")
         .env_remove("HOOKLINE_SECRET_DIR")
+        .env_remove("HOOKLINE_SHARED_STREAM")
         .env_remove("HOOKLINE_NATS_URL")
         .envs(envs.iter().copied())
         .output()
@@ -89,6 +90,32 @@ fn endpoint_and_endpoint_dir_are_one_or_the_other_each_with_its_secrets() {
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert_one_line_error(&stderr);
         assert!(stderr.contains(named), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_shared_stream_is_only_for_a_pool() {
+    let args = [
+        "--endpoint",
+        "e.yaml",
+        "--secret-file",
+        "s",
+        "--nats-url",
+        "nats://127.0.0.1:1",
+    ];
+    let by_flag: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["--shared-stream", "hooks"])
+        .collect();
+    for (args, envs) in [
+        (&by_flag[..], &[][..]),
+        (&args[..], &[("HOOKLINE_SHARED_STREAM", "hooks")][..]),
+    ] {
+        let (code, stderr) = run_to_end(args, envs);
+        assert_eq!(code, Some(2), "{args:?} {envs:?}: {stderr}");
+        assert_one_line_error(&stderr);
+        assert!(stderr.contains("--shared-stream"), "{stderr}");
     }
 }
 

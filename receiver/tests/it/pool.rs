@@ -1,5 +1,6 @@
 //! `--endpoint-dir`: one receiver serving the endpoints of a directory, each
-//! by its host and path, with its own secret, limits and stream; reloaded
+//! by its host and path, with its own secret, limits and stream (or, with
+//! `--shared-stream`, its own subjects of the pool's one stream); reloaded
 //! while serving without dropping a request.
 
 use crate::common;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use hookline_e2e::NatsServer;
-use hookline_receiver::{Config, run};
+use hookline_receiver::{Config, Endpoints, run};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -41,6 +42,32 @@ impl Pool {
     /// Writes `members` (file name, manifest) and `secrets` (endpoint name,
     /// text), then starts the receiver and waits until it is ready.
     async fn start(members: &[(&str, String)], secrets: &[(&str, &str)]) -> Pool {
+        Pool::start_with(members, secrets, |_| {}).await
+    }
+
+    /// [`Pool::start`] with `--shared-stream POOL` and, when `provision`,
+    /// `--provision` (which makes the pool's stream over the whole pool).
+    async fn start_shared(
+        members: &[(&str, String)],
+        secrets: &[(&str, &str)],
+        pool: &str,
+        provision: bool,
+    ) -> Pool {
+        Pool::start_with(members, secrets, |config| {
+            config.provision = provision;
+            if let Endpoints::Pool { shared_stream, .. } = &mut config.endpoints {
+                *shared_stream = Some(pool.to_owned());
+            }
+        })
+        .await
+    }
+
+    /// [`Pool::start`] with the configuration changed by `configure` first.
+    async fn start_with(
+        members: &[(&str, String)],
+        secrets: &[(&str, &str)],
+        configure: impl FnOnce(&mut Config),
+    ) -> Pool {
         let nats = tokio::task::block_in_place(|| NatsServer::start().expect("nats-server"));
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir(dir.path().join("endpoints")).expect("endpoints dir");
@@ -68,6 +95,7 @@ impl Pool {
         config.publish_timeout = Duration::from_secs(2);
         config.secret_poll_interval = Duration::from_millis(100);
         config.shutdown_timeout = Duration::from_secs(10);
+        configure(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -726,5 +754,274 @@ async fn busy_endpoints_figures_come_from_one_listing_a_second_for_the_pool() {
     assert!(
         calls <= 6,
         "{calls} JetStream API calls in 3 s for {ENDPOINTS} busy endpoints"
+    );
+}
+
+// ---- `--shared-stream`: every member in the pool's one stream ----
+
+/// The `WebhookPool` whose stream the shared tests use.
+const SHARED_POOL: &str = "hooks";
+
+/// `HOOKLINE_shop_POOL_hooks`.
+fn pool_stream() -> String {
+    hookline_api::naming::pool_stream_name_in(None, "shop", SHARED_POOL)
+}
+
+/// `hookline.shop.POOL_hooks.<name>`: a member's subjects start with it.
+fn member_prefix(name: &str) -> String {
+    let pool = hookline_api::naming::pool_subject_prefix_in(None, "shop", SHARED_POOL);
+    hookline_api::naming::pool_member_subject_prefix(&pool, name)
+}
+
+/// GitHub members `alpha` on `/alpha` and `beta` on `/beta`, `extra` spec
+/// lines for `alpha`.
+fn alpha_and_beta(alpha_extra: &str) -> [(&'static str, String); 2] {
+    [
+        (
+            "alpha.yaml",
+            member("alpha", "github", None, "/alpha", alpha_extra),
+        ),
+        ("beta.yaml", member("beta", "github", None, "/beta", "")),
+    ]
+}
+
+const ALPHA_AND_BETA_SECRETS: [(&str, &str); 2] =
+    [("alpha", GITHUB_SECRET), ("beta", GITHUB_SECRET)];
+
+impl Pool {
+    /// A signed GitHub `issues` event with delivery id `id` to `path`.
+    async fn deliver(&self, path: &str, id: &str) -> reqwest::Response {
+        let body = issue(7);
+        let headers = github(GITHUB_SECRET, &body, id, "issues");
+        self.post("h", path, &headers, &body).await
+    }
+
+    async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let client = async_nats::connect(self.nats.url()).await.expect("connect");
+        async_nats::jetstream::new(client)
+    }
+
+    /// Every message of `stream`: subject and `Nats-Msg-Id`, in order.
+    async fn subjects_and_ids(&self, stream: &str) -> Vec<(String, String)> {
+        let js = self.jetstream().await;
+        let mut stream = js.get_stream(stream).await.expect("stream exists");
+        let state = stream.info().await.expect("stream info").state.clone();
+        let mut messages = Vec::new();
+        for sequence in state.first_sequence..=state.last_sequence {
+            let Ok(message) = stream.get_raw_message(sequence).await else {
+                continue;
+            };
+            let id = message
+                .headers
+                .get(hookline_api::headers::MSG_ID)
+                .map(|id| id.as_str().to_owned())
+                .unwrap_or_default();
+            messages.push((message.subject.to_string(), id));
+        }
+        messages
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_stream_members_store_on_their_own_subjects_with_prefixed_message_ids() {
+    let pool = Pool::start_shared(
+        &alpha_and_beta(""),
+        &ALPHA_AND_BETA_SECRETS,
+        SHARED_POOL,
+        true,
+    )
+    .await;
+    assert_eq!(pool.deliver("/alpha", "a-1").await.status(), 200);
+    assert_eq!(pool.deliver("/beta", "b-1").await.status(), 200);
+    assert_eq!(pool.deliver("/alpha", "a-2").await.status(), 200);
+
+    let stored = pool.subjects_and_ids(&pool_stream()).await;
+    let ids: Vec<&str> = stored.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(ids, ["alpha:a-1", "beta:b-1", "alpha:a-2"]);
+    for (subject, id) in &stored {
+        let name = id.split(':').next().expect("prefixed");
+        assert!(
+            subject.starts_with(&format!("{}.", member_prefix(name))),
+            "{id} on {subject}"
+        );
+    }
+    let js = pool.jetstream().await;
+    for own in ["HOOKLINE_shop_alpha", "HOOKLINE_shop_beta"] {
+        assert!(js.get_stream(own).await.is_err(), "no stream {own}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_event_id_is_stored_once_per_member_of_a_shared_stream() {
+    let pool = Pool::start_shared(
+        &alpha_and_beta(""),
+        &ALPHA_AND_BETA_SECRETS,
+        SHARED_POOL,
+        true,
+    )
+    .await;
+    for path in ["/alpha", "/beta"] {
+        let answer: serde_json::Value = pool
+            .deliver(path, "same-1")
+            .await
+            .json()
+            .await
+            .expect("JSON");
+        assert_eq!(answer["duplicate"], false, "{path}: {answer}");
+    }
+    let again = pool.deliver("/alpha", "same-1").await;
+    assert_eq!(again.status(), 200);
+    let again: serde_json::Value = again.json().await.expect("JSON");
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(pool.stream_messages(&pool_stream()).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_member_of_a_shared_stream_is_503_while_the_others_store() {
+    let pool = Pool::start_shared(
+        &alpha_and_beta(SMALL_BUFFER),
+        &ALPHA_AND_BETA_SECRETS,
+        SHARED_POOL,
+        true,
+    )
+    .await;
+    let padded = |n: u32| {
+        format!(
+            r#"{{"action":"opened","issue":{{"id":{n}}},"pad":"{}"}}"#,
+            "p".repeat(500)
+        )
+        .into_bytes()
+    };
+    let full = pool
+        .until_status(503, |n| {
+            let body = padded(n);
+            let headers = github(GITHUB_SECRET, &body, &format!("fill-{n}"), "issues");
+            ("h".into(), "/alpha".into(), headers, body)
+        })
+        .await;
+    assert!(full.headers().get("retry-after").is_some());
+    let answer: serde_json::Value = full.json().await.expect("JSON");
+    assert_eq!(answer["error"], "buffer_full");
+    // beta stores well past alpha's cap: its fill is its own, not the stream's.
+    for n in 0..10 {
+        let body = padded(1000 + n);
+        let headers = github(GITHUB_SECRET, &body, &format!("free-{n}"), "issues");
+        assert_eq!(pool.post("h", "/beta", &headers, &body).await.status(), 200);
+    }
+    // Each member's fill is its own share of the stream, kept per member.
+    let fill = |metrics: &str, name: &str| {
+        metrics
+            .lines()
+            .find(|line| {
+                line.starts_with("hookline_receiver_buffer_bytes{")
+                    && line.contains(&format!("endpoint=\"shop/{name}\""))
+            })
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no buffer fill of {name}: {metrics}"))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut n = 10;
+    loop {
+        // Figures are refreshed for members whose requests find them stale.
+        let body = padded(1000 + n);
+        let headers = github(GITHUB_SECRET, &body, &format!("free-{n}"), "issues");
+        assert_eq!(pool.post("h", "/beta", &headers, &body).await.status(), 200);
+        n += 1;
+        let metrics = pool.metrics().await;
+        let (alpha, beta) = (fill(&metrics, "alpha"), fill(&metrics, "beta"));
+        if beta > 0.0 {
+            assert!(alpha >= 2048.0, "{metrics}");
+            assert!(alpha > beta, "{metrics}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_the_shared_stream_does_not_list_is_503_with_retry_after() {
+    let pool = Pool::start_shared(
+        &alpha_and_beta(""),
+        &ALPHA_AND_BETA_SECRETS,
+        SHARED_POOL,
+        false,
+    )
+    .await;
+    // As the operator keeps it: a filter per member it serves, beta's not (yet).
+    let config = hookline_api::provision::pool_stream_config(
+        &pool_stream(),
+        vec![format!("{}.>", member_prefix("alpha"))],
+        "shop/hooks",
+        Default::default(),
+    );
+    pool.jetstream()
+        .await
+        .create_stream(config)
+        .await
+        .expect("pool stream");
+    assert_eq!(pool.deliver("/alpha", "a-1").await.status(), 200);
+    for id in ["b-1", "b-2"] {
+        let refused = pool.deliver("/beta", id).await;
+        assert_eq!(refused.status(), 503, "{id}");
+        assert!(refused.headers().get("retry-after").is_some(), "{id}");
+        let answer: serde_json::Value = refused.json().await.expect("JSON");
+        assert_eq!(answer["error"], "unavailable", "{answer}");
+    }
+    assert_eq!(pool.stream_messages(&pool_stream()).await, 1);
+}
+
+/// Busy members of a shared stream are settled by one read of the stream a
+/// second, whatever their number.
+#[tokio::test(flavor = "multi_thread")]
+async fn busy_members_of_a_shared_stream_cost_one_read_a_second() {
+    const MEMBERS: u32 = 10;
+    let names: Vec<String> = (0..MEMBERS).map(|i| format!("busy{i}")).collect();
+    let members: Vec<(String, String)> = names
+        .iter()
+        .map(|name| {
+            let manifest = member(name, "github", None, &format!("/{name}"), "");
+            (format!("{name}.yaml"), manifest)
+        })
+        .collect();
+    let members: Vec<(&str, String)> = members
+        .iter()
+        .map(|(file, text)| (file.as_str(), text.clone()))
+        .collect();
+    let secrets: Vec<(&str, &str)> = names
+        .iter()
+        .map(|name| (name.as_str(), GITHUB_SECRET))
+        .collect();
+    let pool = Pool::start_shared(&members, &secrets, SHARED_POOL, true).await;
+    // Each member's first request probes on its own.
+    for name in &names {
+        assert_eq!(
+            pool.deliver(&format!("/{name}"), &format!("{name}-0"))
+                .await
+                .status(),
+            200
+        );
+    }
+    let before = jetstream_api_calls(&pool.nats).await;
+    let started = tokio::time::Instant::now();
+    let mut n: u64 = 1;
+    while started.elapsed() < Duration::from_secs(3) {
+        for name in &names {
+            let id = format!("{name}-{n}");
+            assert_eq!(pool.deliver(&format!("/{name}"), &id).await.status(), 200);
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = jetstream_api_calls(&pool.nats).await - before;
+    // Three or four reads; a read per member would be 30 or more.
+    assert!(
+        calls <= 6,
+        "{calls} JetStream API calls in 3 s for {MEMBERS} busy members"
+    );
+    assert_eq!(
+        pool.stream_messages(&pool_stream()).await,
+        u64::from(MEMBERS) * n
     );
 }
