@@ -13,7 +13,7 @@ use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::stream::{ConsumerErrorKind, Stream};
 use async_nats::jetstream::{self, ErrorCode};
 use hookline_api::ValidatedEndpoint;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::loops::Shared;
 use crate::lifecycle::{Served, consume_bound, retry};
@@ -69,7 +69,8 @@ async fn own_durable(
     let stream = match js.get_stream(name).await {
         Ok(stream) => stream,
         Err(err) if is_stream_not_found(err.kind()) => {
-            info!("the endpoint has no stream of its own: nothing to drain");
+            // The usual case once joined: not worth a line per member.
+            debug!("the endpoint has no stream of its own: nothing to drain");
             return Ok(None);
         }
         Err(err) => return Err(Error::JetStream(format!("stream {name}: {err}"))),
@@ -105,10 +106,10 @@ async fn own_durable(
 }
 
 /// Makes the durable of `own`'s stream as provisioning would, filtered on the
-/// endpoint's subjects. nats-server refuses a filter that none of the
-/// stream's subjects covers, which a retired stream's (the retired subject)
-/// do not: then it is made with no filter, the same for a stream that only
-/// ever held this endpoint's events.
+/// endpoint's subjects, which the stream's (the retired subject) no longer
+/// cover. nats-server 2.15 takes it (the stored messages keep their
+/// subjects); one that refused it gets the durable without a filter, the same
+/// for a stream that only ever held this endpoint's events.
 async fn create_durable(stream: &Stream, own: &ValidatedEndpoint) -> Result<PullConsumer> {
     let config = hookline_api::provision::consumer_config(own);
     let durable = own.consumer.durable_name.as_str();
