@@ -916,3 +916,86 @@ async fn each_shared_stream_members_pending_count_is_its_own() {
     );
     consumer.stop().await;
 }
+
+/// `replay --shared-stream`: a member's dead letters go back to its subject
+/// in the pool's stream, with its message-id prefix, whether they came from
+/// there or from its own stream before it joined (whose subjects are retired).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_puts_a_members_dead_letters_into_the_pools_stream() {
+    let pool = Pool::start_shared(&["a"], &["a"]).await;
+    let db = pool.db().await;
+    let consumer = Running::start_pool(pool.config()).await;
+    consumer.wait_ready().await;
+    let member = &pool.endpoints["a"];
+    let own = member.own_stream(None);
+    let letters = [
+        (
+            "from-pool",
+            member.stream.subject_for("ping"),
+            "a:from-pool",
+        ),
+        ("from-own", own.stream.subject_for("ping"), "from-own"),
+    ];
+    for (event_id, subject, msg_id) in &letters {
+        sqlx::query(
+            "INSERT INTO hookline.dead_letters (endpoint, event_id, event_type, subject, stream_sequence, \
+                 headers, payload, error, deliveries) \
+             VALUES ('test/a', $1, 'ping', $2, 1, $3, $4, 'boom', 3)",
+        )
+        .bind(event_id)
+        .bind(subject)
+        .bind(serde_json::json!({
+            "Nats-Msg-Id": msg_id,
+            "Hookline-Event-Id": event_id,
+            "Hookline-Event-Type": "ping",
+            "Hookline-Received-At": "2026-01-01T00:00:00Z",
+        }))
+        .bind(serde_json::json!({"id": event_id}).to_string().into_bytes())
+        .execute(&db)
+        .await
+        .expect("dead letter");
+    }
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hookline-consumer"))
+        .arg("replay")
+        .arg("--endpoint")
+        .arg(pool.spare.path().join("a.yaml"))
+        .args(["--shared-stream", POOL])
+        .args(["--nats-url", &pool.nats.url()])
+        .args(["--database-url", &pool.pg.url()])
+        .env_remove("HOOKLINE_ENDPOINT")
+        .output()
+        .expect("run replay");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("replayed 2 dead letter(s) of test/a"),
+        "{stdout}"
+    );
+    wait_rows(&db, "test/a", 2).await;
+    // Both went through the pool's stream (a work queue: stored, then taken).
+    let mut stream = pool
+        .js
+        .get_stream(&member.stream.name)
+        .await
+        .expect("stream");
+    let info = stream.info().await.expect("stream info");
+    assert_eq!(info.state.last_sequence, 2);
+    // Each under the member's prefixed id: the same again is a duplicate.
+    for (event_id, _, _) in &letters {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("a:{event_id}").as_str());
+        let ack = pool
+            .js
+            .publish_with_headers(member.stream.subject_for("ping"), headers, "{}".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("PubAck");
+        assert!(ack.duplicate, "{event_id}");
+    }
+    consumer.stop().await;
+}
