@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release -p hookline-consumer --example pool_bench -- \
 //!     [ENDPOINTS] [EVENTS_PER_ENDPOINT] [--concurrency N] [--database-connections N]
+//!     [--shared-stream]
 //! ```
 //!
 //! Defaults: 100 endpoints × 100 events. Real nats-server and Postgres
@@ -14,7 +15,10 @@
 //! the pool: binding every durable consumer included). Events are 1 KB
 //! Stripe-like invoice events, every three sharing an invoice. Prints each
 //! drain's events/s, the CPU per event of this process and of Postgres, and
-//! the pool's rate as a share of the single endpoint's.
+//! the pool's rate as a share of the single endpoint's. With
+//! `--shared-stream` the pool's endpoints are members of one stream (a
+//! `WebhookPool` with `spec.stream`, the consumer's `--shared-stream`), each
+//! drained through its own durable on it; the single endpoint keeps its own.
 
 use std::time::{Duration, Instant};
 
@@ -45,7 +49,12 @@ struct Args {
     database_connections: Option<u32>,
     /// `-c key=value` settings for the benchmark's Postgres.
     postgres_settings: Vec<(String, String)>,
+    /// The pool's endpoints in one shared stream instead of a stream each.
+    shared_stream: bool,
 }
+
+/// The pool whose stream the endpoints share with `--shared-stream`.
+const POOL: &str = "bench-pool";
 
 fn args() -> BenchResult<Args> {
     let mut args = Args {
@@ -54,6 +63,7 @@ fn args() -> BenchResult<Args> {
         concurrency: None,
         database_connections: None,
         postgres_settings: Vec::new(),
+        shared_stream: false,
     };
     let mut positional = 0;
     let mut it = std::env::args().skip(1);
@@ -66,6 +76,7 @@ fn args() -> BenchResult<Args> {
                 args.database_connections =
                     Some(it.next().ok_or("--database-connections N")?.parse()?)
             }
+            "--shared-stream" => args.shared_stream = true,
             "--postgres-setting" => {
                 let setting = it.next().ok_or("--postgres-setting KEY=VALUE")?;
                 let (key, value) = setting
@@ -93,15 +104,20 @@ fn manifest(name: &str) -> String {
     )
 }
 
-/// Writes `name`'s manifest into `dir`, provisions its stream and durable consumer.
+/// Writes `name`'s manifest into `dir`, provisions its stream (or, a member
+/// of `shared`'s stream, that stream when missing) and durable consumer.
 async fn endpoint(
     js: &jetstream::Context,
     dir: &std::path::Path,
     name: &str,
+    shared: Option<&str>,
 ) -> BenchResult<(std::path::PathBuf, ValidatedEndpoint)> {
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, manifest(name))?;
-    let endpoint = hookline_api::load_manifest(&path)?;
+    let mut endpoint = hookline_api::load_manifest(&path)?;
+    if let Some(pool) = shared {
+        endpoint = hookline_consumer::config::shared_member(endpoint, None, pool);
+    }
     hookline_api::provision::provision(js, &endpoint).await?;
     Ok((path, endpoint))
 }
@@ -126,7 +142,7 @@ async fn publish(
             "data": {"object": {"id": object, "object": "invoice", "status": "open", "notes": filler}},
         });
         let mut map = HeaderMap::new();
-        map.insert(headers::MSG_ID, id.as_str());
+        map.insert(headers::MSG_ID, endpoint.stream.message_id(&id).as_ref());
         map.insert(headers::EVENT_ID, id.as_str());
         map.insert(headers::EVENT_TYPE, "invoice.updated");
         let timestamp = chrono::DateTime::from_timestamp(created, 0)
@@ -324,7 +340,8 @@ async fn main() -> BenchResult<()> {
     let dir = tempfile::tempdir()?;
     let published = Instant::now();
     for i in 0..args.endpoints {
-        let (_, endpoint) = endpoint(&js, dir.path(), &format!("e{i:04}")).await?;
+        let shared = args.shared_stream.then_some(POOL);
+        let (_, endpoint) = endpoint(&js, dir.path(), &format!("e{i:04}"), shared).await?;
         publish(&js, &endpoint, args.per_endpoint).await?;
     }
     eprintln!(
@@ -333,6 +350,7 @@ async fn main() -> BenchResult<()> {
         published.elapsed().as_secs_f64()
     );
     let mut pool_config = PoolConfig::new(dir.path().to_owned(), &nats.url(), &pg.url());
+    pool_config.shared_stream = args.shared_stream.then(|| POOL.to_owned());
     if let Some(concurrency) = args.concurrency {
         pool_config.concurrency = concurrency;
         pool_config.database_connections =
@@ -353,7 +371,7 @@ async fn main() -> BenchResult<()> {
 
     // One endpoint, the same number of events.
     let single_dir = tempfile::tempdir()?;
-    let (_, single) = endpoint(&js, single_dir.path(), "single").await?;
+    let (_, single) = endpoint(&js, single_dir.path(), "single", None).await?;
     publish(&js, &single, total).await?;
     let mut config = Config::new(single, &nats.url(), &pg.url());
     if let Some(concurrency) = args.concurrency {
@@ -370,8 +388,14 @@ async fn main() -> BenchResult<()> {
     .await?;
 
     println!(
-        "pool:   {} endpoints × {} events, concurrency {concurrency} per endpoint, {connections} database connections: {pool}",
-        args.endpoints, args.per_endpoint
+        "pool:   {} endpoints × {} events{}, concurrency {concurrency} per endpoint, {connections} database connections: {pool}",
+        args.endpoints,
+        args.per_endpoint,
+        if args.shared_stream {
+            " in one shared stream"
+        } else {
+            ""
+        }
     );
     println!(
         "single: 1 endpoint × {total} events, concurrency {single_concurrency}, {} database connections: {one}",

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use hookline_api::ValidatedEndpoint;
 use hookline_api::nats::NatsAuth;
 use hookline_api::runtime::NatsArgs;
+use hookline_api::validated::StreamLimits;
 
 use crate::inspect::Format;
 use crate::store::Selection;
@@ -27,6 +28,13 @@ pub struct Cli {
     /// `--endpoint`. `replay` still takes `--endpoint`.
     #[arg(long, env = "HOOKLINE_ENDPOINT_DIR", value_name = "DIR")]
     pub endpoint_dir: Option<PathBuf>,
+    /// The `WebhookPool` whose one stream holds the events of every endpoint
+    /// of `--endpoint-dir` (a subject each): each endpoint is consumed from
+    /// it through its own durable `hookline-consumer-<name>`, and what is left
+    /// in its own stream is drained too. For `--endpoint-dir` and `replay`.
+    #[arg(long, env = "HOOKLINE_SHARED_STREAM", value_name = "POOL", global = true,
+          value_parser = parse_pool_name)]
+    pub shared_stream: Option<String>,
     /// NATS server URL(s), comma-separated.
     #[arg(long, env = "HOOKLINE_NATS_URL", global = true, value_name = "URL")]
     pub nats_url: Option<String>,
@@ -102,6 +110,10 @@ pub struct EventArgs {
 pub struct TailArgs {
     #[arg(short = 'o', long, value_enum, default_value_t)]
     pub output: Format,
+}
+
+fn parse_pool_name(text: &str) -> std::result::Result<String, String> {
+    hookline_api::naming::check_resource_name(text).map(|()| text.to_owned())
 }
 
 fn parse_wait(text: &str) -> std::result::Result<Duration, String> {
@@ -204,7 +216,10 @@ impl Config {
     /// The required values and the NATS credentials from the command line,
     /// defaults for the rest: what `replay` needs.
     pub fn from_required(cli: &Cli) -> Result<Config> {
-        let (endpoint, nats_url, database_url) = required(cli)?;
+        let (mut endpoint, nats_url, database_url) = required(cli)?;
+        if let Some(pool) = &cli.shared_stream {
+            endpoint = shared_member(endpoint, cli.nats.cluster_name.as_deref(), pool);
+        }
         Ok(Config {
             nats_auth: cli.nats.auth(),
             ..Config::new(endpoint, &nats_url, &database_url)
@@ -216,6 +231,11 @@ impl Config {
         if cli.database_connections.is_some() {
             return Err(Error::Config(
                 "--database-connections is for --endpoint-dir (one endpoint uses --concurrency plus 2)".into(),
+            ));
+        }
+        if cli.shared_stream.is_some() {
+            return Err(Error::Config(
+                "--shared-stream is for --endpoint-dir (a pool's endpoints) and replay, not --endpoint".into(),
             ));
         }
         let config = Config {
@@ -304,6 +324,17 @@ pub fn required(cli: &Cli) -> Result<(ValidatedEndpoint, String, String)> {
     Ok((endpoint, nats_url, database_url))
 }
 
+/// `endpoint` as a member of `pool`'s shared stream. The limits are the
+/// defaults: they only matter when `--provision` makes the pool's stream, and
+/// the operator, which makes it in a cluster, sets the pool's own.
+pub fn shared_member(
+    endpoint: ValidatedEndpoint,
+    cluster_name: Option<&str>,
+    pool: &str,
+) -> ValidatedEndpoint {
+    endpoint.in_shared_stream(cluster_name, pool, StreamLimits::default())
+}
+
 /// How often `--endpoint-dir` is read again: a ConfigMap update reaches the
 /// pod's files within the kubelet's sync period (about a minute), so 2 s adds
 /// little, and reading a few hundred small files costs nothing.
@@ -316,6 +347,9 @@ pub struct PoolConfig {
     pub endpoint_dir: PathBuf,
     /// `--cluster-name`, applied to every manifest's stream and subjects.
     pub cluster_name: Option<String>,
+    /// `--shared-stream`: the pool whose one stream holds every endpoint's
+    /// events; `None`: each endpoint has its own stream.
+    pub shared_stream: Option<String>,
     pub nats_url: String,
     pub nats_auth: NatsAuth,
     /// May hold a password: never logged (see the `Debug` impl).
@@ -338,6 +372,7 @@ impl std::fmt::Debug for PoolConfig {
         f.debug_struct("PoolConfig")
             .field("endpoint_dir", &self.endpoint_dir)
             .field("cluster_name", &self.cluster_name)
+            .field("shared_stream", &self.shared_stream)
             .field("nats_url", &self.nats_url)
             .field("nats_auth", &self.nats_auth)
             .field("database_url", &"<redacted>")
@@ -364,6 +399,7 @@ impl PoolConfig {
         PoolConfig {
             endpoint_dir,
             cluster_name: None,
+            shared_stream: None,
             nats_url: nats_url.to_owned(),
             nats_auth: NatsAuth::default(),
             database_url: database_url.to_owned(),
@@ -401,6 +437,7 @@ impl PoolConfig {
         let (nats_url, database_url) = urls(cli)?;
         Ok(PoolConfig {
             cluster_name: cli.nats.cluster_name.clone(),
+            shared_stream: cli.shared_stream.clone(),
             nats_auth: cli.nats.auth(),
             provision: cli.provision,
             concurrency: cli.concurrency,
@@ -479,6 +516,61 @@ mod tests {
         .expect("parses");
         let err = required(&cli).expect_err("no --endpoint");
         assert!(err.to_string().contains("replay is per endpoint"), "{err}");
+    }
+
+    #[test]
+    fn shared_stream_is_for_a_pool_or_replay_not_one_endpoint() {
+        let cli = Cli::try_parse_from([
+            "hookline-consumer",
+            "--endpoint",
+            "e.yaml",
+            "--shared-stream",
+            "p",
+            "--nats-url",
+            "nats://x",
+            "--database-url",
+            "postgres://x@h/db",
+        ])
+        .expect("parses");
+        let err = Config::from_cli(&cli).expect_err("one endpoint");
+        let text = err.to_string();
+        assert!(
+            text.contains("--shared-stream is for --endpoint-dir"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "{text}");
+    }
+
+    #[test]
+    fn shared_stream_names_a_pool_and_is_taken_after_replay_too() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cli = Cli::try_parse_from([
+            "hookline-consumer",
+            "--endpoint-dir",
+            dir.path().to_str().expect("utf-8"),
+            "--nats-url",
+            "nats://x",
+            "--database-url",
+            "postgres://x@h/db",
+            "--shared-stream",
+            "hooks",
+        ])
+        .expect("parses");
+        let config = PoolConfig::from_cli(&cli).expect("valid");
+        assert_eq!(config.shared_stream.as_deref(), Some("hooks"));
+        let cli = Cli::try_parse_from([
+            "hookline-consumer",
+            "--endpoint",
+            "e.yaml",
+            "replay",
+            "--shared-stream",
+            "hooks",
+        ])
+        .expect("parses");
+        assert_eq!(cli.shared_stream.as_deref(), Some("hooks"));
+        let err = Cli::try_parse_from(["hookline-consumer", "--shared-stream", "Not_A_Name"])
+            .expect_err("not a resource name");
+        assert!(err.to_string().contains("DNS label"), "{err}");
     }
 
     #[test]

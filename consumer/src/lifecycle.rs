@@ -99,6 +99,7 @@ pub async fn run(
             concurrency: config.concurrency.into(),
             sweep_interval: config.sweep_interval,
             pull_budget: consume::PullBudget::default(),
+            drain_until_gone: false,
         };
         consume_bound(
             &endpoint,
@@ -212,6 +213,11 @@ pub(crate) struct Served {
     pub sweep_interval: Duration,
     /// Shared by every loop of the process.
     pub pull_budget: consume::PullBudget,
+    /// A shared-stream member's own stream, drained beside the pool's: the
+    /// loop ends once the stream or its durable is gone (the operator deletes
+    /// the stream when empty), and leaves the retention sweep to the
+    /// member's loop on the pool's stream.
+    pub drain_until_gone: bool,
 }
 
 /// Consumes from `consumer` (already bound) until `shutdown`, with the
@@ -225,13 +231,16 @@ pub(crate) async fn consume_bound(
     shutdown: &Shutdown,
 ) {
     let key = served.endpoint.key();
-    let sweeper = tokio::spawn(retention::sweep_every(
-        pool.clone(),
-        key.clone(),
-        served.endpoint.stream.max_age,
-        served.sweep_interval,
-        shutdown.clone(),
-    ));
+    let sweeper = (!served.drain_until_gone).then(|| {
+        tokio::spawn(retention::sweep_every(
+            pool.clone(),
+            key.clone(),
+            served.endpoint.stream.max_age,
+            served.sweep_interval,
+            shutdown.clone(),
+        ))
+    });
+    let pending = metrics.jetstream_pending.clone();
     let ctx = Arc::new(consume::Context {
         endpoint: served.endpoint.clone(),
         key,
@@ -241,6 +250,7 @@ pub(crate) async fn consume_bound(
         projection: crate::decode::Projection::of(&served.endpoint),
         gate: consume::DatabaseGate::default(),
         shutdown: shutdown.clone(),
+        drain_until_gone: served.drain_until_gone,
     });
     consume::consume(
         ctx,
@@ -250,7 +260,12 @@ pub(crate) async fn consume_bound(
         shutdown.clone(),
     )
     .await;
-    sweeper.abort();
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
+    }
+    // What this loop said is pending is no longer its to say (a loop started
+    // again on the endpoint says it anew).
+    pending.clear();
 }
 
 /// Calls `attempt` until it succeeds, backing off from [`RETRY_FIRST_DELAY`]

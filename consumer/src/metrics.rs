@@ -2,6 +2,9 @@
 //! metric, a series per endpoint served (one with `--endpoint`, the pool's
 //! manifests with `--endpoint-dir`), never a series per event.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -59,9 +62,61 @@ pub struct Metrics {
     /// here: NATS's share of `event_latency_seconds`.
     pub delivery_latency_seconds: Histogram,
     /// Messages still to deliver to the durable consumer, as JetStream last said.
-    pub jetstream_pending: Gauge,
+    pub jetstream_pending: PendingGauge,
     /// Batches in progress in this process.
     pub batches_in_flight: Gauge,
+}
+
+impl Metrics {
+    /// The same series for a second loop of the endpoint (a shared-stream
+    /// member's own stream, drained beside the pool's), whose pending
+    /// messages add to the first loop's instead of replacing them.
+    pub fn another_source(&self) -> Metrics {
+        Metrics {
+            jetstream_pending: self.jetstream_pending.another_source(),
+            ..self.clone()
+        }
+    }
+}
+
+/// An endpoint's `jetstream_pending` series as one loop reports into it: the
+/// series is the sum of what each of the endpoint's loops last said (two
+/// while a shared-stream member's own stream drains), so neither hides the
+/// other's backlog.
+#[derive(Clone, Debug)]
+pub struct PendingGauge {
+    series: Gauge,
+    /// What this loop last added to `series`.
+    reported: Arc<AtomicI64>,
+}
+
+impl PendingGauge {
+    fn new(series: Gauge) -> PendingGauge {
+        PendingGauge {
+            series,
+            reported: Arc::default(),
+        }
+    }
+
+    fn another_source(&self) -> PendingGauge {
+        PendingGauge::new(self.series.clone())
+    }
+
+    /// This loop's pending messages, as JetStream last said.
+    pub fn set(&self, pending: i64) {
+        let before = self.reported.swap(pending, Ordering::Relaxed);
+        self.series.inc_by(pending - before);
+    }
+
+    /// Takes this loop's share out of the series, when the loop ends.
+    pub fn clear(&self) {
+        self.set(0);
+    }
+
+    /// The series: every loop's pending messages together.
+    pub fn get(&self) -> i64 {
+        self.series.get()
+    }
 }
 
 /// The process's metrics, named `hookline_consumer_*`.
@@ -181,7 +236,9 @@ impl MetricsRegistry {
             batch_seconds: self.batch_seconds.get_or_create_owned(&labels),
             event_latency_seconds: self.event_latency_seconds.get_or_create_owned(&labels),
             delivery_latency_seconds: self.delivery_latency_seconds.get_or_create_owned(&labels),
-            jetstream_pending: self.jetstream_pending.get_or_create_owned(&labels),
+            jetstream_pending: PendingGauge::new(
+                self.jetstream_pending.get_or_create_owned(&labels),
+            ),
             batches_in_flight: self.batches_in_flight.get_or_create_owned(&labels),
         }
     }
@@ -245,6 +302,25 @@ mod tests {
                 && line.ends_with(" 1")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn two_loops_of_one_endpoint_report_their_pending_messages_together() {
+        let metrics = MetricsRegistry::for_pool();
+        let shared = metrics.endpoint("ns/a");
+        let own = shared.another_source();
+        shared.jetstream_pending.set(5);
+        own.jetstream_pending.set(7);
+        assert_eq!(shared.jetstream_pending.get(), 12);
+        own.jetstream_pending.set(2);
+        assert_eq!(shared.jetstream_pending.get(), 7);
+        own.jetstream_pending.clear();
+        assert_eq!(shared.jetstream_pending.get(), 5);
+        // A loop started again on the endpoint (a changed manifest) after the
+        // first one cleared its share.
+        shared.jetstream_pending.clear();
+        metrics.endpoint("ns/a").jetstream_pending.set(3);
+        assert_eq!(shared.jetstream_pending.get(), 3);
     }
 
     #[test]

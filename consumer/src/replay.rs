@@ -1,12 +1,14 @@
 //! `hookline-consumer replay`: publishes dead letters into the stream again,
 //! with their original headers (so the same event id), and marks them replayed.
+//! Any stream takes them back, a `Buffer` as an `Archive`; with
+//! `--shared-stream POOL` that is the member's subject in the pool's stream.
 
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
-use hookline_api::headers;
 use hookline_api::nats::NatsError;
+use hookline_api::{ValidatedEndpoint, headers};
 use serde_json::Value;
 use tracing::info;
 
@@ -45,12 +47,8 @@ pub async fn replay(config: &Config, selection: &Selection) -> Result<usize> {
     let letters = store::dead_letters_to_replay(&pool, &endpoint.key(), selection).await?;
     let mut replayed = 0;
     for letter in letters {
-        let subject = letter.subject.clone().unwrap_or_else(|| {
-            endpoint
-                .stream
-                .subject_for(letter.event_type.as_deref().unwrap_or("unknown"))
-        });
-        publish(&js, &subject, &letter).await?;
+        let subject = subject_of(endpoint, &letter);
+        publish(&js, endpoint, &subject, &letter).await?;
         store::mark_replayed(&pool, letter.id).await?;
         info!(
             dead_letter = letter.id,
@@ -65,6 +63,24 @@ pub async fn replay(config: &Config, selection: &Selection) -> Result<usize> {
         .map_err(|err| Error::JetStream(format!("cannot send the last messages: {err}")))?;
     pool.close().await;
     Ok(replayed)
+}
+
+/// Where a dead letter goes back to: the subject it came from. A member of a
+/// pool's shared stream (`--shared-stream`) takes its subject in the pool's
+/// stream for a letter of another stream (its own, from before it joined),
+/// whose subjects are retired.
+fn subject_of(endpoint: &ValidatedEndpoint, letter: &StoredDeadLetter) -> String {
+    let settings = &endpoint.stream;
+    let in_pool_stream = |subject: &String| {
+        subject
+            .strip_prefix(settings.subject_prefix.as_str())
+            .is_some_and(|rest| rest.starts_with('.'))
+    };
+    letter
+        .subject
+        .clone()
+        .filter(|subject| settings.shared.is_none() || in_pool_stream(subject))
+        .unwrap_or_else(|| settings.subject_for(letter.event_type.as_deref().unwrap_or("unknown")))
 }
 
 /// A command run by hand fails rather than waits for a NATS that is down; the
@@ -85,15 +101,35 @@ async fn wait_connected(client: &async_nats::Client, url: &str) -> Result<()> {
         })
 }
 
-async fn publish(js: &jetstream::Context, subject: &str, letter: &StoredDeadLetter) -> Result<()> {
+async fn publish(
+    js: &jetstream::Context,
+    endpoint: &ValidatedEndpoint,
+    subject: &str,
+    letter: &StoredDeadLetter,
+) -> Result<()> {
     let mut map = header_map(&letter.headers);
     // Rows written by hand may carry the ids in their columns only.
     if let Some(event_id) = &letter.event_id {
-        for name in [headers::EVENT_ID, headers::MSG_ID] {
-            if map.get(name).is_none() {
-                map.insert(name, event_id.as_str());
-            }
+        if map.get(headers::EVENT_ID).is_none() {
+            map.insert(headers::EVENT_ID, event_id.as_str());
         }
+        if map.get(headers::MSG_ID).is_none() {
+            map.insert(
+                headers::MSG_ID,
+                endpoint.stream.message_id(event_id).as_ref(),
+            );
+        }
+    }
+    // A pool's shared stream deduplicates every member's ids in one window:
+    // a letter from the member's own stream gets the member's prefix.
+    if let Some(shared) = &endpoint.stream.shared
+        && let Some(id) = map.get(headers::MSG_ID).map(|id| id.as_str().to_owned())
+        && !id.starts_with(shared.message_id_prefix.as_str())
+    {
+        map.insert(
+            headers::MSG_ID,
+            format!("{}{id}", shared.message_id_prefix).as_str(),
+        );
     }
     if let Some(event_type) = &letter.event_type
         && map.get(headers::EVENT_TYPE).is_none()
@@ -158,6 +194,60 @@ fn header_map(stored: &Value) -> HeaderMap {
 mod tests {
     use super::*;
     use crate::decode::headers_json;
+
+    fn member(pool: Option<&str>) -> ValidatedEndpoint {
+        let manifest = hookline_api::parse_manifest(
+            "apiVersion: hookline.io/v1alpha1\nkind: WebhookEndpoint\nmetadata: {name: shop, namespace: test}\n\
+             spec: {provider: stripe, secretRef: {name: s, key: k}}\n",
+        )
+        .expect("manifest");
+        let endpoint = hookline_api::validate(&manifest).expect("valid");
+        match pool {
+            Some(pool) => crate::config::shared_member(endpoint, None, pool),
+            None => endpoint,
+        }
+    }
+
+    fn letter(subject: Option<&str>) -> StoredDeadLetter {
+        StoredDeadLetter {
+            id: 1,
+            event_id: Some("evt_1".into()),
+            event_type: Some("invoice.paid".into()),
+            subject: subject.map(str::to_owned),
+            headers: Value::Null,
+            payload: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_goes_back_to_its_subject() {
+        let dedicated = letter(Some("hookline.test.shop.invoice_paid"));
+        assert_eq!(
+            subject_of(&member(None), &dedicated),
+            "hookline.test.shop.invoice_paid"
+        );
+        let pooled = letter(Some("hookline.test.POOL_p.shop.x"));
+        assert_eq!(
+            subject_of(&member(Some("p")), &pooled),
+            "hookline.test.POOL_p.shop.x"
+        );
+    }
+
+    #[test]
+    fn a_members_dead_letter_of_its_own_stream_goes_to_its_subject_in_the_pools() {
+        let endpoint = member(Some("p"));
+        let own = letter(Some("hookline.test.shop.invoice_paid"));
+        assert_eq!(
+            subject_of(&endpoint, &own),
+            endpoint.stream.subject_for("invoice.paid")
+        );
+        // Another member's prefix that starts the same is not this member's.
+        let other = letter(Some("hookline.test.POOL_p.shopping.x"));
+        assert_eq!(
+            subject_of(&endpoint, &other),
+            endpoint.stream.subject_for("invoice.paid")
+        );
+    }
 
     #[test]
     fn stored_headers_round_trip() {

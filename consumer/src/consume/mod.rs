@@ -46,6 +46,10 @@ pub struct Context {
     pub gate: DatabaseGate,
     /// Ends a batch's wait for the database.
     pub shutdown: Shutdown,
+    /// Ends the loop, quietly, once the stream or the durable consumer is
+    /// gone: a shared-stream member's own stream, which the operator deletes
+    /// once drained. Any other loop keeps retrying until it is made again.
+    pub drain_until_gone: bool,
 }
 
 /// How long an idle pull waits on the server for a message; also the longest
@@ -152,6 +156,10 @@ pub async fn consume(
                 batch
             }
             Err(err) => {
+                if ctx.drain_until_gone && gone(&consumer).await {
+                    info!(cause = %err, "the drained stream or its durable consumer is gone: done");
+                    break;
+                }
                 // E.g. "max ack pending reached" during a database outage: say
                 // so once a while, not twice a second.
                 pull_failures += 1;
@@ -182,6 +190,19 @@ pub async fn consume(
     }
     while let Some(done) = tasks.join_next().await {
         report(done);
+    }
+}
+
+/// Whether the durable consumer, or its whole stream, no longer exists (any
+/// other answer, or none, is not taken for it).
+async fn gone(consumer: &PullConsumer) -> bool {
+    use jetstream::context::ConsumerInfoErrorKind;
+    match consumer.get_info().await {
+        Ok(_) => false,
+        Err(err) => matches!(
+            err.kind(),
+            ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
+        ),
     }
 }
 

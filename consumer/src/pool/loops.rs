@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::PoolStatus;
+use super::{PoolStatus, drain};
 use crate::Shutdown;
 use crate::consume::PullBudget;
 use crate::lifecycle::{FINAL_FLUSH, Served, bind, consume_bound};
@@ -37,6 +37,11 @@ pub(super) struct Shared {
     pub pull_budget: PullBudget,
     /// The process's shutdown: stops every loop.
     pub shutdown: Shutdown,
+    /// `--cluster-name`: where a shared-stream member's own stream is.
+    pub cluster_name: Option<String>,
+    /// The `maxAge` of the pool's shared stream, read from it once: the
+    /// members' retention, which their manifests do not set (the pool does).
+    pub shared_max_age: tokio::sync::OnceCell<Duration>,
 }
 
 /// A loop that runs, and what it was started with.
@@ -180,7 +185,8 @@ impl Loops {
 
 /// One endpoint's loop: what `--endpoint` runs after migrating — bind to the
 /// durable consumer (provisioning first when asked), consume until `shutdown`,
-/// finish the batches in hand, send their acknowledgements.
+/// finish the batches in hand, send their acknowledgements. A member of a
+/// shared stream also drains its own stream meanwhile, if it is still there.
 async fn run_loop(
     shared: Arc<Shared>,
     endpoint: ValidatedEndpoint,
@@ -209,25 +215,29 @@ async fn run_loop(
                 return;
             }
         };
-        let consumer = match bind(&endpoint, shared.provision, &shared.js, &shutdown).await {
-            Ok(Some(consumer)) => consumer,
-            Ok(None) => return,
-            Err(err) => {
-                warn!(cause = %err, "cannot serve this endpoint");
-                return;
+        let own = endpoint
+            .stream
+            .shared
+            .is_some()
+            .then(|| endpoint.own_stream(shared.cluster_name.as_deref()));
+        let drain = async {
+            if let Some(own) = own {
+                let metrics = Arc::new(metrics.another_source());
+                let span = info_span!("own_stream", stream = %own.stream.name);
+                drain::drain_own_stream(&shared, own, refetch.clone(), metrics, &shutdown)
+                    .instrument(span)
+                    .await;
             }
         };
-        bound.store(true, Ordering::Relaxed);
-        info!(stream = %endpoint.stream.name, "consuming");
-        let served = Served {
+        let serve = serve(
+            &shared,
             endpoint,
-            refetch,
-            concurrency: shared.concurrency,
-            sweep_interval: shared.sweep_interval,
-            pull_budget: shared.pull_budget.clone(),
-        };
-        consume_bound(&served, consumer, &shared.pool, metrics, &shutdown).await;
-        bound.store(false, Ordering::Relaxed);
+            refetch.clone(),
+            &bound,
+            metrics.clone(),
+            &shutdown,
+        );
+        tokio::join!(serve, drain);
         // Acks are buffered by the client: send this loop's before saying it stopped.
         if tokio::time::timeout(FINAL_FLUSH, shared.nats.flush())
             .await
@@ -239,4 +249,63 @@ async fn run_loop(
     }
     .instrument(span)
     .await;
+}
+
+/// The endpoint's stream (its own, or its pool's shared one) until `shutdown`.
+async fn serve(
+    shared: &Shared,
+    mut endpoint: ValidatedEndpoint,
+    refetch: Option<Refetcher>,
+    bound: &AtomicBool,
+    metrics: Arc<Metrics>,
+    shutdown: &Shutdown,
+) {
+    let consumer = match bind(&endpoint, shared.provision, &shared.js, shutdown).await {
+        Ok(Some(consumer)) => consumer,
+        Ok(None) => return,
+        Err(err) => {
+            warn!(cause = %err, "cannot serve this endpoint");
+            return;
+        }
+    };
+    if endpoint.stream.shared.is_some()
+        && let Some(max_age) = shared_max_age(shared, &endpoint.stream.name).await
+    {
+        endpoint.stream.max_age = max_age;
+    }
+    bound.store(true, Ordering::Relaxed);
+    info!(stream = %endpoint.stream.name, "consuming");
+    let served = Served {
+        endpoint,
+        refetch,
+        concurrency: shared.concurrency,
+        sweep_interval: shared.sweep_interval,
+        pull_budget: shared.pull_budget.clone(),
+        drain_until_gone: false,
+    };
+    consume_bound(&served, consumer, &shared.pool, metrics, shutdown).await;
+    bound.store(false, Ordering::Relaxed);
+}
+
+/// The pool stream's `maxAge`, read once for every member; `None` (the
+/// member keeps its manifest's, and the next member asks again) when the
+/// stream does not answer.
+async fn shared_max_age(shared: &Shared, stream: &str) -> Option<Duration> {
+    let read = shared
+        .shared_max_age
+        .get_or_try_init(|| async {
+            let stream = shared.js.get_stream(stream).await?;
+            Ok::<_, async_nats::jetstream::context::GetStreamError>(
+                stream.cached_info().config.max_age,
+            )
+        })
+        .await;
+    match read {
+        // 0 is "no limit": keep the manifest's.
+        Ok(max_age) => Some(*max_age).filter(|max_age| !max_age.is_zero()),
+        Err(err) => {
+            warn!(cause = %err, stream, "cannot read the shared stream's maxAge; the endpoint's own is the retention for now");
+            None
+        }
+    }
 }

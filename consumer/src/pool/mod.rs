@@ -9,7 +9,15 @@
 //! - [`hookline_api::pool_dir`]: which files are endpoints, and why the others
 //!   are skipped (read as the pool receiver reads them).
 //! - `loops`: starting, stopping and restarting the loops.
+//! - `drain`: with `--shared-stream`, a member's own stream, drained beside
+//!   the pool's until the operator deletes it.
+//!
+//! With `--shared-stream POOL` every endpoint is a member of the pool's one
+//! stream ([`ValidatedEndpoint::in_shared_stream`]): its loop pulls from that
+//! stream through its own durable, filtered on its subjects, so batches,
+//! retries, dead letters and pending counts stay its own.
 
+mod drain;
 mod loops;
 
 use std::collections::BTreeMap;
@@ -22,6 +30,7 @@ use async_nats::jetstream;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::config::shared_member;
 use crate::consume::PullBudget;
 use crate::http::HttpState;
 use crate::lifecycle::{MIN_STATEMENT_TIMEOUT, finish, retry, serve_http};
@@ -30,7 +39,8 @@ use crate::store;
 use crate::{PoolConfig, Result, Shutdown};
 
 use hookline_api::ValidatedEndpoint;
-use hookline_api::pool_dir::Directory;
+use hookline_api::pool_dir::{Directory, Found};
+use hookline_api::validated::StreamRetention;
 use loops::Loops;
 
 /// The statement timeout of the shared pool: the default `ackWait`, since the
@@ -97,6 +107,32 @@ fn pool_can_consume(endpoint: &ValidatedEndpoint) -> Result<(), String> {
     Ok(())
 }
 
+/// What a pool consumer with `--shared-stream` cannot serve: an `Archive`,
+/// which keeps a stream of its own (the operator refuses it as a member of
+/// such a pool).
+fn pool_can_share(endpoint: &ValidatedEndpoint) -> Result<(), String> {
+    pool_can_consume(endpoint)?;
+    if endpoint.stream.retention == StreamRetention::Archive {
+        return Err(
+            "spec.stream.retention: an Archive keeps its own stream, not a member of a pool's shared stream (--shared-stream)".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Moves every endpoint found into the pool's shared stream, when there is one.
+fn into_shared_stream(found: &mut Found, config: &PoolConfig) {
+    let Some(pool) = &config.shared_stream else {
+        return;
+    };
+    let cluster = config.cluster_name.as_deref();
+    let endpoints = std::mem::take(&mut found.endpoints);
+    found.endpoints = endpoints
+        .into_iter()
+        .map(|(key, (file, endpoint))| (key, (file, shared_member(endpoint, cluster, pool))))
+        .collect();
+}
+
 /// Runs a pool consumer on `listener` (`/healthz`, `/readyz`, `/metrics`)
 /// until `shutdown` completes, then stops every loop (each finishes its
 /// batches in hand) and returns. Fails at start only on what no retry fixes:
@@ -107,9 +143,14 @@ pub async fn run_pool(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let mut shutdown = Shutdown::new(shutdown);
-    let mut directory = Directory::new(config.endpoint_dir.clone(), config.cluster_name.clone())
-        .with_check(pool_can_consume);
-    let first = directory.scan_first()?;
+    let check = match config.shared_stream {
+        Some(_) => pool_can_share,
+        None => pool_can_consume,
+    };
+    let mut directory =
+        Directory::new(config.endpoint_dir.clone(), config.cluster_name.clone()).with_check(check);
+    let mut first = directory.scan_first()?;
+    into_shared_stream(&mut first, &config);
     let options = store::connect_options(&config.database_url)?;
     let pool = store::pool(
         &options,
@@ -141,6 +182,7 @@ pub async fn run_pool(
         namespace = directory.namespace().unwrap_or(""),
         endpoints = first.endpoints.len(),
         skipped = first.skipped.len(),
+        shared_stream = config.shared_stream.as_deref().unwrap_or(""),
         listen = ?address,
         "starting a pool consumer"
     );
@@ -169,6 +211,8 @@ pub async fn run_pool(
             sweep_interval: config.sweep_interval,
             pull_budget: PullBudget::new(config.pull_budget_bytes),
             shutdown: shutdown.clone(),
+            cluster_name: config.cluster_name.clone(),
+            shared_max_age: Default::default(),
         });
         let mut next = Some(first);
         loop {
@@ -186,7 +230,10 @@ pub async fn run_pool(
                 break;
             }
             match directory.scan() {
-                Ok(found) => next = Some(found),
+                Ok(mut found) => {
+                    into_shared_stream(&mut found, &config);
+                    next = Some(found);
+                }
                 // Keep serving what was loaded: a directory that cannot be
                 // read for a moment must not stop every endpoint.
                 Err(err) => {

@@ -139,6 +139,11 @@ fn missing_or_wrong_settings_are_one_line_errors() {
             "not a valid Postgres URL",
         ),
         (
+            vec!["--endpoint", missing, "--shared-stream", "hooks"],
+            vec![],
+            "--shared-stream is for --endpoint-dir",
+        ),
+        (
             vec!["--endpoint", missing, "--endpoint-dir", dir_path],
             vec![],
             "--endpoint and --endpoint-dir exclude each other",

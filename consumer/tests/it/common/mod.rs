@@ -160,10 +160,11 @@ impl TestEvent {
 
 pub async fn publish(js: &jetstream::Context, endpoint: &ValidatedEndpoint, event: &TestEvent) {
     let mut map = HeaderMap::new();
-    map.insert(
-        headers::MSG_ID,
-        event.msg_id.as_deref().unwrap_or(&event.id),
-    );
+    // In a pool's shared stream, prefixed by the endpoint's name as the receiver does.
+    let msg_id = endpoint
+        .stream
+        .message_id(event.msg_id.as_deref().unwrap_or(&event.id));
+    map.insert(headers::MSG_ID, msg_id.as_ref());
     map.insert(headers::EVENT_ID, event.id.as_str());
     map.insert(headers::EVENT_TYPE, event.event_type.as_str());
     if let Some(timestamp) = &event.timestamp {
