@@ -80,13 +80,16 @@ pub(super) const LAYOUT: [Layout; 6] = [
 
 /// The pool: endpoints of three providers (named `<example>-pooled`) served
 /// by two pool receivers (`--endpoint-dir`, `--secret-dir`) and one pool
-/// consumer (`--endpoint-dir`), beside the dedicated endpoints.
+/// consumer (`--endpoint-dir`), beside the dedicated endpoints; their events
+/// share the pool's one stream (`--shared-stream`).
 pub(super) const POOL_MEMBERS: [Provider; 3] =
     [Provider::Stripe, Provider::Github, Provider::Generic];
 pub(super) const POOL_RECEIVERS: usize = 2;
 pub(super) const POOL_CONSUMERS: usize = 1;
-/// The pool's name in log file names.
+/// The pool's name: in log file names and its shared stream's name.
 const POOL_NAME: &str = "pool";
+/// The pool's shared stream (`HOOKLINE_<ns>_POOL_<pool>`).
+const POOL_STREAM: &str = "HOOKLINE_soak_POOL_pool";
 
 /// One endpoint as the senders and the checks see it.
 #[derive(Debug)]
@@ -100,6 +103,10 @@ pub struct Endpoint {
     pub max_bytes: i64,
     /// Index of the [`Pods`] serving it.
     pub pods: usize,
+    /// The stream its events wait in: its own, named as the contract says
+    /// (`HOOKLINE_<namespace>_<name>`, the soak's names need no sanitizing),
+    /// or the pool's shared one.
+    pub stream: String,
 }
 
 /// What a set of pods is started with: one endpoint's manifest and secret
@@ -165,7 +172,7 @@ pub(super) fn write_all(
         let secret = secret(provider);
         write_file(&secret_dir.join(&written.name), &format!("{secret}\n"))?;
         pods[0].members.push(endpoints.len());
-        endpoints.push(written.endpoint(secret, 0));
+        endpoints.push(written.endpoint(secret, 0, true));
     }
     for layout in &LAYOUT {
         let written = Written::new(layout.provider, layout.max_bytes, None)?;
@@ -182,7 +189,7 @@ pub(super) fn write_all(
             },
         );
         own.members.push(endpoints.len());
-        endpoints.push(written.endpoint(secret, pods.len()));
+        endpoints.push(written.endpoint(secret, pods.len(), false));
         pods.push(own);
     }
     Ok((endpoints, pods))
@@ -267,7 +274,12 @@ impl Written {
         })
     }
 
-    fn endpoint(self, secret: String, pods: usize) -> Endpoint {
+    fn endpoint(self, secret: String, pods: usize, pooled: bool) -> Endpoint {
+        let stream = if pooled {
+            POOL_STREAM.to_owned()
+        } else {
+            format!("HOOKLINE_{NAMESPACE}_{}", self.name)
+        };
         Endpoint {
             provider: self.provider,
             key: format!("{NAMESPACE}/{}", self.name),
@@ -275,25 +287,13 @@ impl Written {
             secret,
             max_bytes: self.max_bytes,
             pods,
+            stream,
         }
     }
 }
 
 fn write_file(path: &Path, text: &str) -> Result<()> {
     fs::write(path, text).map_err(io_err(format!("writing {}", path.display())))
-}
-
-impl Endpoint {
-    /// The name in file names: the key without its namespace.
-    pub(super) fn name(&self) -> &str {
-        self.key.rsplit('/').next().unwrap_or(&self.key)
-    }
-
-    /// Its stream, named as the contract says: `HOOKLINE_<namespace>_<name>`
-    /// (the soak's names need no sanitizing).
-    pub fn stream(&self) -> String {
-        format!("HOOKLINE_{NAMESPACE}_{}", self.name())
-    }
 }
 
 impl Pods {
@@ -326,6 +326,9 @@ impl Pods {
             } => ("--endpoint-dir", endpoint_dir, "--secret-dir", secret_dir),
         };
         let mut args = vec![flag.into(), path.into()];
+        if self.is_pool() {
+            args.extend(["--shared-stream".into(), POOL_NAME.into()]);
+        }
         if receiver {
             args.extend([secret_flag.into(), secret.into()]);
         }

@@ -196,7 +196,7 @@ fn apply(
             let members = fleet.pods[pods].members.clone();
             let streams: Vec<String> = members
                 .iter()
-                .map(|&endpoint| fleet.endpoints[endpoint].stream())
+                .map(|&endpoint| fleet.endpoints[endpoint].stream.clone())
                 .collect();
             let unacknowledged = || -> u64 {
                 fleet

@@ -214,7 +214,9 @@ impl Fleet {
         let deadline = Instant::now() + bound;
         loop {
             let streams = self.streams().unwrap_or_default();
-            if streams.len() == self.endpoints.len() && streams.iter().all(StreamState::drained) {
+            let expected: std::collections::BTreeSet<&str> =
+                self.endpoints.iter().map(|e| e.stream.as_str()).collect();
+            if streams.len() == expected.len() && streams.iter().all(StreamState::drained) {
                 return Ok(streams);
             }
             if Instant::now() > deadline {
