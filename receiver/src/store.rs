@@ -910,3 +910,32 @@ impl Store {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_members_messages_are_its_own_subjects_and_its_bytes_their_share() {
+        let subjects = [
+            ("hookline.shop.POOL_hooks.alpha.issues", 3),
+            ("hookline.shop.POOL_hooks.alpha.push", 1),
+            ("hookline.shop.POOL_hooks.beta.issues", 4),
+            ("hookline.shop.POOL_other.alpha.issues", 9),
+        ];
+        let figures = SharedStreamFigures {
+            retention: RetentionPolicy::WorkQueue,
+            messages: 8,
+            bytes: 8000,
+            subjects: subjects
+                .iter()
+                .map(|(subject, messages)| ((*subject).to_owned(), *messages))
+                .collect(),
+        };
+        let members = figures.messages_by_member("hookline.shop.POOL_hooks.>");
+        assert_eq!(members.get("alpha"), Some(&4));
+        assert_eq!(members.get("beta"), Some(&4));
+        assert_eq!(members.len(), 2);
+        assert_eq!(figures.member_bytes(4), 4000);
+    }
+}
