@@ -14,11 +14,15 @@
 //! published and the schema migrated, so the time is the drain's alone (for
 //! the pool: binding every durable consumer included). Events are 1 KB
 //! Stripe-like invoice events, every three sharing an invoice. Prints each
-//! drain's events/s, the CPU per event of this process and of Postgres, and
+//! drain's events/s, the CPU per event of this process, of Postgres and of
+//! nats-server, nats-server's CPU with no client after the pool's drain, and
 //! the pool's rate as a share of the single endpoint's. With
 //! `--shared-stream` the pool's endpoints are members of one stream (a
 //! `WebhookPool` with `spec.stream`, the consumer's `--shared-stream`), each
 //! drained through its own durable on it; the single endpoint keeps its own.
+//! It also prints what the shared stream still holds right after the drain
+//! (acknowledgements nats-server has not applied yet), and deletes it before
+//! the single endpoint's drain.
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +43,8 @@ const BODY_BYTES: usize = 1024;
 const POLL: Duration = Duration::from_millis(20);
 /// PubAcks awaited together when publishing.
 const PUBLISH_WINDOW: usize = 100;
+/// How long nats-server's idle CPU is measured after the pool's drain.
+const IDLE_WINDOW: Duration = Duration::from_secs(5);
 /// How often a slow drain says how far it got.
 const PROGRESS: Duration = Duration::from_secs(5);
 
@@ -208,14 +214,15 @@ struct Drained {
     rate: f64,
     client_us: f64,
     postgres_us: f64,
+    nats_us: f64,
 }
 
 impl std::fmt::Display for Drained {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:.0} events/s ({:.2} s), CPU µs/event: consumer {:.0}, Postgres {:.0}",
-            self.rate, self.seconds, self.client_us, self.postgres_us
+            "{:.0} events/s ({:.2} s), CPU µs/event: consumer {:.0}, Postgres {:.0}, nats-server {:.0}",
+            self.rate, self.seconds, self.client_us, self.postgres_us, self.nats_us
         )?;
         let (mib, fpi, checkpoints) = self.wal;
         write!(
@@ -233,6 +240,7 @@ impl std::fmt::Display for Drained {
 /// waits until `total` rows are stored, stops it.
 async fn drain<F>(
     db: &PgPool,
+    nats: &NatsServer,
     total: usize,
     consumer: impl FnOnce(tokio::net::TcpListener, tokio::sync::oneshot::Receiver<()>) -> F,
 ) -> BenchResult<Drained>
@@ -242,6 +250,8 @@ where
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let client_before = cpu_seconds(std::process::id()).unwrap_or(0.0);
     let postgres_before = command_cpu_seconds("postgres");
+    let nats_cpu = || nats.pid().and_then(cpu_seconds).unwrap_or(0.0);
+    let nats_before = nats_cpu();
     let wal_before = wal(db).await;
     let mut waited: std::collections::HashMap<String, usize> = Default::default();
     // Progress is counted from the NOTIFY each stored event sends: polling
@@ -299,10 +309,19 @@ where
             client_before,
         ),
         postgres_us: per_event(command_cpu_seconds("postgres"), postgres_before),
+        nats_us: per_event(nats_cpu(), nats_before),
     };
     let _ = stop.send(());
     task.await??;
     Ok(drained)
+}
+
+/// nats-server's CPU over [`IDLE_WINDOW`], in cores.
+async fn nats_idle(nats: &NatsServer) -> f64 {
+    let cpu = || nats.pid().and_then(cpu_seconds).unwrap_or(0.0);
+    let before = cpu();
+    tokio::time::sleep(IDLE_WINDOW).await;
+    (cpu() - before) / IDLE_WINDOW.as_secs_f64()
 }
 
 async fn reset(db: &PgPool) -> BenchResult<()> {
@@ -361,13 +380,38 @@ async fn main() -> BenchResult<()> {
     }
     let (concurrency, connections) = (pool_config.concurrency, pool_config.database_connections);
     reset(&db).await?;
-    let pool = drain(&db, total, |listener, stopped| async move {
+    let pool = drain(&db, &nats, total, |listener, stopped| async move {
         hookline_consumer::run_pool(pool_config, listener, async move {
             let _ = stopped.await;
         })
         .await
     })
     .await?;
+
+    // Every event stored and acknowledged: what the shared stream still holds
+    // is acknowledgements nats-server has not applied yet.
+    let unapplied = if args.shared_stream {
+        let name = hookline_api::naming::pool_stream_name_in(None, NAMESPACE, POOL);
+        Some(js.get_stream(&name).await?.info().await?.state.messages)
+    } else {
+        None
+    };
+    // What the pool's streams and durables cost nats-server once drained,
+    // with no client left.
+    let idle = nats_idle(&nats).await;
+    // nats-server applied the acknowledgements of a shared stream with 1,000
+    // member durables far slower than they came (about 2,700 a second on a
+    // core, on 2 busy cores), for tens of seconds after the drain: deleted,
+    // the stream leaves the single endpoint's drain alone.
+    let idle_after_delete = if args.shared_stream {
+        js.delete_stream(&hookline_api::naming::pool_stream_name_in(
+            None, NAMESPACE, POOL,
+        ))
+        .await?;
+        Some(nats_idle(&nats).await)
+    } else {
+        None
+    };
 
     // One endpoint, the same number of events.
     let single_dir = tempfile::tempdir()?;
@@ -379,7 +423,7 @@ async fn main() -> BenchResult<()> {
     }
     let single_concurrency = config.concurrency;
     reset(&db).await?;
-    let one = drain(&db, total, |listener, stopped| async move {
+    let one = drain(&db, &nats, total, |listener, stopped| async move {
         hookline_consumer::run(config, listener, async move {
             let _ = stopped.await;
         })
@@ -401,6 +445,21 @@ async fn main() -> BenchResult<()> {
         "single: 1 endpoint × {total} events, concurrency {single_concurrency}, {} database connections: {one}",
         u32::from(single_concurrency) + 2
     );
+    println!(
+        "nats-server with no client after the pool's drain: {:.0} % of a core",
+        idle * 100.0
+    );
+    if let Some(messages) = unapplied {
+        println!(
+            "the shared stream right after the drain (every event stored and acknowledged): {messages} messages still in it"
+        );
+    }
+    if let Some(idle) = idle_after_delete {
+        println!(
+            "nats-server once the pool's stream is deleted: {:.0} % of a core",
+            idle * 100.0
+        );
+    }
     println!(
         "ratio (pool / single events/s): {:.2}",
         pool.rate / one.rate
