@@ -7,12 +7,13 @@
 //!
 //! With `pooled` the endpoints of each namespace join one `WebhookPool`
 //! there (its members keep their streams and Ingresses; the pool has the
-//! pods), and every pool is waited for as well.
+//! pods), and every pool is waited for as well; with `shared` the pools have
+//! a shared stream (`spec.stream`), one stream per pool instead of per member.
 //!
 //! ```sh
 //! cargo build --release -p hookline-operator
 //! HOOKLINE_BIN_DIR=target/release HOOKLINE_FAKEKUBE=../shared/tools/fakekube.py \
-//!   cargo run --release -p hookline-operator --example fleet_bench -- 1000 20 [pooled]
+//!   cargo run --release -p hookline-operator --example fleet_bench -- 1000 20 [pooled|shared]
 //! ```
 
 #[path = "../tests/it/support/mod.rs"]
@@ -42,7 +43,9 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let count: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let namespaces: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
-    let pooled = args.next().as_deref() == Some("pooled");
+    let layout = args.next();
+    let shared = layout.as_deref() == Some("shared");
+    let pooled = shared || layout.as_deref() == Some("pooled");
     let fake = tokio::task::block_in_place(|| FakeKube::start(true));
     let nats =
         tokio::task::block_in_place(|| NatsServer::start_with_max_file_store(CHART_FILE_STORE))
@@ -54,7 +57,7 @@ async fn main() {
         let namespace = format!("team-{index}");
         create_stripe_secrets(&client, &namespace).await;
         if pooled {
-            apply_pool(&client, &namespace).await;
+            apply_pool(&client, &namespace, shared).await;
         }
     }
     let applied = Instant::now();
@@ -78,7 +81,9 @@ async fn main() {
     println!(
         "{count} endpoints in {namespaces} namespaces applied in {:.1} s ({}); nats-server store {} GiB",
         applied.elapsed().as_secs_f64(),
-        if pooled {
+        if shared {
+            "one WebhookPool with a shared stream per namespace".to_owned()
+        } else if pooled {
             "one WebhookPool per namespace".to_owned()
         } else {
             "dedicated pods".to_owned()
@@ -197,11 +202,17 @@ async fn main() {
 /// The pool every endpoint of the namespace joins in `pooled` mode.
 const POOL: &str = "shared";
 
-async fn apply_pool(client: &kube::Client, namespace: &str) {
+async fn apply_pool(client: &kube::Client, namespace: &str, shared: bool) {
+    let mut spec = serde_json::json!({
+        "consumer": {"databaseSecretRef": {"name": "hookline-postgres", "key": "url"}},
+    });
+    if shared {
+        spec["stream"] = serde_json::json!({});
+    }
     let pool: WebhookPool = serde_json::from_value(serde_json::json!({
         "apiVersion": "hookline.io/v1alpha1", "kind": "WebhookPool",
         "metadata": {"name": POOL, "namespace": namespace},
-        "spec": {"consumer": {"databaseSecretRef": {"name": "hookline-postgres", "key": "url"}}},
+        "spec": spec,
     }))
     .expect("pool");
     Api::<WebhookPool>::namespaced(client.clone(), namespace)
