@@ -22,6 +22,15 @@ pub use owner::{
 /// How long one provisioning round may take before it is reported as failed.
 pub const PROVISION_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Runs one provisioning round, failing it after [`PROVISION_TIMEOUT`].
+async fn bounded<T>(
+    round: impl std::future::Future<Output = Result<T, ProvisionError>>,
+) -> Result<T, ProvisionError> {
+    tokio::time::timeout(PROVISION_TIMEOUT, round)
+        .await
+        .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
+}
+
 /// Batches of `consumer.batchSize` each consumer pod may hold unacknowledged:
 /// the consumer's default `--concurrency` of four in flight.
 /// Times `scaling.maxReplicas`, so every pod KEDA starts has work, while a
@@ -195,9 +204,7 @@ pub async fn ensure(
     owner: Option<&StreamOwner>,
     known: &mut Option<Provisioned>,
 ) -> Result<Ensured, ProvisionError> {
-    tokio::time::timeout(PROVISION_TIMEOUT, ensure_inner(js, endpoint, owner, known))
-        .await
-        .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
+    bounded(ensure_inner(js, endpoint, owner, known)).await
 }
 
 async fn ensure_inner(
@@ -403,9 +410,7 @@ pub async fn ensure_pool_stream(
             Err(err) => Err(stream_error(&name, "read")(err)),
         }
     };
-    tokio::time::timeout(PROVISION_TIMEOUT, round)
-        .await
-        .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
+    bounded(round).await
 }
 
 /// What [`retire_own_stream`] found and did.
@@ -483,9 +488,7 @@ pub async fn retire_own_stream(
             Err(err) => Err(stream_error(name, "delete")(err)),
         }
     };
-    tokio::time::timeout(PROVISION_TIMEOUT, round)
-        .await
-        .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
+    bounded(round).await
 }
 
 /// The pending count of durable `durable` on the stream `stream` (a
@@ -519,9 +522,7 @@ pub async fn durable_pending(
             }),
         }
     };
-    tokio::time::timeout(PROVISION_TIMEOUT, round)
-        .await
-        .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
+    bounded(round).await
 }
 
 /// Deletes durable `durable` of the stream `stream` (a member's that left
@@ -553,9 +554,7 @@ pub async fn delete_durable(
             },
         }
     };
-    tokio::time::timeout(PROVISION_TIMEOUT, round)
-        .await
-        .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
+    bounded(round).await
 }
 
 /// Removes the stored events of the subjects `subject_filter` (one member's,
@@ -583,9 +582,7 @@ pub async fn purge_subjects(
             },
         }
     };
-    tokio::time::timeout(PROVISION_TIMEOUT, round)
-        .await
-        .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
+    bounded(round).await
 }
 
 /// Creates the stream and durable consumer, or updates them to match
@@ -745,9 +742,7 @@ pub async fn delete_owned(
             Err(err) => Err(stream_error(name, "delete")(err)),
         }
     };
-    tokio::time::timeout(PROVISION_TIMEOUT, round)
-        .await
-        .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
+    bounded(round).await
 }
 
 /// The finalizer's `deletionPolicy: Retain`: keeps the stream and its events
@@ -775,9 +770,7 @@ pub async fn release(
             .map_err(stream_error(name, "update"))?;
         Ok(Cleanup::Done)
     };
-    tokio::time::timeout(PROVISION_TIMEOUT, round)
-        .await
-        .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
+    bounded(round).await
 }
 
 /// The config of the stream `name` when `owner` may remove or release it;
@@ -850,9 +843,7 @@ pub async fn stats(
         };
         Ok(stats_of(info, endpoint, retention, pending))
     };
-    tokio::time::timeout(PROVISION_TIMEOUT, read)
-        .await
-        .map_err(|_| ProvisionError::Timeout(PROVISION_TIMEOUT))?
+    bounded(read).await
 }
 
 #[cfg(test)]
