@@ -139,15 +139,7 @@ impl SharedStreams {
         let retired = naming::retired_subject_in(cluster, &endpoint.namespace, &endpoint.name);
         let js = jetstream::new(nats.clone());
         match provision::retire_own_stream(&js, &name, &retired, owner).await {
-            Ok(Retirement::Draining {
-                messages,
-                bytes,
-                work_queue,
-            }) => Some(Retirement::Draining {
-                messages,
-                bytes,
-                work_queue,
-            }),
+            Ok(draining @ Retirement::Draining { .. }) => Some(draining),
             Ok(done) => {
                 lock(&self.own_gone).insert(owner.uid.clone());
                 Some(done)
