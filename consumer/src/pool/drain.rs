@@ -57,9 +57,8 @@ pub(super) async fn drain_own_stream(
     consume_bound(&served, consumer, &shared.pool, metrics, shutdown).await;
 }
 
-/// The durable consumer of `own`'s stream; `None` when there is nothing to
-/// drain: no stream, or a stream without the durable and without messages.
-/// A stream with messages but no durable (never made) gets one.
+/// The durable consumer of `own`'s stream; `None` when there is no stream.
+/// A stream without the durable (never made) gets one.
 async fn own_durable(
     js: &jetstream::Context,
     own: &ValidatedEndpoint,
@@ -85,16 +84,12 @@ async fn own_durable(
             info!("the endpoint's own stream is gone: nothing to drain");
             Ok(None)
         }
+        // Made even for an empty stream: a receiver that has not reloaded yet
+        // may still store events there until the operator retires its
+        // subjects, and the operator deletes it only once it is empty.
         Err(err) if err.kind() == ConsumerInfoErrorKind::NotFound => {
-            let messages = stream.cached_info().state.messages;
-            if messages == 0 {
-                info!(
-                    "the endpoint's own stream is empty and has no durable consumer: nothing to drain"
-                );
-                return Ok(None);
-            }
             info!(
-                messages,
+                messages = stream.cached_info().state.messages,
                 "the endpoint's own stream has no durable consumer: making one to drain it"
             );
             create_durable(&stream, own).await.map(Some)
