@@ -445,15 +445,11 @@ pub async fn retire_own_stream(
     owner: &StreamOwner,
 ) -> Result<Retirement, ProvisionError> {
     let round = async {
-        let stream = match js.get_stream(name).await {
-            Ok(stream) => stream,
-            Err(err) if is_stream_not_found(&err.kind()) => return Ok(Retirement::Missing),
-            Err(err) => return Err(stream_error(name, "read")(err)),
+        let mut info = match removable(js, name, owner).await? {
+            Ok(info) => info,
+            Err(Cleanup::OwnedElsewhere(mark)) => return Ok(Retirement::OwnedElsewhere(mark)),
+            Err(Cleanup::Missing | Cleanup::Done) => return Ok(Retirement::Missing),
         };
-        let mut info = stream.cached_info().clone();
-        if let Err(mark) = owner::may_remove(&info.config, owner) {
-            return Ok(Retirement::OwnedElsewhere(mark));
-        }
         let retired = vec![retired_subject.to_owned()];
         if info.config.subjects != retired {
             let config = stream::Config {
@@ -482,11 +478,11 @@ pub async fn retire_own_stream(
             stream = name,
             "deleting the drained stream of a pool member"
         );
-        match js.delete_stream(name).await {
-            Ok(_) => Ok(Retirement::Deleted),
-            Err(err) if is_stream_not_found(&err.kind()) => Ok(Retirement::Missing),
-            Err(err) => Err(stream_error(name, "delete")(err)),
-        }
+        Ok(if remove_stream(js, name).await? {
+            Retirement::Deleted
+        } else {
+            Retirement::Missing
+        })
     };
     bounded(round).await
 }
@@ -736,11 +732,11 @@ pub async fn delete_owned(
         if let Err(found) = removable(js, name, owner).await? {
             return Ok(found);
         }
-        match js.delete_stream(name).await {
-            Ok(_) => Ok(Cleanup::Done),
-            Err(err) if is_stream_not_found(&err.kind()) => Ok(Cleanup::Missing),
-            Err(err) => Err(stream_error(name, "delete")(err)),
-        }
+        Ok(if remove_stream(js, name).await? {
+            Cleanup::Done
+        } else {
+            Cleanup::Missing
+        })
     };
     bounded(round).await
 }
@@ -755,7 +751,7 @@ pub async fn release(
 ) -> Result<Cleanup, ProvisionError> {
     let round = async {
         let current = match removable(js, name, owner).await? {
-            Ok(current) => current,
+            Ok(info) => info.config,
             Err(found) => return Ok(found),
         };
         if owner_mark(&current).is_none() {
@@ -773,34 +769,39 @@ pub async fn release(
     bounded(round).await
 }
 
-/// The config of the stream `name` when `owner` may remove or release it;
-/// else what the cleanup found (no stream, or another owner's).
+/// The stream `name` (config and state) when `owner` may remove, release or
+/// retire it; else what the cleanup found (no stream, or another owner's).
 async fn removable(
     js: &jetstream::Context,
     name: &str,
     owner: &StreamOwner,
-) -> Result<Result<stream::Config, Cleanup>, ProvisionError> {
+) -> Result<Result<stream::Info, Cleanup>, ProvisionError> {
     let stream = match js.get_stream(name).await {
         Ok(stream) => stream,
         Err(err) if is_stream_not_found(&err.kind()) => return Ok(Err(Cleanup::Missing)),
         Err(err) => return Err(stream_error(name, "read")(err)),
     };
-    let config = stream.cached_info().config.clone();
-    Ok(match owner::may_remove(&config, owner) {
-        Ok(()) => Ok(config),
+    let info = stream.cached_info();
+    Ok(match owner::may_remove(&info.config, owner) {
+        Ok(()) => Ok(info.clone()),
         Err(mark) => Err(Cleanup::OwnedElsewhere(mark)),
     })
+}
+
+/// Deletes the stream `name`: true when it was there, false when it was
+/// already gone.
+async fn remove_stream(js: &jetstream::Context, name: &str) -> Result<bool, ProvisionError> {
+    match js.delete_stream(name).await {
+        Ok(_) => Ok(true),
+        Err(err) if is_stream_not_found(&err.kind()) => Ok(false),
+        Err(err) => Err(stream_error(name, "delete")(err)),
+    }
 }
 
 /// Removes the stream `name` whoever owns it; a missing stream is fine.
 /// For tools and tests: the operator uses [`delete_owned`].
 pub async fn delete_stream(js: &jetstream::Context, name: &str) -> Result<(), ProvisionError> {
-    match tokio::time::timeout(PROVISION_TIMEOUT, js.delete_stream(name)).await {
-        Err(_) => Err(ProvisionError::Timeout(PROVISION_TIMEOUT)),
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(err)) if is_stream_not_found(&err.kind()) => Ok(()),
-        Ok(Err(err)) => Err(stream_error(name, "delete")(err)),
-    }
+    bounded(remove_stream(js, name)).await.map(|_| ())
 }
 
 /// What the stream and the durable consumer hold right now.
