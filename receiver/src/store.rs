@@ -190,6 +190,24 @@ impl Nats {
         let _ = tokio::time::timeout(limit, self.client.flush()).await;
     }
 
+    /// One JetStream API request read into `T` (only the fields a caller
+    /// needs): `Err` when no answer came, `Ok(Err)` the API's refusal.
+    async fn api<T: serde::de::DeserializeOwned>(
+        &self,
+        subject: String,
+        body: serde_json::Value,
+    ) -> Result<Result<T, jetstream::Error>, String> {
+        let response: jetstream::response::Response<T> = self
+            .js
+            .request(subject, &body)
+            .await
+            .map_err(|err| err.to_string())?;
+        Ok(match response {
+            jetstream::response::Response::Ok(answer) => Ok(answer),
+            jetstream::response::Response::Err { error } => Err(error),
+        })
+    }
+
     /// Every stream whose subjects fall under `subjects`, by name, with the
     /// figures a probe reads: one `STREAM.LIST` request per 256 streams,
     /// read into [`ListedStream`] only (a whole stream info of a thousand
@@ -222,18 +240,13 @@ impl Nats {
         let mut streams = HashMap::new();
         let mut offset = 0;
         loop {
-            let response: jetstream::response::Response<Page> = self
-                .js
-                .request(
-                    "STREAM.LIST",
-                    &serde_json::json!({"offset": offset, "subject": subjects}),
+            let page: Page = self
+                .api(
+                    "STREAM.LIST".to_owned(),
+                    serde_json::json!({"offset": offset, "subject": subjects}),
                 )
-                .await
-                .map_err(|err| err.to_string())?;
-            let page = match response {
-                jetstream::response::Response::Ok(page) => page,
-                jetstream::response::Response::Err { error } => return Err(error.to_string()),
-            };
+                .await?
+                .map_err(|error| error.to_string())?;
             let listed = page.streams.unwrap_or_default();
             if listed.is_empty() {
                 return Ok(streams);
@@ -282,22 +295,16 @@ impl Nats {
         let mut figures: Option<SharedStreamFigures> = None;
         let mut offset = 0;
         loop {
-            let response: jetstream::response::Response<Page> = self
-                .js
-                .request(
+            let page: Page = match self
+                .api(
                     format!("STREAM.INFO.{stream}"),
-                    &serde_json::json!({"offset": offset, "subjects_filter": filter}),
+                    serde_json::json!({"offset": offset, "subjects_filter": filter}),
                 )
-                .await
-                .map_err(|err| err.to_string())?;
-            let page = match response {
-                jetstream::response::Response::Ok(page) => page,
-                jetstream::response::Response::Err { error }
-                    if error.error_code() == ErrorCode::STREAM_NOT_FOUND =>
-                {
-                    return Ok(None);
-                }
-                jetstream::response::Response::Err { error } => return Err(error.to_string()),
+                .await?
+            {
+                Ok(page) => page,
+                Err(error) if error.error_code() == ErrorCode::STREAM_NOT_FOUND => return Ok(None),
+                Err(error) => return Err(error.to_string()),
             };
             let subjects = page.state.subjects.unwrap_or_default();
             let more = !subjects.is_empty() && offset + subjects.len() < page.total;
