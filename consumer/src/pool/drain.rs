@@ -16,7 +16,7 @@ use hookline_api::ValidatedEndpoint;
 use tracing::{debug, info, warn};
 
 use super::loops::Shared;
-use crate::lifecycle::{Served, consume_bound, retry};
+use crate::lifecycle::{consume_bound, retry};
 use crate::metrics::Metrics;
 use crate::refetch::Refetcher;
 use crate::{Error, Result, Shutdown};
@@ -46,14 +46,7 @@ pub(super) async fn drain_own_stream(
         }
     };
     info!("draining the endpoint's own stream beside the pool's");
-    let served = Served {
-        endpoint: own,
-        refetch,
-        concurrency: shared.concurrency,
-        sweep_interval: shared.sweep_interval,
-        pull_budget: shared.pull_budget.clone(),
-        drain_until_gone: true,
-    };
+    let served = shared.served(own, refetch, true);
     consume_bound(&served, consumer, &shared.pool, metrics, shutdown).await;
 }
 

@@ -44,6 +44,26 @@ pub(super) struct Shared {
     pub shared_max_age: tokio::sync::OnceCell<Duration>,
 }
 
+impl Shared {
+    /// What one of its loops consumes `endpoint` with; `drain_until_gone`
+    /// for a member's own stream drained beside the pool's.
+    pub(super) fn served(
+        &self,
+        endpoint: ValidatedEndpoint,
+        refetch: Option<Refetcher>,
+        drain_until_gone: bool,
+    ) -> Served {
+        Served {
+            endpoint,
+            refetch,
+            concurrency: self.concurrency,
+            sweep_interval: self.sweep_interval,
+            pull_budget: self.pull_budget.clone(),
+            drain_until_gone,
+        }
+    }
+}
+
 /// A loop that runs, and what it was started with.
 #[derive(Debug)]
 struct Running {
@@ -275,14 +295,7 @@ async fn serve(
     }
     bound.store(true, Ordering::Relaxed);
     info!(stream = %endpoint.stream.name, "consuming");
-    let served = Served {
-        endpoint,
-        refetch,
-        concurrency: shared.concurrency,
-        sweep_interval: shared.sweep_interval,
-        pull_budget: shared.pull_budget.clone(),
-        drain_until_gone: false,
-    };
+    let served = shared.served(endpoint, refetch, false);
     consume_bound(&served, consumer, &shared.pool, metrics, shutdown).await;
     bound.store(false, Ordering::Relaxed);
 }
