@@ -1,13 +1,16 @@
 //! Creates or updates an endpoint's stream and durable consumer. The one
 //! implementation, used by the operator ([`ensure`], once per resync, one
-//! STREAM.INFO in a steady state) and by the binaries' `--provision`
+//! STREAM.INFO in a steady state; for a member of a pool's shared stream,
+//! [`ensure_listed`] and none) and by the binaries' `--provision`
 //! ([`provision`]). Streams carry an owner mark ([`owner`]) so that two
 //! clusters on one NATS leave each other's streams alone; [`error`] turns a
 //! refusal into a message that leads with the cause and the action.
 
-use std::time::{Duration, SystemTime};
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, consumer, context::ConsumerInfoErrorKind, stream};
+use futures::TryStreamExt;
 
 use crate::validated::{StreamLimits, StreamRetention, ValidatedEndpoint};
 
@@ -179,6 +182,21 @@ pub struct Provisioned {
     created: Option<SystemTime>,
     /// Consumers on the stream then: fewer now means ours may be gone.
     consumer_count: usize,
+    /// When a member's durable on its pool's stream was last made (after
+    /// NATS answered): a listing asked for earlier says nothing of it.
+    made: Option<Instant>,
+}
+
+/// What the latest listing of a pool's stream ([`list_pending`]) says of
+/// one member's durable, for [`ensure_listed`], so a steady member makes no
+/// call of its own. The caller passes it only while it is fresh (the
+/// operator: taken within one resync), so the pending count is never older.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// When the listing was asked for (before its first request).
+    pub taken: Instant,
+    /// The durable's pending count then; `None`: it was not listed (gone).
+    pub pending: Option<u64>,
 }
 
 /// What [`ensure`] found.
@@ -204,7 +222,21 @@ pub async fn ensure(
     owner: Option<&StreamOwner>,
     known: &mut Option<Provisioned>,
 ) -> Result<Ensured, ProvisionError> {
-    bounded(ensure_inner(js, endpoint, owner, known)).await
+    ensure_listed(js, endpoint, owner, known, None).await
+}
+
+/// [`ensure`], with what a fresh listing of the pool's stream says of the
+/// durable of `endpoint` when it is a member of a shared stream: a settled
+/// member then takes its pending count from it and makes no call (see
+/// [`ensure_member`]). Ignored for an endpoint with a stream of its own.
+pub async fn ensure_listed(
+    js: &jetstream::Context,
+    endpoint: &ValidatedEndpoint,
+    owner: Option<&StreamOwner>,
+    known: &mut Option<Provisioned>,
+    listed: Option<Listed>,
+) -> Result<Ensured, ProvisionError> {
+    bounded(ensure_inner(js, endpoint, owner, known, listed)).await
 }
 
 async fn ensure_inner(
@@ -212,9 +244,12 @@ async fn ensure_inner(
     endpoint: &ValidatedEndpoint,
     owner: Option<&StreamOwner>,
     known: &mut Option<Provisioned>,
+    listed: Option<Listed>,
 ) -> Result<Ensured, ProvisionError> {
     if endpoint.stream.shared.is_some() {
-        return ensure_member(js, endpoint, known).await.map(Ensured::Ready);
+        return ensure_member(js, endpoint, known, listed)
+            .await
+            .map(Ensured::Ready);
     }
     let name = endpoint.stream.name.as_str();
     let mut desired = stream_config(endpoint);
@@ -302,6 +337,7 @@ async fn ensure_inner(
         } else {
             count
         },
+        made: None,
     });
     Ok(Ensured::Ready(stats))
 }
@@ -309,8 +345,16 @@ async fn ensure_inner(
 /// [`ensure`] for a member of a pool's shared stream: its durable consumer,
 /// made or updated, and its figures. The pool's stream is the pool's
 /// ([`ensure_pool_stream`]): made here only when missing, never changed, so
-/// members never fight over the pool's limits. A steady state costs one
-/// CONSUMER.INFO and no STREAM.INFO.
+/// members never fight over the pool's limits.
+///
+/// A steady state costs no call when `listed` answers for the durable,
+/// else one CONSUMER.INFO, and never a STREAM.INFO. `listed` answers only
+/// for a durable made as wanted now before the listing was asked for (one
+/// made later is not in it, and is read as before): one it lists is taken
+/// to exist, one it lacks is made again at once. A durable deleted after
+/// the listing was taken is thought to exist until a later listing lacks
+/// it, which is why the caller should drop a durable from its listing on
+/// JetStream's deletion advisory.
 ///
 /// The figures are the member's: `messages` and `pending` its durable's
 /// pending count (a work queue keeps exactly that), `bytes` 0 and
@@ -320,26 +364,41 @@ async fn ensure_member(
     js: &jetstream::Context,
     endpoint: &ValidatedEndpoint,
     known: &mut Option<Provisioned>,
+    listed: Option<Listed>,
 ) -> Result<StreamStats, ProvisionError> {
     let name = endpoint.stream.name.as_str();
+    let durable = endpoint.consumer.durable_name.as_str();
     let wanted = consumer_config(endpoint);
     let settled = known
         .as_ref()
-        .is_some_and(|known| known.consumer.as_ref() == Some(&wanted));
-    let pending = if settled {
-        match js
-            .get_consumer_from_stream::<consumer::pull::Config, _, _>(
-                &endpoint.consumer.durable_name,
-                name,
-            )
-            .await
-        {
-            Ok(consumer) => Some(pending_of(consumer.cached_info())),
-            // Gone, or its stream is: made again below.
-            Err(_) => None,
+        .filter(|known| known.consumer.as_ref() == Some(&wanted));
+    let listed = listed.filter(|listed| {
+        settled
+            .and_then(|known| known.made)
+            .is_some_and(|made| listed.taken >= made)
+    });
+    let pending = match (settled, listed) {
+        (Some(_), Some(listed)) => {
+            if listed.pending.is_none() {
+                tracing::info!(
+                    stream = name,
+                    consumer = durable,
+                    "the pool's listing lacks the member's durable: making it again"
+                );
+            }
+            listed.pending
         }
-    } else {
-        None
+        (Some(_), None) => {
+            match js
+                .get_consumer_from_stream::<consumer::pull::Config, _, _>(durable, name)
+                .await
+            {
+                Ok(consumer) => Some(pending_of(consumer.cached_info())),
+                // Gone, or its stream is: made again below.
+                Err(_) => None,
+            }
+        }
+        (None, _) => None,
     };
     let pending = match pending {
         Some(pending) => pending,
@@ -356,6 +415,7 @@ async fn ensure_member(
             let consumer = apply_consumer(js, endpoint, &wanted).await?;
             *known = Some(Provisioned {
                 consumer: Some(wanted),
+                made: Some(Instant::now()),
                 ..Provisioned::default()
             });
             pending_of(&consumer)
@@ -517,6 +577,31 @@ pub async fn durable_pending(
                 source: err.into(),
             }),
         }
+    };
+    bounded(round).await
+}
+
+/// Every consumer of the stream `stream` (a pool's) by name, with its
+/// pending count: one CONSUMER.LIST per 256 consumers, for the pool's
+/// reconcile, where a CONSUMER.INFO per member would cost one each.
+pub async fn list_pending(
+    js: &jetstream::Context,
+    stream: &str,
+) -> Result<HashMap<String, u64>, ProvisionError> {
+    let round = async {
+        let handle = js
+            .get_stream_no_info(stream)
+            .await
+            .map_err(stream_error(stream, "read"))?;
+        handle
+            .consumers()
+            .map_ok(|info| {
+                let pending = pending_of(&info);
+                (info.name, pending)
+            })
+            .try_collect()
+            .await
+            .map_err(stream_error(stream, "list the consumers of"))
     };
     bounded(round).await
 }

@@ -20,7 +20,8 @@ pub enum ProvisionError {
     #[error("cannot {action} stream {stream}: {source}")]
     Stream {
         stream: String,
-        /// What was asked: `read`, `create`, `update`, `delete` or `purge`.
+        /// What was asked: `read`, `create`, `update`, `delete`, `purge` or
+        /// `list the consumers of`.
         action: &'static str,
         source: NatsError,
     },
@@ -136,6 +137,33 @@ impl From<ConsumerInfoError> for NatsError {
         };
         NatsError::new(answer, err)
     }
+}
+
+/// A JetStream API request's own error (a listing's): the API's refusal,
+/// when it is one, is its source.
+impl From<RequestError> for NatsError {
+    fn from(err: RequestError) -> NatsError {
+        let answer = match err.kind() {
+            RequestErrorKind::NoResponders => Answer::NoJetStream,
+            RequestErrorKind::TimedOut => Answer::TimedOut,
+            RequestErrorKind::Other | RequestErrorKind::InvalidSubject => {
+                api_error(&err).unwrap_or_else(|| request_answer(&err))
+            }
+        };
+        NatsError::new(answer, err)
+    }
+}
+
+/// The JetStream API error below another error, if NATS answered with one.
+fn api_error(err: &(dyn std::error::Error + 'static)) -> Option<Answer> {
+    let mut next = err.source();
+    while let Some(cause) = next {
+        if let Some(api) = cause.downcast_ref::<jetstream::Error>() {
+            return Some(Answer::Api(api.clone()));
+        }
+        next = cause.source();
+    }
+    None
 }
 
 impl From<PurgeError> for NatsError {

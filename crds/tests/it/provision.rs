@@ -2,15 +2,15 @@
 #![cfg(feature = "jetstream")]
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::stream::RetentionPolicy;
 use futures::StreamExt;
 use hookline_api::provision::{
-    Cleanup, Ensured, OWNER_ENDPOINT_KEY, OWNER_UID_KEY, ProvisionError, StreamOwner, StreamStats,
-    delete_owned, delete_stream, diagnose, ensure, ensure_pool_stream, explain, pool_stream_config,
-    provision, release, shared_bytes, stream_config,
+    Cleanup, Ensured, Listed, OWNER_ENDPOINT_KEY, OWNER_UID_KEY, ProvisionError, StreamOwner,
+    StreamStats, delete_owned, delete_stream, diagnose, ensure, ensure_listed, ensure_pool_stream,
+    explain, list_pending, pool_stream_config, provision, release, shared_bytes, stream_config,
 };
 use hookline_api::spec::{Provider, StreamRetention, StreamSpec, WebhookEndpointSpec};
 use hookline_api::validated::StreamLimits;
@@ -760,6 +760,82 @@ async fn members_of_a_shared_stream_each_get_a_durable_on_their_subjects_and_the
     assert_eq!(
         shared_bytes(2, info.state.messages, info.state.bytes),
         info.state.bytes * 2 / 3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_settled_member_takes_its_pending_from_a_later_listing_and_is_made_again_when_it_lacks_it()
+ {
+    let nats = start();
+    let js = connect(&nats).await;
+    let mut calls = ApiCalls::watch(&nats).await;
+    let member = |name: &str| {
+        hookline_api::resolve("ci", name, &with_retention(StreamRetention::Buffer))
+            .expect("valid")
+            .in_shared_stream(None, "shop", StreamLimits::default())
+    };
+    let (first, second) = (member("first"), member("second"));
+    let before_made = Instant::now();
+    let (mut known_first, mut known_second) = (None, None);
+    ready(ensure(&js, &first, None, &mut known_first).await);
+    ready(ensure(&js, &second, None, &mut known_second).await);
+    for _ in 0..2 {
+        js.publish(second.stream.subject_for("push"), "{}".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    calls.take().await;
+
+    let taken = Instant::now();
+    let listing = list_pending(&js, "HOOKLINE_ci_POOL_shop")
+        .await
+        .expect("listed");
+    assert_eq!(
+        calls.take().await,
+        ["CONSUMER.LIST.HOOKLINE_ci_POOL_shop"],
+        "one page of up to 256"
+    );
+    assert_eq!(
+        listing,
+        HashMap::from([
+            ("hookline-consumer-first".to_owned(), 0),
+            ("hookline-consumer-second".to_owned(), 2),
+        ])
+    );
+    let listed = |pending: Option<u64>| Some(Listed { taken, pending });
+
+    let stats = ready(ensure_listed(&js, &second, None, &mut known_second, listed(Some(2))).await);
+    assert_eq!((stats.messages, stats.pending), (2, 2));
+    assert!(calls.take().await.is_empty(), "the listing answers");
+
+    // A listing asked for before the durable was made says nothing of it.
+    let early = Some(Listed {
+        taken: before_made,
+        pending: Some(99),
+    });
+    let stats = ready(ensure_listed(&js, &second, None, &mut known_second, early).await);
+    assert_eq!(stats.pending, 2);
+    assert_eq!(
+        calls.take().await,
+        ["CONSUMER.INFO.HOOKLINE_ci_POOL_shop.hookline-consumer-second"]
+    );
+
+    // A durable a later listing lacks is made again, with its events.
+    js.delete_consumer_from_stream("hookline-consumer-second", "HOOKLINE_ci_POOL_shop")
+        .await
+        .expect("deleted");
+    calls.take().await;
+    let stats = ready(ensure_listed(&js, &second, None, &mut known_second, listed(None)).await);
+    assert_eq!(stats.pending, 2);
+    assert!(
+        calls
+            .take()
+            .await
+            .iter()
+            .any(|call| call.starts_with("CONSUMER.CREATE.HOOKLINE_ci_POOL_shop")),
+        "made again"
     );
 }
 
