@@ -386,6 +386,7 @@ async fn run_controller(
                 let key = pool::pool_key(pool);
                 metrics.set_pool_members(&key, None);
                 ctx.pool_state.forget(&key);
+                ctx.shared.forget_pool(&key);
             }
         })
         .applied_objects()

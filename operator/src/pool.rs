@@ -407,8 +407,8 @@ async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
             match &stream {
                 // Each new member's subject is listed now, before its
                 // receivers can load its manifest.
-                PoolStream::Ready { .. } => {
-                    let draining = draining(ctx, &valid, &held, data).await;
+                PoolStream::Ready { durables, .. } => {
+                    let draining = draining(ctx, &valid, &held, data, durables.as_ref()).await;
                     if !draining.is_empty() {
                         notes.push(format!(
                             "keeps draining {} that left: {}",
@@ -428,7 +428,10 @@ async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
             }
             Some(stream.finding(&valid, cluster, &ctx.config.nats.url, served.len()))
         }
-        None => None,
+        None => {
+            ctx.shared.forget_stream(&key);
+            None
+        }
     };
     ctx.stores.wait_until_ready(keda, SCALER_CACHE_WAIT).await;
     let applier = Applier {
@@ -496,7 +499,12 @@ async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
 /// What the pool's shared stream step found.
 enum PoolStream {
     /// Made or updated, listing every served member's subjects.
-    Ready { messages: u64 },
+    Ready {
+        messages: u64,
+        /// Each durable on the stream and its pending count; `None` when
+        /// NATS did not list them.
+        durables: Option<HashMap<String, u64>>,
+    },
     /// NATS is not reachable.
     Unreachable(String),
     /// NATS answered, and refused.
@@ -517,7 +525,7 @@ impl PoolStream {
         let type_ = conditions::STREAM_READY;
         let name = pool_stream_name(valid, cluster);
         match self {
-            PoolStream::Ready { messages } => Finding::new(
+            PoolStream::Ready { messages, .. } => Finding::new(
                 type_,
                 Status::True,
                 reasons::STREAM_PROVISIONED,
@@ -556,8 +564,10 @@ fn pool_stream_name(valid: &ValidPool, cluster: Option<&str>) -> String {
 
 /// Makes or updates the pool's shared stream, marked as the pool's, to
 /// list one subject filter per served member (and no other: a member that
-/// left gets no more events here), and records its figures for the
-/// members' status. One STREAM.INFO in a steady state.
+/// left gets no more events here), and records its figures and its
+/// durables' pending counts for the members' reconciles, which then make
+/// no call. One STREAM.INFO and one CONSUMER.LIST per 256 durables in a
+/// steady state.
 async fn ensure_pool_stream(
     ctx: &Context,
     valid: &ValidPool,
@@ -585,8 +595,20 @@ async fn ensure_pool_stream(
         Ok(Ok(info)) => {
             ctx.shared
                 .set_figures(&key, info.state.messages, info.state.bytes);
+            let taken = Instant::now();
+            let durables = match provision::list_pending(&js, &name).await {
+                Ok(durables) => {
+                    ctx.shared.set_listing(&key, taken, durables.clone());
+                    Some(durables)
+                }
+                Err(err) => {
+                    warn!(stream = %name, cause = %err, "cannot list the durables of the pool's stream; its members read their own until the next listing");
+                    None
+                }
+            };
             PoolStream::Ready {
                 messages: info.state.messages,
+                durables,
             }
         }
         Ok(Err(mark)) => PoolStream::OwnedElsewhere(format!(
@@ -629,12 +651,14 @@ fn held_manifests(
 /// once drained, an endpoint that left the pool loses its durable there.
 /// A deleted endpoint is not kept: its finalizer purged its events, or
 /// kept them with its durable (`deletionPolicy: Retain`). Returns the
-/// names kept. One CONSUMER.INFO per endpoint not served.
+/// names kept. Their pending counts come from `durables`, the listing this
+/// reconcile just took; only without one, one CONSUMER.INFO each.
 async fn draining(
     ctx: &Context,
     valid: &ValidPool,
     held: &BTreeMap<String, String>,
     data: &mut BTreeMap<String, String>,
+    durables: Option<&HashMap<String, u64>>,
 ) -> Vec<String> {
     let pool = &valid.pool;
     let stream = pool_stream_name(valid, ctx.config.nats.cluster_name.as_deref());
@@ -656,7 +680,11 @@ async fn draining(
         };
         let durable = naming::pool_member_durable(member);
         let left = endpoint.spec.pool.as_deref() != Some(pool.name.as_str());
-        let keep = match provision::durable_pending(&js, &stream, &durable).await {
+        let pending = match durables {
+            Some(durables) => Ok(durables.get(&durable).copied()),
+            None => provision::durable_pending(&js, &stream, &durable).await,
+        };
+        let keep = match pending {
             Ok(Some(pending)) if pending > 0 => true,
             Ok(Some(_)) if left => match provision::delete_durable(&js, &stream, &durable).await {
                 Ok(_) => {

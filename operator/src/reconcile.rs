@@ -322,11 +322,22 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
         .ok_or_else(|| Error::MissingObjectKey(key.clone(), ".metadata.uid"))?;
     let stream_owner =
         StreamOwner::new(&owner_uid, &valid.endpoint.namespace, &valid.endpoint.name);
-    let mut stream = stream::ensure(&ctx.nats, &ctx.streams, &valid, &stream_owner).await;
-    let stream_note = match (&valid.endpoint.stream.shared, &mut stream) {
-        (Some(place), stream::StreamState::Ready { stats, .. }) => {
-            let pool_key = format!("{namespace}/{}", place.pool);
-            if let Some(bytes) = ctx.shared.member_bytes(&pool_key, stats.messages) {
+    // A member of a shared stream: its pool's key, for what the pool's
+    // reconcile recorded.
+    let shared_pool = valid
+        .endpoint
+        .stream
+        .shared
+        .as_ref()
+        .map(|place| format!("{namespace}/{}", place.pool));
+    let listed = shared_pool.as_ref().and_then(|pool| {
+        ctx.shared
+            .listed(pool, &valid.endpoint.consumer.durable_name, ctx.resync)
+    });
+    let mut stream = stream::ensure(&ctx.nats, &ctx.streams, &valid, &stream_owner, listed).await;
+    let stream_note = match (&shared_pool, &mut stream) {
+        (Some(pool), stream::StreamState::Ready { stats, .. }) => {
+            if let Some(bytes) = ctx.shared.member_bytes(pool, stats.messages) {
                 stats.bytes = bytes;
             }
             let own = ctx

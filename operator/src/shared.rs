@@ -1,16 +1,18 @@
 //! A pool's shared stream (`WebhookPool` `spec.stream`): which pools have
-//! one, the pool stream's figures a member's status shares out, and the
+//! one, the pool stream's figures a member's status shares out, the pool's
+//! listing of its durables a member's pending is read from, and the
 //! members' own streams on their way out. What the pool's and the members'
 //! reconciles share, kept in memory so a steady state costs no call here.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
 use async_nats::jetstream::{self, context::GetStreamErrorKind};
 use hookline_api::naming;
 use hookline_api::pool::WebhookPool;
-use hookline_api::provision::{self, Retirement, StreamOwner};
+use hookline_api::provision::{self, Listed, Retirement, StreamOwner};
 use hookline_api::validated::StreamLimits;
 use kube::ResourceExt;
 use tracing::{debug, warn};
@@ -34,6 +36,14 @@ struct Checked {
     exists: bool,
 }
 
+/// A pool's durables as its reconcile last listed them ([`provision::list_pending`]).
+struct Listing {
+    /// When the listing was asked for.
+    taken: Instant,
+    /// Pending count per durable listed.
+    pending: HashMap<String, u64>,
+}
+
 /// What the operator remembers of shared streams between reconciles.
 #[derive(Default)]
 pub struct SharedStreams {
@@ -42,6 +52,9 @@ pub struct SharedStreams {
     checked: Mutex<HashMap<String, Checked>>,
     /// Per pool: the pool stream's messages and bytes at its last reconcile.
     figures: Mutex<HashMap<String, (u64, u64)>>,
+    /// Per pool: its durables as its last reconcile listed them, so a
+    /// steady member's reconcile makes no call (see [`SharedStreams::listed`]).
+    listings: Mutex<HashMap<String, Listing>>,
     /// Endpoint UIDs whose own stream is gone (or not theirs): no more
     /// calls for it while they stay in a shared stream.
     own_gone: Mutex<HashSet<String>>,
@@ -112,6 +125,47 @@ impl SharedStreams {
     pub fn member_bytes(&self, pool: &str, member_messages: u64) -> Option<u64> {
         let (messages, bytes) = *lock(&self.figures).get(pool)?;
         Some(provision::shared_bytes(member_messages, messages, bytes))
+    }
+
+    /// Records the pool's listing of the durables on its stream, asked for
+    /// at `taken`, in place of the last. A listing that failed is
+    /// not recorded: the last one ages out, and members read their own.
+    pub fn set_listing(&self, pool: &str, taken: Instant, pending: HashMap<String, u64>) {
+        let listing = Listing { taken, pending };
+        lock(&self.listings).insert(pool.to_owned(), listing);
+    }
+
+    /// What `pool`'s listing says of the durable `durable`, when it was
+    /// taken within `fresh` (the resync: a member's pending is then never
+    /// older than one); `None` when there is no such listing, and the
+    /// member reads its durable itself.
+    ///
+    /// A listing cannot know of a deletion after it was taken: the
+    /// member's reconcile takes a durable it lists to exist until the
+    /// pool's next listing, which lacks it. The listing is trusted for
+    /// what a call would have said when it was taken, and never past `fresh`.
+    pub fn listed(&self, pool: &str, durable: &str, fresh: Duration) -> Option<Listed> {
+        let listings = lock(&self.listings);
+        let listing = listings
+            .get(pool)
+            .filter(|listing| listing.taken.elapsed() <= fresh)?;
+        Some(Listed {
+            taken: listing.taken,
+            pending: listing.pending.get(durable).copied(),
+        })
+    }
+
+    /// Forgets the pool's listing and figures: it has no shared stream
+    /// (any more), so its members have none either.
+    pub fn forget_stream(&self, pool: &str) {
+        lock(&self.listings).remove(pool);
+        lock(&self.figures).remove(pool);
+    }
+
+    /// Forgets everything of a deleted pool.
+    pub fn forget_pool(&self, pool: &str) {
+        self.forget_stream(pool);
+        lock(&self.checked).remove(pool);
     }
 
     /// Forgets an endpoint's own stream: it is out of a shared stream
@@ -226,5 +280,64 @@ pub fn own_stream_note(
             "; stream {name} belongs to {mark} and is left alone"
         )),
         Retirement::Missing | Retirement::Deleted => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POOL: &str = "shop/shared";
+    const RESYNC: Duration = Duration::from_secs(60);
+
+    fn listed_at(taken: Instant) -> SharedStreams {
+        let shared = SharedStreams::default();
+        let durables = HashMap::from([
+            ("hookline-consumer-a".to_owned(), 3),
+            ("hookline-consumer-b".to_owned(), 0),
+        ]);
+        shared.set_listing(POOL, taken, durables);
+        shared
+    }
+
+    #[test]
+    fn a_fresh_listing_answers_for_each_durable_listed_or_not() {
+        let taken = Instant::now();
+        let shared = listed_at(taken);
+        let pending = |durable| shared.listed(POOL, durable, RESYNC).map(|l| l.pending);
+        assert_eq!(pending("hookline-consumer-a"), Some(Some(3)));
+        assert_eq!(
+            pending("hookline-consumer-c"),
+            Some(None),
+            "not listed: gone"
+        );
+        assert_eq!(
+            shared
+                .listed(POOL, "hookline-consumer-a", RESYNC)
+                .map(|l| l.taken),
+            Some(taken)
+        );
+        assert_eq!(
+            shared.listed("shop/other", "hookline-consumer-a", RESYNC),
+            None
+        );
+    }
+
+    #[test]
+    fn a_listing_older_than_a_resync_answers_nothing() {
+        let taken = Instant::now()
+            .checked_sub(RESYNC + Duration::from_secs(1))
+            .expect("uptime");
+        let shared = listed_at(taken);
+        assert_eq!(shared.listed(POOL, "hookline-consumer-a", RESYNC), None);
+    }
+
+    #[test]
+    fn a_pool_that_loses_its_shared_stream_forgets_its_listing_and_figures() {
+        let shared = listed_at(Instant::now());
+        shared.set_figures(POOL, 10, 1000);
+        shared.forget_stream(POOL);
+        assert_eq!(shared.listed(POOL, "hookline-consumer-a", RESYNC), None);
+        assert_eq!(shared.member_bytes(POOL, 5), None);
     }
 }

@@ -10,7 +10,7 @@ use async_nats::jetstream;
 use hookline_api::headers::HEADER_ALLOWANCE;
 use hookline_api::naming;
 use hookline_api::provision::{
-    self, Cleanup, Ensured, ProvisionError, Provisioned, StreamOwner, StreamStats,
+    self, Cleanup, Ensured, Listed, ProvisionError, Provisioned, StreamOwner, StreamStats,
 };
 use hookline_api::spec::DeletionPolicy;
 
@@ -49,7 +49,8 @@ impl StreamState {
 }
 
 /// What the stream step remembers per endpoint (by UID) between reconciles,
-/// so a steady state costs one JetStream API call.
+/// so a steady state costs one JetStream API call (a member of a pool's
+/// shared stream, none while its pool's listing is fresh).
 #[derive(Default)]
 pub struct KnownStreams {
     by_uid: Mutex<HashMap<String, Provisioned>>,
@@ -77,19 +78,23 @@ impl KnownStreams {
 }
 
 /// Creates or updates the stream and durable consumer, marked as `owner`'s,
-/// and reads the figures: one STREAM.INFO when nothing changed.
+/// and reads the figures: one STREAM.INFO when nothing changed. A member of
+/// a shared stream passes what its pool's fresh listing says of its durable
+/// (`listed`), and then makes no call when nothing changed.
 pub async fn ensure(
     client: &async_nats::Client,
     known: &KnownStreams,
     valid: &ValidEndpoint,
     owner: &StreamOwner,
+    listed: Option<Listed>,
 ) -> StreamState {
     if client.connection_state() != State::Connected {
         return StreamState::Unreachable("not connected to NATS".into());
     }
     let js = jetstream::new(client.clone());
     let mut provisioned = known.take(&owner.uid);
-    let outcome = provision::ensure(&js, &valid.endpoint, Some(owner), &mut provisioned).await;
+    let outcome =
+        provision::ensure_listed(&js, &valid.endpoint, Some(owner), &mut provisioned, listed).await;
     known.put(&owner.uid, provisioned);
     match outcome {
         Ok(Ensured::Ready(stats)) => StreamState::Ready {

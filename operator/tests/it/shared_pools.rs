@@ -7,7 +7,8 @@
 
 use crate::support;
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -187,16 +188,40 @@ fn figures(harness: &Harness, name: &str) -> (i64, i64) {
     )
 }
 
+/// Counts the JetStream API calls made from its start.
+struct Calls {
+    counter: Arc<AtomicUsize>,
+    before: usize,
+}
+
+impl Calls {
+    async fn start(harness: &Harness) -> Calls {
+        let counter = count_jetstream_calls(&harness.nats.url()).await;
+        let before = counter.load(Ordering::Relaxed);
+        Calls { counter, before }
+    }
+
+    async fn made(self) -> usize {
+        // The counter's subscription sees the last requests a moment later.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.counter.load(Ordering::Relaxed) - self.before
+    }
+}
+
 /// JetStream API calls one reconcile of each of `names` makes.
 async fn calls_of_a_resync(harness: &mut Harness, names: &[&str]) -> usize {
-    let counter = count_jetstream_calls(&harness.nats.url()).await;
-    let before = counter.load(Ordering::Relaxed);
+    let calls = Calls::start(harness).await;
     for name in names {
         harness.reconcile(NS, name).await.expect("resync");
     }
-    // The counter's subscription sees the last requests a moment later.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    counter.load(Ordering::Relaxed) - before
+    calls.made().await
+}
+
+/// JetStream API calls one reconcile of the pool makes.
+async fn calls_of_a_pool_resync(harness: &mut Harness) -> usize {
+    let calls = Calls::start(harness).await;
+    harness.reconcile_pool(NS, POOL).await.expect("pool resync");
+    calls.made().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,8 +306,8 @@ async fn the_pool_stream_lists_each_served_member_and_each_member_gets_its_durab
     assert_eq!(figures(&harness, "b"), (0, 0));
     assert_eq!(harness.metrics.pool_lag("shop/shared"), Some((3, 2)));
 
-    // A steady member costs one JetStream call per resync.
-    assert_eq!(calls_of_a_resync(&mut harness, &["a", "b"]).await, 2);
+    // A steady member costs no JetStream call while its pool's listing is fresh.
+    assert_eq!(calls_of_a_resync(&mut harness, &["a", "b"]).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,7 +368,8 @@ async fn a_joining_members_own_stream_is_retired_and_deleted_only_once_drained()
         "deleted once drained"
     );
     assert_eq!(figures(&harness, "a").0, 0);
-    assert_eq!(calls_of_a_resync(&mut harness, &["a"]).await, 1);
+    // Once its own stream is gone, no call: its pool's listing answers.
+    assert_eq!(calls_of_a_resync(&mut harness, &["a"]).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -630,4 +656,59 @@ async fn a_pool_whose_spec_stream_was_removed_keeps_its_shared_stream_and_says_s
     let status = harness.endpoint(NS, "a").status.expect("status");
     assert_eq!(status.stream.as_deref(), Some(POOL_STREAM));
     assert!(stream_info(&harness, "HOOKLINE_shop_a").await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_pools_listing_fresh_members_make_no_call_and_the_pool_one_per_256_durables() {
+    let mut harness = Harness::start(true).await;
+    harness.fake.insert(&shared_pool());
+    let names = ["a", "b", "c"];
+    add(&harness, &members(&names));
+    converge(&mut harness, &names).await;
+    publish(&harness, "hookline.shop.POOL_shared.a.push", 2).await;
+
+    // One STREAM.INFO and one CONSUMER.LIST (a page holds 256 durables).
+    assert_eq!(calls_of_a_pool_resync(&mut harness).await, 1 + 1);
+    assert_eq!(calls_of_a_resync(&mut harness, &names).await, 0);
+    assert_eq!(figures(&harness, "a").0, 2, "pending, from the listing");
+    assert_eq!(figures(&harness, "b").0, 0);
+
+    // 257 durables: two pages. Stand-ins for more members' durables (the
+    // listing takes every durable on the stream alike).
+    let stream = js(&harness).get_stream(POOL_STREAM).await.expect("stream");
+    for index in 0..254 {
+        stream
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some(format!("hookline-consumer-pad{index}")),
+                filter_subject: format!("hookline.shop.POOL_shared.pad{index}.>"),
+                ..Default::default()
+            })
+            .await
+            .expect("durable");
+    }
+    assert_eq!(calls_of_a_pool_resync(&mut harness).await, 1 + 2);
+    assert_eq!(calls_of_a_resync(&mut harness, &names).await, 0);
+    assert_eq!(figures(&harness, "a").0, 2);
+    harness.expect_condition(NS, "a", conditions::READY, "True", reasons::RECONCILED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_taken_before_a_member_made_its_durable_does_not_answer_for_it() {
+    let mut harness = Harness::start(true).await;
+    harness.fake.insert(&shared_pool());
+    add(&harness, &members(&["a"]));
+    converge(&mut harness, &["a"]).await;
+    // A new member makes its durable after the pool's last listing: it
+    // reads it itself (one CONSUMER.INFO) rather than make it again.
+    add(&harness, &members(&["b"]));
+    harness.settle(NS, "b").await;
+    assert_eq!(calls_of_a_resync(&mut harness, &["b"]).await, 1);
+    assert!(
+        durable(&harness, POOL_STREAM, "hookline-consumer-b")
+            .await
+            .is_some()
+    );
+    // The pool's next listing has it.
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    assert_eq!(calls_of_a_resync(&mut harness, &["a", "b"]).await, 0);
 }
