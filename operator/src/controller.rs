@@ -34,7 +34,7 @@ use crate::config::OperatorConfig;
 use crate::http::{self, Health};
 use crate::leader::LeaderElection;
 use crate::reconcile::{Context, Triggers, error_policy, reconcile};
-use crate::{Error, Result, keda, pool, secrets};
+use crate::{Error, Result, keda, pool, secrets, shared};
 
 /// Every kind the controller lists and watches, as RBAC names them
 /// (`(API group, resource)`); the chart's rules are checked against it.
@@ -392,6 +392,19 @@ async fn run_controller(
         .applied_objects()
         .predicate_filter(pool_trigger, PredicateConfig::default())
     };
+    // Beside the reconciles: a durable deleted on a pool's stream leaves the
+    // pool's listing at once, so its member makes it again at its next one.
+    let deletions = {
+        let ctx = ctx.clone();
+        let stop = stop.clone();
+        async move {
+            let advisories = shared::DeletionAdvisories::subscribe(&ctx.nats).await;
+            tokio::select! {
+                () = ctx.follow_deletions(advisories) => {}
+                () = stop => {}
+            }
+        }
+    };
     let pool_controller = Controller::for_stream(pools, ctx.pools.clone())
         .with_config(config_of())
         .reconcile_on(pool_triggers)
@@ -406,7 +419,7 @@ async fn run_controller(
             () = stop => {}
         }
     };
-    futures::join!(endpoints_done, pools_done);
+    futures::join!(endpoints_done, pools_done, deletions);
 }
 
 /// Waits until the API server serves WebhookPools (an older chart installed

@@ -29,7 +29,7 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::apply::{self, Applier, ApplyFailure};
 use crate::build::pool::{self as pool_build, Member, PoolChildren, PoolNames, manifest_key};
@@ -408,6 +408,9 @@ async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
                 // Each new member's subject is listed now, before its
                 // receivers can load its manifest.
                 PoolStream::Ready { durables, .. } => {
+                    if let Some(durables) = durables {
+                        ask_unlisted(ctx, &namespace, &served, durables);
+                    }
                     let draining = draining(ctx, &valid, &held, data, durables.as_ref()).await;
                     if !draining.is_empty() {
                         notes.push(format!(
@@ -598,7 +601,7 @@ async fn ensure_pool_stream(
             let taken = Instant::now();
             let durables = match provision::list_pending(&js, &name).await {
                 Ok(durables) => {
-                    ctx.shared.set_listing(&key, taken, durables.clone());
+                    ctx.shared.set_listing(&key, &name, taken, durables.clone());
                     Some(durables)
                 }
                 Err(err) => {
@@ -643,6 +646,24 @@ fn held_manifests(
         })
         .and_then(|map| map.data.clone())
         .unwrap_or_default()
+}
+
+/// Asks for the reconcile of each served member whose durable the pool's
+/// listing `durables` lacks: one deleted behind the operator's back whose
+/// advisory it missed is then made again now, not left to the member's
+/// resync (which an earlier listing, still fresh, may answer).
+fn ask_unlisted(
+    ctx: &Context,
+    namespace: &str,
+    served: &[Member],
+    durables: &HashMap<String, u64>,
+) {
+    for member in served {
+        if !durables.contains_key(&naming::pool_member_durable(&member.name)) {
+            debug!(member = %member.name, "the pool's stream has no durable of this member: asking for its reconcile");
+            ctx.triggers.endpoint(namespace, &member.name);
+        }
+    }
 }
 
 /// Keeps in `data` (the ConfigMap to write) the held manifest of each

@@ -147,6 +147,13 @@ impl Context {
         Context { triggers, ..self }
     }
 
+    /// Keeps the pools' listings of their durables true to JetStream's
+    /// deletion advisories until the subscriptions end (the controller runs
+    /// it beside the reconciles; see [`shared::SharedStreams::follow`]).
+    pub async fn follow_deletions(&self, advisories: shared::DeletionAdvisories) {
+        self.shared.follow(advisories).await;
+    }
+
     /// Reads which Secrets exist from the Secret watch's cache.
     pub fn with_secret_index(self, index: secrets::SecretIndex) -> Context {
         Context {

@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
 use async_nats::jetstream::{self, context::GetStreamErrorKind};
+use futures::StreamExt;
+use futures::stream::SelectAll;
 use hookline_api::naming;
 use hookline_api::pool::WebhookPool;
 use hookline_api::provision::{self, Listed, Retirement, StreamOwner};
 use hookline_api::validated::StreamLimits;
 use kube::ResourceExt;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::validate::{ValidEndpoint, validate_pool};
 
@@ -38,9 +40,11 @@ struct Checked {
 
 /// A pool's durables as its reconcile last listed them ([`provision::list_pending`]).
 struct Listing {
+    /// The pool's stream, which deletion advisories name.
+    stream: String,
     /// When the listing was asked for.
     taken: Instant,
-    /// Pending count per durable listed.
+    /// Pending count per durable listed, less those deleted since.
     pending: HashMap<String, u64>,
 }
 
@@ -127,11 +131,21 @@ impl SharedStreams {
         Some(provision::shared_bytes(member_messages, messages, bytes))
     }
 
-    /// Records the pool's listing of the durables on its stream, asked for
-    /// at `taken`, in place of the last. A listing that failed is
+    /// Records the pool's listing of the durables on its stream `stream`,
+    /// asked for at `taken`, in place of the last. A listing that failed is
     /// not recorded: the last one ages out, and members read their own.
-    pub fn set_listing(&self, pool: &str, taken: Instant, pending: HashMap<String, u64>) {
-        let listing = Listing { taken, pending };
+    pub fn set_listing(
+        &self,
+        pool: &str,
+        stream: &str,
+        taken: Instant,
+        pending: HashMap<String, u64>,
+    ) {
+        let listing = Listing {
+            stream: stream.to_owned(),
+            taken,
+            pending,
+        };
         lock(&self.listings).insert(pool.to_owned(), listing);
     }
 
@@ -141,9 +155,14 @@ impl SharedStreams {
     /// member reads its durable itself.
     ///
     /// A listing cannot know of a deletion after it was taken: the
-    /// member's reconcile takes a durable it lists to exist until the
-    /// pool's next listing, which lacks it. The listing is trusted for
-    /// what a call would have said when it was taken, and never past `fresh`.
+    /// operator drops a durable from it on JetStream's deletion advisory
+    /// ([`SharedStreams::follow`]), so the member's next reconcile makes it
+    /// again; without the advisory (not allowed to subscribe, sent while
+    /// disconnected, or come while the listing was under way) the pool's
+    /// next listing lacks it, and the pool asks for the member's reconcile
+    /// at once: made again within about one resync either way. The listing
+    /// is trusted for what a call would have said when it was taken, and
+    /// never past `fresh`.
     pub fn listed(&self, pool: &str, durable: &str, fresh: Duration) -> Option<Listed> {
         let listings = lock(&self.listings);
         let listing = listings
@@ -166,6 +185,42 @@ impl SharedStreams {
     pub fn forget_pool(&self, pool: &str) {
         self.forget_stream(pool);
         lock(&self.checked).remove(pool);
+    }
+
+    /// Keeps the listings true to JetStream's deletion advisories, until
+    /// the subscriptions end: a deleted durable leaves its pool's listing
+    /// (its member makes it again at its next reconcile), and a deleted
+    /// stream takes its pool's listing with it (its members read their own).
+    pub async fn follow(&self, mut advisories: DeletionAdvisories) {
+        while let Some(advisory) = advisories.subscribers.next().await {
+            self.deleted(advisory.subject.as_str());
+        }
+    }
+
+    /// What a deletion advisory on `subject` takes out of the listings.
+    fn deleted(&self, subject: &str) {
+        let mut listings = lock(&self.listings);
+        if let Some(stream) = subject.strip_prefix(STREAM_DELETED) {
+            listings.retain(|pool, listing| {
+                let keep = listing.stream != stream;
+                if !keep {
+                    info!(pool, stream, "the pool's shared stream was deleted: its members read their durables themselves until the pool's next listing");
+                }
+                keep
+            });
+        } else if let Some((stream, durable)) = subject
+            .strip_prefix(CONSUMER_DELETED)
+            .and_then(|rest| rest.split_once('.'))
+        {
+            for (pool, listing) in listings.iter_mut() {
+                if listing.stream == stream && listing.pending.remove(durable).is_some() {
+                    debug!(
+                        pool,
+                        stream, durable, "a durable was deleted: out of the pool's listing"
+                    );
+                }
+            }
+        }
     }
 
     /// Forgets an endpoint's own stream: it is out of a shared stream
@@ -203,6 +258,40 @@ impl SharedStreams {
                 None
             }
         }
+    }
+}
+
+const STREAM_DELETED: &str = "$JS.EVENT.ADVISORY.STREAM.DELETED.";
+const CONSUMER_DELETED: &str = "$JS.EVENT.ADVISORY.CONSUMER.DELETED.";
+
+/// JetStream's advisories that a stream or a durable was deleted, for
+/// every stream: two subscriptions, whatever the number of pools.
+pub struct DeletionAdvisories {
+    subscribers: SelectAll<async_nats::Subscriber>,
+}
+
+impl DeletionAdvisories {
+    /// Subscribes, best effort: without them (say, a NATS user not allowed
+    /// to subscribe to `$JS.EVENT.>`) a deletion is noticed at the pool's
+    /// next listing instead.
+    pub async fn subscribe(nats: &async_nats::Client) -> DeletionAdvisories {
+        let mut subscribers = SelectAll::new();
+        for subject in [
+            format!("{STREAM_DELETED}*"),
+            format!("{CONSUMER_DELETED}*.*"),
+        ] {
+            match nats.subscribe(subject.clone()).await {
+                Ok(subscriber) => subscribers.push(subscriber),
+                Err(err) => {
+                    warn!(%subject, cause = %err, "cannot subscribe to JetStream's deletion advisories; a deleted durable is noticed at its pool's next listing");
+                }
+            }
+        }
+        // The server has the subscriptions once this returns.
+        if let Err(err) = nats.flush().await {
+            debug!(cause = %err, "cannot flush the advisory subscriptions");
+        }
+        DeletionAdvisories { subscribers }
     }
 }
 
@@ -288,6 +377,7 @@ mod tests {
     use super::*;
 
     const POOL: &str = "shop/shared";
+    const STREAM: &str = "HOOKLINE_shop_POOL_shared";
     const RESYNC: Duration = Duration::from_secs(60);
 
     fn listed_at(taken: Instant) -> SharedStreams {
@@ -296,7 +386,7 @@ mod tests {
             ("hookline-consumer-a".to_owned(), 3),
             ("hookline-consumer-b".to_owned(), 0),
         ]);
-        shared.set_listing(POOL, taken, durables);
+        shared.set_listing(POOL, STREAM, taken, durables);
         shared
     }
 
@@ -330,6 +420,24 @@ mod tests {
             .expect("uptime");
         let shared = listed_at(taken);
         assert_eq!(shared.listed(POOL, "hookline-consumer-a", RESYNC), None);
+    }
+
+    #[test]
+    fn a_deletion_advisory_takes_its_durable_or_its_stream_out_of_the_listing() {
+        let shared = listed_at(Instant::now());
+        shared.deleted("$JS.EVENT.ADVISORY.CONSUMER.DELETED.OTHER.hookline-consumer-a");
+        shared.deleted("$JS.EVENT.ADVISORY.STREAM.DELETED.OTHER");
+        let pending = |durable| shared.listed(POOL, durable, RESYNC).map(|l| l.pending);
+        assert_eq!(
+            pending("hookline-consumer-a"),
+            Some(Some(3)),
+            "another stream's"
+        );
+        shared.deleted(&format!("{CONSUMER_DELETED}{STREAM}.hookline-consumer-a"));
+        assert_eq!(pending("hookline-consumer-a"), Some(None), "made again");
+        assert_eq!(pending("hookline-consumer-b"), Some(Some(0)));
+        shared.deleted(&format!("{STREAM_DELETED}{STREAM}"));
+        assert_eq!(pending("hookline-consumer-b"), None, "read by the member");
     }
 
     #[test]

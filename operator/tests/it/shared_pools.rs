@@ -712,3 +712,62 @@ async fn a_listing_taken_before_a_member_made_its_durable_does_not_answer_for_it
     harness.reconcile_pool(NS, POOL).await.expect("pool");
     assert_eq!(calls_of_a_resync(&mut harness, &["a", "b"]).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_deleted_behind_the_operators_back_is_made_again_at_its_members_next_reconcile() {
+    let mut harness = Harness::start(true).await;
+    harness.follow_deletions().await;
+    harness.fake.insert(&shared_pool());
+    add(&harness, &members(&["a", "b"]));
+    converge(&mut harness, &["a", "b"]).await;
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    publish(&harness, "hookline.shop.POOL_shared.a.push", 2).await;
+
+    // The pool's listing, fresh, still shows it; the deletion advisory
+    // takes it out.
+    js(&harness)
+        .delete_consumer_from_stream("hookline-consumer-a", POOL_STREAM)
+        .await
+        .expect("deleted");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    harness.reconcile(NS, "a").await.expect("member");
+    assert_eq!(
+        durable(&harness, POOL_STREAM, "hookline-consumer-a").await,
+        Some("hookline.shop.POOL_shared.a.>".to_owned()),
+        "made again"
+    );
+    assert_eq!(figures(&harness, "a").0, 2, "its events are there for it");
+    harness.expect_condition(NS, "a", conditions::READY, "True", reasons::RECONCILED);
+    assert_eq!(calls_of_a_resync(&mut harness, &["b"]).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_advisory_a_deleted_durable_is_made_again_after_the_pools_next_listing() {
+    let mut harness = Harness::start(true).await;
+    harness.fake.insert(&shared_pool());
+    add(&harness, &members(&["a"]));
+    converge(&mut harness, &["a"]).await;
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+
+    js(&harness)
+        .delete_consumer_from_stream("hookline-consumer-a", POOL_STREAM)
+        .await
+        .expect("deleted");
+    // Not followed here: the listing taken before the deletion answers
+    // for it while fresh (the operator follows the advisories).
+    harness.reconcile(NS, "a").await.expect("member");
+    assert!(
+        durable(&harness, POOL_STREAM, "hookline-consumer-a")
+            .await
+            .is_none()
+    );
+    // The pool's next listing lacks it (and asks for the member's reconcile).
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    harness.reconcile(NS, "a").await.expect("member");
+    assert!(
+        durable(&harness, POOL_STREAM, "hookline-consumer-a")
+            .await
+            .is_some(),
+        "made again"
+    );
+}
