@@ -240,3 +240,43 @@ pub fn check_host(host: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// JetStream's advisory that a stream was deleted: this prefix, then its name.
+const STREAM_DELETED: &str = "$JS.EVENT.ADVISORY.STREAM.DELETED.";
+/// JetStream's advisory that a consumer was deleted: this prefix, then
+/// `<stream>.<consumer>`.
+const CONSUMER_DELETED: &str = "$JS.EVENT.ADVISORY.CONSUMER.DELETED.";
+
+/// Every stream's and every consumer's deletion advisories: two
+/// subscriptions, however many streams a process follows.
+pub const DELETION_ADVISORIES: [&str; 2] = [
+    "$JS.EVENT.ADVISORY.STREAM.DELETED.*",
+    "$JS.EVENT.ADVISORY.CONSUMER.DELETED.*.*",
+];
+
+/// The deletion advisory of stream `stream`.
+pub fn stream_deleted_advisory(stream: &str) -> String {
+    format!("{STREAM_DELETED}{stream}")
+}
+
+/// The deletion advisory of consumer `consumer` of stream `stream`.
+pub fn consumer_deleted_advisory(stream: &str, consumer: &str) -> String {
+    format!("{CONSUMER_DELETED}{stream}.{consumer}")
+}
+
+/// What a deletion advisory's subject says was deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deleted<'a> {
+    Stream(&'a str),
+    Consumer { stream: &'a str, consumer: &'a str },
+}
+
+/// Reads a deletion advisory's subject; `None` for any other subject.
+/// Stream names hold no `.`, so the first one after the prefix ends it.
+pub fn deleted(subject: &str) -> Option<Deleted<'_>> {
+    if let Some(stream) = subject.strip_prefix(STREAM_DELETED) {
+        return Some(Deleted::Stream(stream));
+    }
+    let (stream, consumer) = subject.strip_prefix(CONSUMER_DELETED)?.split_once('.')?;
+    Some(Deleted::Consumer { stream, consumer })
+}

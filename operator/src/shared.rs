@@ -12,7 +12,7 @@ use async_nats::connection::State;
 use async_nats::jetstream::{self, context::GetStreamErrorKind};
 use futures::StreamExt;
 use futures::stream::SelectAll;
-use hookline_api::naming;
+use hookline_api::naming::{self, Deleted};
 use hookline_api::pool::WebhookPool;
 use hookline_api::provision::{self, Listed, Retirement, StreamOwner};
 use hookline_api::validated::StreamLimits;
@@ -200,26 +200,28 @@ impl SharedStreams {
     /// What a deletion advisory on `subject` takes out of the listings.
     fn deleted(&self, subject: &str) {
         let mut listings = lock(&self.listings);
-        if let Some(stream) = subject.strip_prefix(STREAM_DELETED) {
-            listings.retain(|pool, listing| {
+        match naming::deleted(subject) {
+            Some(Deleted::Stream(stream)) => listings.retain(|pool, listing| {
                 let keep = listing.stream != stream;
                 if !keep {
                     info!(pool, stream, "the pool's shared stream was deleted: its members read their durables themselves until the pool's next listing");
                 }
                 keep
-            });
-        } else if let Some((stream, durable)) = subject
-            .strip_prefix(CONSUMER_DELETED)
-            .and_then(|rest| rest.split_once('.'))
-        {
-            for (pool, listing) in listings.iter_mut() {
-                if listing.stream == stream && listing.pending.remove(durable).is_some() {
-                    debug!(
-                        pool,
-                        stream, durable, "a durable was deleted: out of the pool's listing"
-                    );
+            }),
+            Some(Deleted::Consumer {
+                stream,
+                consumer: durable,
+            }) => {
+                for (pool, listing) in listings.iter_mut() {
+                    if listing.stream == stream && listing.pending.remove(durable).is_some() {
+                        debug!(
+                            pool,
+                            stream, durable, "a durable was deleted: out of the pool's listing"
+                        );
+                    }
                 }
             }
+            None => {}
         }
     }
 
@@ -261,9 +263,6 @@ impl SharedStreams {
     }
 }
 
-const STREAM_DELETED: &str = "$JS.EVENT.ADVISORY.STREAM.DELETED.";
-const CONSUMER_DELETED: &str = "$JS.EVENT.ADVISORY.CONSUMER.DELETED.";
-
 /// JetStream's advisories that a stream or a durable was deleted, for
 /// every stream: two subscriptions, whatever the number of pools.
 pub struct DeletionAdvisories {
@@ -276,11 +275,8 @@ impl DeletionAdvisories {
     /// next listing instead.
     pub async fn subscribe(nats: &async_nats::Client) -> DeletionAdvisories {
         let mut subscribers = SelectAll::new();
-        for subject in [
-            format!("{STREAM_DELETED}*"),
-            format!("{CONSUMER_DELETED}*.*"),
-        ] {
-            match nats.subscribe(subject.clone()).await {
+        for subject in naming::DELETION_ADVISORIES {
+            match nats.subscribe(subject).await {
                 Ok(subscriber) => subscribers.push(subscriber),
                 Err(err) => {
                     warn!(%subject, cause = %err, "cannot subscribe to JetStream's deletion advisories; a deleted durable is noticed at its pool's next listing");
@@ -433,10 +429,13 @@ mod tests {
             Some(Some(3)),
             "another stream's"
         );
-        shared.deleted(&format!("{CONSUMER_DELETED}{STREAM}.hookline-consumer-a"));
+        shared.deleted(&naming::consumer_deleted_advisory(
+            STREAM,
+            "hookline-consumer-a",
+        ));
         assert_eq!(pending("hookline-consumer-a"), Some(None), "made again");
         assert_eq!(pending("hookline-consumer-b"), Some(Some(0)));
-        shared.deleted(&format!("{STREAM_DELETED}{STREAM}"));
+        shared.deleted(&naming::stream_deleted_advisory(STREAM));
         assert_eq!(pending("hookline-consumer-b"), None, "read by the member");
     }
 

@@ -39,13 +39,6 @@ use crate::{Error, Result};
 /// Streams provisioned at once when endpoints are added (`--provision`).
 const PROVISION_CONCURRENCY: usize = 16;
 
-/// JetStream's advisories that a stream or a durable consumer was deleted,
-/// for every stream: one subscription each, whatever the pool's size.
-const DELETION_ADVISORIES: [&str; 2] = [
-    "$JS.EVENT.ADVISORY.STREAM.DELETED.*",
-    "$JS.EVENT.ADVISORY.CONSUMER.DELETED.*.*",
-];
-
 /// A pool's directories and how its endpoints are built.
 pub struct Pool {
     /// Behind a lock only to be moved into the blocking reads.
@@ -336,7 +329,7 @@ fn endpoint_state(
 /// notices.
 pub async fn watch_deletions(state: Arc<AppState>) {
     let mut advisories = futures::stream::SelectAll::new();
-    for subject in DELETION_ADVISORIES {
+    for subject in hookline_api::naming::DELETION_ADVISORIES {
         match state.nats.client().subscribe(subject).await {
             Ok(subscriber) => advisories.push(subscriber),
             Err(err) => {

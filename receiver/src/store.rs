@@ -35,6 +35,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::SelectAll;
 use hookline_api::ValidatedEndpoint;
+use hookline_api::naming::{self, Deleted};
 use hookline_api::validated::StreamRetention;
 use tokio::time::Instant;
 
@@ -758,11 +759,8 @@ impl Store {
     /// subscribe to `$JS.EVENT.>`) the probe alone notices.
     async fn deletion_advisories(&self) -> SelectAll<async_nats::Subscriber> {
         let subjects = [
-            format!("$JS.EVENT.ADVISORY.STREAM.DELETED.{}", self.stream),
-            format!(
-                "$JS.EVENT.ADVISORY.CONSUMER.DELETED.{}.{}",
-                self.stream, self.durable
-            ),
+            naming::stream_deleted_advisory(&self.stream),
+            naming::consumer_deleted_advisory(&self.stream, &self.durable),
         ];
         let mut advisories = SelectAll::new();
         for subject in subjects {
@@ -779,19 +777,19 @@ impl Store {
     /// Whether a deletion advisory's `subject` names this endpoint's stream
     /// or its durable consumer.
     pub fn is_about(&self, subject: &str) -> bool {
-        if let Some(stream) = subject.strip_prefix("$JS.EVENT.ADVISORY.STREAM.DELETED.") {
-            return stream == self.stream;
+        match naming::deleted(subject) {
+            Some(Deleted::Stream(stream)) => stream == self.stream,
+            Some(Deleted::Consumer { stream, consumer }) => {
+                stream == self.stream && consumer == self.durable
+            }
+            None => false,
         }
-        subject
-            .strip_prefix("$JS.EVENT.ADVISORY.CONSUMER.DELETED.")
-            .and_then(|rest| rest.split_once('.'))
-            .is_some_and(|(stream, consumer)| stream == self.stream && consumer == self.durable)
     }
 
     /// JetStream deleted the stream, or the durable consumer an interest
     /// stream needs: not ready, now (and a pool's next request probes again).
     pub fn deleted(&self, subject: &str) {
-        let now = if !subject.starts_with("$JS.EVENT.ADVISORY.CONSUMER.") {
+        let now = if !matches!(naming::deleted(subject), Some(Deleted::Consumer { .. })) {
             Readiness::StreamUnreachable
         } else if self.interest.load(Ordering::Relaxed) {
             Readiness::ConsumerMissing

@@ -185,3 +185,26 @@ fn a_pools_shared_stream_never_meets_an_endpoints_names() {
         "hookline-c1_retired.shop.a"
     );
 }
+
+#[test]
+fn deletion_advisories_are_read_back_from_their_subjects() {
+    assert_eq!(
+        deleted(&stream_deleted_advisory("HOOKLINE_shop_orders")),
+        Some(Deleted::Stream("HOOKLINE_shop_orders"))
+    );
+    assert_eq!(
+        deleted(&consumer_deleted_advisory(
+            "HOOKLINE_shop_orders",
+            "hookline-consumer"
+        )),
+        Some(Deleted::Consumer {
+            stream: "HOOKLINE_shop_orders",
+            consumer: "hookline-consumer"
+        })
+    );
+    for subject in DELETION_ADVISORIES {
+        assert!(subject.starts_with("$JS.EVENT.ADVISORY."), "{subject}");
+    }
+    assert_eq!(deleted("$JS.EVENT.ADVISORY.CONSUMER.CREATED.S.c"), None);
+    assert_eq!(deleted("$JS.EVENT.ADVISORY.CONSUMER.DELETED.S"), None);
+}
