@@ -398,9 +398,14 @@ async fn run_controller(
         let ctx = ctx.clone();
         let stop = stop.clone();
         async move {
-            let advisories = shared::DeletionAdvisories::subscribe(&ctx.nats).await;
+            // Subscribing waits for NATS (its flush), so shutdown must not
+            // wait for the subscription while NATS is down.
+            let follow = async {
+                let advisories = shared::DeletionAdvisories::subscribe(&ctx.nats).await;
+                ctx.follow_deletions(advisories).await
+            };
             tokio::select! {
-                () = ctx.follow_deletions(advisories) => {}
+                () = follow => {}
                 () = stop => {}
             }
         }

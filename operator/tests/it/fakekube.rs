@@ -943,3 +943,37 @@ async fn the_operator_binary_runs_a_pool_with_a_shared_stream_and_lets_a_member_
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs fakekube.py from the development tools; .ci/run runs it"]
+async fn a_leader_started_while_nats_is_down_stops_on_sigterm() {
+    let fake = tokio::task::block_in_place(|| FakeKube::start(false));
+    let mut nats = tokio::task::block_in_place(NatsServer::start).expect("nats-server starts");
+    nats.stop();
+    let client = fake.client().await;
+    install_crd(&client).await;
+    let (mut leader, port) =
+        tokio::task::block_in_place(|| start_operator(&fake, &nats, "replica-a"));
+    eventually("replica-a leads", &mut leader, async || {
+        let ready: Value = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (ready["leading"] == true).then_some(())
+    })
+    .await;
+    // Its controllers run, NATS still down.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    leader.signal(Signal::Term).expect("SIGTERM");
+    let status = tokio::task::block_in_place(|| leader.wait_timeout(Duration::from_secs(20)))
+        .unwrap_or_else(|| {
+            panic!(
+                "still running 20 s after SIGTERM with NATS down:\n{}",
+                leader.log_tail(30)
+            )
+        });
+    assert!(status.success(), "{status}:\n{}", leader.log_tail(30));
+}
