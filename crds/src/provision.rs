@@ -227,8 +227,9 @@ pub async fn ensure(
 
 /// [`ensure`], with what a fresh listing of the pool's stream says of the
 /// durable of `endpoint` when it is a member of a shared stream: a settled
-/// member then takes its pending count from it and makes no call (see
-/// [`ensure_member`]). Ignored for an endpoint with a stream of its own.
+/// member then takes its pending count from it and makes no call, as long
+/// as the listing was taken after the member last made its durable; one it
+/// lacks is made again. Ignored for an endpoint with a stream of its own.
 pub async fn ensure_listed(
     js: &jetstream::Context,
     endpoint: &ValidatedEndpoint,
