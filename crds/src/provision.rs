@@ -855,6 +855,65 @@ pub async fn release(
     bounded(round).await
 }
 
+/// What a deleted pool's cleanup did with its shared stream
+/// ([`clean_up_pool_stream`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PoolCleanup {
+    /// It held no event: deleted, with its durables.
+    Deleted,
+    /// It still held events: kept with them, taking no new ones, and
+    /// released (no owner mark), so a pool of that name made again adopts
+    /// it and its consumer drains them.
+    Released { messages: u64 },
+    /// No such stream, or another owner's (left as it is).
+    Left(Cleanup),
+}
+
+/// A deleted pool's shared stream `name`: first its subjects become
+/// `closed_subject` alone, so nothing more is stored in it (the pool's
+/// receivers may still run while the pool's children are collected, and
+/// get no stream: 503), then it is deleted when it holds nothing, else
+/// released with its events. Deleting it while it holds events would lose
+/// them; keeping its mark would leave a pool made again under the same
+/// name refused its own members' events.
+pub async fn clean_up_pool_stream(
+    js: &jetstream::Context,
+    name: &str,
+    closed_subject: &str,
+    owner: &StreamOwner,
+) -> Result<PoolCleanup, ProvisionError> {
+    let round = async {
+        let current = match removable(js, name, owner).await? {
+            Ok(info) => info.config,
+            Err(found) => return Ok(PoolCleanup::Left(found)),
+        };
+        let closed = stream::Config {
+            subjects: vec![closed_subject.to_owned()],
+            metadata: owner::user_metadata(&current.metadata),
+            ..current
+        };
+        let info = js
+            .update_stream(&closed)
+            .await
+            .map_err(stream_error(name, "update"))?;
+        if info.state.messages == 0 {
+            remove_stream(js, name).await?;
+            return Ok(PoolCleanup::Deleted);
+        }
+        let released = stream::Config {
+            metadata: owner::released_metadata(&closed.metadata),
+            ..closed
+        };
+        js.update_stream(&released)
+            .await
+            .map_err(stream_error(name, "update"))?;
+        Ok(PoolCleanup::Released {
+            messages: info.state.messages,
+        })
+    };
+    bounded(round).await
+}
+
 /// The stream `name` (config and state) when `owner` may remove, release or
 /// retire it; else what the cleanup found (no stream, or another owner's).
 async fn removable(

@@ -26,6 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -34,13 +35,13 @@ use tracing::{Instrument, debug, info, warn};
 use crate::apply::{self, Applier, ApplyFailure};
 use crate::build::pool::{self as pool_build, Member, PoolChildren, PoolNames, manifest_key};
 use crate::build::{Children, Cluster};
-use crate::reconcile::{Context, jitter};
+use crate::reconcile::{Context, FINALIZER, jitter};
 use crate::secrets::{self, SecretCheck};
 use crate::status::{
     self, Finding, Status, applied_deployment_finding, deployment_finding, write::publish,
 };
 use crate::validate::{ValidEndpoint, ValidPool, validate_in, validate_pool};
-use crate::{Error, Result, shared};
+use crate::{Error, Result, shared, stream};
 
 /// How long an invalid pool waits before it is looked at again (an edit
 /// triggers a reconcile at once).
@@ -277,12 +278,59 @@ pub async fn reconcile(pool: Arc<WebhookPool>, ctx: Arc<Context>) -> Result<Acti
     );
     async move {
         let started = Instant::now();
-        let outcome = Box::pin(reconcile_pool(&pool, &ctx)).await;
+        let namespace = pool
+            .namespace()
+            .ok_or_else(|| Error::MissingObjectKey(pool_key(&pool), ".metadata.namespace"))?;
+        let api: Api<WebhookPool> = Api::namespaced(ctx.client.clone(), &namespace);
+        let outcome = finalizer(&api, FINALIZER, pool, |event| async {
+            match event {
+                // Boxed: the steps' futures are large, and a task's stack is not.
+                Finalizer::Apply(pool) => Box::pin(reconcile_pool(&pool, &ctx)).await,
+                Finalizer::Cleanup(pool) => Box::pin(cleanup(&pool, &ctx)).await,
+            }
+        })
+        .await
+        .map_err(|err| Error::Finalizer(Box::new(err)));
         ctx.metrics.observe_reconcile(started.elapsed());
         outcome
     }
     .instrument(span)
     .await
+}
+
+/// The finalizer's cleanup: the pool's shared stream, if it has one, is
+/// deleted when empty, else kept with its events for a pool of this name
+/// made again (see [`stream::clean_up_pool`]). Its children go with it
+/// (owner references); its members stay, not served, until they name
+/// another pool or it comes back.
+async fn cleanup(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
+    let key = pool_key(pool);
+    let namespace = pool.namespace().unwrap_or_default();
+    let name = pool.name_any();
+    let uid = pool.metadata.uid.clone().unwrap_or_default();
+    let owner = StreamOwner::new(&uid, &namespace, &name);
+    let cluster = ctx.config.nats.cluster_name.as_deref();
+    let note = stream::clean_up_pool(&ctx.nats, cluster, &namespace, &name, &owner)
+        .await
+        .map_err(Error::DeleteStream)?;
+    info!("pool deleted: {note}");
+    publish(
+        &ctx.recorder,
+        &ctx.metrics,
+        pool,
+        EventType::Normal,
+        "Deleted",
+        note,
+    )
+    .await;
+    for candidate in candidates(ctx, &namespace, &name, None) {
+        ctx.triggers
+            .endpoint(&namespace, &candidate.endpoint.name_any());
+    }
+    ctx.succeeded(&retry_key(&key));
+    ctx.metrics.set_pool_members(&key, None);
+    ctx.shared.forget_pool(&key);
+    Ok(Action::await_change())
 }
 
 /// Logs and counts a failed pool reconcile, and retries it with backoff.

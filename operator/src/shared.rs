@@ -314,6 +314,16 @@ async fn stream_exists(nats: &async_nats::Client, name: &str) -> Option<bool> {
     }
 }
 
+/// The one subject of a pool stream that serves nobody: no receiver
+/// publishes to it, so the stream stores nothing new (a stream needs one).
+pub fn pool_closed_subject(cluster: Option<&str>, namespace: &str, pool: &str) -> String {
+    closed_subject(&naming::pool_subject_prefix_in(cluster, namespace, pool))
+}
+
+fn closed_subject(prefix: &str) -> String {
+    format!("{prefix}._none")
+}
+
 /// The subjects of a pool stream serving `members` (names), as the pool's
 /// reconcile lists them: one `<pool prefix>.<member>.>` each, sorted. With
 /// no member, one subject no member has, so the stream takes nothing (an
@@ -330,7 +340,7 @@ pub fn pool_subjects<'a>(
         .map(|member| format!("{}.>", naming::pool_member_subject_prefix(&prefix, member)))
         .collect();
     if subjects.is_empty() {
-        subjects.push(format!("{prefix}._none"));
+        subjects.push(closed_subject(&prefix));
     }
     subjects.sort();
     subjects.dedup();

@@ -10,7 +10,8 @@ use async_nats::jetstream;
 use hookline_api::headers::HEADER_ALLOWANCE;
 use hookline_api::naming;
 use hookline_api::provision::{
-    self, Cleanup, Ensured, Listed, ProvisionError, Provisioned, StreamOwner, StreamStats,
+    self, Cleanup, Ensured, Listed, PoolCleanup, ProvisionError, Provisioned, StreamOwner,
+    StreamStats,
 };
 use hookline_api::spec::DeletionPolicy;
 
@@ -135,6 +136,38 @@ pub async fn clean_up(
             "kept stream {name} (deletionPolicy: Retain); the next endpoint of this name takes it over"
         ),
     })
+}
+
+/// The finalizer's cleanup of a deleted pool's shared stream (if it has
+/// one): deleted when it holds nothing, else closed to new events and
+/// released with them for a pool of this name made again; left alone when
+/// another owner's. Returns what was done, for the log.
+pub async fn clean_up_pool(
+    client: &async_nats::Client,
+    cluster: Option<&str>,
+    namespace: &str,
+    pool: &str,
+    owner: &StreamOwner,
+) -> Result<String, ProvisionError> {
+    let js = jetstream::new(client.clone());
+    let name = naming::pool_stream_name_in(cluster, namespace, pool);
+    let closed = crate::shared::pool_closed_subject(cluster, namespace, pool);
+    Ok(
+        match provision::clean_up_pool_stream(&js, &name, &closed, owner).await? {
+            PoolCleanup::Deleted => {
+                format!("deleted its shared stream {name}, which held no event")
+            }
+            PoolCleanup::Released { messages } => format!(
+                "kept its shared stream {name}, which still holds {messages} event(s) of its members, taking no new ones: a WebhookPool of this name made again takes it over and drains them (or remove it with `nats stream rm {name}`)"
+            ),
+            PoolCleanup::Left(Cleanup::OwnedElsewhere(mark)) => {
+                format!("left stream {name} alone: it belongs to {mark}")
+            }
+            PoolCleanup::Left(Cleanup::Missing | Cleanup::Done) => {
+                "it had no shared stream".to_owned()
+            }
+        },
+    )
 }
 
 /// The finalizer's cleanup of a member in pool `pool`'s shared stream:

@@ -942,6 +942,46 @@ async fn the_operator_binary_runs_a_pool_with_a_shared_stream_and_lets_a_member_
         },
     )
     .await;
+
+    // The pool is deleted while b's events wait in its stream: the stream
+    // stays, closed to new events, and the pool made again takes it over.
+    js.publish("hookline.shop.POOL_busy.b.push", "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    pools
+        .delete("busy", &DeleteParams::default())
+        .await
+        .expect("pool deleted");
+    eventually(
+        "the pool gone, its stream kept and closed",
+        &mut operator,
+        async || {
+            let gone = pools.get_opt("busy").await.ok()?.is_none();
+            (gone && subjects().await? == ["hookline.shop.POOL_busy._none"]).then_some(())
+        },
+    )
+    .await;
+    pools
+        .patch(
+            "busy",
+            &PatchParams::apply("kubectl").force(),
+            &Patch::Apply(&pool),
+        )
+        .await
+        .expect("pool applied again");
+    eventually(
+        "the pool made again lists b in its old stream, b's event still there",
+        &mut operator,
+        async || {
+            let mut stream = js.get_stream("HOOKLINE_shop_POOL_busy").await.ok()?;
+            let info = stream.info().await.ok()?;
+            (info.config.subjects == ["hookline.shop.POOL_busy.b.>"] && info.state.messages == 1)
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

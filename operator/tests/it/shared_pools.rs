@@ -771,3 +771,70 @@ async fn without_the_advisory_a_deleted_durable_is_made_again_after_the_pools_ne
         "made again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_pool_keeps_its_members_events_for_the_pool_made_again_and_an_empty_stream_goes()
+{
+    let mut harness = Harness::start(true).await;
+    harness.fake.insert(&shared_pool());
+    add(&harness, &members(&["a", "b"]));
+    converge(&mut harness, &["a", "b"]).await;
+    publish(&harness, "hookline.shop.POOL_shared.a.push", 2).await;
+    let pool_is_gone = |harness: &Harness| {
+        harness
+            .fake
+            .get("hookline.io/v1alpha1", "WebhookPool", NS, POOL)
+            .is_none()
+    };
+
+    harness.mark_pool_deleting(NS, POOL);
+    harness
+        .reconcile_pool_once(NS, POOL)
+        .await
+        .expect("cleanup");
+    assert!(pool_is_gone(&harness), "the finalizer was removed");
+    let info = stream_info(&harness, POOL_STREAM)
+        .await
+        .expect("kept: it holds a's events");
+    assert_eq!(info.state.messages, 2);
+    assert_eq!(
+        subjects(&info),
+        ["hookline.shop.POOL_shared._none"],
+        "it takes no new events"
+    );
+    assert_eq!(
+        info.config.metadata.get(OWNER_UID_KEY),
+        None,
+        "released for the pool made again"
+    );
+
+    // The pool made again (a new UID) takes it over for its members.
+    harness.fake.insert(&shared_pool());
+    let uid = harness.pool(NS, POOL).metadata.uid.expect("uid");
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    let info = stream_info(&harness, POOL_STREAM)
+        .await
+        .expect("pool stream");
+    assert_eq!(info.state.messages, 2, "a's events are still there");
+    assert_eq!(
+        subjects(&info),
+        [
+            "hookline.shop.POOL_shared.a.>",
+            "hookline.shop.POOL_shared.b.>"
+        ]
+    );
+    assert_eq!(info.config.metadata.get(OWNER_UID_KEY), Some(&uid));
+
+    // Drained, then deleted again: an empty stream goes with its pool.
+    drain(&harness, POOL_STREAM, "hookline-consumer-a").await;
+    harness.mark_pool_deleting(NS, POOL);
+    harness
+        .reconcile_pool_once(NS, POOL)
+        .await
+        .expect("cleanup");
+    assert!(pool_is_gone(&harness));
+    assert!(
+        stream_info(&harness, POOL_STREAM).await.is_none(),
+        "deleted with its pool"
+    );
+}

@@ -20,11 +20,12 @@ use hookline_e2e::NatsServer;
 use hookline_operator::apply::{self, ChildWriters};
 use hookline_operator::config::OperatorConfig;
 use hookline_operator::metrics::Metrics;
-use hookline_operator::reconcile::{Context, reconcile};
+use hookline_operator::reconcile::{Context, FINALIZER, reconcile};
 use hookline_operator::secrets::SecretIndex;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
+use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
@@ -322,7 +323,27 @@ impl Harness {
 
     /// One reconcile of the stored pool, with the caches as its watches
     /// would have them.
+    /// One pass of the pool's reconcile, as the controller runs it: a pool
+    /// without the finalizer yet gets it first (one reconcile, which waits
+    /// for that change), then the pass.
     pub async fn reconcile_pool(
+        &mut self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Action, hookline_operator::Error> {
+        if !self
+            .pool(namespace, name)
+            .finalizers()
+            .iter()
+            .any(|f| f == FINALIZER)
+        {
+            self.reconcile_pool_once(namespace, name).await?;
+        }
+        self.reconcile_pool_once(namespace, name).await
+    }
+
+    /// One call of the pool's reconcile, whatever it does.
+    pub async fn reconcile_pool_once(
         &mut self,
         namespace: &str,
         name: &str,
@@ -361,6 +382,20 @@ impl Harness {
         self.edit_endpoint(namespace, name, |object| {
             object["metadata"]["deletionTimestamp"] = serde_json::json!("2026-11-30T00:00:05Z");
         });
+    }
+
+    /// Marks the pool as being deleted, as `kubectl delete` does while a
+    /// finalizer is on it.
+    pub fn mark_pool_deleting(&self, namespace: &str, name: &str) {
+        self.fake.edit(
+            "hookline.io/v1alpha1",
+            "WebhookPool",
+            namespace,
+            name,
+            |object| {
+                object["metadata"]["deletionTimestamp"] = serde_json::json!("2026-11-30T00:00:05Z");
+            },
+        );
     }
 
     /// Status writes (`patch` of `webhookendpoints/status`) since the calls were cleared.
