@@ -458,6 +458,7 @@ async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
                 PoolStream::Ready { durables, .. } => {
                     if let Some(durables) = durables {
                         ask_unlisted(ctx, &namespace, &served, durables);
+                        record_listed_pending(ctx, &namespace, &served, durables);
                     }
                     let draining = draining(ctx, &valid, &held, data, durables.as_ref()).await;
                     if !draining.is_empty() {
@@ -710,6 +711,34 @@ fn ask_unlisted(
         if !durables.contains_key(&naming::pool_member_durable(&member.name)) {
             debug!(member = %member.name, "the pool's stream has no durable of this member: asking for its reconcile");
             ctx.triggers.endpoint(namespace, &member.name);
+        }
+    }
+}
+
+/// Records each served member's pending count as the pool's listing just
+/// read it, so the pool's lag (KEDA's, and its status `pending`) is never
+/// older than this listing; the member's own reconcile would take it from
+/// the listing it finds, up to one resync later. A member whose own stream
+/// is not known gone is left to its reconcile, which adds that stream's
+/// events to its pending.
+fn record_listed_pending(
+    ctx: &Context,
+    namespace: &str,
+    served: &[Member],
+    durables: &HashMap<String, u64>,
+) {
+    for member in served {
+        let own_stream_gone = ctx
+            .endpoints
+            .get(&ObjectRef::new(&member.name).within(namespace))
+            .and_then(|endpoint| endpoint.metadata.uid.clone())
+            .is_some_and(|uid| ctx.shared.own_stream_gone(&uid));
+        let listed = durables.get(&naming::pool_member_durable(&member.name));
+        if let (true, Some(pending)) = (own_stream_gone, listed) {
+            ctx.metrics.set_pending(
+                &format!("{namespace}/{}", member.name),
+                i64::try_from(*pending).ok(),
+            );
         }
     }
 }

@@ -225,6 +225,12 @@ impl SharedStreams {
         }
     }
 
+    /// Whether the endpoint's own stream is known gone (or not its own), so
+    /// its pending is its durable's on the pool's stream alone.
+    pub fn own_stream_gone(&self, uid: &str) -> bool {
+        lock(&self.own_gone).contains(uid)
+    }
+
     /// Forgets an endpoint's own stream: it is out of a shared stream
     /// (its own stream is its stream again), or deleted.
     pub fn forget_own(&self, uid: &str) {

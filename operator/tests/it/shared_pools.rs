@@ -838,3 +838,21 @@ async fn a_deleted_pool_keeps_its_members_events_for_the_pool_made_again_and_an_
         "deleted with its pool"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pools_lag_is_as_fresh_as_its_listing_without_waiting_for_its_members() {
+    let mut harness = Harness::start(true).await;
+    harness.fake.insert(&shared_pool());
+    add(&harness, &members(&["a", "b"]));
+    converge(&mut harness, &["a", "b"]).await;
+    assert_eq!(harness.metrics.pool_lag("shop/shared"), Some((0, 2)));
+
+    publish(&harness, "hookline.shop.POOL_shared.a.push", 3).await;
+    publish(&harness, "hookline.shop.POOL_shared.b.push", 4).await;
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    assert_eq!(
+        harness.metrics.pool_lag("shop/shared"),
+        Some((7, 2)),
+        "read by the pool's listing, no member reconciled"
+    );
+}
