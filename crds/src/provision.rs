@@ -511,23 +511,14 @@ pub async fn retire_own_stream(
             Err(Cleanup::OwnedElsewhere(mark)) => return Ok(Retirement::OwnedElsewhere(mark)),
             Err(Cleanup::Missing | Cleanup::Done) => return Ok(Retirement::Missing),
         };
-        let retired = vec![retired_subject.to_owned()];
-        if info.config.subjects != retired {
-            let config = stream::Config {
-                subjects: retired,
-                metadata: owner::user_metadata(&info.config.metadata),
-                ..info.config.clone()
-            };
-            tracing::info!(
-                stream = name,
-                subject = retired_subject,
-                "retiring the stream's subjects: its endpoint's events go to its pool's stream now"
-            );
-            info = js
-                .update_stream(&config)
-                .await
-                .map_err(stream_error(name, "update"))?;
-        }
+        info = close_to(
+            js,
+            name,
+            info,
+            retired_subject,
+            "its endpoint's events go to its pool's stream now",
+        )
+        .await?;
         if info.state.messages > 0 {
             return Ok(Retirement::Draining {
                 messages: info.state.messages,
@@ -883,26 +874,18 @@ pub async fn clean_up_pool_stream(
     owner: &StreamOwner,
 ) -> Result<PoolCleanup, ProvisionError> {
     let round = async {
-        let current = match removable(js, name, owner).await? {
-            Ok(info) => info.config,
+        let info = match removable(js, name, owner).await? {
+            Ok(info) => info,
             Err(found) => return Ok(PoolCleanup::Left(found)),
         };
-        let closed = stream::Config {
-            subjects: vec![closed_subject.to_owned()],
-            metadata: owner::user_metadata(&current.metadata),
-            ..current
-        };
-        let info = js
-            .update_stream(&closed)
-            .await
-            .map_err(stream_error(name, "update"))?;
+        let info = close_to(js, name, info, closed_subject, "its pool was deleted").await?;
         if info.state.messages == 0 {
             remove_stream(js, name).await?;
             return Ok(PoolCleanup::Deleted);
         }
         let released = stream::Config {
-            metadata: owner::released_metadata(&closed.metadata),
-            ..closed
+            metadata: owner::released_metadata(&info.config.metadata),
+            ..info.config
         };
         js.update_stream(&released)
             .await
@@ -912,6 +895,35 @@ pub async fn clean_up_pool_stream(
         })
     };
     bounded(round).await
+}
+
+/// Makes `subject` the stream's only subject (nothing else of its config
+/// changes, so its durables keep draining what it holds and nothing new
+/// lands in it), saying `why` when it changes; the stream's info after.
+async fn close_to(
+    js: &jetstream::Context,
+    name: &str,
+    info: stream::Info,
+    subject: &str,
+    why: &str,
+) -> Result<stream::Info, ProvisionError> {
+    let closed = vec![subject.to_owned()];
+    if info.config.subjects == closed {
+        return Ok(info);
+    }
+    tracing::info!(
+        stream = name,
+        subject,
+        "closing the stream to new events: {why}"
+    );
+    let config = stream::Config {
+        subjects: closed,
+        metadata: owner::user_metadata(&info.config.metadata),
+        ..info.config
+    };
+    js.update_stream(&config)
+        .await
+        .map_err(stream_error(name, "update"))
 }
 
 /// The stream `name` (config and state) when `owner` may remove, release or
