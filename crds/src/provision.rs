@@ -834,16 +834,26 @@ pub async fn release(
         if owner_mark(&current).is_none() {
             return Ok(Cleanup::Done);
         }
-        let config = stream::Config {
-            metadata: owner::released_metadata(&current.metadata),
-            ..current.clone()
-        };
-        js.update_stream(&config)
-            .await
-            .map_err(stream_error(name, "update"))?;
+        unmark(js, name, current).await?;
         Ok(Cleanup::Done)
     };
     bounded(round).await
+}
+
+/// Updates the stream `name` from `current` with its owner mark removed and
+/// nothing else changed.
+async fn unmark(
+    js: &jetstream::Context,
+    name: &str,
+    current: stream::Config,
+) -> Result<stream::Info, ProvisionError> {
+    let config = stream::Config {
+        metadata: owner::released_metadata(&current.metadata),
+        ..current
+    };
+    js.update_stream(&config)
+        .await
+        .map_err(stream_error(name, "update"))
 }
 
 /// What a deleted pool's cleanup did with its shared stream
@@ -883,13 +893,7 @@ pub async fn clean_up_pool_stream(
             remove_stream(js, name).await?;
             return Ok(PoolCleanup::Deleted);
         }
-        let released = stream::Config {
-            metadata: owner::released_metadata(&info.config.metadata),
-            ..info.config
-        };
-        js.update_stream(&released)
-            .await
-            .map_err(stream_error(name, "update"))?;
+        unmark(js, name, info.config).await?;
         Ok(PoolCleanup::Released {
             messages: info.state.messages,
         })

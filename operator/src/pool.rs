@@ -304,7 +304,6 @@ pub async fn reconcile(pool: Arc<WebhookPool>, ctx: Arc<Context>) -> Result<Acti
 /// (owner references); its members stay, not served, until they name
 /// another pool or it comes back.
 async fn cleanup(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
-    let key = pool_key(pool);
     let namespace = pool.namespace().unwrap_or_default();
     let name = pool.name_any();
     let uid = pool.metadata.uid.clone().unwrap_or_default();
@@ -327,9 +326,9 @@ async fn cleanup(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
         ctx.triggers
             .endpoint(&namespace, &candidate.endpoint.name_any());
     }
-    ctx.succeeded(&retry_key(&key));
-    ctx.metrics.set_pool_members(&key, None);
-    ctx.shared.forget_pool(&key);
+    // What this process keeps of the pool is forgotten on the watch's
+    // deletion event, as for a pool deleted without this finalizer.
+    ctx.succeeded(&retry_key(&pool_key(pool)));
     Ok(Action::await_change())
 }
 
