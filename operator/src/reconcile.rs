@@ -70,7 +70,7 @@ pub struct Context {
     pub(crate) pool_state: pool::Written,
     /// Shared pool streams: which pools have one, their figures, and the
     /// members' own streams on their way out.
-    pub(crate) shared: shared::SharedStreams,
+    pub shared: shared::SharedStreams,
 }
 
 /// Senders into the controllers' `reconcile_on` streams; absent in tests

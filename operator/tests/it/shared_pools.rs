@@ -7,8 +7,6 @@
 
 use crate::support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -19,7 +17,7 @@ use hookline_api::spec::WebhookEndpoint;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use serde_json::{Value, json};
-use support::{Harness, count_jetstream_calls, secret};
+use support::{Harness, secret};
 
 const NS: &str = "shop";
 const POOL: &str = "shared";
@@ -188,24 +186,35 @@ fn figures(harness: &Harness, name: &str) -> (i64, i64) {
     )
 }
 
-/// Counts the JetStream API calls made from its start.
+/// Counts the JetStream API calls nats-server answers from its start, by
+/// its own count (`/jsz`): exact once the calls have their answers, which
+/// a subscriber on `$JS.API.>` would see only some time later.
 struct Calls {
-    counter: Arc<AtomicUsize>,
-    before: usize,
+    before: u64,
 }
 
 impl Calls {
     async fn start(harness: &Harness) -> Calls {
-        let counter = count_jetstream_calls(&harness.nats.url()).await;
-        let before = counter.load(Ordering::Relaxed);
-        Calls { counter, before }
+        Calls {
+            before: answered_calls(harness).await,
+        }
     }
 
-    async fn made(self) -> usize {
-        // The counter's subscription sees the last requests a moment later.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        self.counter.load(Ordering::Relaxed) - self.before
+    async fn made(self, harness: &Harness) -> usize {
+        let made = answered_calls(harness).await - self.before;
+        usize::try_from(made).expect("a count")
     }
+}
+
+/// JetStream API calls nats-server has answered so far.
+async fn answered_calls(harness: &Harness) -> u64 {
+    let jsz: serde_json::Value = reqwest::get(format!("{}/jsz", harness.nats.monitor_url()))
+        .await
+        .expect("/jsz")
+        .json()
+        .await
+        .expect("JSON");
+    jsz["api"]["total"].as_u64().expect("api.total")
 }
 
 /// JetStream API calls one reconcile of each of `names` makes.
@@ -214,14 +223,14 @@ async fn calls_of_a_resync(harness: &mut Harness, names: &[&str]) -> usize {
     for name in names {
         harness.reconcile(NS, name).await.expect("resync");
     }
-    calls.made().await
+    calls.made(harness).await
 }
 
 /// JetStream API calls one reconcile of the pool makes.
 async fn calls_of_a_pool_resync(harness: &mut Harness) -> usize {
     let calls = Calls::start(harness).await;
     harness.reconcile_pool(NS, POOL).await.expect("pool resync");
-    calls.made().await
+    calls.made(harness).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -729,7 +738,19 @@ async fn a_durable_deleted_behind_the_operators_back_is_made_again_at_its_member
         .delete_consumer_from_stream("hookline-consumer-a", POOL_STREAM)
         .await
         .expect("deleted");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out_of_the_listing = async {
+        while harness
+            .ctx
+            .shared
+            .listed("shop/shared", "hookline-consumer-a", harness.ctx.resync)
+            .is_some_and(|listed| listed.pending.is_some())
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), out_of_the_listing)
+        .await
+        .expect("the advisory takes the durable out of the pool's listing");
     harness.reconcile(NS, "a").await.expect("member");
     assert_eq!(
         durable(&harness, POOL_STREAM, "hookline-consumer-a").await,
