@@ -94,8 +94,42 @@ struct Figures {
 enum Durables {
     /// One durable per member, filtered on its subjects.
     PerMember,
-    /// One durable for the whole (single) stream.
+    /// One durable for the whole (single) stream, unfiltered.
     One,
+    /// One durable for the (single) stream filtered on each member's subject
+    /// but the last `parked`, which have a durable each: made with every
+    /// member's subject, then updated to leave the parked ones out, as a pool
+    /// would move a failing member aside.
+    OneListed { parked: usize },
+}
+
+impl Durables {
+    /// The durables made, each with its filters and the events it drains.
+    fn durables(self, members: usize, per_member: usize) -> Vec<(Vec<String>, usize)> {
+        let own = |m: usize| (vec![format!("layout.m{m}.>")], per_member);
+        match self {
+            Durables::PerMember => (0..members).map(own).collect(),
+            Durables::One => vec![(vec!["layout.>".to_owned()], members * per_member)],
+            Durables::OneListed { parked } => {
+                let parked = parked.min(members);
+                let listed = members - parked;
+                let mut durables = vec![(
+                    (0..listed).map(|m| format!("layout.m{m}.>")).collect(),
+                    listed * per_member,
+                )];
+                durables.extend((listed..members).map(own));
+                durables
+            }
+        }
+    }
+}
+
+/// The stream's subjects: one per member (as a pool lists them), or one
+/// wildcard for all.
+#[derive(Clone, Copy, PartialEq)]
+enum Subjects {
+    PerMember,
+    Wildcard,
 }
 
 /// `members` members over `streams` streams, `per_member` events each, on a
@@ -105,16 +139,20 @@ async fn measure(
     streams: usize,
     per_member: usize,
     durables: Durables,
+    subjects: Subjects,
 ) -> BenchResult<Figures> {
     let nats = tokio::task::block_in_place(NatsServer::start)?;
     let pid = nats.pid().ok_or("nats-server has no pid")?;
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     let streams = streams.min(members);
     for s in 0..streams {
-        let subjects = (s..members)
-            .step_by(streams)
-            .map(|m| format!("layout.m{m}.>"))
-            .collect();
+        let subjects = match subjects {
+            Subjects::PerMember => (s..members)
+                .step_by(streams)
+                .map(|m| format!("layout.m{m}.>"))
+                .collect(),
+            Subjects::Wildcard => vec!["layout.>".to_owned()],
+        };
         js.create_stream(stream::Config {
             name: format!("LAYOUT_{s}"),
             subjects,
@@ -123,27 +161,29 @@ async fn measure(
         })
         .await?;
     }
-    let (consumers, per_consumer) = match durables {
-        Durables::PerMember => (members, per_member),
-        Durables::One => (1, members * per_member),
-    };
-    let mut drained_by = Vec::with_capacity(consumers);
-    for c in 0..consumers {
+    let mut drained_by = Vec::new();
+    for (c, (filter_subjects, count)) in durables
+        .durables(members, per_member)
+        .into_iter()
+        .enumerate()
+    {
         let stream = js.get_stream(format!("LAYOUT_{}", c % streams)).await?;
-        let filter_subject = match durables {
-            Durables::PerMember => format!("layout.m{c}.>"),
-            Durables::One => "layout.>".to_owned(),
+        let mut config = pull::Config {
+            durable_name: Some(format!("d{c}")),
+            max_ack_pending: 1000,
+            ..Default::default()
         };
-        drained_by.push(
-            stream
-                .create_consumer(pull::Config {
-                    durable_name: Some(format!("m{c}")),
-                    filter_subject,
-                    max_ack_pending: 1000,
-                    ..Default::default()
-                })
-                .await?,
-        );
+        if let (Durables::OneListed { .. }, 0) = (durables, c) {
+            // Made with every member, then the parked ones left out.
+            config.filter_subjects = (0..members).map(|m| format!("layout.m{m}.>")).collect();
+            stream.create_consumer(config.clone()).await?;
+        }
+        match <[String; 1]>::try_from(filter_subjects) {
+            Ok([one]) => config.filter_subject = one,
+            Err(many) => config.filter_subjects = many,
+        }
+        let consumer = stream.create_consumer(config).await?;
+        drained_by.push((consumer, count));
     }
 
     let total = members * per_member;
@@ -168,7 +208,7 @@ async fn measure(
     let started = Instant::now();
     let drains: Vec<_> = drained_by
         .into_iter()
-        .map(|durable| tokio::spawn(drain(durable, per_consumer)))
+        .map(|(durable, count)| tokio::spawn(drain(durable, count)))
         .collect();
     for drain in drains {
         drain.await??;
@@ -219,7 +259,7 @@ async fn main() -> BenchResult<()> {
         "layout_bench: {} members × {} events of {BODY_BYTES} B, a durable per member",
         args.members, args.per_member
     );
-    let one = measure(1, 1, total, Durables::PerMember).await?;
+    let one = measure(1, 1, total, Durables::PerMember, Subjects::PerMember).await?;
     println!(
         "{:<28} {:>10} {:>6} {:>10} {:>6} {:>10} {:>6} {:>12}",
         "layout", "publish/s", "ratio", "drain/s", "ratio", "applied/s", "ratio", "nats µs/msg"
@@ -238,14 +278,45 @@ async fn main() -> BenchResult<()> {
     };
     row("1 member, 1 stream".into(), &one);
     for &streams in &args.streams {
-        let figures = measure(args.members, streams, args.per_member, Durables::PerMember).await?;
+        let figures = measure(
+            args.members,
+            streams,
+            args.per_member,
+            Durables::PerMember,
+            Subjects::PerMember,
+        )
+        .await?;
         let per_stream = args.members.div_ceil(streams.min(args.members));
         row(
             format!("{streams} streams × {per_stream} members"),
             &figures,
         );
     }
-    let figures = measure(args.members, 1, args.per_member, Durables::One).await?;
-    row("1 stream, 1 durable for all".into(), &figures);
+    let one_stream = [
+        (
+            "1 stream, 1 durable for all",
+            Durables::One,
+            Subjects::PerMember,
+        ),
+        (
+            "  … stream subject a wildcard",
+            Durables::One,
+            Subjects::Wildcard,
+        ),
+        (
+            "  … durable lists members",
+            Durables::OneListed { parked: 0 },
+            Subjects::PerMember,
+        ),
+        (
+            "  … and 10 parked apart",
+            Durables::OneListed { parked: 10 },
+            Subjects::PerMember,
+        ),
+    ];
+    for (label, durables, subjects) in one_stream {
+        let figures = measure(args.members, 1, args.per_member, durables, subjects).await?;
+        row(label.into(), &figures);
+    }
     Ok(())
 }
