@@ -20,7 +20,6 @@
 mod support;
 
 use std::process::Command;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use hookline_api::pool::WebhookPool;
@@ -31,7 +30,7 @@ use hookline_e2e::{ChildProcess, NatsServer, free_port, workspace_bin};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use support::fakekube::{apply_endpoint, create_stripe_secrets, install_crd, install_pool_crd};
-use support::{count_jetstream_calls, example};
+use support::{answered_jetstream_calls, example};
 
 /// The resync the steady state is measured over.
 const RESYNC_SECONDS: u64 = 30;
@@ -167,7 +166,7 @@ async fn main() {
 
     // A steady state: one resync and a half of writes and JetStream calls.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let calls = count_jetstream_calls(&nats.url()).await;
+    let calls_before = answered_jetstream_calls(&nats.monitor_url()).await;
     fake.hook(reqwest::Method::POST, "/_fake/reset-requests")
         .await;
     let window = Duration::from_secs(RESYNC_SECONDS * 3 / 2);
@@ -187,7 +186,7 @@ async fn main() {
         .iter()
         .filter(|request| !leases(request) && request["changed"] == false)
         .count();
-    let calls = calls.load(Ordering::Relaxed);
+    let calls = answered_jetstream_calls(&nats.monitor_url()).await - calls_before;
     println!(
         "steady state over {:.0} s (resync {RESYNC_SECONDS} s): changed writes {changed}, unchanged writes {unchanged}, JetStream API calls {calls} = {:.2} per endpoint per resync",
         window.as_secs_f64(),

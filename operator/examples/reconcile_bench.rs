@@ -12,12 +12,11 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use hookline_e2e::proc_stats::peak_rss_mib;
 use hookline_operator::reconcile::reconcile;
-use support::{Harness, count_jetstream_calls, example};
+use support::{Harness, answered_jetstream_calls, example};
 
 /// One reconcile of every endpoint; the time of each.
 async fn pass(harness: &mut Harness, endpoints: &[(String, String)]) -> Vec<Duration> {
@@ -76,14 +75,13 @@ async fn main() {
         harness.nats.url()
     );
 
-    let jetstream_calls = count_jetstream_calls(&harness.nats.url()).await;
+    let monitor = harness.nats.monitor_url();
     let measure = async |label: &str, harness: &mut Harness| {
         harness.fake.clear_calls();
-        let calls_before = jetstream_calls.load(Ordering::Relaxed);
+        let calls_before = answered_jetstream_calls(&monitor).await;
         let times = pass(harness, &endpoints).await;
-        // The counter's subscription sees the last requests a moment later.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let calls = jetstream_calls.load(Ordering::Relaxed) - calls_before;
+        let calls = answered_jetstream_calls(&monitor).await - calls_before;
+        let calls = usize::try_from(calls).unwrap_or(usize::MAX);
         summary(label, times, harness.fake.writes().len(), calls);
     };
     measure("add finalizer", &mut harness).await;

@@ -17,7 +17,7 @@ use hookline_api::spec::WebhookEndpoint;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use serde_json::{Value, json};
-use support::{Harness, secret};
+use support::{Harness, answered_jetstream_calls, secret};
 
 const NS: &str = "shop";
 const POOL: &str = "shared";
@@ -186,9 +186,8 @@ fn figures(harness: &Harness, name: &str) -> (i64, i64) {
     )
 }
 
-/// Counts the JetStream API calls nats-server answers from its start, by
-/// its own count (`/jsz`): exact once the calls have their answers, which
-/// a subscriber on `$JS.API.>` would see only some time later.
+/// Counts the JetStream API calls nats-server answers from its start
+/// ([`answered_jetstream_calls`]).
 struct Calls {
     before: u64,
 }
@@ -206,15 +205,8 @@ impl Calls {
     }
 }
 
-/// JetStream API calls nats-server has answered so far.
 async fn answered_calls(harness: &Harness) -> u64 {
-    let jsz: serde_json::Value = reqwest::get(format!("{}/jsz", harness.nats.monitor_url()))
-        .await
-        .expect("/jsz")
-        .json()
-        .await
-        .expect("JSON");
-    jsz["api"]["total"].as_u64().expect("api.total")
+    answered_jetstream_calls(&harness.nats.monitor_url()).await
 }
 
 /// JetStream API calls one reconcile of each of `names` makes.

@@ -9,11 +9,9 @@ pub mod fakekube;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use fake_api::FakeApi;
-use futures::StreamExt;
 use hookline_api::pool::WebhookPool;
 use hookline_api::spec::WebhookEndpoint;
 use hookline_e2e::NatsServer;
@@ -526,21 +524,15 @@ pub async fn wait_connected(client: &async_nats::Client) {
     panic!("no NATS connection within 2 s");
 }
 
-/// Counts JetStream API requests (`$JS.API.>`) seen on the server.
-pub async fn count_jetstream_calls(nats_url: &str) -> Arc<AtomicUsize> {
-    let client = hookline_api::nats::connect(nats_url, &Default::default(), "bench-count")
+/// JetStream API calls nats-server has answered since it started, by its
+/// own count (`/jsz` at `monitor_url`): exact once the calls have their
+/// answers, which a subscriber on `$JS.API.>` would see only some time later.
+pub async fn answered_jetstream_calls(monitor_url: &str) -> u64 {
+    let jsz: serde_json::Value = reqwest::get(format!("{monitor_url}/jsz"))
         .await
-        .expect("NATS");
-    wait_connected(&client).await;
-    let mut calls = client.subscribe("$JS.API.>").await.expect("subscribe");
-    client.flush().await.expect("flush");
-    let count = Arc::new(AtomicUsize::new(0));
-    let counter = count.clone();
-    tokio::spawn(async move {
-        let _client = client;
-        while calls.next().await.is_some() {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-    });
-    count
+        .expect("/jsz")
+        .json()
+        .await
+        .expect("JSON");
+    jsz["api"]["total"].as_u64().expect("api.total")
 }
