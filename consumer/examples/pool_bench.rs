@@ -23,6 +23,10 @@
 //! It also prints what the shared stream still holds right after the drain
 //! (acknowledgements nats-server has not applied yet), and deletes it before
 //! the single endpoint's drain.
+//!
+//! Each drain's peak RSS is this process's from the drain's start (the
+//! consumer runs here with the binary's allocator, mimalloc; what the
+//! benchmark itself holds is counted too, so it is an upper bound).
 
 use std::time::{Duration, Instant};
 
@@ -31,9 +35,13 @@ use async_nats::jetstream;
 use chrono::{SecondsFormat, Utc};
 use hookline_api::{ValidatedEndpoint, headers};
 use hookline_consumer::{Config, PoolConfig};
-use hookline_e2e::proc_stats::{command_cpu_seconds, cpu_seconds};
+use hookline_e2e::proc_stats::{command_cpu_seconds, cpu_seconds, peak_rss_mib, reset_peak_rss};
 use hookline_e2e::{NatsServer, Postgres};
 use sqlx::PgPool;
+
+/// As the consumer binary: its drain is measured with the same allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -215,14 +223,21 @@ struct Drained {
     client_us: f64,
     postgres_us: f64,
     nats_us: f64,
+    /// This process's peak RSS over the drain (MiB; NaN when unknown).
+    peak_rss_mib: f64,
 }
 
 impl std::fmt::Display for Drained {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:.0} events/s ({:.2} s), CPU µs/event: consumer {:.0}, Postgres {:.0}, nats-server {:.0}",
-            self.rate, self.seconds, self.client_us, self.postgres_us, self.nats_us
+            "{:.0} events/s ({:.2} s), CPU µs/event: consumer {:.0}, Postgres {:.0}, nats-server {:.0}; peak RSS {:.1} MiB",
+            self.rate,
+            self.seconds,
+            self.client_us,
+            self.postgres_us,
+            self.nats_us,
+            self.peak_rss_mib
         )?;
         let (mib, fpi, checkpoints) = self.wal;
         write!(
@@ -263,6 +278,7 @@ where
         .await?;
     let mut now = 0;
     let mut poll = tokio::time::interval(POLL);
+    let rss_reset = reset_peak_rss(std::process::id());
     let started = Instant::now();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let task = tokio::spawn(consumer(listener, stopped));
@@ -310,6 +326,10 @@ where
         ),
         postgres_us: per_event(command_cpu_seconds("postgres"), postgres_before),
         nats_us: per_event(nats_cpu(), nats_before),
+        peak_rss_mib: rss_reset
+            .then(|| peak_rss_mib(std::process::id()))
+            .flatten()
+            .unwrap_or(f64::NAN),
     };
     let _ = stop.send(());
     task.await??;

@@ -111,6 +111,14 @@ pub fn peak_rss_mib(pid: u32) -> Option<f64> {
     status_number(pid, "VmHWM").map(|kib| kib as f64 / 1024.0)
 }
 
+/// Starts `pid`'s `VmHWM` over from its resident memory now (Linux's
+/// `clear_refs` 5), so a later [`peak_rss_mib`] is the peak of what came
+/// after: one phase of a benchmark run in one process. `false` when the
+/// kernel refused.
+pub fn reset_peak_rss(pid: u32) -> bool {
+    fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
