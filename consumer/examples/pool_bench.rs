@@ -35,7 +35,9 @@ use async_nats::jetstream;
 use chrono::{SecondsFormat, Utc};
 use hookline_api::{ValidatedEndpoint, headers};
 use hookline_consumer::{Config, PoolConfig};
-use hookline_e2e::proc_stats::{command_cpu_seconds, cpu_seconds, peak_rss_mib, reset_peak_rss};
+use hookline_e2e::proc_stats::{
+    command_cpu_seconds, cpu_seconds, peak_rss_mib, reset_peak_rss, status_number,
+};
 use hookline_e2e::{NatsServer, Postgres};
 use sqlx::PgPool;
 
@@ -223,21 +225,23 @@ struct Drained {
     client_us: f64,
     postgres_us: f64,
     nats_us: f64,
-    /// This process's peak RSS over the drain (MiB; NaN when unknown).
-    peak_rss_mib: f64,
+    /// This process's RSS at the drain's start and its peak over the drain
+    /// (MiB; NaN when unknown).
+    rss_mib: (f64, f64),
 }
 
 impl std::fmt::Display for Drained {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:.0} events/s ({:.2} s), CPU µs/event: consumer {:.0}, Postgres {:.0}, nats-server {:.0}; peak RSS {:.1} MiB",
+            "{:.0} events/s ({:.2} s), CPU µs/event: consumer {:.0}, Postgres {:.0}, nats-server {:.0}; peak RSS {:.1} MiB ({:.1} at its start)",
             self.rate,
             self.seconds,
             self.client_us,
             self.postgres_us,
             self.nats_us,
-            self.peak_rss_mib
+            self.rss_mib.1,
+            self.rss_mib.0
         )?;
         let (mib, fpi, checkpoints) = self.wal;
         write!(
@@ -278,7 +282,9 @@ where
         .await?;
     let mut now = 0;
     let mut poll = tokio::time::interval(POLL);
-    let rss_reset = reset_peak_rss(std::process::id());
+    let rss_at_start = status_number(std::process::id(), "VmRSS")
+        .filter(|_| reset_peak_rss(std::process::id()))
+        .map_or(f64::NAN, |kib| kib as f64 / 1024.0);
     let started = Instant::now();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let task = tokio::spawn(consumer(listener, stopped));
@@ -326,10 +332,10 @@ where
         ),
         postgres_us: per_event(command_cpu_seconds("postgres"), postgres_before),
         nats_us: per_event(nats_cpu(), nats_before),
-        peak_rss_mib: rss_reset
-            .then(|| peak_rss_mib(std::process::id()))
-            .flatten()
-            .unwrap_or(f64::NAN),
+        rss_mib: (
+            rss_at_start,
+            peak_rss_mib(std::process::id()).unwrap_or(f64::NAN),
+        ),
     };
     let _ = stop.send(());
     task.await??;
