@@ -103,10 +103,15 @@ enum Durables {
     OneListed { parked: usize },
 }
 
+/// Member `m`'s subjects.
+fn member_subjects(m: usize) -> String {
+    format!("layout.m{m}.>")
+}
+
 impl Durables {
     /// The durables made, each with its filters and the events it drains.
     fn durables(self, members: usize, per_member: usize) -> Vec<(Vec<String>, usize)> {
-        let own = |m: usize| (vec![format!("layout.m{m}.>")], per_member);
+        let own = |m: usize| (vec![member_subjects(m)], per_member);
         match self {
             Durables::PerMember => (0..members).map(own).collect(),
             Durables::One => vec![(vec!["layout.>".to_owned()], members * per_member)],
@@ -114,7 +119,7 @@ impl Durables {
                 let parked = parked.min(members);
                 let listed = members - parked;
                 let mut durables = vec![(
-                    (0..listed).map(|m| format!("layout.m{m}.>")).collect(),
+                    (0..listed).map(member_subjects).collect(),
                     listed * per_member,
                 )];
                 durables.extend((listed..members).map(own));
@@ -147,10 +152,7 @@ async fn measure(
     let streams = streams.min(members);
     for s in 0..streams {
         let subjects = match subjects {
-            Subjects::PerMember => (s..members)
-                .step_by(streams)
-                .map(|m| format!("layout.m{m}.>"))
-                .collect(),
+            Subjects::PerMember => (s..members).step_by(streams).map(member_subjects).collect(),
             Subjects::Wildcard => vec!["layout.>".to_owned()],
         };
         js.create_stream(stream::Config {
@@ -175,7 +177,7 @@ async fn measure(
         };
         if let (Durables::OneListed { .. }, 0) = (durables, c) {
             // Made with every member, then the parked ones left out.
-            config.filter_subjects = (0..members).map(|m| format!("layout.m{m}.>")).collect();
+            config.filter_subjects = (0..members).map(member_subjects).collect();
             stream.create_consumer(config.clone()).await?;
         }
         match <[String; 1]>::try_from(filter_subjects) {

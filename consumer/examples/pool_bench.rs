@@ -36,7 +36,7 @@ use chrono::{SecondsFormat, Utc};
 use hookline_api::{ValidatedEndpoint, headers};
 use hookline_consumer::{Config, PoolConfig};
 use hookline_e2e::proc_stats::{
-    command_cpu_seconds, cpu_seconds, peak_rss_mib, reset_peak_rss, status_number,
+    command_cpu_seconds, cpu_seconds, peak_rss_mib, reset_peak_rss, rss_mib,
 };
 use hookline_e2e::{NatsServer, Postgres};
 use sqlx::PgPool;
@@ -282,9 +282,12 @@ where
         .await?;
     let mut now = 0;
     let mut poll = tokio::time::interval(POLL);
-    let rss_at_start = status_number(std::process::id(), "VmRSS")
-        .filter(|_| reset_peak_rss(std::process::id()))
-        .map_or(f64::NAN, |kib| kib as f64 / 1024.0);
+    let pid = std::process::id();
+    let rss_at_start = if reset_peak_rss(pid) {
+        rss_mib(pid).unwrap_or(f64::NAN)
+    } else {
+        f64::NAN
+    };
     let started = Instant::now();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let task = tokio::spawn(consumer(listener, stopped));
@@ -332,10 +335,7 @@ where
         ),
         postgres_us: per_event(command_cpu_seconds("postgres"), postgres_before),
         nats_us: per_event(nats_cpu(), nats_before),
-        rss_mib: (
-            rss_at_start,
-            peak_rss_mib(std::process::id()).unwrap_or(f64::NAN),
-        ),
+        rss_mib: (rss_at_start, peak_rss_mib(pid).unwrap_or(f64::NAN)),
     };
     let _ = stop.send(());
     task.await??;

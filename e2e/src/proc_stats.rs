@@ -106,6 +106,11 @@ impl MachineCpu {
     }
 }
 
+/// `VmRSS` (resident memory now) of `pid` in MiB.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    status_number(pid, "VmRSS").map(|kib| kib as f64 / 1024.0)
+}
+
 /// `VmHWM` (peak resident memory) of `pid` in MiB.
 pub fn peak_rss_mib(pid: u32) -> Option<f64> {
     status_number(pid, "VmHWM").map(|kib| kib as f64 / 1024.0)

@@ -294,11 +294,10 @@ fn write_members(
 
 /// `VmRSS` and `VmHWM` of `pid` in MiB.
 fn rss_mib(pid: u32) -> (f64, f64) {
-    let mib = |field| {
-        hookline_e2e::proc_stats::status_number(pid, field)
-            .map_or(f64::NAN, |kib| kib as f64 / 1024.0)
-    };
-    (mib("VmRSS"), mib("VmHWM"))
+    (
+        hookline_e2e::proc_stats::rss_mib(pid).unwrap_or(f64::NAN),
+        peak_rss_mib(pid).unwrap_or(f64::NAN),
+    )
 }
 
 /// Starts a server with `args` and waits until it answers `/readyz`.

@@ -195,18 +195,14 @@ struct Calls {
 impl Calls {
     async fn start(harness: &Harness) -> Calls {
         Calls {
-            before: answered_calls(harness).await,
+            before: answered_jetstream_calls(&harness.nats.monitor_url()).await,
         }
     }
 
     async fn made(self, harness: &Harness) -> usize {
-        let made = answered_calls(harness).await - self.before;
+        let made = answered_jetstream_calls(&harness.nats.monitor_url()).await - self.before;
         usize::try_from(made).expect("a count")
     }
-}
-
-async fn answered_calls(harness: &Harness) -> u64 {
-    answered_jetstream_calls(&harness.nats.monitor_url()).await
 }
 
 /// JetStream API calls one reconcile of each of `names` makes.
