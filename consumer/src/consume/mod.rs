@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 pub use batch::{STAGES_TARGET, process_batch};
+use budget::Reservation;
 pub use budget::{DEFAULT_PULL_BUDGET_BYTES, PullBudget};
 pub use hold::DatabaseGate;
 pub use item::Delivery;
@@ -72,20 +73,25 @@ const PULL_FAILURES_PER_WARNING: u64 = 60;
 /// one commit; short, so a batch that stalls (its backend off the CPU, a slow
 /// flush) holds the events behind it no longer than this.
 const BATCH_IN_FLIGHT_WAIT: Duration = Duration::from_millis(5);
-/// The least a pull may bring in bytes (16 MiB), so batches of small events
-/// are never cut short.
-const MIN_BATCH_BYTES: usize = 16 << 20;
-/// Room for headers and the JetStream envelope on top of two bodies (1 MiB).
+/// One pull may ask for this share of the budget (4 MiB of the default
+/// 32): a batch holds what it brought until it is settled, so an endpoint
+/// whose batches are stuck (a slow table) holds at most `concurrency`
+/// eighths of the budget, and the other endpoints keep pulling.
+const PULLS_PER_BUDGET: usize = 8;
+/// Room for headers and the JetStream envelope on top of a body (1 MiB).
 const BATCH_BYTES_OVERHEAD: usize = 1 << 20;
 
-/// What one pull may bring in bytes: bounds the memory of a batch without ever
-/// refusing a single message as large as `request.maxBodyBytes` allows, and
-/// (when that fits) within what the process's pulls may have in flight.
+/// What one pull may bring in bytes: its share of the budget, without ever
+/// refusing a single message as large as `request.maxBodyBytes` allows.
 fn max_batch_bytes(max_body_bytes: usize, budget: &PullBudget) -> usize {
-    (2 * max_body_bytes + BATCH_BYTES_OVERHEAD)
-        .max(MIN_BATCH_BYTES)
-        .min(budget.bytes())
-        .max(max_body_bytes + BATCH_BYTES_OVERHEAD)
+    (budget.bytes() / PULLS_PER_BUDGET).max(max_body_bytes + BATCH_BYTES_OVERHEAD)
+}
+
+/// A pull's messages and the budget they hold until their batch is settled.
+struct Pulled {
+    deliveries: Vec<Delivery>,
+    /// Goes back to the budget when dropped.
+    held: Option<Reservation>,
 }
 
 /// Consumes until `shutdown`: then stops pulling and waits for the batches in
@@ -107,8 +113,9 @@ fn max_batch_bytes(max_body_bytes: usize, budget: &PullBudget) -> usize {
 /// the latency's tail.
 ///
 /// Batch pulls take their bytes from `budget`, shared by every loop of the
-/// process, so that many endpoints pulling at once never make NATS cut the
-/// connection off as a slow consumer.
+/// process, and hold them until their batch is settled, so that many
+/// endpoints pulling at once never make NATS cut the connection off as a
+/// slow consumer, nor hold more in memory than the budget.
 pub async fn consume(
     ctx: Arc<Context>,
     consumer: PullConsumer,
@@ -147,13 +154,19 @@ pub async fn consume(
                 Err(_) => break,
             },
         };
-        let batch = match next_batch(&consumer, batch_size, max_bytes, budget).await {
-            Ok(batch) => {
+        // Waits while the pool's batches are all taken (Postgres is slow or
+        // away): a shutdown must not wait behind them.
+        let reserved = tokio::select! {
+            _ = shutdown.wait() => break,
+            reserved = budget.reserve(max_bytes) => reserved,
+        };
+        let pulled = match next_batch(&consumer, batch_size, max_bytes, reserved).await {
+            Ok(pulled) => {
                 pull_failures = 0;
-                if batch.is_empty() {
+                if pulled.deliveries.is_empty() {
                     continue;
                 }
-                batch
+                pulled
             }
             Err(err) => {
                 if ctx.drain_until_gone && gone(&consumer).await {
@@ -174,13 +187,16 @@ pub async fn consume(
                 break;
             }
         };
-        waiting = batch
+        waiting = pulled
+            .deliveries
             .last()
             .and_then(|delivery| delivery.message.info().ok())
             .map_or(0, |info| info.pending);
         let ctx = ctx.clone();
         tasks.spawn(async move {
-            batch::process_batch(&ctx, batch).await;
+            let Pulled { deliveries, held } = pulled;
+            batch::process_batch(&ctx, deliveries).await;
+            drop(held);
             drop(permit);
         });
     }
@@ -213,11 +229,12 @@ fn report(done: Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// Up to `size` messages (and about `max_bytes`, taken from `budget` until
-/// they are in): those waiting now; when none, the first one to arrive within
-/// [`PULL_EXPIRY`], alone (empty when none): it starts at once rather than a
-/// round trip later with the few that came with it, which the next pull takes.
-/// That wait is not counted in the budget: it brings one message.
+/// Up to `size` messages (and about `max_bytes`, `reserved` from the budget,
+/// of which what they weigh stays held): those waiting now; when none, the
+/// first one to arrive within [`PULL_EXPIRY`], alone (empty when none): it
+/// starts at once rather than a round trip later with the few that came with
+/// it, which the next pull takes. That wait is not counted in the budget: it
+/// brings one message.
 ///
 /// A pull is never cancelled: messages already on their way would sit unseen
 /// until `ackWait` ran out. Only one whose answer was lost (the connection
@@ -226,26 +243,28 @@ async fn next_batch(
     consumer: &PullConsumer,
     size: usize,
     max_bytes: usize,
-    budget: &PullBudget,
-) -> Result<Vec<Delivery>, async_nats::Error> {
-    let batch = {
-        let _reserved = budget.reserve(max_bytes).await;
-        answered(async {
-            let fetch = consumer
-                .fetch()
-                .max_messages(size)
-                .max_bytes(max_bytes)
-                .messages()
-                .await?;
-            Ok(take(fetch).await)
-        })
-        .await?
-        .0
-    };
-    if !batch.is_empty() {
-        return Ok(batch);
+    reserved: Reservation,
+) -> Result<Pulled, async_nats::Error> {
+    let deliveries = answered(async {
+        let fetch = consumer
+            .fetch()
+            .max_messages(size)
+            .max_bytes(max_bytes)
+            .messages()
+            .await?;
+        Ok(take(fetch).await)
+    })
+    .await?
+    .0;
+    if !deliveries.is_empty() {
+        let bytes = deliveries.iter().map(|d| d.message.length).sum();
+        return Ok(Pulled {
+            deliveries,
+            held: Some(reserved.keep(bytes)),
+        });
     }
-    let (batch, ended) = answered(async {
+    drop(reserved);
+    let (deliveries, ended) = answered(async {
         let first = consumer
             .batch()
             .max_messages(1)
@@ -257,8 +276,11 @@ async fn next_batch(
     .await?;
     match ended {
         // A status instead of a message, or with it: wait before asking again.
-        Some(err) if batch.is_empty() => Err(err),
-        _ => Ok(batch),
+        Some(err) if deliveries.is_empty() => Err(err),
+        _ => Ok(Pulled {
+            deliveries,
+            held: None,
+        }),
     }
 }
 
@@ -296,15 +318,15 @@ mod tests {
     #[test]
     fn a_pull_always_fits_the_largest_allowed_body() {
         let budget = PullBudget::default();
-        assert_eq!(max_batch_bytes(1 << 20, &budget), MIN_BATCH_BYTES);
+        assert_eq!(max_batch_bytes(1 << 20, &budget), budget.bytes() / 8);
         let largest = hookline_api::defaults::MAX_BODY_BYTES_LIMIT as usize;
         assert!(max_batch_bytes(largest, &budget) > largest);
     }
 
     #[test]
-    fn a_pull_asks_for_no_more_than_the_budget_when_a_message_fits_in_it() {
-        let budget = PullBudget::new(4 << 20);
-        assert_eq!(max_batch_bytes(64 << 10, &budget), 4 << 20);
+    fn a_pull_asks_for_its_share_of_the_budget_unless_one_body_needs_more() {
+        let budget = PullBudget::new(64 << 20);
+        assert_eq!(max_batch_bytes(64 << 10, &budget), 8 << 20);
         assert_eq!(
             max_batch_bytes(8 << 20, &budget),
             (8 << 20) + BATCH_BYTES_OVERHEAD

@@ -33,7 +33,8 @@ pub(super) struct Shared {
     /// Batches in flight at once, per endpoint.
     pub concurrency: usize,
     pub sweep_interval: Duration,
-    /// What every loop's pulls may have in flight together.
+    /// What every loop's pulls may have in flight together, in bytes and
+    /// in batches not settled yet.
     pub pull_budget: PullBudget,
     /// The process's shutdown: stops every loop.
     pub shutdown: Shutdown,
@@ -53,12 +54,19 @@ impl Shared {
         refetch: Option<Refetcher>,
         drain_until_gone: bool,
     ) -> Served {
+        // Batches that refetch wait on a provider's API, not on Postgres:
+        // outside the pool's batch limit, so that a provider's outage stalls
+        // none of the other endpoints.
+        let pull_budget = match &refetch {
+            Some(_) => self.pull_budget.without_batch_limit(),
+            None => self.pull_budget.clone(),
+        };
         Served {
             endpoint,
             refetch,
             concurrency: self.concurrency,
             sweep_interval: self.sweep_interval,
-            pull_budget: self.pull_budget.clone(),
+            pull_budget,
             drain_until_gone,
         }
     }
@@ -240,7 +248,11 @@ async fn run_loop(
             .shared
             .is_some()
             .then(|| endpoint.own_stream(shared.cluster_name.as_deref()));
-        let drain = async {
+        // Boxed, as is `bind` in `serve`: a task's size is its largest
+        // state's, and these are large (the drain 15 KB, binding 24 KB) but
+        // live only for a while; inline they made each loop 48 KB, 48 MiB
+        // for a pool of 1,000 (heaptrack, `-Zprint-type-sizes`).
+        let drain = Box::pin(async {
             if let Some(own) = own {
                 let metrics = Arc::new(metrics.another_source());
                 let span = info_span!("own_stream", stream = %own.stream.name);
@@ -248,7 +260,7 @@ async fn run_loop(
                     .instrument(span)
                     .await;
             }
-        };
+        });
         let serve = serve(
             &shared,
             endpoint,
@@ -280,7 +292,7 @@ async fn serve(
     metrics: Arc<Metrics>,
     shutdown: &Shutdown,
 ) {
-    let consumer = match bind(&endpoint, shared.provision, &shared.js, shutdown).await {
+    let consumer = match Box::pin(bind(&endpoint, shared.provision, &shared.js, shutdown)).await {
         Ok(Some(consumer)) => consumer,
         Ok(None) => return,
         Err(err) => {

@@ -48,6 +48,11 @@ use loops::Loops;
 /// when its batch is redelivered only doubles the work).
 const POOL_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Batches pulled and not settled yet, per database connection, over every
+/// endpoint: one committing and one ready to go keeps each connection busy;
+/// more only wait for a connection, holding their events in memory.
+const BATCHES_PER_CONNECTION: usize = 2;
+
 /// What `/readyz` says of a pool: each endpoint served and whether its loop
 /// is bound to its durable consumer, and each manifest skipped with why.
 #[derive(Clone, Debug, Default)]
@@ -209,7 +214,8 @@ pub async fn run_pool(
             provision: config.provision,
             concurrency: config.concurrency.into(),
             sweep_interval: config.sweep_interval,
-            pull_budget: PullBudget::new(config.pull_budget_bytes),
+            pull_budget: PullBudget::new(config.pull_budget_bytes)
+                .with_batch_limit(BATCHES_PER_CONNECTION * config.database_connections as usize),
             shutdown: shutdown.clone(),
             cluster_name: config.cluster_name.clone(),
             shared_max_age: Default::default(),
