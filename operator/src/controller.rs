@@ -62,7 +62,10 @@ pub async fn run(settings: Settings, args: RunArgs) -> Result<()> {
     let config = settings.operator_config();
     let client = Client::try_default().await.map_err(Error::KubeConfig)?;
     let shutdown = Shutdown::new(hookline_api::runtime::shutdown_signal());
-    let health = Health::default();
+    let health = Health {
+        client: Some(client.clone()),
+        ..Health::default()
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| Error::Listen {

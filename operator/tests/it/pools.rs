@@ -7,6 +7,7 @@ use crate::support;
 
 use hookline_api::conditions::{self, reasons};
 use hookline_api::spec::WebhookEndpoint;
+use hookline_operator::http::standby_lag;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::networking::v1::Ingress;
@@ -746,6 +747,38 @@ async fn with_keda_the_pool_consumer_scales_on_the_lag_the_operator_serves() {
     harness.metrics.set_pending("shop/b", Some(2));
     assert_eq!(harness.metrics.pool_lag("shop/shared"), Some((42, 2)));
     assert_eq!(harness.metrics.pool_lag("other/shared"), None);
+
+    // KEDA's poll may reach a standby: it answers what the leader last wrote.
+    harness
+        .reconcile_pool(NS, POOL)
+        .await
+        .expect("status with the lag");
+    let client = harness.fake.client();
+    let written = harness
+        .fake
+        .get("hookline.io/v1alpha1", "WebhookPool", NS, POOL)
+        .expect("the pool")["status"]
+        .clone();
+    let (status, body) = lag_answer(standby_lag(&client, NS, POOL).await).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"lag": written["pending"], "members": written["members"]})
+    );
+    assert_eq!(body["members"], 2);
+    let (status, _) = lag_answer(standby_lag(&client, NS, "nope").await).await;
+    assert_eq!(status, 404);
+    harness.fake.insert(&pool_object(NS, "fresh"));
+    let (status, _) = lag_answer(standby_lag(&client, NS, "fresh").await).await;
+    assert_eq!(status, 503, "no lag written yet");
+}
+
+async fn lag_answer(response: axum::response::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+        .await
+        .expect("body");
+    (status, serde_json::from_slice(&body).expect("JSON"))
 }
 
 /// An object as JSON, to compare with one parsed from YAML.

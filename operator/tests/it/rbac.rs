@@ -112,6 +112,10 @@ async fn needed() -> BTreeSet<Permission> {
         .await
         .expect("pool ready");
 
+    // A standby answers KEDA's lag poll from the pool's status.
+    let lag = hookline_operator::http::standby_lag(&harness.fake.client(), "shop", "shared").await;
+    assert_eq!(lag.status(), 200);
+
     let election = LeaderElection::new(harness.fake.client(), "hookline", "hookline-operator", "a");
     assert!(election.try_acquire_or_renew().await.expect("acquire"));
     assert!(election.try_acquire_or_renew().await.expect("renew"));
