@@ -28,6 +28,7 @@ pub mod keda;
 pub mod leader;
 pub mod metrics;
 pub mod pool;
+pub mod probe;
 pub mod reconcile;
 pub mod render;
 pub mod secrets;

@@ -35,6 +35,7 @@ use tracing::{Instrument, debug, info, warn};
 use crate::apply::{self, Applier, ApplyFailure};
 use crate::build::pool::{self as pool_build, Member, PoolChildren, PoolNames, manifest_key};
 use crate::build::{Children, Cluster};
+use crate::probe::{self, Loaded};
 use crate::reconcile::{Context, FINALIZER, jitter};
 use crate::secrets::{self, SecretCheck};
 use crate::status::{
@@ -46,6 +47,9 @@ use crate::{Error, Result, shared, stream};
 /// How long an invalid pool waits before it is looked at again (an edit
 /// triggers a reconcile at once).
 const INVALID_SPEC_RECHECK: Duration = Duration::from_secs(300);
+/// How soon a pool whose receivers have not all loaded its members' current
+/// manifests asks them again.
+const PROBE_AGAIN: Duration = Duration::from_secs(10);
 /// How long a reconcile waits for the ScaledObject cache.
 const SCALER_CACHE_WAIT: Duration = Duration::from_secs(5);
 
@@ -64,6 +68,8 @@ pub enum PoolView {
         secret_keys: Option<BTreeSet<String>>,
         /// The pool's receiver Deployment, if it exists.
         receiver: Option<Arc<Deployment>>,
+        /// What its ready receiver pods serve, at the pool's last reconcile.
+        loaded: Option<Arc<Loaded>>,
     },
 }
 
@@ -110,11 +116,13 @@ pub async fn observe(
         }),
     }
     .map_err(Error::ReadSecrets)?;
+    let loaded = ctx.pool_state.loaded(&format!("{namespace}/{name}"));
     Ok(PoolView::Found {
         name: name.into(),
         manifests,
         secret_keys,
         receiver,
+        loaded,
     })
 }
 
@@ -124,7 +132,7 @@ pub async fn observe(
 pub fn served_finding(view: &PoolView, valid: &ValidEndpoint) -> Finding {
     let type_ = conditions::SERVED;
     let namespace = &valid.endpoint.namespace;
-    let (name, manifests, secret_keys, receiver) = match view {
+    let (name, manifests, secret_keys, receiver, loaded) = match view {
         PoolView::NotFound { name } => {
             return Finding::new(
                 type_,
@@ -148,7 +156,8 @@ pub fn served_finding(view: &PoolView, valid: &ValidEndpoint) -> Finding {
             manifests,
             secret_keys,
             receiver,
-        } => (name, manifests, secret_keys, receiver),
+            loaded,
+        } => (name, manifests, secret_keys, receiver, loaded),
     };
     let member = &valid.endpoint.name;
     let key = manifest_key(member);
@@ -220,14 +229,39 @@ pub fn served_finding(view: &PoolView, valid: &ValidEndpoint) -> Finding {
             format!("WebhookPool {namespace}/{name}: {}", available.message),
         );
     }
-    Finding::new(
-        type_,
-        Status::True,
-        reasons::SERVED_BY_POOL,
-        format!(
-            "WebhookPool {namespace}/{name} holds this endpoint's manifest and signing secret, and its receivers are available; they load a change within the kubelet's sync period (about a minute): GET /endpoints on a receiver shows the manifestHash it serves"
+    let probed = loaded.as_deref();
+    match probed.and_then(|loaded| loaded.serving(&valid.endpoint.key(), &valid.manifest)) {
+        Some((serving, answered)) if serving < answered => Finding::new(
+            type_,
+            Status::False,
+            reasons::NOT_SERVED_YET,
+            format!(
+                "{serving} of WebhookPool {namespace}/{name}'s {answered} ready receivers serve this endpoint's current manifest; the others load it within the kubelet's sync period (about a minute)"
+            ),
         ),
-    )
+        Some((_, answered)) => Finding::new(
+            type_,
+            Status::True,
+            reasons::SERVED_BY_POOL,
+            format!(
+                "each of WebhookPool {namespace}/{name}'s {answered} ready receivers serves this endpoint's current manifest"
+            ),
+        ),
+        None => {
+            let why = match probed {
+                Some(Loaded::NotProbed(why)) => why.as_str(),
+                _ => "not probed yet",
+            };
+            Finding::new(
+                type_,
+                Status::True,
+                reasons::SERVED_BY_POOL,
+                format!(
+                    "WebhookPool {namespace}/{name} holds this endpoint's manifest and signing secret, and its receivers are available; they load a change within the kubelet's sync period (about a minute). Which manifest each serves is unknown ({why}): GET /endpoints on a receiver shows the manifestHash it serves"
+                ),
+            )
+        }
+    }
 }
 
 /// Per pool, what was last written: the Secret (hash and resource
@@ -236,6 +270,8 @@ pub fn served_finding(view: &PoolView, valid: &ValidEndpoint) -> Finding {
 pub struct Written {
     secrets: Mutex<HashMap<String, apply::Written>>,
     statuses: Mutex<HashMap<String, Instant>>,
+    /// What its receivers said they serve, at its last reconcile.
+    loaded: Mutex<HashMap<String, Arc<Loaded>>>,
 }
 
 impl Written {
@@ -243,6 +279,16 @@ impl Written {
     pub fn forget(&self, key: &str) {
         self.secrets().remove(key);
         self.statuses().remove(key);
+        self.loaded_by_pool().remove(key);
+    }
+
+    /// What pool `key`'s receivers said they serve, if they were asked.
+    pub fn loaded(&self, key: &str) -> Option<Arc<Loaded>> {
+        self.loaded_by_pool().get(key).cloned()
+    }
+
+    fn loaded_by_pool(&self) -> MutexGuard<'_, HashMap<String, Arc<Loaded>>> {
+        self.loaded.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Nothing panics while holding either map; if something did, it is still whole.
@@ -502,6 +548,26 @@ async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
     }))
     .await;
     applied.failures.extend(secret_failure.take());
+    let loaded = match &applied.receiver {
+        Some(receiver) => {
+            let loaded = Arc::new(probe::probe(&ctx.client, &namespace, receiver).await);
+            ctx.pool_state
+                .loaded_by_pool()
+                .insert(key.clone(), loaded.clone());
+            Some(loaded)
+        }
+        None => None,
+    };
+    // Until every ready receiver serves every member's current manifest,
+    // they are asked again soon, not at the next resync.
+    let catching_up = loaded.as_deref().is_some_and(|loaded| {
+        loaded.lags_behind(served.iter().map(|member| {
+            (
+                format!("{namespace}/{}", member.name),
+                member.manifest.as_str(),
+            )
+        }))
+    });
     let keda_scales = applied.scaler.is_some();
     let findings = pool_findings(
         &valid,
@@ -535,13 +601,18 @@ async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
         secret_keys: (!failed("Secret"))
             .then(|| served.iter().map(|member| member.name.clone()).collect()),
         receiver: applied.receiver.clone().map(Arc::new),
+        loaded,
     };
     for candidate in &candidates {
         retrigger_if_changed(ctx, candidate, &view);
     }
     if ready {
         ctx.succeeded(&retry_key(&key));
-        Ok(Action::requeue(jitter(ctx.resync)))
+        Ok(Action::requeue(if catching_up {
+            PROBE_AGAIN
+        } else {
+            jitter(ctx.resync)
+        }))
     } else {
         Ok(Action::requeue(ctx.retry_after_failure(&retry_key(&key))))
     }
@@ -1121,6 +1192,7 @@ mod tests {
             manifests,
             secret_keys: Some(keys.iter().map(|key| (*key).to_owned()).collect()),
             receiver: Some(Arc::new(available())),
+            loaded: None,
         }
     }
 
@@ -1165,7 +1237,47 @@ mod tests {
             manifests: Some(held),
             secret_keys: Some(BTreeSet::from(["a".to_owned()])),
             receiver: None,
+            loaded: None,
         };
         assert_eq!(reason(&rolling), reasons::POOL_NOT_READY);
+    }
+
+    #[test]
+    fn served_waits_until_every_ready_receiver_serves_the_current_manifest() {
+        let valid = member();
+        let key = valid.endpoint.key();
+        let held = BTreeMap::from([(manifest_key(&valid.endpoint.name), valid.manifest.clone())]);
+        let probed = |pods: &[&str]| {
+            let mut view = found(Some(held.clone()), &[valid.endpoint.name.as_str()]);
+            if let PoolView::Found { loaded, .. } = &mut view {
+                *loaded = Some(Arc::new(Loaded::Pods(
+                    pods.iter()
+                        .map(|manifest| {
+                            HashMap::from([(
+                                key.clone(),
+                                hookline_api::pool_dir::manifest_hash(manifest),
+                            )])
+                        })
+                        .collect(),
+                )));
+            }
+            served_finding(&view, &valid)
+        };
+        let behind = probed(&[&valid.manifest, "an older manifest"]);
+        assert_eq!(
+            (behind.status, behind.reason),
+            (Status::False, reasons::NOT_SERVED_YET)
+        );
+        assert!(behind.message.starts_with("1 of "), "{}", behind.message);
+        let served = probed(&[&valid.manifest, &valid.manifest]);
+        assert_eq!(
+            (served.status, served.reason),
+            (Status::True, reasons::SERVED_BY_POOL)
+        );
+        assert!(
+            served.message.contains("2 ready receivers"),
+            "{}",
+            served.message
+        );
     }
 }

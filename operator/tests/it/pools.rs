@@ -961,3 +961,77 @@ fn render_of_a_pool_file_refuses_what_is_not_its_member_naming_the_document() {
         );
     }
 }
+
+/// A receiver pod as the pool's probe sees it.
+fn receiver_pod(name: &str, ready: bool, terminating: bool) -> Value {
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"app": "pool-receiver"}},
+        "status": {"podIP": "127.0.0.1", "conditions": [
+            {"type": "Ready", "status": if ready { "True" } else { "False" }},
+        ]},
+    });
+    if terminating {
+        pod["metadata"]["deletionTimestamp"] = json!("2026-12-03T00:00:00Z");
+    }
+    pod
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ready_receivers_are_asked_which_manifest_of_each_member_they_serve() {
+    use hookline_api::pool_dir::manifest_hash;
+    use hookline_operator::probe::{Loaded, probe};
+    use std::sync::{Arc, Mutex};
+
+    // A receiver's `GET /endpoints`, in the shape the receiver answers.
+    let manifest = Arc::new(Mutex::new("v1"));
+    let served = manifest.clone();
+    let app = axum::Router::new().route(
+        "/endpoints",
+        axum::routing::get(move || {
+            let hash = manifest_hash(*served.lock().expect("lock"));
+            async move {
+                axum::Json(json!({"endpoints": [
+                    {"endpoint": "shop/a", "manifestHash": hash, "host": null, "path": "/hooks"},
+                ], "skipped": {}}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listen");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let deployment = |port: u16| -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "shared-pool-receiver", "namespace": NS},
+            "spec": {"selector": {"matchLabels": {"app": "pool-receiver"}}, "template": {"spec": {
+                "containers": [{"name": "receiver", "ports": [{"name": "http", "containerPort": port}]}],
+            }}},
+        }))
+        .expect("deployment")
+    };
+
+    let fake = support::fake_api::FakeApi::new(false);
+    let client = fake.client();
+    assert_eq!(
+        probe(&client, NS, &deployment(port)).await,
+        Loaded::NotProbed("no receiver pod is ready".into())
+    );
+    fake.insert(&receiver_pod("ready", true, false));
+    fake.insert(&receiver_pod("starting", false, false));
+    fake.insert(&receiver_pod("leaving", true, true));
+    let loaded = probe(&client, NS, &deployment(port)).await;
+    assert_eq!(loaded.serving("shop/a", "v2"), Some((0, 1)), "{loaded:?}");
+    assert_eq!(loaded.serving("shop/a", "v1"), Some((1, 1)));
+    *manifest.lock().expect("lock") = "v2";
+    let loaded = probe(&client, NS, &deployment(port)).await;
+    assert_eq!(loaded.serving("shop/a", "v2"), Some((1, 1)));
+
+    // Nothing answers (a NetworkPolicy, a wrong port): not probed, and why.
+    let closed = hookline_e2e::free_port();
+    match probe(&client, NS, &deployment(closed)).await {
+        Loaded::NotProbed(why) => assert!(why.contains("/endpoints"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}

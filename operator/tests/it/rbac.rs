@@ -131,8 +131,8 @@ async fn needed() -> BTreeSet<Permission> {
     needed
 }
 
-/// The rules of every Role and ClusterRole the chart renders with `args`.
-fn granted(args: &[&str]) -> (BTreeSet<Permission>, Vec<String>) {
+/// Every object the chart renders with `args`.
+fn rendered(args: &[&str]) -> Vec<serde_yaml::Value> {
     let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/hookline");
     let output = Command::new("helm")
         .args(["template", "hookline", chart, "--namespace", "hookline"])
@@ -147,10 +147,16 @@ fn granted(args: &[&str]) -> (BTreeSet<Permission>, Vec<String>) {
         String::from_utf8_lossy(&output.stderr)
     );
     let text = String::from_utf8(output.stdout).expect("utf-8");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|document| serde::Deserialize::deserialize(document).expect("YAML"))
+        .collect()
+}
+
+/// The rules of every Role and ClusterRole the chart renders with `args`.
+fn granted(args: &[&str]) -> (BTreeSet<Permission>, Vec<String>) {
     let mut granted = BTreeSet::new();
     let mut kinds = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(&text) {
-        let value: serde_yaml::Value = serde::Deserialize::deserialize(document).expect("YAML");
+    for value in rendered(args) {
         let kind = value["kind"].as_str().unwrap_or_default();
         if kind != "Role" && kind != "ClusterRole" {
             continue;
@@ -219,4 +225,41 @@ fn a_watched_namespace_gets_a_role_instead_of_a_cluster_role() {
     let (namespaced, kinds) = granted(&["--set", "watchNamespace=payments"]);
     assert_eq!(kinds, ["Role/payments", "Role/hookline"]);
     assert_eq!(cluster_wide, namespaced, "the same rules, in one namespace");
+}
+
+/// With the chart's NetworkPolicy the operator still reaches what it
+/// probes: the pools' receiver pods (`GET /endpoints`), in any namespace.
+#[test]
+fn the_network_policy_lets_the_operator_ask_the_pool_receivers_what_they_serve() {
+    use hookline_operator::build::{pool::RECEIVER_COMPONENT, receiver::PORT};
+    let objects = rendered(&["--set", "networkPolicy.enabled=true"]);
+    let policy = objects
+        .iter()
+        .find(|object| object["kind"] == "NetworkPolicy")
+        .expect("a NetworkPolicy");
+    let reaches = policy["spec"]["egress"]
+        .as_sequence()
+        .expect("egress rules")
+        .iter()
+        .any(|rule| {
+            let to_receivers = rule["to"].as_sequence().into_iter().flatten().any(|peer| {
+                let labels = &peer["podSelector"]["matchLabels"];
+                peer["namespaceSelector"]
+                    .as_mapping()
+                    .is_some_and(|any| any.is_empty())
+                    && labels["app.kubernetes.io/component"].as_str() == Some(RECEIVER_COMPONENT)
+                    && labels["app.kubernetes.io/managed-by"].as_str()
+                        == Some(hookline_api::naming::FIELD_MANAGER)
+            });
+            let on_port = rule["ports"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+                .any(|port| port["port"].as_u64() == Some(u64::from(PORT)));
+            to_receivers && on_port
+        });
+    assert!(
+        reaches,
+        "no egress to the pool receivers on {PORT}: {policy:#?}"
+    );
 }

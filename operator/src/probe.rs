@@ -1,0 +1,218 @@
+//! What a pool's receiver pods serve: each ready pod's `GET /endpoints`
+//! (the hash of each manifest it loaded), so that a member is `Served` once
+//! every receiver serves its current manifest, not once the ConfigMap holds
+//! it: a mounted ConfigMap reaches the pods within the kubelet's sync period
+//! (about a minute), and a provider's test event sent meanwhile got a 404.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures::future::join_all;
+use hookline_api::pool_dir::manifest_hash;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::{Api, Client};
+use serde::Deserialize;
+use tracing::debug;
+
+use crate::build::pod::HTTP_PORT_NAME;
+
+/// How long one pod's `/endpoints` may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the pool's ready receiver pods said, at the pool's last reconcile.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Loaded {
+    /// Per pod that answered: endpoint key (`namespace/name`) → manifest hash.
+    Pods(Vec<HashMap<String, String>>),
+    /// No pod answered (none ready, or none reachable: a NetworkPolicy): why.
+    NotProbed(String),
+}
+
+impl Loaded {
+    /// Of the pods that answered, how many serve `manifest` for `key`, and
+    /// how many answered; `None` when none did.
+    pub fn serving(&self, key: &str, manifest: &str) -> Option<(usize, usize)> {
+        let Loaded::Pods(pods) = self else {
+            return None;
+        };
+        let hash = manifest_hash(manifest);
+        let serving = pods
+            .iter()
+            .filter(|served| served.get(key) == Some(&hash))
+            .count();
+        Some((serving, pods.len()))
+    }
+
+    /// Whether some pod does not serve one of `members` (key, manifest) yet.
+    pub fn lags_behind<'a>(&self, mut members: impl Iterator<Item = (String, &'a str)>) -> bool {
+        members.any(|(key, manifest)| {
+            self.serving(&key, manifest)
+                .is_some_and(|(serving, answered)| serving < answered)
+        })
+    }
+}
+
+/// `GET /endpoints` of a receiver, as far as it is read here.
+#[derive(Deserialize)]
+struct Served {
+    endpoints: Vec<ServedEndpoint>,
+}
+
+#[derive(Deserialize)]
+struct ServedEndpoint {
+    endpoint: String,
+    #[serde(rename = "manifestHash")]
+    manifest_hash: Option<String>,
+}
+
+/// Asks each ready pod of `receiver` (one LIST, then one GET per pod, at
+/// once) what it serves.
+pub async fn probe(client: &Client, namespace: &str, receiver: &Deployment) -> Loaded {
+    let Some(http) = http_client() else {
+        return Loaded::NotProbed("no HTTP client could be built".into());
+    };
+    let Some(selector) = receiver
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.selector.match_labels.as_ref())
+        .map(|labels| {
+            labels
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    else {
+        return Loaded::NotProbed("the receiver Deployment has no selector".into());
+    };
+    let Some(port) = http_port(receiver) else {
+        return Loaded::NotProbed(format!("the receiver has no port named {HTTP_PORT_NAME}"));
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let listed = match pods.list(&ListParams::default().labels(&selector)).await {
+        Ok(listed) => listed,
+        Err(err) => return Loaded::NotProbed(format!("cannot list the receiver pods: {err}")),
+    };
+    let addresses: Vec<String> = listed.items.iter().filter_map(ready_address).collect();
+    if addresses.is_empty() {
+        return Loaded::NotProbed("no receiver pod is ready".into());
+    }
+    let answers = join_all(addresses.iter().map(|address| ask(http, address, port))).await;
+    let mut pods = Vec::new();
+    let mut failure = None;
+    for answer in answers {
+        match answer {
+            Ok(served) => pods.push(served),
+            Err(err) => failure = Some(err),
+        }
+    }
+    match (pods.is_empty(), failure) {
+        (true, Some(err)) => Loaded::NotProbed(err),
+        _ => Loaded::Pods(pods),
+    }
+}
+
+fn http_client() -> Option<&'static reqwest::Client> {
+    static CLIENT: OnceLock<Option<reqwest::Client>> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(PROBE_TIMEOUT)
+                .build()
+                .ok()
+        })
+        .as_ref()
+}
+
+/// The receiver container's `http` port.
+fn http_port(receiver: &Deployment) -> Option<i32> {
+    receiver
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .flat_map(|container| container.ports.iter().flatten())
+        .find(|port| port.name.as_deref() == Some(HTTP_PORT_NAME))
+        .map(|port| port.container_port)
+}
+
+/// A pod's IP when it is Ready and not on its way out.
+fn ready_address(pod: &Pod) -> Option<String> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|condition| condition.type_ == "Ready" && condition.status == "True");
+    ready.then(|| status.pod_ip.clone()).flatten()
+}
+
+/// One pod's `/endpoints`: endpoint key → manifest hash.
+async fn ask(
+    http: &reqwest::Client,
+    address: &str,
+    port: i32,
+) -> Result<HashMap<String, String>, String> {
+    // An IPv6 address goes in brackets.
+    let host = if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address.to_owned()
+    };
+    let url = format!("http://{host}:{port}/endpoints");
+    let served: Served = http
+        .get(&url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|err| format!("{url}: {err}"))?
+        .json()
+        .await
+        .map_err(|err| format!("{url}: {err}"))?;
+    debug!(url, endpoints = served.endpoints.len(), "probed a receiver");
+    Ok(served
+        .endpoints
+        .into_iter()
+        .filter_map(|one| Some((one.endpoint, one.manifest_hash?)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pods(served: &[&[(&str, &str)]]) -> Loaded {
+        Loaded::Pods(
+            served
+                .iter()
+                .map(|pod| {
+                    pod.iter()
+                        .map(|(key, manifest)| ((*key).to_owned(), manifest_hash(manifest)))
+                        .collect()
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_member_is_served_by_the_pods_that_hold_its_current_manifest() {
+        let loaded = pods(&[&[("shop/a", "v2")], &[("shop/a", "v1")]]);
+        assert_eq!(loaded.serving("shop/a", "v2"), Some((1, 2)));
+        assert_eq!(loaded.serving("shop/b", "v1"), Some((0, 2)));
+        assert!(loaded.lags_behind([("shop/a".to_owned(), "v2")].into_iter()));
+        let caught_up = pods(&[&[("shop/a", "v2")], &[("shop/a", "v2")]]);
+        assert!(!caught_up.lags_behind([("shop/a".to_owned(), "v2")].into_iter()));
+        let unknown = Loaded::NotProbed("no receiver pod is ready".into());
+        assert_eq!(unknown.serving("shop/a", "v2"), None);
+        assert!(!unknown.lags_behind([("shop/a".to_owned(), "v2")].into_iter()));
+    }
+}
