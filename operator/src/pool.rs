@@ -230,6 +230,16 @@ pub fn served_finding(view: &PoolView, valid: &ValidEndpoint) -> Finding {
         );
     }
     let probed = loaded.as_deref();
+    if let Some(why) = probed.and_then(|loaded| loaded.skipped(&key)) {
+        return Finding::new(
+            type_,
+            Status::False,
+            reasons::NOT_SERVED_YET,
+            format!(
+                "WebhookPool {namespace}/{name}'s receivers skip this endpoint's manifest: {why}"
+            ),
+        );
+    }
     match probed.and_then(|loaded| loaded.serving(&valid.endpoint.key(), &valid.manifest)) {
         Some((serving, answered)) if serving < answered => Finding::new(
             type_,
@@ -564,6 +574,7 @@ async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
         loaded.lags_behind(served.iter().map(|member| {
             (
                 format!("{namespace}/{}", member.name),
+                manifest_key(&member.name),
                 member.manifest.as_str(),
             )
         }))
@@ -1166,6 +1177,7 @@ fn field_errors(invalid: &hookline_api::InvalidSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::PodServes;
     use serde_json::json;
 
     fn member() -> ValidEndpoint {
@@ -1252,11 +1264,12 @@ mod tests {
             if let PoolView::Found { loaded, .. } = &mut view {
                 *loaded = Some(Arc::new(Loaded::Pods(
                     pods.iter()
-                        .map(|manifest| {
-                            HashMap::from([(
+                        .map(|manifest| PodServes {
+                            served: HashMap::from([(
                                 key.clone(),
                                 hookline_api::pool_dir::manifest_hash(manifest),
-                            )])
+                            )]),
+                            skipped: HashMap::new(),
                         })
                         .collect(),
                 )));
@@ -1278,6 +1291,26 @@ mod tests {
             served.message.contains("2 ready receivers"),
             "{}",
             served.message
+        );
+
+        let mut view = found(Some(held.clone()), &[valid.endpoint.name.as_str()]);
+        if let PoolView::Found { loaded, .. } = &mut view {
+            *loaded = Some(Arc::new(Loaded::Pods(vec![PodServes {
+                served: HashMap::new(),
+                skipped: HashMap::from([(
+                    manifest_key(&valid.endpoint.name),
+                    "shop/b is already served on that host and path".to_owned(),
+                )]),
+            }])));
+        }
+        let skipped = served_finding(&view, &valid);
+        assert_eq!(skipped.reason, reasons::NOT_SERVED_YET);
+        assert!(
+            skipped
+                .message
+                .ends_with("shop/b is already served on that host and path"),
+            "{}",
+            skipped.message
         );
     }
 }

@@ -25,10 +25,20 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// What the pool's ready receiver pods said, at the pool's last reconcile.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Loaded {
-    /// Per pod that answered: endpoint key (`namespace/name`) → manifest hash.
-    Pods(Vec<HashMap<String, String>>),
+    /// What each pod that answered serves.
+    Pods(Vec<PodServes>),
     /// No pod answered (none ready, or none reachable: a NetworkPolicy): why.
     NotProbed(String),
+}
+
+/// One receiver pod's `GET /endpoints`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodServes {
+    /// Endpoint key (`namespace/name`) → hash of the manifest it serves.
+    pub served: HashMap<String, String>,
+    /// Manifest file → why the pod does not serve it (e.g. its host and
+    /// path are another member's).
+    pub skipped: HashMap<String, String>,
 }
 
 impl Loaded {
@@ -41,16 +51,32 @@ impl Loaded {
         let hash = manifest_hash(manifest);
         let serving = pods
             .iter()
-            .filter(|served| served.get(key) == Some(&hash))
+            .filter(|pod| pod.served.get(key) == Some(&hash))
             .count();
         Some((serving, pods.len()))
     }
 
-    /// Whether some pod does not serve one of `members` (key, manifest) yet.
-    pub fn lags_behind<'a>(&self, mut members: impl Iterator<Item = (String, &'a str)>) -> bool {
-        members.any(|(key, manifest)| {
-            self.serving(&key, manifest)
-                .is_some_and(|(serving, answered)| serving < answered)
+    /// Why a pod does not serve manifest `file`, if one skipped it.
+    pub fn skipped(&self, file: &str) -> Option<&str> {
+        let Loaded::Pods(pods) = self else {
+            return None;
+        };
+        pods.iter()
+            .find_map(|pod| pod.skipped.get(file).map(String::as_str))
+    }
+
+    /// Whether some pod does not serve one of `members` (key, manifest
+    /// file, manifest) yet, and may still load it: a skipped manifest waits
+    /// for an edit, not for time.
+    pub fn lags_behind<'a>(
+        &self,
+        mut members: impl Iterator<Item = (String, String, &'a str)>,
+    ) -> bool {
+        members.any(|(key, file, manifest)| {
+            self.skipped(&file).is_none()
+                && self
+                    .serving(&key, manifest)
+                    .is_some_and(|(serving, answered)| serving < answered)
         })
     }
 }
@@ -59,6 +85,8 @@ impl Loaded {
 #[derive(Deserialize)]
 struct Served {
     endpoints: Vec<ServedEndpoint>,
+    #[serde(default)]
+    skipped: HashMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -157,11 +185,7 @@ fn ready_address(pod: &Pod) -> Option<String> {
 }
 
 /// One pod's `/endpoints`: endpoint key → manifest hash.
-async fn ask(
-    http: &reqwest::Client,
-    address: &str,
-    port: i32,
-) -> Result<HashMap<String, String>, String> {
+async fn ask(http: &reqwest::Client, address: &str, port: i32) -> Result<PodServes, String> {
     // An IPv6 address goes in brackets.
     let host = if address.contains(':') {
         format!("[{address}]")
@@ -179,11 +203,14 @@ async fn ask(
         .await
         .map_err(|err| format!("{url}: {err}"))?;
     debug!(url, endpoints = served.endpoints.len(), "probed a receiver");
-    Ok(served
-        .endpoints
-        .into_iter()
-        .filter_map(|one| Some((one.endpoint, one.manifest_hash?)))
-        .collect())
+    Ok(PodServes {
+        served: served
+            .endpoints
+            .into_iter()
+            .filter_map(|one| Some((one.endpoint, one.manifest_hash?)))
+            .collect(),
+        skipped: served.skipped,
+    })
 }
 
 #[cfg(test)]
@@ -194,13 +221,19 @@ mod tests {
         Loaded::Pods(
             served
                 .iter()
-                .map(|pod| {
-                    pod.iter()
+                .map(|pod| PodServes {
+                    served: pod
+                        .iter()
                         .map(|(key, manifest)| ((*key).to_owned(), manifest_hash(manifest)))
-                        .collect()
+                        .collect(),
+                    skipped: HashMap::new(),
                 })
                 .collect(),
         )
+    }
+
+    fn member(manifest: &str) -> std::iter::Once<(String, String, &str)> {
+        std::iter::once(("shop/a".to_owned(), "a.yaml".to_owned(), manifest))
     }
 
     #[test]
@@ -208,11 +241,28 @@ mod tests {
         let loaded = pods(&[&[("shop/a", "v2")], &[("shop/a", "v1")]]);
         assert_eq!(loaded.serving("shop/a", "v2"), Some((1, 2)));
         assert_eq!(loaded.serving("shop/b", "v1"), Some((0, 2)));
-        assert!(loaded.lags_behind([("shop/a".to_owned(), "v2")].into_iter()));
+        assert!(loaded.lags_behind(member("v2")));
         let caught_up = pods(&[&[("shop/a", "v2")], &[("shop/a", "v2")]]);
-        assert!(!caught_up.lags_behind([("shop/a".to_owned(), "v2")].into_iter()));
+        assert!(!caught_up.lags_behind(member("v2")));
         let unknown = Loaded::NotProbed("no receiver pod is ready".into());
         assert_eq!(unknown.serving("shop/a", "v2"), None);
-        assert!(!unknown.lags_behind([("shop/a".to_owned(), "v2")].into_iter()));
+        assert!(!unknown.lags_behind(member("v2")));
+    }
+
+    #[test]
+    fn a_skipped_manifest_says_why_and_is_not_waited_for() {
+        let mut loaded = pods(&[&[("shop/b", "v1")]]);
+        if let Loaded::Pods(pods) = &mut loaded {
+            pods[0].skipped.insert(
+                "a.yaml".into(),
+                "shop/b is served on that host and path".into(),
+            );
+        }
+        assert_eq!(
+            loaded.skipped("a.yaml"),
+            Some("shop/b is served on that host and path")
+        );
+        assert_eq!(loaded.serving("shop/a", "v1"), Some((0, 1)));
+        assert!(!loaded.lags_behind(member("v1")));
     }
 }

@@ -993,7 +993,7 @@ async fn the_ready_receivers_are_asked_which_manifest_of_each_member_they_serve(
             async move {
                 axum::Json(json!({"endpoints": [
                     {"endpoint": "shop/a", "manifestHash": hash, "host": null, "path": "/hooks"},
-                ], "skipped": {}}))
+                ], "skipped": {"b.yaml": "shop/a is already served on that host and path"}}))
             }
         }),
     );
@@ -1024,6 +1024,10 @@ async fn the_ready_receivers_are_asked_which_manifest_of_each_member_they_serve(
     let loaded = probe(&client, NS, &deployment(port)).await;
     assert_eq!(loaded.serving("shop/a", "v2"), Some((0, 1)), "{loaded:?}");
     assert_eq!(loaded.serving("shop/a", "v1"), Some((1, 1)));
+    assert_eq!(
+        loaded.skipped("b.yaml"),
+        Some("shop/a is already served on that host and path")
+    );
     *manifest.lock().expect("lock") = "v2";
     let loaded = probe(&client, NS, &deployment(port)).await;
     assert_eq!(loaded.serving("shop/a", "v2"), Some((1, 1)));
