@@ -953,8 +953,12 @@ fn retrigger_if_changed(ctx: &Context, candidate: &Candidate, view: &PoolView) {
             .iter()
             .find(|condition| condition.type_ == conditions::SERVED)
     });
+    // The message too: it says how many receivers serve the member, which
+    // the pool's probe learns after the member's own reconcile.
     let same = stored.is_some_and(|condition| {
-        condition.status == finding.status.as_str() && condition.reason == finding.reason
+        condition.status == finding.status.as_str()
+            && condition.reason == finding.reason
+            && condition.message == finding.message
     });
     if !same {
         ctx.triggers.endpoint(
