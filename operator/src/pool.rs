@@ -275,7 +275,8 @@ pub fn served_finding(view: &PoolView, valid: &ValidEndpoint) -> Finding {
 }
 
 /// Per pool, what was last written: the Secret (hash and resource
-/// version, so a steady pool writes nothing) and when its status was.
+/// version, so a steady pool writes nothing) and when its status was; and
+/// what its receiver pods last said they serve.
 #[derive(Default)]
 pub struct Written {
     secrets: Mutex<HashMap<String, apply::Written>>,
@@ -297,17 +298,17 @@ impl Written {
         self.loaded_by_pool().get(key).cloned()
     }
 
-    fn loaded_by_pool(&self) -> MutexGuard<'_, HashMap<String, Arc<Loaded>>> {
-        self.loaded.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Nothing panics while holding either map; if something did, it is still whole.
+    /// Nothing panics while holding any of the maps; if something did, it is still whole.
     fn secrets(&self) -> MutexGuard<'_, HashMap<String, apply::Written>> {
         self.secrets.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn statuses(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
         self.statuses.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn loaded_by_pool(&self) -> MutexGuard<'_, HashMap<String, Arc<Loaded>>> {
+        self.loaded.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
