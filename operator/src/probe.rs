@@ -13,6 +13,7 @@ use hookline_api::pool_dir::manifest_hash;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
+use kube::core::Selector;
 use kube::{Api, Client};
 use serde::Deserialize;
 use tracing::debug;
@@ -102,17 +103,12 @@ pub async fn probe(client: &Client, namespace: &str, receiver: &Deployment) -> L
     let Some(http) = http_client() else {
         return Loaded::NotProbed("no HTTP client could be built".into());
     };
+    // An empty selector would list every pod of the namespace.
     let Some(selector) = receiver
         .spec
         .as_ref()
-        .and_then(|spec| spec.selector.match_labels.as_ref())
-        .map(|labels| {
-            labels
-                .iter()
-                .map(|(key, value)| format!("{key}={value}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
+        .and_then(|spec| Selector::try_from(spec.selector.clone()).ok())
+        .filter(|selector| !selector.selects_all())
     else {
         return Loaded::NotProbed("the receiver Deployment has no selector".into());
     };
@@ -120,7 +116,10 @@ pub async fn probe(client: &Client, namespace: &str, receiver: &Deployment) -> L
         return Loaded::NotProbed(format!("the receiver has no port named {HTTP_PORT_NAME}"));
     };
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let listed = match pods.list(&ListParams::default().labels(&selector)).await {
+    let listed = match pods
+        .list(&ListParams::default().labels_from(&selector))
+        .await
+    {
         Ok(listed) => listed,
         Err(err) => return Loaded::NotProbed(format!("cannot list the receiver pods: {err}")),
     };
@@ -184,7 +183,7 @@ fn ready_address(pod: &Pod) -> Option<String> {
     ready.then(|| status.pod_ip.clone()).flatten()
 }
 
-/// One pod's `/endpoints`: endpoint key → manifest hash.
+/// One pod's `/endpoints`: what it serves and what it skipped.
 async fn ask(http: &reqwest::Client, address: &str, port: i32) -> Result<PodServes, String> {
     // An IPv6 address goes in brackets.
     let host = if address.contains(':') {
