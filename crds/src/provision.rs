@@ -166,6 +166,41 @@ pub fn consumer_config(endpoint: &ValidatedEndpoint) -> consumer::pull::Config {
     }
 }
 
+/// Messages each pool consumer pod may hold unacknowledged on its pool's
+/// shared stream: its batches in flight (two per database connection, of up
+/// to [`POOL_BATCH_SIZE`]) and the retries waiting out their delay, with room.
+pub const POOL_ACK_PENDING_PER_POD: usize = 10_000;
+
+/// Messages one pull of a pool's shared stream asks for: the batch its
+/// members' events are written in, one transaction for all of them.
+pub const POOL_BATCH_SIZE: usize = 500;
+
+/// How long the pool's durable waits for an acknowledgement before it
+/// redelivers: the pool consumer's statement timeout, since a batch still
+/// writing past it would only be written twice (Postgres dedupes it).
+pub const POOL_ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// The one durable pull consumer of a pool's shared stream
+/// (`hookline-consumer`, unfiltered): every member's events come through it
+/// in stream order and the pool consumer splits each batch by member. A
+/// work queue refuses durables whose filters overlap, so it takes the whole
+/// stream and no member has a durable of its own there. `pool` is
+/// `namespace/name`; `max_replicas` the pool consumer's most pods.
+pub fn pool_consumer_config(pool: &str, max_replicas: u32) -> consumer::pull::Config {
+    let pods = usize::try_from(max_replicas.max(1)).unwrap_or(1);
+    consumer::pull::Config {
+        durable_name: Some(crate::naming::DURABLE_CONSUMER.to_owned()),
+        description: Some(format!("Hookline consumer of WebhookPool {pool}")),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: POOL_ACK_WAIT,
+        max_deliver: -1,
+        max_ack_pending: i64::try_from(POOL_ACK_PENDING_PER_POD.saturating_mul(pods))
+            .unwrap_or(i64::MAX),
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..Default::default()
+    }
+}
+
 /// What the caller keeps between [`ensure`] calls for one endpoint, so a
 /// steady state costs one STREAM.INFO: what was applied last, and to which
 /// incarnation of the stream.
@@ -665,6 +700,49 @@ pub async fn provision(
     endpoint: &ValidatedEndpoint,
 ) -> Result<(), ProvisionError> {
     ensure(js, endpoint, None, &mut None).await.map(|_| ())
+}
+
+/// The binaries' `--provision` for a pool's shared stream (`member` is any
+/// of its members, [`ValidatedEndpoint::in_shared_stream`]): creates the
+/// pool's stream over the pool's whole filter and its one durable
+/// ([`pool_consumer_config`]) when missing; leaves existing ones as they are
+/// (the operator keeps them).
+pub async fn provision_pool(
+    js: &jetstream::Context,
+    member: &ValidatedEndpoint,
+) -> Result<(), ProvisionError> {
+    let Some(shared) = &member.stream.shared else {
+        return provision(js, member).await;
+    };
+    let name = member.stream.name.as_str();
+    let round = async {
+        let stream = match js.get_stream(name).await {
+            Ok(stream) => stream,
+            Err(err) if is_stream_not_found(&err.kind()) => {
+                tracing::info!(stream = name, "creating the pool's shared stream");
+                js.create_stream(stream_config(member))
+                    .await
+                    .map_err(stream_error(name, "create"))?
+            }
+            Err(err) => return Err(stream_error(name, "read")(err)),
+        };
+        let durable = crate::naming::DURABLE_CONSUMER;
+        if stream.consumer_info(durable).await.is_ok() {
+            return Ok(());
+        }
+        let pool = format!("{}/{}", member.namespace, shared.pool);
+        stream
+            .create_consumer(pool_consumer_config(&pool, 1))
+            .await
+            .map(|_| ())
+            .map_err(|err| ProvisionError::Consumer {
+                stream: name.to_owned(),
+                consumer: durable.to_owned(),
+                action: "create",
+                source: err.into(),
+            })
+    };
+    bounded(round).await
 }
 
 /// Creates or updates the durable consumer (CONSUMER.CREATE does both).
