@@ -18,8 +18,11 @@
 //! nats-server, nats-server's CPU with no client after the pool's drain, and
 //! the pool's rate as a share of the single endpoint's. With
 //! `--shared-stream` the pool's endpoints are members of one stream (a
-//! `WebhookPool` with `spec.stream`, the consumer's `--shared-stream`), each
-//! drained through its own durable on it; the single endpoint keeps its own.
+//! `WebhookPool` with `spec.stream`, the consumer's `--shared-stream`),
+//! drained through the pool's one durable on it; the single endpoint keeps
+//! its own. The pool's events are published in rounds (one event of each
+//! endpoint, then the next), so streams hold them mixed as busy endpoints
+//! send them.
 //! It also prints what the shared stream still holds right after the drain
 //! (acknowledgements nats-server has not applied yet), and deletes it before
 //! the single endpoint's drain.
@@ -138,51 +141,55 @@ async fn endpoint(
     Ok((path, endpoint))
 }
 
-/// Publishes `count` events to `endpoint`'s stream, [`PUBLISH_WINDOW`] at a
-/// time before waiting for their PubAcks (the client bounds the PubAcks in
-/// flight: holding more stalls the publisher).
+/// Publishes `count` events to each of `endpoints`' streams, in rounds
+/// (event 0 of each endpoint, then event 1 of each, …): the streams are
+/// stored mixed, as many busy endpoints' events arrive, so a pool's shared
+/// stream brings each pull's events from many members. [`PUBLISH_WINDOW`]
+/// at a time before waiting for their PubAcks (the client bounds the
+/// PubAcks in flight: holding more stalls the publisher).
 async fn publish(
     js: &jetstream::Context,
-    endpoint: &ValidatedEndpoint,
+    endpoints: &[ValidatedEndpoint],
     count: usize,
 ) -> BenchResult<()> {
     let filler = "x".repeat(BODY_BYTES.saturating_sub(200));
-    let key = endpoint.key();
-    let mut acks = Vec::with_capacity(count);
+    let mut acks = Vec::with_capacity(PUBLISH_WINDOW);
     for i in 0..count {
-        let id = format!("evt_{}_{i:06}", endpoint.name);
-        let object = format!("in_{:06}", i / 3);
-        let created = 1_767_225_600 + i as i64;
-        let body = serde_json::json!({
-            "id": id, "object": "event", "type": "invoice.updated", "created": created,
-            "data": {"object": {"id": object, "object": "invoice", "status": "open", "notes": filler}},
-        });
-        let mut map = HeaderMap::new();
-        map.insert(headers::MSG_ID, endpoint.stream.message_id(&id).as_ref());
-        map.insert(headers::EVENT_ID, id.as_str());
-        map.insert(headers::EVENT_TYPE, "invoice.updated");
-        let timestamp = chrono::DateTime::from_timestamp(created, 0)
-            .unwrap_or_default()
-            .to_rfc3339_opts(SecondsFormat::Secs, true);
-        map.insert(headers::EVENT_TIMESTAMP, timestamp.as_str());
-        map.insert(headers::OBJECT_ID, object.as_str());
-        let received = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
-        map.insert(headers::RECEIVED_AT, received.as_str());
-        map.insert(headers::ENDPOINT, key.as_str());
-        map.insert(headers::PROVIDER, "stripe");
-        map.insert(headers::CONTENT_TYPE, "application/json");
-        map.insert(headers::ID_SOURCE, "provider");
-        acks.push(
-            js.publish_with_headers(
-                endpoint.stream.subject_for("invoice.updated"),
-                map,
-                body.to_string().into(),
-            )
-            .await?,
-        );
-        if acks.len() == PUBLISH_WINDOW {
-            for ack in acks.drain(..) {
-                ack.await?;
+        for endpoint in endpoints {
+            let id = format!("evt_{}_{i:06}", endpoint.name);
+            let object = format!("in_{:06}", i / 3);
+            let created = 1_767_225_600 + i as i64;
+            let body = serde_json::json!({
+                "id": id, "object": "event", "type": "invoice.updated", "created": created,
+                "data": {"object": {"id": object, "object": "invoice", "status": "open", "notes": filler}},
+            });
+            let mut map = HeaderMap::new();
+            map.insert(headers::MSG_ID, endpoint.stream.message_id(&id).as_ref());
+            map.insert(headers::EVENT_ID, id.as_str());
+            map.insert(headers::EVENT_TYPE, "invoice.updated");
+            let timestamp = chrono::DateTime::from_timestamp(created, 0)
+                .unwrap_or_default()
+                .to_rfc3339_opts(SecondsFormat::Secs, true);
+            map.insert(headers::EVENT_TIMESTAMP, timestamp.as_str());
+            map.insert(headers::OBJECT_ID, object.as_str());
+            let received = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
+            map.insert(headers::RECEIVED_AT, received.as_str());
+            map.insert(headers::ENDPOINT, endpoint.key().as_str());
+            map.insert(headers::PROVIDER, "stripe");
+            map.insert(headers::CONTENT_TYPE, "application/json");
+            map.insert(headers::ID_SOURCE, "provider");
+            acks.push(
+                js.publish_with_headers(
+                    endpoint.stream.subject_for("invoice.updated"),
+                    map,
+                    body.to_string().into(),
+                )
+                .await?,
+            );
+            if acks.len() == PUBLISH_WINDOW {
+                for ack in acks.drain(..) {
+                    ack.await?;
+                }
             }
         }
     }
@@ -384,11 +391,13 @@ async fn main() -> BenchResult<()> {
     // The pool: N endpoints × M events, one process.
     let dir = tempfile::tempdir()?;
     let published = Instant::now();
+    let mut endpoints = Vec::with_capacity(args.endpoints);
     for i in 0..args.endpoints {
         let shared = args.shared_stream.then_some(POOL);
         let (_, endpoint) = endpoint(&js, dir.path(), &format!("e{i:04}"), shared).await?;
-        publish(&js, &endpoint, args.per_endpoint).await?;
+        endpoints.push(endpoint);
     }
+    publish(&js, &endpoints, args.per_endpoint).await?;
     eprintln!(
         "{} endpoints provisioned, {total} events published in {:.1} s",
         args.endpoints,
@@ -442,7 +451,7 @@ async fn main() -> BenchResult<()> {
     // One endpoint, the same number of events.
     let single_dir = tempfile::tempdir()?;
     let (_, single) = endpoint(&js, single_dir.path(), "single", None).await?;
-    publish(&js, &single, total).await?;
+    publish(&js, std::slice::from_ref(&single), total).await?;
     let mut config = Config::new(single, &nats.url(), &pg.url());
     if let Some(concurrency) = args.concurrency {
         config.concurrency = concurrency;

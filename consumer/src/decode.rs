@@ -300,6 +300,13 @@ impl Projection {
             Projection::InRust => None,
         }
     }
+
+    /// [`Projection::path`] as a JSON array, as the write statement takes it
+    /// per event ([`crate::store::Row::path`]).
+    pub fn path_json(&self) -> Option<String> {
+        self.path()
+            .map(|tokens| serde_json::Value::from(tokens.to_vec()).to_string())
+    }
 }
 
 /// Whether Postgres' `#>` would take `token` as an array index (as C's

@@ -220,6 +220,48 @@ pub(crate) struct Served {
     pub drain_until_gone: bool,
 }
 
+impl Served {
+    /// What its batches are processed with; `gate` is shared by the
+    /// members of a pool's shared stream.
+    pub(crate) fn context(
+        &self,
+        pool: &PgPool,
+        metrics: Arc<Metrics>,
+        gate: Arc<consume::DatabaseGate>,
+        shutdown: &Shutdown,
+    ) -> Arc<consume::Context> {
+        Arc::new(consume::Context {
+            endpoint: self.endpoint.clone(),
+            key: self.endpoint.key(),
+            pool: pool.clone(),
+            metrics,
+            refetch: self.refetch.clone(),
+            projection: crate::decode::Projection::of(&self.endpoint),
+            gate,
+            shutdown: shutdown.clone(),
+            drain_until_gone: self.drain_until_gone,
+        })
+    }
+
+    /// The endpoint's retention sweep, until `shutdown` (none for a stream
+    /// drained until gone: the endpoint's main loop sweeps).
+    pub(crate) fn sweeper(
+        &self,
+        pool: &PgPool,
+        shutdown: &Shutdown,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        (!self.drain_until_gone).then(|| {
+            tokio::spawn(retention::sweep_every(
+                pool.clone(),
+                self.endpoint.key(),
+                self.endpoint.stream.max_age,
+                self.sweep_interval,
+                shutdown.clone(),
+            ))
+        })
+    }
+}
+
 /// Consumes from `consumer` (already bound) until `shutdown`, with the
 /// endpoint's retention sweep beside it; returns once the batches in hand are
 /// settled (their acknowledgements may still be in the client's buffer).
@@ -230,28 +272,9 @@ pub(crate) async fn consume_bound(
     metrics: Arc<Metrics>,
     shutdown: &Shutdown,
 ) {
-    let key = served.endpoint.key();
-    let sweeper = (!served.drain_until_gone).then(|| {
-        tokio::spawn(retention::sweep_every(
-            pool.clone(),
-            key.clone(),
-            served.endpoint.stream.max_age,
-            served.sweep_interval,
-            shutdown.clone(),
-        ))
-    });
+    let sweeper = served.sweeper(pool, shutdown);
     let pending = metrics.jetstream_pending.clone();
-    let ctx = Arc::new(consume::Context {
-        endpoint: served.endpoint.clone(),
-        key,
-        pool: pool.clone(),
-        metrics,
-        refetch: served.refetch.clone(),
-        projection: crate::decode::Projection::of(&served.endpoint),
-        gate: consume::DatabaseGate::default(),
-        shutdown: shutdown.clone(),
-        drain_until_gone: served.drain_until_gone,
-    });
+    let ctx = served.context(pool, metrics, Arc::default(), shutdown);
     consume::consume(
         ctx,
         consumer,
@@ -263,8 +286,8 @@ pub(crate) async fn consume_bound(
     if let Some(sweeper) = sweeper {
         sweeper.abort();
     }
-    // What this loop said is pending is no longer its to say (a loop started
-    // again on the endpoint says it anew).
+    // A stopped loop no longer knows its pending count: its series goes
+    // rather than stay at its last value.
     pending.clear();
 }
 

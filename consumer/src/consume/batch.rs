@@ -33,39 +33,86 @@ pub const STAGES_TARGET: &str = "hookline_consumer::stages";
 /// nak'ed or dead-lettered and terminated; when even that fails, JetStream
 /// redelivers after `ackWait`).
 pub async fn process_batch(ctx: &Context, deliveries: Vec<Delivery>) {
+    process_shares(vec![(ctx, deliveries)]).await;
+}
+
+/// [`process_batch`] for a batch of many endpoints' messages (a pool's
+/// shared stream), each share with its endpoint's [`Context`]: decoded,
+/// retried, dead-lettered and counted as that endpoint says, and written in
+/// one transaction with the others. The contexts share one database, gate
+/// and shutdown (the first share's hold the batch while the database is away).
+pub async fn process_shares(shares: Vec<(&Context, Vec<Delivery>)>) {
     let started = Instant::now();
     let started_at = Utc::now();
-    let metrics = &ctx.metrics;
-    metrics.batches_in_flight.inc();
-    metrics.batch_size.observe(deliveries.len() as f64);
-    let first_sequence = deliveries
+    let mut size = 0;
+    for (ctx, deliveries) in &shares {
+        ctx.metrics.batches_in_flight.inc();
+        ctx.metrics.batch_size.observe(deliveries.len() as f64);
+        size += deliveries.len();
+    }
+    let first_sequence = shares
         .first()
+        .and_then(|(_, deliveries)| deliveries.first())
         .and_then(|d| d.message.info().ok())
         .map_or(0, |info| info.stream_sequence);
-    let span = info_span!("batch", size = deliveries.len(), first_sequence);
+    let contexts: Vec<&Context> = shares.iter().map(|(ctx, _)| *ctx).collect();
+    let span = info_span!("batch", size, first_sequence, endpoints = shares.len());
     async {
-        let mut items = decode_all(ctx, deliveries);
-        store_items(ctx, &mut items, started_at).await;
-        while items
-            .iter()
-            .any(|item| matches!(item.outcome, Outcome::Unavailable(_)))
-            && hold(ctx, &items).await
-        {
-            for item in &mut items {
+        let mut parts: Vec<Part<'_>> = shares
+            .into_iter()
+            .map(|(ctx, deliveries)| Part {
+                ctx,
+                items: decode_all(ctx, deliveries),
+                path: ctx.projection.path_json(),
+            })
+            .collect();
+        store_parts(&mut parts, started_at).await;
+        while let Some(first) = parts.first() {
+            let held: Vec<&Item> = parts
+                .iter()
+                .flat_map(|part| &part.items)
+                .filter(|item| matches!(item.outcome, Outcome::Unavailable(_)))
+                .collect();
+            if held.is_empty() || !hold(first.ctx, &held).await {
+                break;
+            }
+            for item in parts.iter_mut().flat_map(|part| &mut part.items) {
                 if matches!(item.outcome, Outcome::Unavailable(_)) {
                     item.outcome = Outcome::Pending;
                 }
             }
-            store_items(ctx, &mut items, started_at).await;
+            store_parts(&mut parts, started_at).await;
         }
-        settle(ctx, items).await;
+        for part in parts {
+            settle(part.ctx, part.items).await;
+        }
     }
     .instrument(span)
     .await;
-    metrics
-        .batch_seconds
-        .observe(started.elapsed().as_secs_f64());
-    metrics.batches_in_flight.dec();
+    for ctx in contexts {
+        ctx.metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
+        ctx.metrics.batches_in_flight.dec();
+    }
+}
+
+/// One endpoint's messages of a batch.
+struct Part<'a> {
+    ctx: &'a Context,
+    items: Vec<Item>,
+    /// The endpoint's projection path, as the write statement takes it.
+    path: Option<String>,
+}
+
+/// What a part writes, once its duplicates and refetches are sorted out.
+struct Prepared {
+    /// Items to write (the first of each event id, nothing decided yet).
+    writable: Vec<usize>,
+    /// Later items of an event id, and the first one they share a fate with.
+    duplicate_of: Vec<(usize, usize)>,
+    /// Object id → the state its refetch gave.
+    refetched: HashMap<String, Option<String>>,
 }
 
 fn decode_all(ctx: &Context, deliveries: Vec<Delivery>) -> Vec<Item> {
@@ -123,7 +170,8 @@ fn decode_all(ctx: &Context, deliveries: Vec<Delivery>) -> Vec<Item> {
             }
         })
         .collect();
-    if let Some(pending) = pending {
+    // A shared stream's pending count is the pool's, not the member's.
+    if let Some(pending) = pending.filter(|_| ctx.endpoint.stream.shared.is_none()) {
         ctx.metrics
             .jetstream_pending
             .set(i64::try_from(pending).unwrap_or(i64::MAX));
@@ -131,11 +179,68 @@ fn decode_all(ctx: &Context, deliveries: Vec<Delivery>) -> Vec<Item> {
     items
 }
 
-/// Refetches, then writes the decodable messages in one transaction (falling
-/// back to one transaction per message when a message's data breaks the batch).
-async fn store_items(ctx: &Context, items: &mut [Item], started_at: DateTime<Utc>) {
-    // The first message of each event id is stored; later ones in the same
-    // batch share its fate as duplicates.
+/// Refetches, then writes the decodable messages of every part in one
+/// transaction (falling back to one transaction per message when a
+/// message's data breaks the batch).
+async fn store_parts(parts: &mut [Part<'_>], started_at: DateTime<Utc>) {
+    let mut prepared = Vec::with_capacity(parts.len());
+    for part in parts.iter_mut() {
+        prepared.push(prepare(part).await);
+    }
+    let writable: Vec<(usize, usize)> = prepared
+        .iter()
+        .enumerate()
+        .flat_map(|(p, prepared)| prepared.writable.iter().map(move |&i| (p, i)))
+        .collect();
+    if !writable.is_empty() {
+        match write(parts, &prepared, &writable, started_at).await {
+            Ok(()) => {}
+            Err(err @ WriteError::Rejected(_)) if writable.len() > 1 => {
+                warn!(cause = %err, "batch rejected by the database; storing its messages one by one");
+                // Counted for the endpoints whose own messages failed: one
+                // member's bad data is not another's failure.
+                let mut failed = vec![false; parts.len()];
+                for &one in &writable {
+                    if let Err(err) = write(parts, &prepared, &[one], started_at).await {
+                        parts[one.0].items[one.1].outcome = failure(&err);
+                        failed[one.0] = true;
+                    }
+                }
+                count_failure(parts, &failed);
+            }
+            Err(err) => {
+                let failed: Vec<bool> = prepared.iter().map(|p| !p.writable.is_empty()).collect();
+                count_failure(parts, &failed);
+                warn!(cause = %err, "batch transaction failed");
+                let outcome = failure(&err);
+                for &(p, i) in &writable {
+                    parts[p].items[i].outcome = outcome.clone();
+                }
+            }
+        }
+    }
+    for (part, prepared) in parts.iter_mut().zip(prepared) {
+        for (index, first) in prepared.duplicate_of {
+            part.items[index].outcome = match &part.items[first].outcome {
+                Outcome::Stored | Outcome::Duplicate => Outcome::Duplicate,
+                other => other.clone(),
+            };
+        }
+    }
+}
+
+/// A failed batch transaction, counted for each endpoint marked `failed`.
+fn count_failure(parts: &[Part<'_>], failed: &[bool]) {
+    for (part, _) in parts.iter().zip(failed).filter(|(_, failed)| **failed) {
+        part.ctx.metrics.batch_failures.inc();
+    }
+}
+
+/// Sorts out a part's duplicates (the first message of each event id is
+/// stored; later ones in the same batch share its fate) and refetches.
+async fn prepare(part: &mut Part<'_>) -> Prepared {
+    let ctx = part.ctx;
+    let items = &mut part.items;
     let mut first_of: HashMap<String, usize> = HashMap::new();
     let mut duplicate_of: Vec<(usize, usize)> = Vec::new();
     for (index, item) in items.iter().enumerate() {
@@ -175,38 +280,14 @@ async fn store_items(ctx: &Context, items: &mut [Item], started_at: DateTime<Utc
             None => {}
         }
     }
-
-    let writable: Vec<usize> = primaries
+    let writable = primaries
         .into_iter()
         .filter(|&index| items[index].outcome == Outcome::Pending)
         .collect();
-    if !writable.is_empty() {
-        match write(ctx, items, &writable, &refetched, started_at).await {
-            Ok(()) => {}
-            Err(err @ WriteError::Rejected(_)) if writable.len() > 1 => {
-                ctx.metrics.batch_failures.inc();
-                warn!(cause = %err, "batch rejected by the database; storing its messages one by one");
-                for &index in &writable {
-                    if let Err(err) = write(ctx, items, &[index], &refetched, started_at).await {
-                        items[index].outcome = failure(&err);
-                    }
-                }
-            }
-            Err(err) => {
-                ctx.metrics.batch_failures.inc();
-                warn!(cause = %err, "batch transaction failed");
-                let outcome = failure(&err);
-                for &index in &writable {
-                    items[index].outcome = outcome.clone();
-                }
-            }
-        }
-    }
-    for (index, first) in duplicate_of {
-        items[index].outcome = match &items[first].outcome {
-            Outcome::Stored | Outcome::Duplicate => Outcome::Duplicate,
-            other => other.clone(),
-        };
+    Prepared {
+        writable,
+        duplicate_of,
+        refetched,
     }
 }
 
@@ -252,46 +333,49 @@ fn humanize(duration: std::time::Duration) -> String {
     }
 }
 
-/// Writes the events at `indexes` in one transaction and records each outcome.
+/// Writes the events at `writable` (part, item) in one transaction and
+/// records each outcome.
 async fn write(
-    ctx: &Context,
-    items: &mut [Item],
-    indexes: &[usize],
-    states: &HashMap<String, Option<String>>,
+    parts: &mut [Part<'_>],
+    prepared: &[Prepared],
+    writable: &[(usize, usize)],
     started_at: DateTime<Utc>,
 ) -> Result<(), WriteError> {
-    let events: Vec<&Event> = indexes
-        .iter()
-        .filter_map(|&index| items[index].decoded.as_ref().ok())
-        .collect();
-    let deliveries: HashMap<String, i32> = indexes
-        .iter()
-        .filter_map(|&index| {
-            let item = &items[index];
-            item.decoded.as_ref().ok().map(|event| {
-                (
-                    event.event_id.clone(),
-                    i32::try_from(item.delivered).unwrap_or(i32::MAX),
-                )
+    let written = {
+        let rows: Vec<store::Row<'_>> = writable
+            .iter()
+            .filter_map(|&(p, i)| {
+                let part = &parts[p];
+                let item = &part.items[i];
+                let event = item.decoded.as_ref().ok()?;
+                let state = match event
+                    .object_id
+                    .as_deref()
+                    .and_then(|id| prepared[p].refetched.get(id))
+                {
+                    Some(state) => state.as_deref(),
+                    None => event.state.as_deref(),
+                };
+                Some(store::Row {
+                    endpoint: &part.ctx.key,
+                    event,
+                    deliveries: i32::try_from(item.delivered).unwrap_or(i32::MAX),
+                    state,
+                    path: part.path.as_deref(),
+                })
             })
-        })
-        .collect();
-    let written = store::write_batch(
-        &ctx.pool,
-        &ctx.key,
-        &events,
-        &deliveries,
-        states,
-        &ctx.projection,
-    )
-    .await?;
+            .collect();
+        store::write_batch(&parts[0].ctx.pool, &rows).await?
+    };
     let committed = Utc::now();
-    let metrics = &ctx.metrics;
     let log_stages = tracing::enabled!(target: STAGES_TARGET, tracing::Level::DEBUG);
-    for &index in indexes {
-        let item = &mut items[index];
+    for &(p, i) in writable {
+        let part = &mut parts[p];
+        let metrics = &part.ctx.metrics;
+        let item = &mut part.items[i];
         let Ok(event) = &item.decoded else { continue };
-        if written.inserted.contains(&event.event_id) {
+        let key = (part.ctx.key.clone(), event.event_id.clone());
+        if written.inserted.contains(&key) {
             item.outcome = Outcome::Stored;
             metrics.processed.inc();
             metrics
@@ -310,7 +394,7 @@ async fn write(
                     "stages"
                 );
             }
-            if written.out_of_order.contains(&event.event_id) {
+            if written.out_of_order.contains(&key) {
                 metrics.out_of_order_ignored.inc();
                 debug!(event_id = %event.event_id, "older than the stored state; projection unchanged");
             }

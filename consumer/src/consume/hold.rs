@@ -53,11 +53,7 @@ impl DatabaseGate {
 
 /// Keeps the items the database could not take until it answers again;
 /// `false` when shutdown came first (they are then handed back to JetStream).
-pub(super) async fn hold(ctx: &Context, items: &[Item]) -> bool {
-    let held: Vec<&Item> = items
-        .iter()
-        .filter(|item| matches!(item.outcome, Outcome::Unavailable(_)))
-        .collect();
+pub(super) async fn hold(ctx: &Context, held: &[&Item]) -> bool {
     let cause = held
         .iter()
         .find_map(|item| match &item.outcome {
@@ -73,7 +69,7 @@ pub(super) async fn hold(ctx: &Context, items: &[Item]) -> bool {
     let mut shutdown = ctx.shutdown.clone();
     let mut pause = FIRST_PAUSE;
     let mut kept_alive = Instant::now();
-    keep(&held).await;
+    keep(held).await;
     loop {
         if !shutdown.sleep(pause.min(keep_alive)).await {
             return false;
@@ -88,7 +84,7 @@ pub(super) async fn hold(ctx: &Context, items: &[Item]) -> bool {
             return true;
         }
         if kept_alive.elapsed() >= keep_alive {
-            keep(&held).await;
+            keep(held).await;
             kept_alive = Instant::now();
         }
         pause = (pause * 2).min(MAX_PAUSE);

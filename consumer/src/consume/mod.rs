@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-pub use batch::{STAGES_TARGET, process_batch};
+pub use batch::{STAGES_TARGET, process_batch, process_shares};
 use budget::Reservation;
 pub use budget::{DEFAULT_PULL_BUDGET_BYTES, PullBudget};
 pub use hold::DatabaseGate;
@@ -43,14 +43,59 @@ pub struct Context {
     pub refetch: Option<Refetcher>,
     /// How the projection's state is taken from a payload.
     pub projection: Projection,
-    /// Closed while the database is away: nothing more is pulled.
-    pub gate: DatabaseGate,
+    /// Closed while the database is away: nothing more is pulled. Shared
+    /// by a pool's members on one shared stream, which one loop pulls for.
+    pub gate: Arc<DatabaseGate>,
     /// Ends a batch's wait for the database.
     pub shutdown: Shutdown,
     /// Ends the loop, quietly, once the stream or the durable consumer is
     /// gone: a shared-stream member's own stream, which the operator deletes
     /// once drained. Any other loop keeps retrying until it is made again.
     pub drain_until_gone: bool,
+}
+
+/// What a pull loop ([`consume`]) hands its batches to: one endpoint
+/// ([`Context`]), or the members of a pool's shared stream, whose one
+/// durable brings all their events.
+pub trait Batches: Send + Sync + 'static {
+    /// Messages one pull asks for.
+    fn batch_size(&self) -> usize;
+    /// The largest body one pull must be able to bring.
+    fn max_body_bytes(&self) -> usize;
+    /// Closed while the database is away: nothing more is pulled.
+    fn gate(&self) -> &DatabaseGate;
+    /// Whether the loop ends, quietly, once its stream or durable is gone
+    /// ([`Context::drain_until_gone`]).
+    fn drain_until_gone(&self) -> bool {
+        false
+    }
+    /// Processes one batch end to end; never fails.
+    fn process(
+        self: Arc<Self>,
+        deliveries: Vec<Delivery>,
+    ) -> impl Future<Output = ()> + Send + 'static;
+}
+
+impl Batches for Context {
+    fn batch_size(&self) -> usize {
+        self.endpoint.consumer.batch_size
+    }
+
+    fn max_body_bytes(&self) -> usize {
+        self.endpoint.request.max_body_bytes
+    }
+
+    fn gate(&self) -> &DatabaseGate {
+        &self.gate
+    }
+
+    fn drain_until_gone(&self) -> bool {
+        self.drain_until_gone
+    }
+
+    async fn process(self: Arc<Self>, deliveries: Vec<Delivery>) {
+        batch::process_batch(&self, deliveries).await;
+    }
 }
 
 /// How long an idle pull waits on the server for a message; also the longest
@@ -116,15 +161,13 @@ struct Pulled {
 /// process, and hold them until their batch is settled, so that many
 /// endpoints pulling at once never make NATS cut the connection off as a
 /// slow consumer, nor hold more in memory than the budget.
-pub async fn consume(
-    ctx: Arc<Context>,
+pub async fn consume<B: Batches>(
+    ctx: Arc<B>,
     consumer: PullConsumer,
     concurrency: usize,
     budget: &PullBudget,
     mut shutdown: Shutdown,
 ) {
-    let batch_size = ctx.endpoint.consumer.batch_size;
-    let max_bytes = max_batch_bytes(ctx.endpoint.request.max_body_bytes, budget);
     let workers = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = JoinSet::new();
     let mut pull_failures: u64 = 0;
@@ -134,9 +177,11 @@ pub async fn consume(
         while let Some(done) = tasks.try_join_next() {
             report(done);
         }
-        if !ctx.gate.wait_open(&mut shutdown).await {
+        if !ctx.gate().wait_open(&mut shutdown).await {
             break;
         }
+        let batch_size = ctx.batch_size();
+        let max_bytes = max_batch_bytes(ctx.max_body_bytes(), budget);
         if !tasks.is_empty() && waiting < batch_size as u64 {
             tokio::select! {
                 _ = shutdown.wait() => break,
@@ -169,7 +214,7 @@ pub async fn consume(
                 pulled
             }
             Err(err) => {
-                if ctx.drain_until_gone && gone(&consumer).await {
+                if ctx.drain_until_gone() && gone(&consumer).await {
                     info!(cause = %err, "the drained stream or its durable consumer is gone: done");
                     break;
                 }
@@ -195,7 +240,7 @@ pub async fn consume(
         let ctx = ctx.clone();
         tasks.spawn(async move {
             let Pulled { deliveries, held } = pulled;
-            batch::process_batch(&ctx, deliveries).await;
+            ctx.process(deliveries).await;
             drop(held);
             drop(permit);
         });

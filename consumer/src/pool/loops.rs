@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use hookline_api::ValidatedEndpoint;
+use hookline_api::provision::POOL_ACK_WAIT;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
 
+use super::dispatch::Members;
 use super::{PoolStatus, drain};
 use crate::Shutdown;
 use crate::consume::PullBudget;
@@ -43,6 +45,9 @@ pub(super) struct Shared {
     /// The `maxAge` of the pool's shared stream, read from it once: the
     /// members' retention, which their manifests do not set (the pool does).
     pub shared_max_age: tokio::sync::OnceCell<Duration>,
+    /// With `--shared-stream`: the members its one pull loop hands their
+    /// events to.
+    pub members: Option<Arc<Members>>,
 }
 
 impl Shared {
@@ -99,9 +104,9 @@ pub(super) struct Loops {
 }
 
 impl Loops {
-    pub fn new(shared: Shared) -> Loops {
+    pub fn new(shared: Arc<Shared>) -> Loops {
         Loops {
-            shared: Arc::new(shared),
+            shared,
             running: HashMap::new(),
             retiring: HashMap::new(),
         }
@@ -214,7 +219,9 @@ impl Loops {
 /// One endpoint's loop: what `--endpoint` runs after migrating — bind to the
 /// durable consumer (provisioning first when asked), consume until `shutdown`,
 /// finish the batches in hand, send their acknowledgements. A member of a
-/// shared stream also drains its own stream meanwhile, if it is still there.
+/// shared stream is served by the pool's one loop instead
+/// ([`serve_member`]), and drains its own stream meanwhile, if it is still
+/// there.
 async fn run_loop(
     shared: Arc<Shared>,
     endpoint: ValidatedEndpoint,
@@ -292,6 +299,9 @@ async fn serve(
     metrics: Arc<Metrics>,
     shutdown: &Shutdown,
 ) {
+    if let (Some(members), Some(_)) = (&shared.members, &endpoint.stream.shared) {
+        return serve_member(shared, members, endpoint, bound, metrics, shutdown).await;
+    }
     let consumer = match Box::pin(bind(&endpoint, shared.provision, &shared.js, shutdown)).await {
         Ok(Some(consumer)) => consumer,
         Ok(None) => return,
@@ -310,6 +320,37 @@ async fn serve(
     let served = shared.served(endpoint, refetch, false);
     consume_bound(&served, consumer, &shared.pool, metrics, shutdown).await;
     bound.store(false, Ordering::Relaxed);
+}
+
+/// A member of the pool's shared stream until `shutdown`: its events come
+/// through the pool's one pull loop ([`Members`]), which hands them to its
+/// context; its own loop only sweeps its retention.
+async fn serve_member(
+    shared: &Shared,
+    members: &Members,
+    mut endpoint: ValidatedEndpoint,
+    bound: &AtomicBool,
+    metrics: Arc<Metrics>,
+    shutdown: &Shutdown,
+) {
+    if let Some(max_age) = shared_max_age(shared, &endpoint.stream.name).await {
+        endpoint.stream.max_age = max_age;
+    }
+    // Held batches are kept alive within the pool durable's `ackWait`.
+    endpoint.consumer.ack_wait = POOL_ACK_WAIT;
+    let served = shared.served(endpoint, None, false);
+    let sweeper = served.sweeper(&shared.pool, shutdown);
+    let ctx = served.context(&shared.pool, metrics, members.gate(), shutdown);
+    members.serve(ctx.clone());
+    if members.wait_bound(shutdown).await {
+        bound.store(true, Ordering::Relaxed);
+        shutdown.clone().wait().await;
+    }
+    members.forget(&ctx);
+    bound.store(false, Ordering::Relaxed);
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
+    }
 }
 
 /// The pool stream's `maxAge`, read once for every member; `None` (the

@@ -2,13 +2,15 @@
 //! projection to its newest event when that is newer than the stored state,
 //! `NOTIFY`, commit.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use sqlx::Arguments;
 use sqlx::postgres::{PgArguments, PgPool, Postgres};
 
 use super::NOTIFY_CHANNEL;
-use crate::decode::{Body, Event, Projection};
+#[cfg(doc)]
+use crate::decode::Projection;
+use crate::decode::{Body, Event};
 
 /// Why a batch transaction failed, sorted by what helps; each carries the
 /// database's own error.
@@ -73,14 +75,14 @@ impl From<sqlx::Error> for WriteError {
     }
 }
 
-/// What one batch transaction did.
+/// What one batch transaction did; events are `(endpoint, event id)`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Written {
-    /// Event ids newly stored (the others were already there: duplicates).
-    pub inserted: HashSet<String>,
-    /// Event ids whose projection update was skipped because the stored state
+    /// Events newly stored (the others were already there: duplicates).
+    pub inserted: HashSet<(String, String)>,
+    /// Events whose projection update was skipped because the stored state
     /// (or another event of the same batch) was newer.
-    pub out_of_order: HashSet<String>,
+    pub out_of_order: HashSet<(String, String)>,
 }
 
 /// The whole batch in one statement, so in one round trip and one
@@ -90,40 +92,54 @@ pub struct Written {
 /// new event (sent at commit). Answers, for each new event, whether its
 /// projection update was skipped because a newer state won.
 ///
-/// Rows are inserted in the order given (sorted by event id) and objects
-/// upserted by object id, so concurrent batches take their locks in one order.
+/// Each row carries its endpoint and the path of its projection (a JSON
+/// array of reference tokens, `#>`'s), so one transaction takes the events
+/// of many endpoints: a pool's shared stream delivers its members' events
+/// mixed, and a transaction per member would cost a commit per event.
+///
+/// Rows are inserted in the order given (sorted by endpoint and event id)
+/// and objects upserted by endpoint and object id, so concurrent batches
+/// take their locks in one order.
 const WRITE_BATCH: &str = "\
-WITH inserted AS (
+WITH input AS (
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
+                         $6::timestamptz[], $7::int[], $8::text[], $9::text[], $10::bytea[],
+                         $11::text[], $12::text[])
+        WITH ORDINALITY AS t(endpoint, event_id, event_type, event_timestamp, object_id,
+                             received_at, deliveries, headers, payload, payload_raw, state,
+                             path, n)
+),
+inserted AS (
     INSERT INTO hookline.events (endpoint, event_id, event_type, event_timestamp, object_id,
                                  received_at, deliveries, headers, payload, payload_raw)
-    SELECT $1, t.event_id, t.event_type, t.event_timestamp, t.object_id, t.received_at,
-           t.deliveries, t.headers::jsonb, t.payload::jsonb, t.payload_raw
-    FROM UNNEST($2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::timestamptz[],
-                $7::int[], $8::text[], $9::text[], $10::bytea[])
-        WITH ORDINALITY AS t(event_id, event_type, event_timestamp, object_id, received_at,
-                             deliveries, headers, payload, payload_raw, n)
-    ORDER BY t.n
+    SELECT endpoint, event_id, event_type, event_timestamp, object_id, received_at,
+           deliveries, headers::jsonb, payload::jsonb, payload_raw
+    FROM input
+    ORDER BY n
     ON CONFLICT (endpoint, event_id) DO NOTHING
-    RETURNING event_id, object_id, coalesce(event_timestamp, received_at) AS at, payload
+    RETURNING endpoint, event_id, object_id, coalesce(event_timestamp, received_at) AS at, payload
 ),
 newest AS (
-    SELECT DISTINCT ON (object_id) object_id, event_id, at, payload
-    FROM inserted
-    WHERE object_id IS NOT NULL
-    ORDER BY object_id, at DESC, event_id DESC
+    SELECT DISTINCT ON (i.endpoint, i.object_id)
+           i.endpoint, i.object_id, i.event_id, i.at, i.payload, t.state, t.path
+    FROM inserted i JOIN input t USING (endpoint, event_id)
+    WHERE i.object_id IS NOT NULL
+    ORDER BY i.endpoint, i.object_id, i.at DESC, i.event_id DESC
 ),
 applied AS (
     INSERT INTO hookline.objects AS o
         (endpoint, object_id, last_event_id, last_event_timestamp, state, updated_at)
-    SELECT $1, n.object_id, n.event_id, n.at,
-           CASE WHEN s.state IS NOT NULL THEN s.state::jsonb
-                WHEN jsonb_typeof(n.payload #> $13::text[]) = 'object'
-                    THEN n.payload #> $13::text[]
+    SELECT n.endpoint, n.object_id, n.event_id, n.at,
+           CASE WHEN n.state IS NOT NULL THEN n.state::jsonb
+                WHEN jsonb_typeof(n.payload #> p.tokens) = 'object' THEN n.payload #> p.tokens
                 ELSE n.payload END,
            now()
     FROM newest n
-        LEFT JOIN UNNEST($11::text[], $12::text[]) AS s(event_id, state) USING (event_id)
-    ORDER BY n.object_id
+        CROSS JOIN LATERAL (
+            SELECT coalesce(array_agg(token), '{}') AS tokens
+            FROM jsonb_array_elements_text(coalesce(n.path, '[]')::jsonb) AS token
+        ) p
+    ORDER BY n.endpoint, n.object_id
     ON CONFLICT (endpoint, object_id) DO UPDATE SET
         last_event_id = EXCLUDED.last_event_id,
         last_event_timestamp = EXCLUDED.last_event_timestamp,
@@ -131,35 +147,38 @@ applied AS (
         updated_at = EXCLUDED.updated_at
     WHERE (EXCLUDED.last_event_timestamp, EXCLUDED.last_event_id)
         > (o.last_event_timestamp, o.last_event_id)
-    RETURNING last_event_id
+    RETURNING endpoint, last_event_id
 ),
 notified AS (
-    SELECT event_id, object_id,
-           pg_notify($14, jsonb_build_object('endpoint', $1::text, 'event_id', event_id)::text)
+    SELECT endpoint, event_id, object_id,
+           pg_notify($13, jsonb_build_object('endpoint', endpoint, 'event_id', event_id)::text)
     FROM inserted
 )
-SELECT n.event_id, (n.object_id IS NOT NULL AND a.last_event_id IS NULL) AS out_of_order
-FROM notified n LEFT JOIN applied a ON a.last_event_id = n.event_id";
+SELECT n.endpoint, n.event_id, (n.object_id IS NOT NULL AND a.last_event_id IS NULL) AS out_of_order
+FROM notified n LEFT JOIN applied a
+    ON a.endpoint = n.endpoint AND a.last_event_id = n.event_id";
 
-/// The placeholders of [`WRITE_BATCH`], `$1` to `$14`.
-const WRITE_BATCH_PARAMETERS: usize = 14;
+/// The placeholders of [`WRITE_BATCH`], `$1` to `$13`.
+const WRITE_BATCH_PARAMETERS: usize = 13;
 
-/// About the bytes the arguments of `events` take on the wire: their text
+/// About the bytes the arguments of `rows` take on the wire: their text
 /// and bytes, a length word per array element, and some slack.
-fn encoded_size(events: &[&Event]) -> usize {
-    const PER_EVENT: usize = 9 * 4 + 2 * 8 + 4 + 64;
-    events
-        .iter()
-        .map(|event| {
+fn encoded_size(rows: &[Row<'_>]) -> usize {
+    const PER_EVENT: usize = 12 * 4 + 2 * 8 + 4 + 64;
+    rows.iter()
+        .map(|row| {
+            let event = row.event;
             let body = match &event.body {
                 Body::Json(text) => text.len(),
                 Body::Raw(bytes) => bytes.len(),
             };
-            event.event_id.len()
+            row.endpoint.len()
+                + event.event_id.len()
                 + event.event_type.len()
                 + event.object_id.as_ref().map_or(0, String::len)
                 + event.headers.len()
-                + event.state.as_ref().map_or(0, String::len)
+                + row.state.map_or(0, str::len)
+                + row.path.map_or(0, str::len)
                 + body
                 + PER_EVENT
         })
@@ -176,42 +195,54 @@ where
         .map_err(|err| WriteError::from(sqlx::Error::Encode(err)))
 }
 
-/// Stores `events` (distinct event ids) in one transaction: inserts the new
-/// ones, moves each object's projection to its newest event when that is newer
-/// than the stored one, notifies; then commits. `states` overrides the state of
-/// an object (refetch); otherwise it is the event's own (`Event::state`) or
-/// taken by Postgres from the payload as `projection` says. Events are sorted
-/// so that concurrent transactions take row locks in the same order.
-pub async fn write_batch(
-    pool: &PgPool,
-    endpoint: &str,
-    events: &[&Event],
-    deliveries: &HashMap<String, i32>,
-    states: &HashMap<String, Option<String>>,
-    projection: &Projection,
-) -> Result<Written, WriteError> {
-    let mut sorted: Vec<&Event> = events.to_vec();
-    sorted.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+/// One event to write and what its endpoint says of it.
+#[derive(Clone, Copy, Debug)]
+pub struct Row<'a> {
+    /// `namespace/name`.
+    pub endpoint: &'a str,
+    pub event: &'a Event,
+    /// Deliveries so far, the `deliveries` column.
+    pub deliveries: i32,
+    /// The object's state when given here (refetch, or taken in Rust);
+    /// else Postgres takes it from the payload at `path`.
+    pub state: Option<&'a str>,
+    /// The endpoint's projection path ([`Projection::path_json`]).
+    pub path: Option<&'a str>,
+}
 
-    let mut ids = Vec::with_capacity(sorted.len());
-    let mut types = Vec::with_capacity(sorted.len());
-    let mut timestamps = Vec::with_capacity(sorted.len());
-    let mut object_ids = Vec::with_capacity(sorted.len());
-    let mut received = Vec::with_capacity(sorted.len());
-    let mut delivered = Vec::with_capacity(sorted.len());
-    let mut headers = Vec::with_capacity(sorted.len());
-    let mut payloads: Vec<Option<&str>> = Vec::with_capacity(sorted.len());
-    let mut raws: Vec<Option<&[u8]>> = Vec::with_capacity(sorted.len());
-    // The states given here (refetch, or taken in Rust), by event id.
-    let mut state_ids: Vec<&str> = Vec::new();
-    let mut state_values: Vec<&str> = Vec::new();
-    for event in &sorted {
+/// Stores `rows` (distinct `(endpoint, event id)`s, of one endpoint or many)
+/// in one transaction: inserts the new ones, moves each object's projection
+/// to its newest event when that is newer than the stored one, notifies;
+/// then commits. Rows are sorted so that concurrent transactions take row
+/// locks in the same order.
+pub async fn write_batch(pool: &PgPool, rows: &[Row<'_>]) -> Result<Written, WriteError> {
+    let mut sorted: Vec<&Row<'_>> = rows.iter().collect();
+    sorted.sort_by(|a, b| {
+        (a.endpoint, a.event.event_id.as_str()).cmp(&(b.endpoint, b.event.event_id.as_str()))
+    });
+
+    let count = sorted.len();
+    let mut endpoints = Vec::with_capacity(count);
+    let mut ids = Vec::with_capacity(count);
+    let mut types = Vec::with_capacity(count);
+    let mut timestamps = Vec::with_capacity(count);
+    let mut object_ids = Vec::with_capacity(count);
+    let mut received = Vec::with_capacity(count);
+    let mut delivered = Vec::with_capacity(count);
+    let mut headers = Vec::with_capacity(count);
+    let mut payloads: Vec<Option<&str>> = Vec::with_capacity(count);
+    let mut raws: Vec<Option<&[u8]>> = Vec::with_capacity(count);
+    let mut states: Vec<Option<&str>> = Vec::with_capacity(count);
+    let mut paths: Vec<Option<&str>> = Vec::with_capacity(count);
+    for row in &sorted {
+        let event = row.event;
+        endpoints.push(row.endpoint);
         ids.push(event.event_id.as_str());
         types.push(event.event_type.as_str());
         timestamps.push(event.event_timestamp);
         object_ids.push(event.object_id.as_deref());
         received.push(event.received_at);
-        delivered.push(deliveries.get(&event.event_id).copied().unwrap_or(1));
+        delivered.push(row.deliveries);
         headers.push(event.headers.as_str());
         match &event.body {
             Body::Json(text) => {
@@ -223,21 +254,15 @@ pub async fn write_batch(
                 raws.push(Some(bytes));
             }
         }
-        let state = match event.object_id.as_deref().and_then(|id| states.get(id)) {
-            Some(state) => state.as_deref(),
-            None => event.state.as_deref(),
-        };
-        if let Some(state) = state {
-            state_ids.push(event.event_id.as_str());
-            state_values.push(state);
-        }
+        states.push(row.state);
+        paths.push(row.path);
     }
 
     // The arguments are encoded into one buffer, sized here once: grown as
     // 100 bodies were encoded, it was copied a dozen times per batch.
     let mut arguments = PgArguments::default();
-    arguments.reserve(WRITE_BATCH_PARAMETERS, encoded_size(&sorted));
-    add(&mut arguments, endpoint)?;
+    arguments.reserve(WRITE_BATCH_PARAMETERS, encoded_size(rows));
+    add(&mut arguments, &endpoints)?;
     add(&mut arguments, &ids)?;
     add(&mut arguments, &types)?;
     add(&mut arguments, &timestamps)?;
@@ -247,19 +272,19 @@ pub async fn write_batch(
     add(&mut arguments, &headers)?;
     add(&mut arguments, &payloads)?;
     add(&mut arguments, &raws)?;
-    add(&mut arguments, &state_ids)?;
-    add(&mut arguments, &state_values)?;
-    add(&mut arguments, projection.path())?;
+    add(&mut arguments, &states)?;
+    add(&mut arguments, &paths)?;
     add(&mut arguments, NOTIFY_CHANNEL)?;
-    let rows: Vec<(String, bool)> = sqlx::query_as_with(WRITE_BATCH, arguments)
+    let answered: Vec<(String, String, bool)> = sqlx::query_as_with(WRITE_BATCH, arguments)
         .fetch_all(pool)
         .await?;
     let mut written = Written::default();
-    for (event_id, out_of_order) in rows {
+    for (endpoint, event_id, out_of_order) in answered {
+        let event = (endpoint, event_id);
         if out_of_order {
-            written.out_of_order.insert(event_id.clone());
+            written.out_of_order.insert(event.clone());
         }
-        written.inserted.insert(event_id);
+        written.inserted.insert(event);
     }
     Ok(written)
 }

@@ -19,7 +19,7 @@ pub use dead_letters::{
     DeadLetter, Selection, StoredDeadLetter, dead_letters_to_replay, mark_replayed,
     write_dead_letters,
 };
-pub use events::{WriteError, Written, write_batch};
+pub use events::{Row, WriteError, Written, write_batch};
 pub use migrate::{MIGRATOR, migrate};
 pub use retention::sweep;
 

@@ -847,30 +847,109 @@ async fn a_data_error_in_a_batch_is_permanent_and_a_lost_connection_unavailable(
         state: Some(body.into()),
     };
     let (good, bad) = (event("good", "{}"), event("bad", "{not json"));
-    let none = HashMap::new();
-    let projection = hookline_consumer::decode::Projection::Path(vec![]);
-    let err = store::write_batch(
-        &pool,
-        "a/b",
-        &[&good, &bad],
-        &HashMap::new(),
-        &none,
-        &projection,
-    )
-    .await
-    .expect_err("the bad body fails the batch");
+    let row = |event| store::Row {
+        endpoint: "a/b",
+        event,
+        deliveries: 1,
+        state: event.state.as_deref(),
+        path: None,
+    };
+    let err = store::write_batch(&pool, &[row(&good), row(&bad)])
+        .await
+        .expect_err("the bad body fails the batch");
     assert!(matches!(err, WriteError::Rejected(_)), "{err}");
     // Nothing of the failed batch was kept; alone, the good one is stored.
-    let written = store::write_batch(&pool, "a/b", &[&good], &HashMap::new(), &none, &projection)
+    let written = store::write_batch(&pool, &[row(&good)])
         .await
         .expect("stored");
-    assert!(written.inserted.contains("good"));
+    assert!(
+        written
+            .inserted
+            .contains(&("a/b".to_owned(), "good".to_owned()))
+    );
 
     tokio::task::block_in_place(|| pg.stop());
-    let err = store::write_batch(&pool, "a/b", &[&good], &HashMap::new(), &none, &projection)
+    let err = store::write_batch(&pool, &[row(&good)])
         .await
         .expect_err("database down");
     assert!(matches!(err, WriteError::Unavailable(_)), "{err}");
+}
+
+/// A pool's shared stream writes its members' events in one transaction:
+/// each row keeps its endpoint's dedupe, projection path and ordering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_transaction_writes_many_endpoints_each_by_its_own_rules() {
+    use hookline_consumer::decode::{Body, Event, Projection};
+    let pg = tokio::task::block_in_place(hookline_e2e::Postgres::start).expect("postgres");
+    let options = store::connect_options(&pg.url()).expect("url");
+    store::migrate(&options).await.expect("migrates");
+    let pool = store::pool(&options, 2, Duration::from_secs(10));
+    let event = |id: &str, at: i64, body: &str| Event {
+        event_id: id.into(),
+        event_type: "t".into(),
+        event_timestamp: chrono::DateTime::from_timestamp(at, 0),
+        object_id: Some("o".into()),
+        received_at: chrono::Utc::now(),
+        headers: "{}".into(),
+        body: Body::Json(body.into()),
+        state: None,
+    };
+    let nested = Projection::Path(vec!["data".into(), "object".into()])
+        .path_json()
+        .expect("a path");
+    let whole = Projection::Path(vec![]).path_json().expect("a path");
+    let newer = event("e1", 200, r#"{"data":{"object":{"v":"new"}}}"#);
+    let older = event("e2", 100, r#"{"data":{"object":{"v":"old"}}}"#);
+    let row = |endpoint, event, path| store::Row {
+        endpoint,
+        event,
+        deliveries: 1,
+        state: None,
+        path: Some(path),
+    };
+    // The same event id and object id at two endpoints, each with its own path.
+    let rows = [
+        row("shop/a", &newer, nested.as_str()),
+        row("shop/a", &older, nested.as_str()),
+        row("shop/b", &newer, whole.as_str()),
+    ];
+    let written = store::write_batch(&pool, &rows).await.expect("stored");
+    assert_eq!(written.inserted.len(), 3, "{written:?}");
+    assert!(
+        written
+            .out_of_order
+            .contains(&("shop/a".to_owned(), "e2".to_owned())),
+        "{written:?}"
+    );
+    let state = |endpoint: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, serde_json::Value>(
+                "SELECT state FROM hookline.objects WHERE endpoint = $1 AND object_id = 'o'",
+            )
+            .bind(endpoint)
+            .fetch_one(&pool)
+            .await
+            .expect("a projection")
+        }
+    };
+    assert_eq!(state("shop/a").await, serde_json::json!({"v": "new"}));
+    assert_eq!(
+        state("shop/b").await,
+        serde_json::json!({"data": {"object": {"v": "new"}}})
+    );
+    // Written again, each is a duplicate of its own endpoint's.
+    let again = store::write_batch(&pool, &rows).await.expect("stored");
+    assert!(again.inserted.is_empty(), "{again:?}");
+    // An older event of b, alone, moves nothing.
+    let written = store::write_batch(&pool, &[row("shop/b", &older, whole.as_str())])
+        .await
+        .expect("stored");
+    assert_eq!(written.out_of_order.len(), 1);
+    assert_eq!(
+        state("shop/b").await,
+        serde_json::json!({"data": {"object": {"v": "new"}}})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

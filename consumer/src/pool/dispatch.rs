@@ -1,0 +1,282 @@
+//! A pool's shared stream, drained through its one durable
+//! (`hookline-consumer`): a batch brings the members' events mixed, in
+//! stream order; each member's share is decoded, retried and dead-lettered
+//! by its own manifest, and all of them written in one transaction.
+//!
+//! nats-server checks each of a stream's durables on every acknowledgement,
+//! so a durable per member made draining 1,000 members slow (`layout_bench`,
+//! docs/architecture.md); one durable keeps it as fast as one endpoint's.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use hookline_api::ValidatedEndpoint;
+use hookline_api::naming::DURABLE_CONSUMER;
+use hookline_api::provision::{POOL_BATCH_SIZE, provision_pool};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::loops::Shared;
+use crate::consume::{self, Batches, Context, DatabaseGate, Delivery};
+use crate::lifecycle::retry;
+use crate::{Error, Shutdown};
+
+/// How long an event of a member this process has no manifest for waits
+/// before it is delivered again: its manifest is usually on its way (the
+/// directory is read every few seconds), and the operator keeps a member's
+/// manifest while the stream holds its events.
+const UNKNOWN_MEMBER_DELAY: Duration = Duration::from_secs(10);
+
+/// The members of the pool's shared stream, by the token their subjects
+/// carry after the pool's prefix: what the pool's one pull loop hands each
+/// message to.
+#[derive(Debug, Default)]
+pub(super) struct Members {
+    view: RwLock<View>,
+    /// Shared by every member's context: one database.
+    gate: Arc<DatabaseGate>,
+    /// The first member served: where the stream is, and what
+    /// `--provision` makes it from.
+    first: watch::Sender<Option<ValidatedEndpoint>>,
+    /// Whether the pool's loop is bound to the durable: a member is served
+    /// (`/readyz`) once it is.
+    bound: watch::Sender<bool>,
+}
+
+#[derive(Debug, Default)]
+struct View {
+    by_token: HashMap<String, Arc<Context>>,
+    /// `<pool prefix>.`: what every subject of the stream starts with.
+    prefix: String,
+    /// The largest `maxBodyBytes` of the members: what one pull must fit.
+    largest_body: usize,
+}
+
+impl Members {
+    fn read(&self) -> RwLockReadGuard<'_, View> {
+        // Nothing panics while holding it; if something did, the view is still whole.
+        self.view
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, View> {
+        self.view
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The gate every member's context shares.
+    pub(super) fn gate(&self) -> Arc<DatabaseGate> {
+        self.gate.clone()
+    }
+
+    /// Hands the member's events to `ctx` from now on.
+    pub(super) fn serve(&self, ctx: Arc<Context>) {
+        let Some(shared) = &ctx.endpoint.stream.shared else {
+            return;
+        };
+        let token = member_token(&ctx.endpoint).to_owned();
+        let prefix = shared.pool_subject_filter.trim_end_matches('>').to_owned();
+        let endpoint = ctx.endpoint.clone();
+        {
+            let mut view = self.write();
+            view.prefix = prefix;
+            view.by_token.insert(token, ctx);
+            view.largest_body = largest_body(&view.by_token);
+        }
+        self.first.send_if_modified(|first| {
+            let unset = first.is_none();
+            if unset {
+                *first = Some(endpoint);
+            }
+            unset
+        });
+    }
+
+    /// Waits until the pool's loop is bound to the durable; `false` when
+    /// `shutdown` came first.
+    pub(super) async fn wait_bound(&self, shutdown: &Shutdown) -> bool {
+        let mut bound = self.bound.subscribe();
+        let mut shutdown = shutdown.clone();
+        tokio::select! {
+            _ = shutdown.wait() => false,
+            bound = bound.wait_for(|bound| *bound) => bound.is_ok(),
+        }
+    }
+
+    /// Stops handing the member's events to `ctx` (not to a context that
+    /// replaced it since).
+    pub(super) fn forget(&self, ctx: &Arc<Context>) {
+        let token = member_token(&ctx.endpoint);
+        let mut view = self.write();
+        if view
+            .by_token
+            .get(token)
+            .is_some_and(|served| Arc::ptr_eq(served, ctx))
+        {
+            view.by_token.remove(token);
+            view.largest_body = largest_body(&view.by_token);
+        }
+    }
+
+    /// Splits `deliveries` by member, in stream order within each; the
+    /// messages of no member served here are handed back.
+    fn split(&self, deliveries: Vec<Delivery>) -> (Shares, Vec<Delivery>) {
+        let view = self.read();
+        let mut shares: Shares = Vec::new();
+        let mut share_of: HashMap<&str, usize> = HashMap::new();
+        let mut unknown = Vec::new();
+        for delivery in deliveries {
+            let token = delivery
+                .message
+                .subject
+                .as_str()
+                .strip_prefix(view.prefix.as_str())
+                .and_then(|rest| rest.split('.').next())
+                .filter(|_| !view.prefix.is_empty());
+            let Some((token, ctx)) = token.and_then(|token| view.by_token.get_key_value(token))
+            else {
+                unknown.push(delivery);
+                continue;
+            };
+            match share_of.get(token.as_str()) {
+                Some(&index) => shares[index].1.push(delivery),
+                None => {
+                    share_of.insert(token, shares.len());
+                    shares.push((ctx.clone(), vec![delivery]));
+                }
+            }
+        }
+        (shares, unknown)
+    }
+}
+
+/// Each member's messages of a batch, with the context they are processed with.
+type Shares = Vec<(Arc<Context>, Vec<Delivery>)>;
+
+/// The last token of a member's subject prefix (`<pool prefix>.<token>`).
+fn member_token(endpoint: &ValidatedEndpoint) -> &str {
+    let prefix = endpoint.stream.subject_prefix.as_str();
+    prefix.rsplit('.').next().unwrap_or(prefix)
+}
+
+fn largest_body(members: &HashMap<String, Arc<Context>>) -> usize {
+    members
+        .values()
+        .map(|ctx| ctx.endpoint.request.max_body_bytes)
+        .max()
+        .unwrap_or_default()
+}
+
+impl Batches for Members {
+    fn batch_size(&self) -> usize {
+        POOL_BATCH_SIZE
+    }
+
+    fn max_body_bytes(&self) -> usize {
+        self.read().largest_body
+    }
+
+    fn gate(&self) -> &DatabaseGate {
+        &self.gate
+    }
+
+    async fn process(self: Arc<Self>, deliveries: Vec<Delivery>) {
+        let (shares, unknown) = self.split(deliveries);
+        if !unknown.is_empty() {
+            hand_back_unknown(unknown).await;
+        }
+        if shares.is_empty() {
+            return;
+        }
+        let (contexts, deliveries): (Vec<Arc<Context>>, Vec<Vec<Delivery>>) =
+            shares.into_iter().unzip();
+        consume::process_shares(contexts.iter().map(AsRef::as_ref).zip(deliveries).collect()).await;
+    }
+}
+
+/// Events of a member with no manifest here (yet): delivered again after
+/// [`UNKNOWN_MEMBER_DELAY`], never acknowledged unwritten.
+async fn hand_back_unknown(unknown: Vec<Delivery>) {
+    warn!(
+        count = unknown.len(),
+        first_subject = unknown.first().map_or("", |first| first.message.subject.as_str()),
+        "events of an endpoint this pool consumer has no manifest for: handed back until it has"
+    );
+    for delivery in unknown {
+        if let Err(err) = delivery
+            .message
+            .ack_with(AckKind::Nak(Some(UNKNOWN_MEMBER_DELAY)))
+            .await
+        {
+            debug!(cause = %err, "cannot hand an event back; it is redelivered after ackWait");
+        }
+    }
+}
+
+/// Pulls the pool's shared stream through its one durable until
+/// `shutdown`, once the first member is served (it names the stream).
+/// With `--provision`, makes the stream and the durable when missing.
+pub(super) async fn drain_shared_stream(
+    shared: Arc<Shared>,
+    members: Arc<Members>,
+    concurrency: usize,
+    shutdown: Shutdown,
+) {
+    let mut first = members.first.subscribe();
+    let mut stopped = shutdown.clone();
+    let member = tokio::select! {
+        _ = stopped.wait() => return,
+        found = first.wait_for(Option::is_some) => match found {
+            Ok(member) => member.clone(),
+            Err(_) => return,
+        },
+    };
+    let Some(member) = member else { return };
+    let stream = member.stream.name.clone();
+    if shared.provision {
+        let provisioned = retry("provision the pool's shared stream", &shutdown, || async {
+            provision_pool(&shared.js, &member)
+                .await
+                .map_err(Error::from)
+        })
+        .await;
+        if !matches!(provisioned, Ok(Some(()))) {
+            return;
+        }
+    }
+    let bound = retry("find the pool's durable consumer", &shutdown, || async {
+        let found = shared.js.get_stream(&stream).await.map_err(|err| {
+            Error::JetStream(format!(
+                "stream {stream}: {err} (run with --provision, or let the operator create it)"
+            ))
+        })?;
+        found
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(DURABLE_CONSUMER)
+            .await
+            .map_err(|err| Error::JetStream(format!("durable consumer {DURABLE_CONSUMER}: {err}")))
+    })
+    .await;
+    let consumer = match bound {
+        Ok(Some(consumer)) => consumer,
+        Ok(None) => return,
+        Err(err) => {
+            warn!(cause = %err, "cannot drain the pool's shared stream");
+            return;
+        }
+    };
+    info!(%stream, durable = DURABLE_CONSUMER, "draining the pool's shared stream");
+    members.bound.send_replace(true);
+    consume::consume(
+        members.clone(),
+        consumer,
+        concurrency,
+        &shared.pull_budget,
+        shutdown,
+    )
+    .await;
+    members.bound.send_replace(false);
+}
