@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::AckKind;
 use hookline_api::ValidatedEndpoint;
@@ -23,16 +23,26 @@ use crate::consume::{self, Batches, Context, DatabaseGate, Delivery};
 use crate::lifecycle::retry;
 use crate::{Error, Shutdown};
 
-/// How long an event of a member this process has no manifest for waits
-/// before it is delivered again: its manifest is usually on its way (the
-/// directory is read every few seconds), and the operator keeps a member's
-/// manifest while the stream holds its events.
-const UNKNOWN_MEMBER_DELAY: Duration = Duration::from_secs(10);
+/// How long events of a member this process has no manifest for are kept
+/// here, looked up again each [`UNKNOWN_MEMBER_CHECK`], before they are
+/// handed back: its manifest is usually on its way (the kubelet updates a
+/// pod's ConfigMap within about a minute, the receivers' and the
+/// consumers' at different moments), and the operator keeps a member's
+/// manifest while the stream holds its events. Kept rather than handed
+/// back at once, so waiting spends none of the member's `maxDeliver`.
+const UNKNOWN_MEMBER_WAIT: Duration = Duration::from_secs(120);
+const UNKNOWN_MEMBER_CHECK: Duration = Duration::from_secs(1);
+/// How often kept events tell JetStream they are being worked on: well
+/// within the pool durable's `ackWait`.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// After [`UNKNOWN_MEMBER_WAIT`], how long an event of no member waits in
+/// the stream before it is delivered again.
+const UNKNOWN_MEMBER_DELAY: Duration = Duration::from_secs(30);
 
 /// The members of the pool's shared stream, by the token their subjects
 /// carry after the pool's prefix: what the pool's one pull loop hands each
 /// message to.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Members {
     view: RwLock<View>,
     /// Shared by every member's context: one database.
@@ -43,6 +53,8 @@ pub(super) struct Members {
     /// Whether the pool's loop is bound to the durable: a member is served
     /// (`/readyz`) once it is.
     bound: watch::Sender<bool>,
+    /// The process's: ends the wait for a member's manifest.
+    shutdown: Shutdown,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +67,16 @@ struct View {
 }
 
 impl Members {
+    pub(super) fn new(shutdown: Shutdown) -> Members {
+        Members {
+            view: RwLock::default(),
+            gate: Arc::default(),
+            first: watch::Sender::new(None),
+            bound: watch::Sender::new(false),
+            shutdown,
+        }
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, View> {
         // Nothing panics while holding it; if something did, the view is still whole.
         self.view
@@ -187,33 +209,69 @@ impl Batches for Members {
     async fn process(self: Arc<Self>, deliveries: Vec<Delivery>) {
         let (shares, unknown) = self.split(deliveries);
         if !unknown.is_empty() {
-            hand_back_unknown(unknown).await;
+            // Outside the batch: the pool's other members go on meanwhile.
+            tokio::spawn(wait_for_manifests(self.clone(), unknown));
         }
-        if shares.is_empty() {
-            return;
-        }
-        let (contexts, deliveries): (Vec<Arc<Context>>, Vec<Vec<Delivery>>) =
-            shares.into_iter().unzip();
-        consume::process_shares(contexts.iter().map(AsRef::as_ref).zip(deliveries).collect()).await;
+        process_known(shares).await;
     }
 }
 
-/// Events of a member with no manifest here (yet): delivered again after
-/// [`UNKNOWN_MEMBER_DELAY`], never acknowledged unwritten.
-async fn hand_back_unknown(unknown: Vec<Delivery>) {
+async fn process_known(shares: Shares) {
+    if shares.is_empty() {
+        return;
+    }
+    let (contexts, deliveries): (Vec<Arc<Context>>, Vec<Vec<Delivery>>) =
+        shares.into_iter().unzip();
+    consume::process_shares(contexts.iter().map(AsRef::as_ref).zip(deliveries).collect()).await;
+}
+
+/// Keeps events of members with no manifest here (yet), kept alive, and
+/// processes each as soon as its member is served; after
+/// [`UNKNOWN_MEMBER_WAIT`] (or at shutdown) hands back what is left, never
+/// acknowledged unwritten.
+async fn wait_for_manifests(members: Arc<Members>, mut waiting: Vec<Delivery>) {
     warn!(
-        count = unknown.len(),
-        first_subject = unknown.first().map_or("", |first| first.message.subject.as_str()),
-        "events of an endpoint this pool consumer has no manifest for: handed back until it has"
+        count = waiting.len(),
+        first_subject = waiting.first().map_or("", |first| first.message.subject.as_str()),
+        "events of an endpoint this pool consumer has no manifest for yet: kept until it has"
     );
-    for delivery in unknown {
-        if let Err(err) = delivery
-            .message
-            .ack_with(AckKind::Nak(Some(UNKNOWN_MEMBER_DELAY)))
-            .await
-        {
-            debug!(cause = %err, "cannot hand an event back; it is redelivered after ackWait");
+    let mut shutdown = members.shutdown.clone();
+    let started = Instant::now();
+    let mut kept_alive = Instant::now();
+    let delay = loop {
+        if !shutdown.sleep(UNKNOWN_MEMBER_CHECK).await {
+            break None;
         }
+        let (shares, unknown) = members.split(waiting);
+        waiting = unknown;
+        process_known(shares).await;
+        if waiting.is_empty() {
+            return;
+        }
+        if started.elapsed() >= UNKNOWN_MEMBER_WAIT {
+            warn!(
+                count = waiting.len(),
+                first_subject = waiting.first().map_or("", |first| first.message.subject.as_str()),
+                "still no manifest for these events: handed back to the stream for later"
+            );
+            break Some(UNKNOWN_MEMBER_DELAY);
+        }
+        if kept_alive.elapsed() >= KEEP_ALIVE {
+            for delivery in &waiting {
+                acknowledge(delivery, AckKind::Progress).await;
+            }
+            kept_alive = Instant::now();
+        }
+    };
+    for delivery in &waiting {
+        acknowledge(delivery, AckKind::Nak(delay)).await;
+    }
+}
+
+async fn acknowledge(delivery: &Delivery, kind: AckKind) {
+    if let Err(err) = delivery.message.ack_with(kind).await {
+        // Redelivered after `ackWait`, and written once.
+        debug!(cause = %err, ?kind, "cannot tell JetStream about an event kept for its manifest");
     }
 }
 

@@ -224,7 +224,7 @@ pub async fn run_pool(
         let members = config
             .shared_stream
             .is_some()
-            .then(|| Arc::new(Members::default()));
+            .then(|| Arc::new(Members::new(shutdown.clone())));
         let shared = Arc::new(loops::Shared {
             pool: pool.clone(),
             js,

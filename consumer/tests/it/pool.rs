@@ -898,8 +898,8 @@ async fn a_shared_stream_members_events_wait_in_the_stream_until_it_is_served() 
     let consumer = Running::start_pool(pool.config()).await;
     consumer.wait_ready().await;
     wait_rows(&db, "test/a", 120).await;
-    // The pool's one durable brought b's too: handed back, not written,
-    // and still counted as b's in the pool's stream.
+    // The pool's one durable brought b's too: kept, not written, and still
+    // counted as b's in the pool's stream.
     wait_until("a's events acknowledged", WAIT, || async {
         pool.unfinished("a").await == 0
     })
@@ -913,6 +913,15 @@ async fn a_shared_stream_members_events_wait_in_the_stream_until_it_is_served() 
         pool.unfinished("b").await == 0
     })
     .await;
+    // Waiting for its manifest spent none of b's deliveries.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM hookline.events WHERE endpoint = 'test/b' AND deliveries > 1"
+        )
+        .await,
+        0
+    );
     consumer.stop().await;
 }
 
