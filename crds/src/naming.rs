@@ -97,18 +97,19 @@ pub fn pool_subject_prefix_in(cluster: Option<&str>, namespace: &str, pool: &str
 
 /// `<pool prefix>.<name>`: a member's subjects in its pool's stream.
 pub fn pool_member_subject_prefix(pool_prefix: &str, name: &str) -> String {
-    format!("{pool_prefix}.{}", nats_token(name))
+    format!("{pool_prefix}.{}", pool_member_token(name))
 }
 
-/// `hookline-consumer-<name>`: a member's durable consumer on its pool's
-/// stream (a durable name takes no `.`).
-pub fn pool_member_durable(name: &str) -> String {
-    fit(
-        &format!("{DURABLE_CONSUMER}-{}", nats_token(name)),
-        MAX_STREAM_NAME,
-        '-',
-    )
+/// A member's subject token in its pool's stream (the one after the pool's
+/// prefix), by which the stream's per-subject counts are summed per member.
+pub fn pool_member_token(name: &str) -> String {
+    nats_token(name)
 }
+
+/// What the durables of a pool's members on its stream were named before
+/// the pool had one durable (`hookline-consumer-<name>`): the pool's
+/// reconcile deletes those it finds.
+pub const POOL_MEMBER_DURABLE_PREFIX: &str = "hookline-consumer-";
 
 /// The subject a member's own stream gets once its events go to its pool's
 /// stream: `hookline_retired.<ns>.<name>` (`hookline-<cluster>_retired…` in

@@ -1,15 +1,22 @@
 //! Creates or updates an endpoint's stream and durable consumer. The one
 //! implementation, used by the operator ([`ensure`], once per resync, one
 //! STREAM.INFO in a steady state; for a member of a pool's shared stream,
-//! [`ensure_listed`] and none) and by the binaries' `--provision`
-//! ([`provision`]). Streams carry an owner mark ([`owner`]) so that two
-//! clusters on one NATS leave each other's streams alone; [`error`] turns a
-//! refusal into a message that leads with the cause and the action.
+//! [`ensure_listed`] and none; for the pool, [`ensure_pool_stream`] and
+//! [`ensure_pool_consumer`]) and by the binaries' `--provision`
+//! ([`provision`], [`provision_pool`]). Streams carry an owner mark
+//! ([`owner`]) so that two clusters on one NATS leave each other's streams
+//! alone; [`error`] turns a refusal into a message that leads with the
+//! cause and the action.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::{self, consumer, context::ConsumerInfoErrorKind, stream};
+use async_nats::jetstream::{
+    self, consumer,
+    context::{ConsumerInfoErrorKind, RequestError},
+    response::Response,
+    stream,
+};
 use futures::TryStreamExt;
 
 use crate::validated::{StreamLimits, StreamRetention, ValidatedEndpoint};
@@ -217,21 +224,6 @@ pub struct Provisioned {
     created: Option<SystemTime>,
     /// Consumers on the stream then: fewer now means ours may be gone.
     consumer_count: usize,
-    /// When a member's durable on its pool's stream was last made (after
-    /// NATS answered): a listing asked for earlier says nothing of it.
-    made: Option<Instant>,
-}
-
-/// What the latest listing of a pool's stream ([`list_pending`]) says of
-/// one member's durable, for [`ensure_listed`], so a steady member makes no
-/// call of its own. The caller passes it only while it is fresh (the
-/// operator: taken within one resync), so the pending count is never older.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Listed {
-    /// When the listing was asked for (before its first request).
-    pub taken: Instant,
-    /// The durable's pending count then; `None`: it was not listed (gone).
-    pub pending: Option<u64>,
 }
 
 /// What [`ensure`] found.
@@ -260,17 +252,16 @@ pub async fn ensure(
     ensure_listed(js, endpoint, owner, known, None).await
 }
 
-/// [`ensure`], with what a fresh listing of the pool's stream says of the
-/// durable of `endpoint` when it is a member of a shared stream: a settled
-/// member then takes its pending count from it and makes no call, as long
-/// as the listing was taken after the member last made its durable; one it
-/// lacks is made again. Ignored for an endpoint with a stream of its own.
+/// [`ensure`], with the message count a fresh listing of the pool stream's
+/// per-subject counts gives `endpoint` when it is a member of a shared
+/// stream (`listed`, 0 when the listing has none of its subjects): the
+/// member then makes no call. Ignored for an endpoint with a stream of its own.
 pub async fn ensure_listed(
     js: &jetstream::Context,
     endpoint: &ValidatedEndpoint,
     owner: Option<&StreamOwner>,
     known: &mut Option<Provisioned>,
-    listed: Option<Listed>,
+    listed: Option<u64>,
 ) -> Result<Ensured, ProvisionError> {
     bounded(ensure_inner(js, endpoint, owner, known, listed)).await
 }
@@ -280,10 +271,12 @@ async fn ensure_inner(
     endpoint: &ValidatedEndpoint,
     owner: Option<&StreamOwner>,
     known: &mut Option<Provisioned>,
-    listed: Option<Listed>,
+    listed: Option<u64>,
 ) -> Result<Ensured, ProvisionError> {
     if endpoint.stream.shared.is_some() {
-        return ensure_member(js, endpoint, known, listed)
+        // Nothing of its own to remember: the pool's stream and durable are the pool's.
+        *known = None;
+        return ensure_member(js, endpoint, listed)
             .await
             .map(Ensured::Ready);
     }
@@ -373,88 +366,44 @@ async fn ensure_inner(
         } else {
             count
         },
-        made: None,
     });
     Ok(Ensured::Ready(stats))
 }
 
-/// [`ensure`] for a member of a pool's shared stream: its durable consumer,
-/// made or updated, and its figures. The pool's stream is the pool's
-/// ([`ensure_pool_stream`]): made here only when missing, never changed, so
-/// members never fight over the pool's limits.
+/// [`ensure`] for a member of a pool's shared stream: its figures. The
+/// pool's stream and its one durable are the pool's ([`ensure_pool_stream`],
+/// [`ensure_pool_consumer`]): the stream is made here only when missing,
+/// never changed, so members never fight over the pool's limits, and a
+/// member makes no durable there.
 ///
-/// A steady state costs no call when `listed` answers for the durable,
-/// else one CONSUMER.INFO, and never a STREAM.INFO. `listed` answers only
-/// for a durable made as wanted now before the listing was asked for (one
-/// made later is not in it, and is read as before): one it lists is taken
-/// to exist, one it lacks is made again at once. A durable deleted after
-/// the listing was taken is thought to exist until a later listing lacks
-/// it, which is why the caller should drop a durable from its listing on
-/// JetStream's deletion advisory.
+/// A steady state costs no call when `listed` (a fresh listing's count of
+/// the member's messages) is given, else one STREAM.INFO filtered on the
+/// member's subjects.
 ///
-/// The figures are the member's: `messages` and `pending` its durable's
-/// pending count (a work queue keeps exactly that), `bytes` 0 and
-/// `last_stored` `None`, which only the pool stream's figures give
-/// ([`shared_bytes`]).
+/// The figures are the member's: `messages` and `pending` its messages in
+/// the pool's stream (a work queue keeps exactly those not written yet,
+/// delivered or not), `bytes` 0 and `last_stored` `None`, which only the
+/// pool stream's figures give ([`shared_bytes`]).
 async fn ensure_member(
     js: &jetstream::Context,
     endpoint: &ValidatedEndpoint,
-    known: &mut Option<Provisioned>,
-    listed: Option<Listed>,
+    listed: Option<u64>,
 ) -> Result<StreamStats, ProvisionError> {
-    let name = endpoint.stream.name.as_str();
-    let durable = endpoint.consumer.durable_name.as_str();
-    let wanted = consumer_config(endpoint);
-    let settled = known
-        .as_ref()
-        .filter(|known| known.consumer.as_ref() == Some(&wanted));
-    let listed = listed.filter(|listed| {
-        settled
-            .and_then(|known| known.made)
-            .is_some_and(|made| listed.taken >= made)
-    });
-    let pending = match (settled, listed) {
-        (Some(_), Some(listed)) => {
-            if listed.pending.is_none() {
-                tracing::info!(
-                    stream = name,
-                    consumer = durable,
-                    "the pool's listing lacks the member's durable: making it again"
-                );
-            }
-            listed.pending
-        }
-        (Some(_), None) => {
-            match js
-                .get_consumer_from_stream::<consumer::pull::Config, _, _>(durable, name)
-                .await
-            {
-                Ok(consumer) => Some(pending_of(consumer.cached_info())),
-                // Gone, or its stream is: made again below.
-                Err(_) => None,
-            }
-        }
-        (None, _) => None,
-    };
-    let pending = match pending {
+    let pending = match listed {
         Some(pending) => pending,
         None => {
-            if let Err(err) = js.get_stream(name).await {
-                if !is_stream_not_found(&err.kind()) {
-                    return Err(stream_error(name, "read")(err));
+            let name = endpoint.stream.name.as_str();
+            let filter = endpoint.stream.subject_filter();
+            match stream_with_counts(js, name, &filter).await? {
+                Some((_, counts)) => counts.values().sum(),
+                None => {
+                    tracing::info!(stream = name, "creating the pool's shared stream");
+                    js.create_stream(stream_config(endpoint))
+                        .await
+                        .map_err(stream_error(name, "create"))?;
+                    0
                 }
-                tracing::info!(stream = name, "creating the pool's shared stream");
-                js.create_stream(stream_config(endpoint))
-                    .await
-                    .map_err(stream_error(name, "create"))?;
             }
-            let consumer = apply_consumer(js, endpoint, &wanted).await?;
-            *known = Some(Provisioned {
-                consumer: Some(wanted),
-                made: Some(Instant::now()),
-                ..Provisioned::default()
-            });
-            pending_of(&consumer)
         }
     };
     Ok(StreamStats {
@@ -467,46 +416,239 @@ async fn ensure_member(
     })
 }
 
+/// A pool's shared stream as [`ensure_pool_stream`] left it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolStreamState {
+    /// Its config and figures.
+    pub info: stream::Info,
+    /// Messages stored per member token (the subject token after the pool's
+    /// prefix, [`crate::naming::pool_member_token`]), from the same
+    /// STREAM.INFO; a member without any is absent.
+    pub member_messages: HashMap<String, u64>,
+}
+
+/// Sums a pool stream's per-subject message counts per member token (the
+/// token after `pool_prefix`); subjects outside the prefix are left out.
+pub fn member_messages(
+    pool_prefix: &str,
+    subjects: impl IntoIterator<Item = (String, u64)>,
+) -> HashMap<String, u64> {
+    let mut members = HashMap::new();
+    for (subject, count) in subjects {
+        let Some(rest) = subject
+            .strip_prefix(pool_prefix)
+            .and_then(|rest| rest.strip_prefix('.'))
+        else {
+            continue;
+        };
+        let token = rest.split('.').next().unwrap_or(rest);
+        *members.entry(token.to_owned()).or_insert(0) += count;
+    }
+    members
+}
+
+/// The stream `name` (one STREAM.INFO) with its messages per subject under
+/// `filter`; `None` when there is no such stream. One request unless more
+/// subjects match than a page holds (100,000 on nats-server 2.10 and
+/// later): async-nats's `info_with_subjects` would ask for a second page
+/// whenever the first held any.
+async fn stream_with_counts(
+    js: &jetstream::Context,
+    name: &str,
+    filter: &str,
+) -> Result<Option<(stream::Info, HashMap<String, u64>)>, ProvisionError> {
+    let mut counts = HashMap::new();
+    let mut first: Option<stream::Info> = None;
+    loop {
+        let request = serde_json::json!({"subjects_filter": filter, "offset": counts.len()});
+        let answer: Response<serde_json::Value> = js
+            .request(format!("STREAM.INFO.{name}"), &request)
+            .await
+            .map_err(stream_error(name, "read"))?;
+        let mut page = match answer {
+            Response::Ok(page) => page,
+            Response::Err { error }
+                if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                return Ok(None);
+            }
+            Response::Err { error } => {
+                return Err(stream_error(name, "read")(RequestError::from(error)));
+            }
+        };
+        // The page's size and the counts, which async-nats's `Info` keeps
+        // to itself.
+        let total = page
+            .get("total")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        let subjects = page
+            .get_mut("state")
+            .and_then(serde_json::Value::as_object_mut)
+            .and_then(|state| state.remove("subjects"));
+        let info: stream::Info = serde_json::from_value(page).map_err(|err| {
+            stream_error(name, "read")(RequestError::with_source(
+                jetstream::context::RequestErrorKind::Other,
+                err,
+            ))
+        })?;
+        let before = counts.len();
+        if let Some(serde_json::Value::Object(subjects)) = subjects {
+            counts.extend(
+                subjects
+                    .into_iter()
+                    .map(|(subject, count)| (subject, count.as_u64().unwrap_or(0))),
+            );
+        }
+        // The stream's figures are the first page's; later pages only add subjects.
+        if first.is_none() {
+            first = Some(info);
+        }
+        let listed = u64::try_from(counts.len()).unwrap_or(u64::MAX);
+        if listed >= total || counts.len() == before {
+            return Ok(first.map(|info| (info, counts)));
+        }
+    }
+}
+
 /// Creates the pool's shared stream, or updates it to `config`
 /// ([`pool_stream_config`]); for the operator, once per pool and resync.
-/// Returns the stream's info (its messages and bytes, for [`shared_bytes`]),
-/// or the mark of another owner, in which case nothing was changed.
+/// Returns the stream's info (its messages and bytes, for [`shared_bytes`])
+/// and its messages per member, read with one STREAM.INFO filtered on
+/// `pool_prefix` (`<prefix>.>`, every member's subjects), or the mark of
+/// another owner, in which case nothing was changed.
 pub async fn ensure_pool_stream(
     js: &jetstream::Context,
     mut config: stream::Config,
+    pool_prefix: &str,
     owner: Option<&StreamOwner>,
-) -> Result<Result<stream::Info, OwnerMark>, ProvisionError> {
+) -> Result<Result<PoolStreamState, OwnerMark>, ProvisionError> {
     let round = async {
         let name = config.name.clone();
-        match js.get_stream(&name).await {
-            Ok(stream) => {
-                let current = stream.cached_info();
+        let filter = format!("{pool_prefix}.>");
+        match stream_with_counts(js, &name, &filter).await? {
+            Some((current, counts)) => {
                 if let Some(mark) = owner::foreign_owner(&current.config, owner) {
                     return Ok(Err(mark));
                 }
+                let member_messages = member_messages(pool_prefix, counts);
                 config.metadata = owner::desired_metadata(&current.config.metadata, owner);
-                if same_settings(&current.config, &config) {
-                    return Ok(Ok(current.clone()));
-                }
-                tracing::info!(stream = name, "updating the pool's shared stream");
-                js.update_stream(&config)
-                    .await
-                    .map(Ok)
-                    .map_err(stream_error(&name, "update"))
+                let info = if same_settings(&current.config, &config) {
+                    current
+                } else {
+                    tracing::info!(stream = name, "updating the pool's shared stream");
+                    js.update_stream(&config)
+                        .await
+                        .map_err(stream_error(&name, "update"))?
+                };
+                Ok(Ok(PoolStreamState {
+                    info,
+                    member_messages,
+                }))
             }
-            Err(err) if is_stream_not_found(&err.kind()) => {
+            None => {
                 config.metadata = owner::desired_metadata(&Default::default(), owner);
                 tracing::info!(stream = name, "creating the pool's shared stream");
                 let stream = js
                     .create_stream(config)
                     .await
                     .map_err(stream_error(&name, "create"))?;
-                Ok(Ok(stream.cached_info().clone()))
+                Ok(Ok(PoolStreamState {
+                    info: stream.cached_info().clone(),
+                    member_messages: HashMap::new(),
+                }))
             }
-            Err(err) => Err(stream_error(&name, "read")(err)),
         }
     };
     bounded(round).await
+}
+
+/// What [`ensure_pool_consumer`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolConsumerChanges {
+    /// Durables of members deleted (`hookline-consumer-<member>`, the
+    /// layout before the pool's one durable).
+    pub deleted: Vec<String>,
+    /// Whether the pool's durable was made or updated.
+    pub applied: bool,
+}
+
+/// The one durable of the pool's shared stream `stream`, `wanted`
+/// ([`pool_consumer_config`]): one CONSUMER.LIST (a page per 256
+/// consumers), then every member durable of the earlier layout
+/// (`hookline-consumer-*`) deleted and the pool's durable made or updated
+/// when missing or not as wanted. A work queue refuses an unfiltered
+/// durable while a filtered one exists, hence the deletes first; deleting a
+/// durable of a work queue keeps its messages (what it had delivered and not
+/// acknowledged is delivered again, and Postgres dedupes it). Other
+/// consumers are left alone.
+pub async fn ensure_pool_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    wanted: &consumer::pull::Config,
+) -> Result<PoolConsumerChanges, ProvisionError> {
+    let round = async {
+        let handle = js
+            .get_stream_no_info(stream)
+            .await
+            .map_err(stream_error(stream, "read"))?;
+        let consumers: Vec<consumer::Info> = handle
+            .consumers()
+            .try_collect()
+            .await
+            .map_err(stream_error(stream, "list the consumers of"))?;
+        let durable = wanted.durable_name.as_deref().unwrap_or_default();
+        let mut changes = PoolConsumerChanges::default();
+        for info in &consumers {
+            if info
+                .name
+                .starts_with(crate::naming::POOL_MEMBER_DURABLE_PREFIX)
+            {
+                remove_durable(js, stream, &info.name).await?;
+                tracing::info!(
+                    stream,
+                    consumer = info.name,
+                    "deleted a member's durable of the pool's stream: the pool's one durable takes its events"
+                );
+                changes.deleted.push(info.name.clone());
+            }
+        }
+        let current = consumers.iter().find(|info| info.name == durable);
+        if current.is_none_or(|info| !same_consumer(&info.config, wanted)) {
+            tracing::info!(
+                stream,
+                consumer = durable,
+                "making or updating the pool's durable"
+            );
+            handle
+                .create_consumer(wanted.clone())
+                .await
+                .map_err(|err| ProvisionError::Consumer {
+                    stream: stream.to_owned(),
+                    consumer: durable.to_owned(),
+                    action: "create or update",
+                    source: err.into(),
+                })?;
+            changes.applied = true;
+        }
+        Ok(changes)
+    };
+    bounded(round).await
+}
+
+/// Whether the server's consumer has every setting the pool's durable is
+/// made with (the server fills in the others).
+fn same_consumer(current: &consumer::Config, wanted: &consumer::pull::Config) -> bool {
+    current.durable_name == wanted.durable_name
+        && current.deliver_subject.is_none()
+        && current.description == wanted.description
+        && current.ack_policy == wanted.ack_policy
+        && current.ack_wait == wanted.ack_wait
+        && current.max_deliver == wanted.max_deliver
+        && current.max_ack_pending == wanted.max_ack_pending
+        && current.deliver_policy == wanted.deliver_policy
+        && current.filter_subject == wanted.filter_subject
+        && current.filter_subjects == wanted.filter_subjects
 }
 
 /// What [`retire_own_stream`] found and did.
@@ -574,95 +716,33 @@ pub async fn retire_own_stream(
     bounded(round).await
 }
 
-/// The pending count of durable `durable` on the stream `stream` (a
-/// member's on its pool's stream); `None` when the durable or the stream
-/// is gone. One CONSUMER.INFO.
-pub async fn durable_pending(
-    js: &jetstream::Context,
-    stream: &str,
-    durable: &str,
-) -> Result<Option<u64>, ProvisionError> {
-    let round = async {
-        let handle = js
-            .get_stream_no_info(stream)
-            .await
-            .map_err(stream_error(stream, "read"))?;
-        match handle.consumer_info(durable).await {
-            Ok(info) => Ok(Some(pending_of(&info))),
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(err) => Err(ProvisionError::Consumer {
-                stream: stream.to_owned(),
-                consumer: durable.to_owned(),
-                action: "read",
-                source: err.into(),
-            }),
-        }
-    };
-    bounded(round).await
-}
-
-/// Every consumer of the stream `stream` (a pool's) by name, with its
-/// pending count: one CONSUMER.LIST per 256 consumers, for the pool's
-/// reconcile, where a CONSUMER.INFO per member would cost one each.
-pub async fn list_pending(
-    js: &jetstream::Context,
-    stream: &str,
-) -> Result<HashMap<String, u64>, ProvisionError> {
-    let round = async {
-        let handle = js
-            .get_stream_no_info(stream)
-            .await
-            .map_err(stream_error(stream, "read"))?;
-        handle
-            .consumers()
-            .map_ok(|info| {
-                let pending = pending_of(&info);
-                (info.name, pending)
-            })
-            .try_collect()
-            .await
-            .map_err(stream_error(stream, "list the consumers of"))
-    };
-    bounded(round).await
-}
-
-/// Deletes durable `durable` of the stream `stream` (a member's that left
-/// its pool, once drained); a missing one is fine. Returns whether it existed.
-pub async fn delete_durable(
+/// Deletes durable `durable` of the stream `stream`; a missing one (or
+/// stream) is fine. Returns whether it existed.
+async fn remove_durable(
     js: &jetstream::Context,
     stream: &str,
     durable: &str,
 ) -> Result<bool, ProvisionError> {
-    let round = async {
-        match js.delete_consumer_from_stream(durable, stream).await {
-            Ok(_) => Ok(true),
-            Err(err) => match err.kind() {
-                stream::ConsumerErrorKind::JetStream(api)
-                    if matches!(
-                        api.error_code(),
-                        jetstream::ErrorCode::CONSUMER_NOT_FOUND
-                            | jetstream::ErrorCode::STREAM_NOT_FOUND
-                    ) =>
-                {
-                    Ok(false)
-                }
-                _ => Err(ProvisionError::Consumer {
-                    stream: stream.to_owned(),
-                    consumer: durable.to_owned(),
-                    action: "delete",
-                    source: err.into(),
-                }),
-            },
-        }
-    };
-    bounded(round).await
+    match js.delete_consumer_from_stream(durable, stream).await {
+        Ok(_) => Ok(true),
+        Err(err) => match err.kind() {
+            stream::ConsumerErrorKind::JetStream(api)
+                if matches!(
+                    api.error_code(),
+                    jetstream::ErrorCode::CONSUMER_NOT_FOUND
+                        | jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                Ok(false)
+            }
+            _ => Err(ProvisionError::Consumer {
+                stream: stream.to_owned(),
+                consumer: durable.to_owned(),
+                action: "delete",
+                source: err.into(),
+            }),
+        },
+    }
 }
 
 /// Removes the stored events of the subjects `subject_filter` (one member's,
@@ -694,11 +774,15 @@ pub async fn purge_subjects(
 }
 
 /// Creates the stream and durable consumer, or updates them to match
-/// `endpoint`: the binaries' `--provision`. Keeps any owner mark.
+/// `endpoint`: the binaries' `--provision`. Keeps any owner mark. For a
+/// member of a pool's shared stream, [`provision_pool`].
 pub async fn provision(
     js: &jetstream::Context,
     endpoint: &ValidatedEndpoint,
 ) -> Result<(), ProvisionError> {
+    if endpoint.stream.shared.is_some() {
+        return provision_pool(js, endpoint).await;
+    }
     ensure(js, endpoint, None, &mut None).await.map(|_| ())
 }
 
@@ -712,7 +796,7 @@ pub async fn provision_pool(
     member: &ValidatedEndpoint,
 ) -> Result<(), ProvisionError> {
     let Some(shared) = &member.stream.shared else {
-        return provision(js, member).await;
+        return ensure(js, member, None, &mut None).await.map(|_| ());
     };
     let name = member.stream.name.as_str();
     let round = async {
@@ -1114,6 +1198,23 @@ mod tests {
         for config in [buffer, archive] {
             assert_eq!(config.discard, stream::DiscardPolicy::New);
         }
+    }
+
+    #[test]
+    fn a_pool_streams_subject_counts_are_summed_per_member_token() {
+        let counts = [
+            ("hookline.shop.POOL_busy.a.push", 2),
+            ("hookline.shop.POOL_busy.a.invoice_paid", 3),
+            ("hookline.shop.POOL_busy.b_eu.push", 1),
+            ("hookline.shop.POOL_busyer.c.push", 7),
+            ("hookline.other.a.push", 9),
+        ]
+        .map(|(subject, count)| (subject.to_owned(), count));
+        assert_eq!(
+            member_messages("hookline.shop.POOL_busy", counts),
+            HashMap::from([("a".to_owned(), 5), ("b_eu".to_owned(), 1)]),
+            "another pool's prefix and other subjects are left out"
+        );
     }
 
     #[test]

@@ -54,9 +54,9 @@ impl ValidatedEndpoint {
     /// Moves the endpoint's events into the one stream of `pool` (a
     /// `WebhookPool` with a shared `spec.stream`): stream
     /// `HOOKLINE_<ns>_POOL_<pool>` with `limits`, subjects
-    /// `hookline.<ns>.POOL_<pool>.<name>.<type>`, durable consumer
-    /// `hookline-consumer-<name>` filtered on them, and message ids prefixed by
-    /// the name. Takes the cluster as [`ValidatedEndpoint::in_cluster`] does.
+    /// `hookline.<ns>.POOL_<pool>.<name>.<type>`, drained by the pool's one
+    /// durable `hookline-consumer` (unfiltered: every member's events), and
+    /// message ids prefixed by the name. Takes the cluster as [`ValidatedEndpoint::in_cluster`] does.
     /// Only a `Buffer` is shared: an `Archive` keeps its own stream (the
     /// operator refuses it as a member of such a pool).
     pub fn in_shared_stream(
@@ -78,7 +78,7 @@ impl ValidatedEndpoint {
             pool_subject_filter: format!("{pool_prefix}.>"),
             message_id_prefix: format!("{}:", self.name),
         });
-        self.consumer.durable_name = naming::pool_member_durable(&self.name);
+        self.consumer.durable_name = naming::DURABLE_CONSUMER.to_owned();
         self
     }
 

@@ -34,7 +34,7 @@ use crate::config::OperatorConfig;
 use crate::http::{self, Health};
 use crate::leader::LeaderElection;
 use crate::reconcile::{Context, Triggers, error_policy, reconcile};
-use crate::{Error, Result, keda, pool, secrets, shared};
+use crate::{Error, Result, keda, pool, secrets};
 
 /// Every kind the controller lists and watches, as RBAC names them
 /// (`(API group, resource)`); the chart's rules are checked against it.
@@ -395,24 +395,6 @@ async fn run_controller(
         .applied_objects()
         .predicate_filter(pool_trigger, PredicateConfig::default())
     };
-    // Beside the reconciles: a durable deleted on a pool's stream leaves the
-    // pool's listing at once, so its member makes it again at its next one.
-    let deletions = {
-        let ctx = ctx.clone();
-        let stop = stop.clone();
-        async move {
-            // Subscribing waits for NATS (its flush), so shutdown must not
-            // wait for the subscription while NATS is down.
-            let follow = async {
-                let advisories = shared::DeletionAdvisories::subscribe(&ctx.nats).await;
-                ctx.follow_deletions(advisories).await
-            };
-            tokio::select! {
-                () = follow => {}
-                () = stop => {}
-            }
-        }
-    };
     let pool_controller = Controller::for_stream(pools, ctx.pools.clone())
         .with_config(config_of())
         .reconcile_on(pool_triggers)
@@ -427,7 +409,7 @@ async fn run_controller(
             () = stop => {}
         }
     };
-    futures::join!(endpoints_done, pools_done, deletions);
+    futures::join!(endpoints_done, pools_done);
 }
 
 /// Waits until the API server serves WebhookPools (an older chart installed

@@ -511,12 +511,11 @@ async fn reconcile_pool(pool: &WebhookPool, ctx: &Context) -> Result<Action> {
             match &stream {
                 // Each new member's subject is listed now, before its
                 // receivers can load its manifest.
-                PoolStream::Ready { durables, .. } => {
-                    if let Some(durables) = durables {
-                        ask_unlisted(ctx, &namespace, &served, durables);
-                        record_listed_pending(ctx, &namespace, &served, durables);
-                    }
-                    let draining = draining(ctx, &valid, &held, data, durables.as_ref()).await;
+                PoolStream::Ready {
+                    member_messages, ..
+                } => {
+                    record_listed_pending(ctx, &namespace, &served, member_messages);
+                    let draining = draining(&held, data, member_messages);
                     if !draining.is_empty() {
                         notes.push(format!(
                             "keeps draining {} that left: {}",
@@ -635,9 +634,11 @@ enum PoolStream {
     /// Made or updated, listing every served member's subjects.
     Ready {
         messages: u64,
-        /// Each durable on the stream and its pending count; `None` when
-        /// NATS did not list them.
-        durables: Option<HashMap<String, u64>>,
+        /// Messages per member token, read with the stream's info.
+        member_messages: HashMap<String, u64>,
+        /// Why the stream's one durable is not as wanted (a reason and a
+        /// message), if it is not: nothing drains the stream meanwhile.
+        durable_trouble: Option<(&'static str, String)>,
     },
     /// NATS is not reachable.
     Unreachable(String),
@@ -659,12 +660,28 @@ impl PoolStream {
         let type_ = conditions::STREAM_READY;
         let name = pool_stream_name(valid, cluster);
         match self {
-            PoolStream::Ready { messages, .. } => Finding::new(
+            PoolStream::Ready {
+                messages,
+                durable_trouble: None,
+                ..
+            } => Finding::new(
                 type_,
                 Status::True,
                 reasons::STREAM_PROVISIONED,
                 format!(
-                    "shared stream {name} lists the subjects of {served} served member(s) and holds {messages} event(s)"
+                    "shared stream {name} lists the subjects of {served} served member(s) and holds {messages} event(s), drained through its durable {}",
+                    naming::DURABLE_CONSUMER
+                ),
+            ),
+            PoolStream::Ready {
+                durable_trouble: Some((reason, message)),
+                ..
+            } => Finding::new(
+                type_,
+                Status::False,
+                reason,
+                format!(
+                    "shared stream {name} lists the subjects of {served} served member(s), but nothing drains it: {message}"
                 ),
             ),
             PoolStream::Unreachable(cause) => Finding::new(
@@ -698,10 +715,10 @@ fn pool_stream_name(valid: &ValidPool, cluster: Option<&str>) -> String {
 
 /// Makes or updates the pool's shared stream, marked as the pool's, to
 /// list one subject filter per served member (and no other: a member that
-/// left gets no more events here), and records its figures and its
-/// durables' pending counts for the members' reconciles, which then make
-/// no call. One STREAM.INFO and one CONSUMER.LIST per 256 durables in a
-/// steady state.
+/// left gets no more events here), records its figures and its messages per
+/// member for the members' reconciles, which then make no call, and keeps
+/// its one durable ([`provision::ensure_pool_consumer`]). A steady state
+/// costs one STREAM.INFO (with the per-subject counts) and one CONSUMER.LIST.
 async fn ensure_pool_stream(
     ctx: &Context,
     valid: &ValidPool,
@@ -715,6 +732,7 @@ async fn ensure_pool_stream(
     let pool = &valid.pool;
     let key = format!("{}/{}", pool.namespace, pool.name);
     let name = pool_stream_name(valid, cluster);
+    let prefix = naming::pool_subject_prefix_in(cluster, &pool.namespace, &pool.name);
     let subjects = shared::pool_subjects(
         cluster,
         &pool.namespace,
@@ -725,35 +743,50 @@ async fn ensure_pool_stream(
         provision::pool_stream_config(&name, subjects, &key, pool.stream.unwrap_or_default());
     let owner = StreamOwner::new(uid, &pool.namespace, &pool.name);
     let js = jetstream::new(ctx.nats.clone());
-    match provision::ensure_pool_stream(&js, config, Some(&owner)).await {
-        Ok(Ok(info)) => {
+    let taken = Instant::now();
+    let unreachable = |err: &provision::ProvisionError| {
+        err.is_timeout() || ctx.nats.connection_state() != async_nats::connection::State::Connected
+    };
+    match provision::ensure_pool_stream(&js, config, &prefix, Some(&owner)).await {
+        Ok(Ok(state)) => {
+            let info = state.info;
             ctx.shared
                 .set_figures(&key, info.state.messages, info.state.bytes);
-            let taken = Instant::now();
-            let durables = match provision::list_pending(&js, &name).await {
-                Ok(durables) => {
-                    ctx.shared.set_listing(&key, &name, taken, durables.clone());
-                    Some(durables)
-                }
+            ctx.shared
+                .set_listing(&key, taken, state.member_messages.clone());
+            let max_replicas = u32::try_from(pool.consumer.scaling.max_replicas).unwrap_or(1);
+            let wanted = provision::pool_consumer_config(&key, max_replicas);
+            // After the subjects are written: the durable takes the whole stream.
+            let durable_trouble = match provision::ensure_pool_consumer(&js, &name, &wanted).await {
+                Ok(_) => None,
                 Err(err) => {
-                    warn!(stream = %name, cause = %err, "cannot list the durables of the pool's stream; its members read their own until the next listing");
-                    None
+                    warn!(stream = %name, cause = %err, "cannot keep the pool stream's durable; trying again");
+                    Some(if unreachable(&err) {
+                        (
+                            reasons::NATS_UNREACHABLE,
+                            format!("cannot reach NATS at {} ({err})", ctx.config.nats.url),
+                        )
+                    } else {
+                        (
+                            reasons::STREAM_REFUSED,
+                            format!(
+                                "{err}; the pool's consumer needs durable {} alone on the stream (a work queue takes no other consumer beside an unfiltered one)",
+                                naming::DURABLE_CONSUMER
+                            ),
+                        )
+                    })
                 }
             };
             PoolStream::Ready {
                 messages: info.state.messages,
-                durables,
+                member_messages: state.member_messages,
+                durable_trouble,
             }
         }
         Ok(Err(mark)) => PoolStream::OwnedElsewhere(format!(
             "stream {name} belongs to {mark} (another cluster on this NATS, or an earlier pool of this name) and is left untouched; delete that stream if nobody needs it, or give this pool a different name or namespace"
         )),
-        Err(err)
-            if err.is_timeout()
-                || ctx.nats.connection_state() != async_nats::connection::State::Connected =>
-        {
-            PoolStream::Unreachable(err.to_string())
-        }
+        Err(err) if unreachable(&err) => PoolStream::Unreachable(err.to_string()),
         Err(err) => PoolStream::Refused(format!(
             "NATS refused the pool's shared stream: {err}; the pool's ConfigMap keeps its members until their subjects can be listed"
         )),
@@ -779,35 +812,17 @@ fn held_manifests(
         .unwrap_or_default()
 }
 
-/// Asks for the reconcile of each served member whose durable the pool's
-/// listing `durables` lacks: one deleted behind the operator's back whose
-/// advisory it missed is then made again now, not left to the member's
-/// resync (which an earlier listing, still fresh, may answer).
-fn ask_unlisted(
-    ctx: &Context,
-    namespace: &str,
-    served: &[Member],
-    durables: &HashMap<String, u64>,
-) {
-    for member in served {
-        if !durables.contains_key(&naming::pool_member_durable(&member.name)) {
-            debug!(member = %member.name, "the pool's stream has no durable of this member: asking for its reconcile");
-            ctx.triggers.endpoint(namespace, &member.name);
-        }
-    }
-}
-
 /// Records each served member's pending count as the pool's listing just
-/// read it, so the pool's lag (KEDA's, and its status `pending`) is never
-/// older than this listing; the member's own reconcile would take it from
-/// the listing it finds, up to one resync later. A member whose own stream
-/// is not known gone is left to its reconcile, which adds that stream's
-/// events to its pending.
+/// read it (its messages in the pool's stream), so the pool's lag (KEDA's,
+/// and its status `pending`) is never older than this listing; the
+/// member's own reconcile would take it from the listing it finds, up to
+/// one resync later. A member whose own stream is not known gone is left
+/// to its reconcile, which adds that stream's events to its pending.
 fn record_listed_pending(
     ctx: &Context,
     namespace: &str,
     served: &[Member],
-    durables: &HashMap<String, u64>,
+    member_messages: &HashMap<String, u64>,
 ) {
     for member in served {
         let own_stream_gone = ctx
@@ -815,34 +830,35 @@ fn record_listed_pending(
             .get(&ObjectRef::new(&member.name).within(namespace))
             .and_then(|endpoint| endpoint.metadata.uid.clone())
             .is_some_and(|uid| ctx.shared.own_stream_gone(&uid));
-        let listed = durables.get(&naming::pool_member_durable(&member.name));
-        if let (true, Some(pending)) = (own_stream_gone, listed) {
+        if own_stream_gone {
+            let pending = member_messages
+                .get(&naming::pool_member_token(&member.name))
+                .copied()
+                .unwrap_or(0);
             ctx.metrics.set_pending(
                 &format!("{namespace}/{}", member.name),
-                i64::try_from(*pending).ok(),
+                i64::try_from(pending).ok(),
             );
         }
     }
 }
 
 /// Keeps in `data` (the ConfigMap to write) the held manifest of each
-/// endpoint that is no longer served but whose durable on the pool's
-/// stream still has events pending, so the pool's consumer drains them;
-/// once drained, an endpoint that left the pool loses its durable there.
-/// A deleted endpoint is not kept: its finalizer purged its events, or
-/// kept them with its durable (`deletionPolicy: Retain`). Returns the
-/// names kept. Their pending counts come from `durables`, the listing this
-/// reconcile just took; only without one, one CONSUMER.INFO each.
-async fn draining(
-    ctx: &Context,
-    valid: &ValidPool,
+/// endpoint that is no longer served but still has events in the pool's
+/// stream (`member_messages`, this reconcile's listing), so the pool's
+/// consumer writes them under that manifest; the stream's one durable
+/// delivers every event, and one whose member has no manifest would only be
+/// retried. That covers a member that left the pool, one no longer valid
+/// for it, and one deleted with `deletionPolicy: Retain` (its events are
+/// kept, and drained). One deleted with `Delete` has nothing left once its
+/// finalizer purged its subjects, and goes at the pool reconcile the
+/// finalizer asks for; an event that still slipped in after the purge is
+/// written rather than left in the stream for good. Returns the names kept.
+fn draining(
     held: &BTreeMap<String, String>,
     data: &mut BTreeMap<String, String>,
-    durables: Option<&HashMap<String, u64>>,
+    member_messages: &HashMap<String, u64>,
 ) -> Vec<String> {
-    let pool = &valid.pool;
-    let stream = pool_stream_name(valid, ctx.config.nats.cluster_name.as_deref());
-    let js = jetstream::new(ctx.nats.clone());
     let mut kept = Vec::new();
     for (key, manifest) in held {
         if data.contains_key(key) {
@@ -851,41 +867,15 @@ async fn draining(
         let Some(member) = key.strip_suffix(".yaml") else {
             continue;
         };
-        let Some(endpoint) = ctx
-            .endpoints
-            .get(&ObjectRef::new(member).within(&pool.namespace))
-            .filter(|endpoint| endpoint.metadata.deletion_timestamp.is_none())
-        else {
-            continue;
-        };
-        let durable = naming::pool_member_durable(member);
-        let left = endpoint.spec.pool.as_deref() != Some(pool.name.as_str());
-        let pending = match durables {
-            Some(durables) => Ok(durables.get(&durable).copied()),
-            None => provision::durable_pending(&js, &stream, &durable).await,
-        };
-        let keep = match pending {
-            Ok(Some(pending)) if pending > 0 => true,
-            Ok(Some(_)) if left => match provision::delete_durable(&js, &stream, &durable).await {
-                Ok(_) => {
-                    info!(
-                        member,
-                        durable, "a member that left the pool is drained: deleted its durable"
-                    );
-                    false
-                }
-                Err(err) => {
-                    warn!(member, durable, cause = %err, "cannot delete the durable of a member that left; trying again at the next reconcile");
-                    true
-                }
-            },
-            Ok(_) => false,
-            Err(err) => {
-                warn!(member, durable, cause = %err, "cannot read what a member that left still has pending; keeping its manifest");
-                true
-            }
-        };
-        if keep {
+        let messages = member_messages
+            .get(&naming::pool_member_token(member))
+            .copied()
+            .unwrap_or(0);
+        if messages > 0 {
+            debug!(
+                member,
+                messages, "keeping the manifest of a member that left while its events drain"
+            );
             data.insert(key.clone(), manifest.clone());
             kept.push(member.to_owned());
         }

@@ -147,13 +147,6 @@ impl Context {
         Context { triggers, ..self }
     }
 
-    /// Keeps the pools' listings of their durables true to JetStream's
-    /// deletion advisories until the subscriptions end (the controller runs
-    /// it beside the reconciles; see [`shared::SharedStreams::follow`]).
-    pub async fn follow_deletions(&self, advisories: shared::DeletionAdvisories) {
-        self.shared.follow(advisories).await;
-    }
-
     /// Reads which Secrets exist from the Secret watch's cache.
     pub fn with_secret_index(self, index: secrets::SecretIndex) -> Context {
         Context {
@@ -338,8 +331,10 @@ async fn reconcile_endpoint(endpoint: &WebhookEndpoint, ctx: &Context) -> Result
         .as_ref()
         .map(|place| format!("{namespace}/{}", place.pool));
     let listed = shared_pool.as_ref().and_then(|pool| {
-        ctx.shared
-            .listed(pool, &valid.endpoint.consumer.durable_name, ctx.resync)
+        // Its subjects' token after the pool's prefix, as the listing sums them.
+        let prefix = &valid.endpoint.stream.subject_prefix;
+        let token = prefix.rsplit('.').next().unwrap_or(prefix);
+        ctx.shared.listed(pool, token, ctx.resync)
     });
     let mut stream = stream::ensure(&ctx.nats, &ctx.streams, &valid, &stream_owner, listed).await;
     let stream_note = match (&shared_pool, &mut stream) {

@@ -1,8 +1,9 @@
 //! A pool's shared stream (`WebhookPool` `spec.stream`): which pools have
 //! one, the pool stream's figures a member's status shares out, the pool's
-//! listing of its durables a member's pending is read from, and the
-//! members' own streams on their way out. What the pool's and the members'
-//! reconciles share, kept in memory so a steady state costs no call here.
+//! listing of its messages per member a member's pending is read from, and
+//! the members' own streams on their way out. What the pool's and the
+//! members' reconciles share, kept in memory so a steady state costs no
+//! call here.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -10,14 +11,12 @@ use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
 use async_nats::jetstream::{self, context::GetStreamErrorKind};
-use futures::StreamExt;
-use futures::stream::SelectAll;
-use hookline_api::naming::{self, Deleted};
+use hookline_api::naming;
 use hookline_api::pool::WebhookPool;
-use hookline_api::provision::{self, Listed, Retirement, StreamOwner};
+use hookline_api::provision::{self, Retirement, StreamOwner};
 use hookline_api::validated::StreamLimits;
 use kube::ResourceExt;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::validate::{ValidEndpoint, validate_pool};
 
@@ -38,14 +37,14 @@ struct Checked {
     exists: bool,
 }
 
-/// A pool's durables as its reconcile last listed them ([`provision::list_pending`]).
+/// A pool stream's messages per member as its pool's reconcile last read
+/// them ([`provision::ensure_pool_stream`]).
 struct Listing {
-    /// The pool's stream, which deletion advisories name.
-    stream: String,
     /// When the listing was asked for.
     taken: Instant,
-    /// Pending count per durable listed, less those deleted since.
-    pending: HashMap<String, u64>,
+    /// Messages per member token ([`naming::pool_member_token`]); a member
+    /// absent has none.
+    messages: HashMap<String, u64>,
 }
 
 /// What the operator remembers of shared streams between reconciles.
@@ -56,8 +55,9 @@ pub struct SharedStreams {
     checked: Mutex<HashMap<String, Checked>>,
     /// Per pool: the pool stream's messages and bytes at its last reconcile.
     figures: Mutex<HashMap<String, (u64, u64)>>,
-    /// Per pool: its durables as its last reconcile listed them, so a
-    /// steady member's reconcile makes no call (see [`SharedStreams::listed`]).
+    /// Per pool: its stream's messages per member as its last reconcile
+    /// listed them, so a steady member's reconcile makes no call (see
+    /// [`SharedStreams::listed`]).
     listings: Mutex<HashMap<String, Listing>>,
     /// Endpoint UIDs whose own stream is gone (or not theirs): no more
     /// calls for it while they stay in a shared stream.
@@ -131,47 +131,24 @@ impl SharedStreams {
         Some(provision::shared_bytes(member_messages, messages, bytes))
     }
 
-    /// Records the pool's listing of the durables on its stream `stream`,
-    /// asked for at `taken`, in place of the last. A listing that failed is
-    /// not recorded: the last one ages out, and members read their own.
-    pub fn set_listing(
-        &self,
-        pool: &str,
-        stream: &str,
-        taken: Instant,
-        pending: HashMap<String, u64>,
-    ) {
-        let listing = Listing {
-            stream: stream.to_owned(),
-            taken,
-            pending,
-        };
-        lock(&self.listings).insert(pool.to_owned(), listing);
+    /// Records the pool's listing of its stream's messages per member
+    /// token, asked for at `taken`, in place of the last. A listing that
+    /// failed is not recorded: the last one ages out, and members read their own.
+    pub fn set_listing(&self, pool: &str, taken: Instant, messages: HashMap<String, u64>) {
+        lock(&self.listings).insert(pool.to_owned(), Listing { taken, messages });
     }
 
-    /// What `pool`'s listing says of the durable `durable`, when it was
-    /// taken within `fresh` (the resync: a member's pending is then never
-    /// older than one); `None` when there is no such listing, and the
-    /// member reads its durable itself.
-    ///
-    /// A listing cannot know of a deletion after it was taken: the
-    /// operator drops a durable from it on JetStream's deletion advisory
-    /// ([`SharedStreams::follow`]), so the member's next reconcile makes it
-    /// again; without the advisory (not allowed to subscribe, sent while
-    /// disconnected, or come while the listing was under way) the pool's
-    /// next listing lacks it, and the pool asks for the member's reconcile
-    /// at once: made again within about one resync either way. The listing
-    /// is trusted for what a call would have said when it was taken, and
-    /// never past `fresh`.
-    pub fn listed(&self, pool: &str, durable: &str, fresh: Duration) -> Option<Listed> {
+    /// The messages of the member with subject token `token` in `pool`'s
+    /// stream, from the pool's listing when it was taken within `fresh`
+    /// (the resync: a member's pending is then never older than one); 0
+    /// when the listing has none of its subjects. `None` without such a
+    /// listing: the member reads its own count.
+    pub fn listed(&self, pool: &str, token: &str, fresh: Duration) -> Option<u64> {
         let listings = lock(&self.listings);
         let listing = listings
             .get(pool)
             .filter(|listing| listing.taken.elapsed() <= fresh)?;
-        Some(Listed {
-            taken: listing.taken,
-            pending: listing.pending.get(durable).copied(),
-        })
+        Some(listing.messages.get(token).copied().unwrap_or(0))
     }
 
     /// Forgets the pool's listing and figures: it has no shared stream
@@ -187,46 +164,8 @@ impl SharedStreams {
         lock(&self.checked).remove(pool);
     }
 
-    /// Keeps the listings true to JetStream's deletion advisories, until
-    /// the subscriptions end: a deleted durable leaves its pool's listing
-    /// (its member makes it again at its next reconcile), and a deleted
-    /// stream takes its pool's listing with it (its members read their own).
-    pub async fn follow(&self, mut advisories: DeletionAdvisories) {
-        while let Some(advisory) = advisories.subscribers.next().await {
-            self.deleted(advisory.subject.as_str());
-        }
-    }
-
-    /// What a deletion advisory on `subject` takes out of the listings.
-    fn deleted(&self, subject: &str) {
-        let mut listings = lock(&self.listings);
-        match naming::deleted(subject) {
-            Some(Deleted::Stream(stream)) => listings.retain(|pool, listing| {
-                let keep = listing.stream != stream;
-                if !keep {
-                    info!(pool, stream, "the pool's shared stream was deleted: its members read their durables themselves until the pool's next listing");
-                }
-                keep
-            }),
-            Some(Deleted::Consumer {
-                stream,
-                consumer: durable,
-            }) => {
-                for (pool, listing) in listings.iter_mut() {
-                    if listing.stream == stream && listing.pending.remove(durable).is_some() {
-                        debug!(
-                            pool,
-                            stream, durable, "a durable was deleted: out of the pool's listing"
-                        );
-                    }
-                }
-            }
-            None => {}
-        }
-    }
-
     /// Whether the endpoint's own stream is known gone (or not its own), so
-    /// its pending is its durable's on the pool's stream alone.
+    /// its pending is its messages in the pool's stream alone.
     pub fn own_stream_gone(&self, uid: &str) -> bool {
         lock(&self.own_gone).contains(uid)
     }
@@ -266,34 +205,6 @@ impl SharedStreams {
                 None
             }
         }
-    }
-}
-
-/// JetStream's advisories that a stream or a durable was deleted, for
-/// every stream: two subscriptions, whatever the number of pools.
-pub struct DeletionAdvisories {
-    subscribers: SelectAll<async_nats::Subscriber>,
-}
-
-impl DeletionAdvisories {
-    /// Subscribes, best effort: without them (say, a NATS user not allowed
-    /// to subscribe to `$JS.EVENT.>`) a deletion is noticed at the pool's
-    /// next listing instead.
-    pub async fn subscribe(nats: &async_nats::Client) -> DeletionAdvisories {
-        let mut subscribers = SelectAll::new();
-        for subject in naming::DELETION_ADVISORIES {
-            match nats.subscribe(subject).await {
-                Ok(subscriber) => subscribers.push(subscriber),
-                Err(err) => {
-                    warn!(%subject, cause = %err, "cannot subscribe to JetStream's deletion advisories; a deleted durable is noticed at its pool's next listing");
-                }
-            }
-        }
-        // The server has the subscriptions once this returns.
-        if let Err(err) = nats.flush().await {
-            debug!(cause = %err, "cannot flush the advisory subscriptions");
-        }
-        DeletionAdvisories { subscribers }
     }
 }
 
@@ -389,40 +300,23 @@ mod tests {
     use super::*;
 
     const POOL: &str = "shop/shared";
-    const STREAM: &str = "HOOKLINE_shop_POOL_shared";
     const RESYNC: Duration = Duration::from_secs(60);
 
     fn listed_at(taken: Instant) -> SharedStreams {
         let shared = SharedStreams::default();
-        let durables = HashMap::from([
-            ("hookline-consumer-a".to_owned(), 3),
-            ("hookline-consumer-b".to_owned(), 0),
-        ]);
-        shared.set_listing(POOL, STREAM, taken, durables);
+        let messages = HashMap::from([("a".to_owned(), 3), ("b_eu".to_owned(), 1)]);
+        shared.set_listing(POOL, taken, messages);
         shared
     }
 
     #[test]
-    fn a_fresh_listing_answers_for_each_durable_listed_or_not() {
-        let taken = Instant::now();
-        let shared = listed_at(taken);
-        let pending = |durable| shared.listed(POOL, durable, RESYNC).map(|l| l.pending);
-        assert_eq!(pending("hookline-consumer-a"), Some(Some(3)));
-        assert_eq!(
-            pending("hookline-consumer-c"),
-            Some(None),
-            "not listed: gone"
-        );
-        assert_eq!(
-            shared
-                .listed(POOL, "hookline-consumer-a", RESYNC)
-                .map(|l| l.taken),
-            Some(taken)
-        );
-        assert_eq!(
-            shared.listed("shop/other", "hookline-consumer-a", RESYNC),
-            None
-        );
+    fn a_fresh_listing_answers_for_every_member_and_none_listed_has_nothing() {
+        let shared = listed_at(Instant::now());
+        let listed = |token| shared.listed(POOL, token, RESYNC);
+        assert_eq!(listed("a"), Some(3));
+        assert_eq!(listed("b_eu"), Some(1));
+        assert_eq!(listed("c"), Some(0), "no message on its subjects");
+        assert_eq!(shared.listed("shop/other", "a", RESYNC), None);
     }
 
     #[test]
@@ -431,28 +325,7 @@ mod tests {
             .checked_sub(RESYNC + Duration::from_secs(1))
             .expect("uptime");
         let shared = listed_at(taken);
-        assert_eq!(shared.listed(POOL, "hookline-consumer-a", RESYNC), None);
-    }
-
-    #[test]
-    fn a_deletion_advisory_takes_its_durable_or_its_stream_out_of_the_listing() {
-        let shared = listed_at(Instant::now());
-        shared.deleted("$JS.EVENT.ADVISORY.CONSUMER.DELETED.OTHER.hookline-consumer-a");
-        shared.deleted("$JS.EVENT.ADVISORY.STREAM.DELETED.OTHER");
-        let pending = |durable| shared.listed(POOL, durable, RESYNC).map(|l| l.pending);
-        assert_eq!(
-            pending("hookline-consumer-a"),
-            Some(Some(3)),
-            "another stream's"
-        );
-        shared.deleted(&naming::consumer_deleted_advisory(
-            STREAM,
-            "hookline-consumer-a",
-        ));
-        assert_eq!(pending("hookline-consumer-a"), Some(None), "made again");
-        assert_eq!(pending("hookline-consumer-b"), Some(Some(0)));
-        shared.deleted(&naming::stream_deleted_advisory(STREAM));
-        assert_eq!(pending("hookline-consumer-b"), None, "read by the member");
+        assert_eq!(shared.listed(POOL, "a", RESYNC), None);
     }
 
     #[test]
@@ -460,7 +333,7 @@ mod tests {
         let shared = listed_at(Instant::now());
         shared.set_figures(POOL, 10, 1000);
         shared.forget_stream(POOL);
-        assert_eq!(shared.listed(POOL, "hookline-consumer-a", RESYNC), None);
+        assert_eq!(shared.listed(POOL, "a", RESYNC), None);
         assert_eq!(shared.member_bytes(POOL, 5), None);
     }
 }

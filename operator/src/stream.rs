@@ -10,8 +10,7 @@ use async_nats::jetstream;
 use hookline_api::headers::HEADER_ALLOWANCE;
 use hookline_api::naming;
 use hookline_api::provision::{
-    self, Cleanup, Ensured, Listed, PoolCleanup, ProvisionError, Provisioned, StreamOwner,
-    StreamStats,
+    self, Cleanup, Ensured, PoolCleanup, ProvisionError, Provisioned, StreamOwner, StreamStats,
 };
 use hookline_api::spec::DeletionPolicy;
 
@@ -51,7 +50,8 @@ impl StreamState {
 
 /// What the stream step remembers per endpoint (by UID) between reconciles,
 /// so a steady state costs one JetStream API call (a member of a pool's
-/// shared stream, none while its pool's listing is fresh).
+/// shared stream, none while its pool's listing is fresh, and nothing is
+/// remembered of it).
 #[derive(Default)]
 pub struct KnownStreams {
     by_uid: Mutex<HashMap<String, Provisioned>>,
@@ -80,14 +80,14 @@ impl KnownStreams {
 
 /// Creates or updates the stream and durable consumer, marked as `owner`'s,
 /// and reads the figures: one STREAM.INFO when nothing changed. A member of
-/// a shared stream passes what its pool's fresh listing says of its durable
-/// (`listed`), and then makes no call when nothing changed.
+/// a shared stream passes its message count from its pool's fresh listing
+/// (`listed`), and then makes no call.
 pub async fn ensure(
     client: &async_nats::Client,
     known: &KnownStreams,
     valid: &ValidEndpoint,
     owner: &StreamOwner,
-    listed: Option<Listed>,
+    listed: Option<u64>,
 ) -> StreamState {
     if client.connection_state() != State::Connected {
         return StreamState::Unreachable("not connected to NATS".into());
@@ -171,9 +171,10 @@ pub async fn clean_up_pool(
 }
 
 /// The finalizer's cleanup of a member in pool `pool`'s shared stream:
-/// `Delete` purges the member's subjects from it (no other member's) and
-/// deletes its durable; `Retain` leaves both, for the next endpoint of this
-/// name. `None` when the pool has no shared stream (nothing was done).
+/// `Delete` purges the member's subjects from it (no other member's);
+/// `Retain` leaves its events, which the pool drains under the member's
+/// last manifest as for a member that left. `None` when nothing was done
+/// (`Retain`, or the pool has no shared stream).
 pub async fn clean_up_member(
     client: &async_nats::Client,
     cluster: Option<&str>,
@@ -192,10 +193,8 @@ pub async fn clean_up_member(
             let Some(purged) = provision::purge_subjects(&js, &stream, &filter).await? else {
                 return Ok(None);
             };
-            let durable = naming::pool_member_durable(name);
-            provision::delete_durable(&js, &stream, &durable).await?;
             Ok(Some(format!(
-                "purged its {purged} event(s) from pool stream {stream} and deleted its durable {durable}"
+                "purged its {purged} event(s) from pool stream {stream}"
             )))
         }
     }

@@ -95,8 +95,8 @@ pub fn validate(resource: &WebhookEndpoint) -> Result<ValidEndpoint, InvalidSpec
 
 /// [`validate`], with the pool `spec.pool` names when that pool exists: a
 /// member may repeat its Postgres URL Secret key, never name another, and
-/// in a pool with a shared stream it must be a `Buffer` that leaves the
-/// stream's limits to the pool.
+/// in a pool with a shared stream it must be a `Buffer` that does not
+/// refetch and leaves the stream's limits to the pool.
 pub fn validate_in(
     resource: &WebhookEndpoint,
     pool: Option<&ValidatedPool>,
@@ -197,21 +197,36 @@ fn placement(
         );
     }
     if pool_resource.is_some_and(|pool| pool.stream.is_some()) {
-        shared_stream_problems(spec.stream.as_ref(), pool, &mut problem);
+        shared_stream_problems(spec, pool, &mut problem);
     }
     Some(Placement::Pooled { pool: pool.clone() })
 }
 
-/// What a member of a pool with a shared stream cannot set: an `Archive`
-/// (the shared stream is a work queue: an event leaves once written), and
-/// the limits the pool's `spec.stream` sets for every member. Its
-/// `maxBytes` (its own cap, kept by the receiver) and `deletionPolicy` stay its own.
+/// What a member of a pool with a shared stream cannot set: a refetch
+/// (the stream has one durable for every member, delivering in stream
+/// order, so a provider's outage would hold the pool's acknowledgements
+/// while the member's events wait out their retries), an `Archive` (the
+/// shared stream is a work queue: an event leaves once written), and the
+/// limits the pool's `spec.stream` sets for every member. Its `maxBytes`
+/// (its own cap, kept by the receiver) and `deletionPolicy` stay its own.
 fn shared_stream_problems(
-    stream: Option<&hookline_api::spec::StreamSpec>,
+    spec: &hookline_api::spec::WebhookEndpointSpec,
     pool: &str,
     problem: &mut impl FnMut(&str, String),
 ) {
-    let Some(stream) = stream else {
+    if spec
+        .consumer
+        .as_ref()
+        .is_some_and(|consumer| consumer.refetch.is_some())
+    {
+        problem(
+            "spec.consumer.refetch",
+            format!(
+                "WebhookPool {pool} has a shared stream, whose one durable a refetching member would hold up for every member while a provider's API is away: remove spec.consumer.refetch, or give this endpoint a pool without spec.stream or pods of its own"
+            ),
+        );
+    }
+    let Some(stream) = spec.stream.as_ref() else {
         return;
     };
     if stream.retention == Some(StreamRetention::Archive) {

@@ -2,15 +2,16 @@
 #![cfg(feature = "jetstream")]
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::stream::RetentionPolicy;
 use futures::StreamExt;
 use hookline_api::provision::{
-    Cleanup, Ensured, Listed, OWNER_ENDPOINT_KEY, OWNER_UID_KEY, ProvisionError, StreamOwner,
-    StreamStats, delete_owned, delete_stream, diagnose, ensure, ensure_listed, ensure_pool_stream,
-    explain, list_pending, pool_stream_config, provision, release, shared_bytes, stream_config,
+    Cleanup, Ensured, OWNER_ENDPOINT_KEY, OWNER_UID_KEY, PoolConsumerChanges, ProvisionError,
+    StreamOwner, StreamStats, delete_owned, delete_stream, diagnose, ensure, ensure_listed,
+    ensure_pool_consumer, ensure_pool_stream, explain, pool_consumer_config, pool_stream_config,
+    provision, release, shared_bytes, stream_config,
 };
 use hookline_api::spec::{Provider, StreamRetention, StreamSpec, WebhookEndpointSpec};
 use hookline_api::validated::StreamLimits;
@@ -690,63 +691,86 @@ async fn a_buffer_made_with_a_reservation_loses_it_on_the_next_resync_and_then_h
     assert_eq!(calls.take().await, ["STREAM.INFO.HOOKLINE_ci_old"]);
 }
 
+fn shared_member(name: &str) -> hookline_api::ValidatedEndpoint {
+    hookline_api::resolve("ci", name, &with_retention(StreamRetention::Buffer))
+        .expect("valid")
+        .in_shared_stream(None, "shop", StreamLimits::default())
+}
+
+/// Publishes one event of `member` with event id `id`, stored.
+async fn publish_member(
+    js: &async_nats::jetstream::Context,
+    member: &hookline_api::ValidatedEndpoint,
+    id: &str,
+) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", member.stream.message_id(id).as_ref());
+    let ack = js
+        .publish_with_headers(member.stream.subject_for("push"), headers, "{}".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    assert!(
+        !ack.duplicate,
+        "the same event id of two members is two events"
+    );
+}
+
+async fn consumer_names(js: &async_nats::jetstream::Context, stream: &str) -> Vec<String> {
+    let mut names: Vec<String> = js
+        .get_stream(stream)
+        .await
+        .expect("stream")
+        .consumer_names()
+        .map(|name| name.expect("name"))
+        .collect()
+        .await;
+    names.sort();
+    names
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn members_of_a_shared_stream_each_get_a_durable_on_their_subjects_and_their_own_pending() {
+async fn members_of_a_shared_stream_make_no_durable_and_count_their_own_messages() {
     let nats = start();
     let js = connect(&nats).await;
     let mut calls = ApiCalls::watch(&nats).await;
-    let member = |name: &str| {
-        hookline_api::resolve("ci", name, &with_retention(StreamRetention::Buffer))
-            .expect("valid")
-            .in_shared_stream(None, "shop", StreamLimits::default())
-    };
-    let (first, second) = (member("first"), member("second.eu"));
+    let (first, second) = (shared_member("first"), shared_member("second.eu"));
     assert_eq!(first.stream.name, "HOOKLINE_ci_POOL_shop");
     assert_eq!(
         first.stream.subject_for("a.b"),
         "hookline.ci.POOL_shop.first.a_b"
     );
-    assert_eq!(second.consumer.durable_name, "hookline-consumer-second_eu");
+    assert_eq!(
+        second.consumer.durable_name, "hookline-consumer",
+        "the pool's one durable"
+    );
     assert_eq!(second.stream.message_id("evt_1"), "second.eu:evt_1");
     let (mut known_first, mut known_second) = (None, None);
 
     ready(ensure(&js, &first, None, &mut known_first).await);
     ready(ensure(&js, &second, None, &mut known_second).await);
-    for (subject, id) in [
-        (
-            first.stream.subject_for("push"),
-            first.stream.message_id("evt_1"),
-        ),
-        (
-            second.stream.subject_for("push"),
-            second.stream.message_id("evt_1"),
-        ),
-        (
-            second.stream.subject_for("push"),
-            second.stream.message_id("evt_2"),
-        ),
-    ] {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", id.as_ref());
-        let ack = js
-            .publish_with_headers(subject, headers, "{}".into())
-            .await
-            .expect("publish")
-            .await
-            .expect("stored");
-        assert!(
-            !ack.duplicate,
-            "the same event id of two members is two events"
-        );
-    }
+    publish_member(&js, &first, "evt_1").await;
+    publish_member(&js, &second, "evt_1").await;
+    publish_member(&js, &second, "evt_2").await;
     calls.take().await;
 
     let stats = ready(ensure(&js, &second, None, &mut known_second).await);
-    assert_eq!(stats.pending, 2, "the member's own events only");
+    assert_eq!(
+        (stats.messages, stats.pending),
+        (2, 2),
+        "the member's own events only"
+    );
     assert_eq!(
         calls.take().await,
-        ["CONSUMER.INFO.HOOKLINE_ci_POOL_shop.hookline-consumer-second_eu"],
-        "a steady member costs one CONSUMER.INFO"
+        ["STREAM.INFO.HOOKLINE_ci_POOL_shop"],
+        "a member without a listing costs one STREAM.INFO, filtered on its subjects"
+    );
+    assert!(
+        consumer_names(&js, "HOOKLINE_ci_POOL_shop")
+            .await
+            .is_empty(),
+        "members make no durable"
     );
     let info = js
         .get_stream("HOOKLINE_ci_POOL_shop")
@@ -761,82 +785,182 @@ async fn members_of_a_shared_stream_each_get_a_durable_on_their_subjects_and_the
         shared_bytes(2, info.state.messages, info.state.bytes),
         info.state.bytes * 2 / 3
     );
+
+    // With its count from the pool's fresh listing, no call at all.
+    calls.take().await;
+    let stats = ready(ensure_listed(&js, &second, None, &mut known_second, Some(5)).await);
+    assert_eq!((stats.messages, stats.pending), (5, 5));
+    assert!(calls.take().await.is_empty(), "the listing answers");
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_settled_member_takes_its_pending_from_a_later_listing_and_is_made_again_when_it_lacks_it()
- {
+async fn the_pools_stream_info_counts_each_members_messages_in_one_call() {
     let nats = start();
     let js = connect(&nats).await;
-    let mut calls = ApiCalls::watch(&nats).await;
-    let member = |name: &str| {
-        hookline_api::resolve("ci", name, &with_retention(StreamRetention::Buffer))
-            .expect("valid")
-            .in_shared_stream(None, "shop", StreamLimits::default())
-    };
-    let (first, second) = (member("first"), member("second"));
-    let before_made = Instant::now();
-    let (mut known_first, mut known_second) = (None, None);
-    ready(ensure(&js, &first, None, &mut known_first).await);
-    ready(ensure(&js, &second, None, &mut known_second).await);
-    for _ in 0..2 {
-        js.publish(second.stream.subject_for("push"), "{}".into())
-            .await
-            .expect("publish")
-            .await
-            .expect("stored");
+    let (first, second) = (shared_member("first"), shared_member("second.eu"));
+    let config = pool_stream_config(
+        "HOOKLINE_ci_POOL_shop",
+        vec![
+            "hookline.ci.POOL_shop.first.>".to_owned(),
+            "hookline.ci.POOL_shop.second_eu.>".to_owned(),
+        ],
+        "ci/shop",
+        StreamLimits::default(),
+    );
+    let owner = StreamOwner::new("pool-uid", "ci", "shop");
+    let made = ensure_pool_stream(&js, config.clone(), "hookline.ci.POOL_shop", Some(&owner))
+        .await
+        .expect("made")
+        .expect("ours");
+    assert!(made.member_messages.is_empty());
+    publish_member(&js, &first, "evt_1").await;
+    for id in ["evt_1", "evt_2", "evt_3"] {
+        publish_member(&js, &second, id).await;
     }
-    calls.take().await;
-
-    let taken = Instant::now();
-    let listing = list_pending(&js, "HOOKLINE_ci_POOL_shop")
+    // Two event types of one member are summed.
+    js.publish("hookline.ci.POOL_shop.second_eu.other", "{}".into())
         .await
-        .expect("listed");
+        .expect("publish")
+        .await
+        .expect("stored");
+
+    let mut calls = ApiCalls::watch(&nats).await;
+    let state = ensure_pool_stream(&js, config, "hookline.ci.POOL_shop", Some(&owner))
+        .await
+        .expect("read")
+        .expect("ours");
     assert_eq!(
         calls.take().await,
-        ["CONSUMER.LIST.HOOKLINE_ci_POOL_shop"],
-        "one page of up to 256"
+        ["STREAM.INFO.HOOKLINE_ci_POOL_shop"],
+        "a steady pool stream: one STREAM.INFO with its counts"
     );
     assert_eq!(
-        listing,
-        HashMap::from([
-            ("hookline-consumer-first".to_owned(), 0),
-            ("hookline-consumer-second".to_owned(), 2),
-        ])
+        state.member_messages,
+        HashMap::from([("first".to_owned(), 1), ("second_eu".to_owned(), 4)])
     );
-    let listed = |pending: Option<u64>| Some(Listed { taken, pending });
+    assert_eq!(state.info.state.messages, 5);
+}
 
-    let stats = ready(ensure_listed(&js, &second, None, &mut known_second, listed(Some(2))).await);
-    assert_eq!((stats.messages, stats.pending), (2, 2));
-    assert!(calls.take().await.is_empty(), "the listing answers");
-
-    // A listing asked for before the durable was made says nothing of it.
-    let early = Some(Listed {
-        taken: before_made,
-        pending: Some(99),
-    });
-    let stats = ready(ensure_listed(&js, &second, None, &mut known_second, early).await);
-    assert_eq!(stats.pending, 2);
-    assert_eq!(
-        calls.take().await,
-        ["CONSUMER.INFO.HOOKLINE_ci_POOL_shop.hookline-consumer-second"]
-    );
-
-    // A durable a later listing lacks is made again, with its events.
-    js.delete_consumer_from_stream("hookline-consumer-second", "HOOKLINE_ci_POOL_shop")
-        .await
-        .expect("deleted");
-    calls.take().await;
-    let stats = ready(ensure_listed(&js, &second, None, &mut known_second, listed(None)).await);
-    assert_eq!(stats.pending, 2);
-    assert!(
-        calls
-            .take()
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pools_one_durable_replaces_the_member_durables_and_keeps_every_message() {
+    let nats = start();
+    let js = connect(&nats).await;
+    let (first, second) = (shared_member("first"), shared_member("second"));
+    let name = "HOOKLINE_ci_POOL_shop";
+    ready(ensure(&js, &first, None, &mut None).await);
+    let stream = js.get_stream(name).await.expect("stream");
+    // The earlier layout: a durable per member, filtered on its subjects.
+    for member in ["first", "second"] {
+        stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some(format!("hookline-consumer-{member}")),
+                filter_subject: format!("hookline.ci.POOL_shop.{member}.>"),
+                ..Default::default()
+            })
             .await
-            .iter()
-            .any(|call| call.starts_with("CONSUMER.CREATE.HOOKLINE_ci_POOL_shop")),
-        "made again"
+            .expect("a member's durable");
+    }
+    publish_member(&js, &first, "evt_1").await;
+    publish_member(&js, &second, "evt_1").await;
+    publish_member(&js, &second, "evt_2").await;
+    // One delivered and not acknowledged when its durable goes.
+    let delivered: PullConsumer = stream
+        .get_consumer("hookline-consumer-second")
+        .await
+        .expect("durable");
+    let mut batch = delivered
+        .fetch()
+        .max_messages(1)
+        .messages()
+        .await
+        .expect("fetch");
+    batch.next().await.expect("one").expect("message");
+
+    let wanted = pool_consumer_config("ci/shop", 2);
+    let mut changes = ensure_pool_consumer(&js, name, &wanted)
+        .await
+        .expect("ensured");
+    changes.deleted.sort();
+    assert_eq!(
+        changes,
+        PoolConsumerChanges {
+            deleted: vec![
+                "hookline-consumer-first".to_owned(),
+                "hookline-consumer-second".to_owned()
+            ],
+            applied: true,
+        }
     );
+    assert_eq!(consumer_names(&js, name).await, ["hookline-consumer"]);
+    let info = js
+        .get_stream(name)
+        .await
+        .expect("stream")
+        .cached_info()
+        .clone();
+    assert_eq!(info.state.messages, 3, "no message lost");
+    let pool: PullConsumer = js
+        .get_stream(name)
+        .await
+        .expect("stream")
+        .get_consumer("hookline-consumer")
+        .await
+        .expect("the pool's durable");
+    let config = &pool.cached_info().config;
+    assert_eq!(config.filter_subject, "", "unfiltered");
+    assert_eq!(config.max_ack_pending, 20_000);
+    assert_eq!(
+        pool.cached_info().num_pending,
+        3,
+        "every message, the one in flight too"
+    );
+
+    // A steady state: one CONSUMER.LIST and nothing changed.
+    let mut calls = ApiCalls::watch(&nats).await;
+    let changes = ensure_pool_consumer(&js, name, &wanted)
+        .await
+        .expect("steady");
+    assert_eq!(changes, PoolConsumerChanges::default());
+    assert_eq!(calls.take().await, [format!("CONSUMER.LIST.{name}")]);
+
+    // Its settings follow the pool's.
+    let more = pool_consumer_config("ci/shop", 3);
+    let changes = ensure_pool_consumer(&js, name, &more)
+        .await
+        .expect("updated");
+    assert!(changes.applied);
+    let pool: PullConsumer = js
+        .get_stream(name)
+        .await
+        .expect("stream")
+        .get_consumer("hookline-consumer")
+        .await
+        .expect("the pool's durable");
+    assert_eq!(pool.cached_info().config.max_ack_pending, 30_000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_consumer_on_the_pools_stream_is_left_alone_and_the_refusal_reported() {
+    let nats = start();
+    let js = connect(&nats).await;
+    let name = "HOOKLINE_ci_POOL_shop";
+    ready(ensure(&js, &shared_member("first"), None, &mut None).await);
+    js.get_stream(name)
+        .await
+        .expect("stream")
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("someone-elses".to_owned()),
+            filter_subject: "hookline.ci.POOL_shop.first.>".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("a consumer of someone else");
+    let refused = ensure_pool_consumer(&js, name, &pool_consumer_config("ci/shop", 1)).await;
+    assert!(
+        matches!(refused, Err(ProvisionError::Consumer { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(consumer_names(&js, name).await, ["someone-elses"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -862,10 +986,12 @@ async fn the_pools_stream_takes_the_pools_limits_and_members_never_change_them()
         "a member makes the pool's stream as the pool does"
     );
     let owner = StreamOwner::new("pool-uid", "ci", "shop");
-    let info = ensure_pool_stream(&js, config.clone(), Some(&owner))
+    let prefix = "hookline.ci.POOL_shop";
+    let info = ensure_pool_stream(&js, config.clone(), prefix, Some(&owner))
         .await
         .expect("made")
-        .expect("ours");
+        .expect("ours")
+        .info;
     assert_eq!(info.config.max_age, Duration::from_secs(3600));
 
     let other = hookline_api::resolve("ci", "second", &with_retention(StreamRetention::Buffer))
@@ -889,10 +1015,11 @@ async fn the_pools_stream_takes_the_pools_limits_and_members_never_change_them()
         "ci/shop",
         longer,
     );
-    let info = ensure_pool_stream(&js, changed, Some(&owner))
+    let info = ensure_pool_stream(&js, changed, prefix, Some(&owner))
         .await
         .expect("updated")
-        .expect("ours");
+        .expect("ours")
+        .info;
     assert_eq!(info.config.max_age, longer.max_age);
     assert_eq!(
         info.config.subjects,
@@ -901,7 +1028,7 @@ async fn the_pools_stream_takes_the_pools_limits_and_members_never_change_them()
     );
     let foreign = StreamOwner::new("another-uid", "ci", "shop");
     assert!(
-        ensure_pool_stream(&js, config, Some(&foreign))
+        ensure_pool_stream(&js, config, prefix, Some(&foreign))
             .await
             .expect("read")
             .is_err(),

@@ -919,6 +919,18 @@ async fn the_operator_binary_runs_a_pool_with_a_shared_stream_and_lets_a_member_
         },
     )
     .await;
+    eventually(
+        "the pool's stream has the pool's one durable, no member's",
+        &mut operator,
+        async || {
+            let stream = js.get_stream("HOOKLINE_shop_POOL_busy").await.ok()?;
+            let names: Vec<String> = futures::TryStreamExt::try_collect(stream.consumer_names())
+                .await
+                .ok()?;
+            (names == ["hookline-consumer"]).then_some(())
+        },
+    )
+    .await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
     for name in ["busy-pool-receiver", "busy-pool-consumer"] {
         let deployment = deployments.get(name).await.expect("pool Deployment");

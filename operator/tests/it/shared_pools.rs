@@ -1,9 +1,11 @@
 //! A WebhookPool with a shared stream (`spec.stream`) against the in-memory
 //! API with a real nats-server: the pool stream lists its served members'
-//! subjects, each member gets its durable there, a joining member's own
-//! stream is retired and deleted once drained, a leaving member is drained
-//! before the pool forgets it, a deleted member's events go (or stay, with
-//! `Retain`), and what a member of such a pool cannot set.
+//! subjects and has one durable, the pool's (member durables of the earlier
+//! layout go, their events stay), a member's pending is its messages there,
+//! a joining member's own stream is retired and deleted once drained, a
+//! leaving member is drained before the pool forgets it, a deleted member's
+//! events go (or, with `Retain`, are drained), and what a member of such a
+//! pool cannot set.
 
 use crate::support;
 
@@ -113,6 +115,18 @@ async fn durable(harness: &Harness, stream: &str, name: &str) -> Option<String> 
     Some(consumer.cached_info().config.filter_subject.clone())
 }
 
+/// The names of the consumers on `stream`, sorted.
+async fn consumers(harness: &Harness, stream: &str) -> Vec<String> {
+    let stream = js(harness).get_stream(stream).await.expect("stream");
+    let mut names: Vec<String> = stream
+        .consumer_names()
+        .map(|name| name.expect("a consumer name"))
+        .collect()
+        .await;
+    names.sort();
+    names
+}
+
 /// Publishes `count` events to `subject`, each stored.
 async fn publish(harness: &Harness, subject: &str, count: usize) {
     let js = js(harness);
@@ -126,8 +140,9 @@ async fn publish(harness: &Harness, subject: &str, count: usize) {
 }
 
 /// What a pool consumer does: fetches and acknowledges every event of
-/// `durable`, until the stream holds none of them.
-async fn drain(harness: &Harness, stream: &str, durable: &str) {
+/// `durable` (up to 100), until the stream holds none of them. Returns how
+/// many it acknowledged.
+async fn drain(harness: &Harness, stream: &str, durable: &str) -> usize {
     let stream = js(harness).get_stream(stream).await.expect("stream");
     let consumer: jetstream::consumer::PullConsumer =
         stream.get_consumer(durable).await.expect("durable");
@@ -138,9 +153,12 @@ async fn drain(harness: &Harness, stream: &str, durable: &str) {
         .messages()
         .await
         .expect("fetch");
+    let mut acknowledged = 0;
     while let Some(message) = messages.next().await {
         message.expect("message").double_ack().await.expect("ack");
+        acknowledged += 1;
     }
+    acknowledged
 }
 
 fn subjects(info: &jetstream::stream::Info) -> Vec<&str> {
@@ -151,15 +169,28 @@ fn keys<T>(map: Option<std::collections::BTreeMap<String, T>>) -> Vec<String> {
     map.unwrap_or_default().into_keys().collect()
 }
 
-fn pool_ready(harness: &Harness) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+fn pool_condition(
+    harness: &Harness,
+    type_: &str,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
     harness
         .pool(NS, POOL)
         .status
         .expect("pool status")
         .conditions
         .into_iter()
-        .find(|condition| condition.type_ == conditions::READY)
-        .expect("Ready")
+        .find(|condition| condition.type_ == type_)
+        .expect("the condition")
+}
+
+fn pool_ready(harness: &Harness) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    pool_condition(harness, conditions::READY)
+}
+
+fn pool_stream_ready(
+    harness: &Harness,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    pool_condition(harness, conditions::STREAM_READY)
 }
 
 fn args(harness: &Harness, deployment: &str) -> Vec<String> {
@@ -222,7 +253,7 @@ async fn calls_of_a_pool_resync(harness: &mut Harness) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_pool_stream_lists_each_served_member_and_each_member_gets_its_durable() {
+async fn the_pool_stream_lists_each_served_member_and_has_the_pools_one_durable() {
     let mut harness = Harness::start(true).await;
     harness.fake.insert(&shared_pool());
     add(&harness, &members(&["b", "a"]));
@@ -245,11 +276,17 @@ async fn the_pool_stream_lists_each_served_member_and_each_member_gets_its_durab
         pool.metadata.uid.as_ref(),
         "marked as the pool's"
     );
+    assert_eq!(
+        consumers(&harness, POOL_STREAM).await,
+        ["hookline-consumer"],
+        "one durable, no member's"
+    );
+    assert_eq!(
+        durable(&harness, POOL_STREAM, "hookline-consumer").await,
+        Some(String::new()),
+        "unfiltered: every member's events"
+    );
     for name in ["a", "b"] {
-        let filter = durable(&harness, POOL_STREAM, &format!("hookline-consumer-{name}"))
-            .await
-            .expect("the member's durable");
-        assert_eq!(filter, format!("hookline.shop.POOL_shared.{name}.>"));
         assert!(
             stream_info(&harness, &format!("HOOKLINE_shop_{name}"))
                 .await
@@ -305,6 +342,20 @@ async fn the_pool_stream_lists_each_served_member_and_each_member_gets_its_durab
 
     // A steady member costs no JetStream call while its pool's listing is fresh.
     assert_eq!(calls_of_a_resync(&mut harness, &["a", "b"]).await, 0);
+    let stream_ready = harness.expect_condition(
+        NS,
+        "a",
+        conditions::STREAM_READY,
+        "True",
+        reasons::STREAM_PROVISIONED,
+    );
+    assert!(
+        stream_ready.message.starts_with(
+            "stream HOOKLINE_shop_POOL_shared with durable consumer hookline-consumer"
+        ),
+        "{}",
+        stream_ready.message
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,7 +458,7 @@ async fn a_member_that_leaves_before_its_own_stream_drained_gets_its_subjects_ba
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leaving_member_stays_in_the_config_map_while_its_durable_has_pending() {
+async fn a_leaving_member_stays_in_the_config_map_while_the_pool_stream_holds_its_events() {
     let mut harness = Harness::start(true).await;
     harness.fake.insert(&shared_pool());
     add(&harness, &members(&["a", "b"]));
@@ -439,7 +490,7 @@ async fn a_leaving_member_stays_in_the_config_map_while_its_durable_has_pending(
     assert_eq!(
         keys(map.data),
         ["a.yaml", "b.yaml"],
-        "kept while it has events pending"
+        "kept while the pool's stream holds its events"
     );
     let secrets: Secret = harness
         .fake
@@ -459,28 +510,29 @@ async fn a_leaving_member_stays_in_the_config_map_while_its_durable_has_pending(
         .expect("map");
     assert_eq!(keys(map.data), ["a.yaml", "b.yaml"], "still pending");
 
-    drain(&harness, POOL_STREAM, "hookline-consumer-a").await;
+    // The pool's consumer writes them through the pool's one durable.
+    assert_eq!(drain(&harness, POOL_STREAM, "hookline-consumer").await, 2);
     harness.reconcile_pool(NS, POOL).await.expect("pool");
     let map: ConfigMap = harness
         .fake
         .typed(NS, "shared-pool-endpoints")
         .expect("map");
     assert_eq!(keys(map.data), ["b.yaml"], "dropped once drained");
+    let ready = pool_ready(&harness);
     assert!(
-        durable(&harness, POOL_STREAM, "hookline-consumer-a")
-            .await
-            .is_none(),
-        "its durable is deleted"
+        !ready.message.contains("keeps draining"),
+        "{}",
+        ready.message
     );
-    assert!(
-        durable(&harness, POOL_STREAM, "hookline-consumer-b")
-            .await
-            .is_some()
+    assert_eq!(
+        consumers(&harness, POOL_STREAM).await,
+        ["hookline-consumer"],
+        "nothing of a's to delete in JetStream"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_a_member_purges_only_its_subjects_unless_it_retains_them() {
+async fn deleting_a_member_purges_only_its_subjects_and_one_that_retains_them_is_drained() {
     let mut harness = Harness::start(true).await;
     harness.fake.insert(&shared_pool());
     let mut all = members(&["a", "b"]);
@@ -508,15 +560,15 @@ async fn deleting_a_member_purges_only_its_subjects_unless_it_retains_them() {
         .await
         .expect("pool stream");
     assert_eq!(info.state.messages, 7, "b's and c's are all there");
-    assert!(
-        durable(&harness, POOL_STREAM, "hookline-consumer-a")
-            .await
-            .is_none()
-    );
-    assert!(
-        durable(&harness, POOL_STREAM, "hookline-consumer-b")
-            .await
-            .is_some()
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    let map: ConfigMap = harness
+        .fake
+        .typed(NS, "shared-pool-endpoints")
+        .expect("map");
+    assert_eq!(
+        keys(map.data),
+        ["b.yaml", "c.yaml"],
+        "a is dropped at once: nothing of it is left to write"
     );
 
     harness.mark_deleting(NS, "c");
@@ -525,13 +577,8 @@ async fn deleting_a_member_purges_only_its_subjects_unless_it_retains_them() {
         .await
         .expect("pool stream");
     assert_eq!(info.state.messages, 7, "Retain keeps c's events");
-    assert!(
-        durable(&harness, POOL_STREAM, "hookline-consumer-c")
-            .await
-            .is_some(),
-        "and its durable"
-    );
 
+    // Its events are drained under its last manifest, as a leaving member's.
     harness.reconcile_pool(NS, POOL).await.expect("pool");
     let info = stream_info(&harness, POOL_STREAM)
         .await
@@ -541,7 +588,34 @@ async fn deleting_a_member_purges_only_its_subjects_unless_it_retains_them() {
         .fake
         .typed(NS, "shared-pool-endpoints")
         .expect("map");
-    assert_eq!(keys(map.data), ["b.yaml"]);
+    assert_eq!(
+        keys(map.data),
+        ["b.yaml", "c.yaml"],
+        "c's manifest stays while its events wait"
+    );
+    let secrets: Secret = harness
+        .fake
+        .typed(NS, "shared-pool-secrets")
+        .expect("Secret");
+    assert_eq!(keys(secrets.data), ["b"], "c is not served");
+    let ready = pool_ready(&harness);
+    assert!(
+        ready.message.contains("keeps draining 1 that left: c"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(
+        consumers(&harness, POOL_STREAM).await,
+        ["hookline-consumer"]
+    );
+
+    assert_eq!(drain(&harness, POOL_STREAM, "hookline-consumer").await, 7);
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    let map: ConfigMap = harness
+        .fake
+        .typed(NS, "shared-pool-endpoints")
+        .expect("map");
+    assert_eq!(keys(map.data), ["b.yaml"], "dropped once drained");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -614,6 +688,53 @@ async fn a_member_of_a_shared_stream_is_a_buffer_and_leaves_the_limits_to_its_po
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_of_a_shared_stream_cannot_refetch() {
+    let refetching = || {
+        let mut member = endpoint("a", Some(POOL), None);
+        let mut spec = serde_json::to_value(&member.spec).expect("spec");
+        spec["consumer"] =
+            json!({"refetch": {"urlTemplate": "https://api.example.com/items/{objectId}"}});
+        spec["event"] = json!({"objectId": "json:/id"});
+        member.spec = serde_json::from_value(spec).expect("spec");
+        member
+    };
+    let mut harness = Harness::start(true).await;
+    harness.fake.insert(&shared_pool());
+    add(&harness, &[refetching()]);
+    harness.settle(NS, "a").await;
+    let ready =
+        harness.expect_condition(NS, "a", conditions::READY, "False", reasons::INVALID_SPEC);
+    assert!(
+        ready.message.contains(
+            "spec.consumer.refetch: WebhookPool shared has a shared stream, whose one durable"
+        ),
+        "{}",
+        ready.message
+    );
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    let map: ConfigMap = harness
+        .fake
+        .typed(NS, "shared-pool-endpoints")
+        .expect("ConfigMap");
+    assert!(keys(map.data).is_empty(), "not served");
+
+    // The same endpoint in a pool without a shared stream is fine.
+    let mut plain = Harness::start(true).await;
+    let mut pool = shared_pool();
+    pool["spec"].as_object_mut().expect("spec").remove("stream");
+    plain.fake.insert(&pool);
+    add(&plain, &[refetching()]);
+    plain.settle(NS, "a").await;
+    let findings = plain.endpoint(NS, "a").status.expect("status").conditions;
+    assert!(
+        findings
+            .iter()
+            .all(|condition| condition.reason != reasons::INVALID_SPEC),
+        "{findings:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_whose_spec_stream_was_removed_keeps_its_shared_stream_and_says_so() {
     let mut harness = Harness::start(true).await;
     harness.fake.insert(&shared_pool());
@@ -656,7 +777,7 @@ async fn a_pool_whose_spec_stream_was_removed_keeps_its_shared_stream_and_says_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_pools_listing_fresh_members_make_no_call_and_the_pool_one_per_256_durables() {
+async fn with_the_pools_listing_fresh_members_make_no_call_and_the_pool_two() {
     let mut harness = Harness::start(true).await;
     harness.fake.insert(&shared_pool());
     let names = ["a", "b", "c"];
@@ -664,120 +785,208 @@ async fn with_the_pools_listing_fresh_members_make_no_call_and_the_pool_one_per_
     converge(&mut harness, &names).await;
     publish(&harness, "hookline.shop.POOL_shared.a.push", 2).await;
 
-    // One STREAM.INFO and one CONSUMER.LIST (a page holds 256 durables).
+    // One STREAM.INFO (with the messages per subject) and one CONSUMER.LIST.
     assert_eq!(calls_of_a_pool_resync(&mut harness).await, 1 + 1);
     assert_eq!(calls_of_a_resync(&mut harness, &names).await, 0);
     assert_eq!(figures(&harness, "a").0, 2, "pending, from the listing");
     assert_eq!(figures(&harness, "b").0, 0);
-
-    // 257 durables: two pages. Stand-ins for more members' durables (the
-    // listing takes every durable on the stream alike).
-    let stream = js(&harness).get_stream(POOL_STREAM).await.expect("stream");
-    for index in 0..254 {
-        stream
-            .create_consumer(jetstream::consumer::pull::Config {
-                durable_name: Some(format!("hookline-consumer-pad{index}")),
-                filter_subject: format!("hookline.shop.POOL_shared.pad{index}.>"),
-                ..Default::default()
-            })
-            .await
-            .expect("durable");
-    }
-    assert_eq!(calls_of_a_pool_resync(&mut harness).await, 1 + 2);
-    assert_eq!(calls_of_a_resync(&mut harness, &names).await, 0);
-    assert_eq!(figures(&harness, "a").0, 2);
     harness.expect_condition(NS, "a", conditions::READY, "True", reasons::RECONCILED);
+
+    // A member joining after the pool's listing takes its count from it too.
+    add(&harness, &members(&["d"]));
+    harness.settle(NS, "d").await;
+    assert_eq!(calls_of_a_resync(&mut harness, &["d"]).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listing_taken_before_a_member_made_its_durable_does_not_answer_for_it() {
+async fn without_a_fresh_listing_a_member_reads_its_own_count_with_one_stream_info() {
     let mut harness = Harness::start(true).await;
-    harness.fake.insert(&shared_pool());
-    add(&harness, &members(&["a"]));
-    converge(&mut harness, &["a"]).await;
-    // A new member makes its durable after the pool's last listing: it
-    // reads it itself (one CONSUMER.INFO) rather than make it again.
-    add(&harness, &members(&["b"]));
-    harness.settle(NS, "b").await;
-    assert_eq!(calls_of_a_resync(&mut harness, &["b"]).await, 1);
-    assert!(
-        durable(&harness, POOL_STREAM, "hookline-consumer-b")
-            .await
-            .is_some()
-    );
-    // The pool's next listing has it.
-    harness.reconcile_pool(NS, POOL).await.expect("pool");
-    assert_eq!(calls_of_a_resync(&mut harness, &["a", "b"]).await, 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_durable_deleted_behind_the_operators_back_is_made_again_at_its_members_next_reconcile() {
-    let mut harness = Harness::start(true).await;
-    harness.follow_deletions().await;
     harness.fake.insert(&shared_pool());
     add(&harness, &members(&["a", "b"]));
     converge(&mut harness, &["a", "b"]).await;
-    harness.reconcile_pool(NS, POOL).await.expect("pool");
-    publish(&harness, "hookline.shop.POOL_shared.a.push", 2).await;
+    publish(&harness, "hookline.shop.POOL_shared.a.push", 3).await;
+    publish(&harness, "hookline.shop.POOL_shared.b.push", 1).await;
 
-    // The pool's listing, fresh, still shows it; the deletion advisory
-    // takes it out.
-    js(&harness)
-        .delete_consumer_from_stream("hookline-consumer-a", POOL_STREAM)
-        .await
-        .expect("deleted");
-    let out_of_the_listing = async {
-        while harness
-            .ctx
-            .shared
-            .listed("shop/shared", "hookline-consumer-a", harness.ctx.resync)
-            .is_some_and(|listed| listed.pending.is_some())
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), out_of_the_listing)
-        .await
-        .expect("the advisory takes the durable out of the pool's listing");
-    harness.reconcile(NS, "a").await.expect("member");
+    harness.ctx.shared.forget_stream("shop/shared");
+    assert_eq!(calls_of_a_resync(&mut harness, &["a"]).await, 1);
+    assert_eq!(figures(&harness, "a").0, 3, "its own messages only");
     assert_eq!(
-        durable(&harness, POOL_STREAM, "hookline-consumer-a").await,
-        Some("hookline.shop.POOL_shared.a.>".to_owned()),
-        "made again"
+        consumers(&harness, POOL_STREAM).await,
+        ["hookline-consumer"],
+        "and no durable of its own"
     );
-    assert_eq!(figures(&harness, "a").0, 2, "its events are there for it");
-    harness.expect_condition(NS, "a", conditions::READY, "True", reasons::RECONCILED);
-    assert_eq!(calls_of_a_resync(&mut harness, &["b"]).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_the_advisory_a_deleted_durable_is_made_again_after_the_pools_next_listing() {
+async fn each_members_pending_is_its_messages_in_the_pool_stream() {
+    let mut harness = Harness::start(true).await;
+    harness.fake.insert(&shared_pool());
+    add(&harness, &members(&["a", "b", "c"]));
+    // The pool lists their subjects, they get events, and the pool's
+    // listing counts them before the members write their first status.
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    publish(&harness, "hookline.shop.POOL_shared.a.push", 3).await;
+    publish(&harness, "hookline.shop.POOL_shared.a.pull", 1).await;
+    publish(&harness, "hookline.shop.POOL_shared.b.push", 5).await;
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    converge(&mut harness, &["a", "b", "c"]).await;
+
+    for (name, pending) in [("a", 4), ("b", 5), ("c", 0)] {
+        let status = harness.endpoint(NS, name).status.expect("status");
+        assert_eq!(status.pending, Some(pending), "{name}'s status");
+        assert_eq!(figures(&harness, name).0, pending, "{name}'s metric");
+    }
+    // Delivered and not acknowledged, they still count.
+    let stream = js(&harness).get_stream(POOL_STREAM).await.expect("stream");
+    let pool: jetstream::consumer::PullConsumer = stream
+        .get_consumer("hookline-consumer")
+        .await
+        .expect("the pool's durable");
+    let mut batch = pool
+        .fetch()
+        .max_messages(9)
+        .messages()
+        .await
+        .expect("fetch");
+    for _ in 0..9 {
+        batch.next().await.expect("a message").expect("message");
+    }
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    harness.reconcile(NS, "a").await.expect("a");
+    assert_eq!(figures(&harness, "a").0, 4);
+    assert_eq!(harness.metrics.pool_lag("shop/shared"), Some((9, 3)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_stream_of_member_durables_gets_the_pools_one_durable_and_loses_no_event() {
+    let mut harness = Harness::start(true).await;
+    harness.fake.insert(&shared_pool());
+    add(&harness, &members(&["a", "b"]));
+    // The stream as an earlier operator left it: a durable per member,
+    // filtered on its subjects, and events waiting.
+    let js = js(&harness);
+    let config = hookline_api::provision::pool_stream_config(
+        POOL_STREAM,
+        vec![
+            "hookline.shop.POOL_shared.a.>".to_owned(),
+            "hookline.shop.POOL_shared.b.>".to_owned(),
+        ],
+        "shop/shared",
+        hookline_api::validated::StreamLimits::default(),
+    );
+    let stream = js.create_stream(config).await.expect("the old stream");
+    for name in ["a", "b"] {
+        stream
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some(format!("hookline-consumer-{name}")),
+                filter_subject: format!("hookline.shop.POOL_shared.{name}.>"),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            })
+            .await
+            .expect("a member's durable");
+    }
+    publish(&harness, "hookline.shop.POOL_shared.a.push", 2).await;
+    publish(&harness, "hookline.shop.POOL_shared.b.push", 3).await;
+    // One of b's in flight when its durable goes.
+    let old: jetstream::consumer::PullConsumer = stream
+        .get_consumer("hookline-consumer-b")
+        .await
+        .expect("b's durable");
+    let mut batch = old.fetch().max_messages(1).messages().await.expect("fetch");
+    batch.next().await.expect("one").expect("message");
+
+    converge(&mut harness, &["a", "b"]).await;
+    assert_eq!(
+        consumers(&harness, POOL_STREAM).await,
+        ["hookline-consumer"],
+        "the member durables are gone, the pool's made"
+    );
+    let info = stream_info(&harness, POOL_STREAM)
+        .await
+        .expect("pool stream");
+    assert_eq!(info.state.messages, 5, "every event is still there");
+    assert_eq!(figures(&harness, "a").0, 2);
+    assert_eq!(figures(&harness, "b").0, 3);
+    let stream_ready = pool_stream_ready(&harness);
+    assert_eq!(stream_ready.status, "True", "{}", stream_ready.message);
+    // And the pool's durable delivers them all, the one in flight too.
+    assert_eq!(drain(&harness, POOL_STREAM, "hookline-consumer").await, 5);
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    harness.reconcile(NS, "b").await.expect("b");
+    assert_eq!(figures(&harness, "b").0, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pools_durable_deleted_behind_the_operators_back_is_made_again_at_its_next_reconcile() {
     let mut harness = Harness::start(true).await;
     harness.fake.insert(&shared_pool());
     add(&harness, &members(&["a"]));
     converge(&mut harness, &["a"]).await;
-    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    publish(&harness, "hookline.shop.POOL_shared.a.push", 2).await;
 
     js(&harness)
-        .delete_consumer_from_stream("hookline-consumer-a", POOL_STREAM)
+        .delete_consumer_from_stream("hookline-consumer", POOL_STREAM)
         .await
         .expect("deleted");
-    // Not followed here: the listing taken before the deletion answers
-    // for it while fresh (the operator follows the advisories).
-    harness.reconcile(NS, "a").await.expect("member");
-    assert!(
-        durable(&harness, POOL_STREAM, "hookline-consumer-a")
-            .await
-            .is_none()
-    );
-    // The pool's next listing lacks it (and asks for the member's reconcile).
     harness.reconcile_pool(NS, POOL).await.expect("pool");
-    harness.reconcile(NS, "a").await.expect("member");
-    assert!(
-        durable(&harness, POOL_STREAM, "hookline-consumer-a")
-            .await
-            .is_some(),
+    assert_eq!(
+        durable(&harness, POOL_STREAM, "hookline-consumer").await,
+        Some(String::new()),
         "made again"
+    );
+    assert_eq!(drain(&harness, POOL_STREAM, "hookline-consumer").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_the_pools_durable_cannot_share_the_stream_with_is_reported() {
+    let mut harness = Harness::start(true).await;
+    harness.fake.insert(&shared_pool());
+    add(&harness, &members(&["a"]));
+    converge(&mut harness, &["a"]).await;
+    js(&harness)
+        .delete_consumer_from_stream("hookline-consumer", POOL_STREAM)
+        .await
+        .expect("deleted");
+    js(&harness)
+        .get_stream(POOL_STREAM)
+        .await
+        .expect("stream")
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("someone-elses".to_owned()),
+            filter_subject: "hookline.shop.POOL_shared.a.>".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("someone else's durable");
+
+    harness.reconcile_pool(NS, POOL).await.expect("pool");
+    let stream_ready = pool_stream_ready(&harness);
+    assert_eq!(
+        (stream_ready.status.as_str(), stream_ready.reason.as_str()),
+        ("False", reasons::STREAM_REFUSED),
+        "{}",
+        stream_ready.message
+    );
+    assert!(
+        stream_ready.message.contains("nothing drains it"),
+        "{}",
+        stream_ready.message
+    );
+    assert_eq!(pool_ready(&harness).status, "False");
+    assert_eq!(
+        consumers(&harness, POOL_STREAM).await,
+        ["someone-elses"],
+        "left alone"
+    );
+    let map: ConfigMap = harness
+        .fake
+        .typed(NS, "shared-pool-endpoints")
+        .expect("ConfigMap");
+    assert_eq!(
+        keys(map.data),
+        ["a.yaml"],
+        "its subjects are listed: a stays served"
     );
 }
 
@@ -835,7 +1044,7 @@ async fn a_deleted_pool_keeps_its_members_events_for_the_pool_made_again_and_an_
     assert_eq!(info.config.metadata.get(OWNER_UID_KEY), Some(&uid));
 
     // Drained, then deleted again: an empty stream goes with its pool.
-    drain(&harness, POOL_STREAM, "hookline-consumer-a").await;
+    assert_eq!(drain(&harness, POOL_STREAM, "hookline-consumer").await, 2);
     harness.mark_pool_deleting(NS, POOL);
     harness
         .reconcile_pool_once(NS, POOL)

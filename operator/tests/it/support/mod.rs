@@ -428,15 +428,6 @@ impl Harness {
         reconcile(Arc::new(self.endpoint(namespace, name)), self.ctx.clone()).await
     }
 
-    /// Follows JetStream's deletion advisories as the controller does, from
-    /// now (subscribed when this returns) until the test ends.
-    pub async fn follow_deletions(&self) {
-        let advisories =
-            hookline_operator::shared::DeletionAdvisories::subscribe(&self.ctx.nats).await;
-        let ctx = self.ctx.clone();
-        tokio::spawn(async move { ctx.follow_deletions(advisories).await });
-    }
-
     /// The first reconcile adds the finalizer (and waits for the change); the
     /// second runs the whole pass. Returns the second's action.
     pub async fn settle(&mut self, namespace: &str, name: &str) -> Action {
