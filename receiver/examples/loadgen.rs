@@ -43,8 +43,8 @@
 //! against the same binary serving one endpoint (`--endpoint`, and a pool of
 //! one) at the same concurrency, rounds alternating the order, and the time
 //! from an endpoint's manifest and secret written to its first 200; the same
-//! pool with `--shared-stream` (one stream, a subject per endpoint, each
-//! with its durable consumer) is measured beside it.
+//! pool with `--shared-stream` (one stream, a subject per endpoint, and the
+//! stream's one durable consumer) is measured beside it.
 //!
 //! Everything runs on loopback: a local nats-server (hookline-e2e) and two
 //! local HTTP servers; every loop is bounded by `--duration`.
@@ -416,7 +416,7 @@ async fn pool_benchmark(
             hookline_api::load_manifest(&big.path().join("endpoints").join(format!("m{i}.yaml")))?;
         hookline_api::provision::provision(&js, &member).await?;
         // The same member in the pool's one stream (made over the whole
-        // pool's subjects by the first), with its durable consumer there.
+        // pool's subjects, with its one durable, by the first).
         let shared = member
             .clone()
             .in_shared_stream(None, SHARED_POOL, Default::default());
