@@ -232,7 +232,9 @@ async fn process_known(shares: Shares) {
 async fn wait_for_manifests(members: Arc<Members>, mut waiting: Vec<Delivery>) {
     warn!(
         count = waiting.len(),
-        first_subject = waiting.first().map_or("", |first| first.message.subject.as_str()),
+        first_subject = waiting
+            .first()
+            .map_or("", |first| first.message.subject.as_str()),
         "events of an endpoint this pool consumer has no manifest for yet: kept until it has"
     );
     let mut shutdown = members.shutdown.clone();
@@ -251,7 +253,9 @@ async fn wait_for_manifests(members: Arc<Members>, mut waiting: Vec<Delivery>) {
         if started.elapsed() >= UNKNOWN_MEMBER_WAIT {
             warn!(
                 count = waiting.len(),
-                first_subject = waiting.first().map_or("", |first| first.message.subject.as_str()),
+                first_subject = waiting
+                    .first()
+                    .map_or("", |first| first.message.subject.as_str()),
                 "still no manifest for these events: handed back to the stream for later"
             );
             break Some(UNKNOWN_MEMBER_DELAY);
