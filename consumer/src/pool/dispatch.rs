@@ -232,9 +232,7 @@ async fn process_known(shares: Shares) {
 async fn wait_for_manifests(members: Arc<Members>, mut waiting: Vec<Delivery>) {
     warn!(
         count = waiting.len(),
-        first_subject = waiting
-            .first()
-            .map_or("", |first| first.message.subject.as_str()),
+        first_subject = first_subject(&waiting),
         "events of an endpoint this pool consumer has no manifest for yet: kept until it has"
     );
     let mut shutdown = members.shutdown.clone();
@@ -253,9 +251,7 @@ async fn wait_for_manifests(members: Arc<Members>, mut waiting: Vec<Delivery>) {
         if started.elapsed() >= UNKNOWN_MEMBER_WAIT {
             warn!(
                 count = waiting.len(),
-                first_subject = waiting
-                    .first()
-                    .map_or("", |first| first.message.subject.as_str()),
+                first_subject = first_subject(&waiting),
                 "still no manifest for these events: handed back to the stream for later"
             );
             break Some(UNKNOWN_MEMBER_DELAY);
@@ -270,6 +266,13 @@ async fn wait_for_manifests(members: Arc<Members>, mut waiting: Vec<Delivery>) {
     for delivery in &waiting {
         acknowledge(delivery, AckKind::Nak(delay)).await;
     }
+}
+
+/// The subject of the first of `deliveries`, for a log line: it names the member.
+fn first_subject(deliveries: &[Delivery]) -> &str {
+    deliveries
+        .first()
+        .map_or("", |first| first.message.subject.as_str())
 }
 
 async fn acknowledge(delivery: &Delivery, kind: AckKind) {

@@ -169,6 +169,35 @@ fn keys<T>(map: Option<std::collections::BTreeMap<String, T>>) -> Vec<String> {
     map.unwrap_or_default().into_keys().collect()
 }
 
+/// The pool keeps `left`'s manifest (beside b's, the one member served),
+/// not its signing key, while the stream holds its events, and says so.
+fn assert_keeps_draining(harness: &Harness, left: &str) {
+    let map: ConfigMap = harness
+        .fake
+        .typed(NS, "shared-pool-endpoints")
+        .expect("ConfigMap");
+    let mut manifests = vec![format!("{left}.yaml"), "b.yaml".to_owned()];
+    manifests.sort();
+    assert_eq!(
+        keys(map.data),
+        manifests,
+        "{left}'s manifest stays while its events wait"
+    );
+    let secrets: Secret = harness
+        .fake
+        .typed(NS, "shared-pool-secrets")
+        .expect("Secret");
+    assert_eq!(keys(secrets.data), ["b"], "{left} is not served");
+    let ready = pool_ready(harness);
+    assert!(
+        ready
+            .message
+            .contains(&format!("keeps draining 1 that left: {left}")),
+        "{}",
+        ready.message
+    );
+}
+
 fn pool_condition(
     harness: &Harness,
     type_: &str,
@@ -483,26 +512,7 @@ async fn a_leaving_member_stays_in_the_config_map_while_the_pool_stream_holds_it
         ["hookline.shop.POOL_shared.b.>"],
         "its subject is out at once"
     );
-    let map: ConfigMap = harness
-        .fake
-        .typed(NS, "shared-pool-endpoints")
-        .expect("ConfigMap");
-    assert_eq!(
-        keys(map.data),
-        ["a.yaml", "b.yaml"],
-        "kept while the pool's stream holds its events"
-    );
-    let secrets: Secret = harness
-        .fake
-        .typed(NS, "shared-pool-secrets")
-        .expect("Secret");
-    assert_eq!(keys(secrets.data), ["b"], "it is not served");
-    let ready = pool_ready(&harness);
-    assert!(
-        ready.message.contains("keeps draining 1 that left: a"),
-        "{}",
-        ready.message
-    );
+    assert_keeps_draining(&harness, "a");
     harness.reconcile_pool(NS, POOL).await.expect("pool");
     let map: ConfigMap = harness
         .fake
@@ -584,26 +594,7 @@ async fn deleting_a_member_purges_only_its_subjects_and_one_that_retains_them_is
         .await
         .expect("pool stream");
     assert_eq!(subjects(&info), ["hookline.shop.POOL_shared.b.>"]);
-    let map: ConfigMap = harness
-        .fake
-        .typed(NS, "shared-pool-endpoints")
-        .expect("map");
-    assert_eq!(
-        keys(map.data),
-        ["b.yaml", "c.yaml"],
-        "c's manifest stays while its events wait"
-    );
-    let secrets: Secret = harness
-        .fake
-        .typed(NS, "shared-pool-secrets")
-        .expect("Secret");
-    assert_eq!(keys(secrets.data), ["b"], "c is not served");
-    let ready = pool_ready(&harness);
-    assert!(
-        ready.message.contains("keeps draining 1 that left: c"),
-        "{}",
-        ready.message
-    );
+    assert_keeps_draining(&harness, "c");
     assert_eq!(
         consumers(&harness, POOL_STREAM).await,
         ["hookline-consumer"]
