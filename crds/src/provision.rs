@@ -174,8 +174,9 @@ pub fn consumer_config(endpoint: &ValidatedEndpoint) -> consumer::pull::Config {
 }
 
 /// Messages each pool consumer pod may hold unacknowledged on its pool's
-/// shared stream: its batches in flight (two per database connection, of up
-/// to [`POOL_BATCH_SIZE`]) and the retries waiting out their delay, with room.
+/// shared stream: its batches in flight (one per database connection, of up
+/// to [`POOL_BATCH_SIZE`]), the retries waiting out their delay and the
+/// events kept for a manifest on its way, with room.
 pub const POOL_ACK_PENDING_PER_POD: usize = 10_000;
 
 /// Messages one pull of a pool's shared stream asks for: the batch its
