@@ -499,7 +499,9 @@ pub struct WebhookEndpointStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_limit_bytes: Option<i64>,
     /// Events accepted but not yet written to Postgres (the durable consumer's
-    /// pending plus unacknowledged count): the lag KEDA scales on.
+    /// pending plus unacknowledged count; for a member of a pool's shared
+    /// stream, the stream's message count on its subjects): the lag KEDA
+    /// scales on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<i64>,
     /// When the newest event was stored (RFC 3339).
