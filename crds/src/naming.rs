@@ -106,6 +106,13 @@ pub fn pool_member_token(name: &str) -> String {
     nats_token(name)
 }
 
+/// The member token of a subject of a pool's stream
+/// (`<pool prefix>.<token>.<type>`); `None` for a subject outside `pool_prefix`.
+pub fn pool_member_of_subject<'a>(pool_prefix: &str, subject: &'a str) -> Option<&'a str> {
+    let rest = subject.strip_prefix(pool_prefix)?.strip_prefix('.')?;
+    rest.split('.').next()
+}
+
 /// What the durables of a pool's members on its stream were named before
 /// the pool had one durable (`hookline-consumer-<name>`): the pool's
 /// reconcile deletes those it finds.

@@ -436,14 +436,9 @@ pub fn member_messages(
 ) -> HashMap<String, u64> {
     let mut members = HashMap::new();
     for (subject, count) in subjects {
-        let Some(rest) = subject
-            .strip_prefix(pool_prefix)
-            .and_then(|rest| rest.strip_prefix('.'))
-        else {
-            continue;
-        };
-        let token = rest.split('.').next().unwrap_or(rest);
-        *members.entry(token.to_owned()).or_insert(0) += count;
+        if let Some(token) = crate::naming::pool_member_of_subject(pool_prefix, &subject) {
+            *members.entry(token.to_owned()).or_insert(0) += count;
+        }
     }
     members
 }

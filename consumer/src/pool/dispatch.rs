@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::AckKind;
 use hookline_api::ValidatedEndpoint;
-use hookline_api::naming::DURABLE_CONSUMER;
+use hookline_api::naming::{DURABLE_CONSUMER, pool_member_of_subject, pool_member_token};
 use hookline_api::provision::{POOL_BATCH_SIZE, provision_pool};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -60,7 +60,7 @@ pub(super) struct Members {
 #[derive(Debug, Default)]
 struct View {
     by_token: HashMap<String, Arc<Context>>,
-    /// `<pool prefix>.`: what every subject of the stream starts with.
+    /// `<pool prefix>`: what every subject of the stream starts with.
     prefix: String,
     /// The largest `maxBodyBytes` of the members: what one pull must fit.
     largest_body: usize,
@@ -100,19 +100,23 @@ impl Members {
         let Some(shared) = &ctx.endpoint.stream.shared else {
             return;
         };
-        let token = member_token(&ctx.endpoint).to_owned();
-        let prefix = shared.pool_subject_filter.trim_end_matches('>').to_owned();
-        let endpoint = ctx.endpoint.clone();
+        let token = pool_member_token(&ctx.endpoint.name);
+        let prefix = shared.pool_subject_filter.trim_end_matches(".>").to_owned();
         {
             let mut view = self.write();
             view.prefix = prefix;
-            view.by_token.insert(token, ctx);
-            view.largest_body = largest_body(&view.by_token);
+            let replaced = view.by_token.insert(token, ctx.clone());
+            view.largest_body = match replaced {
+                // Its old limit may have been the largest.
+                Some(_) => largest_body(&view.by_token),
+                None => view.largest_body.max(ctx.endpoint.request.max_body_bytes),
+            };
         }
+        // Only the first member's endpoint is copied: not one per member.
         self.first.send_if_modified(|first| {
             let unset = first.is_none();
             if unset {
-                *first = Some(endpoint);
+                *first = Some(ctx.endpoint.clone());
             }
             unset
         });
@@ -132,14 +136,14 @@ impl Members {
     /// Stops handing the member's events to `ctx` (not to a context that
     /// replaced it since).
     pub(super) fn forget(&self, ctx: &Arc<Context>) {
-        let token = member_token(&ctx.endpoint);
+        let token = pool_member_token(&ctx.endpoint.name);
         let mut view = self.write();
         if view
             .by_token
-            .get(token)
+            .get(&token)
             .is_some_and(|served| Arc::ptr_eq(served, ctx))
         {
-            view.by_token.remove(token);
+            view.by_token.remove(&token);
             view.largest_body = largest_body(&view.by_token);
         }
     }
@@ -152,13 +156,7 @@ impl Members {
         let mut share_of: HashMap<&str, usize> = HashMap::new();
         let mut unknown = Vec::new();
         for delivery in deliveries {
-            let token = delivery
-                .message
-                .subject
-                .as_str()
-                .strip_prefix(view.prefix.as_str())
-                .and_then(|rest| rest.split('.').next())
-                .filter(|_| !view.prefix.is_empty());
+            let token = pool_member_of_subject(&view.prefix, delivery.message.subject.as_str());
             let Some((token, ctx)) = token.and_then(|token| view.by_token.get_key_value(token))
             else {
                 unknown.push(delivery);
@@ -178,12 +176,6 @@ impl Members {
 
 /// Each member's messages of a batch, with the context they are processed with.
 type Shares = Vec<(Arc<Context>, Vec<Delivery>)>;
-
-/// The last token of a member's subject prefix (`<pool prefix>.<token>`).
-fn member_token(endpoint: &ValidatedEndpoint) -> &str {
-    let prefix = endpoint.stream.subject_prefix.as_str();
-    prefix.rsplit('.').next().unwrap_or(prefix)
-}
 
 fn largest_body(members: &HashMap<String, Arc<Context>>) -> usize {
     members

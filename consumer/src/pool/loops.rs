@@ -290,10 +290,11 @@ async fn run_loop(
     .await;
 }
 
-/// The endpoint's stream (its own, or its pool's shared one) until `shutdown`.
+/// The endpoint's own stream until `shutdown`; a member of the pool's
+/// shared stream is served by [`serve_member`].
 async fn serve(
     shared: &Shared,
-    mut endpoint: ValidatedEndpoint,
+    endpoint: ValidatedEndpoint,
     refetch: Option<Refetcher>,
     bound: &AtomicBool,
     metrics: Arc<Metrics>,
@@ -310,11 +311,6 @@ async fn serve(
             return;
         }
     };
-    if endpoint.stream.shared.is_some()
-        && let Some(max_age) = shared_max_age(shared, &endpoint.stream.name).await
-    {
-        endpoint.stream.max_age = max_age;
-    }
     bound.store(true, Ordering::Relaxed);
     info!(stream = %endpoint.stream.name, "consuming");
     let served = shared.served(endpoint, refetch, false);
