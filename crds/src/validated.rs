@@ -104,7 +104,7 @@ pub struct SecretSource {
 }
 
 /// How a request's signature is found, computed and compared.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Verification {
     /// Lower-case header name carrying the signature(s).
     pub signature_header: String,
@@ -126,7 +126,7 @@ pub struct Verification {
 }
 
 /// How the signature header is laid out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SignatureFormat {
     /// One MAC: `<prefix><encoded mac>`.
     Single,
@@ -137,7 +137,7 @@ pub enum SignatureFormat {
 }
 
 /// One piece of the signed payload template.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum PayloadPart {
     Literal(String),
     Body,
@@ -146,7 +146,7 @@ pub enum PayloadPart {
 }
 
 /// Where the signing time is read.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum TimestampSource {
     /// A header with unix seconds (lower-case name).
     Header(String),
@@ -155,7 +155,7 @@ pub enum TimestampSource {
 }
 
 /// How a line of the secret file is turned into a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SecretFormat {
     /// The line's bytes are the HMAC key.
     Raw,

@@ -2,6 +2,7 @@
 //! endpoint says, and the message headers of the `hookline_api::headers` contract.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use async_nats::header::{HeaderMap as NatsHeaders, HeaderName, HeaderValue};
 use axum::http::HeaderMap;
@@ -51,7 +52,7 @@ fn checked(what: &str, value: String) -> Result<String, Rejection> {
 
 /// Where one attribute is read: a header, or a JSON pointer split into its
 /// reference tokens once, at start, rather than on every request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Source {
     Header(String),
     Pointer(Vec<String>),
@@ -113,7 +114,7 @@ fn array_index(token: &str) -> Option<usize> {
 }
 
 /// The endpoint's [`EventFields`], ready to read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Fields {
     id: Option<Source>,
     event_type: Option<Source>,
@@ -233,8 +234,10 @@ const FORWARDED_NAMES_KEPT: usize = 64;
 pub struct HeaderContext {
     pub endpoint: String,
     pub provider: &'static str,
-    /// Lower-case names never copied (credentials, hop-by-hop, the signature).
-    pub not_forwarded: Vec<String>,
+    /// Lower-case names never copied (credentials, hop-by-hop, the
+    /// signature): shared by the endpoints whose list is the same, since
+    /// every request compares each of its headers with each name.
+    pub not_forwarded: Arc<[String]>,
     /// The values of [`headers::ENDPOINT`] and [`headers::PROVIDER`].
     constant: Vec<(&'static str, HeaderValue)>,
 }
@@ -269,19 +272,21 @@ fn forwarded_name(name: &axum::http::HeaderName) -> Option<(HeaderName, usize)> 
 }
 
 impl HeaderContext {
+    /// The context of `endpoint`, with its own list of names not forwarded.
     pub fn new(endpoint: &ValidatedEndpoint) -> HeaderContext {
-        let mut not_forwarded: Vec<String> = headers::NOT_FORWARDED
-            .iter()
-            .map(|name| name.to_string())
-            .collect();
-        not_forwarded.push(endpoint.verification.signature_header.clone());
+        HeaderContext::sharing(endpoint, not_forwarded(endpoint).into())
+    }
+
+    /// The context of `endpoint` with `not_forwarded`, its
+    /// [`not_forwarded`] list kept once for every endpoint that has it.
+    pub fn sharing(endpoint: &ValidatedEndpoint, not_forwarded: Arc<[String]>) -> HeaderContext {
         HeaderContext::with(endpoint.key(), endpoint.provider.as_str(), not_forwarded)
     }
 
     pub fn with(
         endpoint: String,
         provider: &'static str,
-        not_forwarded: Vec<String>,
+        not_forwarded: Arc<[String]>,
     ) -> HeaderContext {
         // Resource names and provider names are header-safe text.
         let constant = [
@@ -298,6 +303,17 @@ impl HeaderContext {
             constant,
         }
     }
+}
+
+/// The lower-case names of `endpoint`'s request headers never copied into
+/// a message: credentials, hop-by-hop headers, and its signature.
+pub fn not_forwarded(endpoint: &ValidatedEndpoint) -> Vec<String> {
+    let mut names: Vec<String> = headers::NOT_FORWARDED
+        .iter()
+        .map(|name| name.to_string())
+        .collect();
+    names.push(endpoint.verification.signature_header.clone());
+    names
 }
 
 /// NATS frames a header block as `NATS/1.0\r\n`, the lines, and `\r\n`.
@@ -537,7 +553,7 @@ mod tests {
         HeaderContext::with(
             format!("{}/{}", "n".repeat(63), "e".repeat(253)),
             "standardWebhooks",
-            vec!["webhook-signature".into()],
+            vec!["webhook-signature".into()].into(),
         )
     }
 

@@ -12,7 +12,7 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// The JSON pointers an endpoint reads, as a tree of reference tokens.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash)]
 pub struct Paths {
     /// The whole value at this point is needed.
     whole: bool,
@@ -29,7 +29,7 @@ impl Paths {
 }
 
 /// How a body is turned into JSON.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum JsonReader {
     /// Everything (a schema, or a pointer to the whole document).
     Full,

@@ -32,7 +32,7 @@ use tracing::Instrument;
 use crate::metrics::EndpointLabel;
 use crate::routes::Routes;
 use crate::secrets::SecretStore;
-use crate::state::{AppState, EndpointState};
+use crate::state::{AppState, EndpointState, SharedParts};
 use crate::store::ON_DEMAND_MAX_AGE;
 use crate::{Error, Result};
 
@@ -48,6 +48,9 @@ pub struct Pool {
     provision: bool,
     /// `--shared-stream`: every endpoint moved into its pool's one stream.
     shared: Option<SharedStreamOf>,
+    /// Kept across reloads, so an endpoint added later shares the parts of
+    /// the endpoints already served. Locked only by the blocking builds.
+    parts: Arc<Mutex<SharedParts>>,
 }
 
 /// `--shared-stream POOL` with the `--cluster-name` its stream is named in.
@@ -114,6 +117,7 @@ impl Pool {
             replicas,
             provision,
             shared,
+            parts: Arc::default(),
         };
         Ok((pool, first))
     }
@@ -132,11 +136,12 @@ impl Pool {
                 directory
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .scan()
+                    .scan_if_touched()
             })
             .await;
             match scanned {
-                Ok(Ok(found)) => self.apply(&state, found).await,
+                Ok(Ok(Some(found))) => self.apply(&state, found).await,
+                Ok(Ok(None)) => reload_secrets(&state).await,
                 Ok(Err(err)) => {
                     tracing::warn!(cause = %err, "cannot read the endpoint directory; keeping the endpoints loaded");
                 }
@@ -155,31 +160,34 @@ impl Pool {
     pub async fn apply(&self, state: &Arc<AppState>, found: Found) {
         if !found.changed {
             // The table still holds; only the secret files may have changed.
-            let routes = state.routes.load_full();
-            let reloaded = tokio::task::spawn_blocking(move || {
-                for one in routes.endpoints.values() {
-                    one.secrets.reload_counted(&one.metrics);
-                }
-            })
-            .await;
-            if let Err(err) = reloaded {
-                tracing::warn!(cause = %err, "re-reading the secret files failed; keeping the secrets loaded");
-            }
+            reload_secrets(state).await;
             return;
         }
         let span = tracing::info_span!("reload", endpoints = found.endpoints.len());
         async {
             let old = state.routes.load_full();
             let build = {
-                let (state, old, secret_dir, replicas, shared) = (
+                let (state, old, secret_dir, replicas, shared, parts) = (
                     state.clone(),
                     old.clone(),
                     self.secret_dir.clone(),
                     self.replicas,
                     self.shared.clone(),
+                    self.parts.clone(),
                 );
                 tokio::task::spawn_blocking(move || {
-                    build(&state, &old, found, &secret_dir, replicas, shared.as_ref())
+                    let mut parts = parts.lock().unwrap_or_else(PoisonError::into_inner);
+                    let reload = build(
+                        &state,
+                        &old,
+                        found,
+                        &secret_dir,
+                        replicas,
+                        shared.as_ref(),
+                        &mut parts,
+                    );
+                    parts.forget_unused();
+                    reload
                 })
             };
             let reload = match build.await {
@@ -219,6 +227,21 @@ impl Pool {
     }
 }
 
+/// Re-reads the secret files of the endpoints served (those unchanged are
+/// only looked at), off the request threads.
+async fn reload_secrets(state: &AppState) {
+    let routes = state.routes.load_full();
+    let reloaded = tokio::task::spawn_blocking(move || {
+        for one in routes.endpoints.values() {
+            one.secrets.reload_counted(&one.metrics);
+        }
+    })
+    .await;
+    if let Err(err) = reloaded {
+        tracing::warn!(cause = %err, "re-reading the secret files failed; keeping the secrets loaded");
+    }
+}
+
 /// The next table (blocking: it reads secret files and compiles schemas).
 /// Files are taken in name order, so of two endpoints with the same host and
 /// path the later file is the one skipped.
@@ -229,6 +252,7 @@ fn build(
     secret_dir: &Path,
     replicas: u32,
     shared: Option<&SharedStreamOf>,
+    parts: &mut SharedParts,
 ) -> Reload {
     let mut routes = Routes::default();
     routes.skipped = found.skipped;
@@ -257,7 +281,7 @@ fn build(
                     Some(shared) => shared.member(endpoint),
                     None => endpoint,
                 };
-                match endpoint_state(state, endpoint, secret_dir, replicas, hash) {
+                match endpoint_state(state, endpoint, secret_dir, replicas, hash, parts) {
                     Ok(one) => {
                         let one = Arc::new(one);
                         added.push(one.clone());
@@ -302,6 +326,7 @@ fn endpoint_state(
     secret_dir: &Path,
     replicas: u32,
     hash: Option<String>,
+    parts: &mut SharedParts,
 ) -> Result<EndpointState> {
     let scheme = &endpoint.verification;
     let secrets = SecretStore::load_or_wait(
@@ -320,6 +345,7 @@ fn endpoint_state(
         metrics,
         replicas,
         hash,
+        parts,
     )
 }
 

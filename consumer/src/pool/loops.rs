@@ -154,7 +154,7 @@ impl Loops {
     }
 
     /// Forgets the series of removed endpoints whose loops have finished.
-    fn reap(&mut self) {
+    pub fn reap(&mut self) {
         let metrics = &self.shared.metrics;
         self.retiring.retain(|key, task| {
             let finished = task.is_finished();

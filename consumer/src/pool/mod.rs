@@ -264,11 +264,12 @@ pub async fn run_pool(
             if !shutdown.sleep(config.poll_interval).await {
                 break;
             }
-            match directory.scan() {
-                Ok(mut found) => {
+            match directory.scan_if_touched() {
+                Ok(Some(mut found)) => {
                     into_shared_stream(&mut found, &config);
                     next = Some(found);
                 }
+                Ok(None) => loops.reap(),
                 // Keep serving what was loaded: a directory that cannot be
                 // read for a moment must not stop every endpoint.
                 Err(err) => {
