@@ -44,7 +44,8 @@
 //! one) at the same concurrency, rounds alternating the order, and the time
 //! from an endpoint's manifest and secret written to its first 200; the same
 //! pool with `--shared-stream` (one stream, a subject per endpoint, and the
-//! stream's one durable consumer) is measured beside it.
+//! stream's one durable consumer) is measured beside it. Each measurement
+//! starts on a restarted nats-server with every stream purged.
 //!
 //! Everything runs on loopback: a local nats-server (hookline-e2e) and two
 //! local HTTP servers; every loop is bounded by `--duration`.
@@ -225,6 +226,10 @@ enum Mode {
         /// Endpoints added one by one to time their first 200.
         #[arg(long, default_value_t = 10)]
         additions: usize,
+        /// Measure only the servers whose name contains one of these (for
+        /// profiling one of them); the ratios of those left out are NaN.
+        #[arg(long)]
+        only: Vec<String>,
     },
 }
 
@@ -252,7 +257,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(Mode::Pool {
             endpoints,
             additions,
-        }) => runtime.block_on(pool_benchmark(&cli, endpoints, additions)),
+            ref only,
+        }) => runtime.block_on(pool_benchmark(&cli, endpoints, additions, only)),
         None => runtime.block_on(benchmark(&cli)),
     }
 }
@@ -384,8 +390,9 @@ async fn pool_benchmark(
     cli: &Cli,
     endpoints: usize,
     additions: usize,
+    only: &[String],
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let nats = tokio::task::block_in_place(NatsServer::start)?;
+    let mut nats = tokio::task::block_in_place(NatsServer::start)?;
     let binary = match &cli.receiver_bin {
         Some(path) => path.clone(),
         None => tokio::task::block_in_place(|| workspace_bin("hookline-receiver")),
@@ -546,6 +553,18 @@ async fn pool_benchmark(
         }
         for index in order {
             let (name, program, args, paths) = &configurations[index];
+            if !only.is_empty() && !only.iter().any(|wanted| name.contains(wanted.as_str())) {
+                continue;
+            }
+            // A fresh nats-server for each measurement: one that had just
+            // taken a thousand streams' traffic (pool of N, N streams) spent
+            // a quarter more per request on the next measurement, whichever
+            // it was.
+            tokio::task::block_in_place(|| nats.restart())?;
+            purge_all(&async_nats::jetstream::new(
+                async_nats::connect(nats.url()).await?,
+            ))
+            .await?;
             let args: Vec<&std::ffi::OsStr> = args.iter().map(|arg| arg.as_os_str()).collect();
             let (mut child, address, started) = start_server(program, &args, &nats.url()).await?;
             // Let start-up's allocations settle before reading the idle RSS.
@@ -631,6 +650,27 @@ async fn pool_benchmark(
         mean(&rates[5]) / mean(&rates[4]),
         mean(&rates[6]) / mean(&rates[4]),
     );
+    Ok(())
+}
+
+/// Empties every stream that holds messages, so each measurement starts
+/// on the empty streams the first one had: nats-server slowed down as the
+/// earlier measurements' messages piled up (one endpoint's rate fell from
+/// 27,000 to 20,000 req/s between the first and the last measurement of a
+/// run), which favoured whichever server went first.
+async fn purge_all(js: &async_nats::jetstream::Context) -> Result<(), Box<dyn std::error::Error>> {
+    use futures::StreamExt;
+    let mut streams = js.streams();
+    let mut full = Vec::new();
+    while let Some(info) = streams.next().await {
+        let info = info?;
+        if info.state.messages > 0 {
+            full.push(info.config.name);
+        }
+    }
+    for name in full {
+        js.get_stream_no_info(&name).await?.purge().await?;
+    }
     Ok(())
 }
 
