@@ -629,13 +629,17 @@ async fn pool_benchmark(
             let _ = tokio::task::block_in_place(|| child.wait_timeout(Duration::from_secs(30)));
         }
     }
-    let mean = |values: &[f64]| values.iter().sum::<f64>() / values.len().max(1) as f64;
+    // A server left out by `--only` has no mean, and its ratios are NaN.
+    let mean = |values: &[f64]| values.iter().sum::<f64>() / values.len() as f64;
     let spread = |values: &[f64]| {
         let low = values.iter().copied().fold(f64::INFINITY, f64::min);
         let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         format!("{low:.0}..{high:.0}")
     };
     for (index, (name, _, _, _)) in configurations.iter().enumerate() {
+        if rates[index].is_empty() {
+            continue;
+        }
         println!(
             "{name:<19} mean {:>8.0} req/s (rounds {})",
             mean(&rates[index]),
