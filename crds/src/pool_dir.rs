@@ -165,10 +165,9 @@ impl Directory {
         let paths = self.list()?;
         let untouched = !self.changed
             && paths.len() == self.files.len()
-            && paths.iter().all(|path| match self.files.get(path) {
-                Some((Some(known), _)) => FileStamp::of(path).as_ref() == Some(known),
-                _ => false,
-            });
+            && paths
+                .iter()
+                .all(|path| self.unchanged_since_read(path, FileStamp::of(path)));
         if untouched {
             return Ok(None);
         }
@@ -245,14 +244,23 @@ impl Directory {
         Ok(paths)
     }
 
+    /// Whether `path`, now of `stamp`, is the file last read there (a file
+    /// whose stamp cannot be taken never is).
+    fn unchanged_since_read(&self, path: &Path, stamp: Option<FileStamp>) -> bool {
+        stamp.is_some()
+            && self
+                .files
+                .get(path)
+                .is_some_and(|(known, _)| *known == stamp)
+    }
+
     /// The file's hash and what it made: read again only when its stamp
     /// changed, parsed again only when its text did; `None` when the file is
     /// gone (removed since the listing).
     fn read(&mut self, path: &Path) -> Option<Made> {
         let stamp = FileStamp::of(path);
-        if let Some((known, made)) = self.files.get(path)
-            && stamp.is_some()
-            && *known == stamp
+        if self.unchanged_since_read(path, stamp)
+            && let Some((_, made)) = self.files.get(path)
         {
             return Some(made.clone());
         }
